@@ -1,0 +1,452 @@
+//! The one source of truth for the boundary between the xlb XDP program and its controller.
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding fields and a size assert,
+//! so the eBPF object, the controller and the tests agree byte for byte. No `bool`, `enum`
+//! or `Option` crosses the boundary: flags are integer bit sets and indices are `u32`.
+//!
+//! Byte order, per field, is stated in its doc comment:
+//! - *network order*: the bytes exactly as they appear on the wire (addresses, ports);
+//! - *host order*: native integers written by the controller and read by the program
+//!   (both little-endian here: bpfel and x86_64).
+//!
+//! The flow hash and the Maglev slot selection live here too, so that the XDP program,
+//! the unit tests and `xlb explain` all run the same code.
+#![cfg_attr(not(any(feature = "user", test)), no_std)]
+
+pub mod hash;
+#[cfg(feature = "user")]
+pub mod maglev;
+
+pub use hash::{flow_hash, maglev_slot};
+
+// ---------------------------------------------------------------------------------------
+// Map names (≤ 15 bytes: BPF_OBJ_NAME_LEN is 16 with the NUL).
+// ---------------------------------------------------------------------------------------
+
+/// HASH: [`ServiceKey`] → [`ServiceValue`].
+pub const MAP_SERVICES: &str = "XLB_SERVICES";
+/// ARRAY: slot index (service `table_offset` + slot) → backend id (`u32`, [`NO_BACKEND`] if empty).
+pub const MAP_MAGLEV: &str = "XLB_MAGLEV";
+/// ARRAY: backend id → [`Backend`].
+pub const MAP_BACKENDS: &str = "XLB_BACKENDS";
+/// LRU_HASH (shared by all CPUs): [`AffinityKey`] → [`AffinityValue`].
+pub const MAP_AFFINITY: &str = "XLB_AFFINITY";
+/// PERCPU_ARRAY: [`Stat`] index → `u64` packet count.
+pub const MAP_STATS: &str = "XLB_STATS";
+/// PERCPU_ARRAY: service id → [`ServiceStats`].
+pub const MAP_SVC_STATS: &str = "XLB_SVC_STATS";
+/// PERCPU_ARRAY: backend id → [`BackendStats`].
+pub const MAP_BE_STATS: &str = "XLB_BE_STATS";
+/// DEVMAP_HASH: egress ifindex → ifindex, for `bpf_redirect_map`.
+pub const MAP_TX_PORTS: &str = "XLB_TX_PORTS";
+/// ARRAY: word index → `u64` bit set; a cheap pre-filter on destination addresses
+/// (see [`vip_filter_bit`]) so traffic that is not ours pays no hash lookup.
+pub const MAP_VIP_FILTER: &str = "XLB_VIP_FILTER";
+
+/// Every map of the xlb program, for pinning and `xlb down`.
+pub const ALL_MAPS: [&str; 9] = [
+    MAP_SERVICES,
+    MAP_MAGLEV,
+    MAP_BACKENDS,
+    MAP_AFFINITY,
+    MAP_STATS,
+    MAP_SVC_STATS,
+    MAP_BE_STATS,
+    MAP_TX_PORTS,
+    MAP_VIP_FILTER,
+];
+
+/// Name of the XDP balancer program in the object.
+pub const PROG_XLB: &str = "xlb";
+
+// ---------------------------------------------------------------------------------------
+// Limits.
+// ---------------------------------------------------------------------------------------
+
+/// Services (ids `0..MAX_SERVICES`).
+pub const MAX_SERVICES: u32 = 256;
+/// Backends over all services (ids `0..MAX_BACKENDS`).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Entries in the services hash: every service plus one VIP marker per distinct address.
+pub const MAX_SERVICE_KEYS: u32 = 2 * MAX_SERVICES;
+/// Default size of the Maglev array (all services' tables side by side); the controller
+/// may resize it at load time.
+pub const DEFAULT_MAGLEV_SLOTS: u32 = 1 << 21;
+/// Default capacity of the affinity LRU (entries, shared by all services).
+pub const DEFAULT_AFFINITY_CAPACITY: u32 = 1 << 20;
+/// Egress interfaces in the redirect map.
+pub const MAX_TX_PORTS: u32 = 64;
+/// Bits in the VIP pre-filter.
+pub const VIP_FILTER_BITS: u32 = 1 << 16;
+/// `u64` words in the VIP pre-filter array.
+pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
+
+/// Maglev slot value meaning "no backend" (an empty table: no healthy backend).
+pub const NO_BACKEND: u32 = u32::MAX;
+/// The data plane refreshes an affinity entry's `last_seen_ns` at most this often,
+/// so a busy client does not write the shared LRU on every packet.
+pub const LAST_SEEN_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Address families as stored in keys (`AF_INET`, `AF_INET6`).
+pub const FAMILY_V4: u8 = 2;
+pub const FAMILY_V6: u8 = 10;
+
+/// IP protocol numbers (`IPPROTO_*`).
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+/// Protocol value of a VIP marker key (see [`SVC_F_VIP_MARKER`]).
+pub const PROTO_VIP_MARKER: u8 = 0;
+
+// ---------------------------------------------------------------------------------------
+// Services.
+// ---------------------------------------------------------------------------------------
+
+/// Key of the services map.
+///
+/// A service listening on every port has `port_be = 0`. The controller also inserts one
+/// *VIP marker* per distinct VIP address (`port_be = 0`, `proto = PROTO_VIP_MARKER`), which
+/// lets the program recognise fragments and unsupported headers addressed to a VIP
+/// without knowing the port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    /// VIP, network order; IPv4 in bytes 0..4, bytes 4..16 zero.
+    pub addr: [u8; 16],
+    /// Destination port, network order; 0 = every port.
+    pub port_be: u16,
+    /// `PROTO_TCP`, `PROTO_UDP` or `PROTO_VIP_MARKER`.
+    pub proto: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+
+/// `affinity = "none"`: the affinity key includes the client's source port (flow hashing).
+pub const SVC_F_AFFINITY_NONE: u32 = 1 << 0;
+/// No healthy backend: pass to the local stack instead of dropping.
+pub const SVC_F_PASS_NO_BACKEND: u32 = 1 << 1;
+/// The entry is a VIP marker, not a service.
+pub const SVC_F_VIP_MARKER: u32 = 1 << 2;
+
+/// Forwarding modes (`ServiceValue::mode`).
+pub const MODE_DSR: u8 = 0;
+
+/// Value of the services map. All fields host order unless stated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// Service id: index into `XLB_SVC_STATS`, part of every affinity key.
+    pub id: u32,
+    /// `SVC_F_*` bits.
+    pub flags: u32,
+    /// First index of this service's Maglev table in `XLB_MAGLEV`.
+    pub table_offset: u32,
+    /// Maglev table size M (prime).
+    pub table_size: u32,
+    /// An affinity entry idle for longer than this is re-decided.
+    pub idle_timeout_ns: u64,
+    /// Mask applied to the client address before it becomes an affinity key, network
+    /// order, as two native words of the mask bytes (`u64::from_ne_bytes(mask[0..8])`,
+    /// `u64::from_ne_bytes(mask[8..16])`), so the program masks with two ANDs.
+    pub src_mask: [u64; 2],
+    /// The prefix length behind `src_mask` (for display only).
+    pub prefix_len: u8,
+    /// `MODE_*`.
+    pub mode: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 48);
+
+// ---------------------------------------------------------------------------------------
+// Backends.
+// ---------------------------------------------------------------------------------------
+
+/// The backend takes new clients and keeps its pinned ones.
+pub const BE_F_HEALTHY: u8 = 1 << 0;
+/// Draining: keeps its pinned clients, takes no new ones (the controller leaves it out of
+/// the Maglev table; the flag is for display and for the data plane's hit path).
+pub const BE_F_DRAINING: u8 = 1 << 1;
+
+/// Value of the backends array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Backend address, network order; IPv4 in bytes 0..4.
+    pub addr: [u8; 16],
+    /// Destination MAC: the backend's (or its next hop's) link address.
+    pub mac: [u8; 6],
+    /// Source MAC: the egress interface's own address.
+    pub src_mac: [u8; 6],
+    /// Backend port, network order (0 = the VIP's port; unused in DSR).
+    pub port_be: u16,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    /// `BE_F_*` bits.
+    pub flags: u8,
+    /// Egress interface index: XDP_TX when it is the ingress interface, else redirect.
+    pub ifindex: u32,
+    /// Owning service id.
+    pub service_id: u32,
+    /// Generation: unique for every (backend, service) the controller ever creates, never 0
+    /// for a live backend. An affinity entry is valid only while its `backend_gen` equals
+    /// this, so a reused id never inherits another backend's clients.
+    pub generation: u32,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 48);
+
+// ---------------------------------------------------------------------------------------
+// Affinity.
+// ---------------------------------------------------------------------------------------
+
+/// Key of the affinity LRU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AffinityKey {
+    /// Service id (host order).
+    pub service_id: u32,
+    /// Client source address masked to the service prefix, network order.
+    pub addr: [u8; 16],
+    /// Client source port, network order, only with `affinity = "none"`; else 0.
+    pub port_be: u16,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 24);
+
+/// Value of the affinity LRU. Times are `bpf_ktime_get_coarse_ns()`, i.e.
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityValue {
+    /// Backend id.
+    pub backend_id: u32,
+    /// The backend's generation when the entry was written.
+    pub backend_gen: u32,
+    /// When the entry was (re)written.
+    pub pinned_ns: u64,
+    /// Last packet seen, refreshed at most every [`LAST_SEEN_REFRESH_NS`].
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 24);
+
+// ---------------------------------------------------------------------------------------
+// Statistics.
+// ---------------------------------------------------------------------------------------
+
+/// Indices of the global per-CPU counters in `XLB_STATS`: every verdict and every reason.
+/// Each packet increments exactly one of them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Not IPv4/IPv6 (ARP, LLDP, a second VLAN tag, ...): passed.
+    PassNonIp = 0,
+    /// IP, but not addressed to a service (other address, port, protocol; ICMP): passed.
+    PassNotService = 1,
+    /// Ethernet, VLAN or IP header truncated or invalid before any VIP is known: passed
+    /// (the kernel stack drops it as it would without xlb).
+    PassMalformed = 2,
+    /// Service without a healthy backend, configured to pass to the local stack.
+    PassNoBackend = 3,
+    /// Fragment addressed to a VIP: dropped (not balanced yet).
+    DropFragment = 4,
+    /// Addressed to a VIP but the TCP/UDP header is truncated: dropped.
+    DropMalformed = 5,
+    /// IPv6 to a VIP with an extension header before TCP/UDP: dropped (unsupported).
+    DropIpv6ExtHeader = 6,
+    /// Service without a healthy backend: dropped.
+    DropNoBackend = 7,
+    /// The backend's egress interface is not in `XLB_TX_PORTS`: dropped.
+    DropNoTxPort = 8,
+    /// Forwarded with XDP_TX (backend behind the ingress interface).
+    Tx = 9,
+    /// Forwarded with XDP_REDIRECT to another interface.
+    Redirect = 10,
+}
+
+impl Stat {
+    pub const COUNT: u32 = 11;
+    pub const ALL: [Stat; Self::COUNT as usize] = [
+        Stat::PassNonIp,
+        Stat::PassNotService,
+        Stat::PassMalformed,
+        Stat::PassNoBackend,
+        Stat::DropFragment,
+        Stat::DropMalformed,
+        Stat::DropIpv6ExtHeader,
+        Stat::DropNoBackend,
+        Stat::DropNoTxPort,
+        Stat::Tx,
+        Stat::Redirect,
+    ];
+
+    /// Stable snake_case name, used in metrics and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::PassNonIp => "pass_non_ip",
+            Stat::PassNotService => "pass_not_service",
+            Stat::PassMalformed => "pass_malformed",
+            Stat::PassNoBackend => "pass_no_backend",
+            Stat::DropFragment => "drop_fragment",
+            Stat::DropMalformed => "drop_malformed",
+            Stat::DropIpv6ExtHeader => "drop_ipv6_ext_header",
+            Stat::DropNoBackend => "drop_no_backend",
+            Stat::DropNoTxPort => "drop_no_tx_port",
+            Stat::Tx => "tx",
+            Stat::Redirect => "redirect",
+        }
+    }
+}
+
+/// Per-CPU counters of one service (`XLB_SVC_STATS[service id]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceStats {
+    /// Packets forwarded to a backend.
+    pub packets: u64,
+    /// Bytes (whole frames) forwarded to a backend.
+    pub bytes: u64,
+    /// Packets whose live affinity entry decided the backend.
+    pub hits: u64,
+    /// Packets of clients without an entry (new clients, or evicted by the LRU).
+    pub misses: u64,
+    /// Entries re-decided because their backend became unhealthy or left the service.
+    pub repins: u64,
+    /// Entries re-decided because they were idle longer than `idle_timeout`.
+    pub expiries: u64,
+    /// Packets without a healthy backend (dropped or passed per the service flag).
+    pub no_backend: u64,
+    /// Fragments and unsupported headers addressed to the service's VIP.
+    pub dropped: u64,
+}
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 64);
+
+/// Per-CPU counters of one backend (`XLB_BE_STATS[backend id]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendStats {
+    /// Packets forwarded to the backend.
+    pub packets: u64,
+    /// Bytes forwarded to the backend.
+    pub bytes: u64,
+    /// Affinity entries written pointing to this backend (new clients, re-pins, expiries).
+    pub pins: u64,
+    pub _reserved: u64,
+}
+const _: () = assert!(core::mem::size_of::<BackendStats>() == 32);
+
+// ---------------------------------------------------------------------------------------
+// Helpers shared by the program and the controller.
+// ---------------------------------------------------------------------------------------
+
+/// Bit of the VIP pre-filter for a destination address: `(word index, bit mask)`.
+///
+/// Folds the address to 16 bits; a collision only costs the packet a services lookup.
+#[inline(always)]
+pub fn vip_filter_bit(addr: &[u8; 16], family: u8) -> (u32, u64) {
+    let w0 = u32::from_le_bytes([addr[0], addr[1], addr[2], addr[3]]);
+    let w = if family == FAMILY_V6 {
+        w0 ^ u32::from_le_bytes([addr[4], addr[5], addr[6], addr[7]])
+            ^ u32::from_le_bytes([addr[8], addr[9], addr[10], addr[11]])
+            ^ u32::from_le_bytes([addr[12], addr[13], addr[14], addr[15]])
+    } else {
+        w0
+    };
+    vip_filter_bit_folded(w)
+}
+
+/// [`vip_filter_bit`] after the address has been folded to one little-endian word
+/// (the XOR of its 32-bit words); lets the program fold straight from the packet.
+#[inline(always)]
+pub fn vip_filter_bit_folded(w: u32) -> (u32, u64) {
+    let f = (w ^ (w >> 16)) & (VIP_FILTER_BITS - 1);
+    (f >> 6, 1u64 << (f & 63))
+}
+
+/// The source mask of a prefix length, in the layout of [`ServiceValue::src_mask`].
+pub const fn prefix_mask(prefix_len: u8, family: u8) -> [u64; 2] {
+    let max = if family == FAMILY_V6 { 128 } else { 32 };
+    let len = if prefix_len as u32 > max { max } else { prefix_len as u32 };
+    let mut bytes = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        let bits = len as i32 - (i as i32) * 8;
+        bytes[i] = if bits >= 8 {
+            0xff
+        } else if bits <= 0 {
+            0
+        } else {
+            0xffu8 << (8 - bits)
+        };
+        i += 1;
+    }
+    [
+        u64::from_ne_bytes([
+            bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+        ]),
+        u64::from_ne_bytes([
+            bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
+        ]),
+    ]
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], contain only integers and explicit padding
+    // fields, so every bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::ServiceStats {}
+    unsafe impl aya::Pod for super::BackendStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_masks() {
+        let m = prefix_mask(24, FAMILY_V4);
+        let b = m[0].to_ne_bytes();
+        assert_eq!(&b[..4], &[255, 255, 255, 0]);
+        assert_eq!(m[1], 0);
+        let m = prefix_mask(32, FAMILY_V4);
+        assert_eq!(&m[0].to_ne_bytes()[..4], &[255; 4]);
+        assert_eq!(&m[0].to_ne_bytes()[4..], &[0; 4]);
+        let m = prefix_mask(64, FAMILY_V6);
+        assert_eq!(m, [u64::MAX, 0]);
+        let m = prefix_mask(128, FAMILY_V6);
+        assert_eq!(m, [u64::MAX, u64::MAX]);
+        let m = prefix_mask(0, FAMILY_V6);
+        assert_eq!(m, [0, 0]);
+        let m = prefix_mask(57, FAMILY_V6);
+        assert_eq!(m[0].to_ne_bytes(), [255, 255, 255, 255, 255, 255, 255, 0x80]);
+    }
+
+    #[test]
+    fn vip_filter_is_in_range_and_family_aware() {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[203, 0, 113, 10]);
+        let (w, bit) = vip_filter_bit(&a, FAMILY_V4);
+        assert!(w < VIP_FILTER_WORDS);
+        assert_eq!(bit.count_ones(), 1);
+        // The folded form the program uses gives the same bit.
+        let folded = u32::from_le_bytes([203, 0, 113, 10]);
+        assert_eq!(vip_filter_bit_folded(folded), (w, bit));
+    }
+
+    #[test]
+    fn stat_names_are_unique_and_indexed() {
+        for (i, s) in Stat::ALL.iter().enumerate() {
+            assert_eq!(*s as u32, i as u32);
+        }
+        let mut names: Vec<_> = Stat::ALL.iter().map(|s| s.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Stat::COUNT as usize);
+    }
+}

@@ -1,0 +1,1 @@
+//! Weighted Maglev table builder (userspace only). Placeholder: filled in below.

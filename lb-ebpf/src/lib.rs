@@ -1,0 +1,2 @@
+//! Packet-access helpers shared by the XDP programs of this crate.
+#![no_std]

@@ -1,0 +1,3 @@
+fn main() {
+    println!("xlb: {} bytes of XDP object", xlb::loader::XLB_OBJECT.len());
+}
