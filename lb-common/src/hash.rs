@@ -59,7 +59,11 @@ pub fn flow_hash(key: &AffinityKey) -> u32 {
 /// Slot of the Maglev table (size `table_size`) that decides a client with this hash.
 #[inline(always)]
 pub fn maglev_slot(hash: u32, table_size: u32) -> u32 {
-    if table_size == 0 { 0 } else { hash % table_size }
+    if table_size == 0 {
+        0
+    } else {
+        hash % table_size
+    }
 }
 
 #[cfg(test)]

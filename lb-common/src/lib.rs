@@ -317,8 +317,7 @@ pub struct ServiceStats {
     pub expiries: u64,
     /// Packets without a healthy backend (dropped or passed per the service flag).
     pub no_backend: u64,
-    /// Fragments and unsupported headers addressed to the service's VIP.
-    pub dropped: u64,
+    pub _reserved: u64,
 }
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 64);
 
@@ -367,7 +366,11 @@ pub fn vip_filter_bit_folded(w: u32) -> (u32, u64) {
 /// The source mask of a prefix length, in the layout of [`ServiceValue::src_mask`].
 pub const fn prefix_mask(prefix_len: u8, family: u8) -> [u64; 2] {
     let max = if family == FAMILY_V6 { 128 } else { 32 };
-    let len = if prefix_len as u32 > max { max } else { prefix_len as u32 };
+    let len = if prefix_len as u32 > max {
+        max
+    } else {
+        prefix_len as u32
+    };
     let mut bytes = [0u8; 16];
     let mut i = 0;
     while i < 16 {
@@ -424,7 +427,10 @@ mod tests {
         let m = prefix_mask(0, FAMILY_V6);
         assert_eq!(m, [0, 0]);
         let m = prefix_mask(57, FAMILY_V6);
-        assert_eq!(m[0].to_ne_bytes(), [255, 255, 255, 255, 255, 255, 255, 0x80]);
+        assert_eq!(
+            m[0].to_ne_bytes(),
+            [255, 255, 255, 255, 255, 255, 255, 0x80]
+        );
     }
 
     #[test]

@@ -1,2 +1,22 @@
 //! Packet-access helpers shared by the XDP programs of this crate.
 #![no_std]
+
+use aya_ebpf::programs::XdpContext;
+
+/// EtherTypes as they sit in the frame, read as a native `u16` (network order bytes).
+pub const ETH_P_IP: u16 = 0x0800u16.to_be();
+pub const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
+pub const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+pub const ETH_P_8021AD: u16 = 0x88A8u16.to_be();
+
+/// Pointer to a `T` at `offset` bytes into the frame, or `None` when the frame is too
+/// short. This check is what the verifier proves every access against.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}

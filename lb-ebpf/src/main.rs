@@ -1,11 +1,418 @@
+//! The xlb XDP balancer: IP affinity with an LRU affinity table in front of Maglev.
+//!
+//! Per packet: parse → VIP pre-filter → service lookup → affinity lookup → (miss) Maglev
+//! slot → backend → rewrite MACs (DSR) → XDP_TX or XDP_REDIRECT. Everything not owned by
+//! a service leaves with XDP_PASS, unchanged. Every packet increments exactly one counter
+//! of `XLB_STATS` (its verdict and reason).
+//!
+//! Rules for bad input (see `Stat`): a frame whose Ethernet, VLAN or IP header is
+//! truncated or invalid is passed untouched (`pass_malformed`), because before the
+//! destination address is known it is not ours to judge; once the destination is a VIP,
+//! a truncated TCP/UDP header, a fragment or an IPv6 extension header is dropped.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::{map, xdp},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use lb_common::{
+    AffinityKey, AffinityValue, BE_F_HEALTHY, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY,
+    DEFAULT_MAGLEV_SLOTS, FAMILY_V4, FAMILY_V6, LAST_SEEN_REFRESH_NS, MAX_BACKENDS,
+    MAX_SERVICE_KEYS, MAX_SERVICES, MAX_TX_PORTS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    PROTO_VIP_MARKER, SVC_F_AFFINITY_NONE, SVC_F_PASS_NO_BACKEND, ServiceKey, ServiceStats,
+    ServiceValue, Stat, VIP_FILTER_WORDS, flow_hash, maglev_slot, vip_filter_bit_folded,
+};
+use lb_ebpf::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ptr_at};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
+
+#[map(name = "XLB_SERVICES")]
+static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICE_KEYS, 0);
+
+#[map(name = "XLB_MAGLEV")]
+static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAGLEV_SLOTS, 0);
+
+#[map(name = "XLB_BACKENDS")]
+static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// One table shared by all CPUs: a client's connections arrive on several RX queues and
+/// must all see the same pin.
+#[map(name = "XLB_AFFINITY")]
+static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(DEFAULT_AFFINITY_CAPACITY, 0);
+
+#[map(name = "XLB_STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+#[map(name = "XLB_SVC_STATS")]
+static SVC_STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+#[map(name = "XLB_BE_STATS")]
+static BE_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "XLB_TX_PORTS")]
+static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+#[map(name = "XLB_VIP_FILTER")]
+static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+
+/// IPv4 flags/fragment-offset bits that mark a fragment: MF and the 13-bit offset.
+const IPV4_FRAG_MASK: u16 = 0x3fff;
+/// IPv6 next-header values that are extension headers (RFC 8200 §4, RFC 7045).
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_EXT_HEADERS: [u8; 7] = [0, 43, 60, 51, 135, 139, 140];
 
 #[xdp]
-pub fn xlb(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
+pub fn xlb(ctx: XdpContext) -> u32 {
+    match try_xlb(&ctx) {
+        Ok(action) => action,
+        Err(()) => XDP_ABORTED,
+    }
+}
+
+/// Counts `stat` and returns `action`.
+#[inline(always)]
+fn verdict(stat: Stat, action: u32) -> Result<u32, ()> {
+    if let Some(c) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+    Ok(action)
+}
+
+#[inline(always)]
+fn pass(stat: Stat) -> Result<u32, ()> {
+    verdict(stat, XDP_PASS)
+}
+
+#[inline(always)]
+fn drop(stat: Stat) -> Result<u32, ()> {
+    verdict(stat, XDP_DROP)
+}
+
+/// What the IP layer found: destination, source, protocol and where L4 starts.
+struct Flow {
+    daddr: [u8; 16],
+    saddr: [u8; 16],
+    family: u8,
+    proto: u8,
+    l4: usize,
+}
+
+fn try_xlb(ctx: &XdpContext) -> Result<u32, ()> {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return pass(Stat::PassMalformed);
+    };
+    // SAFETY: ptr_at checked the bounds.
+    let mut ether_type = unsafe { (*eth).ether_type };
+    let mut l3 = EthHdr::LEN;
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        let Some(vlan) = ptr_at::<VlanHdr>(ctx, l3) else {
+            return pass(Stat::PassMalformed);
+        };
+        ether_type = unsafe { (*vlan).ether_type };
+        l3 += VlanHdr::LEN;
+    }
+    if ether_type == ETH_P_IP {
+        ipv4(ctx, l3)
+    } else if ether_type == ETH_P_IPV6 {
+        ipv6(ctx, l3)
+    } else {
+        pass(Stat::PassNonIp)
+    }
+}
+
+/// Is `addr` a configured VIP? The pre-filter bit must already be known set.
+#[inline(always)]
+fn is_vip(addr: &[u8; 16], family: u8) -> bool {
+    let key = ServiceKey {
+        addr: *addr,
+        port_be: 0,
+        proto: PROTO_VIP_MARKER,
+        family,
+    };
+    // SAFETY: the value is only tested for presence.
+    unsafe { SERVICES.get(&key).is_some() }
+}
+
+/// The VIP pre-filter: false means no service has this destination address.
+#[inline(always)]
+fn vip_filter_hit(folded: u32) -> bool {
+    let (word, bit) = vip_filter_bit_folded(folded);
+    match VIP_FILTER.get(word) {
+        Some(w) => *w & bit != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, l3: usize) -> Result<u32, ()> {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
+        return pass(Stat::PassMalformed);
+    };
+    // SAFETY: ptr_at checked the bounds for the whole fixed header.
+    let ip = unsafe { &*ip };
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+        return pass(Stat::PassMalformed);
+    }
+    let d = ip.dst_addr;
+    if !vip_filter_hit(u32::from_le_bytes(d)) {
+        return pass(Stat::PassNotService);
+    }
+    let mut flow = Flow {
+        daddr: [0; 16],
+        saddr: [0; 16],
+        family: FAMILY_V4,
+        proto: ip.proto,
+        l4: l3 + ihl,
+    };
+    flow.daddr[..4].copy_from_slice(&d);
+    flow.saddr[..4].copy_from_slice(&ip.src_addr);
+    if u16::from_be_bytes(ip.frags) & IPV4_FRAG_MASK != 0 {
+        return not_balanceable(&flow, Stat::DropFragment);
+    }
+    l4(ctx, &flow)
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, l3: usize) -> Result<u32, ()> {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l3) else {
+        return pass(Stat::PassMalformed);
+    };
+    // SAFETY: ptr_at checked the bounds for the whole fixed header.
+    let ip = unsafe { &*ip };
+    if ip.vcf[0] >> 4 != 6 {
+        return pass(Stat::PassMalformed);
+    }
+    let d = ip.dst_addr;
+    let folded = u32::from_le_bytes([d[0], d[1], d[2], d[3]])
+        ^ u32::from_le_bytes([d[4], d[5], d[6], d[7]])
+        ^ u32::from_le_bytes([d[8], d[9], d[10], d[11]])
+        ^ u32::from_le_bytes([d[12], d[13], d[14], d[15]]);
+    if !vip_filter_hit(folded) {
+        return pass(Stat::PassNotService);
+    }
+    let flow = Flow {
+        daddr: d,
+        saddr: ip.src_addr,
+        family: FAMILY_V6,
+        proto: ip.next_hdr,
+        l4: l3 + Ipv6Hdr::LEN,
+    };
+    if flow.proto == IPV6_FRAGMENT {
+        return not_balanceable(&flow, Stat::DropFragment);
+    }
+    if IPV6_EXT_HEADERS.contains(&flow.proto) {
+        return not_balanceable(&flow, Stat::DropIpv6ExtHeader);
+    }
+    l4(ctx, &flow)
+}
+
+/// A packet xlb cannot balance: dropped (and counted as `reason`) when it is addressed
+/// to a VIP, otherwise passed untouched.
+#[inline(always)]
+fn not_balanceable(flow: &Flow, reason: Stat) -> Result<u32, ()> {
+    if is_vip(&flow.daddr, flow.family) {
+        drop(reason)
+    } else {
+        pass(Stat::PassNotService)
+    }
+}
+
+#[inline(always)]
+fn l4(ctx: &XdpContext, flow: &Flow) -> Result<u32, ()> {
+    // Ports are the first four bytes of both headers; the whole fixed header must be
+    // present, or the backend would only drop the packet later.
+    let ports = if flow.proto == PROTO_TCP {
+        ptr_at::<TcpHdr>(ctx, flow.l4).map(|h| h as *const [u8; 4])
+    } else if flow.proto == PROTO_UDP {
+        ptr_at::<UdpHdr>(ctx, flow.l4).map(|h| h as *const [u8; 4])
+    } else {
+        return pass(Stat::PassNotService);
+    };
+    let Some(ports) = ports else {
+        return not_balanceable(flow, Stat::DropMalformed);
+    };
+    // SAFETY: ptr_at checked the bounds for at least the fixed L4 header.
+    let ports = unsafe { *ports };
+    let sport = u16::from_ne_bytes([ports[0], ports[1]]);
+    let dport = u16::from_ne_bytes([ports[2], ports[3]]);
+
+    let mut key = ServiceKey {
+        addr: flow.daddr,
+        port_be: dport,
+        proto: flow.proto,
+        family: flow.family,
+    };
+    // SAFETY: values are copied out at once; the controller replaces them whole.
+    let svc = match unsafe { SERVICES.get(&key) } {
+        Some(s) => *s,
+        None => {
+            key.port_be = 0;
+            match unsafe { SERVICES.get(&key) } {
+                Some(s) => *s,
+                None => return pass(Stat::PassNotService),
+            }
+        }
+    };
+    balance(ctx, &svc, flow, sport)
+}
+
+#[inline(always)]
+fn balance(ctx: &XdpContext, svc: &ServiceValue, flow: &Flow, sport: u16) -> Result<u32, ()> {
+    let Some(ss) = SVC_STATS.get_ptr_mut(svc.id) else {
+        return Err(());
+    };
+    // SAFETY: per-CPU slot.
+    let ss = unsafe { &mut *ss };
+
+    let lo = u64::from_ne_bytes([
+        flow.saddr[0],
+        flow.saddr[1],
+        flow.saddr[2],
+        flow.saddr[3],
+        flow.saddr[4],
+        flow.saddr[5],
+        flow.saddr[6],
+        flow.saddr[7],
+    ]) & svc.src_mask[0];
+    let hi = u64::from_ne_bytes([
+        flow.saddr[8],
+        flow.saddr[9],
+        flow.saddr[10],
+        flow.saddr[11],
+        flow.saddr[12],
+        flow.saddr[13],
+        flow.saddr[14],
+        flow.saddr[15],
+    ]) & svc.src_mask[1];
+    let mut addr = [0u8; 16];
+    addr[..8].copy_from_slice(&lo.to_ne_bytes());
+    addr[8..].copy_from_slice(&hi.to_ne_bytes());
+    let key = AffinityKey {
+        service_id: svc.id,
+        addr,
+        port_be: if svc.flags & SVC_F_AFFINITY_NONE != 0 {
+            sport
+        } else {
+            0
+        },
+        family: flow.family,
+        _pad: 0,
+    };
+    // SAFETY: a helper without side effects.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+
+    // Rule 2: a live entry whose backend is still in the service and healthy wins;
+    // a draining backend keeps its pinned clients (draining leaves the healthy bit set).
+    if let Some(entry) = AFFINITY.get_ptr_mut(&key) {
+        // SAFETY: a pointer into the map value; concurrent writers only store whole
+        // aligned u64/u32 fields, and a torn `last_seen` read is harmless.
+        let entry = unsafe { &mut *entry };
+        let backend_id = entry.backend_id;
+        match BACKENDS.get(backend_id) {
+            Some(be) if be.generation == entry.backend_gen && be.flags & BE_F_HEALTHY != 0 => {
+                let idle = now.saturating_sub(entry.last_seen_ns);
+                if idle <= svc.idle_timeout_ns {
+                    // Rule 4: refresh at most about once a second.
+                    if idle > LAST_SEEN_REFRESH_NS {
+                        entry.last_seen_ns = now;
+                    }
+                    ss.hits += 1;
+                    return forward(ctx, ss, be, backend_id);
+                }
+                ss.expiries += 1;
+            }
+            _ => ss.repins += 1,
+        }
+    } else {
+        ss.misses += 1;
+    }
+
+    // Rule 3: the Maglev slot decides; the entry is (re)written.
+    let slot = svc.table_offset + maglev_slot(flow_hash(&key), svc.table_size);
+    let backend_id = match MAGLEV.get(slot) {
+        Some(id) if *id != NO_BACKEND => *id,
+        _ => return no_backend(svc, ss),
+    };
+    let be = match BACKENDS.get(backend_id) {
+        Some(be) if be.flags & BE_F_HEALTHY != 0 => be,
+        // The controller removes a backend from the table before clearing its healthy
+        // bit, so this is only a transient of a concurrent update.
+        _ => return no_backend(svc, ss),
+    };
+    let value = AffinityValue {
+        backend_id,
+        backend_gen: be.generation,
+        pinned_ns: now,
+        last_seen_ns: now,
+    };
+    // A failed insert (never expected for an LRU) only costs the next packet a miss.
+    let _ = AFFINITY.insert(&key, &value, 0);
+    if let Some(bs) = BE_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*bs).pins += 1 };
+    }
+    forward(ctx, ss, be, backend_id)
+}
+
+/// Rule 5: no healthy backend: drop (default) or pass to the local stack.
+#[inline(always)]
+fn no_backend(svc: &ServiceValue, ss: &mut ServiceStats) -> Result<u32, ()> {
+    ss.no_backend += 1;
+    if svc.flags & SVC_F_PASS_NO_BACKEND != 0 {
+        pass(Stat::PassNoBackend)
+    } else {
+        drop(Stat::DropNoBackend)
+    }
+}
+
+/// DSR: destination MAC := backend's, source MAC := egress interface's; XDP_TX when the
+/// backend sits behind the ingress interface, else redirect through `XLB_TX_PORTS`.
+#[inline(always)]
+fn forward(
+    ctx: &XdpContext,
+    ss: &mut ServiceStats,
+    be: &Backend,
+    backend_id: u32,
+) -> Result<u32, ()> {
+    // Decide the exit first: a frame dropped for a missing port leaves unmodified.
+    let (action, stat) = if be.ifindex as usize == ctx.ingress_ifindex() {
+        (XDP_TX, Stat::Tx)
+    } else {
+        match TX_PORTS.redirect(be.ifindex, XDP_DROP as u64) {
+            Ok(action) => (action, Stat::Redirect),
+            Err(_) => return drop(Stat::DropNoTxPort),
+        }
+    };
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Err(());
+    };
+    // SAFETY: ptr_at checked the bounds.
+    unsafe {
+        (*eth).dst_addr = be.mac;
+        (*eth).src_addr = be.src_mac;
+    }
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    ss.packets += 1;
+    ss.bytes += len;
+    if let Some(bs) = BE_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot.
+        let bs = unsafe { &mut *bs };
+        bs.packets += 1;
+        bs.bytes += len;
+    }
+    verdict(stat, action)
 }
 
 #[cfg(not(test))]

@@ -1,1 +1,61 @@
-fn main() {}
+//! `cargo xtask` for the xlb workspace: `setup`, `build`, `test`, `bench`, `demo`.
+//!
+//! This crate must compile on a fresh machine, so it depends on nothing in the workspace
+//! and on no eBPF tooling; everything else is driven through `cargo`, `rustup`, `apt-get`.
+mod bench;
+mod build;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Development tasks for xlb",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prepare this machine (root, Debian-based): nightly + rust-src, bpf-linker, packages, bpffs.
+    Setup(setup::Args),
+    /// Build the `xlb` binary (release) with its embedded XDP object.
+    Build,
+    /// Run the test tiers: unit (no root), packet and e2e (root).
+    Test(test::Args),
+    /// Run the benchmarks (root).
+    Bench(bench::Args),
+    /// Interactive demo (not available yet).
+    Demo,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup(args) => setup::run(&args),
+        Command::Build => build::run(),
+        Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Demo => {
+            eprintln!("the demo arrives with the network-namespace lab (issue 5)");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

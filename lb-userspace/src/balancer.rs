@@ -1,0 +1,636 @@
+//! The controller's model of services and backends, and how it is written to the maps.
+//!
+//! Invariants the data plane relies on:
+//! - A Maglev table holds only backends that are healthy, not draining and whose link
+//!   (MAC, egress interface) is resolved: nothing is ever forwarded to a zero MAC.
+//! - Order of writes: a backend is made usable (its entry written) *before* any slot
+//!   points to it, and slots stop pointing to it *before* it is made unusable. A packet
+//!   in flight therefore never meets a slot whose backend is gone.
+//! - Every backend entry carries a generation that is never reused, so an affinity entry
+//!   of a removed backend can never be inherited by a new backend with the same id.
+
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+
+use lb_common::{
+    AffinityKey, BE_F_DRAINING, BE_F_HEALTHY, Backend, MAX_BACKENDS, MAX_SERVICES, MODE_DSR,
+    NO_BACKEND, SVC_F_AFFINITY_NONE, SVC_F_PASS_NO_BACKEND, ServiceKey, ServiceValue, flow_hash,
+    maglev::{self, MaglevBackend, MaglevError},
+    maglev_slot, prefix_mask,
+};
+
+use crate::{
+    maps::{DataPlane, MapsError},
+    model::{Affinity, BackendSpec, Link, NoBackend, ServiceSpec, addr_bytes, addr_from_bytes},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BalancerError {
+    #[error("service {0:?} does not exist")]
+    UnknownService(String),
+    #[error("service {0:?} already exists")]
+    DuplicateService(String),
+    #[error("service {existing:?} already uses {vip} port {port}/{protocol}")]
+    DuplicateListener {
+        existing: String,
+        vip: IpAddr,
+        port: u16,
+        protocol: &'static str,
+    },
+    #[error("service {service:?} has no backend {address}")]
+    UnknownBackend { service: String, address: IpAddr },
+    #[error("service {service:?} already has backend {address}")]
+    DuplicateBackend { service: String, address: IpAddr },
+    #[error("all {MAX_SERVICES} service ids are in use")]
+    NoServiceId,
+    #[error("all {MAX_BACKENDS} backend ids are in use")]
+    NoBackendId,
+    #[error(
+        "no room for a Maglev table of {needed} slots (the Maglev map has {capacity} slots in all)"
+    )]
+    MaglevSpace { needed: u32, capacity: u32 },
+    #[error("service {service:?}: {source}")]
+    Maglev {
+        service: String,
+        #[source]
+        source: MaglevError,
+    },
+    #[error("client {client} is not of the address family of service {service:?}")]
+    FamilyMismatch { service: String, client: IpAddr },
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+}
+
+type Result<T> = std::result::Result<T, BalancerError>;
+
+#[derive(Clone, Debug)]
+pub struct BackendState {
+    pub id: u32,
+    pub spec: BackendSpec,
+    pub generation: u32,
+    pub healthy: bool,
+    pub draining: bool,
+    pub link: Option<Link>,
+}
+
+impl BackendState {
+    /// Takes new clients: in the Maglev table.
+    pub fn in_table(&self) -> bool {
+        self.healthy && !self.draining && self.link.is_some()
+    }
+
+    /// Keeps its pinned clients: the data plane's healthy bit.
+    fn usable(&self) -> bool {
+        self.healthy && self.link.is_some()
+    }
+
+    fn entry(&self, service_id: u32) -> Backend {
+        let (addr, family) = addr_bytes(self.spec.address);
+        let link = self.link.unwrap_or(Link {
+            mac: [0; 6],
+            src_mac: [0; 6],
+            ifindex: 0,
+        });
+        let mut flags = 0;
+        if self.usable() {
+            flags |= BE_F_HEALTHY;
+        }
+        if self.draining {
+            flags |= BE_F_DRAINING;
+        }
+        Backend {
+            addr,
+            mac: link.mac,
+            src_mac: link.src_mac,
+            port_be: 0,
+            family,
+            flags,
+            ifindex: link.ifindex,
+            service_id,
+            generation: self.generation,
+            _pad: [0; 4],
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceState {
+    pub id: u32,
+    pub spec: ServiceSpec,
+    pub table_offset: u32,
+    /// The Maglev table as last written.
+    pub table: Vec<u32>,
+    /// The table before the last change that altered it (for `explain`).
+    pub previous_table: Vec<u32>,
+    pub backends: Vec<BackendState>,
+}
+
+impl ServiceState {
+    pub fn key(&self) -> ServiceKey {
+        let (addr, family) = addr_bytes(self.spec.vip);
+        ServiceKey {
+            addr,
+            port_be: self.spec.port.to_be(),
+            proto: self.spec.protocol.number(),
+            family,
+        }
+    }
+
+    fn value(&self) -> ServiceValue {
+        let (_, family) = addr_bytes(self.spec.vip);
+        let mut flags = 0;
+        if self.spec.affinity == Affinity::None {
+            flags |= SVC_F_AFFINITY_NONE;
+        }
+        if self.spec.no_backend == NoBackend::Pass {
+            flags |= SVC_F_PASS_NO_BACKEND;
+        }
+        ServiceValue {
+            id: self.id,
+            flags,
+            table_offset: self.table_offset,
+            table_size: self.spec.table_size,
+            idle_timeout_ns: self.spec.idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
+            src_mask: prefix_mask(self.spec.prefix_len(), family),
+            prefix_len: self.spec.prefix_len(),
+            mode: MODE_DSR,
+            _pad: [0; 6],
+        }
+    }
+
+    pub fn backend(&self, address: IpAddr) -> Option<&BackendState> {
+        self.backends.iter().find(|b| b.spec.address == address)
+    }
+
+    fn backend_by_id(&self, id: u32) -> Option<&BackendState> {
+        self.backends.iter().find(|b| b.id == id)
+    }
+
+    /// The affinity key of a client (and source port, used only with `affinity = "none"`).
+    pub fn affinity_key(&self, client: IpAddr, port: u16) -> Result<AffinityKey> {
+        let (bytes, family) = addr_bytes(client);
+        if family != addr_bytes(self.spec.vip).1 {
+            return Err(BalancerError::FamilyMismatch {
+                service: self.spec.name.clone(),
+                client,
+            });
+        }
+        let mask = prefix_mask(self.spec.prefix_len(), family);
+        let lo = u64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes")) & mask[0];
+        let hi = u64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes")) & mask[1];
+        let mut addr = [0u8; 16];
+        addr[..8].copy_from_slice(&lo.to_ne_bytes());
+        addr[8..].copy_from_slice(&hi.to_ne_bytes());
+        Ok(AffinityKey {
+            service_id: self.id,
+            addr,
+            port_be: if self.spec.affinity == Affinity::None {
+                port.to_be()
+            } else {
+                0
+            },
+            family,
+            _pad: 0,
+        })
+    }
+
+    /// Share of the Maglev table held by each backend id.
+    pub fn table_share(&self, backend_id: u32) -> f64 {
+        if self.table.is_empty() {
+            return 0.0;
+        }
+        self.table.iter().filter(|&&id| id == backend_id).count() as f64 / self.table.len() as f64
+    }
+}
+
+/// Why `explain` expects the next packet to go where it says.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// A live affinity entry decides.
+    Pinned { age: Duration, idle: Duration },
+    /// The Maglev slot decides (no entry, or the entry is idle/expired or its backend is
+    /// no longer usable).
+    Hashed { reason: HashReason },
+    /// The table is empty: no healthy backend.
+    NoBackend,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashReason {
+    NoEntry,
+    Expired,
+    BackendUnusable,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Explanation {
+    pub decision: Decision,
+    pub backend: Option<IpAddr>,
+    /// The Maglev slot of this client (what decides whenever the entry does not).
+    pub slot: u32,
+    pub slot_backend: Option<IpAddr>,
+    /// The backend that slot held before the last table change, when different.
+    pub previous_slot_backend: Option<IpAddr>,
+    pub key: AffinityKey,
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in ns: the clock of `bpf_ktime_get_coarse_ns()`.
+pub fn ktime_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; the clock id exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub struct Balancer {
+    pub dp: DataPlane,
+    services: BTreeMap<String, ServiceState>,
+    next_generation: u32,
+}
+
+impl Balancer {
+    pub fn new(dp: DataPlane) -> Self {
+        Self {
+            dp,
+            services: BTreeMap::new(),
+            next_generation: 1,
+        }
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &ServiceState> {
+        self.services.values()
+    }
+
+    pub fn service(&self, name: &str) -> Result<&ServiceState> {
+        self.services
+            .get(name)
+            .ok_or_else(|| BalancerError::UnknownService(name.to_string()))
+    }
+
+    fn generation(&mut self) -> u32 {
+        let g = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        g
+    }
+
+    fn free_service_id(&self) -> Result<u32> {
+        (0..MAX_SERVICES)
+            .find(|id| self.services.values().all(|s| s.id != *id))
+            .ok_or(BalancerError::NoServiceId)
+    }
+
+    fn free_backend_ids(&self, n: usize) -> Result<Vec<u32>> {
+        let used: std::collections::HashSet<u32> = self
+            .services
+            .values()
+            .flat_map(|s| s.backends.iter().map(|b| b.id))
+            .collect();
+        let ids: Vec<u32> = (0..MAX_BACKENDS)
+            .filter(|id| !used.contains(id))
+            .take(n)
+            .collect();
+        if ids.len() < n {
+            return Err(BalancerError::NoBackendId);
+        }
+        Ok(ids)
+    }
+
+    /// First fit in the Maglev array.
+    fn free_table_offset(&self, size: u32) -> Result<u32> {
+        let capacity = self.dp.maglev_capacity();
+        let mut used: Vec<(u32, u32)> = self
+            .services
+            .values()
+            .map(|s| (s.table_offset, s.spec.table_size))
+            .collect();
+        used.sort_unstable();
+        let mut start = 0u32;
+        for (off, len) in used {
+            if off >= start && off - start >= size {
+                return Ok(start);
+            }
+            start = start.max(off + len);
+        }
+        if capacity >= start && capacity - start >= size {
+            Ok(start)
+        } else {
+            Err(BalancerError::MaglevSpace {
+                needed: size,
+                capacity,
+            })
+        }
+    }
+
+    /// Adds a service with its backends. Backends start healthy (health checks, when
+    /// configured, take them out) and take traffic as soon as their link is known.
+    pub fn add_service(
+        &mut self,
+        spec: ServiceSpec,
+        backends: &[(BackendSpec, Option<Link>)],
+    ) -> Result<()> {
+        if self.services.contains_key(&spec.name) {
+            return Err(BalancerError::DuplicateService(spec.name));
+        }
+        if let Some(s) = self.services.values().find(|s| {
+            s.spec.vip == spec.vip && s.spec.port == spec.port && s.spec.protocol == spec.protocol
+        }) {
+            return Err(BalancerError::DuplicateListener {
+                existing: s.spec.name.clone(),
+                vip: spec.vip,
+                port: spec.port,
+                protocol: if spec.protocol.number() == lb_common::PROTO_TCP {
+                    "tcp"
+                } else {
+                    "udp"
+                },
+            });
+        }
+        let id = self.free_service_id()?;
+        let table_offset = self.free_table_offset(spec.table_size)?;
+        let ids = self.free_backend_ids(backends.len())?;
+        let mut states = Vec::with_capacity(backends.len());
+        for ((b, link), id) in backends.iter().zip(ids) {
+            if states
+                .iter()
+                .any(|s: &BackendState| s.spec.address == b.address)
+            {
+                return Err(BalancerError::DuplicateBackend {
+                    service: spec.name.clone(),
+                    address: b.address,
+                });
+            }
+            states.push(BackendState {
+                id,
+                spec: b.clone(),
+                generation: self.generation(),
+                healthy: true,
+                draining: false,
+                link: *link,
+            });
+        }
+        let state = ServiceState {
+            id,
+            table: Vec::new(),
+            previous_table: Vec::new(),
+            table_offset,
+            spec,
+            backends: states,
+        };
+        let name = state.spec.name.clone();
+        // Validate the table before anything is written.
+        build_table(&state)?;
+        // Counters start from zero even if the ids served others before.
+        self.dp.reset_service_stats(state.id)?;
+        for b in &state.backends {
+            self.dp.reset_backend_stats(b.id)?;
+        }
+        self.services.insert(name.clone(), state);
+        self.commit(&name, &[])?;
+        self.sync_vips()
+    }
+
+    pub fn remove_service(&mut self, name: &str) -> Result<()> {
+        let svc = self
+            .services
+            .remove(name)
+            .ok_or_else(|| BalancerError::UnknownService(name.to_string()))?;
+        self.dp.remove_service(&svc.key())?;
+        for b in &svc.backends {
+            self.dp.set_backend(b.id, &Backend::default())?;
+        }
+        self.sync_vips()?;
+        self.dp.affinity_flush(Some(svc.id))?;
+        Ok(())
+    }
+
+    fn sync_vips(&mut self) -> Result<()> {
+        let mut vips: Vec<([u8; 16], u8)> = self
+            .services
+            .values()
+            .map(|s| addr_bytes(s.spec.vip))
+            .collect();
+        vips.sort_unstable();
+        vips.dedup();
+        self.dp.set_vips(&vips)?;
+        Ok(())
+    }
+
+    pub fn add_backend(
+        &mut self,
+        service: &str,
+        spec: BackendSpec,
+        link: Option<Link>,
+    ) -> Result<()> {
+        let id = self.free_backend_ids(1)?[0];
+        let generation = self.generation();
+        self.dp.reset_backend_stats(id)?;
+        let svc = self.service_mut(service)?;
+        if svc.backend(spec.address).is_some() {
+            return Err(BalancerError::DuplicateBackend {
+                service: service.to_string(),
+                address: spec.address,
+            });
+        }
+        svc.backends.push(BackendState {
+            id,
+            spec,
+            generation,
+            healthy: true,
+            draining: false,
+            link,
+        });
+        if let Err(e) = build_table(svc) {
+            svc.backends.pop();
+            return Err(e);
+        }
+        self.commit(service, &[])
+    }
+
+    pub fn remove_backend(&mut self, service: &str, address: IpAddr) -> Result<()> {
+        let svc = self.service_mut(service)?;
+        let pos = svc
+            .backends
+            .iter()
+            .position(|b| b.spec.address == address)
+            .ok_or_else(|| BalancerError::UnknownBackend {
+                service: service.to_string(),
+                address,
+            })?;
+        let removed = svc.backends.remove(pos);
+        self.commit(service, &[removed.id])
+    }
+
+    /// Applies `f` to one backend and writes the result.
+    pub fn update_backend(
+        &mut self,
+        service: &str,
+        address: IpAddr,
+        f: impl FnOnce(&mut BackendState),
+    ) -> Result<()> {
+        let svc = self.service_mut(service)?;
+        let b = svc
+            .backends
+            .iter_mut()
+            .find(|b| b.spec.address == address)
+            .ok_or_else(|| BalancerError::UnknownBackend {
+                service: service.to_string(),
+                address,
+            })?;
+        let before = b.clone();
+        f(b);
+        if let Err(e) = build_table(svc) {
+            if let Some(b) = svc.backends.iter_mut().find(|b| b.spec.address == address) {
+                *b = before;
+            }
+            return Err(e);
+        }
+        self.commit(service, &[])
+    }
+
+    pub fn set_healthy(&mut self, service: &str, address: IpAddr, healthy: bool) -> Result<()> {
+        self.update_backend(service, address, |b| b.healthy = healthy)
+    }
+
+    pub fn set_draining(&mut self, service: &str, address: IpAddr, draining: bool) -> Result<()> {
+        self.update_backend(service, address, |b| b.draining = draining)
+    }
+
+    pub fn set_link(&mut self, service: &str, address: IpAddr, link: Option<Link>) -> Result<()> {
+        self.update_backend(service, address, |b| b.link = link)
+    }
+
+    pub fn set_weight(&mut self, service: &str, address: IpAddr, weight: u32) -> Result<()> {
+        self.update_backend(service, address, |b| b.spec.weight = weight)
+    }
+
+    fn service_mut(&mut self, name: &str) -> Result<&mut ServiceState> {
+        self.services
+            .get_mut(name)
+            .ok_or_else(|| BalancerError::UnknownService(name.to_string()))
+    }
+
+    /// Writes a service's state in the order the data plane needs (module docs).
+    fn commit(&mut self, name: &str, removed_ids: &[u32]) -> Result<()> {
+        let svc = self
+            .services
+            .get(name)
+            .ok_or_else(|| BalancerError::UnknownService(name.to_string()))?;
+        let table = build_table(svc)?;
+        let (id, offset) = (svc.id, svc.table_offset);
+        let first = svc.table.is_empty();
+        // 1. Usable backends first, so new slots never point to an unusable entry.
+        for b in svc.backends.iter().filter(|b| b.usable()) {
+            self.dp.set_backend(b.id, &b.entry(id))?;
+        }
+        // 2. The table: only the slots that changed.
+        let old = if first {
+            None
+        } else {
+            Some(svc.table.as_slice())
+        };
+        self.dp.write_maglev(offset, &table, old)?;
+        // 3. The service value (new services become visible only now).
+        self.dp.set_service(&svc.key(), &svc.value())?;
+        // 4. Unusable and removed backends last.
+        for b in svc.backends.iter().filter(|b| !b.usable()) {
+            self.dp.set_backend(b.id, &b.entry(id))?;
+        }
+        for rid in removed_ids {
+            self.dp.set_backend(*rid, &Backend::default())?;
+        }
+        let svc = self.services.get_mut(name).expect("checked above");
+        if svc.table != table {
+            svc.previous_table = std::mem::replace(&mut svc.table, table);
+        }
+        Ok(())
+    }
+
+    /// Which backend the next packet from `client` (source port `port`) goes to, and why:
+    /// the same rules, the same hash and the same maps as the XDP program.
+    pub fn explain(&self, service: &str, client: IpAddr, port: u16) -> Result<Explanation> {
+        let svc = self.service(service)?;
+        let key = svc.affinity_key(client, port)?;
+        let slot = maglev_slot(flow_hash(&key), svc.spec.table_size);
+        let addr_of = |id: u32| svc.backend_by_id(id).map(|b| b.spec.address);
+        let slot_id = svc.table.get(slot as usize).copied().unwrap_or(NO_BACKEND);
+        let prev_id = svc.previous_table.get(slot as usize).copied();
+        let slot_backend = addr_of(slot_id);
+        let previous_slot_backend = prev_id
+            .filter(|p| *p != slot_id && *p != NO_BACKEND)
+            .and_then(|p| {
+                // The previous holder may be gone: report the address it had if known.
+                addr_of(p)
+            });
+        let hashed = |reason| {
+            if slot_id == NO_BACKEND {
+                (Decision::NoBackend, None)
+            } else {
+                (Decision::Hashed { reason }, slot_backend)
+            }
+        };
+        let (decision, backend) = match self.dp.affinity_get(&key)? {
+            None => hashed(HashReason::NoEntry),
+            Some(v) => {
+                let be = self.dp.backend(v.backend_id)?;
+                if be.generation != v.backend_gen || be.flags & BE_F_HEALTHY == 0 {
+                    hashed(HashReason::BackendUnusable)
+                } else {
+                    let now = ktime_coarse_ns();
+                    let idle = now.saturating_sub(v.last_seen_ns);
+                    if idle > svc.value().idle_timeout_ns {
+                        hashed(HashReason::Expired)
+                    } else {
+                        (
+                            Decision::Pinned {
+                                age: Duration::from_nanos(now.saturating_sub(v.pinned_ns)),
+                                idle: Duration::from_nanos(idle),
+                            },
+                            Some(addr_from_bytes(&be.addr, be.family)),
+                        )
+                    }
+                }
+            }
+        };
+        Ok(Explanation {
+            decision,
+            backend,
+            slot,
+            slot_backend,
+            previous_slot_backend,
+            key,
+        })
+    }
+
+    /// Pinned clients per backend id of one service (a snapshot of the LRU).
+    pub fn pinned_counts(&self, service: &str) -> Result<BTreeMap<u32, usize>> {
+        let svc = self.service(service)?;
+        let mut out = BTreeMap::new();
+        for (_, v) in self.dp.affinity_entries(Some(svc.id))? {
+            if let Some(b) = svc.backend_by_id(v.backend_id)
+                && b.generation == v.backend_gen
+            {
+                *out.entry(v.backend_id).or_insert(0) += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn build_table(svc: &ServiceState) -> Result<Vec<u32>> {
+    let members: Vec<MaglevBackend> = svc
+        .backends
+        .iter()
+        .filter(|b| b.in_table())
+        .map(|b| MaglevBackend {
+            id: b.id,
+            addr: addr_bytes(b.spec.address).0,
+            weight: b.spec.weight,
+        })
+        .collect();
+    maglev::build(&members, svc.spec.table_size).map_err(|source| BalancerError::Maglev {
+        service: svc.spec.name.clone(),
+        source,
+    })
+}

@@ -1,0 +1,117 @@
+//! The real xlb object, loaded into the kernel (not attached), driven through
+//! BPF_PROG_TEST_RUN, with its maps filled by the controller's own `Balancer`.
+
+use aya::{
+    Ebpf,
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use lb_common::PROG_XLB;
+use xlb::{
+    balancer::Balancer,
+    loader::{LoadOptions, load_xlb},
+    maps::DataPlane,
+};
+
+pub struct XlbHarness {
+    pub ebpf: Ebpf,
+    pub lb: Balancer,
+}
+
+/// What one run of the program did.
+#[derive(Debug)]
+pub struct RunResult {
+    pub action: u32,
+    pub output: Vec<u8>,
+    pub duration_ns: u128,
+}
+
+/// `struct xdp_md` as BPF_PROG_TEST_RUN takes it in `ctx_in`.
+fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
+    let mut md = [0u8; 24];
+    // data = 0 (no metadata), data_end = len, data_meta = 0
+    md[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    md[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    md
+}
+
+impl XlbHarness {
+    pub fn load(opts: &LoadOptions) -> Self {
+        let mut ebpf = load_xlb(opts).unwrap_or_else(|e| panic!("loading the xlb object: {e:#}"));
+        {
+            let prog: &mut Xdp = ebpf
+                .program_mut(PROG_XLB)
+                .expect("program xlb in the object")
+                .try_into()
+                .expect("xlb is an XDP program");
+            prog.load()
+                .unwrap_or_else(|e| panic!("verifier rejected xlb: {e:#?}"));
+        }
+        let dp = DataPlane::from_ebpf(&mut ebpf).unwrap_or_else(|e| panic!("maps: {e}"));
+        Self {
+            ebpf,
+            lb: Balancer::new(dp),
+        }
+    }
+
+    pub fn prog(&self) -> &Xdp {
+        self.ebpf
+            .program(PROG_XLB)
+            .expect("program xlb")
+            .try_into()
+            .expect("XDP")
+    }
+
+    /// Runs the program once on `input` as if received on `ingress_ifindex`.
+    pub fn run(&self, input: &[u8], ingress_ifindex: u32) -> RunResult {
+        run_once(self.prog(), input, ingress_ifindex)
+    }
+}
+
+/// One BPF_PROG_TEST_RUN of `prog` on `input`.
+pub fn run_once(prog: &Xdp, input: &[u8], ingress_ifindex: u32) -> RunResult {
+    let mut out = vec![0u8; input.len() + 256];
+    let ctx = xdp_md(input.len(), ingress_ifindex);
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e:#?}"));
+    out.truncate(r.data_size_out as usize);
+    RunResult {
+        action: r.return_value,
+        output: out,
+        duration_ns: r.duration.as_nanos(),
+    }
+}
+
+/// Runs `prog` `repeat` times on `input` in one call; returns ns per run as the kernel
+/// measured it (the call's average).
+pub fn run_repeat(prog: &Xdp, input: &[u8], ingress_ifindex: u32, repeat: u32) -> f64 {
+    let mut out = vec![0u8; input.len() + 256];
+    let ctx = xdp_md(input.len(), ingress_ifindex);
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e:#?}"));
+    r.duration.as_nanos() as f64
+}
+
+/// XDP verdicts (`enum xdp_action` of the kernel UAPI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum XdpAction {
+    Aborted = 0,
+    Drop = 1,
+    Pass = 2,
+    Tx = 3,
+    Redirect = 4,
+}

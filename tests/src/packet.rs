@@ -1,0 +1,223 @@
+//! Builders for the frames the fixtures feed to the XDP program. Checksums are correct
+//! (IPv4 header, TCP/UDP pseudo-header) so the frames are what a real host would send.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0xc0, 0, 0, 0, 0x01];
+pub const LB_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x01];
+
+pub const ETH_IPV4: u16 = 0x0800;
+pub const ETH_IPV6: u16 = 0x86dd;
+pub const ETH_ARP: u16 = 0x0806;
+pub const ETH_LLDP: u16 = 0x88cc;
+pub const ETH_8021Q: u16 = 0x8100;
+pub const ETH_8021AD: u16 = 0x88a8;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    if let [b] = chunks.remainder() {
+        sum += (*b as u32) << 8;
+    }
+    sum
+}
+
+fn csum_fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A layer-4 segment: header and payload, checksum filled in by [`ip`].
+#[derive(Clone, Debug)]
+pub struct L4 {
+    pub proto: u8,
+    pub bytes: Vec<u8>,
+    /// Offset of the checksum field, if any.
+    csum_at: Option<usize>,
+}
+
+pub fn tcp(sport: u16, dport: u16, payload: &[u8]) -> L4 {
+    let mut b = Vec::with_capacity(20 + payload.len());
+    b.extend_from_slice(&sport.to_be_bytes());
+    b.extend_from_slice(&dport.to_be_bytes());
+    b.extend_from_slice(&1u32.to_be_bytes()); // seq
+    b.extend_from_slice(&0u32.to_be_bytes()); // ack
+    b.push(5 << 4); // data offset
+    b.push(0x02); // SYN
+    b.extend_from_slice(&64240u16.to_be_bytes());
+    b.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+    b.extend_from_slice(payload);
+    L4 {
+        proto: IPPROTO_TCP,
+        bytes: b,
+        csum_at: Some(16),
+    }
+}
+
+pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> L4 {
+    let mut b = Vec::with_capacity(8 + payload.len());
+    b.extend_from_slice(&sport.to_be_bytes());
+    b.extend_from_slice(&dport.to_be_bytes());
+    b.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    b.extend_from_slice(&[0, 0]);
+    b.extend_from_slice(payload);
+    L4 {
+        proto: IPPROTO_UDP,
+        bytes: b,
+        csum_at: Some(6),
+    }
+}
+
+pub fn icmp_echo(v6: bool) -> L4 {
+    let b = vec![if v6 { 128 } else { 8 }, 0, 0, 0, 0, 1, 0, 1];
+    L4 {
+        proto: if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP },
+        bytes: b,
+        csum_at: None,
+    }
+}
+
+/// Raw bytes after the IP header with an arbitrary protocol number (extension headers).
+pub fn raw(proto: u8, bytes: &[u8]) -> L4 {
+    L4 {
+        proto,
+        bytes: bytes.to_vec(),
+        csum_at: None,
+    }
+}
+
+/// IPv4 header knobs.
+#[derive(Clone, Debug, Default)]
+pub struct V4Opts {
+    /// Option bytes (a multiple of 4).
+    pub options: Vec<u8>,
+    /// Flags + fragment offset field (host order), e.g. 0x2000 = MF.
+    pub frag: u16,
+}
+
+/// An IP packet (no Ethernet) carrying `l4`; the family follows the addresses.
+pub fn ip(src: IpAddr, dst: IpAddr, l4: &L4, v4: &V4Opts) -> (u16, Vec<u8>) {
+    let mut seg = l4.bytes.clone();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            if let Some(at) = l4.csum_at {
+                let mut sum = csum_add(0, &s.octets());
+                sum = csum_add(sum, &d.octets());
+                sum += l4.proto as u32 + seg.len() as u32;
+                sum = csum_add(sum, &seg);
+                seg[at..at + 2].copy_from_slice(&csum_fold(sum).to_be_bytes());
+            }
+            let ihl = 20 + v4.options.len();
+            assert!(ihl % 4 == 0 && ihl <= 60, "bad IPv4 options length");
+            let mut h = Vec::with_capacity(ihl + seg.len());
+            h.push(0x40 | (ihl / 4) as u8);
+            h.push(0);
+            h.extend_from_slice(&((ihl + seg.len()) as u16).to_be_bytes());
+            h.extend_from_slice(&0x1234u16.to_be_bytes());
+            h.extend_from_slice(&v4.frag.to_be_bytes());
+            h.push(64);
+            h.push(l4.proto);
+            h.extend_from_slice(&[0, 0]);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            h.extend_from_slice(&v4.options);
+            let c = csum_fold(csum_add(0, &h));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            h.extend_from_slice(&seg);
+            (ETH_IPV4, h)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            if let Some(at) = l4.csum_at {
+                let mut sum = csum_add(0, &s.octets());
+                sum = csum_add(sum, &d.octets());
+                sum += seg.len() as u32 + l4.proto as u32;
+                sum = csum_add(sum, &seg);
+                seg[at..at + 2].copy_from_slice(&csum_fold(sum).to_be_bytes());
+            }
+            let mut h = Vec::with_capacity(40 + seg.len());
+            h.extend_from_slice(&[0x60, 0, 0, 0]);
+            h.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+            h.push(l4.proto);
+            h.push(64);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            h.extend_from_slice(&seg);
+            (ETH_IPV6, h)
+        }
+        _ => panic!("mixed address families: {src} → {dst}"),
+    }
+}
+
+/// An Ethernet frame from the client to the balancer, with optional VLAN tags
+/// (outermost first: (TPID, VLAN id)).
+pub fn eth(ethertype: u16, payload: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + 4 * tags.len() + payload.len());
+    f.extend_from_slice(&LB_MAC);
+    f.extend_from_slice(&CLIENT_MAC);
+    for (tpid, vid) in tags {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&vid.to_be_bytes());
+    }
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A complete frame: client `src` → `dst` carrying `l4`.
+pub fn frame(src: IpAddr, dst: IpAddr, l4: &L4) -> Vec<u8> {
+    let (et, p) = ip(src, dst, l4, &V4Opts::default());
+    eth(et, &p, &[])
+}
+
+pub fn tcp_frame(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
+    frame(src, dst, &tcp(sport, dport, b""))
+}
+
+pub fn udp_frame(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
+    frame(src, dst, &udp(sport, dport, b"xlb"))
+}
+
+/// An ARP request for `target` from `sender`.
+pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut p = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    p.extend_from_slice(&CLIENT_MAC);
+    p.extend_from_slice(&sender.octets());
+    p.extend_from_slice(&[0; 6]);
+    p.extend_from_slice(&target.octets());
+    let mut f = eth(ETH_ARP, &p, &[]);
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f
+}
+
+pub fn v4(s: &str) -> IpAddr {
+    IpAddr::V4(s.parse::<Ipv4Addr>().expect("IPv4 literal"))
+}
+
+pub fn v6(s: &str) -> IpAddr {
+    IpAddr::V6(s.parse::<Ipv6Addr>().expect("IPv6 literal"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_header_checksum_verifies() {
+        let (_, p) = ip(
+            v4("10.0.0.1"),
+            v4("10.0.0.2"),
+            &tcp(1, 2, b""),
+            &V4Opts::default(),
+        );
+        assert_eq!(csum_fold(csum_add(0, &p[..20])), 0);
+    }
+}

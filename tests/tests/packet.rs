@@ -1,0 +1,1093 @@
+//! Tier 2: the real xlb XDP object in the kernel, maps filled through the controller's
+//! `Balancer`, and a table of fixtures run with BPF_PROG_TEST_RUN.
+//!
+//! Each fixture: description, input frame, expected verdict, expected output frame
+//! (unchanged, or exactly the input with the MACs of the expected backend), the one
+//! global counter that must move, the service counter that must move, and the expected
+//! affinity entry. Steps between fixtures change the configuration the way the daemon
+//! would (add/remove/drain backends, health), so multi-step scenarios read top to bottom.
+//!
+//! Every bug fixed in the data plane adds a row here.
+
+use std::{net::IpAddr, time::Duration};
+
+use lb_common::{ServiceStats, Stat};
+use xlb::{
+    balancer::{Decision, HashReason},
+    loader::LoadOptions,
+    model::{Affinity, BackendSpec, Link, NoBackend, Protocol, ServiceSpec},
+};
+use xlb_tests::{
+    enter_private_netns,
+    harness::{XdpAction, XlbHarness},
+    ifindex,
+    packet::{
+        ETH_8021AD, ETH_8021Q, ETH_IPV4, ETH_IPV6, ETH_LLDP, V4Opts, arp_request, eth, frame,
+        icmp_echo, ip, raw, tcp, tcp_frame, udp_frame, v4, v6,
+    },
+    require_root, sh,
+};
+
+const LO: u32 = 1;
+const LB_SRC_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x01];
+
+/// A backend's MAC: derived from its address so every expected frame is checkable.
+fn mac_of(addr: IpAddr) -> [u8; 6] {
+    let o = match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let n = o.len();
+    [0x02, 0xbe, o[n - 4], o[n - 3], o[n - 2], o[n - 1]]
+}
+
+fn link(addr: IpAddr, ifindex: u32) -> Option<Link> {
+    Some(Link {
+        mac: mac_of(addr),
+        src_mac: LB_SRC_MAC,
+        ifindex,
+    })
+}
+
+fn backends(addrs: &[&str], ifindex: u32) -> Vec<(BackendSpec, Option<Link>)> {
+    addrs
+        .iter()
+        .map(|a| {
+            let address: IpAddr = a.parse().expect("backend address");
+            (BackendSpec { address, weight: 1 }, link(address, ifindex))
+        })
+        .collect()
+}
+
+/// Which service counter a fixture must move by one.
+#[derive(Clone, Copy, Debug)]
+enum Svc {
+    Hit,
+    Miss,
+    Repin,
+    Expiry,
+    NoBackend,
+}
+
+impl Svc {
+    fn get(self, s: &ServiceStats) -> u64 {
+        match self {
+            Svc::Hit => s.hits,
+            Svc::Miss => s.misses,
+            Svc::Repin => s.repins,
+            Svc::Expiry => s.expiries,
+            Svc::NoBackend => s.no_backend,
+        }
+    }
+}
+
+/// What must come out.
+#[derive(Clone, Debug)]
+enum Out {
+    /// The input, untouched.
+    Unchanged,
+    /// The input with dst MAC := this backend's, src MAC := the egress interface's.
+    To(IpAddr),
+    /// Forwarded to whatever `xlb explain` predicted before the packet was sent, which
+    /// must not be this address (used after a backend went away).
+    PredictedNot(Option<IpAddr>),
+}
+
+struct Fx {
+    desc: &'static str,
+    input: Vec<u8>,
+    ingress: u32,
+    verdict: XdpAction,
+    out: Out,
+    stat: Stat,
+    /// (service, counter): moves by exactly one.
+    svc: Option<(&'static str, Svc)>,
+    /// (service, client, source port): after the packet the client is pinned to the
+    /// backend the packet went to.
+    pin: Option<(&'static str, IpAddr, u16)>,
+}
+
+impl Fx {
+    fn new(desc: &'static str, input: Vec<u8>, verdict: XdpAction, stat: Stat) -> Self {
+        Self {
+            desc,
+            input,
+            ingress: LO,
+            verdict,
+            out: Out::Unchanged,
+            stat,
+            svc: None,
+            pin: None,
+        }
+    }
+    fn pass(desc: &'static str, input: Vec<u8>, stat: Stat) -> Self {
+        Self::new(desc, input, XdpAction::Pass, stat)
+    }
+    fn drop(desc: &'static str, input: Vec<u8>, stat: Stat) -> Self {
+        Self::new(desc, input, XdpAction::Drop, stat)
+    }
+    /// A packet from `client` to service `svc` forwarded with XDP_TX.
+    fn tx(desc: &'static str, input: Vec<u8>, svc: &'static str, client: IpAddr) -> Self {
+        let sport = sport_of(&input);
+        Self {
+            out: Out::PredictedNot(None),
+            svc: None,
+            pin: Some((svc, client, sport)),
+            ..Self::new(desc, input, XdpAction::Tx, Stat::Tx)
+        }
+    }
+    fn out(mut self, out: Out) -> Self {
+        self.out = out;
+        self
+    }
+    fn svc(mut self, svc: &'static str, c: Svc) -> Self {
+        self.svc = Some((svc, c));
+        self
+    }
+    fn ingress(mut self, i: u32) -> Self {
+        self.ingress = i;
+        self
+    }
+    fn verdict(mut self, v: XdpAction, stat: Stat) -> Self {
+        self.verdict = v;
+        self.stat = stat;
+        self
+    }
+}
+
+/// Source port of a frame built by our builders (no VLAN) — for affinity = "none".
+fn sport_of(f: &[u8]) -> u16 {
+    let et = u16::from_be_bytes([f[12], f[13]]);
+    let l4 = match et {
+        ETH_IPV4 => 14 + ((f[14] & 0x0f) as usize) * 4,
+        ETH_IPV6 => 14 + 40,
+        _ => return 0,
+    };
+    if f.len() < l4 + 2 {
+        return 0;
+    }
+    u16::from_be_bytes([f[l4], f[l4 + 1]])
+}
+
+fn with_macs(input: &[u8], backend: IpAddr) -> Vec<u8> {
+    let mut o = input.to_vec();
+    o[..6].copy_from_slice(&mac_of(backend));
+    o[6..12].copy_from_slice(&LB_SRC_MAC);
+    o
+}
+
+struct Lab {
+    h: XlbHarness,
+    /// Interfaces of the private namespace for the redirect fixtures.
+    veth_a: u32,
+    veth_b: u32,
+    count: usize,
+}
+
+impl Lab {
+    fn new() -> Self {
+        require_root();
+        enter_private_netns();
+        sh("ip link add xlbt0 type veth peer name xlbt1");
+        sh("ip link add xlbt2 type veth peer name xlbt3");
+        let (veth_a, veth_b) = (ifindex("xlbt0"), ifindex("xlbt2"));
+        let mut h = XlbHarness::load(&LoadOptions {
+            affinity_capacity: 65536,
+            maglev_slots: 1 << 20,
+        });
+        h.lb.dp.add_tx_port(veth_a).expect("tx port");
+        let svc = |name: &str, vip: &str, port: u16, p: Protocol| {
+            let mut s = ServiceSpec::new(name, vip.parse().expect("vip"), port, p);
+            s.table_size = 1021;
+            s
+        };
+        let lb = &mut h.lb;
+        let web4 = ["192.0.2.11", "192.0.2.12", "192.0.2.13"];
+        let web6 = ["2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13"];
+        lb.add_service(
+            svc("web4", "203.0.113.10", 80, Protocol::Tcp),
+            &backends(&web4, LO),
+        )
+        .expect("web4");
+        lb.add_service(
+            svc("dns4", "203.0.113.10", 53, Protocol::Udp),
+            &backends(&web4, LO),
+        )
+        .expect("dns4");
+        lb.add_service(
+            svc("web6", "2001:db8::10", 80, Protocol::Tcp),
+            &backends(&web6, LO),
+        )
+        .expect("web6");
+        lb.add_service(
+            svc("dns6", "2001:db8::10", 53, Protocol::Udp),
+            &backends(&web6, LO),
+        )
+        .expect("dns6");
+        let mut s = svc("net24", "203.0.113.20", 80, Protocol::Tcp);
+        s.prefix_v4 = 24;
+        lb.add_service(s, &backends(&web4, LO)).expect("net24");
+        let mut s = svc("flows", "203.0.113.30", 80, Protocol::Tcp);
+        s.affinity = Affinity::None;
+        lb.add_service(s, &backends(&web4, LO)).expect("flows");
+        let mut s = svc("short", "203.0.113.40", 80, Protocol::Tcp);
+        s.idle_timeout = Duration::from_millis(200);
+        lb.add_service(s, &backends(&web4, LO)).expect("short");
+        let mut s = svc("passing", "203.0.113.50", 80, Protocol::Tcp);
+        s.no_backend = NoBackend::Pass;
+        lb.add_service(s, &backends(&web4[..1], LO))
+            .expect("passing");
+        lb.add_service(
+            svc("remote", "203.0.113.60", 80, Protocol::Tcp),
+            &backends(&["192.0.2.61"], veth_a),
+        )
+        .expect("remote");
+        lb.add_service(
+            svc("noport", "203.0.113.61", 80, Protocol::Tcp),
+            &backends(&["192.0.2.62"], veth_b),
+        )
+        .expect("noport");
+        lb.add_service(
+            svc("anyport", "203.0.113.70", 0, Protocol::Tcp),
+            &backends(&web4, LO),
+        )
+        .expect("anyport");
+        Self {
+            h,
+            veth_a,
+            veth_b,
+            count: 0,
+        }
+    }
+
+    fn svc_stats(&self, name: &str) -> ServiceStats {
+        let id = self.h.lb.service(name).expect("service").id;
+        self.h.lb.dp.service_stats(id).expect("service stats")
+    }
+
+    /// Runs one fixture and checks everything it states.
+    fn check(&mut self, fx: Fx) -> Option<IpAddr> {
+        self.count += 1;
+        let d = fx.desc;
+        let stats_before = self.h.lb.dp.stats().expect("stats");
+        let svc_before = fx.svc.map(|(s, _)| self.svc_stats(s));
+        // What the controller predicts for this client (same code as the data plane).
+        let predicted = fx
+            .pin
+            .map(|(s, c, p)| self.h.lb.explain(s, c, p).expect("explain"));
+
+        let r = self.h.run(&fx.input, fx.ingress);
+
+        assert_eq!(
+            r.action, fx.verdict as u32,
+            "[{d}] verdict: got {}, want {:?}",
+            r.action, fx.verdict
+        );
+        let stats_after = self.h.lb.dp.stats().expect("stats");
+        for s in Stat::ALL {
+            let delta = stats_after[s as usize] - stats_before[s as usize];
+            let want = u64::from(s == fx.stat);
+            assert_eq!(
+                delta,
+                want,
+                "[{d}] counter {}: moved by {delta}, want {want}",
+                s.name()
+            );
+        }
+        if let (Some((name, c)), Some(before)) = (fx.svc, svc_before) {
+            let after = self.svc_stats(name);
+            assert_eq!(
+                c.get(&after),
+                c.get(&before) + 1,
+                "[{d}] service {name} counter {c:?} did not move by one"
+            );
+        }
+        let went_to = match &fx.out {
+            Out::Unchanged => {
+                assert_eq!(r.output, fx.input, "[{d}] frame was modified");
+                None
+            }
+            Out::To(b) => {
+                assert_eq!(
+                    r.output,
+                    with_macs(&fx.input, *b),
+                    "[{d}] frame not sent to {b}"
+                );
+                Some(*b)
+            }
+            Out::PredictedNot(not) => {
+                let p = predicted.as_ref().expect("fixture with an expected pin");
+                let b = p
+                    .backend
+                    .unwrap_or_else(|| panic!("[{d}] explain predicts no backend"));
+                assert_ne!(Some(b), *not, "[{d}] prediction is the excluded backend");
+                assert_eq!(
+                    r.output,
+                    with_macs(&fx.input, b),
+                    "[{d}] frame not sent to the predicted backend {b} ({:?})",
+                    p.decision
+                );
+                Some(b)
+            }
+        };
+        if let (Some((svc, client, port)), Some(b)) = (fx.pin, went_to) {
+            let e = self.h.lb.explain(svc, client, port).expect("explain");
+            assert!(
+                matches!(e.decision, Decision::Pinned { .. }),
+                "[{d}] {client} not pinned after the packet: {:?}",
+                e.decision
+            );
+            assert_eq!(
+                e.backend,
+                Some(b),
+                "[{d}] {client} pinned to the wrong backend"
+            );
+        }
+        went_to
+    }
+
+    /// Predicted backend of a client (by its Maglev slot: what a new client gets).
+    fn slot_backend(&self, svc: &str, client: IpAddr) -> IpAddr {
+        self.h
+            .lb
+            .explain(svc, client, 0)
+            .expect("explain")
+            .slot_backend
+            .expect("slot has a backend")
+    }
+
+    /// The first client of `candidates` whose slot holds `backend`.
+    fn client_on(
+        &self,
+        svc: &str,
+        backend: IpAddr,
+        candidates: impl Iterator<Item = IpAddr>,
+    ) -> IpAddr {
+        candidates
+            .into_iter()
+            .find(|c| self.slot_backend(svc, *c) == backend)
+            .unwrap_or_else(|| panic!("no candidate client hashes to {backend} in {svc}"))
+    }
+}
+
+fn clients4(net: &str) -> impl Iterator<Item = IpAddr> + '_ {
+    (1..=250).map(move |i| v4(&format!("{net}.{i}")))
+}
+
+#[test]
+fn fixtures() {
+    let mut lab = Lab::new();
+    let vip4 = v4("203.0.113.10");
+    let vip6 = v6("2001:db8::10");
+    let c4 = v4("198.51.100.7");
+    let c6 = v6("2001:db8:c::7");
+    let other4 = v4("10.9.9.9");
+    let other6 = v6("2001:db8:ffff::1");
+
+    // --- IPv4 and IPv6, TCP and UDP to a VIP: exact output bytes -----------------------
+    let a = lab
+        .check(
+            Fx::tx(
+                "v4 TCP SYN, new client: Maglev decides, entry written",
+                tcp_frame(c4, vip4, 40000, 80),
+                "web4",
+                c4,
+            )
+            .svc("web4", Svc::Miss),
+        )
+        .expect("forwarded");
+    lab.check(
+        Fx::tx(
+            "v4 TCP, same client, other port: affinity hit",
+            tcp_frame(c4, vip4, 40001, 80),
+            "web4",
+            c4,
+        )
+        .out(Out::To(a))
+        .svc("web4", Svc::Hit),
+    );
+    lab.check(
+        Fx::tx(
+            "v4 UDP to the VIP's UDP service",
+            udp_frame(c4, vip4, 5353, 53),
+            "dns4",
+            c4,
+        )
+        .svc("dns4", Svc::Miss),
+    );
+    let b6 = lab
+        .check(
+            Fx::tx(
+                "v6 TCP SYN, new client",
+                tcp_frame(c6, vip6, 40000, 80),
+                "web6",
+                c6,
+            )
+            .svc("web6", Svc::Miss),
+        )
+        .expect("forwarded");
+    lab.check(
+        Fx::tx(
+            "v6 TCP, same client again: hit",
+            tcp_frame(c6, vip6, 40002, 80),
+            "web6",
+            c6,
+        )
+        .out(Out::To(b6))
+        .svc("web6", Svc::Hit),
+    );
+    lab.check(
+        Fx::tx(
+            "v6 UDP to the VIP's UDP service",
+            udp_frame(c6, vip6, 5353, 53),
+            "dns6",
+            c6,
+        )
+        .svc("dns6", Svc::Miss),
+    );
+    lab.check(
+        Fx::tx(
+            "v4 TCP with payload",
+            frame(c4, vip4, &tcp(40003, 80, b"GET / HTTP/1.1\r\n\r\n")),
+            "web4",
+            c4,
+        )
+        .out(Out::To(a))
+        .svc("web4", Svc::Hit),
+    );
+    lab.check(
+        Fx::tx(
+            "service on every port (port 0) takes port 443",
+            tcp_frame(c4, v4("203.0.113.70"), 40000, 443),
+            "anyport",
+            c4,
+        )
+        .svc("anyport", Svc::Miss),
+    );
+
+    // --- not ours: passes unchanged -----------------------------------------------------
+    lab.check(Fx::pass(
+        "v4 TCP to a non-VIP address",
+        tcp_frame(c4, other4, 40000, 80),
+        Stat::PassNotService,
+    ));
+    lab.check(Fx::pass(
+        "v6 TCP to a non-VIP address",
+        tcp_frame(c6, other6, 40000, 80),
+        Stat::PassNotService,
+    ));
+    lab.check(Fx::pass(
+        "VIP, port without a service",
+        tcp_frame(c4, vip4, 40000, 8080),
+        Stat::PassNotService,
+    ));
+    lab.check(Fx::pass(
+        "VIP, TCP to a UDP-only port",
+        tcp_frame(c4, vip4, 40000, 53),
+        Stat::PassNotService,
+    ));
+    lab.check(Fx::pass(
+        "v6 VIP, port without a service",
+        udp_frame(c6, vip6, 40000, 9999),
+        Stat::PassNotService,
+    ));
+    lab.check(Fx::pass(
+        "ARP request for the VIP",
+        arp_request(
+            "198.51.100.1".parse().expect("v4"),
+            "203.0.113.10".parse().expect("v4"),
+        ),
+        Stat::PassNonIp,
+    ));
+    lab.check(Fx::pass(
+        "ICMP echo to the VIP",
+        frame(c4, vip4, &icmp_echo(false)),
+        Stat::PassNotService,
+    ));
+    lab.check(Fx::pass(
+        "ICMPv6 echo to the VIP",
+        frame(c6, vip6, &icmp_echo(true)),
+        Stat::PassNotService,
+    ));
+    lab.check(Fx::pass(
+        "LLDP frame",
+        eth(ETH_LLDP, &[0u8; 46], &[]),
+        Stat::PassNonIp,
+    ));
+
+    // --- VLAN and IPv4 options ----------------------------------------------------------
+    let (et, p) = ip(c4, vip4, &tcp(40004, 80, b""), &V4Opts::default());
+    lab.check(
+        Fx::tx(
+            "802.1Q-tagged v4 TCP: forwarded, tag kept",
+            eth(et, &p, &[(ETH_8021Q, 10)]),
+            "web4",
+            c4,
+        )
+        .out(Out::To(a))
+        .svc("web4", Svc::Hit),
+    );
+    let (et, p) = ip(c6, vip6, &tcp(40005, 80, b""), &V4Opts::default());
+    lab.check(
+        Fx::tx(
+            "802.1ad-tagged v6 TCP: forwarded",
+            eth(et, &p, &[(ETH_8021AD, 20)]),
+            "web6",
+            c6,
+        )
+        .out(Out::To(b6))
+        .svc("web6", Svc::Hit),
+    );
+    lab.check(Fx::pass(
+        "two VLAN tags (QinQ): not parsed, passed",
+        eth(et, &p, &[(ETH_8021AD, 20), (ETH_8021Q, 10)]),
+        Stat::PassNonIp,
+    ));
+    let opts = V4Opts {
+        options: vec![1, 1, 1, 0],
+        frag: 0,
+    };
+    let (et, p) = ip(c4, vip4, &tcp(40006, 80, b""), &opts);
+    lab.check(
+        Fx::tx(
+            "v4 with 4 bytes of options (IHL 6)",
+            eth(et, &p, &[]),
+            "web4",
+            c4,
+        )
+        .out(Out::To(a))
+        .svc("web4", Svc::Hit),
+    );
+    let opts = V4Opts {
+        options: vec![1; 40],
+        frag: 0,
+    };
+    let (et, p) = ip(c4, vip4, &tcp(40007, 80, b""), &opts);
+    lab.check(
+        Fx::tx(
+            "v4 with 40 bytes of options (IHL 15)",
+            eth(et, &p, &[]),
+            "web4",
+            c4,
+        )
+        .out(Out::To(a))
+        .svc("web4", Svc::Hit),
+    );
+    let mut bad = tcp_frame(c4, vip4, 40008, 80);
+    bad[14] = 0x44;
+    lab.check(Fx::pass("v4 IHL 4 (invalid)", bad, Stat::PassMalformed));
+    let mut bad = tcp_frame(c4, vip4, 40008, 80);
+    bad[14] = 0x65;
+    lab.check(Fx::pass(
+        "EtherType IPv4 carrying version 6",
+        bad,
+        Stat::PassMalformed,
+    ));
+
+    // --- truncation at every header boundary --------------------------------------------
+    let t4 = tcp_frame(c4, vip4, 40009, 80);
+    let t6 = tcp_frame(c6, vip6, 40009, 80);
+    let u4 = udp_frame(c4, vip4, 40009, 53);
+    let u6 = udp_frame(c6, vip6, 40009, 53);
+    let (et, p) = ip(c4, vip4, &tcp(40010, 80, b""), &V4Opts::default());
+    let tagged = eth(et, &p, &[(ETH_8021Q, 10)]);
+    lab.check(Fx::pass(
+        "Ethernet header only (EtherType IPv4, no IP)",
+        t4[..14].to_vec(),
+        Stat::PassMalformed,
+    ));
+    lab.check(Fx::pass(
+        "802.1Q tag cut in half",
+        tagged[..16].to_vec(),
+        Stat::PassMalformed,
+    ));
+    lab.check(Fx::pass(
+        "802.1Q tag, no IP header",
+        tagged[..18].to_vec(),
+        Stat::PassMalformed,
+    ));
+    lab.check(Fx::pass(
+        "IPv4 header cut at 19 bytes",
+        t4[..14 + 19].to_vec(),
+        Stat::PassMalformed,
+    ));
+    lab.check(Fx::drop(
+        "IPv4 to VIP, TCP header missing",
+        t4[..14 + 20].to_vec(),
+        Stat::DropMalformed,
+    ));
+    lab.check(Fx::drop(
+        "IPv4 to VIP, TCP header cut at 19 bytes",
+        t4[..14 + 20 + 19].to_vec(),
+        Stat::DropMalformed,
+    ));
+    lab.check(Fx::drop(
+        "IPv4 to VIP, UDP header cut at 7 bytes",
+        u4[..14 + 20 + 7].to_vec(),
+        Stat::DropMalformed,
+    ));
+    let opts = V4Opts {
+        options: vec![1; 8],
+        frag: 0,
+    };
+    let (et, p) = ip(c4, vip4, &tcp(40011, 80, b""), &opts);
+    lab.check(Fx::drop(
+        "IPv4 options (IHL 7) cut: TCP beyond the end",
+        eth(et, &p[..24], &[]),
+        Stat::DropMalformed,
+    ));
+    lab.check(Fx::pass(
+        "IPv6 header cut at 39 bytes",
+        t6[..14 + 39].to_vec(),
+        Stat::PassMalformed,
+    ));
+    lab.check(Fx::drop(
+        "IPv6 to VIP, TCP header missing",
+        t6[..14 + 40].to_vec(),
+        Stat::DropMalformed,
+    ));
+    lab.check(Fx::drop(
+        "IPv6 to VIP, UDP header cut at 7 bytes",
+        u6[..14 + 40 + 7].to_vec(),
+        Stat::DropMalformed,
+    ));
+    let t_other = tcp_frame(c4, other4, 40009, 80);
+    lab.check(Fx::pass(
+        "truncated TCP to a non-VIP: not ours",
+        t_other[..14 + 20 + 3].to_vec(),
+        Stat::PassNotService,
+    ));
+
+    // --- fragments and IPv6 extension headers --------------------------------------------
+    let frag = |off: u16, dst| {
+        let (et, p) = ip(
+            c4,
+            dst,
+            &tcp(40012, 80, &[0u8; 16]),
+            &V4Opts {
+                options: vec![],
+                frag: off,
+            },
+        );
+        eth(et, &p, &[])
+    };
+    lab.check(Fx::drop(
+        "IPv4 first fragment (MF) to VIP",
+        frag(0x2000, vip4),
+        Stat::DropFragment,
+    ));
+    lab.check(Fx::drop(
+        "IPv4 later fragment (offset 185) to VIP",
+        frag(185, vip4),
+        Stat::DropFragment,
+    ));
+    lab.check(Fx::pass(
+        "IPv4 fragment to a non-VIP",
+        frag(0x2000, other4),
+        Stat::PassNotService,
+    ));
+    let ext = |next: u8, dst| {
+        frame(
+            c6,
+            dst,
+            &raw(
+                next,
+                &[
+                    IPPROTO_TCP_U8,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0x9c,
+                    0x40,
+                    0,
+                    80,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+            ),
+        )
+    };
+    lab.check(Fx::drop(
+        "IPv6 fragment header to VIP",
+        ext(44, vip6),
+        Stat::DropFragment,
+    ));
+    lab.check(Fx::drop(
+        "IPv6 hop-by-hop header to VIP",
+        ext(0, vip6),
+        Stat::DropIpv6ExtHeader,
+    ));
+    lab.check(Fx::drop(
+        "IPv6 routing header to VIP",
+        ext(43, vip6),
+        Stat::DropIpv6ExtHeader,
+    ));
+    lab.check(Fx::pass(
+        "IPv6 routing header to a non-VIP",
+        ext(43, other6),
+        Stat::PassNotService,
+    ));
+
+    // --- affinity across backend changes ---------------------------------------------------
+    // A pinned client keeps its backend when a backend is added, even if its slot moved.
+    let d = v4("192.0.2.14");
+    lab.h
+        .lb
+        .add_backend(
+            "web4",
+            BackendSpec {
+                address: d,
+                weight: 1,
+            },
+            link(d, LO),
+        )
+        .expect("add backend");
+    // Pin a client to A first whose slot will move to D: find it after the add, then
+    // check it stays where its entry says.
+    let moved = lab.client_on("web4", d, clients4("198.51.101"));
+    lab.h.lb.remove_backend("web4", d).expect("remove d again");
+    let before = lab
+        .check(
+            Fx::tx(
+                "client pinned before a backend is added",
+                tcp_frame(moved, vip4, 1000, 80),
+                "web4",
+                moved,
+            )
+            .svc("web4", Svc::Miss),
+        )
+        .expect("forwarded");
+    assert_ne!(before, d);
+    lab.h
+        .lb
+        .add_backend(
+            "web4",
+            BackendSpec {
+                address: d,
+                weight: 1,
+            },
+            link(d, LO),
+        )
+        .expect("add backend");
+    assert_eq!(
+        lab.slot_backend("web4", moved),
+        d,
+        "its slot now belongs to the new backend"
+    );
+    lab.check(
+        Fx::tx(
+            "after the add, the pinned client keeps its backend",
+            tcp_frame(moved, vip4, 1001, 80),
+            "web4",
+            moved,
+        )
+        .out(Out::To(before))
+        .svc("web4", Svc::Hit),
+    );
+    let newcomer = lab.client_on("web4", d, clients4("198.51.102"));
+    lab.check(
+        Fx::tx(
+            "a new client whose slot is the new backend's goes there",
+            tcp_frame(newcomer, vip4, 1000, 80),
+            "web4",
+            newcomer,
+        )
+        .out(Out::To(d))
+        .svc("web4", Svc::Miss),
+    );
+
+    // An unhealthy backend's client is re-pinned on its next packet.
+    lab.h
+        .lb
+        .set_healthy("web4", before, false)
+        .expect("unhealthy");
+    let repinned = lab
+        .check(
+            Fx::tx(
+                "backend unhealthy: its client is re-pinned",
+                tcp_frame(moved, vip4, 1002, 80),
+                "web4",
+                moved,
+            )
+            .out(Out::PredictedNot(Some(before)))
+            .svc("web4", Svc::Repin),
+        )
+        .expect("forwarded");
+    lab.check(
+        Fx::tx(
+            "re-pinned client: hit on the new backend",
+            tcp_frame(moved, vip4, 1003, 80),
+            "web4",
+            moved,
+        )
+        .out(Out::To(repinned))
+        .svc("web4", Svc::Hit),
+    );
+    // Sticky failback: the recovered backend does not get its old client back.
+    lab.h
+        .lb
+        .set_healthy("web4", before, true)
+        .expect("healthy again");
+    lab.check(
+        Fx::tx(
+            "backend healthy again: the re-pinned client stays (sticky)",
+            tcp_frame(moved, vip4, 1004, 80),
+            "web4",
+            moved,
+        )
+        .out(Out::To(repinned))
+        .svc("web4", Svc::Hit),
+    );
+
+    // A removed backend's client is re-pinned (its generation is gone).
+    let on_d = newcomer;
+    lab.h.lb.remove_backend("web4", d).expect("remove");
+    lab.check(
+        Fx::tx(
+            "backend removed: its client is re-pinned",
+            tcp_frame(on_d, vip4, 1005, 80),
+            "web4",
+            on_d,
+        )
+        .out(Out::PredictedNot(Some(d)))
+        .svc("web4", Svc::Repin),
+    );
+
+    // Draining keeps pinned clients, takes no new ones.
+    let drained = v4("192.0.2.12");
+    let pinned = lab.client_on("web4", drained, clients4("198.51.103"));
+    lab.check(
+        Fx::tx(
+            "client pinned to the backend about to drain",
+            tcp_frame(pinned, vip4, 1000, 80),
+            "web4",
+            pinned,
+        )
+        .out(Out::To(drained))
+        .svc("web4", Svc::Miss),
+    );
+    let would_go = lab.client_on("web4", drained, clients4("198.51.104"));
+    lab.h.lb.set_draining("web4", drained, true).expect("drain");
+    lab.check(
+        Fx::tx(
+            "draining backend keeps its pinned client",
+            tcp_frame(pinned, vip4, 1001, 80),
+            "web4",
+            pinned,
+        )
+        .out(Out::To(drained))
+        .svc("web4", Svc::Hit),
+    );
+    lab.check(
+        Fx::tx(
+            "draining backend gets no new client",
+            tcp_frame(would_go, vip4, 1000, 80),
+            "web4",
+            would_go,
+        )
+        .out(Out::PredictedNot(Some(drained)))
+        .svc("web4", Svc::Miss),
+    );
+    lab.h
+        .lb
+        .set_draining("web4", drained, false)
+        .expect("undrain");
+
+    // No healthy backend: drop and count, or pass when configured.
+    for b in ["192.0.2.11", "192.0.2.12", "192.0.2.13"] {
+        lab.h
+            .lb
+            .set_healthy("dns4", b.parse().expect("addr"), false)
+            .expect("down");
+    }
+    lab.check(
+        Fx::drop(
+            "no healthy backend: dropped",
+            udp_frame(v4("198.51.100.99"), vip4, 5000, 53),
+            Stat::DropNoBackend,
+        )
+        .svc("dns4", Svc::NoBackend),
+    );
+    lab.check(
+        Fx::drop(
+            "no healthy backend: a pinned client is dropped too",
+            udp_frame(c4, vip4, 5000, 53),
+            Stat::DropNoBackend,
+        )
+        .svc("dns4", Svc::Repin),
+    );
+    lab.h
+        .lb
+        .set_healthy("dns4", "192.0.2.13".parse().expect("addr"), true)
+        .expect("up");
+    let fresh = v4("198.51.100.98");
+    lab.check(
+        Fx::tx(
+            "one backend back: service restored",
+            udp_frame(fresh, vip4, 5001, 53),
+            "dns4",
+            fresh,
+        )
+        .out(Out::To(v4("192.0.2.13")))
+        .svc("dns4", Svc::Miss),
+    );
+    lab.h
+        .lb
+        .set_healthy("passing", v4("192.0.2.11"), false)
+        .expect("down");
+    lab.check(
+        Fx::pass(
+            "no healthy backend, service set to pass",
+            tcp_frame(c4, v4("203.0.113.50"), 1000, 80),
+            Stat::PassNoBackend,
+        )
+        .svc("passing", Svc::NoBackend),
+    );
+
+    // --- /24 prefix groups clients ---------------------------------------------------------
+    let vip24 = v4("203.0.113.20");
+    let p = lab
+        .check(
+            Fx::tx(
+                "/24 service: first client of 198.51.100.0/24",
+                tcp_frame(v4("198.51.100.7"), vip24, 1000, 80),
+                "net24",
+                v4("198.51.100.7"),
+            )
+            .svc("net24", Svc::Miss),
+        )
+        .expect("forwarded");
+    lab.check(
+        Fx::tx(
+            "/24 service: another client of the same /24 hits the same entry",
+            tcp_frame(v4("198.51.100.200"), vip24, 1000, 80),
+            "net24",
+            v4("198.51.100.200"),
+        )
+        .out(Out::To(p))
+        .svc("net24", Svc::Hit),
+    );
+    lab.check(
+        Fx::tx(
+            "/24 service: a client of another /24 is a miss",
+            tcp_frame(v4("198.51.99.7"), vip24, 1000, 80),
+            "net24",
+            v4("198.51.99.7"),
+        )
+        .svc("net24", Svc::Miss),
+    );
+
+    // --- affinity = "none" spreads one client's connections ----------------------------
+    let vipf = v4("203.0.113.30");
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 2000..2010u16 {
+        let b = lab
+            .check(
+                Fx::tx(
+                    "affinity none: each source port decided alone",
+                    tcp_frame(c4, vipf, port, 80),
+                    "flows",
+                    c4,
+                )
+                .svc("flows", Svc::Miss),
+            )
+            .expect("forwarded");
+        seen.insert(b);
+    }
+    assert!(
+        seen.len() >= 2,
+        "affinity none: 10 ports of one client all went to {seen:?}"
+    );
+    lab.check(
+        Fx::tx(
+            "affinity none: the same connection stays",
+            tcp_frame(c4, vipf, 2000, 80),
+            "flows",
+            c4,
+        )
+        .svc("flows", Svc::Hit),
+    );
+
+    // --- idle expiry -----------------------------------------------------------------------
+    let vips = v4("203.0.113.40");
+    lab.check(
+        Fx::tx(
+            "short idle timeout: client pinned",
+            tcp_frame(c4, vips, 1000, 80),
+            "short",
+            c4,
+        )
+        .svc("short", Svc::Miss),
+    );
+    lab.check(
+        Fx::tx(
+            "within the idle timeout: hit",
+            tcp_frame(c4, vips, 1001, 80),
+            "short",
+            c4,
+        )
+        .svc("short", Svc::Hit),
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let e = lab.h.lb.explain("short", c4, 0).expect("explain");
+    assert_eq!(
+        e.decision,
+        Decision::Hashed {
+            reason: HashReason::Expired
+        },
+        "explain sees the expiry"
+    );
+    lab.check(
+        Fx::tx(
+            "idle longer than idle_timeout: re-decided",
+            tcp_frame(c4, vips, 1002, 80),
+            "short",
+            c4,
+        )
+        .svc("short", Svc::Expiry),
+    );
+
+    // --- redirect to another interface -------------------------------------------------------
+    let r = v4("192.0.2.61");
+    lab.check(
+        Fx::tx(
+            "backend behind another interface: XDP_REDIRECT",
+            tcp_frame(c4, v4("203.0.113.60"), 1000, 80),
+            "remote",
+            c4,
+        )
+        .out(Out::To(r))
+        .verdict(XdpAction::Redirect, Stat::Redirect)
+        .svc("remote", Svc::Miss),
+    );
+    lab.check(
+        Fx::tx(
+            "same backend, packet arriving on its interface: XDP_TX",
+            tcp_frame(c4, v4("203.0.113.60"), 1001, 80),
+            "remote",
+            c4,
+        )
+        .out(Out::To(r))
+        .ingress(lab.veth_a)
+        .svc("remote", Svc::Hit),
+    );
+    let mut fx = Fx::drop(
+        "egress interface missing from the redirect map",
+        tcp_frame(c4, v4("203.0.113.61"), 1000, 80),
+        Stat::DropNoTxPort,
+    );
+    fx.svc = Some(("noport", Svc::Miss));
+    lab.check(fx);
+    let _ = lab.veth_b;
+
+    println!("{} fixtures passed", lab.count);
+    assert!(lab.count >= 40, "only {} fixtures ran", lab.count);
+}
+
+const IPPROTO_TCP_U8: u8 = 6;
