@@ -39,15 +39,23 @@
 //!   changes are the slots it takes or frees and the paper's usual cascade. The simpler
 //!   "credit += w, take a turn per max_weight of credit" rounds quantise time in steps of
 //!   `1/max_weight`; removing or reweighting the heaviest backend changes the quantum and
-//!   reorders turns of unrelated backends, which moves slots between them.
+//!   reorders turns of unrelated backends. Measured, that costs little next to the
+//!   cascade (N = 100 mixed weights 1–10, M = 10007, heaviest 10 → 9: 1.06% of the other
+//!   slots move here, 1.33% with credits; removing it: 2.39% vs 2.47%), but it is free.
 //! * Scale: multiplying every weight by a constant does not change the table.
 //!
-//! Equal weights (the common case) take a plain round-robin loop; other weights pick the
-//! next turn from a binary heap (`O(M log N)`). Slot occupancy is a bit set (M/8 bytes)
-//! so the probing stays in cache. Building N = 1000 backends into M = 655 373 slots takes
-//! a few milliseconds in release mode (see the ignored `build_timing` test).
+//! # Cost
+//!
+//! The turn order within one unit of virtual time repeats in every unit, so only one
+//! unit is sorted (W / gcd turns, at most M) and the population loop cycles through it;
+//! equal weights give plain round robin. Slot occupancy is a bit set (M/8 bytes), and
+//! the last √M claims, where probing would need about M/E steps each with E slots empty,
+//! pick the nearest empty slot arithmetically instead (same result). With N = 1000
+//! backends a build takes about 1.5–2 ms at M = 65 537 and 16–22 ms at M = 655 373 in
+//! release mode, equal weights or small ones (1..=10); unusual weights whose sum
+//! approaches M (1..=1000, or ~10⁶ each) add the sort: 3.5 ms and ≈ 40 ms. See the
+//! ignored `build_timing` test.
 
-use std::collections::BinaryHeap;
 use std::fmt;
 
 use crate::NO_BACKEND;
@@ -110,6 +118,9 @@ impl std::error::Error for MaglevError {}
 /// The result does not depend on the order of `backends` (see the module docs). With a
 /// table that is small relative to the weight ratios, a light backend can get no slot;
 /// pick `table_size` ≥ 100 × (sum of weights / smallest weight) for shares within 1%.
+/// Removing a backend also moves a few of the other backends' slots (Maglev's cascade):
+/// up to a few percent at 100 slots per backend, well under 2% at M = 65 537 for up to
+/// about 650 backends (see the `removal_disruption` test).
 ///
 /// Ids are not interpreted: an id equal to [`NO_BACKEND`] would make its slots read
 /// as empty, so callers must not use it.
@@ -128,59 +139,142 @@ pub fn build(backends: &[MaglevBackend], table_size: u32) -> Result<Vec<u32>, Ma
     }
     // Canonical order. The sort is stable, so equal addresses keep their input order.
     let mut order: Vec<&MaglevBackend> = backends.iter().collect();
-    order.sort_by(|a, b| a.addr.cmp(&b.addr));
+    order.sort_by_key(|b| b.addr);
     if let Some(w) = order.windows(2).find(|w| w[0].addr == w[1].addr) {
         return Err(MaglevError::DuplicateAddress {
             id_a: w[0].id,
             id_b: w[1].id,
         });
     }
-    let weighted = order.windows(2).any(|w| w[0].weight != w[1].weight);
-    Ok(populate(&order, table_size, weighted))
+    Ok(populate(&order, table_size))
 }
 
 /// Fills the table; `order` is canonical and validated, `table_size` prime and ≥ its
-/// length. `weighted = false` is only correct when all weights are equal, where it gives
-/// the same result as the weighted schedule, faster.
-fn populate(order: &[&MaglevBackend], table_size: u32, weighted: bool) -> Vec<u32> {
+/// length.
+fn populate(order: &[&MaglevBackend], table_size: u32) -> Vec<u32> {
+    if order.is_empty() {
+        return vec![NO_BACKEND; table_size as usize];
+    }
+    let round = round_schedule(order, table_size as usize);
+    // √M balances E multiplications per direct claim against M/E probes.
+    let direct_below = (table_size as f64).sqrt() as usize;
+    fill(
+        order,
+        table_size,
+        round.iter().copied().cycle(),
+        direct_below,
+    )
+}
+
+/// The turn schedule of one unit of virtual time, as canonical ranks.
+///
+/// Turn `k = r·w + j` (`1 ≤ j ≤ w`) of a backend falls at `r + (j − 1/2)/w`: round `r`
+/// holds exactly `w` turns of every backend, in the same order in every round. So the
+/// whole schedule is this one round repeated. Weights are divided by their gcd first
+/// (same order, shorter round), and if the round (`W` turns, W the sum of the weights)
+/// is longer than the table, only its first `max_len` turns are made.
+///
+/// The round is sorted by turn time (a float key, then exactly where keys tie): about
+/// 20 ms for 500 500 turns (1000 backends, weights 1..=1000), where a heap took 35 ms.
+fn round_schedule(order: &[&MaglevBackend], max_len: usize) -> Vec<u32> {
+    let g = order.iter().fold(0, |g, b| gcd(g, b.weight));
+    let weights: Vec<u64> = order.iter().map(|b| (b.weight / g) as u64).collect();
+    let total: u64 = weights.iter().sum();
+    let len = total.min(max_len as u64) as usize;
+
+    // Turns up to the horizon h = lim/(2W), lim = min(2W, 2·len + N), are enough: there
+    // are at least h·W − N/2 ≥ len of them, and at most len + N (or the whole round).
+    let lim = (2 * total as u128).min(2 * len as u128 + order.len() as u128);
+    // Turns of backend i with (2j − 1)/(2w) ≤ lim/(2W), i.e. j ≤ (lim·w + W)/(2W).
+    let counts: Vec<u32> = weights
+        .iter()
+        .map(|&w| ((lim * w as u128 + total as u128) / (2 * total as u128)) as u32)
+        .collect();
+    let generated: usize = counts.iter().map(|&c| c as usize).sum();
+
+    // (time as f64 bits, rank, j) of every turn. Bits of non-negative floats order like
+    // the floats, and correctly rounded division is monotone: a later turn never gets a
+    // smaller key, and equal times get equal keys.
+    let mut turns: Vec<(u64, u32, u32)> = Vec::with_capacity(generated);
+    for (rank, (&w, &c)) in weights.iter().zip(&counts).enumerate() {
+        for j in 1..=c {
+            let t = (2 * j as u64 - 1) as f64 / (2 * w) as f64;
+            turns.push((t.to_bits(), rank as u32, j));
+        }
+    }
+    turns.sort_unstable();
+    // Distinct times closer than the float resolution share a key: order those runs
+    // exactly, (2ja − 1)/(2wa) vs (2jb − 1)/(2wb) by cross multiplication (< 2^33 · 2^32,
+    // exact in u128), ties by rank.
+    let exact = |&(_, ra, ja): &(u64, u32, u32), &(_, rb, jb): &(u64, u32, u32)| {
+        let a = (2 * ja as u128 - 1) * weights[rb as usize] as u128;
+        let b = (2 * jb as u128 - 1) * weights[ra as usize] as u128;
+        a.cmp(&b).then(ra.cmp(&rb))
+    };
+    for run in turns.chunk_by_mut(|a, b| a.0 == b.0) {
+        if run.len() > 1 {
+            run.sort_unstable_by(exact);
+        }
+    }
+    turns[..len].iter().map(|&(_, rank, _)| rank).collect()
+}
+
+/// Runs the population loop with the given sequence of turns (canonical ranks, at least
+/// `table_size` of them): each turn claims the backend's next preferred empty slot.
+///
+/// Probing costs about M/E steps per claim when E slots are empty, so the last few
+/// hundred claims would take most of the time (≈ M·ln √M of the ≈ M·ln M probes). Once
+/// at most `direct_below` slots are empty, a claim instead computes for every empty slot
+/// how many steps the backend's permutation needs to reach it and takes the nearest:
+/// exactly the slot probing would find, for E multiplications instead of M/E probes.
+fn fill(
+    order: &[&MaglevBackend],
+    table_size: u32,
+    turns: impl Iterator<Item = u32>,
+    direct_below: usize,
+) -> Vec<u32> {
     let m = table_size as usize;
     let mut table = vec![NO_BACKEND; m];
-    if order.is_empty() {
-        return table;
-    }
     let mut perms: Vec<Permutation> = order
         .iter()
         .map(|b| Permutation::new(&b.addr, table_size))
         .collect();
     let mut filled = vec![0u64; m.div_ceil(64)];
-    let mut turn = |i: usize| {
+    let mut turns = turns.take(m);
+    // Every turn claims one slot: exactly M turns fill the table.
+    for (claimed, i) in turns.by_ref().enumerate() {
+        let i = i as usize;
         let slot = perms[i].claim(&mut filled, table_size as u64);
         table[slot] = order[i].id;
-    };
-
-    if weighted {
-        let mut heap: BinaryHeap<Turn> = order
-            .iter()
-            .enumerate()
-            .map(|(rank, b)| Turn {
-                twice_k_minus_1: 1,
-                weight: b.weight,
-                rank: rank as u32,
-            })
-            .collect();
-        // Every turn claims one slot: exactly M turns fill the table.
-        for _ in 0..m {
-            let mut next = heap.peek_mut().expect("at least one backend");
-            turn(next.rank as usize);
-            next.twice_k_minus_1 += 2;
-            // Dropping `next` sifts the changed turn down to its place.
-        }
-    } else {
-        for i in (0..order.len()).cycle().take(m) {
-            turn(i);
+        if m - (claimed + 1) <= direct_below {
+            break;
         }
     }
+    let mut empty = Vec::with_capacity(direct_below.min(m));
+    for (w, &word) in filled.iter().enumerate() {
+        let mut free = !word;
+        while free != 0 {
+            let slot = w as u64 * 64 + free.trailing_zeros() as u64;
+            if slot >= m as u64 {
+                break;
+            }
+            empty.push(slot);
+            free &= free - 1;
+        }
+    }
+    for i in turns {
+        let i = i as usize;
+        let slot = perms[i].claim_nearest(&mut empty, table_size as u64);
+        table[slot] = order[i].id;
+    }
     table
+}
+
+fn gcd(mut a: u32, mut b: u32) -> u32 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// The unvisited rest of one backend's permutation of the slots.
@@ -189,6 +283,8 @@ struct Permutation {
     next: u64,
     /// Step between candidates, in `1..M`; as M is prime it visits every slot once per M steps.
     skip: u64,
+    /// skip⁻¹ mod M, computed on first use by [`Permutation::claim_nearest`]; 0 before.
+    skip_inv: u64,
 }
 
 impl Permutation {
@@ -197,7 +293,11 @@ impl Permutation {
         let offset = hash_addr(addr, 0, MAGLEV_OFFSET_SEED) % m;
         // M = 2 gives skip = 1; M < 2 is not prime and never gets here.
         let skip = hash_addr(addr, 0, MAGLEV_SKIP_SEED) % (m - 1) + 1;
-        Permutation { next: offset, skip }
+        Permutation {
+            next: offset,
+            skip,
+            skip_inv: 0,
+        }
     }
 
     /// Claims this backend's next preferred empty slot and returns it. Terminates as long
@@ -219,52 +319,61 @@ impl Permutation {
             }
         }
     }
-}
 
-/// A backend's next turn, at virtual time `(k − 1/2) / weight`, i.e.
-/// `(2k − 1) / (2·weight)`; ordered so that the max-heap yields the earliest turn first,
-/// ties to the lowest canonical rank.
-struct Turn {
-    twice_k_minus_1: u64,
-    weight: u32,
-    rank: u32,
-}
+    /// The slot [`Permutation::claim`] would return, found in the list of empty slots
+    /// (and removed from it) instead of by probing.
+    fn claim_nearest(&mut self, empty: &mut Vec<u64>, m: u64) -> usize {
+        // Steps from `next` to slot e: (e − next)·skip⁻¹ mod M (M prime, skip ≠ 0).
+        if self.skip_inv == 0 {
+            self.skip_inv = self.skip_inverse(m);
+        }
+        let inv = self.skip_inv;
+        let mut best = (u64::MAX, 0);
+        for (k, &e) in empty.iter().enumerate() {
+            let ahead = if e >= self.next {
+                e - self.next
+            } else {
+                e + m - self.next
+            };
+            let steps = ahead * inv % m;
+            if steps < best.0 {
+                best = (steps, k);
+            }
+        }
+        let slot = empty.swap_remove(best.1);
+        self.next = slot + self.skip;
+        if self.next >= m {
+            self.next -= m;
+        }
+        slot as usize
+    }
 
-impl Ord for Turn {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        // a/(2·wa) < b/(2·wb) ⇔ a·wb < b·wa. Both sides < 2^33 · 2^32: exact in u128.
-        let mine = self.twice_k_minus_1 as u128 * other.weight as u128;
-        let theirs = other.twice_k_minus_1 as u128 * self.weight as u128;
-        theirs.cmp(&mine).then(other.rank.cmp(&self.rank))
+    /// skip⁻¹ mod M = skip^(M−2) (Fermat; M prime < 2³², so products fit in u64).
+    fn skip_inverse(&self, m: u64) -> u64 {
+        let (mut base, mut exp, mut acc) = (self.skip, m - 2, 1u64);
+        while exp > 0 {
+            if exp & 1 == 1 {
+                acc = acc * base % m;
+            }
+            base = base * base % m;
+            exp >>= 1;
+        }
+        acc
     }
 }
 
-impl PartialOrd for Turn {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for Turn {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other).is_eq()
-    }
-}
-
-impl Eq for Turn {}
-
-/// Whether `n` is prime (deterministic trial division; at most ~11 000 divisions).
+/// Whether `n` is prime (deterministic trial division; at most ~22 000 divisions).
 pub fn is_prime(n: u32) -> bool {
     if n < 4 {
         return n >= 2;
     }
-    if n % 2 == 0 || n % 3 == 0 {
+    if n.is_multiple_of(2) || n.is_multiple_of(3) {
         return false;
     }
     let n = n as u64;
     let mut d = 5u64;
     while d * d <= n {
-        if n % d == 0 || n % (d + 2) == 0 {
+        if n.is_multiple_of(d) || n.is_multiple_of(d + 2) {
             return false;
         }
         d += 6;
@@ -305,6 +414,16 @@ mod tests {
             })
             .collect()
     }
+
+    /// Backends in canonical order, as [`build`] sees them.
+    fn canonical(backends: &[MaglevBackend]) -> Vec<&MaglevBackend> {
+        let mut order: Vec<&MaglevBackend> = backends.iter().collect();
+        order.sort_by_key(|b| b.addr);
+        order
+    }
+
+    /// (N, weight of backend i, M).
+    type Case = (u32, fn(u32) -> u32, u32);
 
     /// SplitMix64: a tiny deterministic PRNG for shuffles.
     struct SplitMix(u64);
@@ -413,35 +532,66 @@ mod tests {
         );
     }
 
-    /// The weighted schedule with equal weights is exactly round robin, and scaling all
-    /// weights changes nothing.
+    /// The schedule built from one repeated round equals the definition: all turns
+    /// `(k − 1/2)/w` sorted by time, ties in canonical order.
     #[test]
-    fn schedule_consistency() {
-        for n in [1u32, 2, 7, 100] {
-            let backends = pool(n, |_| 5);
-            let mut order: Vec<&MaglevBackend> = backends.iter().collect();
-            order.sort_by(|a, b| a.addr.cmp(&b.addr));
-            let m = next_prime(100 * n);
-            assert_eq!(populate(&order, m, true), populate(&order, m, false));
-            assert_eq!(populate(&order, m, false), build(&backends, m).unwrap());
+    fn schedule_matches_definition() {
+        let cases: [Case; 7] = [
+            (1, |_| 3, 101),
+            (7, |_| 5, 1009),
+            (9, |i| i % 4 + 1, 1009),
+            (12, |i| [6, 10, 15, 4][i as usize % 4], 2003),
+            (5, |i| 1_000_000_007 * (i % 2) + 3 * i + 1, 503),
+            // A round much longer than the table, with N close to M.
+            (50, |i| 1000 + 37 * i, 53),
+            (8, |i| u32::MAX - 2 * i, 11),
+        ];
+        for (n, weight, m) in cases {
+            let backends = pool(n, weight);
+            let order = canonical(&backends);
+            let mut turns: Vec<(u32, u32, u32)> = Vec::new(); // (2k − 1, w, rank)
+            for (rank, b) in order.iter().enumerate() {
+                turns.extend((1..=m).map(|k| (2 * k - 1, b.weight, rank as u32)));
+            }
+            turns.sort_by(|x, y| {
+                (x.0 as u128 * y.1 as u128)
+                    .cmp(&(y.0 as u128 * x.1 as u128))
+                    .then(x.2.cmp(&y.2))
+            });
+            let reference = fill(&order, m, turns.iter().map(|t| t.2), 0);
+            assert_eq!(build(&backends, m).unwrap(), reference, "N={n} M={m}");
         }
+        // Scaling every weight changes nothing.
         let a = pool(40, |i| i % 4 + 1);
         let b = pool(40, |i| 3 * (i % 4 + 1));
         assert_eq!(build(&a, 10_007).unwrap(), build(&b, 10_007).unwrap());
     }
 
-    /// Fraction of the slots not owned by `removed` that change owner from `before` to
-    /// `after`.
-    fn others_moved(before: &[u32], after: &[u32], removed: u32) -> f64 {
-        let (mut others, mut moved) = (0u64, 0u64);
-        for (&b, &a) in before.iter().zip(after) {
-            assert_ne!(a, removed);
-            if b != removed {
-                others += 1;
-                moved += (a != b) as u64;
+    /// Direct claims in the tail pick exactly the slots probing would: the table is the
+    /// same whether the population loop never, sometimes or always uses them.
+    #[test]
+    fn direct_claims_match_probing() {
+        let cases: [Case; 6] = [
+            (1, |_| 1, 2),
+            (2, |_| 1, 2),
+            (5, |_| 1, 5),
+            (3, |i| i + 1, 307),
+            (40, |i| i % 7 + 1, 4001),
+            (1000, |_| 1, 65_537),
+        ];
+        for (n, weight, m) in cases {
+            let backends = pool(n, weight);
+            let order = canonical(&backends);
+            let round = round_schedule(&order, m as usize);
+            let turns = || round.iter().copied().cycle();
+            let probing = fill(&order, m, turns(), 0);
+            if m <= 5000 {
+                // Direct claims from the first empty slot on (O(M²)).
+                assert_eq!(fill(&order, m, turns(), m as usize), probing, "N={n} M={m}");
             }
+            assert_eq!(fill(&order, m, turns(), 50), probing, "N={n} M={m}");
+            assert_eq!(build(&backends, m).unwrap(), probing, "N={n} M={m}");
         }
-        moved as f64 / others as f64
     }
 
     /// Removes `victim` and returns the fraction of the other backends' slots that move.
@@ -529,43 +679,55 @@ mod tests {
     }
 
     /// Adding a backend to N moves about 1/(N+1) of the slots: the newcomer's share, all
-    /// taken from the others, plus the cascade among the others.
+    /// taken from the others, plus the cascade among the others. Adding is removal run
+    /// backwards, so the cascade is the one of `removal_disruption`: asserted (≤ 2% of
+    /// the table) at M = max(65537, next_prime(100·N)), printed at next_prime(100·N).
+    /// For large N the cascade, not 1/(N+1), dominates what moves (N = 1000: ≈ 0.6% of
+    /// the table besides the newcomer's 0.1%).
     #[test]
     fn addition_disruption() {
         for n in [3u32, 10, 100, 1000] {
-            let m = next_prime(100 * n).max(65_537);
-            let backends = pool(n + 1, |_| 1);
-            let after = build(&backends, m).unwrap();
-            let mut worst_excess: f64 = 0.0;
-            // The newcomer first, in the middle and last in canonical (address) order.
-            for new in [0, n / 2, n] {
-                let old: Vec<_> = backends.iter().filter(|b| b.id != new).copied().collect();
-                let before = build(&old, m).unwrap();
-                let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
-                let gained = after.iter().filter(|&&a| a == new).count();
-                let frac = moved as f64 / m as f64;
-                let ideal = 1.0 / (n + 1) as f64;
+            let strict = next_prime(100 * n);
+            let m = strict.max(65_537);
+            if m != strict {
+                let excess = addition_excess(n, strict);
                 println!(
-                    "add 1 to N={n:>4}, M={m:>6}, canonical rank {new:>4}: moved {:.3}% of slots (1/(N+1) = {:.3}%)",
-                    frac * 100.0,
-                    ideal * 100.0
+                    "    worst moved − 1/(N+1) = {:.3}% (100·N, not asserted)",
+                    excess * 100.0
                 );
-                // Every slot the newcomer got moved (from someone else) ...
-                assert!(moved >= gained);
-                // ... its share is ⌊M/(N+1)⌋ or ⌈M/(N+1)⌉ ...
-                assert!((gained as f64 - m as f64 * ideal).abs() < 1.0);
-                // ... and the others trade at most 2% of the table among themselves.
-                assert!(
-                    frac - ideal <= 0.02,
-                    "N={n}: moved {frac}, 1/(N+1) = {ideal}"
-                );
-                worst_excess = worst_excess.max(frac - ideal);
             }
-            println!(
-                "add 1 to N={n:>4}: worst moved − 1/(N+1) = {:.3}%",
-                worst_excess * 100.0
-            );
+            let excess = addition_excess(n, m);
+            println!("    worst moved − 1/(N+1) = {:.3}%", excess * 100.0);
+            assert!(excess <= 0.02, "N={n} M={m}: {excess}");
         }
+    }
+
+    /// Adds backend `new` (first, middle and last in canonical order) to the other `n`
+    /// and returns the worst (fraction of slots moved − 1/(N+1)).
+    fn addition_excess(n: u32, m: u32) -> f64 {
+        let backends = pool(n + 1, |_| 1);
+        let after = build(&backends, m).unwrap();
+        let ideal = 1.0 / (n + 1) as f64;
+        let mut worst: f64 = 0.0;
+        println!("add 1 to N={n:>4}, M={m:>6}:");
+        for new in [0, n / 2, n] {
+            let old: Vec<_> = backends.iter().filter(|b| b.id != new).copied().collect();
+            let before = build(&old, m).unwrap();
+            let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+            let gained = after.iter().filter(|&&a| a == new).count();
+            let frac = moved as f64 / m as f64;
+            println!(
+                "    rank {new:>4}: moved {:.3}% of slots (1/(N+1) = {:.3}%)",
+                frac * 100.0,
+                ideal * 100.0
+            );
+            // Every slot the newcomer got moved (from someone else), and its share is
+            // ⌊M/(N+1)⌋ or ⌈M/(N+1)⌉.
+            assert!(moved >= gained);
+            assert!((gained as f64 - m as f64 * ideal).abs() < 1.0);
+            worst = worst.max(frac - ideal);
+        }
+        worst
     }
 
     /// The table is a function of the backend set: input order never matters, and the id
@@ -610,8 +772,8 @@ mod tests {
             (h ^ id as u64).wrapping_mul(0x0000_0100_0000_01b3)
         });
         println!("fingerprint {fingerprint:#018x}");
-        assert_eq!(&table[..8], &[0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(fingerprint, 0);
+        assert_eq!(&table[..8], &[8, 7, 5, 6, 2, 2, 7, 8]);
+        assert_eq!(fingerprint, 0xa451_dade_61f8_bea9);
     }
 
     #[test]
