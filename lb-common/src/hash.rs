@@ -5,7 +5,7 @@
 //! and a full avalanche on 16-byte addresses so that clients differing in one bit, or
 //! clients of a single /64 or /24, spread evenly over the Maglev slots.
 
-use crate::AffinityKey;
+use crate::{Addr, AffinityKey};
 
 /// Seed of the flow hash. Fixed: two nodes with the same config must agree on every
 /// client, so the seed is part of the on-the-wire contract, not a random value.
@@ -39,6 +39,21 @@ pub const fn hash_addr(addr: &[u8; 16], extra: u64, seed: u64) -> u64 {
     let hi = u64::from_le_bytes([
         addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
     ]);
+    hash_words(lo, hi, extra, seed)
+}
+
+/// [`hash_addr`] of an [`Addr`]: the same value, without touching single bytes.
+#[inline(always)]
+pub const fn hash_addr_words(a: &Addr, extra: u64, seed: u64) -> u64 {
+    // u32::from_le turns each word back into the value of its bytes read little-endian
+    // (a no-op on bpfel and x86_64), so the hash is the same on every host.
+    let lo = (u32::from_le(a[0]) as u64) | ((u32::from_le(a[1]) as u64) << 32);
+    let hi = (u32::from_le(a[2]) as u64) | ((u32::from_le(a[3]) as u64) << 32);
+    hash_words(lo, hi, extra, seed)
+}
+
+#[inline(always)]
+const fn hash_words(lo: u64, hi: u64, extra: u64, seed: u64) -> u64 {
     let mut h = seed ^ extra.wrapping_mul(K2);
     h = (h ^ lo).wrapping_mul(K1).rotate_left(31);
     h = (h ^ hi).wrapping_mul(K2).rotate_left(29);
@@ -52,7 +67,7 @@ pub fn flow_hash(key: &AffinityKey) -> u32 {
     let extra = (key.service_id as u64)
         | ((u16::from_be(key.port_be) as u64) << 32)
         | ((key.family as u64) << 48);
-    let h = hash_addr(&key.addr, extra, FLOW_HASH_SEED);
+    let h = hash_addr_words(&key.addr, extra, FLOW_HASH_SEED);
     (h ^ (h >> 32)) as u32
 }
 
@@ -74,7 +89,7 @@ mod tests {
     fn key(addr: [u8; 16], family: u8) -> AffinityKey {
         AffinityKey {
             service_id: 3,
-            addr,
+            addr: crate::addr_from_bytes(&addr),
             port_be: 0,
             family,
             _pad: 0,

@@ -5,7 +5,9 @@
 //! or `Option` crosses the boundary: flags are integer bit sets and indices are `u32`.
 //!
 //! Byte order, per field, is stated in its doc comment:
-//! - *network order*: the bytes exactly as they appear on the wire (addresses, ports);
+//! - *network order*: the bytes exactly as they appear on the wire (addresses, ports).
+//!   Addresses are [`Addr`]: the 16 wire bytes held as four native `u32` words, so the
+//!   program moves them with four loads instead of sixteen (see [`addr_from_bytes`]);
 //! - *host order*: native integers written by the controller and read by the program
 //!   (both little-endian here: bpfel and x86_64).
 //!
@@ -18,6 +20,35 @@ pub mod hash;
 pub mod maglev;
 
 pub use hash::{flow_hash, maglev_slot};
+
+/// An address as it sits in maps: the network-order bytes (IPv4 in bytes 0..4, the rest
+/// zero) viewed as four native-endian `u32` words. `addr_from_bytes`/`addr_to_bytes`
+/// convert without changing a byte.
+pub type Addr = [u32; 4];
+
+#[inline(always)]
+pub const fn addr_from_bytes(b: &[u8; 16]) -> Addr {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+pub const fn addr_to_bytes(a: &Addr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let w = a[i].to_ne_bytes();
+        out[4 * i] = w[0];
+        out[4 * i + 1] = w[1];
+        out[4 * i + 2] = w[2];
+        out[4 * i + 3] = w[3];
+        i += 1;
+    }
+    out
+}
 
 // ---------------------------------------------------------------------------------------
 // Map names (≤ 15 bytes: BPF_OBJ_NAME_LEN is 16 with the NUL).
@@ -110,8 +141,8 @@ pub const PROTO_VIP_MARKER: u8 = 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ServiceKey {
-    /// VIP, network order; IPv4 in bytes 0..4, bytes 4..16 zero.
-    pub addr: [u8; 16],
+    /// VIP, network order ([`Addr`]).
+    pub addr: Addr,
     /// Destination port, network order; 0 = every port.
     pub port_be: u16,
     /// `PROTO_TCP`, `PROTO_UDP` or `PROTO_VIP_MARKER`.
@@ -145,10 +176,9 @@ pub struct ServiceValue {
     pub table_size: u32,
     /// An affinity entry idle for longer than this is re-decided.
     pub idle_timeout_ns: u64,
-    /// Mask applied to the client address before it becomes an affinity key, network
-    /// order, as two native words of the mask bytes (`u64::from_ne_bytes(mask[0..8])`,
-    /// `u64::from_ne_bytes(mask[8..16])`), so the program masks with two ANDs.
-    pub src_mask: [u64; 2],
+    /// Mask applied to the client address before it becomes an affinity key, in the
+    /// layout of [`Addr`], so the program masks word by word.
+    pub src_mask: Addr,
     /// The prefix length behind `src_mask` (for display only).
     pub prefix_len: u8,
     /// `MODE_*`.
@@ -171,8 +201,8 @@ pub const BE_F_DRAINING: u8 = 1 << 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
-    /// Backend address, network order; IPv4 in bytes 0..4.
-    pub addr: [u8; 16],
+    /// Backend address, network order ([`Addr`]).
+    pub addr: Addr,
     /// Destination MAC: the backend's (or its next hop's) link address.
     pub mac: [u8; 6],
     /// Source MAC: the egress interface's own address.
@@ -205,8 +235,8 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 48);
 pub struct AffinityKey {
     /// Service id (host order).
     pub service_id: u32,
-    /// Client source address masked to the service prefix, network order.
-    pub addr: [u8; 16],
+    /// Client source address masked to the service prefix, network order ([`Addr`]).
+    pub addr: Addr,
     /// Client source port, network order, only with `affinity = "none"`; else 0.
     pub port_be: u16,
     /// `FAMILY_V4` or `FAMILY_V6`.
@@ -343,20 +373,13 @@ const _: () = assert!(core::mem::size_of::<BackendStats>() == 32);
 ///
 /// Folds the address to 16 bits; a collision only costs the packet a services lookup.
 #[inline(always)]
-pub fn vip_filter_bit(addr: &[u8; 16], family: u8) -> (u32, u64) {
-    let w0 = u32::from_le_bytes([addr[0], addr[1], addr[2], addr[3]]);
-    let w = if family == FAMILY_V6 {
-        w0 ^ u32::from_le_bytes([addr[4], addr[5], addr[6], addr[7]])
-            ^ u32::from_le_bytes([addr[8], addr[9], addr[10], addr[11]])
-            ^ u32::from_le_bytes([addr[12], addr[13], addr[14], addr[15]])
-    } else {
-        w0
-    };
-    vip_filter_bit_folded(w)
+pub fn vip_filter_bit(addr: &Addr) -> (u32, u64) {
+    // IPv4 words 1..3 are zero, so one fold serves both families.
+    vip_filter_bit_folded(addr[0] ^ addr[1] ^ addr[2] ^ addr[3])
 }
 
-/// [`vip_filter_bit`] after the address has been folded to one little-endian word
-/// (the XOR of its 32-bit words); lets the program fold straight from the packet.
+/// [`vip_filter_bit`] after the address has been folded to one word (the XOR of its
+/// words); lets the program fold straight from the packet.
 #[inline(always)]
 pub fn vip_filter_bit_folded(w: u32) -> (u32, u64) {
     let f = (w ^ (w >> 16)) & (VIP_FILTER_BITS - 1);
@@ -364,7 +387,7 @@ pub fn vip_filter_bit_folded(w: u32) -> (u32, u64) {
 }
 
 /// The source mask of a prefix length, in the layout of [`ServiceValue::src_mask`].
-pub const fn prefix_mask(prefix_len: u8, family: u8) -> [u64; 2] {
+pub const fn prefix_mask(prefix_len: u8, family: u8) -> Addr {
     let max = if family == FAMILY_V6 { 128 } else { 32 };
     let len = if prefix_len as u32 > max {
         max
@@ -384,14 +407,7 @@ pub const fn prefix_mask(prefix_len: u8, family: u8) -> [u64; 2] {
         };
         i += 1;
     }
-    [
-        u64::from_ne_bytes([
-            bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
-        ]),
-        u64::from_ne_bytes([
-            bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
-        ]),
-    ]
+    addr_from_bytes(&bytes)
 }
 
 #[cfg(feature = "user")]
@@ -413,36 +429,31 @@ mod tests {
 
     #[test]
     fn prefix_masks() {
-        let m = prefix_mask(24, FAMILY_V4);
-        let b = m[0].to_ne_bytes();
+        let b = addr_to_bytes(&prefix_mask(24, FAMILY_V4));
         assert_eq!(&b[..4], &[255, 255, 255, 0]);
-        assert_eq!(m[1], 0);
-        let m = prefix_mask(32, FAMILY_V4);
-        assert_eq!(&m[0].to_ne_bytes()[..4], &[255; 4]);
-        assert_eq!(&m[0].to_ne_bytes()[4..], &[0; 4]);
-        let m = prefix_mask(64, FAMILY_V6);
-        assert_eq!(m, [u64::MAX, 0]);
-        let m = prefix_mask(128, FAMILY_V6);
-        assert_eq!(m, [u64::MAX, u64::MAX]);
-        let m = prefix_mask(0, FAMILY_V6);
-        assert_eq!(m, [0, 0]);
-        let m = prefix_mask(57, FAMILY_V6);
-        assert_eq!(
-            m[0].to_ne_bytes(),
-            [255, 255, 255, 255, 255, 255, 255, 0x80]
-        );
+        assert_eq!(&b[4..], &[0; 12]);
+        let b = addr_to_bytes(&prefix_mask(32, FAMILY_V4));
+        assert_eq!(&b[..4], &[255; 4]);
+        assert_eq!(&b[4..], &[0; 12]);
+        assert_eq!(prefix_mask(64, FAMILY_V6), [u32::MAX, u32::MAX, 0, 0]);
+        assert_eq!(prefix_mask(128, FAMILY_V6), [u32::MAX; 4]);
+        assert_eq!(prefix_mask(0, FAMILY_V6), [0; 4]);
+        let b = addr_to_bytes(&prefix_mask(57, FAMILY_V6));
+        assert_eq!(&b[..8], &[255, 255, 255, 255, 255, 255, 255, 0x80]);
+        assert_eq!(&b[8..], &[0; 8]);
     }
 
     #[test]
     fn vip_filter_is_in_range_and_family_aware() {
         let mut a = [0u8; 16];
         a[..4].copy_from_slice(&[203, 0, 113, 10]);
-        let (w, bit) = vip_filter_bit(&a, FAMILY_V4);
+        let (w, bit) = vip_filter_bit(&addr_from_bytes(&a));
         assert!(w < VIP_FILTER_WORDS);
         assert_eq!(bit.count_ones(), 1);
-        // The folded form the program uses gives the same bit.
-        let folded = u32::from_le_bytes([203, 0, 113, 10]);
+        // The folded form the program uses on an IPv4 header gives the same bit.
+        let folded = u32::from_ne_bytes([203, 0, 113, 10]);
         assert_eq!(vip_filter_bit_folded(folded), (w, bit));
+        assert_eq!(addr_to_bytes(&addr_from_bytes(&a)), a);
     }
 
     #[test]

@@ -20,7 +20,10 @@ use lb_common::{
 
 use crate::{
     maps::{DataPlane, MapsError},
-    model::{Affinity, BackendSpec, Link, NoBackend, ServiceSpec, addr_bytes, addr_from_bytes},
+    model::{
+        Affinity, BackendSpec, Link, NoBackend, ServiceSpec, addr_bytes, addr_from_words,
+        addr_words,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +87,7 @@ impl BackendState {
     }
 
     fn entry(&self, service_id: u32) -> Backend {
-        let (addr, family) = addr_bytes(self.spec.address);
+        let (addr, family) = addr_words(self.spec.address);
         let link = self.link.unwrap_or(Link {
             mac: [0; 6],
             src_mac: [0; 6],
@@ -126,7 +129,7 @@ pub struct ServiceState {
 
 impl ServiceState {
     pub fn key(&self) -> ServiceKey {
-        let (addr, family) = addr_bytes(self.spec.vip);
+        let (addr, family) = addr_words(self.spec.vip);
         ServiceKey {
             addr,
             port_be: self.spec.port.to_be(),
@@ -167,19 +170,20 @@ impl ServiceState {
 
     /// The affinity key of a client (and source port, used only with `affinity = "none"`).
     pub fn affinity_key(&self, client: IpAddr, port: u16) -> Result<AffinityKey> {
-        let (bytes, family) = addr_bytes(client);
+        let (words, family) = addr_words(client);
         if family != addr_bytes(self.spec.vip).1 {
             return Err(BalancerError::FamilyMismatch {
                 service: self.spec.name.clone(),
                 client,
             });
         }
-        let mask = prefix_mask(self.spec.prefix_len(), family);
-        let lo = u64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes")) & mask[0];
-        let hi = u64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes")) & mask[1];
-        let mut addr = [0u8; 16];
-        addr[..8].copy_from_slice(&lo.to_ne_bytes());
-        addr[8..].copy_from_slice(&hi.to_ne_bytes());
+        let m = prefix_mask(self.spec.prefix_len(), family);
+        let addr = [
+            words[0] & m[0],
+            words[1] & m[1],
+            words[2] & m[2],
+            words[3] & m[3],
+        ];
         Ok(AffinityKey {
             service_id: self.id,
             addr,
@@ -406,10 +410,10 @@ impl Balancer {
     }
 
     fn sync_vips(&mut self) -> Result<()> {
-        let mut vips: Vec<([u8; 16], u8)> = self
+        let mut vips: Vec<(lb_common::Addr, u8)> = self
             .services
             .values()
-            .map(|s| addr_bytes(s.spec.vip))
+            .map(|s| addr_words(s.spec.vip))
             .collect();
         vips.sort_unstable();
         vips.dedup();
@@ -587,7 +591,7 @@ impl Balancer {
                                 age: Duration::from_nanos(now.saturating_sub(v.pinned_ns)),
                                 idle: Duration::from_nanos(idle),
                             },
-                            Some(addr_from_bytes(&be.addr, be.family)),
+                            Some(addr_from_words(&be.addr, be.family)),
                         )
                     }
                 }

@@ -8,7 +8,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, xdp::DevMapHash},
 };
 use lb_common::{
-    ALL_MAPS, AffinityKey, AffinityValue, Backend, BackendStats, MAP_AFFINITY, MAP_BACKENDS,
+    ALL_MAPS, Addr, AffinityKey, AffinityValue, Backend, BackendStats, MAP_AFFINITY, MAP_BACKENDS,
     MAP_BE_STATS, MAP_MAGLEV, MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER,
     PROTO_VIP_MARKER, SVC_F_VIP_MARKER, ServiceKey, ServiceStats, ServiceValue, Stat,
     VIP_FILTER_WORDS, vip_filter_bit,
@@ -116,8 +116,8 @@ impl DataPlane {
     /// Makes the VIP set exactly `vips` (address, family): their marker entries exist
     /// and the pre-filter has their bits. Markers first, filter last, so a packet that
     /// passes the filter always finds its marker.
-    pub fn set_vips(&mut self, vips: &[([u8; 16], u8)]) -> Result<()> {
-        let marker = |addr: [u8; 16], family: u8| ServiceKey {
+    pub fn set_vips(&mut self, vips: &[(Addr, u8)]) -> Result<()> {
+        let marker = |addr: Addr, family: u8| ServiceKey {
             addr,
             port_be: 0,
             proto: PROTO_VIP_MARKER,
@@ -132,8 +132,8 @@ impl DataPlane {
             self.set_service(&marker(addr, family), &value)?;
         }
         let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
-        for (addr, family) in vips {
-            let (w, bit) = vip_filter_bit(addr, *family);
+        for (addr, _) in vips {
+            let (w, bit) = vip_filter_bit(addr);
             words[w as usize] |= bit;
         }
         for (i, w) in words.iter().enumerate() {

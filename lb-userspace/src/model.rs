@@ -117,6 +117,17 @@ pub fn addr_bytes(addr: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
+/// Address as a map [`lb_common::Addr`] and family.
+pub fn addr_words(addr: IpAddr) -> (lb_common::Addr, u8) {
+    let (b, f) = addr_bytes(addr);
+    (lb_common::addr_from_bytes(&b), f)
+}
+
+/// The inverse of [`addr_words`].
+pub fn addr_from_words(words: &lb_common::Addr, family: u8) -> IpAddr {
+    addr_from_bytes(&lb_common::addr_to_bytes(words), family)
+}
+
 /// The inverse of [`addr_bytes`].
 pub fn addr_from_bytes(bytes: &[u8; 16], family: u8) -> IpAddr {
     if family == FAMILY_V6 {
