@@ -26,16 +26,23 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 /// Packet fields are only 2-byte aligned (the Ethernet header is 14 bytes). The x86_64
 /// and arm64 JITs load unaligned words natively and the verifier allows it without
 /// BPF_F_STRICT_ALIGNMENT, so one load replaces four byte loads and shifts.
+///
+/// # Safety
+/// `base + offset .. base + offset + 4` must be readable (bounds-checked packet data or
+/// a map value).
 #[inline(always)]
-pub fn load_u32(base: *const u8, offset: usize) -> u32 {
-    // SAFETY: the caller checked that `base + offset + 4` is within the packet.
+pub unsafe fn load_u32(base: *const u8, offset: usize) -> u32 {
+    // SAFETY: the caller guarantees the range; see above on alignment.
     unsafe { (base.add(offset) as *const u32).read() }
 }
 
 /// Stores a native `u32` at `base + offset`, which the caller has bounds-checked (see
 /// [`load_u32`] on alignment).
+///
+/// # Safety
+/// `base + offset .. base + offset + 4` must be writable, bounds-checked packet data.
 #[inline(always)]
-pub fn store_u32(base: *mut u8, offset: usize, value: u32) {
-    // SAFETY: the caller checked that `base + offset + 4` is within the packet.
+pub unsafe fn store_u32(base: *mut u8, offset: usize, value: u32) {
+    // SAFETY: the caller guarantees the range.
     unsafe { (base.add(offset) as *mut u32).write(value) }
 }

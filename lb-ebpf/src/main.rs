@@ -150,7 +150,7 @@ fn is_vip(addr: &Addr, family: u8) -> bool {
         family,
     };
     // SAFETY: the value is only tested for presence.
-    unsafe { SERVICES.get(&key).is_some() }
+    unsafe { SERVICES.get(key).is_some() }
 }
 
 /// The VIP pre-filter: false means no service has this destination address.
@@ -175,13 +175,14 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<u32, ()> {
         return pass(Stat::PassMalformed);
     }
     let base = ip as *const Ipv4Hdr as *const u8;
-    let d = load_u32(base, 16);
+    // SAFETY (all loads below): within the 20-byte header ptr_at checked.
+    let d = unsafe { load_u32(base, 16) };
     if !vip_filter_hit(d) {
         return pass(Stat::PassNotService);
     }
     let flow = Flow {
         daddr: [d, 0, 0, 0],
-        saddr: [load_u32(base, 12), 0, 0, 0],
+        saddr: [unsafe { load_u32(base, 12) }, 0, 0, 0],
         family: FAMILY_V4,
         proto: ip.proto,
         l4: l3 + ihl,
@@ -203,23 +204,28 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<u32, ()> {
         return pass(Stat::PassMalformed);
     }
     let base = ip as *const Ipv6Hdr as *const u8;
-    let d = [
-        load_u32(base, 24),
-        load_u32(base, 28),
-        load_u32(base, 32),
-        load_u32(base, 36),
-    ];
+    // SAFETY (all loads below): within the 40-byte header ptr_at checked.
+    let d = unsafe {
+        [
+            load_u32(base, 24),
+            load_u32(base, 28),
+            load_u32(base, 32),
+            load_u32(base, 36),
+        ]
+    };
     if !vip_filter_hit(d[0] ^ d[1] ^ d[2] ^ d[3]) {
         return pass(Stat::PassNotService);
     }
     let flow = Flow {
         daddr: d,
-        saddr: [
-            load_u32(base, 8),
-            load_u32(base, 12),
-            load_u32(base, 16),
-            load_u32(base, 20),
-        ],
+        saddr: unsafe {
+            [
+                load_u32(base, 8),
+                load_u32(base, 12),
+                load_u32(base, 16),
+                load_u32(base, 20),
+            ]
+        },
         family: FAMILY_V6,
         proto: ip.next_hdr,
         l4: l3 + Ipv6Hdr::LEN,
@@ -262,7 +268,7 @@ fn l4(ctx: &XdpContext, flow: &Flow) -> Result<u32, ()> {
         return not_balanceable(flow, Stat::DropMalformed);
     }
     // SAFETY: bounds checked just above.
-    let ports = load_u32(start as *const u8, 0).to_ne_bytes();
+    let ports = unsafe { load_u32(start as *const u8, 0) }.to_ne_bytes();
     let sport = u16::from_ne_bytes([ports[0], ports[1]]);
     let dport = u16::from_ne_bytes([ports[2], ports[3]]);
 
@@ -274,11 +280,11 @@ fn l4(ctx: &XdpContext, flow: &Flow) -> Result<u32, ()> {
     };
     // SAFETY: hash map values are replaced whole (RCU), never written in place, so the
     // reference stays consistent for this run of the program.
-    let svc: &ServiceValue = match unsafe { SERVICES.get(&key) } {
+    let svc: &ServiceValue = match unsafe { SERVICES.get(key) } {
         Some(s) => s,
         None => {
             key.port_be = 0;
-            match unsafe { SERVICES.get(&key) } {
+            match unsafe { SERVICES.get(key) } {
                 Some(s) => s,
                 None => return pass(Stat::PassNotService),
             }
@@ -314,7 +320,7 @@ fn balance(ctx: &XdpContext, svc: &ServiceValue, flow: &Flow, sport: u16) -> Res
 
     // Rule 2: a live entry whose backend is still in the service and healthy wins;
     // a draining backend keeps its pinned clients (draining leaves the healthy bit set).
-    if let Some(entry) = AFFINITY.get_ptr_mut(&key) {
+    if let Some(entry) = AFFINITY.get_ptr_mut(key) {
         // SAFETY: a pointer into the map value; concurrent writers only store whole
         // aligned u64/u32 fields, and a torn `last_seen` read is harmless.
         let entry = unsafe { &mut *entry };
@@ -357,7 +363,7 @@ fn balance(ctx: &XdpContext, svc: &ServiceValue, flow: &Flow, sport: u16) -> Res
         last_seen_ns: now,
     };
     // A failed insert (never expected for an LRU) only costs the next packet a miss.
-    let _ = AFFINITY.insert(&key, &value, 0);
+    let _ = AFFINITY.insert(key, value, 0);
     if let Some(bs) = BE_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU slot.
         unsafe { (*bs).pins += 1 };
@@ -402,9 +408,13 @@ fn forward(
     // a byte-wise memcpy).
     let macs = (be as *const Backend as *const u8).wrapping_add(BACKEND_MACS_OFFSET);
     let eth = eth as *mut u8;
-    store_u32(eth, 0, load_u32(macs, 0));
-    store_u32(eth, 4, load_u32(macs, 4));
-    store_u32(eth, 8, load_u32(macs, 8));
+    // SAFETY: 12 bytes of the Ethernet header (ptr_at checked 14) and of the backend's
+    // `mac` + `src_mac` fields.
+    unsafe {
+        store_u32(eth, 0, load_u32(macs, 0));
+        store_u32(eth, 4, load_u32(macs, 4));
+        store_u32(eth, 8, load_u32(macs, 8));
+    }
     let len = (ctx.data_end() - ctx.data()) as u64;
     ss.packets += 1;
     ss.bytes += len;

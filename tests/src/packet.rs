@@ -117,7 +117,10 @@ pub fn ip(src: IpAddr, dst: IpAddr, l4: &L4, v4: &V4Opts) -> (u16, Vec<u8>) {
                 seg[at..at + 2].copy_from_slice(&csum_fold(sum).to_be_bytes());
             }
             let ihl = 20 + v4.options.len();
-            assert!(ihl % 4 == 0 && ihl <= 60, "bad IPv4 options length");
+            assert!(
+                ihl.is_multiple_of(4) && ihl <= 60,
+                "bad IPv4 options length"
+            );
             let mut h = Vec::with_capacity(ihl + seg.len());
             h.push(0x40 | (ihl / 4) as u8);
             h.push(0);

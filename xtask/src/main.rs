@@ -1,9 +1,10 @@
-//! `cargo xtask` for the xlb workspace: `setup`, `build`, `test`, `bench`, `demo`.
+//! `cargo xtask` for the xlb workspace: `setup`, `build`, `lint`, `test`, `bench`, `demo`.
 //!
 //! This crate must compile on a fresh machine, so it depends on nothing in the workspace
 //! and on no eBPF tooling; everything else is driven through `cargo`, `rustup`, `apt-get`.
 mod bench;
 mod build;
+mod lint;
 mod setup;
 mod test;
 mod util;
@@ -28,6 +29,8 @@ enum Command {
     Setup(setup::Args),
     /// Build the `xlb` binary (release) with its embedded XDP object.
     Build,
+    /// cargo fmt --check and clippy -D warnings, the eBPF crate for its own target.
+    Lint,
     /// Run the test tiers: unit (no root), packet and e2e (root).
     Test(test::Args),
     /// Run the benchmarks (root).
@@ -41,6 +44,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Setup(args) => setup::run(&args),
         Command::Build => build::run(),
+        Command::Lint => lint::run(),
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo => {

@@ -116,6 +116,8 @@ fn nightly(setup: &mut Setup) -> Result<()> {
                 "minimal",
                 "--component",
                 "rust-src",
+                "--component",
+                "clippy",
             ]),
         )?;
         if setup.dry_run {
@@ -131,13 +133,23 @@ fn nightly(setup: &mut Setup) -> Result<()> {
         "nightly",
         "--installed",
     ]))?;
-    if has_rust_src(&components) {
-        setup.ok("nightly rust-src", "present");
-    } else {
-        setup.fix(
-            "nightly rust-src",
-            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
-        )?;
+    // rust-src builds core for the BPF target; clippy lints the eBPF crate (xtask lint).
+    for component in ["rust-src", "clippy"] {
+        let label = format!("nightly {component}");
+        if has_component(&components, component) {
+            setup.ok(&label, "present");
+        } else {
+            setup.fix(
+                &label,
+                Command::new("rustup").args([
+                    "component",
+                    "add",
+                    component,
+                    "--toolchain",
+                    "nightly",
+                ]),
+            )?;
+        }
     }
     Ok(())
 }
@@ -148,11 +160,12 @@ fn has_nightly(toolchain_list: &str) -> bool {
         .any(|l| l.trim_start().starts_with("nightly"))
 }
 
-fn has_rust_src(component_list: &str) -> bool {
+fn has_component(component_list: &str, name: &str) -> bool {
+    let prefix = format!("{name}-");
     component_list
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .any(|c| c == "rust-src" || c.starts_with("rust-src-"))
+        .any(|c| c == name || c.starts_with(&prefix))
 }
 
 fn packages(setup: &mut Setup) -> Result<()> {
@@ -463,12 +476,13 @@ mod tests {
             "stable-x86_64-unknown-linux-gnu (active, default)\nnightly-x86_64-unknown-linux-gnu\n";
         assert!(has_nightly(list));
         assert!(!has_nightly("stable-x86_64-unknown-linux-gnu (default)\n"));
-        assert!(has_rust_src(
-            "cargo-x86_64-unknown-linux-gnu\nrust-src\nrustc-x86_64-unknown-linux-gnu\n"
-        ));
-        assert!(!has_rust_src(
-            "cargo-x86_64-unknown-linux-gnu\nrust-std-x86_64-unknown-linux-gnu\n"
-        ));
+        let installed =
+            "cargo-x86_64-unknown-linux-gnu\nclippy-x86_64-unknown-linux-gnu\nrust-src\n";
+        assert!(has_component(installed, "rust-src"));
+        assert!(has_component(installed, "clippy"));
+        let bare = "cargo-x86_64-unknown-linux-gnu\nrust-std-x86_64-unknown-linux-gnu\n";
+        assert!(!has_component(bare, "rust-src"));
+        assert!(!has_component(bare, "clippy"));
     }
 
     #[test]
