@@ -206,6 +206,23 @@ impl ServiceState {
     }
 }
 
+/// A service as the daemon wants it: its spec and backends with their drain state.
+#[derive(Clone, Debug)]
+pub struct DesiredService {
+    pub spec: ServiceSpec,
+    pub backends: Vec<(BackendSpec, bool)>,
+}
+
+/// What [`Balancer::adopt`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdoptReport {
+    pub services_adopted: usize,
+    pub backends_adopted: usize,
+    pub services_new: usize,
+    pub services_removed: usize,
+    pub backends_removed: usize,
+}
+
 /// Why `explain` expects the next packet to go where it says.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
@@ -325,6 +342,170 @@ impl Balancer {
                 capacity,
             })
         }
+    }
+
+    /// Builds the model for `desired` on maps that may already hold state from an earlier
+    /// daemon (pinned maps): services and backends found there keep their ids, generations,
+    /// table region, health and link, so every affinity entry stays valid and a restart
+    /// moves no client. Whatever the maps hold that is not desired is removed.
+    pub fn adopt(dp: DataPlane, desired: &[DesiredService]) -> Result<(Self, AdoptReport)> {
+        let mut lb = Balancer::new(dp);
+        let mut report = AdoptReport::default();
+        let old_services = lb.dp.service_entries()?;
+        let old_backends = lb.dp.backend_entries()?;
+        lb.next_generation = old_backends
+            .iter()
+            .map(|(_, b)| b.generation)
+            .max()
+            .map_or(1, |g| g.wrapping_add(1).max(1));
+
+        // 1. Services found in the maps with the same table size keep id and region.
+        let mut fresh = Vec::new();
+        for d in desired {
+            let probe = ServiceState {
+                id: 0,
+                spec: d.spec.clone(),
+                table_offset: 0,
+                table: Vec::new(),
+                previous_table: Vec::new(),
+                backends: Vec::new(),
+            };
+            let key = probe.key();
+            let Some((_, v)) = old_services
+                .iter()
+                .find(|(k, v)| *k == key && v.table_size == d.spec.table_size)
+            else {
+                fresh.push(d);
+                continue;
+            };
+            let table = lb.dp.read_maglev(v.table_offset, v.table_size)?;
+            let mut backends = Vec::new();
+            for (spec, draining) in &d.backends {
+                let (addr, family) = addr_words(spec.address);
+                let old = old_backends
+                    .iter()
+                    .find(|(_, b)| b.service_id == v.id && b.addr == addr && b.family == family);
+                match old {
+                    Some((id, b)) => {
+                        let resolved = b.mac != [0; 6];
+                        backends.push(BackendState {
+                            id: *id,
+                            spec: spec.clone(),
+                            generation: b.generation,
+                            // An unresolved backend has its healthy bit clear too;
+                            // only a resolved one tells us its health.
+                            healthy: !resolved || b.flags & BE_F_HEALTHY != 0,
+                            draining: *draining,
+                            link: resolved.then_some(Link {
+                                mac: b.mac,
+                                src_mac: b.src_mac,
+                                ifindex: b.ifindex,
+                            }),
+                        });
+                        report.backends_adopted += 1;
+                    }
+                    None => backends.push(BackendState {
+                        id: u32::MAX, // allocated below
+                        spec: spec.clone(),
+                        generation: 0,
+                        healthy: true,
+                        draining: *draining,
+                        link: None,
+                    }),
+                }
+            }
+            lb.services.insert(
+                d.spec.name.clone(),
+                ServiceState {
+                    id: v.id,
+                    spec: d.spec.clone(),
+                    table_offset: v.table_offset,
+                    previous_table: table.clone(),
+                    table,
+                    backends,
+                },
+            );
+            report.services_adopted += 1;
+        }
+        // 2. New backends of adopted services get ids not used by anything adopted.
+        let names: Vec<String> = lb.services.keys().cloned().collect();
+        for name in &names {
+            let missing = lb.services[name]
+                .backends
+                .iter()
+                .filter(|b| b.id == u32::MAX)
+                .count();
+            if missing == 0 {
+                continue;
+            }
+            let ids = lb.free_backend_ids_excluding(missing, &old_backends)?;
+            let mut ids = ids.into_iter();
+            for i in 0..lb.services[name].backends.len() {
+                if lb.services[name].backends[i].id == u32::MAX {
+                    let id = ids.next().expect("allocated enough ids");
+                    let generation = lb.generation();
+                    lb.dp.reset_backend_stats(id)?;
+                    let b = &mut lb.services.get_mut(name).expect("present").backends[i];
+                    b.id = id;
+                    b.generation = generation;
+                }
+            }
+        }
+        // 3. Remove the services the maps hold and are no longer desired.
+        for (k, v) in &old_services {
+            if !lb.services.values().any(|s| s.id == v.id && s.key() == *k) {
+                lb.dp.remove_service(k)?;
+                lb.dp.affinity_flush(Some(v.id))?;
+                report.services_removed += 1;
+            }
+        }
+        // 4. Write the adopted services (only differences reach the maps), then clear the
+        //    backends no table points to any more.
+        for name in &names {
+            lb.commit(name, &[])?;
+        }
+        for (id, _) in &old_backends {
+            let live = lb
+                .services
+                .values()
+                .any(|s| s.backends.iter().any(|b| b.id == *id));
+            if !live {
+                lb.dp.set_backend(*id, &Backend::default())?;
+                report.backends_removed += 1;
+            }
+        }
+        lb.sync_vips()?;
+        // 5. Services not found in the maps are added as new.
+        for d in fresh {
+            let backends: Vec<(BackendSpec, Option<Link>)> =
+                d.backends.iter().map(|(b, _)| (b.clone(), None)).collect();
+            lb.add_service(d.spec.clone(), &backends)?;
+            for (b, draining) in &d.backends {
+                if *draining {
+                    lb.set_draining(&d.spec.name, b.address, true)?;
+                }
+            }
+            report.services_new += 1;
+        }
+        Ok((lb, report))
+    }
+
+    /// Like `free_backend_ids`, also avoiding ids still present in the maps.
+    fn free_backend_ids_excluding(&self, n: usize, taken: &[(u32, Backend)]) -> Result<Vec<u32>> {
+        let used: std::collections::HashSet<u32> = self
+            .services
+            .values()
+            .flat_map(|s| s.backends.iter().map(|b| b.id))
+            .chain(taken.iter().map(|(id, _)| *id))
+            .collect();
+        let ids: Vec<u32> = (0..MAX_BACKENDS)
+            .filter(|id| !used.contains(id))
+            .take(n)
+            .collect();
+        if ids.len() < n {
+            return Err(BalancerError::NoBackendId);
+        }
+        Ok(ids)
     }
 
     /// Adds a service with its backends. Backends start healthy (health checks, when

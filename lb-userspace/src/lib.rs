@@ -1,6 +1,15 @@
-//! The xlb controller library: the maps API, the balancer model that keeps the maps in
-//! step with services and backends, and (in later modules) daemon, config and CLI.
+//! The xlb controller: the maps API, the balancer model that keeps the maps in step with
+//! services and backends, pinned state, config, control API, daemon and CLI.
+pub mod api;
 pub mod balancer;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod display;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod model;
+pub mod neigh;
+pub mod pin;
+pub mod state;

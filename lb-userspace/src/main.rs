@@ -1,3 +1,3 @@
-fn main() {
-    println!("xlb: {} bytes of XDP object", xlb::loader::XLB_OBJECT.len());
+fn main() -> std::process::ExitCode {
+    xlb::cli::main()
 }

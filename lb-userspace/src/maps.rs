@@ -203,6 +203,38 @@ impl DataPlane {
         Ok(written)
     }
 
+    /// `len` slots from `offset`, as the data plane sees them.
+    pub fn read_maglev(&self, offset: u32, len: u32) -> Result<Vec<u32>> {
+        (offset..offset + len)
+            .map(|i| self.maglev.get(&i, 0).map_err(op("lookup", MAP_MAGLEV)))
+            .collect()
+    }
+
+    /// Every service entry (VIP markers excluded).
+    pub fn service_entries(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        let mut out = Vec::new();
+        for item in self.services.iter() {
+            match item {
+                Ok((k, v)) if v.flags & SVC_F_VIP_MARKER == 0 => out.push((k, v)),
+                Ok(_) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(op("iterate", MAP_SERVICES)(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every live backend entry (generation ≠ 0) with its id.
+    pub fn backend_entries(&self) -> Result<Vec<(u32, Backend)>> {
+        let mut out = Vec::new();
+        for (id, b) in self.backends.iter().enumerate() {
+            let b = b.map_err(op("lookup", MAP_BACKENDS))?;
+            if b.generation != 0 {
+                out.push((id as u32, b));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn maglev_slot(&self, index: u32) -> Result<u32> {
         self.maglev.get(&index, 0).map_err(op("lookup", MAP_MAGLEV))
     }

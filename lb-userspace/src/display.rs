@@ -1,0 +1,223 @@
+//! Human-readable output of the CLI (the `--json` output is the API's result as is).
+
+use std::fmt::Write as _;
+
+use crate::api;
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+fn rate(pps: f64) -> String {
+    if pps >= 1e6 {
+        format!("{:.2}M", pps / 1e6)
+    } else if pps >= 1e3 {
+        format!("{:.1}k", pps / 1e3)
+    } else {
+        format!("{pps:.0}")
+    }
+}
+
+fn bits(bps: f64) -> String {
+    if bps >= 1e9 {
+        format!("{:.2} Gb/s", bps / 1e9)
+    } else if bps >= 1e6 {
+        format!("{:.1} Mb/s", bps / 1e6)
+    } else if bps >= 1e3 {
+        format!("{:.1} kb/s", bps / 1e3)
+    } else {
+        format!("{bps:.0} b/s")
+    }
+}
+
+/// `xlb status`.
+pub fn status(s: &api::Status) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "xlb {}  program {}  {} XDP on {}",
+        s.version,
+        s.program_id,
+        s.attach_mode,
+        s.interfaces.join(", ")
+    );
+    for svc in &s.services {
+        let port = if svc.port == 0 {
+            "*".to_string()
+        } else {
+            svc.port.to_string()
+        };
+        let _ = writeln!(
+            o,
+            "\nservice {}  {}:{}/{}  affinity {} /{}  idle {}  failback {}  M={}  health {}  pinned {}",
+            svc.name,
+            svc.vip,
+            port,
+            svc.protocol,
+            svc.affinity,
+            svc.prefix,
+            svc.idle_timeout,
+            svc.failback,
+            svc.table_size,
+            svc.health,
+            svc.pinned_clients
+        );
+        let _ = writeln!(
+            o,
+            "  {:<40} {:>6} {:<10} {:<9} {:>7} {:>8}  link",
+            "backend", "weight", "health", "draining", "table", "pinned"
+        );
+        for b in &svc.backends {
+            let link = match (&b.mac, &b.interface, &b.note) {
+                (Some(mac), Some(i), _) => format!("{mac} via {i}"),
+                (_, _, Some(n)) => format!("unresolved: {n}"),
+                _ => "unresolved".to_string(),
+            };
+            let _ = writeln!(
+                o,
+                "  {:<40} {:>6} {:<10} {:<9} {:>7} {:>8}  {}",
+                b.address.to_string(),
+                b.weight,
+                b.health,
+                if b.draining { "yes" } else { "no" },
+                pct(b.table_share),
+                b.pinned_clients,
+                link
+            );
+        }
+    }
+    if s.services.is_empty() {
+        let _ = writeln!(o, "\nno services");
+    }
+    o
+}
+
+/// `xlb stats`.
+pub fn stats(s: &api::Stats) -> String {
+    let mut o = String::new();
+    for svc in &s.services {
+        let _ = writeln!(
+            o,
+            "service {}: {} packets, {} bytes, {} pkt/s, {}; hits {}, misses {}, re-pins {}, expiries {}, no backend {}",
+            svc.name,
+            svc.packets,
+            svc.bytes,
+            rate(svc.packets_per_s),
+            bits(svc.bits_per_s),
+            svc.hits,
+            svc.misses,
+            svc.repins,
+            svc.expiries,
+            svc.no_backend
+        );
+        let _ = writeln!(
+            o,
+            "  {:<40} {:>12} {:>14} {:>9} {:>12} {:>10}",
+            "backend", "packets", "bytes", "pkt/s", "rate", "pins"
+        );
+        for b in &svc.backends {
+            let _ = writeln!(
+                o,
+                "  {:<40} {:>12} {:>14} {:>9} {:>12} {:>10}",
+                b.address.to_string(),
+                b.packets,
+                b.bytes,
+                rate(b.packets_per_s),
+                bits(b.bits_per_s),
+                b.pins
+            );
+        }
+    }
+    let _ = writeln!(o, "\npackets by verdict and reason (all interfaces):");
+    for (name, n) in &s.packets {
+        let _ = writeln!(o, "  {name:<24} {n:>14}");
+    }
+    o
+}
+
+/// `xlb explain`.
+pub fn explain(e: &api::Explain) -> String {
+    let mut o = String::new();
+    let backend = e
+        .backend
+        .map_or_else(|| "none".to_string(), |b| b.to_string());
+    match e.decision.as_str() {
+        "pinned" => {
+            let _ = writeln!(
+                o,
+                "{} → {backend}: pinned (entry {} age {:.1}s, idle {:.1}s)",
+                e.client,
+                e.key,
+                e.pinned_age_s.unwrap_or(0.0),
+                e.idle_s.unwrap_or(0.0)
+            );
+        }
+        "hashed" => {
+            let why = match e.reason.as_deref() {
+                Some("expired") => "its entry is idle longer than idle_timeout",
+                Some("backend_unusable") => "its pinned backend is unhealthy or gone",
+                _ => "no affinity entry",
+            };
+            let _ = writeln!(o, "{} → {backend}: hashed ({why})", e.client);
+        }
+        _ => {
+            let _ = writeln!(
+                o,
+                "{} → no backend: the service has no healthy backend",
+                e.client
+            );
+        }
+    }
+    let _ = write!(
+        o,
+        "  key {}, Maglev slot {} holds {}",
+        e.key,
+        e.slot,
+        e.slot_backend
+            .map_or_else(|| "nothing".to_string(), |b| b.to_string())
+    );
+    if let Some(prev) = e.previous_slot_backend {
+        let _ = write!(o, " (held {prev} before the last change)");
+    }
+    let _ = writeln!(o);
+    o
+}
+
+/// `xlb affinity list`.
+pub fn affinity(l: &api::AffinityList) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<12} {:<44} {:>6} {:<40} {:>9} {:>9}",
+        "service", "client", "port", "backend", "age", "idle"
+    );
+    for e in &l.entries {
+        let backend = e
+            .backend
+            .map_or_else(|| "(gone)".to_string(), |b| b.to_string());
+        let _ = writeln!(
+            o,
+            "{:<12} {:<44} {:>6} {:<40} {:>8.1}s {:>8.1}s{}",
+            e.service,
+            e.client,
+            e.port,
+            backend,
+            e.age_s,
+            e.idle_s,
+            if e.expired { " expired" } else { "" }
+        );
+    }
+    let _ = writeln!(o, "{} of {} entries", l.entries.len(), l.total);
+    o
+}
+
+/// Any command that only says what it did.
+pub fn done(result: &serde_json::Value) -> String {
+    if let Some(d) = result.get("done").and_then(|d| d.as_str()) {
+        format!("{d}\n")
+    } else if let Some(n) = result.get("removed") {
+        format!("removed {n} affinity entries\n")
+    } else {
+        format!("{result}\n")
+    }
+}
