@@ -2,6 +2,7 @@
 //! environment guards. Test functions panic with a message rather than return Result.
 
 pub mod harness;
+pub mod lab;
 pub mod packet;
 
 use std::process::Command;

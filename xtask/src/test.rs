@@ -193,6 +193,10 @@ fn run_tier(
                     )),
                 });
             }
+            // The lab runs the real `xlb` binary: build it (release) first and point the
+            // tests at it, so they never run a stale one.
+            util::run(util::cargo().args(["build", "--release", "-p", "lb-userspace"]))?;
+            cmd.env("XLB_BIN", util::target_dir().join("release").join("xlb"));
             cmd.args(["--release", "-p", "xlb-tests", "--test", target]);
             if !libtest_extra
                 .iter()

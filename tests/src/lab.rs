@@ -1,0 +1,738 @@
+//! The network-namespace lab: a switch (bridge), a client host with many source
+//! addresses, the balancer host running the real `xlb` daemon, and backend hosts running
+//! real servers that answer with their name. Used by the end-to-end tests and the demo.
+//!
+//! ```text
+//!   client (10.100.1.x, fd00:100::1:x) ──┐
+//!   lb     (10.100.0.2, fd00:100::2)  ───┤ br0 (switch namespace)
+//!   be0..  (10.100.0.11.., VIPs on lo) ──┘
+//! ```
+//! The client routes the VIPs (10.200.0.0/24, fd00:200::/64) through the balancer; the
+//! balancer rewrites MACs and sends the frame back out (XDP_TX) to the backend, which
+//! holds the VIPs on lo (arp_ignore=1, arp_announce=2) and answers the client directly.
+//!
+//! Everything is uniquely named per lab and removed on drop, also when a test panics:
+//! processes are killed first, then `xlb down` removes the pinned state, then the
+//! namespaces go (taking their interfaces with them).
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{Xdp, xdp::XdpMode},
+};
+use socket2::{Domain, Socket, Type};
+use xlb::loader::BENCH_OBJECT;
+
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
+pub const LB4: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 2);
+pub const LB6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 2);
+/// Every VIP a lab's backends hold on lo: 10.200.0.1..=8 and fd00:200::1..=8.
+pub const VIPS_PER_FAMILY: u8 = 8;
+pub const HTTP_PORT: u16 = 80;
+pub const UDP_PORT: u16 = 53;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ip(args: &str) -> String {
+    run(Command::new("ip").args(args.split_whitespace()))
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: String) -> Self {
+        ip(&format!("netns add {name}"));
+        let ns = Self { name };
+        ns.ip("link set lo up");
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// `ip -n NAME ...`
+    pub fn ip(&self, args: &str) -> String {
+        ip(&format!("-n {} {args}", self.name))
+    }
+
+    /// A command run in this namespace. Only the network namespace is entered (not the
+    /// mount namespace as `ip netns exec` does), so /sys/fs/bpf stays shared.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        run(self.cmd("sysctl").args(["-qw", &format!("{key}={value}")]));
+    }
+
+    /// Runs `f` on a thread inside this namespace (sockets it opens live here).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = self.path();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                enter(&path);
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter(path: &Path) {
+    let f = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid namespace fd; setns only affects this thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        panic!(
+            "setns {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub what: String,
+}
+
+impl Proc {
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct BackendHost {
+    pub name: String,
+    pub ns: Netns,
+    pub addr4: Ipv4Addr,
+    pub addr6: Ipv6Addr,
+    pub server: Option<Proc>,
+    pub mac: [u8; 6],
+}
+
+/// Where the binaries are: `xlb` from lb-userspace (built by `cargo xtask test`), the test
+/// server from this crate.
+pub fn xlb_bin() -> PathBuf {
+    let p = std::env::var_os("XLB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/xlb"));
+    assert!(
+        p.is_file(),
+        "the xlb binary is not at {} (run `cargo xtask build`, or set XLB_BIN)",
+        p.display()
+    );
+    p
+}
+
+pub fn testsrv_bin() -> PathBuf {
+    let p = std::env::var_os("XLB_TESTSRV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/xlb-testsrv")
+        });
+    assert!(
+        p.is_file(),
+        "the test server is not at {} (cargo build --release -p xlb-tests --bins)",
+        p.display()
+    );
+    p
+}
+
+pub struct LabOptions {
+    pub backends: usize,
+    pub clients_v4: usize,
+    pub clients_v6: usize,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        Self {
+            backends: 3,
+            clients_v4: 200,
+            clients_v6: 200,
+        }
+    }
+}
+
+pub struct Lab {
+    pub id: String,
+    pub dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub metrics: SocketAddr,
+    pub client: Netns,
+    pub lb: Netns,
+    pub backends: Vec<BackendHost>,
+    pub clients4: Vec<IpAddr>,
+    pub clients6: Vec<IpAddr>,
+    pub daemon: Option<Proc>,
+    daemon_runs: u32,
+    /// XDP_PASS on the switch side of the balancer's veth: a frame sent with XDP_TX into a
+    /// veth is only delivered when the peer has an XDP program (DESIGN.md).
+    _peer_xdp: Option<Ebpf>,
+    // Dropped last: the switch owns the bridge.
+    sw: Netns,
+}
+
+impl Lab {
+    pub fn new(opts: LabOptions) -> Self {
+        crate::require_root();
+        let id = format!(
+            "x{:x}{:x}",
+            std::process::id() % 0xfff,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("xlb-lab-{id}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("lab dir");
+        let sw = Netns::new(format!("{id}-sw"));
+        sw.ip("link add br0 type bridge");
+        sw.ip("link set br0 up");
+        let client = Netns::new(format!("{id}-cl"));
+        let lb = Netns::new(format!("{id}-lb"));
+
+        let mut lab = Lab {
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/xlb-{id}")),
+            socket: dir.join("xlb.sock"),
+            config: dir.join("xlb.toml"),
+            metrics: "127.0.0.1:9310".parse().expect("addr"),
+            dir,
+            client,
+            lb,
+            backends: Vec::new(),
+            clients4: Vec::new(),
+            clients6: Vec::new(),
+            daemon: None,
+            daemon_runs: 0,
+            _peer_xdp: None,
+            sw,
+            id,
+        };
+        lab.plug(HostRole::Lb);
+        lab.plug(HostRole::Client);
+        for i in 0..opts.backends {
+            lab.add_backend_host(i);
+        }
+
+        // Balancer.
+        lab.lb.ip(&format!("addr add {LB4}/16 dev eth0"));
+        lab.lb.ip(&format!("addr add {LB6}/64 dev eth0 nodad"));
+
+        // Client: many source addresses, VIPs routed through the balancer.
+        for i in 0..opts.clients_v4 {
+            let a = Ipv4Addr::new(10, 100, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
+            lab.clients4.push(IpAddr::V4(a));
+        }
+        for i in 0..opts.clients_v6 {
+            let a = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 1, 1 + i as u16);
+            lab.clients6.push(IpAddr::V6(a));
+        }
+        let mut batch = String::new();
+        for a in &lab.clients4 {
+            batch.push_str(&format!("addr add {a}/16 dev eth0\n"));
+        }
+        for a in &lab.clients6 {
+            batch.push_str(&format!("addr add {a}/64 dev eth0 nodad\n"));
+        }
+        let batch_file = lab.dir.join("client-addrs.batch");
+        fs::write(&batch_file, batch).expect("write batch");
+        run(Command::new("ip").args([
+            "-n",
+            &lab.client.name,
+            "-batch",
+            batch_file.to_str().expect("utf-8 path"),
+        ]));
+        lab.client
+            .ip(&format!("route add 10.200.0.0/24 via {LB4} dev eth0"));
+        lab.client
+            .ip(&format!("route add fd00:200::/64 via {LB6} dev eth0"));
+
+        lab.attach_peer_xdp();
+        lab.write_config(&lab.default_services());
+        lab
+    }
+
+    fn plug(&self, role: HostRole) -> String {
+        let (ns, tag) = match role {
+            HostRole::Lb => (&self.lb, "lb".to_string()),
+            HostRole::Client => (&self.client, "cl".to_string()),
+            HostRole::Backend(i) => (&self.backends[i].ns, format!("b{i}")),
+        };
+        let (a, b) = (format!("{}{tag}a", self.id), format!("{}{tag}b", self.id));
+        ip(&format!("link add {a} type veth peer name {b}"));
+        ip(&format!("link set {a} netns {}", ns.name));
+        ip(&format!("link set {b} netns {}", self.sw.name));
+        ns.ip(&format!("link set {a} name eth0"));
+        ns.ip("link set eth0 up");
+        self.sw.ip(&format!("link set {b} master br0"));
+        self.sw.ip(&format!("link set {b} up"));
+        // Locally generated traffic keeps a partial checksum that XDP rewriting loses.
+        run(ns.cmd("ethtool").args(["-K", "eth0", "tx", "off"]));
+        b
+    }
+
+    fn add_backend_host(&mut self, i: usize) {
+        let name = format!("be{i}");
+        let ns = Netns::new(format!("{}-{name}", self.id));
+        let addr4 = Ipv4Addr::new(10, 100, 0, 11 + i as u8);
+        let addr6 = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0x11 + i as u16);
+        self.backends.push(BackendHost {
+            name,
+            ns,
+            addr4,
+            addr6,
+            server: None,
+            mac: [0; 6],
+        });
+        self.plug(HostRole::Backend(i));
+        let b = &mut self.backends[i];
+        for (k, v) in [
+            ("net.ipv4.conf.all.arp_ignore", "1"),
+            ("net.ipv4.conf.all.arp_announce", "2"),
+            ("net.ipv4.conf.eth0.arp_ignore", "1"),
+            ("net.ipv4.conf.eth0.arp_announce", "2"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.eth0.rp_filter", "0"),
+        ] {
+            b.ns.sysctl(k, v);
+        }
+        b.ns.ip(&format!("addr add {addr4}/16 dev eth0"));
+        b.ns.ip(&format!("addr add {addr6}/64 dev eth0 nodad"));
+        for v in 1..=VIPS_PER_FAMILY {
+            b.ns.ip(&format!("addr add 10.200.0.{v}/32 dev lo"));
+            b.ns.ip(&format!("addr add fd00:200::{v}/128 dev lo nodad"));
+        }
+        let out = b.ns.ip("-j link show eth0");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j json");
+        let mac = v[0]["address"].as_str().expect("mac");
+        for (j, part) in mac.split(':').enumerate() {
+            b.mac[j] = u8::from_str_radix(part, 16).expect("hex");
+        }
+    }
+
+    fn attach_peer_xdp(&mut self) {
+        let peer = format!("{}lbb", self.id);
+        let ebpf = self.sw.run(|| {
+            let mut ebpf = EbpfLoader::new()
+                .load(BENCH_OBJECT)
+                .expect("load bench object");
+            let p: &mut Xdp = ebpf
+                .program_mut("xdp_pass")
+                .expect("xdp_pass")
+                .try_into()
+                .expect("XDP");
+            p.load().expect("verifier");
+            p.attach(&peer, XdpMode::Driver)
+                .unwrap_or_else(|e| panic!("attach xdp_pass to {peer}: {e}"));
+            ebpf
+        });
+        self._peer_xdp = Some(ebpf);
+    }
+
+    /// VIP number `n` (1..=8) of each family.
+    pub fn vip4(n: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 200, 0, n))
+    }
+
+    pub fn vip6(n: u8) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, n as u16))
+    }
+
+    /// Four services on the backends: web4/dns4 on VIP4, web6/dns6 on VIP6, TCP health.
+    pub fn default_services(&self) -> String {
+        let mut s = String::new();
+        for (name, vip, port, proto, fam) in [
+            ("web4", VIP4.to_string(), HTTP_PORT, "tcp", 4),
+            ("dns4", VIP4.to_string(), UDP_PORT, "udp", 4),
+            ("web6", VIP6.to_string(), HTTP_PORT, "tcp", 6),
+            ("dns6", VIP6.to_string(), UDP_PORT, "udp", 6),
+        ] {
+            s.push_str(&self.service_toml(
+                name,
+                &vip,
+                port,
+                proto,
+                fam,
+                &format!("health = {{ kind = \"tcp\", port = {HTTP_PORT}, interval = \"200ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n"),
+            ));
+        }
+        s
+    }
+
+    /// A `[[service]]` block with every backend of family `fam`.
+    pub fn service_toml(
+        &self,
+        name: &str,
+        vip: &str,
+        port: u16,
+        proto: &str,
+        fam: u8,
+        extra: &str,
+    ) -> String {
+        let mut s = format!(
+            "[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"{proto}\"\n{extra}\n"
+        );
+        for b in &self.backends {
+            let a: IpAddr = if fam == 4 {
+                b.addr4.into()
+            } else {
+                b.addr6.into()
+            };
+            s.push_str(&format!("[[service.backend]]\naddress = \"{a}\"\n\n"));
+        }
+        s
+    }
+
+    /// Writes the daemon config with these `[[service]]` blocks.
+    pub fn write_config(&self, services: &str) {
+        let text = format!(
+            "[daemon]\ninterfaces = [\"eth0\"]\nxdp_mode = \"native\"\npin_dir = \"{}\"\nsocket = \"{}\"\nmetrics = \"{}\"\nstate_file = \"{}\"\naffinity_capacity = 65536\n\n{services}",
+            self.pin_dir.display(),
+            self.socket.display(),
+            self.metrics,
+            self.dir.join("state.json").display()
+        );
+        fs::write(&self.config, text).expect("write config");
+    }
+
+    /// Starts the test server of every backend (HTTP and UDP, answering its name).
+    pub fn start_servers(&mut self) {
+        for i in 0..self.backends.len() {
+            self.start_server(i);
+        }
+    }
+
+    pub fn start_server(&mut self, i: usize) {
+        let srv = testsrv_bin();
+        let b = &mut self.backends[i];
+        let mut binds = vec![b.addr4.to_string(), b.addr6.to_string()];
+        for v in 1..=VIPS_PER_FAMILY {
+            binds.push(format!("10.200.0.{v}"));
+            binds.push(format!("fd00:200::{v}"));
+        }
+        let log = fs::File::create(self.dir.join(format!("{}.log", b.name))).expect("log");
+        let child =
+            b.ns.cmd(&srv)
+                .args(["--name", &b.name, "--http-port", &HTTP_PORT.to_string()])
+                .args([
+                    "--udp-port",
+                    &UDP_PORT.to_string(),
+                    "--udp-bind",
+                    &binds.join(","),
+                ])
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting the test server: {e}"));
+        b.server = Some(Proc {
+            child,
+            what: format!("test server {}", b.name),
+        });
+        // Ready when it answers on its own address.
+        let addr = SocketAddr::new(IpAddr::V4(self.backends[i].addr4), HTTP_PORT);
+        let ns = &self.backends[i].ns;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ns.run(|| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err()
+        }) {
+            assert!(Instant::now() < deadline, "test server {i} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills one backend's server (the host stays: health checks see refused connections).
+    pub fn stop_server(&mut self, i: usize) {
+        if let Some(mut p) = self.backends[i].server.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts the daemon and waits until it answers `status` and every backend is resolved.
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        self.daemon_runs += 1;
+        let log = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .expect("daemon log");
+        let child = self
+            .lb
+            .cmd(xlb_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting xlb: {e}"));
+        self.daemon = Some(Proc {
+            child,
+            what: "xlb daemon".into(),
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(d) = &mut self.daemon
+                && !d.alive()
+            {
+                panic!("xlb exited at start:\n{}", self.daemon_log());
+            }
+            if let Ok(out) = self.try_xlb(&["--json", "status"])
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&out)
+            {
+                let all = v["services"].as_array().is_some_and(|s| {
+                    s.iter().all(|svc| {
+                        svc["backends"]
+                            .as_array()
+                            .is_some_and(|b| b.iter().all(|b| b["resolved"] == true))
+                    })
+                });
+                if all {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "xlb did not become ready within 10 s:\n{}",
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn daemon_log(&self) -> String {
+        fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: the data plane must keep running on its pinned state.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.kill();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.signal(libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while d.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Runs `xlb ARGS` in the balancer namespace against this lab's socket.
+    pub fn try_xlb(&self, args: &[&str]) -> Result<String, (i32, String)> {
+        let out = self
+            .lb
+            .cmd(xlb_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running xlb");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err((
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
+        }
+    }
+
+    pub fn xlb(&self, args: &[&str]) -> String {
+        self.try_xlb(args)
+            .unwrap_or_else(|(code, err)| panic!("xlb {args:?} failed ({code}): {err}"))
+    }
+
+    pub fn xlb_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.xlb(&a)).expect("xlb --json output")
+    }
+
+    /// Which backend answers an HTTP request from `src` to `vip`.
+    pub fn http(&self, src: IpAddr, vip: IpAddr) -> Result<String, String> {
+        self.client
+            .run(|| http_get(src, SocketAddr::new(vip, HTTP_PORT)))
+    }
+
+    /// Which backend answers a UDP datagram from `src` to `vip`.
+    pub fn udp(&self, src: IpAddr, vip: IpAddr) -> Result<String, String> {
+        self.client
+            .run(|| udp_ask(src, SocketAddr::new(vip, UDP_PORT)))
+    }
+
+    /// One request per client, all from one thread in the client namespace: `(client, answer)`.
+    pub fn round(
+        &self,
+        clients: &[IpAddr],
+        vip: IpAddr,
+        udp: bool,
+    ) -> Vec<(IpAddr, Result<String, String>)> {
+        self.client.run(|| {
+            clients
+                .iter()
+                .map(|c| {
+                    let r = if udp {
+                        udp_ask(*c, SocketAddr::new(vip, UDP_PORT))
+                    } else {
+                        http_get(*c, SocketAddr::new(vip, HTTP_PORT))
+                    };
+                    (*c, r)
+                })
+                .collect()
+        })
+    }
+
+    pub fn backend_index(&self, name: &str) -> usize {
+        self.backends
+            .iter()
+            .position(|b| b.name == name)
+            .unwrap_or_else(|| panic!("no backend {name}"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for b in &mut self.backends {
+            b.server.take();
+        }
+        if let Some(mut d) = self.daemon.take() {
+            d.kill();
+        }
+        // The pinned state outlives the daemon by design: remove it.
+        if self.pin_dir.exists()
+            && let Ok(bin) = std::panic::catch_unwind(xlb_bin)
+        {
+            let _ = Command::new(bin)
+                .args(["--socket"])
+                .arg(&self.socket)
+                .args(["down", "--pin-dir"])
+                .arg(&self.pin_dir)
+                .output();
+        }
+        self._peer_xdp.take();
+        if std::env::var_os("XLB_KEEP_LAB").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+enum HostRole {
+    Lb,
+    Client,
+    Backend(usize),
+}
+
+const IO_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// `GET /` from source address `src`; returns the body (the backend's name).
+pub fn http_get(src: IpAddr, dst: SocketAddr) -> Result<String, String> {
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, None).map_err(|e| e.to_string())?;
+    s.set_reuse_address(true).map_err(|e| e.to_string())?;
+    s.bind(&SocketAddr::new(src, 0).into())
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    s.connect_timeout(&dst.into(), IO_TIMEOUT)
+        .map_err(|e| format!("connect {dst} from {src}: {e}"))?;
+    let mut t: std::net::TcpStream = s.into();
+    t.set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    t.write_all(b"GET / HTTP/1.1\r\nHost: xlb\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    t.read_to_string(&mut resp)
+        .map_err(|e| format!("read from {dst} (client {src}): {e}"))?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .ok_or_else(|| format!("malformed response {resp:?}"))?;
+    Ok(body)
+}
+
+/// One datagram from `src`; returns the reply (the backend's name).
+pub fn udp_ask(src: IpAddr, dst: SocketAddr) -> Result<String, String> {
+    let s = std::net::UdpSocket::bind(SocketAddr::new(src, 0))
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    s.connect(dst).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    s.send(b"who").map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 256];
+    let n = s
+        .recv(&mut buf)
+        .map_err(|e| format!("no UDP reply from {dst} (client {src}): {e}"))?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
