@@ -16,6 +16,7 @@
 //! namespaces go (taking their interfaces with them).
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -650,6 +651,69 @@ impl Lab {
                 })
                 .collect()
         })
+    }
+
+    /// The affinity table as pinned (read through its own handle, like any tool would).
+    pub fn pinned_affinity(&self) -> Vec<(lb_common::AffinityKey, lb_common::AffinityValue)> {
+        let path = self.pin_dir.join("maps").join(lb_common::MAP_AFFINITY);
+        let map = aya::maps::MapData::from_pin(&path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let map: aya::maps::HashMap<_, lb_common::AffinityKey, lb_common::AffinityValue> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("LRU hash");
+        let mut out: Vec<_> = map.iter().filter_map(|r| r.ok()).collect();
+        out.sort_by_key(|(k, _)| (k.service_id, k.addr, k.port_be));
+        out
+    }
+
+    /// Every service's Maglev table as the data plane holds it: per (VIP, port, protocol),
+    /// the share of slots of each backend address.
+    pub fn pinned_tables(&self) -> BTreeMap<(IpAddr, u16, u8), BTreeMap<IpAddr, f64>> {
+        use lb_common::{
+            Backend, MAP_BACKENDS, MAP_MAGLEV, MAP_SERVICES, ServiceKey, ServiceValue,
+        };
+        let open = |name: &str| {
+            let path = self.pin_dir.join("maps").join(name);
+            aya::maps::MapData::from_pin(&path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+        };
+        let services: aya::maps::HashMap<_, ServiceKey, ServiceValue> =
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(open(MAP_SERVICES)))
+                .expect("hash");
+        let backends: aya::maps::Array<_, Backend> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(open(MAP_BACKENDS))).expect("array");
+        let maglev: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(open(MAP_MAGLEV))).expect("array");
+        let mut out = BTreeMap::new();
+        for (k, v) in services.iter().filter_map(|r| r.ok()) {
+            if v.flags & lb_common::SVC_F_VIP_MARKER != 0 {
+                continue;
+            }
+            let vip = xlb::model::addr_from_words(&k.addr, k.family);
+            let mut counts: BTreeMap<IpAddr, u32> = BTreeMap::new();
+            for i in v.table_offset..v.table_offset + v.table_size {
+                let id = maglev.get(&i, 0).expect("slot");
+                if id == lb_common::NO_BACKEND {
+                    continue;
+                }
+                let b = backends.get(&id, 0).expect("backend");
+                *counts
+                    .entry(xlb::model::addr_from_words(&b.addr, b.family))
+                    .or_default() += 1;
+            }
+            let shares = counts
+                .into_iter()
+                .map(|(a, n)| (a, n as f64 / v.table_size as f64))
+                .collect();
+            out.insert((vip, u16::from_be(k.port_be), k.proto), shares);
+        }
+        out
+    }
+
+    /// Id of the XDP program attached to the balancer's eth0, if any.
+    pub fn attached_prog_id(&self) -> Option<u64> {
+        let out = self.lb.ip("-j -d link show eth0");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j json");
+        v[0]["xdp"]["prog"]["id"].as_u64()
     }
 
     pub fn backend_index(&self, name: &str) -> usize {

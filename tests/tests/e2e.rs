@@ -60,3 +60,297 @@ fn affinity_and_balance_v4_v6_tcp_udp() {
         }
     }
 }
+
+/// Status of one backend of one service, from `xlb --json status`.
+fn backend_status(lab: &Lab, service: &str, addr: &str) -> Option<serde_json::Value> {
+    let s = lab.xlb_json(&["status"]);
+    s["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|x| x["name"] == service)
+        .and_then(|svc| {
+            svc["backends"]
+                .as_array()
+                .expect("backends")
+                .iter()
+                .find(|b| b["address"] == addr)
+                .cloned()
+        })
+}
+
+#[test]
+fn cli_changes_reach_the_maps_and_bad_arguments_change_nothing() {
+    let mut lab = Lab::new(LabOptions {
+        clients_v4: 10,
+        clients_v6: 10,
+        ..LabOptions::default()
+    });
+    lab.start_servers();
+    lab.start_daemon();
+    let web4 = (IpAddr::V4(VIP4), 80u16, 6u8);
+    let share = |lab: &Lab, addr: &str| -> f64 {
+        lab.pinned_tables()[&web4]
+            .get(&addr.parse::<IpAddr>().expect("addr"))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    for b in ["10.100.0.11", "10.100.0.12", "10.100.0.13"] {
+        assert!(
+            (share(&lab, b) - 1.0 / 3.0).abs() < 0.01,
+            "{b}: {}",
+            share(&lab, b)
+        );
+    }
+
+    // Drain: out of the table, flag set, status says so.
+    lab.xlb(&["backend", "drain", "web4", "10.100.0.11"]);
+    assert_eq!(
+        share(&lab, "10.100.0.11"),
+        0.0,
+        "drained backend still in the table"
+    );
+    assert!((share(&lab, "10.100.0.12") - 0.5).abs() < 0.01);
+    let st = backend_status(&lab, "web4", "10.100.0.11").expect("listed");
+    assert_eq!(st["draining"], true);
+    assert_eq!(st["table_share"], 0.0);
+    lab.xlb(&["backend", "undrain", "web4", "10.100.0.11"]);
+    assert!((share(&lab, "10.100.0.11") - 1.0 / 3.0).abs() < 0.01);
+
+    // Remove, then add back with weight 2.
+    lab.xlb(&["backend", "remove", "web4", "10.100.0.13"]);
+    assert_eq!(share(&lab, "10.100.0.13"), 0.0);
+    assert!(backend_status(&lab, "web4", "10.100.0.13").is_none());
+    lab.xlb(&["backend", "add", "web4", "10.100.0.13", "--weight", "2"]);
+    assert!(
+        (share(&lab, "10.100.0.13") - 0.5).abs() < 0.01,
+        "weight 2 of 4"
+    );
+    let ok = lab.http(lab.clients4[0], IpAddr::V4(VIP4));
+    assert!(ok.is_ok(), "traffic after the changes: {ok:?}");
+
+    // Bad arguments: exit 2, a message naming what is wrong, nothing changed.
+    let before = lab.pinned_tables();
+    let status_before = lab.xlb_json(&["status"]);
+    for (args, needle) in [
+        (vec!["backend", "add", "nosuch", "10.100.0.14"], "nosuch"),
+        (vec!["backend", "add", "web4", "not-an-ip"], "not-an-ip"),
+        (
+            vec!["backend", "add", "web4", "10.100.0.14", "--weight", "0"],
+            "weight",
+        ),
+        (vec!["backend", "add", "web4", "fd00:100::14"], "family"),
+        (vec!["backend", "add", "web4", "10.100.0.12"], "10.100.0.12"),
+        (
+            vec!["backend", "remove", "web4", "10.100.0.99"],
+            "10.100.0.99",
+        ),
+        (vec!["backend", "drain", "web9", "10.100.0.11"], "web9"),
+        (vec!["explain", "web4", "fd00::1"], "family"),
+        (
+            vec!["service", "add", "x", "--vip", "10.200.0.1", "--port", "80"],
+            "10.200.0.1",
+        ),
+        (
+            vec![
+                "service",
+                "add",
+                "y",
+                "--vip",
+                "10.200.0.2",
+                "--port",
+                "80",
+                "--table-size",
+                "1000",
+            ],
+            "table-size",
+        ),
+        (vec!["service", "remove", "nosuch"], "nosuch"),
+        (vec!["affinity", "flush", "nosuch"], "nosuch"),
+    ] {
+        match lab.try_xlb(&args) {
+            Ok(out) => panic!("xlb {args:?} succeeded: {out}"),
+            Err((code, err)) => {
+                assert_eq!(code, 2, "xlb {args:?}: exit {code}, want 2: {err}");
+                assert!(
+                    err.to_lowercase().contains(&needle.to_lowercase()),
+                    "xlb {args:?}: message does not name {needle:?}: {err}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        lab.pinned_tables(),
+        before,
+        "a rejected command changed the maps"
+    );
+    assert_eq!(
+        lab.xlb_json(&["status"])["services"],
+        status_before["services"]
+    );
+
+    // A service added at runtime works end to end.
+    lab.xlb(&[
+        "service",
+        "add",
+        "web4b",
+        "--vip",
+        "10.200.0.2",
+        "--port",
+        "80",
+        "--protocol",
+        "tcp",
+        "--backend",
+        "10.100.0.11",
+        "--backend",
+        "10.100.0.12",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let got = loop {
+        match lab.http(lab.clients4[1], xlb_tests::lab::Lab::vip4(2)) {
+            Ok(b) => break b,
+            Err(e) if std::time::Instant::now() > deadline => panic!("runtime service: {e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    };
+    assert!(
+        got == "be0" || got == "be1",
+        "runtime service answered by {got}"
+    );
+}
+
+#[test]
+fn sigkill_and_restart_move_nobody_and_keep_runtime_changes() {
+    let mut lab = Lab::new(LabOptions {
+        clients_v6: 50,
+        ..LabOptions::default()
+    });
+    lab.start_servers();
+    lab.start_daemon();
+    let vip = IpAddr::V4(VIP4);
+    let clients = lab.clients4.clone();
+    let first: BTreeMap<IpAddr, String> = lab
+        .round(&clients, vip, false)
+        .into_iter()
+        .map(|(c, r)| (c, r.expect("answer")))
+        .collect();
+    // A runtime change that must survive: drain be1 for new clients of web4.
+    lab.xlb(&["backend", "drain", "web4", "10.100.0.12"]);
+    let pins_before = lab.pinned_affinity();
+    assert!(
+        pins_before.len() >= clients.len(),
+        "{} pins",
+        pins_before.len()
+    );
+    let prog = lab.attached_prog_id().expect("xlb attached");
+
+    lab.kill_daemon();
+    assert_eq!(
+        lab.attached_prog_id(),
+        Some(prog),
+        "SIGKILL detached the program"
+    );
+    // Traffic keeps flowing, to the same backends, with nobody to run the control plane.
+    for (c, r) in lab.round(&clients, vip, false) {
+        assert_eq!(
+            r.as_ref().ok(),
+            first.get(&c),
+            "client {c} moved while the daemon was dead"
+        );
+    }
+    let pins_dead = lab.pinned_affinity();
+    for (k, v) in &pins_before {
+        let after = pins_dead.iter().find(|(k2, _)| k2 == k).map(|(_, v)| v);
+        assert_eq!(
+            after.map(|a| (a.backend_id, a.backend_gen)),
+            Some((v.backend_id, v.backend_gen))
+        );
+    }
+
+    lab.start_daemon();
+    let new_prog = lab.attached_prog_id().expect("still attached");
+    assert_ne!(
+        new_prog, prog,
+        "the restarted daemon did not replace the program"
+    );
+    for (c, r) in lab.round(&clients, vip, false) {
+        assert_eq!(
+            r.as_ref().ok(),
+            first.get(&c),
+            "client {c} moved across the restart"
+        );
+    }
+    let pins_after = lab.pinned_affinity();
+    for (k, v) in &pins_before {
+        let after = pins_after.iter().find(|(k2, _)| k2 == k).map(|(_, v)| v);
+        assert_eq!(
+            after.map(|a| (a.backend_id, a.backend_gen)),
+            Some((v.backend_id, v.backend_gen)),
+            "an affinity entry changed across the restart"
+        );
+    }
+    let st = backend_status(&lab, "web4", "10.100.0.12").expect("listed");
+    assert_eq!(
+        st["draining"], true,
+        "the runtime drain was lost across the restart"
+    );
+    assert!(lab.daemon_log().contains("adopted pinned state"));
+}
+
+#[test]
+fn socket_is_private_and_down_removes_program_and_state() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut lab = Lab::new(LabOptions {
+        backends: 1,
+        clients_v4: 1,
+        clients_v6: 1,
+    });
+    lab.start_servers();
+    lab.start_daemon();
+    let mode = std::fs::metadata(&lab.socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "control socket mode {:o}",
+        mode & 0o777
+    );
+    assert!(lab.attached_prog_id().is_some());
+
+    // With the daemon running, `down` refuses (the daemon would recreate the state).
+    let cfg = lab.config.to_str().expect("utf-8").to_string();
+    let (code, err) = lab
+        .try_xlb(&["down", "--config", &cfg])
+        .expect_err("down must refuse");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("running"), "{err}");
+
+    lab.stop_daemon();
+    assert!(
+        lab.attached_prog_id().is_some(),
+        "SIGTERM must leave the data plane running"
+    );
+    let (code, err) = lab.try_xlb(&["status"]).expect_err("no daemon");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not running") && err.contains("xlb run"),
+        "{err}"
+    );
+
+    let out = lab.xlb(&["down", "--config", &cfg]);
+    assert!(out.contains("detached xlb from eth0"), "{out}");
+    assert_eq!(
+        lab.attached_prog_id(),
+        None,
+        "program still attached after down"
+    );
+    assert!(
+        !lab.pin_dir.exists(),
+        "pinned state left under {}",
+        lab.pin_dir.display()
+    );
+    let out = lab.xlb(&["down", "--config", &cfg]);
+    assert!(out.contains("nothing pinned"), "{out}");
+}
