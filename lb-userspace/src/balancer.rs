@@ -732,6 +732,34 @@ impl Balancer {
         Ok(())
     }
 
+    /// `failback = "rebalance"`: the clients whose Maglev slot belongs to `address` (it
+    /// just recovered) but are pinned elsewhere are unpinned, so their next packet goes
+    /// back to it. Returns how many entries were removed.
+    pub fn rebalance_to(&mut self, service: &str, address: IpAddr) -> Result<usize> {
+        let svc = self.service(service)?;
+        let id = svc
+            .backend(address)
+            .ok_or_else(|| BalancerError::UnknownBackend {
+                service: service.to_string(),
+                address,
+            })?
+            .id;
+        let moved: Vec<AffinityKey> = self
+            .dp
+            .affinity_entries(Some(svc.id))?
+            .into_iter()
+            .filter(|(k, v)| {
+                let slot = maglev_slot(flow_hash(k), svc.spec.table_size) as usize;
+                v.backend_id != id && svc.table.get(slot) == Some(&id)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &moved {
+            self.dp.affinity_remove(k)?;
+        }
+        Ok(moved.len())
+    }
+
     /// Which backend the next packet from `client` (source port `port`) goes to, and why:
     /// the same rules, the same hash and the same maps as the XDP program.
     pub fn explain(&self, service: &str, client: IpAddr, port: u16) -> Result<Explanation> {

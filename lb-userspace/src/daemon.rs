@@ -11,7 +11,7 @@ use std::{
     net::IpAddr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, Weak},
     time::{Duration, Instant},
 };
 
@@ -32,7 +32,8 @@ use tokio::{
 use crate::{
     api::{self, ErrorKind, Request, Response},
     balancer::{Balancer, BalancerError, Decision, DesiredService, HashReason, ktime_coarse_ns},
-    config::{self, Config, ServiceConfig, XdpModeConfig},
+    config::{self, Config, HealthConfig, ServiceConfig, XdpModeConfig},
+    health,
     loader::LoadOptions,
     maps::DataPlane,
     metrics,
@@ -66,8 +67,28 @@ struct Rates {
     rate: HashMap<String, (f64, f64)>,
 }
 
+/// The health checking of one backend of one service.
+struct HealthTask {
+    cfg: HealthConfig,
+    handle: tokio::task::JoinHandle<()>,
+    checked: bool,
+    transitions: u64,
+    last_latency: Option<f64>,
+    last_failure: Option<String>,
+}
+
+impl Drop for HealthTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
 pub struct Daemon {
     cfg: Config,
+    /// Health checks by (service, backend address).
+    health: HashMap<(String, IpAddr), HealthTask>,
+    /// The daemon itself, for the tasks it spawns.
+    me: Weak<Mutex<Daemon>>,
     desired: Desired,
     lb: Balancer,
     program_id: u32,
@@ -189,18 +210,23 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let socket_path = d.socket.clone();
     let metrics_addr = d.metrics;
     let pin_dir = d.pin_dir.clone();
-    let daemon = Arc::new(Mutex::new(Daemon {
-        desired,
-        lb,
-        program_id,
-        attach_mode,
-        interfaces,
-        neigh: HashMap::new(),
-        pinned: PinnedCounts::default(),
-        rates: Rates::default(),
-        _ebpf: ebpf,
-        cfg,
-    }));
+    let daemon = Arc::new_cyclic(|me| {
+        Mutex::new(Daemon {
+            health: HashMap::new(),
+            me: me.clone(),
+            desired,
+            lb,
+            program_id,
+            attach_mode,
+            interfaces,
+            neigh: HashMap::new(),
+            pinned: PinnedCounts::default(),
+            rates: Rates::default(),
+            _ebpf: ebpf,
+            cfg,
+        })
+    });
+    lock(&daemon).sync_health();
     // Persist the adopted state's diff right away, so a config edit plus restart keeps
     // the runtime changes that still apply.
     lock(&daemon).persist()?;
@@ -393,6 +419,94 @@ async fn handle(
 }
 
 impl Daemon {
+    /// Starts a health check task for every backend that has none, stops those of
+    /// backends that are gone, restarts those whose check config changed.
+    fn sync_health(&mut self) {
+        let mut wanted: HashMap<(String, IpAddr), (HealthConfig, bool)> = HashMap::new();
+        for svc in &self.desired.services {
+            let Ok(state) = self.lb.service(&svc.spec.name) else {
+                continue;
+            };
+            for b in &state.backends {
+                wanted.insert(
+                    (svc.spec.name.clone(), b.spec.address),
+                    (svc.health.clone(), b.healthy),
+                );
+            }
+        }
+        self.health
+            .retain(|k, t| wanted.get(k).is_some_and(|(cfg, _)| *cfg == t.cfg));
+        for ((service, addr), (cfg, healthy)) in wanted {
+            if self.health.contains_key(&(service.clone(), addr)) {
+                continue;
+            }
+            let me = self.me.clone();
+            let svc = service.clone();
+            let task = health::run_checks(
+                service.clone(),
+                addr,
+                cfg.clone(),
+                healthy,
+                move |probe, transition, tracker| {
+                    if let Some(d) = me.upgrade() {
+                        lock(&d).on_health(&svc, addr, probe, transition, tracker);
+                    }
+                },
+            );
+            self.health.insert(
+                (service, addr),
+                HealthTask {
+                    cfg,
+                    handle: tokio::spawn(task),
+                    checked: false,
+                    transitions: 0,
+                    last_latency: None,
+                    last_failure: None,
+                },
+            );
+        }
+    }
+
+    /// One probe result: bookkeeping, and on a transition the data plane follows.
+    fn on_health(
+        &mut self,
+        service: &str,
+        addr: IpAddr,
+        probe: &health::Probe,
+        transition: Option<bool>,
+        tracker: &health::Tracker,
+    ) {
+        let Some(t) = self.health.get_mut(&(service.to_string(), addr)) else {
+            return;
+        };
+        t.checked = true;
+        t.transitions = tracker.transitions();
+        t.last_latency = Some(probe.latency.as_secs_f64());
+        if !probe.ok {
+            t.last_failure = Some(probe.reason.clone());
+        }
+        let Some(healthy) = transition else {
+            return;
+        };
+        health::log_transition(service, addr, probe, tracker);
+        if let Err(e) = self.lb.set_healthy(service, addr, healthy) {
+            warn!("applying the health of backend {addr} ({service}): {e}");
+            return;
+        }
+        let rebalance = self
+            .lb
+            .service(service)
+            .is_ok_and(|s| s.spec.failback == Failback::Rebalance);
+        if healthy && rebalance {
+            match self.lb.rebalance_to(service, addr) {
+                Ok(n) => info!(
+                    "failback rebalance: {n} clients of service {service} unpinned to return to {addr}"
+                ),
+                Err(e) => warn!("failback rebalance to {addr} ({service}): {e}"),
+            }
+        }
+    }
+
     /// Writes the runtime changes (difference from the config) atomically.
     fn persist(&self) -> anyhow::Result<()> {
         let diff = state::diff(&self.cfg.services, &self.desired);
@@ -422,6 +536,7 @@ impl Daemon {
             return runtime(format!("{what}: not saved, undone: {e:#}"));
         }
         info!("{what}");
+        self.sync_health();
         Response::ok(serde_json::json!({ "done": what }))
     }
 
@@ -658,10 +773,16 @@ impl Daemon {
                     .iter()
                     .map(|b| {
                         let note = self.neigh.get(&b.spec.address);
+                        let check = self.health.get(&(s.spec.name.clone(), b.spec.address));
+                        let health = match (check.is_some_and(|c| c.checked), b.healthy) {
+                            (false, _) => "unknown",
+                            (true, true) => "healthy",
+                            (true, false) => "unhealthy",
+                        };
                         api::BackendStatus {
                             address: b.spec.address,
                             weight: b.spec.weight,
-                            health: if b.healthy { "healthy" } else { "unhealthy" }.into(),
+                            health: health.into(),
                             healthy: b.healthy,
                             draining: b.draining,
                             resolved: b.link.is_some(),
@@ -673,6 +794,8 @@ impl Daemon {
                             note: if b.link.is_none() {
                                 note.and_then(|n| n.problem.clone())
                                     .or_else(|| Some("neighbour not resolved yet".into()))
+                            } else if !b.healthy {
+                                check.and_then(|c| c.last_failure.clone())
                             } else {
                                 None
                             },
@@ -914,6 +1037,7 @@ impl Daemon {
                         .iter()
                         .map(|b| {
                             let bs = self.lb.dp.backend_stats(b.id).unwrap_or_default();
+                            let check = self.health.get(&(s.spec.name.clone(), b.spec.address));
                             metrics::BackendSnapshot {
                                 address: b.spec.address.to_string(),
                                 weight: b.spec.weight,
@@ -930,8 +1054,8 @@ impl Daemon {
                                 healthy: b.healthy,
                                 draining: b.draining,
                                 resolved: b.link.is_some(),
-                                health_transitions: 0,
-                                last_check_latency_seconds: None,
+                                health_transitions: check.map_or(0, |c| c.transitions),
+                                last_check_latency_seconds: check.and_then(|c| c.last_latency),
                             }
                         })
                         .collect(),

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod display;
+pub mod health;
 pub mod loader;
 pub mod maps;
 pub mod metrics;

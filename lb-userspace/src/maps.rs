@@ -283,6 +283,14 @@ impl DataPlane {
         Ok(out)
     }
 
+    /// Removes one entry (absent is fine: the LRU may have evicted it).
+    pub fn affinity_remove(&mut self, key: &AffinityKey) -> Result<()> {
+        match self.affinity.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(op("remove", MAP_AFFINITY)(e)),
+        }
+    }
+
     /// Removes the entries of one service (or all); returns how many.
     pub fn affinity_flush(&mut self, service_id: Option<u32>) -> Result<usize> {
         let keys: Vec<AffinityKey> = self

@@ -403,23 +403,23 @@ impl Lab {
         IpAddr::V6(Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, n as u16))
     }
 
-    /// Four services on the backends: web4/dns4 on VIP4, web6/dns6 on VIP6, TCP health.
+    /// Four services on the backends: web4/dns4 on VIP4, web6/dns6 on VIP6; HTTP checks
+    /// for the web services, UDP checks for the dns ones (interval 200 ms, fall 2, rise 2).
     pub fn default_services(&self) -> String {
+        let http = format!(
+            "health = {{ kind = \"http\", port = {HTTP_PORT}, path = \"/\", interval = \"200ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n"
+        );
+        let udp = format!(
+            "health = {{ kind = \"udp\", port = {UDP_PORT}, send = \"ping\", interval = \"200ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n"
+        );
         let mut s = String::new();
-        for (name, vip, port, proto, fam) in [
-            ("web4", VIP4.to_string(), HTTP_PORT, "tcp", 4),
-            ("dns4", VIP4.to_string(), UDP_PORT, "udp", 4),
-            ("web6", VIP6.to_string(), HTTP_PORT, "tcp", 6),
-            ("dns6", VIP6.to_string(), UDP_PORT, "udp", 6),
+        for (name, vip, port, proto, fam, health) in [
+            ("web4", VIP4.to_string(), HTTP_PORT, "tcp", 4, &http),
+            ("dns4", VIP4.to_string(), UDP_PORT, "udp", 4, &udp),
+            ("web6", VIP6.to_string(), HTTP_PORT, "tcp", 6, &http),
+            ("dns6", VIP6.to_string(), UDP_PORT, "udp", 6, &udp),
         ] {
-            s.push_str(&self.service_toml(
-                name,
-                &vip,
-                port,
-                proto,
-                fam,
-                &format!("health = {{ kind = \"tcp\", port = {HTTP_PORT}, interval = \"200ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n"),
-            ));
+            s.push_str(&self.service_toml(name, &vip, port, proto, fam, health));
         }
         s
     }
@@ -760,6 +760,11 @@ const IO_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// `GET /` from source address `src`; returns the body (the backend's name).
 pub fn http_get(src: IpAddr, dst: SocketAddr) -> Result<String, String> {
+    http_get_path(src, dst, "/")
+}
+
+/// `GET path` from source address `src`; returns the body.
+pub fn http_get_path(src: IpAddr, dst: SocketAddr, path: &str) -> Result<String, String> {
     let domain = if dst.is_ipv4() {
         Domain::IPV4
     } else {
@@ -774,8 +779,10 @@ pub fn http_get(src: IpAddr, dst: SocketAddr) -> Result<String, String> {
     let mut t: std::net::TcpStream = s.into();
     t.set_read_timeout(Some(IO_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    t.write_all(b"GET / HTTP/1.1\r\nHost: xlb\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+    t.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: xlb\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
     let mut resp = String::new();
     t.read_to_string(&mut resp)
         .map_err(|e| format!("read from {dst} (client {src}): {e}"))?;

@@ -172,9 +172,15 @@ fn run_tier(
                 .args(["-p", "lb-userspace", "-p", "xtask"]);
         }
         Some(target) => {
-            let file = util::workspace_root()
-                .join("tests/tests")
-                .join(format!("{target}.rs"));
+            let dir = util::workspace_root().join("tests/tests");
+            // A target is tests/tests/NAME.rs or tests/tests/NAME/main.rs.
+            let file = [
+                dir.join(format!("{target}.rs")),
+                dir.join(target).join("main.rs"),
+            ]
+            .into_iter()
+            .find(|f| f.is_file())
+            .unwrap_or_else(|| dir.join(format!("{target}.rs")));
             if !file.is_file() {
                 return Ok(Outcome {
                     tier,

@@ -1,12 +1,12 @@
-//! Tier 3: the real `xlb` daemon in a network-namespace lab, real servers on the
-//! backends, real TCP and UDP clients from hundreds of source addresses.
+//! The daemon and its CLI: affinity and balance, maps following CLI changes, bad
+//! arguments, SIGKILL and restart, `down`.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use xlb_tests::lab::{Lab, LabOptions, VIP4, VIP6};
 
-/// Per client: the set of backends that answered it over `rounds` rounds.
-fn affinity_rounds(
+/// Per client: the backends that answered it over `rounds` rounds.
+pub fn affinity_rounds(
     lab: &Lab,
     clients: &[IpAddr],
     vip: IpAddr,
@@ -62,7 +62,7 @@ fn affinity_and_balance_v4_v6_tcp_udp() {
 }
 
 /// Status of one backend of one service, from `xlb --json status`.
-fn backend_status(lab: &Lab, service: &str, addr: &str) -> Option<serde_json::Value> {
+pub fn backend_status(lab: &Lab, service: &str, addr: &str) -> Option<serde_json::Value> {
     let s = lab.xlb_json(&["status"]);
     s["services"]
         .as_array()

@@ -1,0 +1,1465 @@
+//! Active health checks: one probe ([`probe`]), rise/fall hysteresis ([`Tracker`]), probe
+//! spreading ([`initial_jitter`]) and the per-backend probing loop ([`run_checks`]).
+//!
+//! How it is meant to be used: the daemon spawns one [`run_checks`] task per (service,
+//! backend) and aborts it when the backend or service goes away or its health config
+//! changes. Each task owns its [`Tracker`], so a slow or hanging backend costs only its
+//! own task: every probe is bounded by the check's `timeout` (connect, request and
+//! response together), and tasks never wait for each other.
+//!
+//! Probes go from the balancer host to the backend's own address (not the VIP) on the
+//! check's port:
+//! - `tcp`: a connect succeeds; the connection is closed at once (normal FIN).
+//! - `http`: `GET path HTTP/1.1` with `Host`, `User-Agent: xlb-health/VERSION` and
+//!   `Connection: close`; the status must be in the inclusive `expect_status` range and,
+//!   if `body` is set, the body (first 64 KiB, de-chunked when `Transfer-Encoding:
+//!   chunked`, bounded by `Content-Length` when given, else read until the server
+//!   closes) must contain it. Interim 1xx responses are skipped.
+//! - `udp`: a connected UDP socket sends the payload and waits for one datagram,
+//!   which must contain `expect` if set. An ICMP port unreachable surfaces as
+//!   `ECONNREFUSED` on the connected socket: "connection refused (ICMP port unreachable)".
+//! - `none`: always ok, immediately.
+//!
+//! Failure reasons are short and specific ("timeout", "connection refused",
+//! "status 503 not in 200-399", "body does not contain \"ok\"", "timeout (no reply)",
+//! ...). Every timeout reason starts with "timeout", so callers can classify by prefix.
+
+use std::{
+    borrow::Cow,
+    future::Future,
+    hash::{DefaultHasher, Hash, Hasher},
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::OnceLock,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpStream, UdpSocket},
+    time::{Instant, MissedTickBehavior},
+};
+
+use crate::config::{HealthConfig, HealthKind};
+
+/// The most of an HTTP response (headers, and then body) or UDP reply that is read.
+const MAX_READ: usize = 64 * 1024;
+
+/// Outcome of one probe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    pub ok: bool,
+    /// From the start of the probe to its result (about `timeout` for a timeout).
+    pub latency: Duration,
+    /// "ok" on success, else why it failed.
+    pub reason: String,
+}
+
+/// Runs one probe of `kind` against `addr` with `timeout` as a hard bound for the whole
+/// probe (connect + request + response). `HealthKind::None` is ok immediately.
+pub async fn probe(kind: &HealthKind, addr: IpAddr, timeout: Duration) -> Probe {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let checked = match kind {
+        HealthKind::None => {
+            return Probe {
+                ok: true,
+                latency: Duration::ZERO,
+                reason: "no check configured".into(),
+            };
+        }
+        HealthKind::Tcp { port } => {
+            let target = SocketAddr::new(addr, *port);
+            tokio::time::timeout_at(deadline, tcp_probe(target, deadline)).await
+        }
+        HealthKind::Http {
+            port,
+            path,
+            host,
+            expect_status,
+            body,
+        } => {
+            let target = SocketAddr::new(addr, *port);
+            let req = HttpCheck {
+                path,
+                host: host.as_deref(),
+                expect_status: *expect_status,
+                body: body.as_deref(),
+            };
+            tokio::time::timeout_at(deadline, http_probe(target, &req, deadline)).await
+        }
+        HealthKind::Udp { port, send, expect } => {
+            let target = SocketAddr::new(addr, *port);
+            let check = udp_probe(target, send.as_bytes(), expect.as_deref(), deadline);
+            tokio::time::timeout_at(deadline, check).await
+        }
+    };
+    // The inner steps have their own, more specific, timeouts at the same deadline;
+    // the outer one is only a backstop.
+    let result = checked.unwrap_or_else(|_| Err("timeout".into()));
+    let latency = start.elapsed();
+    match result {
+        Ok(()) => Probe {
+            ok: true,
+            latency,
+            reason: "ok".into(),
+        },
+        Err(reason) => Probe {
+            ok: false,
+            latency,
+            reason,
+        },
+    }
+}
+
+/// One step of a probe, bounded by the probe's deadline; a timeout reads "timeout" plus
+/// `what` (e.g. " (no reply)").
+async fn step<T>(
+    deadline: Instant,
+    what: &str,
+    f: impl Future<Output = io::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout_at(deadline, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(io_reason(&e)),
+        Err(_) => Err(format!("timeout{what}")),
+    }
+}
+
+/// A short reason for an I/O error.
+fn io_reason(e: &io::Error) -> String {
+    use io::ErrorKind as K;
+    let s = match e.kind() {
+        K::ConnectionRefused => "connection refused",
+        K::HostUnreachable => "host unreachable",
+        K::NetworkUnreachable => "network unreachable",
+        K::ConnectionReset => "connection reset",
+        K::ConnectionAborted => "connection aborted",
+        K::BrokenPipe => "connection closed by the backend (broken pipe)",
+        K::TimedOut => "timeout",
+        K::AddrNotAvailable => "address not available",
+        _ => {
+            // "Permission denied (os error 13)" → "permission denied".
+            let text = e.to_string();
+            let text = match text.find(" (os error ") {
+                Some(i) => &text[..i],
+                None => &text[..],
+            };
+            let mut chars = text.chars();
+            return match chars.next() {
+                Some(c) => c.to_lowercase().chain(chars).collect(),
+                None => "I/O error".into(),
+            };
+        }
+    };
+    s.into()
+}
+
+async fn tcp_probe(target: SocketAddr, deadline: Instant) -> Result<(), String> {
+    let stream = step(deadline, "", TcpStream::connect(target)).await?;
+    drop(stream);
+    Ok(())
+}
+
+struct HttpCheck<'a> {
+    path: &'a str,
+    host: Option<&'a str>,
+    expect_status: (u16, u16),
+    body: Option<&'a str>,
+}
+
+/// The `Host` header value: the configured host, or the backend address (IPv6 in
+/// brackets); with `:port` unless the configured host already names a port.
+fn host_header(host: Option<&str>, target: SocketAddr) -> String {
+    match host {
+        Some(h) if has_port(h) => h.to_string(),
+        Some(h) => format!("{h}:{}", target.port()),
+        // SocketAddr's Display brackets IPv6 addresses.
+        None => target.to_string(),
+    }
+}
+
+/// `example.com:8080` or `[::1]:8080` (but not a bare IPv6 address).
+fn has_port(h: &str) -> bool {
+    let Some((name, port)) = h.rsplit_once(':') else {
+        return false;
+    };
+    let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    digits && (name.ends_with(']') || !name.contains(':'))
+}
+
+fn http_request(check: &HttpCheck<'_>, target: SocketAddr) -> String {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: xlb-health/{}\r\nConnection: close\r\nAccept: */*\r\n\r\n",
+        check.path,
+        host_header(check.host, target),
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
+async fn http_probe(
+    target: SocketAddr,
+    check: &HttpCheck<'_>,
+    deadline: Instant,
+) -> Result<(), String> {
+    let mut stream = step(deadline, " (connect)", TcpStream::connect(target)).await?;
+    let req = http_request(check, target);
+    step(
+        deadline,
+        " (sending request)",
+        stream.write_all(req.as_bytes()),
+    )
+    .await?;
+
+    // The head: status line and headers, skipping interim 1xx responses.
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut interim = false;
+    let (status, framing, body_start) = loop {
+        if let Some((head_len, body_start)) = find_head_end(&buf) {
+            let head = parse_head(&buf[..head_len])?;
+            if (100..200).contains(&head.status) && head.status != 101 {
+                buf.drain(..body_start);
+                interim = true;
+                continue;
+            }
+            break (head.status, head.framing, body_start);
+        }
+        if buf.len() >= MAX_READ {
+            return Err("malformed HTTP response (headers over 64 KiB)".into());
+        }
+        // The status line alone already tells a non-HTTP answer.
+        if let Some(line_end) = buf.iter().position(|&b| b == b'\n') {
+            parse_status_line(&buf[..line_end])?;
+        }
+        let n = step(
+            deadline,
+            " (no response)",
+            read_more(&mut stream, &mut buf, MAX_READ),
+        )
+        .await?;
+        if n == 0 {
+            return Err(if buf.is_empty() && interim {
+                "malformed HTTP response (only an interim 1xx response)".into()
+            } else if buf.is_empty() {
+                "connection closed without a response".into()
+            } else {
+                "malformed HTTP response (truncated headers)".into()
+            });
+        }
+    };
+
+    let (lo, hi) = check.expect_status;
+    if !(lo..=hi).contains(&status) {
+        return Err(if lo == hi {
+            format!("status {status}, expected {lo}")
+        } else {
+            format!("status {status} not in {lo}-{hi}")
+        });
+    }
+    let Some(needle) = check.body else {
+        return Ok(());
+    };
+
+    // The body: searched as it arrives, up to MAX_READ raw bytes.
+    buf.drain(..body_start);
+    let framing = if status == 204 || status == 304 {
+        Framing::Length(0)
+    } else {
+        framing
+    };
+    let missing = || format!("body does not contain {needle:?}");
+    loop {
+        let (body, complete): (Cow<'_, [u8]>, bool) = match framing {
+            Framing::Length(n) => {
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                (Cow::Borrowed(&buf[..buf.len().min(n)]), buf.len() >= n)
+            }
+            Framing::Chunked => {
+                let (body, complete) = dechunk(&buf)?;
+                (Cow::Owned(body), complete)
+            }
+            Framing::Close => (Cow::Borrowed(&buf[..]), false),
+        };
+        if contains(&body, needle.as_bytes()) {
+            return Ok(());
+        }
+        if complete || buf.len() >= MAX_READ {
+            return Err(missing());
+        }
+        let n = step(
+            deadline,
+            " (reading body)",
+            read_more(&mut stream, &mut buf, MAX_READ),
+        )
+        .await?;
+        if n == 0 {
+            // Closed: whatever arrived has been searched.
+            return Err(missing());
+        }
+    }
+}
+
+/// Reads once into the spare room of `buf`, never growing it past `cap`.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, cap: usize) -> io::Result<usize> {
+    let old = buf.len();
+    let room = cap.saturating_sub(old).clamp(1, 16 * 1024);
+    buf.resize(old + room, 0);
+    let r = stream.read(&mut buf[old..]).await;
+    let n = *r.as_ref().unwrap_or(&0);
+    buf.truncate(old + n);
+    r
+}
+
+/// How the body of an HTTP response ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Head {
+    status: u16,
+    framing: Framing,
+}
+
+/// The end of the head: (length of the head without its blank line, start of the body).
+/// Bare `\n` line endings are accepted too.
+fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let crlf = find(buf, b"\r\n\r\n").map(|i| (i, i + 4));
+    let lf = find(buf, b"\n\n").map(|i| (i, i + 2));
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `HTTP/1.x NNN[ reason]` → NNN.
+fn parse_status_line(line: &[u8]) -> Result<u16, String> {
+    let malformed = || "malformed HTTP response".to_string();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let rest = line.strip_prefix(b"HTTP/1.").ok_or_else(malformed)?;
+    match rest {
+        [minor, b' ', a, b, c, tail @ ..]
+            if minor.is_ascii_digit()
+                && [a, b, c].iter().all(|d| d.is_ascii_digit())
+                && (tail.is_empty() || tail[0] == b' ') =>
+        {
+            Ok(u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'))
+        }
+        _ => Err(malformed()),
+    }
+}
+
+fn parse_head(head: &[u8]) -> Result<Head, String> {
+    let mut lines = head.split(|&b| b == b'\n');
+    let status = parse_status_line(lines.next().unwrap_or_default())?;
+    let mut framing = Framing::Close;
+    let mut chunked = false;
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        let value = String::from_utf8_lossy(&line[colon + 1..]);
+        let value = value.trim();
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Chunked when it is the last coding applied.
+            chunked = value
+                .rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let n = value
+                .parse()
+                .map_err(|_| "malformed HTTP response (bad Content-Length)".to_string())?;
+            framing = Framing::Length(n);
+        }
+    }
+    // Transfer-Encoding overrides Content-Length (RFC 9112 6.3).
+    if chunked {
+        framing = Framing::Chunked;
+    }
+    Ok(Head { status, framing })
+}
+
+/// Decodes as much of a chunked body as has arrived: (data so far, whether the last
+/// chunk was seen). Trailers are ignored.
+fn dechunk(mut raw: &[u8]) -> Result<(Vec<u8>, bool), String> {
+    let bad = || "malformed HTTP response (bad chunk)".to_string();
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = raw.iter().position(|&b| b == b'\n') else {
+            return Ok((out, false));
+        };
+        let line = raw[..eol].strip_suffix(b"\r").unwrap_or(&raw[..eol]);
+        // Chunk extensions (";name=value") are ignored.
+        let size = line.split(|&b| b == b';').next().unwrap_or_default();
+        let size = std::str::from_utf8(size).map_err(|_| bad())?.trim();
+        let size = usize::from_str_radix(size, 16).map_err(|_| bad())?;
+        raw = &raw[eol + 1..];
+        if size == 0 {
+            return Ok((out, true));
+        }
+        if raw.len() < size {
+            out.extend_from_slice(raw);
+            return Ok((out, false));
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size..];
+        // The CRLF that ends the chunk's data.
+        let after = raw
+            .strip_prefix(b"\r\n")
+            .or_else(|| raw.strip_prefix(b"\n"));
+        match after {
+            Some(rest) => raw = rest,
+            None if raw.is_empty() || raw == b"\r" => return Ok((out, false)),
+            None => return Err(bad()),
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    find(hay, needle).is_some()
+}
+
+async fn udp_probe(
+    target: SocketAddr,
+    payload: &[u8],
+    expect: Option<&str>,
+    deadline: Instant,
+) -> Result<(), String> {
+    let local: SocketAddr = match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let refused = |r: String| {
+        if r == "connection refused" {
+            "connection refused (ICMP port unreachable)".to_string()
+        } else {
+            r
+        }
+    };
+    let sock = step(deadline, "", UdpSocket::bind(local)).await?;
+    step(deadline, "", sock.connect(target)).await?;
+    step(deadline, " (sending)", sock.send(payload))
+        .await
+        .map_err(refused)?;
+    let mut buf = vec![0u8; MAX_READ];
+    let n = step(deadline, " (no reply)", sock.recv(&mut buf))
+        .await
+        .map_err(refused)?;
+    match expect {
+        Some(e) if !contains(&buf[..n], e.as_bytes()) => {
+            Err(format!("reply does not contain {e:?}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Rise/fall hysteresis for one backend.
+#[derive(Clone, Debug)]
+pub struct Tracker {
+    rise: u32,
+    fall: u32,
+    healthy: bool,
+    /// Consecutive successes (0 after a failure).
+    oks: u32,
+    /// Consecutive failures (0 after a success).
+    fails: u32,
+    transitions: u64,
+    last: Option<Probe>,
+}
+
+impl Tracker {
+    /// `rise` and `fall` of 0 count as 1.
+    pub fn new(rise: u32, fall: u32, initially_healthy: bool) -> Self {
+        Self {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            healthy: initially_healthy,
+            oks: 0,
+            fails: 0,
+            transitions: 0,
+            last: None,
+        }
+    }
+
+    /// Feeds a result; returns `Some(new_state)` when the state flips (healthy →
+    /// unhealthy after `fall` failures in a row, unhealthy → healthy after `rise`
+    /// successes in a row).
+    pub fn record(&mut self, p: &Probe) -> Option<bool> {
+        self.last = Some(p.clone());
+        if p.ok {
+            self.fails = 0;
+            self.oks = self.oks.saturating_add(1);
+        } else {
+            self.oks = 0;
+            self.fails = self.fails.saturating_add(1);
+        }
+        let flip = if self.healthy {
+            self.fails >= self.fall
+        } else {
+            self.oks >= self.rise
+        };
+        if !flip {
+            return None;
+        }
+        self.healthy = !self.healthy;
+        self.transitions += 1;
+        Some(self.healthy)
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+
+    /// State changes so far (not counting the initial state).
+    pub fn transitions(&self) -> u64 {
+        self.transitions
+    }
+
+    /// The latest probe result.
+    pub fn last(&self) -> Option<&Probe> {
+        self.last.as_ref()
+    }
+
+    /// At least one probe was recorded.
+    pub fn checked(&self) -> bool {
+        self.last.is_some()
+    }
+
+    /// Current run of identical results: (successes in a row, failures in a row); one
+    /// of them is 0.
+    pub fn streak(&self) -> (u32, u32) {
+        (self.oks, self.fails)
+    }
+
+    pub fn rise(&self) -> u32 {
+        self.rise
+    }
+
+    pub fn fall(&self) -> u32 {
+        self.fall
+    }
+}
+
+/// A per-process seed: the same (service, backend) gets the same offset for the life of
+/// the daemon, but two balancer nodes (or restarts) do not probe in lockstep.
+fn process_seed() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    *SEED.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let mut h = DefaultHasher::new();
+        (nanos, std::process::id()).hash(&mut h);
+        h.finish()
+    })
+}
+
+/// First-probe delay in `[0, interval)`: spreads probes of many backends over the
+/// interval, deterministic per (service, backend) with some per-process variation.
+pub fn initial_jitter(service: &str, addr: IpAddr, interval: Duration) -> Duration {
+    let span = interval.as_nanos();
+    if span == 0 {
+        return Duration::ZERO;
+    }
+    let mut h = DefaultHasher::new();
+    (process_seed(), service, addr).hash(&mut h);
+    let offset = u128::from(h.finish()) % span;
+    // offset < interval, which fits a Duration.
+    Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX))
+}
+
+/// The probing loop for one backend: sleeps the jitter, then every `interval` runs
+/// [`probe`] (bounded by `timeout`), feeds the tracker, and calls
+/// `on_result(&probe, transition, &tracker)` after every probe. Runs until the returned
+/// future is dropped or its task aborted.
+///
+/// Intervals are measured start to start (`MissedTickBehavior::Delay`): a slow probe
+/// delays the next one by at most its own overrun, and later ones keep the period.
+///
+/// With `HealthKind::None` there is nothing to probe: `on_result` is called once (ok;
+/// a transition to healthy if `initially_healthy` was false) and the future then
+/// stays pending, never calling it again.
+pub async fn run_checks(
+    service: String,
+    addr: IpAddr,
+    cfg: HealthConfig,
+    initially_healthy: bool,
+    mut on_result: impl FnMut(&Probe, Option<bool>, &Tracker) + Send,
+) {
+    if cfg.kind == HealthKind::None {
+        let mut tracker = Tracker::new(1, 1, initially_healthy);
+        let p = probe(&cfg.kind, addr, cfg.timeout).await;
+        let flip = tracker.record(&p);
+        on_result(&p, flip, &tracker);
+        return std::future::pending().await;
+    }
+    // tokio's interval panics on a zero period (config validation forbids it anyway).
+    let period = cfg.interval.max(Duration::from_millis(1));
+    tokio::time::sleep(initial_jitter(&service, addr, period)).await;
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut tracker = Tracker::new(cfg.rise, cfg.fall, initially_healthy);
+    loop {
+        ticks.tick().await;
+        let p = probe(&cfg.kind, addr, cfg.timeout).await;
+        let flip = tracker.record(&p);
+        on_result(&p, flip, &tracker);
+    }
+}
+
+/// The one log line for a health transition, e.g.
+/// `service web: backend 10.0.1.1 is now unhealthy: timeout (3 failed checks in a row, last took 500ms)`.
+pub fn transition_message(service: &str, addr: IpAddr, p: &Probe, t: &Tracker) -> String {
+    let (oks, fails) = t.streak();
+    let (state, run) = if t.healthy() {
+        ("healthy", format!("{oks} passed checks in a row"))
+    } else {
+        ("unhealthy", format!("{fails} failed checks in a row"))
+    };
+    format!(
+        "service {service}: backend {addr} is now {state}: {} ({run}, last took {:?})",
+        p.reason, p.latency
+    )
+}
+
+/// Logs [`transition_message`]: at `warn` when the backend went down, `info` when up.
+pub fn log_transition(service: &str, addr: IpAddr, p: &Probe, t: &Tracker) {
+    let msg = transition_message(service, addr, p, t);
+    if t.healthy() {
+        log::info!("{msg}");
+    } else {
+        log::warn!("{msg}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::Ipv4Addr,
+        sync::{Arc, Mutex},
+    };
+
+    use tokio::{
+        net::{TcpListener, TcpSocket},
+        sync::mpsc,
+    };
+
+    use super::*;
+
+    const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn tcp(port: u16) -> HealthKind {
+        HealthKind::Tcp { port }
+    }
+
+    fn http(port: u16, expect: (u16, u16), body: Option<&str>) -> HealthKind {
+        HealthKind::Http {
+            port,
+            path: "/healthz".into(),
+            host: None,
+            expect_status: expect,
+            body: body.map(Into::into),
+        }
+    }
+
+    fn udp(port: u16, send: &str, expect: Option<&str>) -> HealthKind {
+        HealthKind::Udp {
+            port,
+            send: send.into(),
+            expect: expect.map(Into::into),
+        }
+    }
+
+    fn probe_result(ok: bool) -> Probe {
+        Probe {
+            ok,
+            latency: Duration::from_millis(1),
+            reason: if ok { "ok" } else { "timeout" }.into(),
+        }
+    }
+
+    /// A port with nothing listening (bound, then released).
+    async fn closed_tcp_port() -> u16 {
+        let l = TcpListener::bind((LO, 0)).await.unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    /// An HTTP server answering every request with `response`; sends each request it
+    /// read on the returned channel.
+    async fn http_server(response: &'static [u8]) -> (u16, mpsc::UnboundedReceiver<String>) {
+        let l = TcpListener::bind((LO, 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while find(&req, b"\r\n\r\n").is_none() {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = tx.send(String::from_utf8_lossy(&req).into_owned());
+                    let _ = s.write_all(response).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        (port, rx)
+    }
+
+    /// Accepts connections and keeps them open without ever answering.
+    async fn hanging_server() -> u16 {
+        let l = TcpListener::bind((LO, 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        port
+    }
+
+    async fn probe_http(resp: &'static [u8], expect: (u16, u16), body: Option<&str>) -> Probe {
+        let (port, _rx) = http_server(resp).await;
+        probe(&http(port, expect, body), LO, Duration::from_secs(2)).await
+    }
+
+    #[tokio::test]
+    async fn none_is_ok_immediately() {
+        let p = probe(&HealthKind::None, LO, Duration::from_secs(1)).await;
+        assert_eq!(
+            p,
+            Probe {
+                ok: true,
+                latency: Duration::ZERO,
+                reason: "no check configured".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_ok_against_a_listener() {
+        let l = TcpListener::bind((LO, 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let p = probe(&tcp(port), LO, Duration::from_secs(1)).await;
+        assert!(p.ok, "{p:?}");
+        assert_eq!(p.reason, "ok");
+        assert!(p.latency < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn tcp_refused_on_a_closed_port() {
+        let port = closed_tcp_port().await;
+        let p = probe(&tcp(port), LO, Duration::from_secs(1)).await;
+        assert!(!p.ok);
+        assert_eq!(p.reason, "connection refused");
+    }
+
+    /// A listener whose accept queue is full drops SYNs: the connect hangs.
+    #[tokio::test]
+    async fn tcp_timeout_on_a_full_accept_queue() {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind((LO, 0).into()).unwrap();
+        let l = sock.listen(0).unwrap();
+        let target = l.local_addr().unwrap();
+        // Fill the queue (never accepted) until a connect no longer completes.
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            match tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(target)).await
+            {
+                Ok(Ok(s)) => held.push(s),
+                _ => break,
+            }
+        }
+        let timeout = Duration::from_millis(200);
+        let p = probe(&tcp(target.port()), LO, timeout).await;
+        assert!(!p.ok, "{p:?} ({} queued)", held.len());
+        assert_eq!(p.reason, "timeout");
+        assert!(p.latency >= timeout && p.latency < timeout + Duration::from_millis(100));
+        eprintln!("tcp timeout: {:?} for timeout {timeout:?}", p.latency);
+    }
+
+    #[tokio::test]
+    async fn http_200_is_ok_and_the_request_is_well_formed() {
+        let (port, mut rx) = http_server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        let p = probe(&http(port, (200, 399), None), LO, Duration::from_secs(2)).await;
+        assert!(p.ok, "{p:?}");
+        let req = rx.recv().await.unwrap();
+        assert_eq!(
+            req,
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: xlb-health/{}\r\n\
+                 Connection: close\r\nAccept: */*\r\n\r\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn http_configured_host_header() {
+        let (port, mut rx) = http_server(b"HTTP/1.0 204 No Content\r\n\r\n").await;
+        let kind = HealthKind::Http {
+            port,
+            path: "/".into(),
+            host: Some("web.example".into()),
+            expect_status: (200, 299),
+            body: None,
+        };
+        let p = probe(&kind, LO, Duration::from_secs(2)).await;
+        assert!(p.ok, "{p:?}");
+        let req = rx.recv().await.unwrap();
+        assert!(req.starts_with("GET / HTTP/1.1\r\n"), "{req}");
+        assert!(
+            req.contains(&format!("\r\nHost: web.example:{port}\r\n")),
+            "{req}"
+        );
+    }
+
+    #[tokio::test]
+    async fn http_over_ipv6_loopback() {
+        let Ok(l) = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).await else {
+            eprintln!("no ::1 here; skipped");
+            return;
+        };
+        let port = l.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while find(&req, b"\r\n\r\n").is_none() {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                req.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            String::from_utf8(req).unwrap()
+        });
+        let p = probe(
+            &http(port, (200, 200), None),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(p.ok, "{p:?}");
+        let req = server.await.unwrap();
+        assert!(
+            req.contains(&format!("\r\nHost: [::1]:{port}\r\n")),
+            "{req}"
+        );
+    }
+
+    #[tokio::test]
+    async fn http_503_is_not_ok() {
+        let p = probe_http(
+            b"HTTP/1.1 503 Service Unavailable\r\n\r\n",
+            (200, 399),
+            None,
+        )
+        .await;
+        assert!(!p.ok);
+        assert_eq!(p.reason, "status 503 not in 200-399");
+    }
+
+    #[tokio::test]
+    async fn http_status_range_edges() {
+        type Case = (&'static [u8], (u16, u16), bool, &'static str);
+        let cases: &[Case] = &[
+            (b"HTTP/1.1 200 OK\r\n\r\n", (200, 399), true, "ok"),
+            (b"HTTP/1.1 399 X\r\n\r\n", (200, 399), true, "ok"),
+            (
+                b"HTTP/1.1 400 Bad\r\n\r\n",
+                (200, 399),
+                false,
+                "status 400 not in 200-399",
+            ),
+            (
+                b"HTTP/1.1 600 X\r\n\r\n",
+                (200, 399),
+                false,
+                "status 600 not in 200-399",
+            ),
+            (
+                b"HTTP/1.1 101 Switching\r\n\r\n",
+                (200, 399),
+                false,
+                "status 101 not in 200-399",
+            ),
+            (
+                b"HTTP/1.1 199 X\r\n\r\n",
+                (200, 399),
+                false,
+                "malformed HTTP response (only an interim 1xx response)",
+            ),
+            (b"HTTP/1.1 200 OK\r\n\r\n", (200, 200), true, "ok"),
+            (
+                b"HTTP/1.1 204 No\r\n\r\n",
+                (200, 200),
+                false,
+                "status 204, expected 200",
+            ),
+            (b"HTTP/1.1 404\r\n\r\n", (404, 404), true, "ok"),
+            // An interim response is skipped.
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 302 Found\r\n\r\n",
+                (200, 399),
+                true,
+                "ok",
+            ),
+        ];
+        for (resp, expect, ok, reason) in cases {
+            let p = probe_http(resp, *expect, None).await;
+            assert_eq!(
+                (p.ok, p.reason.as_str()),
+                (*ok, *reason),
+                "{resp:?} {expect:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn http_body_substring() {
+        let cases: &[(&'static [u8], &str, bool)] = &[
+            // Content-Length.
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nstatus: ok\r\n", "ok", true),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\nstatus: down\r\n", "ok", false),
+            // Bytes beyond Content-Length are not body.
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnopeok", "ok", false),
+            // Close-delimited.
+            (b"HTTP/1.0 200 OK\r\n\r\nall good", "good", true),
+            (b"HTTP/1.0 200 OK\r\n\r\nall bad", "good", false),
+            // Chunked: the substring spans two chunks; chunk sizes are not body.
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhea\r\n4;x=y\r\nlthy\r\n0\r\n\r\n", "healthy", true),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", "3", false),
+            // No body at all.
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "ok", false),
+        ];
+        for (resp, needle, ok) in cases {
+            let p = probe_http(resp, (200, 399), Some(needle)).await;
+            assert_eq!(p.ok, *ok, "{:?}: {p:?}", String::from_utf8_lossy(resp));
+            if !ok {
+                assert_eq!(p.reason, format!("body does not contain {needle:?}"));
+            }
+        }
+        // A wrong status is reported before the body.
+        let p = probe_http(b"HTTP/1.1 500 X\r\n\r\nok", (200, 399), Some("ok")).await;
+        assert_eq!(p.reason, "status 500 not in 200-399");
+    }
+
+    /// A body that never ends (Connection: close ignored) is done as soon as the
+    /// substring is seen, and otherwise bounded by the timeout.
+    #[tokio::test]
+    async fn http_body_found_before_the_server_closes() {
+        let l = TcpListener::bind((LO, 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nready").await;
+                held.push(s);
+            }
+        });
+        let timeout = Duration::from_millis(300);
+        let p = probe(&http(port, (200, 299), Some("ready")), LO, timeout).await;
+        assert!(p.ok, "{p:?}");
+        assert!(p.latency < Duration::from_millis(100), "{p:?}");
+        let p = probe(&http(port, (200, 299), Some("missing")), LO, timeout).await;
+        assert_eq!(p.reason, "timeout (reading body)");
+    }
+
+    #[tokio::test]
+    async fn http_hanging_backend_times_out() {
+        let port = hanging_server().await;
+        let timeout = Duration::from_millis(300);
+        let p = probe(&http(port, (200, 399), None), LO, timeout).await;
+        assert!(!p.ok);
+        assert_eq!(p.reason, "timeout (no response)");
+        assert!(p.latency >= timeout, "{p:?}");
+        assert!(p.latency < timeout + Duration::from_millis(100), "{p:?}");
+        eprintln!("http hanging: {:?} for timeout {timeout:?}", p.latency);
+    }
+
+    #[tokio::test]
+    async fn http_malformed_responses() {
+        let cases: &[(&'static [u8], &str)] = &[
+            (b"SSH-2.0-OpenSSH_9.2\r\n", "malformed HTTP response"),
+            (b"HTTP/2 200\r\n\r\n", "malformed HTTP response"),
+            (b"HTTP/1.1 20 OK\r\n\r\n", "malformed HTTP response"),
+            (b"HTTP/1.1 200OK\r\n\r\n", "malformed HTTP response"),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Le",
+                "malformed HTTP response (truncated headers)",
+            ),
+            (b"", "connection closed without a response"),
+        ];
+        for (resp, reason) in cases {
+            let p = probe_http(resp, (200, 399), None).await;
+            assert!(!p.ok);
+            assert_eq!(p.reason, *reason, "{resp:?}");
+        }
+        let p = probe_http(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            (200, 399),
+            Some("x"),
+        )
+        .await;
+        assert_eq!(p.reason, "malformed HTTP response (bad chunk)");
+    }
+
+    #[tokio::test]
+    async fn http_refused() {
+        let port = closed_tcp_port().await;
+        let p = probe(&http(port, (200, 399), None), LO, Duration::from_secs(1)).await;
+        assert_eq!(p.reason, "connection refused");
+    }
+
+    #[test]
+    fn http_parsing_helpers() {
+        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r"), Ok(200));
+        assert_eq!(parse_status_line(b"HTTP/1.0 503"), Ok(503));
+        assert!(parse_status_line(b"HTTP/1.1 2000").is_err());
+        assert_eq!(
+            parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nX: y"),
+            Ok(Head {
+                status: 200,
+                framing: Framing::Length(5)
+            })
+        );
+        assert_eq!(
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked")
+                .unwrap()
+                .framing,
+            Framing::Chunked
+        );
+        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\n\nbody"), Some((15, 17)));
+        assert_eq!(dechunk(b"5\r\nhel"), Ok((b"hel".to_vec(), false)));
+        assert_eq!(
+            dechunk(b"5\r\nhello\r\n0\r\n\r\n"),
+            Ok((b"hello".to_vec(), true))
+        );
+        assert_eq!(dechunk(b"5\r\nhello\r"), Ok((b"hello".to_vec(), false)));
+        assert!(dechunk(b"5\r\nhelloXX").is_err());
+        let v4: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+        assert_eq!(host_header(None, v4), "10.0.0.1:8080");
+        assert_eq!(host_header(None, v6), "[2001:db8::1]:80");
+        assert_eq!(host_header(Some("a.example"), v4), "a.example:8080");
+        assert_eq!(host_header(Some("a.example:9"), v4), "a.example:9");
+        assert_eq!(host_header(Some("[::1]:9"), v4), "[::1]:9");
+        assert_eq!(host_header(Some("[::1]"), v4), "[::1]:8080");
+    }
+
+    #[test]
+    fn io_reasons_are_short() {
+        use io::{Error, ErrorKind as K};
+        assert_eq!(
+            io_reason(&Error::from(K::ConnectionRefused)),
+            "connection refused"
+        );
+        assert_eq!(
+            io_reason(&Error::from(K::NetworkUnreachable)),
+            "network unreachable"
+        );
+        assert_eq!(
+            io_reason(&Error::from(K::HostUnreachable)),
+            "host unreachable"
+        );
+        assert_eq!(
+            io_reason(&Error::from_raw_os_error(libc::EACCES)),
+            "permission denied"
+        );
+    }
+
+    /// Replies to every datagram with `reply` (or echoes it when `None`).
+    async fn udp_server(reply: Option<&'static [u8]>) -> u16 {
+        let s = UdpSocket::bind((LO, 0)).await.unwrap();
+        let port = s.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = s.recv_from(&mut buf).await {
+                let _ = s.send_to(reply.unwrap_or(&buf[..n]), from).await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn udp_echo_ok() {
+        let port = udp_server(None).await;
+        let p = probe(&udp(port, "ping", Some("ping")), LO, Duration::from_secs(1)).await;
+        assert!(p.ok, "{p:?}");
+        let p = probe(&udp(port, "ping", None), LO, Duration::from_secs(1)).await;
+        assert!(p.ok, "{p:?}");
+    }
+
+    #[tokio::test]
+    async fn udp_expect_mismatch() {
+        let port = udp_server(Some(b"PONG nope")).await;
+        let p = probe(&udp(port, "ping", Some("pong")), LO, Duration::from_secs(1)).await;
+        assert!(!p.ok);
+        assert_eq!(p.reason, "reply does not contain \"pong\"");
+        let p = probe(&udp(port, "ping", Some("PONG")), LO, Duration::from_secs(1)).await;
+        assert!(p.ok, "{p:?}");
+    }
+
+    #[tokio::test]
+    async fn udp_closed_port_is_refused() {
+        let port = {
+            let s = UdpSocket::bind((LO, 0)).await.unwrap();
+            s.local_addr().unwrap().port()
+        };
+        let p = probe(&udp(port, "ping", None), LO, Duration::from_secs(1)).await;
+        assert!(!p.ok);
+        assert_eq!(p.reason, "connection refused (ICMP port unreachable)");
+        assert!(p.latency < Duration::from_millis(500), "{p:?}");
+    }
+
+    #[tokio::test]
+    async fn udp_silent_server_times_out() {
+        let s = UdpSocket::bind((LO, 0)).await.unwrap();
+        let port = s.local_addr().unwrap().port();
+        let timeout = Duration::from_millis(200);
+        let p = probe(&udp(port, "ping", None), LO, timeout).await;
+        drop(s);
+        assert!(!p.ok);
+        assert_eq!(p.reason, "timeout (no reply)");
+        assert!(p.latency >= timeout && p.latency < timeout + Duration::from_millis(100));
+        eprintln!("udp silent: {:?} for timeout {timeout:?}", p.latency);
+    }
+
+    fn feed(t: &mut Tracker, seq: &[bool]) -> Vec<Option<bool>> {
+        seq.iter().map(|&ok| t.record(&probe_result(ok))).collect()
+    }
+
+    #[test]
+    fn tracker_fall_needs_consecutive_failures() {
+        let mut t = Tracker::new(2, 3, true);
+        assert!(!t.checked());
+        assert!(t.last().is_none());
+        let flips = feed(&mut t, &[true, false, false, true, false, false, false]);
+        assert_eq!(flips, [None, None, None, None, None, None, Some(false)]);
+        assert!(!t.healthy());
+        assert_eq!(t.transitions(), 1);
+        assert!(t.checked());
+        assert_eq!(t.last(), Some(&probe_result(false)));
+        // More failures do not flip again.
+        assert_eq!(feed(&mut t, &[false, false]), [None, None]);
+        assert_eq!(t.transitions(), 1);
+    }
+
+    #[test]
+    fn tracker_rise_recovers() {
+        let mut t = Tracker::new(2, 3, false);
+        assert!(!t.healthy());
+        let flips = feed(&mut t, &[true, false, true, true, true]);
+        assert_eq!(flips, [None, None, None, Some(true), None]);
+        assert!(t.healthy());
+        assert_eq!(t.transitions(), 1);
+        let flips = feed(&mut t, &[false, false, false, true, true]);
+        assert_eq!(flips, [None, None, Some(false), None, Some(true)]);
+        assert_eq!(t.transitions(), 3);
+    }
+
+    #[test]
+    fn tracker_initial_state_is_honoured() {
+        let mut up = Tracker::new(2, 2, true);
+        assert_eq!(up.record(&probe_result(true)), None);
+        assert!(up.healthy());
+        let mut down = Tracker::new(2, 2, false);
+        assert_eq!(down.record(&probe_result(false)), None);
+        assert!(!down.healthy());
+        // rise = fall = 1 (and 0 counts as 1): every change flips at once.
+        let mut t = Tracker::new(0, 1, true);
+        assert_eq!(
+            feed(&mut t, &[false, true, false]),
+            [Some(false), Some(true), Some(false)]
+        );
+        assert_eq!(t.transitions(), 3);
+    }
+
+    #[test]
+    fn tracker_flapping_is_damped() {
+        for (rise, fall) in [(2, 2), (2, 3), (3, 2), (5, 5)] {
+            for start in [true, false] {
+                let mut t = Tracker::new(rise, fall, start);
+                let seq: Vec<bool> = (0..100).map(|i| i % 2 == 0).collect();
+                assert!(feed(&mut t, &seq).iter().all(Option::is_none));
+                assert_eq!(t.healthy(), start);
+                assert_eq!(t.transitions(), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn jitter_is_within_the_interval_and_spread() {
+        let interval = Duration::from_secs(1);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..50u8 {
+            let addr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, i));
+            let j = initial_jitter("web", addr, interval);
+            assert!(j < interval);
+            assert_eq!(j, initial_jitter("web", addr, interval), "deterministic");
+            seen.insert(j.as_millis());
+        }
+        // 50 uniform draws over 1000 ms: a handful of same-millisecond pairs at most.
+        assert!(seen.len() >= 40, "{} distinct milliseconds", seen.len());
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        assert_ne!(
+            initial_jitter("web", a, interval),
+            initial_jitter("dns", a, interval)
+        );
+        assert_eq!(initial_jitter("web", a, Duration::ZERO), Duration::ZERO);
+        assert!(initial_jitter("web", a, Duration::from_nanos(1)).is_zero());
+    }
+
+    type Log = Arc<Mutex<Vec<(Instant, Probe, Option<bool>, bool, u64)>>>;
+
+    fn recorder(log: &Log) -> impl FnMut(&Probe, Option<bool>, &Tracker) + Send + 'static {
+        let log = log.clone();
+        move |p, flip, t| {
+            log.lock().unwrap().push((
+                Instant::now(),
+                p.clone(),
+                flip,
+                t.healthy(),
+                t.transitions(),
+            ))
+        }
+    }
+
+    /// Polls `log` until `cond` holds or `limit` passes.
+    async fn wait_for(
+        log: &Log,
+        limit: Duration,
+        cond: impl Fn(&[(Instant, Probe, Option<bool>, bool, u64)]) -> bool,
+    ) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if cond(&log.lock().unwrap()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn run_checks_marks_a_stopped_server_down_and_a_restarted_one_up() {
+        let l = TcpListener::bind((LO, 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let cfg = HealthConfig {
+            kind: tcp(port),
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(40),
+            rise: 2,
+            fall: 3,
+        };
+        let log: Log = Arc::default();
+        let task = tokio::spawn(run_checks("web".into(), LO, cfg, true, recorder(&log)));
+
+        assert!(wait_for(&log, Duration::from_secs(1), |l| l.len() >= 2).await);
+        assert!(
+            log.lock()
+                .unwrap()
+                .iter()
+                .all(|e| e.1.ok && e.2.is_none() && e.3)
+        );
+
+        let stopped_at = Instant::now();
+        drop(l);
+        assert!(
+            wait_for(&log, Duration::from_secs(1), |l| l
+                .iter()
+                .any(|e| e.2 == Some(false)))
+            .await,
+            "no transition to unhealthy"
+        );
+        let down_after = stopped_at.elapsed();
+        {
+            let entries = log.lock().unwrap();
+            let fails: Vec<_> = entries.iter().filter(|e| !e.1.ok).collect();
+            // Exactly `fall` failures: the 3rd one flips.
+            assert_eq!(fails.len(), 3, "{fails:?}");
+            assert_eq!(fails[0].2, None);
+            assert_eq!(fails[1].2, None);
+            assert_eq!(fails[2].2, Some(false));
+            assert!(fails.iter().all(|e| e.1.reason == "connection refused"));
+            assert_eq!((fails[2].3, fails[2].4), (false, 1));
+            // Start to start ≈ the interval.
+            let gap = fails[2].0 - fails[1].0;
+            assert!(
+                gap > Duration::from_millis(30) && gap < Duration::from_millis(90),
+                "{gap:?}"
+            );
+        }
+
+        // Back on the same port: healthy after `rise` passes.
+        let l = TcpListener::bind((LO, port)).await.unwrap();
+        let restarted_at = Instant::now();
+        assert!(
+            wait_for(&log, Duration::from_secs(1), |l| l
+                .last()
+                .is_some_and(|e| e.2 == Some(true)))
+            .await,
+            "no transition back to healthy"
+        );
+        let up_after = restarted_at.elapsed();
+        assert_eq!(log.lock().unwrap().last().unwrap().4, 2);
+        task.abort();
+        drop(l);
+        eprintln!(
+            "run_checks (interval 50ms, fall 3, rise 2): down {down_after:?} after stop, up {up_after:?} after restart"
+        );
+        // fall=3 at 50 ms: the 3rd failing probe is 100..150 ms after the stop.
+        assert!(down_after < Duration::from_millis(300), "{down_after:?}");
+        assert!(up_after < Duration::from_millis(250), "{up_after:?}");
+    }
+
+    #[tokio::test]
+    async fn run_checks_none_reports_once_and_stays_pending() {
+        let cfg = HealthConfig {
+            kind: HealthKind::None,
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_millis(10),
+            rise: 3,
+            fall: 3,
+        };
+        let log: Log = Arc::default();
+        let task = tokio::spawn(run_checks("web".into(), LO, cfg, false, recorder(&log)));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(!task.is_finished());
+        task.abort();
+        let entries = log.lock().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].2, entries[0].3), (Some(true), true));
+    }
+
+    /// 20 backends, one hanging: every probe of the 19 fast ones completes within the
+    /// interval, on schedule, while the hanging one times out in its own task.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hanging_backend_does_not_delay_the_others() {
+        let interval = Duration::from_millis(100);
+        let timeout = Duration::from_millis(90);
+        let hang_port = hanging_server().await;
+        let mut ports = vec![hang_port];
+        for _ in 0..19 {
+            let (port, _rx) = http_server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+            ports.push(port);
+        }
+        let log: Arc<Mutex<Vec<(usize, Instant, Probe)>>> = Arc::default();
+        let started = Instant::now();
+        let tasks: Vec<_> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &port)| {
+                let cfg = HealthConfig {
+                    kind: http(port, (200, 399), Some("ok")),
+                    interval,
+                    timeout,
+                    rise: 2,
+                    fall: 3,
+                };
+                let log = log.clone();
+                tokio::spawn(run_checks(
+                    format!("svc{i}"),
+                    LO,
+                    cfg,
+                    true,
+                    move |p: &Probe, _, _: &Tracker| {
+                        log.lock().unwrap().push((i, Instant::now(), p.clone()))
+                    },
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(650)).await;
+        for t in &tasks {
+            t.abort();
+        }
+        let log = log.lock().unwrap();
+        let mut fast_max = Duration::ZERO;
+        let mut fast_gap_max = Duration::ZERO;
+        let mut first_max = Duration::ZERO;
+        for i in 0..ports.len() {
+            let mine: Vec<_> = log.iter().filter(|e| e.0 == i).collect();
+            if i == 0 {
+                assert!(
+                    mine.len() >= 4,
+                    "hanging backend probed {} times",
+                    mine.len()
+                );
+                for e in &mine {
+                    assert!(!e.2.ok);
+                    assert_eq!(e.2.reason, "timeout (no response)");
+                    assert!(
+                        e.2.latency >= timeout && e.2.latency < timeout + Duration::from_millis(60)
+                    );
+                }
+                eprintln!(
+                    "hanging backend: {} probes, latencies {:?}",
+                    mine.len(),
+                    mine.iter().map(|e| e.2.latency).collect::<Vec<_>>()
+                );
+                continue;
+            }
+            // The first probe within jitter (< interval) + a fast probe; then one per interval.
+            assert!(mine.len() >= 5, "backend {i} probed {} times", mine.len());
+            first_max = first_max.max(mine[0].1 - started);
+            for e in &mine {
+                assert!(e.2.ok, "backend {i}: {:?}", e.2);
+                fast_max = fast_max.max(e.2.latency);
+            }
+            for w in mine.windows(2) {
+                fast_gap_max = fast_gap_max.max(w[1].1 - w[0].1);
+            }
+        }
+        eprintln!(
+            "19 fast backends: slowest probe {fast_max:?}, first result by {first_max:?}, \
+             largest gap between results {fast_gap_max:?} (interval {interval:?})"
+        );
+        assert!(fast_max < Duration::from_millis(60), "{fast_max:?}");
+        assert!(
+            first_max < interval + Duration::from_millis(60),
+            "{first_max:?}"
+        );
+        assert!(
+            fast_gap_max < interval + Duration::from_millis(60),
+            "{fast_gap_max:?}"
+        );
+    }
+
+    #[test]
+    fn transition_message_names_the_reason() {
+        let mut t = Tracker::new(2, 3, true);
+        let p = Probe {
+            ok: false,
+            latency: Duration::from_millis(500),
+            reason: "timeout".into(),
+        };
+        for _ in 0..3 {
+            t.record(&p);
+        }
+        assert_eq!(
+            transition_message("web", LO, &p, &t),
+            "service web: backend 127.0.0.1 is now unhealthy: timeout (3 failed checks in a row, last took 500ms)"
+        );
+    }
+}

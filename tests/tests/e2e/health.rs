@@ -1,0 +1,379 @@
+//! Health checking, failover, draining and failback with real servers.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use xlb_tests::lab::{HTTP_PORT, Lab, LabOptions, run};
+
+use crate::daemon::backend_status;
+
+/// Interval, timeout and fall of the lab's HTTP checks (see `Lab::default_services`).
+const INTERVAL: Duration = Duration::from_millis(200);
+const TIMEOUT: Duration = Duration::from_millis(100);
+const FALL: u32 = 2;
+
+fn http_health(failback: &str, idle: &str) -> String {
+    format!(
+        "failback = \"{failback}\"\nidle_timeout = \"{idle}\"\nhealth = {{ kind = \"http\", port = {HTTP_PORT}, path = \"/\", interval = \"200ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n"
+    )
+}
+
+/// Answers of one HTTP round; panics on any failure.
+fn answers(lab: &Lab, clients: &[IpAddr], vip: IpAddr) -> BTreeMap<IpAddr, String> {
+    lab.round(clients, vip, false)
+        .into_iter()
+        .map(|(c, r)| {
+            let b = r.unwrap_or_else(|e| panic!("{c} → {vip}: {e}\n{}", lab.daemon_log()));
+            (c, b)
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn health_of(lab: &Lab, service: &str, addr: &str) -> String {
+    backend_status(lab, service, addr).expect("backend listed")["health"]
+        .as_str()
+        .expect("health")
+        .to_string()
+}
+
+#[test]
+fn failover_moves_only_the_dead_backends_clients_then_sticky_or_rebalance_failback() {
+    let mut lab = Lab::new(LabOptions {
+        clients_v6: 1,
+        ..LabOptions::default()
+    });
+    let sticky = Lab::vip4(2);
+    let rebalance = Lab::vip4(3);
+    let services = format!(
+        "{}{}",
+        lab.service_toml(
+            "sticky",
+            &sticky.to_string(),
+            HTTP_PORT,
+            "tcp",
+            4,
+            &http_health("sticky", "10m")
+        ),
+        lab.service_toml(
+            "rebalance",
+            &rebalance.to_string(),
+            HTTP_PORT,
+            "tcp",
+            4,
+            &http_health("rebalance", "10m")
+        ),
+    );
+    lab.write_config(&services);
+    lab.start_servers();
+    lab.start_daemon();
+
+    // 150 clients take part from the start; 50 stay fresh for after the recovery.
+    let (old, fresh) = lab.clients4.split_at(150);
+    let (old, fresh) = (old.to_vec(), fresh.to_vec());
+    let before_s = answers(&lab, &old, sticky);
+    let before_r = answers(&lab, &old, rebalance);
+    let victim = "be1";
+    let victims_s: Vec<IpAddr> = before_s
+        .iter()
+        .filter(|(_, b)| *b == victim)
+        .map(|(c, _)| *c)
+        .collect();
+    let victims_r: Vec<IpAddr> = before_r
+        .iter()
+        .filter(|(_, b)| *b == victim)
+        .map(|(c, _)| *c)
+        .collect();
+    assert!(
+        victims_s.len() > 20 && victims_r.len() > 20,
+        "too few clients on {victim}"
+    );
+
+    // Kill the victim's server: time until every one of its clients is served elsewhere.
+    let t0 = Instant::now();
+    lab.stop_server(lab.backend_index(victim));
+    let bound = INTERVAL * FALL + TIMEOUT + Duration::from_secs(1);
+    let took = wait_for("failover", Duration::from_secs(10), || {
+        lab.round(&victims_s, sticky, false)
+            .iter()
+            .all(|(_, r)| r.as_ref().is_ok_and(|b| b != victim))
+    });
+    println!(
+        "failover: all {} clients of {victim} served elsewhere {:.0} ms after its server died (bound {:.0} ms)",
+        victims_s.len(),
+        took.as_secs_f64() * 1e3,
+        bound.as_secs_f64() * 1e3
+    );
+    assert!(
+        t0.elapsed() <= bound,
+        "failover took {:?}, bound {bound:?}",
+        t0.elapsed()
+    );
+    assert_eq!(health_of(&lab, "sticky", "10.100.0.12"), "unhealthy");
+
+    // Nobody else moved, in either service.
+    let during_s = answers(&lab, &old, sticky);
+    let during_r = answers(&lab, &old, rebalance);
+    for (c, b) in &before_s {
+        if b != victim {
+            assert_eq!(&during_s[c], b, "client {c} of a healthy backend moved");
+        }
+    }
+    for (c, b) in &before_r {
+        if b != victim {
+            assert_eq!(&during_r[c], b, "client {c} of a healthy backend moved");
+        }
+    }
+
+    // Recovery.
+    lab.start_server(lab.backend_index(victim));
+    wait_for("recovery", Duration::from_secs(5), || {
+        health_of(&lab, "sticky", "10.100.0.12") == "healthy"
+            && health_of(&lab, "rebalance", "10.100.0.12") == "healthy"
+    });
+    // Sticky: nobody moves back; the recovered backend takes only new clients.
+    let after_s = answers(&lab, &old, sticky);
+    assert_eq!(after_s, during_s, "sticky failback moved clients");
+    let new_s = answers(&lab, &fresh, sticky);
+    let to_victim = new_s.values().filter(|b| *b == victim).count();
+    assert!(
+        to_victim > 0,
+        "the recovered backend got none of 50 new clients: {new_s:?}"
+    );
+    // Rebalance: its former clients return to it, nobody else moves.
+    let after_r = answers(&lab, &old, rebalance);
+    for (c, b) in &before_r {
+        assert_eq!(
+            &after_r[c], b,
+            "client {c}: not back where it was before the failure"
+        );
+    }
+    println!(
+        "failback: sticky kept all {} moved clients, the recovered backend took {to_victim} of 50 new ones; rebalance returned {} clients",
+        victims_s.len(),
+        victims_r.len()
+    );
+}
+
+#[test]
+fn drain_keeps_pinned_clients_takes_no_new_ones_and_pinned_count_falls() {
+    let mut lab = Lab::new(LabOptions {
+        clients_v6: 1,
+        ..LabOptions::default()
+    });
+    let vip = Lab::vip4(4);
+    lab.write_config(&lab.service_toml(
+        "short",
+        &vip.to_string(),
+        HTTP_PORT,
+        "tcp",
+        4,
+        &http_health("sticky", "3s"),
+    ));
+    lab.start_servers();
+    lab.start_daemon();
+    let (old, fresh) = lab.clients4.split_at(120);
+    let (old, fresh) = (old.to_vec(), fresh.to_vec());
+    let first = answers(&lab, &old, vip);
+    let pinned: BTreeSet<IpAddr> = first
+        .iter()
+        .filter(|(_, b)| *b == "be0")
+        .map(|(c, _)| *c)
+        .collect();
+    assert!(!pinned.is_empty());
+
+    lab.xlb(&["backend", "drain", "short", "10.100.0.11"]);
+    let again = answers(&lab, &old, vip);
+    assert_eq!(again, first, "draining moved pinned clients");
+    let new = answers(&lab, &fresh, vip);
+    assert!(
+        new.values().all(|b| b != "be0"),
+        "a new client reached the drained backend: {new:?}"
+    );
+    let st = backend_status(&lab, "short", "10.100.0.11").expect("listed");
+    assert_eq!(st["draining"], true);
+
+    // Pinned count as status shows it: up while clients are active, zero once idle.
+    let count = |lab: &Lab| {
+        backend_status(lab, "short", "10.100.0.11").expect("listed")["pinned_clients"]
+            .as_u64()
+            .expect("count")
+    };
+    wait_for("pinned count reported", Duration::from_secs(6), || {
+        count(&lab) == pinned.len() as u64
+    });
+    let idle = wait_for(
+        "pinned count to fall to zero",
+        Duration::from_secs(15),
+        || count(&lab) == 0,
+    );
+    println!(
+        "drain: {} pinned clients kept their backend; the pinned count fell to 0 {:.1} s after it was reported in full (idle_timeout 3 s)",
+        pinned.len(),
+        idle.as_secs_f64()
+    );
+    lab.xlb(&["backend", "undrain", "short", "10.100.0.11"]);
+    let st = backend_status(&lab, "short", "10.100.0.11").expect("listed");
+    assert_eq!(st["draining"], false);
+    assert!(st["table_share"].as_f64().expect("share") > 0.3);
+}
+
+#[test]
+fn hanging_backends_are_detected_by_timeout_without_slowing_the_others() {
+    let mut lab = Lab::new(LabOptions {
+        clients_v4: 30,
+        clients_v6: 1,
+        backends: 3,
+    });
+    lab.write_config(&lab.service_toml(
+        "web",
+        &Lab::vip4(1).to_string(),
+        HTTP_PORT,
+        "tcp",
+        4,
+        &http_health("sticky", "10m"),
+    ));
+    lab.start_servers();
+    lab.start_daemon();
+    // be1 accepts connections but never answers (its server is stopped: the kernel still
+    // completes handshakes); be2 drops SYNs to its own address.
+    lab.backends[1]
+        .server
+        .as_ref()
+        .expect("server")
+        .signal(libc::SIGSTOP);
+    let be2 = &lab.backends[2].ns;
+    run(be2.cmd("nft").args(["add", "table", "inet", "xlbtest"]));
+    run(be2.cmd("nft").args([
+        "add",
+        "chain",
+        "inet",
+        "xlbtest",
+        "in",
+        "{ type filter hook input priority 0; }",
+    ]));
+    run(be2.cmd("nft").args([
+        "add",
+        "rule",
+        "inet",
+        "xlbtest",
+        "in",
+        "ip",
+        "daddr",
+        "10.100.0.13",
+        "tcp",
+        "dport",
+        "80",
+        "drop",
+    ]));
+    wait_for(
+        "both hanging backends marked unhealthy",
+        Duration::from_secs(3),
+        || {
+            health_of(&lab, "web", "10.100.0.12") == "unhealthy"
+                && health_of(&lab, "web", "10.100.0.13") == "unhealthy"
+        },
+    );
+    for addr in ["10.100.0.12", "10.100.0.13"] {
+        let note = backend_status(&lab, "web", addr).expect("listed")["note"].to_string();
+        assert!(note.contains("timeout"), "{addr}: reason {note}");
+    }
+    // The healthy backend kept being checked on time and never flapped.
+    let metrics = lab.lb.run(|| {
+        xlb_tests::lab::http_get_path("127.0.0.1".parse().expect("ip"), lab.metrics, "/metrics")
+    });
+    let metrics = metrics.expect("metrics");
+    let line = |name: &str, backend: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(&format!("backend=\"{backend}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} for {backend} in:\n{metrics}"))
+    };
+    assert_eq!(
+        line("xlb_backend_health_transitions_total", "10.100.0.11"),
+        0.0
+    );
+    assert_eq!(line("xlb_backend_healthy", "10.100.0.11"), 1.0);
+    let latency = line("xlb_backend_last_check_latency_seconds", "10.100.0.11");
+    assert!(
+        latency < 0.05,
+        "the healthy backend's check took {latency} s"
+    );
+    assert!(line("xlb_backend_last_check_latency_seconds", "10.100.0.12") >= 0.09);
+    // Every client is served by the healthy one.
+    let got = answers(&lab, &lab.clients4.clone(), Lab::vip4(1));
+    assert!(got.values().all(|b| b == "be0"), "{got:?}");
+    lab.backends[1]
+        .server
+        .as_ref()
+        .expect("server")
+        .signal(libc::SIGCONT);
+}
+
+#[test]
+fn all_backends_down_drops_and_counts_then_recovers_by_itself() {
+    let mut lab = Lab::new(LabOptions {
+        clients_v4: 20,
+        clients_v6: 1,
+        backends: 2,
+    });
+    lab.write_config(&lab.service_toml(
+        "web",
+        &Lab::vip4(1).to_string(),
+        HTTP_PORT,
+        "tcp",
+        4,
+        &http_health("sticky", "10m"),
+    ));
+    lab.start_servers();
+    lab.start_daemon();
+    let clients = lab.clients4.clone();
+    answers(&lab, &clients, Lab::vip4(1));
+    lab.stop_server(0);
+    lab.stop_server(1);
+    wait_for("all backends unhealthy", Duration::from_secs(3), || {
+        health_of(&lab, "web", "10.100.0.11") == "unhealthy"
+            && health_of(&lab, "web", "10.100.0.12") == "unhealthy"
+    });
+    let drops = |lab: &Lab| -> u64 {
+        let s = lab.xlb_json(&["stats"]);
+        s["packets"]
+            .as_array()
+            .expect("packets")
+            .iter()
+            .find(|p| p[0] == "drop_no_backend")
+            .and_then(|p| p[1].as_u64())
+            .expect("drop_no_backend")
+    };
+    let before = drops(&lab);
+    for (c, r) in lab.round(&clients[..5], Lab::vip4(1), false) {
+        assert!(
+            r.is_err(),
+            "{c} was answered with no healthy backend: {r:?}"
+        );
+    }
+    let after = drops(&lab);
+    assert!(after >= before + 5, "drops not counted: {before} → {after}");
+    let explain = lab.xlb_json(&["explain", "web", &clients[0].to_string()]);
+    assert_eq!(explain["decision"], "no_backend");
+
+    lab.start_server(1);
+    wait_for("service restored", Duration::from_secs(5), || {
+        lab.round(&clients, Lab::vip4(1), false)
+            .iter()
+            .all(|(_, r)| r.as_ref().is_ok_and(|b| b == "be1"))
+    });
+}

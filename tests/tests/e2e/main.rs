@@ -1,0 +1,7 @@
+//! Tier 3: the real `xlb` daemon in a network-namespace lab, real servers on the
+//! backends, real TCP and UDP clients from hundreds of source addresses.
+//!
+//! Run one test alone: `cargo xtask test --tier e2e -- NAME` (e.g. `failover`).
+
+mod daemon;
+mod health;
