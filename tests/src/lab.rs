@@ -434,18 +434,19 @@ impl Lab {
         fam: u8,
         extra: &str,
     ) -> String {
-        let mut s = format!(
-            "[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"{proto}\"\n{extra}\n"
-        );
-        for b in &self.backends {
-            let a: IpAddr = if fam == 4 {
-                b.addr4.into()
-            } else {
-                b.addr6.into()
-            };
-            s.push_str(&format!("[[service.backend]]\naddress = \"{a}\"\n\n"));
-        }
-        s
+        let backends: Vec<(IpAddr, u32)> = self
+            .backends
+            .iter()
+            .map(|b| {
+                let a: IpAddr = if fam == 4 {
+                    b.addr4.into()
+                } else {
+                    b.addr6.into()
+                };
+                (a, 1)
+            })
+            .collect();
+        service_block(name, vip, port, proto, extra, &backends)
     }
 
     /// Writes the daemon config with these `[[service]]` blocks.
@@ -748,6 +749,26 @@ impl Drop for Lab {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A `[[service]]` block with these (address, weight) backends.
+pub fn service_block(
+    name: &str,
+    vip: &str,
+    port: u16,
+    proto: &str,
+    extra: &str,
+    backends: &[(IpAddr, u32)],
+) -> String {
+    let mut s = format!(
+        "[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"{proto}\"\n{extra}\n"
+    );
+    for (a, w) in backends {
+        s.push_str(&format!(
+            "[[service.backend]]\naddress = \"{a}\"\nweight = {w}\n\n"
+        ));
+    }
+    s
 }
 
 enum HostRole {
