@@ -242,7 +242,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         resolver.clone(),
         resolve_now.clone(),
     ));
-    tokio::spawn(pinned_scan_loop(daemon.clone(), pin_dir));
+    let scan_now = Arc::new(Notify::new());
+    tokio::spawn(pinned_scan_loop(daemon.clone(), pin_dir, scan_now.clone()));
     tokio::spawn(rates_loop(daemon.clone()));
     if let Some(addr) = metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -258,7 +259,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
-    let api = tokio::spawn(api_loop(listener, daemon.clone(), resolver, resolve_now));
+    let api = tokio::spawn(api_loop(
+        listener,
+        daemon.clone(),
+        Wakers {
+            resolver,
+            resolve_now,
+            scan_now,
+        },
+    ));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -308,12 +317,16 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn api_loop(
-    listener: UnixListener,
-    daemon: Shared,
+/// What request handlers need besides the daemon: the resolver, and the background loops
+/// they may wake.
+#[derive(Clone)]
+struct Wakers {
     resolver: Arc<Resolver>,
     resolve_now: Arc<Notify>,
-) {
+    scan_now: Arc<Notify>,
+}
+
+async fn api_loop(listener: UnixListener, daemon: Shared, wakers: Wakers) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -324,22 +337,16 @@ async fn api_loop(
             }
         };
         let d = daemon.clone();
-        let r = resolver.clone();
-        let n = resolve_now.clone();
+        let w = wakers.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, d, r, n).await {
+            if let Err(e) = connection(stream, d, w).await {
                 log::debug!("control connection: {e}");
             }
         });
     }
 }
 
-async fn connection(
-    stream: UnixStream,
-    daemon: Shared,
-    resolver: Arc<Resolver>,
-    resolve_now: Arc<Notify>,
-) -> std::io::Result<()> {
+async fn connection(stream: UnixStream, daemon: Shared, wakers: Wakers) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
@@ -347,7 +354,7 @@ async fn connection(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle client"))??
     {
         let response = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => handle(&daemon, &resolver, &resolve_now, req).await,
+            Ok(req) => handle(&daemon, &wakers, req).await,
             Err(e) => Response::error(ErrorKind::Usage, format!("malformed request: {e}")),
         };
         let mut out = serde_json::to_string(&response).expect("responses serialize");
@@ -373,18 +380,31 @@ fn balancer_error(e: BalancerError) -> Response {
     }
 }
 
-async fn handle(
-    daemon: &Shared,
-    resolver: &Resolver,
-    resolve_now: &Notify,
-    req: Request,
-) -> Response {
+async fn handle(daemon: &Shared, wakers: &Wakers, req: Request) -> Response {
     // Resolve a new backend's neighbour before taking the lock, so the change is live in
     // the data plane as soon as the request returns.
     let pre_resolved: Option<(IpAddr, Resolution)> = match &req {
-        Request::BackendAdd { address, .. } => Some((*address, resolver.resolve(*address).await)),
+        Request::BackendAdd { address, .. } => {
+            Some((*address, wakers.resolver.resolve(*address).await))
+        }
         _ => None,
     };
+    // Status shows pinned counts no older than 200 ms when scans are cheap.
+    if req == Request::Status {
+        let asked = Instant::now();
+        let stale = lock(daemon)
+            .pinned
+            .taken
+            .is_none_or(|t| t.elapsed() > Duration::from_millis(200));
+        if stale {
+            wakers.scan_now.notify_one();
+            while asked.elapsed() < Duration::from_secs(1)
+                && lock(daemon).pinned.taken.is_none_or(|t| t < asked)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
     let mut d = lock(daemon);
     let response = match req {
         Request::Status => Response::ok(d.status()),
@@ -414,7 +434,7 @@ async fn handle(
         Request::AffinityFlush { service } => d.affinity_flush(service.as_deref()),
     };
     drop(d);
-    resolve_now.notify_one();
+    wakers.resolve_now.notify_one();
     response
 }
 
@@ -1134,7 +1154,10 @@ async fn neighbour_loop(daemon: Shared, resolver: Arc<Resolver>, now: Arc<Notify
 /// Counts live affinity entries per backend and service by scanning the pinned map
 /// through its own handle (no daemon lock held during the scan). Rescans every 2 s, or
 /// less often when the table is large (ten times the last scan's duration).
-async fn pinned_scan_loop(daemon: Shared, pin_dir: PathBuf) {
+///
+/// `xlb status` asks for a fresh scan through `now`; it is granted at once when scans are
+/// cheap (a small table), otherwise the next regular scan serves it.
+async fn pinned_scan_loop(daemon: Shared, pin_dir: PathBuf, now: Arc<Notify>) {
     let path = pin::maps_dir(&pin_dir).join(MAP_AFFINITY);
     loop {
         let started = Instant::now();
@@ -1178,8 +1201,12 @@ async fn pinned_scan_loop(daemon: Shared, pin_dir: PathBuf) {
             Ok(Err(e)) => warn!("scanning the affinity table: {e:#}"),
             Err(e) => warn!("affinity scan task: {e}"),
         }
-        let pause = (started.elapsed() * 10).max(Duration::from_secs(2));
-        tokio::time::sleep(pause).await;
+        let took = started.elapsed();
+        let pause = (took * 10).max(Duration::from_secs(2));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = now.notified(), if took < Duration::from_millis(50) => {}
+        }
     }
 }
 

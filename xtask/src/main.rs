@@ -4,6 +4,7 @@
 //! and on no eBPF tooling; everything else is driven through `cargo`, `rustup`, `apt-get`.
 mod bench;
 mod build;
+mod demo;
 mod lint;
 mod setup;
 mod test;
@@ -35,7 +36,7 @@ enum Command {
     Test(test::Args),
     /// Run the benchmarks (root).
     Bench(bench::Args),
-    /// Interactive demo (not available yet).
+    /// The narrated lab demo (root): builds what it needs, cleans up after itself.
     Demo,
 }
 
@@ -47,10 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Lint => lint::run(),
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),
-        Command::Demo => {
-            eprintln!("the demo arrives with the network-namespace lab (issue 5)");
-            return std::process::ExitCode::from(2);
-        }
+        Command::Demo => demo::run(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -16,7 +16,7 @@ const OPTIONAL_PACKAGES: &[&str] = &["tcpdump"];
 const BPFFS: &str = "/sys/fs/bpf";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Args {
     /// Check everything and print what would be changed, without changing anything.
     #[arg(long)]
