@@ -364,6 +364,20 @@ async fn connection(stream: UnixStream, daemon: Shared, wakers: Wakers) -> std::
     Ok(())
 }
 
+/// Resolves a backend's neighbour, giving ARP/ND up to a second to answer: a backend
+/// added through the CLI should take traffic when the command returns, not a poll later.
+/// (An unresolvable one is added anyway and kept out of the table until it resolves.)
+async fn resolve_soon(resolver: &Resolver, address: IpAddr) -> Resolution {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let r = resolver.resolve(address).await;
+        if !matches!(r, Resolution::Unresolved { .. }) || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn usage(e: impl std::fmt::Display) -> Response {
     Response::error(ErrorKind::Usage, e.to_string())
 }
@@ -385,7 +399,7 @@ async fn handle(daemon: &Shared, wakers: &Wakers, req: Request) -> Response {
     // the data plane as soon as the request returns.
     let pre_resolved: Option<(IpAddr, Resolution)> = match &req {
         Request::BackendAdd { address, .. } => {
-            Some((*address, wakers.resolver.resolve(*address).await))
+            Some((*address, resolve_soon(&wakers.resolver, *address).await))
         }
         _ => None,
     };

@@ -74,6 +74,10 @@ impl Netns {
         ip(&format!("netns add {name}"));
         let ns = Self { name };
         ns.ip("link set lo up");
+        // No duplicate address detection: a tentative link-local address delays the
+        // first neighbour discovery of a fresh interface by a second.
+        ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
         ns
     }
 
@@ -639,14 +643,26 @@ impl Lab {
         vip: IpAddr,
         udp: bool,
     ) -> Vec<(IpAddr, Result<String, String>)> {
+        self.round_timeout(clients, vip, udp, IO_TIMEOUT)
+    }
+
+    /// [`Lab::round`] with a per-request timeout (short ones for polling during a failover,
+    /// where a request to a dead backend must not hold up the poll).
+    pub fn round_timeout(
+        &self,
+        clients: &[IpAddr],
+        vip: IpAddr,
+        udp: bool,
+        timeout: Duration,
+    ) -> Vec<(IpAddr, Result<String, String>)> {
         self.client.run(|| {
             clients
                 .iter()
                 .map(|c| {
                     let r = if udp {
-                        udp_ask(*c, SocketAddr::new(vip, UDP_PORT))
+                        udp_request(*c, SocketAddr::new(vip, UDP_PORT), timeout)
                     } else {
-                        http_get(*c, SocketAddr::new(vip, HTTP_PORT))
+                        http_request(*c, SocketAddr::new(vip, HTTP_PORT), "/", timeout)
                     };
                     (*c, r)
                 })
@@ -781,11 +797,21 @@ const IO_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// `GET /` from source address `src`; returns the body (the backend's name).
 pub fn http_get(src: IpAddr, dst: SocketAddr) -> Result<String, String> {
-    http_get_path(src, dst, "/")
+    http_request(src, dst, "/", IO_TIMEOUT)
 }
 
 /// `GET path` from source address `src`; returns the body.
 pub fn http_get_path(src: IpAddr, dst: SocketAddr, path: &str) -> Result<String, String> {
+    http_request(src, dst, path, IO_TIMEOUT)
+}
+
+/// `GET path` from `src` with a timeout for connecting and for reading.
+pub fn http_request(
+    src: IpAddr,
+    dst: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, String> {
     let domain = if dst.is_ipv4() {
         Domain::IPV4
     } else {
@@ -795,10 +821,10 @@ pub fn http_get_path(src: IpAddr, dst: SocketAddr, path: &str) -> Result<String,
     s.set_reuse_address(true).map_err(|e| e.to_string())?;
     s.bind(&SocketAddr::new(src, 0).into())
         .map_err(|e| format!("bind {src}: {e}"))?;
-    s.connect_timeout(&dst.into(), IO_TIMEOUT)
+    s.connect_timeout(&dst.into(), timeout)
         .map_err(|e| format!("connect {dst} from {src}: {e}"))?;
     let mut t: std::net::TcpStream = s.into();
-    t.set_read_timeout(Some(IO_TIMEOUT))
+    t.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     t.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: xlb\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -816,10 +842,15 @@ pub fn http_get_path(src: IpAddr, dst: SocketAddr, path: &str) -> Result<String,
 
 /// One datagram from `src`; returns the reply (the backend's name).
 pub fn udp_ask(src: IpAddr, dst: SocketAddr) -> Result<String, String> {
+    udp_request(src, dst, IO_TIMEOUT)
+}
+
+/// One datagram from `src`, waiting `timeout` for the reply.
+pub fn udp_request(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<String, String> {
     let s = std::net::UdpSocket::bind(SocketAddr::new(src, 0))
         .map_err(|e| format!("bind {src}: {e}"))?;
     s.connect(dst).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(IO_TIMEOUT))
+    s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     s.send(b"who").map_err(|e| e.to_string())?;
     let mut buf = [0u8; 256];

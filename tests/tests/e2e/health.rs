@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xlb_tests::lab::{HTTP_PORT, Lab, LabOptions, run};
+use xlb_tests::lab::{HTTP_PORT, Lab, LabOptions, UDP_PORT, run};
 
 use crate::daemon::backend_status;
 
@@ -32,6 +32,13 @@ fn answers(lab: &Lab, clients: &[IpAddr], vip: IpAddr) -> BTreeMap<IpAddr, Strin
         .collect()
 }
 
+fn udp_answers(lab: &Lab, clients: &[IpAddr], vip: IpAddr) -> BTreeMap<IpAddr, String> {
+    lab.round(clients, vip, true)
+        .into_iter()
+        .map(|(c, r)| (c, r.unwrap_or_else(|e| panic!("{c} → {vip}: {e}"))))
+        .collect()
+}
+
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !f() {
@@ -51,20 +58,23 @@ fn health_of(lab: &Lab, service: &str, addr: &str) -> String {
 #[test]
 fn failover_moves_only_the_dead_backends_clients_then_sticky_or_rebalance_failback() {
     let mut lab = Lab::new(LabOptions {
-        clients_v6: 1,
+        clients_v6: 150,
         ..LabOptions::default()
     });
     let sticky = Lab::vip4(2);
     let rebalance = Lab::vip4(3);
-    let services = format!(
-        "{}{}",
+    let dns6 = Lab::vip6(1);
+    let udp_health = format!(
+        "health = {{ kind = \"udp\", port = {UDP_PORT}, send = \"ping\", interval = \"200ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n"
+    );
+    let services = [
         lab.service_toml(
             "sticky",
             &sticky.to_string(),
             HTTP_PORT,
             "tcp",
             4,
-            &http_health("sticky", "10m")
+            &http_health("sticky", "10m"),
         ),
         lab.service_toml(
             "rebalance",
@@ -72,9 +82,11 @@ fn failover_moves_only_the_dead_backends_clients_then_sticky_or_rebalance_failba
             HTTP_PORT,
             "tcp",
             4,
-            &http_health("rebalance", "10m")
+            &http_health("rebalance", "10m"),
         ),
-    );
+        lab.service_toml("dns6", &dns6.to_string(), UDP_PORT, "udp", 6, &udp_health),
+    ]
+    .concat();
     lab.write_config(&services);
     lab.start_servers();
     lab.start_daemon();
@@ -84,6 +96,8 @@ fn failover_moves_only_the_dead_backends_clients_then_sticky_or_rebalance_failba
     let (old, fresh) = (old.to_vec(), fresh.to_vec());
     let before_s = answers(&lab, &old, sticky);
     let before_r = answers(&lab, &old, rebalance);
+    let clients6 = lab.clients6.clone();
+    let before_6 = udp_answers(&lab, &clients6, dns6);
     let victim = "be1";
     let victims_s: Vec<IpAddr> = before_s
         .iter()
@@ -104,23 +118,59 @@ fn failover_moves_only_the_dead_backends_clients_then_sticky_or_rebalance_failba
     let t0 = Instant::now();
     lab.stop_server(lab.backend_index(victim));
     let bound = INTERVAL * FALL + TIMEOUT + Duration::from_secs(1);
-    let took = wait_for("failover", Duration::from_secs(10), || {
-        lab.round(&victims_s, sticky, false)
-            .iter()
-            .all(|(_, r)| r.as_ref().is_ok_and(|b| b != victim))
-    });
-    println!(
-        "failover: all {} clients of {victim} served elsewhere {:.0} ms after its server died (bound {:.0} ms)",
-        victims_s.len(),
-        took.as_secs_f64() * 1e3,
-        bound.as_secs_f64() * 1e3
+    let victims_6: Vec<IpAddr> = before_6
+        .iter()
+        .filter(|(_, b)| *b == victim)
+        .map(|(c, _)| *c)
+        .collect();
+    // Poll with short request timeouts so a request still reaching the dead backend does
+    // not hold up the measurement.
+    let poll = Duration::from_millis(50);
+    let mut moved_at: BTreeMap<&str, Duration> = BTreeMap::new();
+    wait_for(
+        "failover of all three services",
+        Duration::from_secs(10),
+        || {
+            for (name, vip, victims, udp) in [
+                ("sticky (IPv4/TCP)", sticky, &victims_s, false),
+                ("rebalance (IPv4/TCP)", rebalance, &victims_r, false),
+                ("dns6 (IPv6/UDP)", dns6, &victims_6, true),
+            ] {
+                if moved_at.contains_key(name) {
+                    continue;
+                }
+                let all = lab
+                    .round_timeout(victims, vip, udp, poll)
+                    .iter()
+                    .all(|(_, r)| r.as_ref().is_ok_and(|b| b != victim));
+                if all {
+                    moved_at.insert(name, t0.elapsed());
+                }
+            }
+            moved_at.len() == 3
+        },
     );
-    assert!(
-        t0.elapsed() <= bound,
-        "failover took {:?}, bound {bound:?}",
-        t0.elapsed()
-    );
+    for (name, took) in &moved_at {
+        println!(
+            "failover {name}: every client of {victim} served elsewhere {:.0} ms after its server died (bound {:.0} ms)",
+            took.as_secs_f64() * 1e3,
+            bound.as_secs_f64() * 1e3
+        );
+        assert!(
+            *took <= bound,
+            "{name}: failover took {took:?}, bound {bound:?}"
+        );
+    }
     assert_eq!(health_of(&lab, "sticky", "10.100.0.12"), "unhealthy");
+    let during_6 = udp_answers(&lab, &clients6, dns6);
+    for (c, b) in &before_6 {
+        if b != victim {
+            assert_eq!(
+                &during_6[c], b,
+                "IPv6/UDP client {c} of a healthy backend moved"
+            );
+        }
+    }
 
     // Nobody else moved, in either service.
     let during_s = answers(&lab, &old, sticky);
