@@ -1,6 +1,7 @@
 //! Test support for xlb's root-only tiers: packet builders, the XDP harness and
 //! environment guards. Test functions panic with a message rather than return Result.
 
+pub mod bench;
 pub mod harness;
 pub mod lab;
 pub mod packet;
