@@ -490,3 +490,311 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind as ClapKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut v = vec!["xlb"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v)
+    }
+
+    /// Every bad command line fails before anything is sent, with clap's usage exit code
+    /// (2), and the message names the offending argument.
+    #[test]
+    fn bad_command_lines_name_the_argument() {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "Usage"),
+            (&["frobnicate"], "frobnicate"),
+            (&["run"], "--config"),
+            (&["check-config"], "<FILE>"),
+            (&["backend"], "Usage"),
+            (&["backend", "add", "web"], "<ADDRESS>"),
+            (&["backend", "add", "web", "10.0.0.300"], "10.0.0.300"),
+            (
+                &["backend", "add", "web", "10.0.0.1", "--weight", "heavy"],
+                "heavy",
+            ),
+            (
+                &["backend", "add", "web", "10.0.0.1", "--weight", "-1"],
+                "-1",
+            ),
+            (
+                &["backend", "remove", "web", "host.example"],
+                "host.example",
+            ),
+            (&["backend", "drain", "web"], "<ADDRESS>"),
+            (&["backend", "undrain"], "<SERVICE>"),
+            (&["backend", "pause", "web", "10.0.0.1"], "pause"),
+            (&["explain", "web"], "<CLIENT>"),
+            (&["explain", "web", "1.2.3"], "1.2.3"),
+            (&["explain", "web", "1.2.3.4", "--port", "70000"], "70000"),
+            (&["affinity", "list", "--limit", "many"], "many"),
+            (&["affinity", "purge"], "purge"),
+            (&["service", "add", "x", "--port", "80"], "--vip"),
+            (&["service", "add", "x", "--vip", "1.2.3.4"], "--port"),
+            (
+                &[
+                    "service",
+                    "add",
+                    "x",
+                    "--vip",
+                    "1.2.3.4",
+                    "--port",
+                    "80",
+                    "--protocol",
+                    "sctp",
+                ],
+                "sctp",
+            ),
+            (
+                &[
+                    "service",
+                    "add",
+                    "x",
+                    "--vip",
+                    "1.2.3.4",
+                    "--port",
+                    "80",
+                    "--affinity",
+                    "cookie",
+                ],
+                "cookie",
+            ),
+            (
+                &[
+                    "service",
+                    "add",
+                    "x",
+                    "--vip",
+                    "1.2.3.4",
+                    "--port",
+                    "80",
+                    "--idle-timeout",
+                    "10",
+                ],
+                "10",
+            ),
+            (
+                &[
+                    "service",
+                    "add",
+                    "x",
+                    "--vip",
+                    "1.2.3.4",
+                    "--port",
+                    "80",
+                    "--idle-timeout",
+                    "5x",
+                ],
+                "5x",
+            ),
+            (
+                &[
+                    "service",
+                    "add",
+                    "x",
+                    "--vip",
+                    "1.2.3.4",
+                    "--port",
+                    "80",
+                    "--prefix-v4",
+                    "300",
+                ],
+                "300",
+            ),
+            (
+                &[
+                    "service",
+                    "add",
+                    "x",
+                    "--vip",
+                    "1.2.3.4",
+                    "--port",
+                    "80",
+                    "--failback",
+                    "never",
+                ],
+                "never",
+            ),
+            (
+                &[
+                    "service",
+                    "add",
+                    "x",
+                    "--vip",
+                    "1.2.3.4",
+                    "--port",
+                    "80",
+                    "--backend",
+                    "10.0.0.1=w",
+                ],
+                "10.0.0.1=w",
+            ),
+            (
+                &[
+                    "service",
+                    "add",
+                    "x",
+                    "--vip",
+                    "1.2.3.4",
+                    "--port",
+                    "80",
+                    "--backend",
+                    "nope",
+                ],
+                "nope",
+            ),
+            (
+                &[
+                    "service",
+                    "add",
+                    "x",
+                    "--vip",
+                    "1.2.3.4",
+                    "--port",
+                    "80",
+                    "--health-expect",
+                    "99",
+                ],
+                "99",
+            ),
+            (
+                &[
+                    "service",
+                    "add",
+                    "x",
+                    "--vip",
+                    "1.2.3.4",
+                    "--port",
+                    "80",
+                    "--health-expect",
+                    "500-200",
+                ],
+                "500-200",
+            ),
+            (
+                &[
+                    "service", "add", "x", "--vip", "1.2.3.4", "--port", "80", "--health", "icmp",
+                ],
+                "icmp",
+            ),
+            (&["service", "remove"], "<NAME>"),
+            (
+                &["down", "--config", "a.toml", "--pin-dir", "/sys/fs/bpf/x"],
+                "--pin-dir",
+            ),
+            (&["status", "--verbose"], "--verbose"),
+        ];
+        for (args, needle) in cases {
+            let err = match parse(args) {
+                Ok(cli) => panic!("{args:?} parsed: {cli:?}"),
+                Err(e) => e,
+            };
+            assert_ne!(err.kind(), ClapKind::DisplayHelp, "{args:?}");
+            assert_eq!(err.exit_code(), 2, "{args:?}: exit code");
+            let msg = err.render().to_string();
+            assert!(
+                msg.contains(needle),
+                "{args:?}: message does not name {needle:?}:\n{msg}"
+            );
+        }
+        assert!(cases.len() >= 30);
+    }
+
+    #[test]
+    fn good_command_lines_parse() {
+        let cli = parse(&[
+            "--json",
+            "--socket",
+            "/tmp/x.sock",
+            "backend",
+            "add",
+            "web",
+            "::1",
+            "--weight",
+            "3",
+        ])
+        .expect("parses");
+        assert!(cli.json);
+        assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
+        match cli.command {
+            Command::Backend(BackendCmd::Add {
+                service,
+                address,
+                weight,
+            }) => {
+                assert_eq!(
+                    (service.as_str(), address, weight),
+                    ("web", "::1".parse().unwrap(), 3)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&[
+            "service",
+            "add",
+            "api",
+            "--vip",
+            "2001:db8::1",
+            "--port",
+            "0",
+            "--protocol",
+            "udp",
+            "--health",
+            "udp",
+            "--health-port",
+            "53",
+            "--health-send",
+            "ping",
+            "--backend",
+            "2001:db8::11=2",
+            "--backend",
+            "2001:db8::12",
+        ])
+        .expect("parses");
+        let Command::Service(ServiceCmd::Add(args)) = cli.command else {
+            panic!("not service add");
+        };
+        let svc = args.to_config();
+        assert_eq!(svc.spec.port, 0);
+        assert_eq!(svc.backends.len(), 2);
+        assert_eq!(svc.backends[0].weight, 2);
+        assert!(matches!(svc.health.kind, HealthKind::Udp { port: 53, .. }));
+        assert!(config::validate_service(&svc, &[]).is_ok());
+    }
+
+    #[test]
+    fn service_add_validation_names_flags() {
+        let cli = parse(&[
+            "service",
+            "add",
+            "x",
+            "--vip",
+            "10.0.0.1",
+            "--port",
+            "80",
+            "--table-size",
+            "1000",
+            "--backend",
+            "fd00::1",
+        ])
+        .expect("parses");
+        let Command::Service(ServiceCmd::Add(args)) = cli.command else {
+            panic!("not service add");
+        };
+        let errors = config::validate_service(&args.to_config(), &[]).expect_err("invalid");
+        let flags: Vec<String> = errors.iter().map(|e| flag_for_field(&e.field)).collect();
+        assert!(flags.iter().any(|f| f == "--table-size"), "{flags:?}");
+        assert!(
+            flags.iter().any(|f| f.starts_with("--backend")),
+            "{flags:?}"
+        );
+        assert_eq!(flag_for_field("health.timeout"), "--health-timeout");
+        assert_eq!(flag_for_field("prefix_v4"), "--prefix-v4");
+        assert_eq!(flag_for_field("backend[1].weight"), "--backend (#1)");
+    }
+}

@@ -291,3 +291,112 @@ pub fn diff(base: &[ServiceConfig], now: &Desired) -> RuntimeState {
         ops,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Protocol, ServiceSpec};
+
+    fn svc(name: &str, vip: &str, backends: &[&str]) -> ServiceConfig {
+        let mut s = ServiceConfig::new(ServiceSpec::new(
+            name,
+            vip.parse().unwrap(),
+            80,
+            Protocol::Tcp,
+        ));
+        s.backends = backends
+            .iter()
+            .map(|a| BackendSpec {
+                address: a.parse().unwrap(),
+                weight: 1,
+            })
+            .collect();
+        s
+    }
+
+    fn base() -> Vec<ServiceConfig> {
+        vec![
+            svc("a", "10.0.0.1", &["10.1.0.1", "10.1.0.2"]),
+            svc("b", "10.0.0.2", &["10.1.0.3"]),
+        ]
+    }
+
+    /// Whatever runtime changes are made, storing their difference and applying it to the
+    /// config gives back exactly what the daemon ran.
+    #[test]
+    fn diff_then_apply_round_trips() {
+        let base = base();
+        let (mut now, w) = apply(&base, &[]);
+        assert!(w.is_empty());
+        now.services[0].backends.push(BackendSpec {
+            address: "10.1.0.9".parse().unwrap(),
+            weight: 3,
+        });
+        now.services[0]
+            .backends
+            .retain(|b| b.address.to_string() != "10.1.0.1");
+        now.services.retain(|s| s.spec.name != "b");
+        now.services.push(svc("c", "10.0.0.3", &["10.1.0.4"]));
+        now.drained
+            .insert(("a".into(), "10.1.0.2".parse().unwrap()));
+        let state = diff(&base, &now);
+        let (again, w) = apply(&base, &state.ops);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(again, now);
+        // Nothing changed: nothing stored.
+        let (same, _) = apply(&base, &[]);
+        assert!(diff(&base, &same).ops.is_empty());
+    }
+
+    #[test]
+    fn ops_that_no_longer_fit_the_config_are_skipped_with_a_warning() {
+        let ops = vec![
+            Op::BackendRemove {
+                service: "a".into(),
+                address: "10.9.9.9".parse().unwrap(),
+            },
+            Op::Drain {
+                service: "zz".into(),
+                address: "10.1.0.1".parse().unwrap(),
+            },
+            Op::ServiceRemove {
+                name: "gone".into(),
+            },
+        ];
+        let (d, w) = apply(&base(), &ops);
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].contains("10.9.9.9") && w[1].contains("zz") && w[2].contains("gone"));
+        assert_eq!(d.services, base());
+    }
+
+    #[test]
+    fn save_is_atomic_and_load_reports_bad_files() {
+        let dir = std::env::temp_dir().join(format!("xlb-state-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("sub/state.json");
+        assert_eq!(
+            load(&path).unwrap(),
+            RuntimeState::default(),
+            "missing = empty"
+        );
+        let (mut now, _) = apply(&base(), &[]);
+        now.drained
+            .insert(("a".into(), "10.1.0.1".parse().unwrap()));
+        let state = diff(&base(), &now);
+        save(&path, &state).unwrap();
+        assert_eq!(load(&path).unwrap(), state);
+        // No temporary file is left next to it.
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+        fs::write(&path, "{ half").unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("state.json") && e.contains("not valid"), "{e}");
+        fs::write(&path, r#"{"format": 7, "ops": []}"#).unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("format 7"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
