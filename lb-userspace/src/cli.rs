@@ -331,11 +331,25 @@ pub fn main() -> ExitCode {
                 eprintln!("xlb: {e}");
                 ExitCode::from(2)
             } else {
-                eprintln!("xlb: {e:#}");
+                eprintln!("xlb: {}", render(&e));
                 ExitCode::from(1)
             }
         }
     }
+}
+
+/// An error with its causes, each cause only when its text is not already in the message
+/// (many errors quote their cause).
+pub fn render(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {

@@ -144,6 +144,26 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ..LoadOptions::default()
     };
     let found = pin::check(&d.pin_dir, &opts)?;
+    let mut running = false;
+    let result = serve_found(&cfg, opts, found, &mut running).await;
+    if result.is_err() && !running && found == pin::Found::Nothing {
+        // A fresh start that failed half-way leaves nothing behind (no maps without a
+        // program, no program without a daemon that configured it).
+        match pin::down(&cfg.daemon.pin_dir) {
+            Ok(_) => info!("start-up failed: removed the pinned state this start had created"),
+            Err(e) => warn!("start-up failed and cleaning up failed too: {e}"),
+        }
+    }
+    result
+}
+
+async fn serve_found(
+    cfg: &Config,
+    opts: LoadOptions,
+    found: pin::Found,
+    running: &mut bool,
+) -> anyhow::Result<()> {
+    let d = &cfg.daemon;
     let runtime = state::load(&d.state_file)?;
     let (desired, warnings) = state::apply(&cfg.services, &runtime.ops);
     for w in warnings {
@@ -223,7 +243,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             pinned: PinnedCounts::default(),
             rates: Rates::default(),
             _ebpf: ebpf,
-            cfg,
+            cfg: cfg.clone(),
         })
     });
     lock(&daemon).sync_health();
@@ -242,6 +262,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         resolver.clone(),
         resolve_now.clone(),
     ));
+    tokio::spawn(neighbour_events(daemon.clone(), resolve_now.clone()));
     let scan_now = Arc::new(Notify::new());
     tokio::spawn(pinned_scan_loop(daemon.clone(), pin_dir, scan_now.clone()));
     tokio::spawn(rates_loop(daemon.clone()));
@@ -271,6 +292,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    *running = true;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: stopping; the data plane keeps forwarding on its pinned state"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping; the data plane keeps forwarding on its pinned state"),
@@ -1162,6 +1184,32 @@ async fn neighbour_loop(daemon: Shared, resolver: Arc<Resolver>, now: Arc<Notify
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = now.notified() => {}
         }
+    }
+}
+
+/// Follows the kernel's neighbour changes (netlink RTNLGRP_NEIGH): a change for a
+/// backend's address wakes the resolution loop at once instead of at its next second.
+/// (Changes of a gateway in front of routed backends are picked up by that poll.)
+async fn neighbour_events(daemon: Shared, now: Arc<Notify>) {
+    use futures::StreamExt as _;
+    loop {
+        match crate::neigh::subscribe_neighbours() {
+            Ok(mut events) => {
+                while let Some(ev) = events.next().await {
+                    let ours = lock(&daemon)
+                        .lb
+                        .services()
+                        .any(|s| s.backend(ev.addr).is_some());
+                    if ours {
+                        log::debug!("neighbour event for backend {}: {:?}", ev.addr, ev.mac);
+                        now.notify_one();
+                    }
+                }
+                warn!("the neighbour event stream ended; subscribing again");
+            }
+            Err(e) => warn!("following neighbour changes: {e}; relying on the 1 s poll"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 

@@ -71,13 +71,13 @@ pub enum PinError {
     Load(#[source] Box<aya::EbpfError>),
     #[error("the verifier rejected the xlb program: {0}")]
     Verify(#[source] Box<aya::programs::ProgramError>),
-    #[error("attaching XDP to {ifname} in {mode} mode failed: {source}{hint}")]
+    #[error("attaching XDP to {ifname} in {mode} mode failed: {detail}{hint}")]
     Attach {
         ifname: String,
         mode: &'static str,
         hint: String,
-        #[source]
-        source: Box<aya::programs::ProgramError>,
+        /// The kernel's answer, with its causes (the hint must come last).
+        detail: String,
     },
     #[error("pinned link {path}: {source}")]
     Link {
@@ -96,6 +96,21 @@ pub enum PinError {
 type Result<T> = std::result::Result<T, PinError>;
 
 const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
 
 /// What a map must look like for this build of xlb.
 #[derive(Clone, Debug)]
@@ -179,7 +194,7 @@ pub fn link_path(pin_dir: &Path, ifname: &str) -> PathBuf {
 }
 
 /// What `pin_dir` holds.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Found {
     /// Nothing pinned: a fresh start.
     Nothing,
@@ -328,7 +343,7 @@ pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, ifname: &str, generic: bool) -> R
                 ifname: ifname.to_string(),
                 mode: mode_name,
                 hint: String::new(),
-                source: Box::new(source),
+                detail: chain(&source),
             })?;
         // Take the link out of the program's care so dropping the program (daemon exit)
         // does not detach it; the pin keeps it alive.
@@ -353,14 +368,14 @@ pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, ifname: &str, generic: bool) -> R
             ifname: ifname.to_string(),
             mode: mode_name,
             hint,
-            source: Box::new(source),
+            detail: chain(&source),
         }
     })?;
     let link = prog.take_link(id).map_err(|source| PinError::Attach {
         ifname: ifname.to_string(),
         mode: mode_name,
         hint: String::new(),
-        source: Box::new(source),
+        detail: chain(&source),
     })?;
     let fd_link = FdLink::try_from(link).map_err(|source| PinError::Link {
         path: path.clone(),

@@ -3,15 +3,22 @@
 //! - `xdp_pass`: the cost of running any XDP program at all.
 //! - `reflector`: parse Ethernet and IP, swap MACs, XDP_TX: a plain hairpin, the floor
 //!   any balancer that forwards with XDP_TX stands on (Katran's ≈130 ns is quoted over it).
+//!
+//! For `bench e2e` (packet rate through network namespaces):
+//! - `trafficgen`: the traffic generator, run with BPF_PROG_TEST_RUN in live-frames mode.
+//! - `mac_fwd`: the baseline forwarder: parse like `reflector`, rewrite both MACs,
+//!   redirect through a DEVMAP: the forwarding limit of the setup.
+//! - `count_sink`: counts every frame in a per-CPU counter and drops it.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_PASS, XDP_TX},
-    macros::xdp,
+    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+    macros::{map, xdp},
+    maps::{Array, DevMap, PerCpuArray},
     programs::XdpContext,
 };
-use lb_ebpf::{ETH_P_IP, ETH_P_IPV6, ptr_at};
+use lb_ebpf::{ETH_P_IP, ETH_P_IPV6, ptr_at, store_u32};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -41,6 +48,171 @@ pub fn reflector(ctx: XdpContext) -> u32 {
     }
     core::mem::swap(&mut eth.dst_addr, &mut eth.src_addr);
     XDP_TX
+}
+
+/// What `trafficgen` sends. Mirrored by `GenConfig` in tests/src/bench/e2e.rs (same
+/// layout, 120 bytes).
+#[repr(C, align(8))]
+pub struct GenConfig {
+    /// The whole frame (Ethernet to payload), checksums valid for client index 0.
+    pub frame: [u8; GEN_FRAME_MAX],
+    /// One's complement sums (unfolded) of what each checksum covers, with the checksum
+    /// field and the varying source word taken as zero.
+    pub ip_csum_partial: u32,
+    pub l4_csum_partial: u32,
+    /// Host-order value of the varying 32-bit source word for client index 0 (the IPv4
+    /// source address, or the last word of the IPv6 one).
+    pub src_base: u32,
+    /// Client index = per-CPU packet counter & `mask`.
+    pub mask: u32,
+    /// 0: IPv4, 1: IPv6.
+    pub v6: u32,
+    /// 0: TCP, 1: UDP.
+    pub udp: u32,
+    /// Which `GEN_COUNT` slot numbers the clients: each client pattern keeps its own
+    /// sequence, so runs of one pattern never replay sources of another's.
+    pub counter: u32,
+    pub _pad: [u32; 3],
+}
+
+const GEN_FRAME_MAX: usize = 80;
+const ETH_LEN: usize = 14;
+
+#[map(name = "GEN_CONFIG")]
+static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "GEN_COUNT")]
+static GEN_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(GEN_COUNTERS, 0);
+
+const GEN_COUNTERS: u32 = 4;
+
+/// Live-frames pages are recycled with whatever the receivers wrote into them (MACs,
+/// TTL, NATed addresses), so every frame is rewritten whole from the template: all of
+/// the Ethernet, IP and L4 headers and the payload, then the source address (a new
+/// client per frame from a per-CPU counter) and both checksums. XDP_TX in a live-frames
+/// test run transmits out of the run's ingress interface (`ctx_in.ingress_ifindex`).
+#[xdp]
+pub fn trafficgen(ctx: XdpContext) -> u32 {
+    let Some(cfg) = GEN_CONFIG.get(0) else {
+        return XDP_ABORTED;
+    };
+    let Some(count) = GEN_COUNT.get_ptr_mut(cfg.counter) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let n = unsafe {
+        let n = *count;
+        *count = n + 1;
+        n
+    };
+    let Some(head) = ptr_at::<[u8; 64]>(&ctx, 0) else {
+        return XDP_ABORTED;
+    };
+    let pkt = head as *mut u8;
+    // The template is 8-aligned (offset 0 of an align(8) value); packet data starts
+    // 8-aligned after the headroom. Plain word copies, no byte-wise memcpy.
+    let tmpl = cfg.frame.as_ptr() as *const u64;
+    // SAFETY: 64 bytes of packet were bounds-checked; the template has 80.
+    unsafe {
+        let out = pkt as *mut u64;
+        for i in 0..8 {
+            out.add(i).write(tmpl.add(i).read());
+        }
+    }
+    if let Some(tail) = ptr_at::<[u8; 16]>(&ctx, 64) {
+        // SAFETY: bytes 64..80 were bounds-checked.
+        unsafe {
+            let out = tail as *mut u64;
+            out.write(tmpl.add(8).read());
+            out.add(1).write(tmpl.add(9).read());
+        }
+    }
+
+    let src = cfg.src_base.wrapping_add(n as u32 & cfg.mask);
+    let words = (src >> 16) + (src & 0xffff);
+    let v6 = cfg.v6 != 0;
+    let udp = cfg.udp != 0;
+    // SAFETY (stores below): within the 64 bytes checked above, except the IPv6 TCP
+    // checksum (70..72), checked on its own.
+    if v6 {
+        // Source address: bytes 22..38; its last word is 34..38.
+        unsafe { store_u32(pkt, ETH_LEN + 20, src.to_be()) };
+    } else {
+        unsafe { store_u32(pkt, ETH_LEN + 12, src.to_be()) };
+        let c = fold(cfg.ip_csum_partial + words);
+        unsafe { (pkt.add(ETH_LEN + 10) as *mut u16).write(c.to_be()) };
+    }
+    let mut c = fold(cfg.l4_csum_partial + words);
+    if udp && c == 0 {
+        c = 0xffff;
+    }
+    let l4 = if v6 { ETH_LEN + 40 } else { ETH_LEN + 20 };
+    let at = l4 + if udp { 6 } else { 16 };
+    let Some(csum) = ptr_at::<u16>(&ctx, at) else {
+        return XDP_ABORTED;
+    };
+    unsafe { csum.write(c.to_be()) };
+    XDP_TX
+}
+
+/// Folds a one's complement sum and complements it.
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Destination and source MAC (12 bytes, as in the Ethernet header).
+#[map(name = "FWD_MACS")]
+static FWD_MACS: Array<[u32; 3]> = Array::with_max_entries(1, 0);
+
+#[map(name = "FWD_PORTS")]
+static FWD_PORTS: DevMap = DevMap::with_max_entries(1, 0);
+
+/// The baseline forwarder: the same checks as `reflector`, then both MACs rewritten
+/// and a redirect through a DEVMAP.
+#[xdp]
+pub fn mac_fwd(ctx: XdpContext) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
+        return XDP_PASS;
+    };
+    // SAFETY: ptr_at checked the bounds.
+    let ether_type = unsafe { (*eth).ether_type };
+    let ip_ok = if ether_type == ETH_P_IP {
+        ptr_at::<Ipv4Hdr>(&ctx, EthHdr::LEN).is_some_and(|ip| unsafe { (*ip).vihl >> 4 == 4 })
+    } else if ether_type == ETH_P_IPV6 {
+        ptr_at::<Ipv6Hdr>(&ctx, EthHdr::LEN).is_some_and(|ip| unsafe { (*ip).vcf[0] >> 4 == 6 })
+    } else {
+        false
+    };
+    if !ip_ok {
+        return XDP_PASS;
+    }
+    let Some(macs) = FWD_MACS.get(0) else {
+        return XDP_ABORTED;
+    };
+    let eth = eth as *mut u8;
+    // SAFETY: 12 bytes of the 14-byte Ethernet header checked above.
+    unsafe {
+        store_u32(eth, 0, macs[0]);
+        store_u32(eth, 4, macs[1]);
+        store_u32(eth, 8, macs[2]);
+    }
+    FWD_PORTS.redirect(0, 0).unwrap_or(XDP_DROP)
+}
+
+#[map(name = "SINK_COUNT")]
+static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The receiver: counts every frame (per CPU) and drops it.
+#[xdp]
+pub fn count_sink(_ctx: XdpContext) -> u32 {
+    if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+    XDP_DROP
 }
 
 #[cfg(not(test))]

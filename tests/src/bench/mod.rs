@@ -2,6 +2,8 @@
 //! xlb against a baseline in the same run, prints a table and writes
 //! target/bench/<part>.json.
 
+pub mod control;
+pub mod maglev;
 pub mod micro;
 
 use std::path::PathBuf;

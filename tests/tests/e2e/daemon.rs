@@ -354,3 +354,97 @@ fn socket_is_private_and_down_removes_program_and_state() {
     let out = lab.xlb(&["down", "--config", &cfg]);
     assert!(out.contains("nothing pinned"), "{out}");
 }
+
+#[test]
+fn start_up_errors_are_clear_and_leave_nothing_behind() {
+    use std::process::Command;
+    use xlb_tests::lab::{Netns, xlb_bin};
+    xlb_tests::require_root();
+    let ns = Netns::new(format!("xlbst{}", std::process::id() % 100_000));
+    let dir = std::env::temp_dir().join(format!("xlb-startup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pin_dir = format!("/sys/fs/bpf/xlb-startup-{}", std::process::id());
+    let write = |mode: &str, extra: &str| {
+        let cfg = dir.join("xlb.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[daemon]\ninterfaces = [\"lo\"]\nxdp_mode = \"{mode}\"\npin_dir = \"{pin_dir}\"\nsocket = \"{}\"\nmetrics = \"\"\nstate_file = \"{}\"\naffinity_capacity = 4096\n{extra}",
+                dir.join("xlb.sock").display(),
+                dir.join("state.json").display()
+            ),
+        )
+        .expect("write config");
+        cfg
+    };
+    let run = |cfg: &std::path::Path| -> (i32, String) {
+        let out = ns
+            .cmd(xlb_bin())
+            .args(["run", "--config"])
+            .arg(cfg)
+            .output()
+            .expect("xlb run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // lo has no native XDP: the error says so and names the setting; nothing is left.
+    let (code, err) = run(&write("native", ""));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("native") && err.contains("xdp_mode = \"generic\""),
+        "{err}"
+    );
+    assert!(
+        !std::path::Path::new(&pin_dir).join("maps").exists(),
+        "maps left behind: {err}"
+    );
+
+    // A config error: exit 2, file:line: key, nothing created.
+    let cfg = write(
+        "native",
+        "[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\nprotocol = \"tcp\"\nprefix_v4 = 33\n",
+    );
+    let (code, err) = run(&cfg);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("xlb.toml:14") && err.contains("prefix_v4"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(&pin_dir).exists());
+    let out = Command::new(xlb_bin())
+        .args(["check-config"])
+        .arg(&cfg)
+        .output()
+        .expect("check-config");
+    assert_eq!(out.status.code(), Some(2));
+
+    // Generic mode works on the same interface.
+    let cfg = write("generic", "");
+    let mut child = ns
+        .cmd(xlb_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("xlb run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !dir.join("xlb.sock").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "generic mode did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let out = Command::new(xlb_bin())
+        .args(["down", "--pin-dir", &pin_dir])
+        .output()
+        .expect("down");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 9 pinned maps"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
