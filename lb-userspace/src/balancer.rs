@@ -302,11 +302,13 @@ impl Balancer {
             .ok_or(BalancerError::NoServiceId)
     }
 
-    fn free_backend_ids(&self, n: usize) -> Result<Vec<u32>> {
+    /// `n` backend ids used by no service and not in `taken` (ids still in the maps).
+    fn free_backend_ids(&self, n: usize, taken: &[(u32, Backend)]) -> Result<Vec<u32>> {
         let used: std::collections::HashSet<u32> = self
             .services
             .values()
             .flat_map(|s| s.backends.iter().map(|b| b.id))
+            .chain(taken.iter().map(|(id, _)| *id))
             .collect();
         let ids: Vec<u32> = (0..MAX_BACKENDS)
             .filter(|id| !used.contains(id))
@@ -438,7 +440,7 @@ impl Balancer {
             if missing == 0 {
                 continue;
             }
-            let ids = lb.free_backend_ids_excluding(missing, &old_backends)?;
+            let ids = lb.free_backend_ids(missing, &old_backends)?;
             let mut ids = ids.into_iter();
             for i in 0..lb.services[name].backends.len() {
                 if lb.services[name].backends[i].id == u32::MAX {
@@ -490,24 +492,6 @@ impl Balancer {
         Ok((lb, report))
     }
 
-    /// Like `free_backend_ids`, also avoiding ids still present in the maps.
-    fn free_backend_ids_excluding(&self, n: usize, taken: &[(u32, Backend)]) -> Result<Vec<u32>> {
-        let used: std::collections::HashSet<u32> = self
-            .services
-            .values()
-            .flat_map(|s| s.backends.iter().map(|b| b.id))
-            .chain(taken.iter().map(|(id, _)| *id))
-            .collect();
-        let ids: Vec<u32> = (0..MAX_BACKENDS)
-            .filter(|id| !used.contains(id))
-            .take(n)
-            .collect();
-        if ids.len() < n {
-            return Err(BalancerError::NoBackendId);
-        }
-        Ok(ids)
-    }
-
     /// Adds a service with its backends. Backends start healthy (health checks, when
     /// configured, take them out) and take traffic as soon as their link is known.
     pub fn add_service(
@@ -534,7 +518,7 @@ impl Balancer {
         }
         let id = self.free_service_id()?;
         let table_offset = self.free_table_offset(spec.table_size)?;
-        let ids = self.free_backend_ids(backends.len())?;
+        let ids = self.free_backend_ids(backends.len(), &[])?;
         let mut states = Vec::with_capacity(backends.len());
         for ((b, link), id) in backends.iter().zip(ids) {
             if states
@@ -608,7 +592,7 @@ impl Balancer {
         spec: BackendSpec,
         link: Option<Link>,
     ) -> Result<()> {
-        let id = self.free_backend_ids(1)?[0];
+        let id = self.free_backend_ids(1, &[])?[0];
         let generation = self.generation();
         self.dp.reset_backend_stats(id)?;
         let svc = self.service_mut(service)?;

@@ -69,28 +69,16 @@ impl XlbHarness {
 
 /// One BPF_PROG_TEST_RUN of `prog` on `input`.
 pub fn run_once(prog: &Xdp, input: &[u8], ingress_ifindex: u32) -> RunResult {
-    let mut out = vec![0u8; input.len() + 256];
-    let ctx = xdp_md(input.len(), ingress_ifindex);
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat: 1,
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e:#?}"));
-    out.truncate(r.data_size_out as usize);
-    RunResult {
-        action: r.return_value,
-        output: out,
-        duration_ns: r.duration.as_nanos(),
-    }
+    test_run(prog, input, ingress_ifindex, 1)
 }
 
 /// Runs `prog` `repeat` times on `input` in one call; returns ns per run as the kernel
-/// measured it (the call's average).
+/// measured it (the call's average). Later runs see the buffer the earlier ones rewrote.
 pub fn run_repeat(prog: &Xdp, input: &[u8], ingress_ifindex: u32, repeat: u32) -> f64 {
+    test_run(prog, input, ingress_ifindex, repeat).duration_ns as f64
+}
+
+fn test_run(prog: &Xdp, input: &[u8], ingress_ifindex: u32, repeat: u32) -> RunResult {
     let mut out = vec![0u8; input.len() + 256];
     let ctx = xdp_md(input.len(), ingress_ifindex);
     let r = prog
@@ -102,7 +90,12 @@ pub fn run_repeat(prog: &Xdp, input: &[u8], ingress_ifindex: u32, repeat: u32) -
             ..Default::default()
         })
         .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e:#?}"));
-    r.duration.as_nanos() as f64
+    out.truncate(r.data_size_out as usize);
+    RunResult {
+        action: r.return_value,
+        output: out,
+        duration_ns: r.duration.as_nanos(),
+    }
 }
 
 /// XDP verdicts (`enum xdp_action` of the kernel UAPI).

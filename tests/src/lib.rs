@@ -34,20 +34,7 @@ pub fn enter_private_netns() {
 
 /// Runs a shell command, panicking with its output if it fails.
 pub fn sh(cmd: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .unwrap_or_else(|e| panic!("spawning `{cmd}`: {e}"));
-    if !out.status.success() {
-        panic!(
-            "`{cmd}` failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    lab::run(Command::new("sh").arg("-c").arg(cmd))
 }
 
 /// Interface index of `name` in the calling thread's network namespace.
