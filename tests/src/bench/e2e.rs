@@ -28,7 +28,7 @@ use std::{
     collections::BTreeMap,
     io::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -47,10 +47,13 @@ use super::{Samples, pin_to_cpu};
 use crate::{
     harness::{XlbHarness, run_once},
     ifindex,
-    lab::{Netns, enter, run},
+    lab::{self, Netns, enter},
 };
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
+/// Diagnostic client counts for the hit path, and rounds of that diagnostic.
+const DIAG_CLIENTS: [u32; 2] = [256, 4096];
+const DIAG_ROUNDS: usize = 3;
 /// Wall time of one measured run (one BPF_PROG_TEST_RUN call).
 const SAMPLE: Duration = Duration::from_millis(350);
 /// Packets of the warm-up run before each sample (pins / conntrack entries, rate guess).
@@ -230,7 +233,11 @@ impl Combo {
     }
 
     fn proto(self) -> Protocol {
-        if self.udp { Protocol::Udp } else { Protocol::Tcp }
+        if self.udp {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        }
     }
 }
 
@@ -306,7 +313,11 @@ impl Template {
         let src_base = u32::from_be_bytes(f[var..var + 4].try_into().expect("4 bytes"));
         let mut z = f.clone();
         z[var..var + 4].fill(0);
-        let ip_partial = if combo.v6 { 0 } else { fold16(sum16(&z[14..34])) };
+        let ip_partial = if combo.v6 {
+            0
+        } else {
+            fold16(sum16(&z[14..34]))
+        };
         let l4_len = (len - l4) as u32;
         let pseudo = if combo.v6 {
             sum16(&z[22..54]) + l4_len + proto as u32
@@ -427,9 +438,9 @@ struct Bench {
     gen_if: u32,
     lb_in: u32,
     cpu: usize,
-    gen: Netns,
+    gns: Netns,
     lb: Netns,
-    sink: Netns,
+    _sink: Netns,
 }
 
 /// One measured run.
@@ -454,10 +465,10 @@ impl Bench {
     fn new(combo: Combo, tag: &str, cpu: usize) -> Self {
         let id = format!("xe{}{tag}", std::process::id() % 0xffff);
         // Created one by one so that a panic part-way still deletes the earlier ones.
-        let gen = Netns::new(format!("{id}-gen"));
+        let gns = Netns::new(format!("{id}-gen"));
         let lb = Netns::new(format!("{id}-lb"));
         let sink = Netns::new(format!("{id}-sink"));
-        gen.ip(&format!(
+        gns.ip(&format!(
             "link add gen0 address {} type veth peer name lb0 address {} netns {}",
             mac_str(GEN_MAC),
             mac_str(LB_IN_MAC),
@@ -469,13 +480,17 @@ impl Bench {
             mac_str(SINK_MAC),
             sink.name
         ));
-        for (ns, ifs) in [(&gen, &["gen0"][..]), (&lb, &["lb0", "lb1"]), (&sink, &["sink0"])] {
+        for (ns, ifs) in [
+            (&gns, &["gen0"][..]),
+            (&lb, &["lb0", "lb1"]),
+            (&sink, &["sink0"]),
+        ] {
             for i in ifs {
                 ns.ip(&format!("link set {i} up"));
             }
         }
         // Quiet ends: no IPv6 chatter counted at the sink.
-        for ns in [&gen, &sink] {
+        for ns in [&gns, &sink] {
             ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
         }
         // The balancer host as a router, for the kernel variants: static neighbours (no
@@ -499,7 +514,7 @@ impl Bench {
         lb.ip("route add 10.98.0.0/24 via 10.99.0.2 dev lb1");
         lb.ip("-6 route add fd00:98::/64 via fd00:99::2 dev lb1");
 
-        let gen_if = gen.run(|| ifindex("gen0"));
+        let gen_if = gns.run(|| ifindex("gen0"));
         let (lb_in, lb_out) = lb.run(|| (ifindex("lb0"), ifindex("lb1")));
 
         let mut bench = EbpfLoader::new()
@@ -537,10 +552,9 @@ impl Bench {
                 .expect("count_sink")
                 .try_into()
                 .expect("XDP");
-            let link = p
-                .attach_to_if_index(ifindex("sink0"), XdpMode::Driver)
+            // The link stays with the program (detached when `bench` drops).
+            p.attach_to_if_index(ifindex("sink0"), XdpMode::Driver)
                 .expect("attach count_sink");
-            p.take_link(link).map(std::mem::forget).expect("keep link");
         });
 
         let xlb = |capacity: u32| {
@@ -589,9 +603,9 @@ impl Bench {
             gen_if,
             lb_in,
             cpu,
-            gen,
+            gns,
             lb,
-            sink,
+            _sink: sink,
         }
     }
 
@@ -616,7 +630,7 @@ impl Bench {
     /// Puts `which` on lb0 (native XDP; the frames the generator sends into lb0 are only
     /// delivered when lb0 has an XDP program).
     fn set_lb_prog(&mut self, which: LbProg) {
-        if self.attached.map(|(p, _)| p) == Some(which) {
+        if self.attached.as_ref().map(|(p, _)| *p) == Some(which) {
             return;
         }
         if let Some((p, link)) = self.attached.take() {
@@ -632,7 +646,7 @@ impl Bench {
     }
 
     fn nft(&self, args: &[&str]) {
-        run(self.lb.cmd("nft").args(args));
+        lab::run(self.lb.cmd("nft").args(args));
     }
 
     fn nft_load(&self, ruleset: &str) {
@@ -674,14 +688,14 @@ impl Bench {
         match v {
             Variant::NftStateless => format!(
                 "table {fam} xlbbench {{\n\
-                 \tchain raw {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tnotrack\n\t}}\n\
-                 \tchain dnat {{\n\t\ttype filter hook prerouting priority dstnat; policy accept;\n\
+                 \tchain prerouting_raw {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tnotrack\n\t}}\n\
+                 \tchain prerouting_dnat {{\n\t\ttype filter hook prerouting priority dstnat; policy accept;\n\
                  \t\t{ip} daddr {vip} {ip} daddr set jhash {ip} saddr mod {BACKENDS} map {{ {map} }}\n\t}}\n\
                  }}\n"
             ),
             Variant::NftConntrack => format!(
                 "table {fam} xlbbench {{\n\
-                 \tchain dnat {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+                 \tchain prerouting_dnat {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\
                  \t\t{ip} daddr {vip} dnat to jhash {ip} saddr mod {BACKENDS} map {{ {map} }}\n\t}}\n\
                  }}\n"
             ),
@@ -692,7 +706,8 @@ impl Bench {
     /// Configures lb-ns for `v`: program on lb0, nftables, route to the VIP (only plain
     /// forwarding routes the VIP: a packet the NAT variants leave un-NATed is not
     /// delivered, so the sink counts only translated packets there).
-    fn configure(&mut self, v: Variant) {
+    /// `clients` overrides the pattern's client count (a power of two).
+    fn configure(&mut self, v: Variant, clients: Option<u32>) {
         self.set_lb_prog(v.lb_prog());
         let want_rules = matches!(v, Variant::NftStateless | Variant::NftConntrack).then_some(v);
         if self.ruleset != want_rules {
@@ -716,7 +731,10 @@ impl Bench {
                 .ip(&format!("{fam} route {op} {vip} via {via} dev lb1"));
             self.vip_route = want_route;
         }
-        let cfg = self.tmpl.config(v.pattern());
+        let mut cfg = self.tmpl.config(v.pattern());
+        if let Some(n) = clients {
+            cfg.mask = n - 1;
+        }
         self.gen_cfg.set(0, cfg, 0).expect("GEN_CONFIG");
     }
 
@@ -738,7 +756,7 @@ impl Bench {
 
     /// One live-frames run of `packets` frames from gen0; what reached the sink.
     fn generate(&self, v: Variant, packets: u32) -> Run {
-        enter(&self.gen.path());
+        enter(&self.gns.path());
         let frame = self.tmpl.frame.clone();
         let ctx = xdp_md(frame.len(), self.gen_if);
         let (before, before_cpu) = self.sink_total();
@@ -769,8 +787,8 @@ impl Bench {
 
     /// Warm-up (pins clients / creates conntrack entries, estimates the rate), then one
     /// run sized to last about `SAMPLE`.
-    fn measure(&mut self, v: Variant) -> Run {
-        self.configure(v);
+    fn measure(&mut self, v: Variant, clients: Option<u32>) -> Run {
+        self.configure(v, clients);
         let warm = self.generate(v, WARMUP);
         let rate = (warm.sent as f64 / warm.secs).max(1e5);
         let packets = (rate * SAMPLE.as_secs_f64()).clamp(WARMUP as f64, 50e6) as u32;
@@ -791,7 +809,10 @@ impl Bench {
                 let src_at = Template::src_word_offset(self.combo);
                 let src = u32::from_be_bytes(r.output[src_at..src_at + 4].try_into().expect("4"));
                 let idx = src.wrapping_sub(self.tmpl.src_base);
-                assert!(idx & !cfg.mask == 0, "client index {idx:#x} outside the mask");
+                assert!(
+                    idx & !cfg.mask == 0,
+                    "client index {idx:#x} outside the mask"
+                );
                 assert_eq!(
                     r.output,
                     self.tmpl.frame_for(idx),
@@ -814,16 +835,39 @@ struct ComboResult {
     on_cpu_min: f64,
     hit_ratio: Samples,
     miss_ratio: Samples,
-    profile: Vec<(Variant, Profile)>,
+    /// xlb hit rate with fewer clients (cache-resident affinity entries).
+    diag: Vec<(u32, Samples)>,
+    profile: Vec<Profile>,
 }
 
-/// Where the time of one packet goes, from BPF run-time statistics.
-#[derive(Clone, Copy, Debug, Default)]
+/// Where the time of one packet goes, from BPF run-time statistics. Each program's
+/// figure includes the statistics' own clock reads; the trivial sink shows about how
+/// much that is.
+#[derive(Clone, Copy, Debug)]
 struct Profile {
-    ns_total: f64,
+    variant: Variant,
+    clients: Option<u32>,
+    /// Per delivered packet during the profiled run (statistics on).
+    ns_total_stats: f64,
     ns_gen: f64,
     ns_lb: f64,
     ns_sink: f64,
+}
+
+impl Profile {
+    fn label(&self) -> String {
+        match self.clients {
+            None => self.variant.label().to_string(),
+            Some(c) => format!("   xlb, {c} clients pinned"),
+        }
+    }
+
+    fn key(&self) -> String {
+        match self.clients {
+            None => self.variant.key().to_string(),
+            Some(c) => format!("{}_{c}_clients", self.variant.key()),
+        }
+    }
 }
 
 fn prog_stats(p: &Xdp) -> (u64, u64) {
@@ -845,7 +889,7 @@ fn run_combo(combo: Combo, tag: &str, cpu: usize) -> ComboResult {
         // Interleaved, and the order rotated each round.
         for k in 0..Variant::ALL.len() {
             let v = Variant::ALL[(k + round) % Variant::ALL.len()];
-            let r = b.measure(v);
+            let r = b.measure(v, None);
             assert!(
                 r.delivered > r.sent / 2,
                 "{} {}: only {} of {} frames reached the sink",
@@ -868,47 +912,64 @@ fn run_combo(combo: Combo, tag: &str, cpu: usize) -> ComboResult {
         }
     }
 
+    // Diagnostic: the hit path with fewer clients, so that the affinity entries stay
+    // in the CPU caches (the steady state's 65,536 do not).
+    let mut diag = Vec::new();
+    for clients in DIAG_CLIENTS {
+        let mut xlb = Samples::default();
+        for _ in 0..DIAG_ROUNDS {
+            // Interleaved with baseline runs, as in the rounds (their figures are not kept).
+            let _ = b.measure(Variant::Baseline, None);
+            let r = b.measure(Variant::XlbHit, Some(clients));
+            assert_eq!(r.misses, 0, "the diagnostic's clients are pinned already");
+            xlb.0.push(r.mpps());
+        }
+        diag.push((clients, xlb));
+    }
+
     // Profile: BPF run-time statistics (enabled through a BPF_ENABLE_STATS fd, off
     // again when it closes; they add two clock reads per program run, so they are not
     // on during the measured rounds).
     let mut profile = Vec::new();
     {
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
-        for v in Variant::ALL {
-            b.configure(v);
+        let cases = Variant::ALL
+            .iter()
+            .map(|v| (*v, None))
+            .chain(DIAG_CLIENTS.iter().map(|c| (Variant::XlbHit, Some(*c))));
+        for (v, clients) in cases {
+            b.configure(v, clients);
             let _ = b.generate(v, WARMUP);
-            let g0 = prog_stats(b.gen_prog());
-            let lb_prog = v.lb_prog();
-            let l0 = prog_stats(b.xdp(lb_prog));
-            let s0 = prog_stats(
-                b.bench
-                    .program("count_sink")
-                    .expect("sink")
-                    .try_into()
-                    .expect("XDP"),
-            );
-            let r = b.generate(v, (SAMPLE.as_secs_f64() * 1e6) as u32);
-            let g1 = prog_stats(b.gen_prog());
-            let l1 = prog_stats(b.xdp(lb_prog));
-            let s1 = prog_stats(
-                b.bench
-                    .program("count_sink")
-                    .expect("sink")
-                    .try_into()
-                    .expect("XDP"),
-            );
-            let per = |a: (u64, u64), b: (u64, u64)| {
-                (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64
+            let sink = |b: &Bench| {
+                prog_stats(
+                    b.bench
+                        .program("count_sink")
+                        .expect("sink")
+                        .try_into()
+                        .expect("XDP"),
+                )
             };
-            profile.push((
-                v,
-                Profile {
-                    ns_total: r.secs * 1e9 / r.delivered.max(1) as f64,
-                    ns_gen: per(g0, g1),
-                    ns_lb: per(l0, l1),
-                    ns_sink: per(s0, s1),
-                },
-            ));
+            let lb_prog = v.lb_prog();
+            let (g0, l0, s0) = (
+                prog_stats(b.gen_prog()),
+                prog_stats(b.xdp(lb_prog)),
+                sink(&b),
+            );
+            let r = b.generate(v, (SAMPLE.as_secs_f64() * 1.5e6) as u32);
+            let (g1, l1, s1) = (
+                prog_stats(b.gen_prog()),
+                prog_stats(b.xdp(lb_prog)),
+                sink(&b),
+            );
+            let per = |a: (u64, u64), b: (u64, u64)| (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64;
+            profile.push(Profile {
+                variant: v,
+                clients,
+                ns_total_stats: r.secs * 1e9 / r.delivered.max(1) as f64,
+                ns_gen: per(g0, g1),
+                ns_lb: per(l0, l1),
+                ns_sink: per(s0, s1),
+            });
         }
     }
     ComboResult {
@@ -918,6 +979,7 @@ fn run_combo(combo: Combo, tag: &str, cpu: usize) -> ComboResult {
         on_cpu_min,
         hit_ratio,
         miss_ratio,
+        diag,
         profile,
     }
 }
@@ -997,21 +1059,53 @@ fn print_combo(r: &ComboResult) {
         r.miss_ratio.median(),
         r.on_cpu_min * 100.0
     );
-    println!("profile (BPF run-time stats, ns per packet; rest = veth, NAPI, page pool, stack):");
-    println!(
-        "{:<34} {:>7} {:>7} {:>7} {:>7} {:>7}",
-        "variant", "total", "gen", "lb0", "sink", "rest"
-    );
-    for (v, p) in &r.profile {
+    for (clients, x) in &r.diag {
         println!(
-            "{:<34} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1}",
-            v.label(),
-            p.ns_total,
+            "diagnostic: xlb hit with {clients} clients (pinned, cache-resident): {:.3} Mpps [{:.3} – {:.3}], {:.2}× baseline",
+            x.median(),
+            x.min(),
+            x.max(),
+            x.median() / r.samples["baseline"].median()
+        );
+    }
+    println!(
+        "where the time goes, ns per packet. ns/pkt and Δ: from the median rates above (no \
+         statistics); gen, lb0, sink: BPF run_time_ns/run_cnt in an extra run with statistics \
+         on, each including the statistics' own clock reads (≈ the trivial sink's figure); \
+         net = lb0 − sink."
+    );
+    println!(
+        "{:<34} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9}",
+        "variant", "ns/pkt", "Δ base", "gen", "lb0", "sink", "lb0 net", "stats on"
+    );
+    let base_ns = 1e3 / r.samples["baseline"].median();
+    for p in &r.profile {
+        let mpps = ns_per_packet_source(r, p);
+        let ns = 1e3 / mpps;
+        println!(
+            "{:<34} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>9.1}",
+            p.label(),
+            ns,
+            ns - base_ns,
             p.ns_gen,
             p.ns_lb,
             p.ns_sink,
-            p.ns_total - p.ns_gen - p.ns_lb - p.ns_sink
+            p.ns_lb - p.ns_sink,
+            p.ns_total_stats
         );
+    }
+}
+
+/// The median rate (no statistics) of the case a profile entry belongs to.
+fn ns_per_packet_source(r: &ComboResult, p: &Profile) -> f64 {
+    match p.clients {
+        None => r.samples[p.variant.key()].median(),
+        Some(c) => r
+            .diag
+            .iter()
+            .find(|(n, _)| *n == c)
+            .map(|(_, s)| s.median())
+            .expect("diagnostic"),
     }
 }
 
@@ -1049,10 +1143,7 @@ fn report(results: &[ComboResult], cpu: usize, elapsed: Duration) {
             goals.push(serde_json::json!({
                 "combo": r.combo.label(), "ratio": name, "value": got, "goal": want, "met": met,
             }));
-            json.insert(
-                format!("ratio_{a}_to_{b}{sfx}"),
-                serde_json::json!(got),
-            );
+            json.insert(format!("ratio_{a}_to_{b}{sfx}"), serde_json::json!(got));
         }
         json.insert(
             format!("xlb_hit_hits_per_packet{sfx}"),
@@ -1062,20 +1153,29 @@ fn report(results: &[ComboResult], cpu: usize, elapsed: Duration) {
             format!("xlb_miss_misses_per_packet{sfx}"),
             serde_json::json!(r.miss_ratio.median()),
         );
+        let base_ns = 1e3 / r.samples["baseline"].median();
         let prof: serde_json::Map<String, serde_json::Value> = r
             .profile
             .iter()
-            .map(|(v, p)| {
+            .map(|p| {
+                let ns = 1e3 / ns_per_packet_source(r, p);
                 (
-                    v.key().to_string(),
+                    p.key(),
                     serde_json::json!({
-                        "ns_per_packet": p.ns_total, "gen_ns": p.ns_gen, "lb0_prog_ns": p.ns_lb,
-                        "sink_ns": p.ns_sink,
-                        "rest_ns": p.ns_total - p.ns_gen - p.ns_lb - p.ns_sink,
+                        "ns_per_packet": ns, "ns_over_baseline": ns - base_ns,
+                        "gen_prog_ns": p.ns_gen, "lb0_prog_ns": p.ns_lb, "sink_prog_ns": p.ns_sink,
+                        "lb0_prog_net_ns": p.ns_lb - p.ns_sink,
+                        "ns_per_packet_stats_on": p.ns_total_stats,
                     }),
                 )
             })
             .collect();
+        for (clients, x) in &r.diag {
+            json.insert(
+                format!("diag_xlb_hit_{clients}_clients_mpps{sfx}"),
+                serde_json::json!(x.median()),
+            );
+        }
         json.insert(format!("profile{sfx}"), serde_json::Value::Object(prof));
     }
     json.insert("goals".into(), serde_json::json!(goals));
@@ -1097,7 +1197,8 @@ fn report(results: &[ComboResult], cpu: usize, elapsed: Duration) {
             "baseline: `mac_fwd`, the reflector's parse, both MACs rewritten, bpf_redirect_map through a DEVMAP to lb1",
             "nft: lb0 runs xdp_pass, lb-ns forwards (static neighbour for the sink, no rp_filter); stateless = notrack in raw prerouting + `ip daddr VIP ip daddr set jhash ip saddr mod 4 map {...}` at dstnat priority; conntrack = nat prerouting `ip daddr VIP dnat to jhash ip saddr mod 4 map {...}`; the VIP itself is unrouted there, so only translated packets reach the sink",
             "kernel_forward: same without nftables, a route for the VIP to the sink",
-            "profile: BPF_ENABLE_STATS run_time_ns/run_cnt deltas of each program over an extra run per variant (stats on only then)",
+            "profile: BPF_ENABLE_STATS run_time_ns/run_cnt deltas of each program over an extra run per variant (stats on only then); each figure includes the statistics' clock reads (about the trivial sink's figure)",
+            "diagnostic: xlb hit with 256 and 4096 of the pinned clients (affinity entries cache-resident), 3 rounds each, interleaved with baseline runs",
         ]),
     );
     super::write_json("e2e", &serde_json::Value::Object(json));

@@ -3,6 +3,7 @@
 //! target/bench/<part>.json.
 
 pub mod control;
+pub mod e2e;
 pub mod maglev;
 pub mod micro;
 

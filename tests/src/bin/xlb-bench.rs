@@ -3,7 +3,7 @@
 
 use xlb_tests::{bench, require_root};
 
-const PARTS: &str = "micro, maglev, control, all";
+const PARTS: &str = "micro, maglev, control, e2e, all";
 
 fn main() {
     let part = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -16,11 +16,9 @@ fn main() {
             bench::micro::run();
             bench::maglev::run();
             bench::control::run();
+            bench::e2e::run();
         }
-        "e2e" => {
-            eprintln!("xlb-bench: part {part:?} is not implemented yet (issue 6)");
-            std::process::exit(2);
-        }
+        "e2e" => bench::e2e::run(),
         other => {
             eprintln!("xlb-bench: unknown part {other:?}; parts: {PARTS}");
             std::process::exit(2);
