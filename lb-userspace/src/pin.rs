@@ -152,14 +152,13 @@ pub fn expected_layout(opts: &LoadOptions) -> Vec<MapLayout> {
             MAX_BACKENDS,
             0,
         ),
-        // BPF_F_NO_COMMON_LRU (2): see the map's definition in lb-ebpf.
         m(
             MAP_AFFINITY,
             MapType::LruHash,
             size_of::<AffinityKey>(),
             size_of::<AffinityValue>(),
             opts.affinity_capacity,
-            2,
+            0,
         ),
         m(MAP_STATS, MapType::PerCpuArray, 4, 8, Stat::COUNT, 0),
         m(

@@ -1091,3 +1091,54 @@ fn fixtures() {
 }
 
 const IPPROTO_TCP_U8: u8 = 6;
+
+/// Regression: with per-CPU LRU lists (BPF_F_NO_COMMON_LRU) a table fed from one CPU
+/// kept only capacity / CPUs clients, so pins were evicted long before the configured
+/// capacity. All traffic of this test runs on one CPU.
+#[test]
+fn affinity_capacity_holds_that_many_clients_from_one_cpu() {
+    require_root();
+    enter_private_netns();
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    let capacity = 4096u32;
+    let mut h = XlbHarness::load(&LoadOptions {
+        affinity_capacity: capacity,
+        maglev_slots: 1 << 16,
+    });
+    let mut s = ServiceSpec::new("web", v4("203.0.113.10"), 80, Protocol::Tcp);
+    s.table_size = 1021;
+    h.lb.add_service(s, &backends(&["192.0.2.11", "192.0.2.12"], LO))
+        .expect("service");
+    let clients = capacity - 256; // the other CPU's local free list may hold up to 128 nodes
+    let frame_of = |i: u32| {
+        tcp_frame(
+            IpAddr::from([10, 50, (i >> 8) as u8, i as u8]),
+            v4("203.0.113.10"),
+            1000,
+            80,
+        )
+    };
+    for i in 0..clients {
+        assert_eq!(h.run(&frame_of(i), LO).action, XdpAction::Tx as u32);
+    }
+    let id = h.lb.service("web").expect("web").id;
+    let before = h.lb.dp.service_stats(id).expect("stats");
+    for i in 0..clients {
+        assert_eq!(h.run(&frame_of(i), LO).action, XdpAction::Tx as u32);
+    }
+    let after = h.lb.dp.service_stats(id).expect("stats");
+    assert_eq!(
+        after.hits - before.hits,
+        clients as u64,
+        "{} of {clients} clients lost their pin in a table of {capacity}",
+        after.misses - before.misses
+    );
+}
