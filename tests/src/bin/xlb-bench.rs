@@ -5,20 +5,28 @@ use xlb_tests::{bench, require_root};
 
 const PARTS: &str = "micro, maglev, control, e2e, all";
 
+/// Runs a part on a thread of its own: parts move their thread into private network
+/// namespaces and pin it to a CPU, and the next part must start from neither.
+fn part(run: fn()) {
+    if let Err(e) = std::thread::spawn(run).join() {
+        std::panic::resume_unwind(e);
+    }
+}
+
 fn main() {
-    let part = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     require_root();
-    match part.as_str() {
-        "micro" => bench::micro::run(),
-        "maglev" => bench::maglev::run(),
-        "control" => bench::control::run(),
+    match which.as_str() {
+        "micro" => part(bench::micro::run),
+        "maglev" => part(bench::maglev::run),
+        "control" => part(bench::control::run),
+        "e2e" => part(bench::e2e::run),
         "all" => {
-            bench::micro::run();
-            bench::maglev::run();
-            bench::control::run();
-            bench::e2e::run();
+            part(bench::micro::run);
+            part(bench::maglev::run);
+            part(bench::control::run);
+            part(bench::e2e::run);
         }
-        "e2e" => bench::e2e::run(),
         other => {
             eprintln!("xlb-bench: unknown part {other:?}; parts: {PARTS}");
             std::process::exit(2);
