@@ -58,6 +58,16 @@ struct PinnedCounts {
     per_backend: HashMap<u32, u64>,
 }
 
+impl PinnedCounts {
+    fn backend(&self, id: u32) -> u64 {
+        self.per_backend.get(&id).copied().unwrap_or(0)
+    }
+
+    fn service(&self, id: u32) -> u64 {
+        self.per_service.get(&id).copied().unwrap_or(0)
+    }
+}
+
 /// Counter samples for rates.
 #[derive(Clone, Debug, Default)]
 struct Rates {
@@ -856,12 +866,7 @@ impl Daemon {
                                 None
                             },
                             table_share: s.table_share(b.id),
-                            pinned_clients: self
-                                .pinned
-                                .per_backend
-                                .get(&b.id)
-                                .copied()
-                                .unwrap_or(0),
+                            pinned_clients: self.pinned.backend(b.id),
                         }
                     })
                     .collect();
@@ -892,7 +897,7 @@ impl Daemon {
                         .map(|c| health_name(&c.health.kind))
                         .unwrap_or("none")
                         .into(),
-                    pinned_clients: self.pinned.per_service.get(&s.id).copied().unwrap_or(0),
+                    pinned_clients: self.pinned.service(s.id),
                     backends,
                 }
             })
@@ -1087,7 +1092,7 @@ impl Daemon {
                     repins: st.repins,
                     expiries: st.expiries,
                     no_backend: st.no_backend,
-                    pinned_clients: self.pinned.per_service.get(&s.id).copied().unwrap_or(0),
+                    pinned_clients: self.pinned.service(s.id),
                     backends: s
                         .backends
                         .iter()
@@ -1100,12 +1105,7 @@ impl Daemon {
                                 packets: bs.packets,
                                 bytes: bs.bytes,
                                 pins: bs.pins,
-                                pinned_clients: self
-                                    .pinned
-                                    .per_backend
-                                    .get(&b.id)
-                                    .copied()
-                                    .unwrap_or(0),
+                                pinned_clients: self.pinned.backend(b.id),
                                 table_share: s.table_share(b.id),
                                 healthy: b.healthy,
                                 draining: b.draining,

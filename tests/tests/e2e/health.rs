@@ -32,6 +32,26 @@ fn answers(lab: &Lab, clients: &[IpAddr], vip: IpAddr) -> BTreeMap<IpAddr, Strin
         .collect()
 }
 
+/// A lab with one HTTP-checked service `web` on VIP 1, running.
+fn web_lab(clients: usize, backends: usize) -> Lab {
+    let mut lab = Lab::new(LabOptions {
+        clients_v4: clients,
+        clients_v6: 1,
+        backends,
+    });
+    lab.write_config(&lab.service_toml(
+        "web",
+        &Lab::vip4(1).to_string(),
+        HTTP_PORT,
+        "tcp",
+        4,
+        &http_health("sticky", "10m"),
+    ));
+    lab.start_servers();
+    lab.start_daemon();
+    lab
+}
+
 fn udp_answers(lab: &Lab, clients: &[IpAddr], vip: IpAddr) -> BTreeMap<IpAddr, String> {
     lab.round(clients, vip, true)
         .into_iter()
@@ -281,21 +301,7 @@ fn drain_keeps_pinned_clients_takes_no_new_ones_and_pinned_count_falls() {
 
 #[test]
 fn hanging_backends_are_detected_by_timeout_without_slowing_the_others() {
-    let mut lab = Lab::new(LabOptions {
-        clients_v4: 30,
-        clients_v6: 1,
-        backends: 3,
-    });
-    lab.write_config(&lab.service_toml(
-        "web",
-        &Lab::vip4(1).to_string(),
-        HTTP_PORT,
-        "tcp",
-        4,
-        &http_health("sticky", "10m"),
-    ));
-    lab.start_servers();
-    lab.start_daemon();
+    let lab = web_lab(30, 3);
     // be1 accepts connections but never answers (its server is stopped: the kernel still
     // completes handshakes); be2 drops SYNs to its own address.
     lab.backends[1]
@@ -375,21 +381,7 @@ fn hanging_backends_are_detected_by_timeout_without_slowing_the_others() {
 
 #[test]
 fn all_backends_down_drops_and_counts_then_recovers_by_itself() {
-    let mut lab = Lab::new(LabOptions {
-        clients_v4: 20,
-        clients_v6: 1,
-        backends: 2,
-    });
-    lab.write_config(&lab.service_toml(
-        "web",
-        &Lab::vip4(1).to_string(),
-        HTTP_PORT,
-        "tcp",
-        4,
-        &http_health("sticky", "10m"),
-    ));
-    lab.start_servers();
-    lab.start_daemon();
+    let mut lab = web_lab(20, 2);
     let clients = lab.clients4.clone();
     answers(&lab, &clients, Lab::vip4(1));
     lab.stop_server(0);
