@@ -152,6 +152,10 @@ pub struct BackendStatus {
     pub table_share: f64,
     /// Live affinity entries pointing to it.
     pub pinned_clients: u64,
+    /// Health state changes seen by this daemon.
+    pub health_transitions: u64,
+    /// Duration of the last health check, when one ran.
+    pub last_check_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -867,6 +867,8 @@ impl Daemon {
                             },
                             table_share: s.table_share(b.id),
                             pinned_clients: self.pinned.backend(b.id),
+                            health_transitions: check.map_or(0, |c| c.transitions),
+                            last_check_ms: check.and_then(|c| c.last_latency).map(|l| l * 1e3),
                         }
                     })
                     .collect();

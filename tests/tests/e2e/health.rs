@@ -342,9 +342,17 @@ fn hanging_backends_are_detected_by_timeout_without_slowing_the_others() {
         },
     );
     for addr in ["10.100.0.12", "10.100.0.13"] {
-        let note = backend_status(&lab, "web", addr).expect("listed")["note"].to_string();
+        let st = backend_status(&lab, "web", addr).expect("listed");
+        let note = st["note"].to_string();
         assert!(note.contains("timeout"), "{addr}: reason {note}");
+        assert_eq!(st["health_transitions"], 1, "{addr}: {st}");
     }
+    let st = backend_status(&lab, "web", "10.100.0.11").expect("listed");
+    assert_eq!(st["health_transitions"], 0, "{st}");
+    assert!(
+        st["last_check_ms"].as_f64().expect("checked") < 50.0,
+        "{st}"
+    );
     // The healthy backend kept being checked on time and never flapped.
     let metrics = lab.lb.run(|| {
         xlb_tests::lab::http_get_path("127.0.0.1".parse().expect("ip"), lab.metrics, "/metrics")
