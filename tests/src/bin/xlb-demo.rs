@@ -179,6 +179,11 @@ fn main() {
     println!();
 
     step(6, "what an operator sees");
+    // Let the restarted daemon's health checks report once (they start as "unknown").
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while lab.xlb(&["status"]).contains("unknown") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     println!("$ xlb status");
     print!("{}", indent(&lab.xlb(&["status"])));
     println!("$ curl -s http://127.0.0.1:9310/metrics | grep web");
