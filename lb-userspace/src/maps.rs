@@ -60,10 +60,68 @@ fn per_cpu_zeros<T: aya::Pod + Default>(map: &'static str) -> Result<PerCpuValue
     Ok(PerCpuValues::try_from(vec![T::default(); n]).expect("one value per CPU"))
 }
 
+/// Slots written per BPF_MAP_UPDATE_BATCH call.
+const MAGLEV_BATCH: usize = 8192;
+
+/// BPF_MAP_UPDATE_BATCH on an array of u32 (kernel ≥ 5.6): one syscall for many slots
+/// instead of one per slot — a table change touches thousands (aya has no batch API).
+/// Each element is written whole, so a reader sees every slot either old or new.
+fn update_batch(fd: &std::os::fd::OwnedFd, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    /// The `batch` member of `union bpf_attr`.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    debug_assert_eq!(keys.len(), values.len());
+    let mut done = 0;
+    while done < keys.len() {
+        let mut attr = BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: (keys.len() - done) as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: attr points to valid key and value arrays of `count` elements that
+        // outlive the call; the size passed is the struct's.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The kernel reports how many it wrote; go on from there if it stopped early.
+        if attr.count == 0 {
+            return Err(std::io::Error::other("the kernel wrote no element"));
+        }
+        done += attr.count as usize;
+    }
+    Ok(())
+}
+
 /// Every map of the xlb program, typed.
 pub struct DataPlane {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub maglev: Array<MapData, u32>,
+    /// A second handle on the Maglev array for batched updates (aya has none).
+    maglev_fd: std::os::fd::OwnedFd,
     pub backends: Array<MapData, Backend>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub stats: PerCpuArray<MapData, u64>,
@@ -85,7 +143,25 @@ impl DataPlane {
     /// Takes the maps out of a loaded object (the programs stay in `ebpf`).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
         debug_assert_eq!(ALL_MAPS.len(), 9);
+        let maglev_fd = match ebpf.map(MAP_MAGLEV) {
+            Some(Map::Array(data)) => {
+                use std::os::fd::AsFd as _;
+                data.fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| MapsError::Op {
+                        op: "duplicate the fd of",
+                        map: MAP_MAGLEV,
+                        source: MapError::SyscallError(aya::sys::SyscallError {
+                            call: "dup",
+                            io_error: e,
+                        }),
+                    })?
+            }
+            _ => return Err(MapsError::Missing(MAP_MAGLEV)),
+        };
         Ok(Self {
+            maglev_fd,
             services: typed(ebpf, MAP_SERVICES)?,
             maglev: typed(ebpf, MAP_MAGLEV)?,
             backends: typed(ebpf, MAP_BACKENDS)?,
@@ -190,17 +266,23 @@ impl DataPlane {
                 index: end.min(u32::MAX as u64) as u32,
             });
         }
-        let mut written = 0;
-        for (i, id) in table.iter().enumerate() {
-            if old.is_some_and(|o| o.get(i) == Some(id)) {
-                continue;
-            }
-            self.maglev
-                .set(offset + i as u32, id, 0)
-                .map_err(op("update", MAP_MAGLEV))?;
-            written += 1;
+        let (keys, values): (Vec<u32>, Vec<u32>) = table
+            .iter()
+            .enumerate()
+            .filter(|(i, id)| old.is_none_or(|o| o.get(*i) != Some(*id)))
+            .map(|(i, id)| (offset + i as u32, *id))
+            .unzip();
+        for (k, v) in keys.chunks(MAGLEV_BATCH).zip(values.chunks(MAGLEV_BATCH)) {
+            update_batch(&self.maglev_fd, k, v).map_err(|io_error| MapsError::Op {
+                op: "batch update",
+                map: MAP_MAGLEV,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_batch",
+                    io_error,
+                }),
+            })?;
         }
-        Ok(written)
+        Ok(keys.len())
     }
 
     /// `len` slots from `offset`, as the data plane sees them.
