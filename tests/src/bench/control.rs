@@ -451,7 +451,7 @@ pub fn run() {
     println!(
         "apply: the daemon's map update alone (Balancer::set_draining / remove_backend / \
          add_backend on the real maps, same service and backends, in process, no CLI); it \
-         writes each changed Maglev slot with its own syscall"
+         writes the changed Maglev slots with BPF_MAP_UPDATE_BATCH"
     );
     println!(
         "visible: a thread polling the pinned maps every ~0.1 ms as the XDP program reads them \
