@@ -63,23 +63,87 @@ fn per_cpu_zeros<T: aya::Pod + Default>(map: &'static str) -> Result<PerCpuValue
 /// Slots written per BPF_MAP_UPDATE_BATCH call.
 const MAGLEV_BATCH: usize = 8192;
 
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: attr's pointers reference buffers of `count` elements that outlive the
+    // call; the size passed is the struct's.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// BPF_MAP_LOOKUP_BATCH of `len` u32 slots of an array from `offset` (kernel ≥ 5.6).
+/// The kernel continues after the key `in_batch` points to, so a range starting at
+/// `offset` passes `offset - 1` (or nothing for 0).
+fn lookup_batch(fd: &std::os::fd::OwnedFd, offset: u32, len: u32) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let mut values = vec![0u32; len as usize];
+    let mut keys = vec![0u32; len as usize];
+    let mut done = 0usize;
+    while done < len as usize {
+        let prev = offset + done as u32;
+        let prev_key: u32 = prev.wrapping_sub(1);
+        let mut out_batch = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: if prev == 0 {
+                0
+            } else {
+                &prev_key as *const u32 as u64
+            },
+            out_batch: &mut out_batch as *mut u32 as u64,
+            keys: keys[done..].as_mut_ptr() as u64,
+            values: values[done..].as_mut_ptr() as u64,
+            count: (len as usize - done).min(MAGLEV_BATCH) as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        match bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(()) => {}
+            // ENOENT: the end of the map was reached; `count` says how many came back.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        if attr.count == 0 {
+            return Err(std::io::Error::other("the kernel returned no element"));
+        }
+        done += attr.count as usize;
+    }
+    debug_assert!(
+        keys.iter()
+            .enumerate()
+            .all(|(i, k)| *k == offset + i as u32)
+    );
+    Ok(values)
+}
+
 /// BPF_MAP_UPDATE_BATCH on an array of u32 (kernel ≥ 5.6): one syscall for many slots
 /// instead of one per slot — a table change touches thousands (aya has no batch API).
 /// Each element is written whole, so a reader sees every slot either old or new.
 fn update_batch(fd: &std::os::fd::OwnedFd, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
-    /// The `batch` member of `union bpf_attr`.
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     debug_assert_eq!(keys.len(), values.len());
     let mut done = 0;
@@ -94,19 +158,7 @@ fn update_batch(fd: &std::os::fd::OwnedFd, keys: &[u32], values: &[u32]) -> std:
             elem_flags: 0,
             flags: 0,
         };
-        // SAFETY: attr points to valid key and value arrays of `count` elements that
-        // outlive the call; the size passed is the struct's.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr)?;
         // The kernel reports how many it wrote; go on from there if it stopped early.
         if attr.count == 0 {
             return Err(std::io::Error::other("the kernel wrote no element"));
@@ -285,11 +337,23 @@ impl DataPlane {
         Ok(keys.len())
     }
 
-    /// `len` slots from `offset`, as the data plane sees them.
+    /// `len` slots from `offset`, as the data plane sees them (batched reads: a restart
+    /// adopts every service's table this way).
     pub fn read_maglev(&self, offset: u32, len: u32) -> Result<Vec<u32>> {
-        (offset..offset + len)
-            .map(|i| self.maglev.get(&i, 0).map_err(op("lookup", MAP_MAGLEV)))
-            .collect()
+        if offset as u64 + len as u64 > self.maglev.len() as u64 {
+            return Err(MapsError::OutOfRange {
+                map: MAP_MAGLEV,
+                index: offset.saturating_add(len),
+            });
+        }
+        lookup_batch(&self.maglev_fd, offset, len).map_err(|io_error| MapsError::Op {
+            op: "batch lookup",
+            map: MAP_MAGLEV,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error,
+            }),
+        })
     }
 
     /// Every service entry (VIP markers excluded).

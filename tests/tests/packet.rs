@@ -1142,3 +1142,56 @@ fn affinity_capacity_holds_that_many_clients_from_one_cpu() {
         after.misses - before.misses
     );
 }
+
+/// The batched Maglev reads and writes (raw BPF_MAP_*_BATCH syscalls) agree with
+/// element-by-element access, at offset 0, in the middle and at the end of the array.
+#[test]
+fn batched_maglev_reads_and_writes_match_single_slot_access() {
+    require_root();
+    enter_private_netns();
+    let slots = 1 << 16;
+    let mut h = XlbHarness::load(&LoadOptions {
+        affinity_capacity: 1024,
+        maglev_slots: slots,
+    });
+    let table: Vec<u32> = (0..20_011u32)
+        .map(|i| i.wrapping_mul(2_654_435_761) % 4096)
+        .collect();
+    for offset in [0, 12_345, slots - table.len() as u32] {
+        let written = h.lb.dp.write_maglev(offset, &table, None).expect("write");
+        assert_eq!(written, table.len());
+        assert_eq!(
+            h.lb.dp
+                .read_maglev(offset, table.len() as u32)
+                .expect("read"),
+            table
+        );
+        for i in [0usize, 1, 8191, 8192, 8193, table.len() - 1] {
+            assert_eq!(
+                h.lb.dp.maglev_slot(offset + i as u32).expect("slot"),
+                table[i],
+                "slot {i} at {offset}"
+            );
+        }
+        // Only changed slots are written.
+        let mut changed = table.clone();
+        changed[7] ^= 1;
+        changed[9000] ^= 1;
+        assert_eq!(
+            h.lb.dp
+                .write_maglev(offset, &changed, Some(&table))
+                .expect("write"),
+            2
+        );
+        assert_eq!(
+            h.lb.dp
+                .read_maglev(offset, table.len() as u32)
+                .expect("read"),
+            changed
+        );
+    }
+    assert!(
+        h.lb.dp.read_maglev(slots - 10, 11).is_err(),
+        "a range past the end must fail"
+    );
+}
