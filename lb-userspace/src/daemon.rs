@@ -809,7 +809,7 @@ impl Daemon {
                 Ok(()) => match link {
                     Some(l) => info!(
                         "neighbour of backend {address} ({name}) resolved: {} via ifindex {}",
-                        fmt_mac(&l.mac),
+                        crate::neigh::format_mac(&l.mac),
                         l.ifindex
                     ),
                     None => warn!(
@@ -852,7 +852,7 @@ impl Daemon {
                             healthy: b.healthy,
                             draining: b.draining,
                             resolved: b.link.is_some(),
-                            mac: b.link.map(|l| fmt_mac(&l.mac)),
+                            mac: b.link.map(|l| crate::neigh::format_mac(&l.mac)),
                             interface: b
                                 .link
                                 .and_then(|l| self.interfaces.get(&l.ifindex).cloned())
@@ -1153,13 +1153,6 @@ fn health_name(k: &config::HealthKind) -> &'static str {
         config::HealthKind::Http { .. } => "http",
         config::HealthKind::Udp { .. } => "udp",
     }
-}
-
-pub fn fmt_mac(m: &[u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
 }
 
 /// Resolves every backend's neighbour: every second, and at once when asked (a change

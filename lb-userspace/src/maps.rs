@@ -406,12 +406,6 @@ impl DataPlane {
         }
     }
 
-    pub fn affinity_set(&mut self, key: &AffinityKey, value: &AffinityValue) -> Result<()> {
-        self.affinity
-            .insert(key, value, 0)
-            .map_err(op("insert", MAP_AFFINITY))
-    }
-
     /// Every entry, optionally of one service. Entries the data plane evicts or adds
     /// while we iterate may be missed or seen twice: this is a snapshot, not a lock.
     pub fn affinity_entries(

@@ -143,7 +143,6 @@ pub fn enter(path: &Path) {
 /// A child process killed on drop.
 pub struct Proc {
     pub child: Child,
-    pub what: String,
 }
 
 impl Proc {
@@ -175,7 +174,6 @@ pub struct BackendHost {
     pub addr4: Ipv4Addr,
     pub addr6: Ipv6Addr,
     pub server: Option<Proc>,
-    pub mac: [u8; 6],
 }
 
 /// Where the binaries are: `xlb` from lb-userspace (built by `cargo xtask test`), the test
@@ -235,7 +233,6 @@ pub struct Lab {
     pub clients4: Vec<IpAddr>,
     pub clients6: Vec<IpAddr>,
     pub daemon: Option<Proc>,
-    daemon_runs: u32,
     /// XDP_PASS on the switch side of the balancer's veth: a frame sent with XDP_TX into a
     /// veth is only delivered when the peer has an XDP program (DESIGN.md).
     _peer_xdp: Option<Ebpf>,
@@ -272,7 +269,6 @@ impl Lab {
             clients4: Vec::new(),
             clients6: Vec::new(),
             daemon: None,
-            daemon_runs: 0,
             _peer_xdp: None,
             sw,
             id,
@@ -351,7 +347,6 @@ impl Lab {
             addr4,
             addr6,
             server: None,
-            mac: [0; 6],
         });
         self.plug(HostRole::Backend(i));
         let b = &mut self.backends[i];
@@ -370,12 +365,6 @@ impl Lab {
         for v in 1..=VIPS_PER_FAMILY {
             b.ns.ip(&format!("addr add 10.200.0.{v}/32 dev lo"));
             b.ns.ip(&format!("addr add fd00:200::{v}/128 dev lo nodad"));
-        }
-        let out = b.ns.ip("-j link show eth0");
-        let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j json");
-        let mac = v[0]["address"].as_str().expect("mac");
-        for (j, part) in mac.split(':').enumerate() {
-            b.mac[j] = u8::from_str_radix(part, 16).expect("hex");
         }
     }
 
@@ -494,10 +483,7 @@ impl Lab {
                 .stderr(log)
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting the test server: {e}"));
-        b.server = Some(Proc {
-            child,
-            what: format!("test server {}", b.name),
-        });
+        b.server = Some(Proc { child });
         // Ready when it answers on its own address.
         let addr = SocketAddr::new(IpAddr::V4(self.backends[i].addr4), HTTP_PORT);
         let ns = &self.backends[i].ns;
@@ -520,7 +506,6 @@ impl Lab {
     /// Starts the daemon and waits until it answers `status` and every backend is resolved.
     pub fn start_daemon(&mut self) {
         assert!(self.daemon.is_none(), "daemon already running");
-        self.daemon_runs += 1;
         let log = fs::File::options()
             .create(true)
             .append(true)
@@ -536,10 +521,7 @@ impl Lab {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting xlb: {e}"));
-        self.daemon = Some(Proc {
-            child,
-            what: "xlb daemon".into(),
-        });
+        self.daemon = Some(Proc { child });
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(d) = &mut self.daemon
