@@ -1114,14 +1114,20 @@ mod tests {
             b.extend_from_slice(&[b'.'; 100]);
             b
         };
-        let content_length = |b: Vec<u8>| {
-            let mut r =
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).into_bytes();
-            r.extend_from_slice(&b);
-            r
-        };
-        let chunked = |b: Vec<u8>| {
-            let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        // The body as a response framed by Content-Length, chunks, or the close.
+        let frame = |framing: &str, b: Vec<u8>| {
+            let mut r = match framing {
+                "content-length" => {
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len())
+                }
+                "chunked" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+                _ => "HTTP/1.1 200 OK\r\n\r\n".into(),
+            }
+            .into_bytes();
+            if framing != "chunked" {
+                r.extend_from_slice(&b);
+                return r;
+            }
             for c in b.chunks(1000) {
                 r.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
                 r.extend_from_slice(c);
@@ -1130,20 +1136,10 @@ mod tests {
             r.extend_from_slice(b"0\r\n\r\n");
             r
         };
-        let close_delimited = |b: Vec<u8>| {
-            let mut r = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
-            r.extend_from_slice(&b);
-            r
-        };
-        let framings: [(&str, &dyn Fn(Vec<u8>) -> Vec<u8>); 3] = [
-            ("content-length", &content_length),
-            ("chunked", &chunked),
-            ("close", &close_delimited),
-        ];
-        for (framing, frame) in framings {
+        for framing in ["content-length", "chunked", "close"] {
             // The needle ends at byte 64 KiB: found. It starts at 64 KiB: not found.
             for (needle_at, found) in [(MAX_READ - 5, true), (MAX_READ, false), (200_000, false)] {
-                let resp: &'static [u8] = frame(body(needle_at)).leak();
+                let resp: &'static [u8] = frame(framing, body(needle_at)).leak();
                 let p = probe_http(resp, (200, 299), Some("READY")).await;
                 assert_eq!(p.ok, found, "{framing}, needle at {needle_at}: {p:?}");
                 if !found {
