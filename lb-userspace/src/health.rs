@@ -314,6 +314,8 @@ async fn http_probe(
         std::future::pending::<()>().await
     };
     tokio::select! {
+        // The exchange first: it queues the request before the connection polls.
+        biased;
         result = exchange => result,
         () = conn => unreachable!("pending forever"),
     }
@@ -334,45 +336,27 @@ async fn check_response(
             format!("status {status} not in {lo}-{hi}")
         });
     }
-    let Some(needle) = check.body else {
-        return Ok(());
-    };
-    let chunked = response
-        .headers()
-        .get(header::TRANSFER_ENCODING)
-        .is_some_and(|v| v.as_bytes().to_ascii_lowercase().ends_with(b"chunked"));
-    find_in_body(response.into_body(), needle.as_bytes(), deadline)
-        .await
-        .map_err(|e| match e {
-            BodyEnd::Missing => format!("body does not contain {needle:?}"),
-            BodyEnd::Timeout => "timeout (reading body)".into(),
-            BodyEnd::Failed(e) if is_malformed(&e) && chunked => {
-                "malformed HTTP response (bad chunk)".into()
-            }
-            BodyEnd::Failed(e) if is_malformed(&e) => "malformed HTTP response (bad body)".into(),
-            BodyEnd::Failed(e) => hyper_reason(&e),
-        })
-}
-
-/// Why a body search ended without a match.
-enum BodyEnd {
-    /// The body ended, or its first [`MAX_READ`] bytes were searched.
-    Missing,
-    Timeout,
-    Failed(hyper::Error),
+    match check.body {
+        Some(needle) => find_in_body(response.into_body(), needle, deadline).await,
+        None => Ok(()),
+    }
 }
 
 /// Searches the (de-chunked) body for `needle` as it arrives, over its first
 /// [`MAX_READ`] bytes; done as soon as the needle is seen, without waiting for the end.
-async fn find_in_body(mut body: Incoming, needle: &[u8], deadline: Instant) -> Result<(), BodyEnd> {
+async fn find_in_body(mut body: Incoming, needle: &str, deadline: Instant) -> Result<(), String> {
     let mut seen: Vec<u8> = Vec::new();
     while seen.len() < MAX_READ {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(BodyEnd::Timeout),
+            Err(_) => return Err("timeout (reading body)".into()),
             Ok(None) => break,
             // A body cut short by the backend closing is searched as far as it came.
             Ok(Some(Err(e))) if cut_short(&e) => break,
-            Ok(Some(Err(e))) => return Err(BodyEnd::Failed(e)),
+            // Only chunked bodies have framing inside them that can be malformed.
+            Ok(Some(Err(e))) if is_malformed(&e) => {
+                return Err("malformed HTTP response (bad chunk)".into());
+            }
+            Ok(Some(Err(e))) => return Err(hyper_reason(&e)),
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else {
@@ -382,11 +366,11 @@ async fn find_in_body(mut body: Incoming, needle: &[u8], deadline: Instant) -> R
         let from = seen.len().saturating_sub(needle.len().saturating_sub(1));
         let room = MAX_READ - seen.len();
         seen.extend_from_slice(&data[..data.len().min(room)]);
-        if contains(&seen[from..], needle) {
+        if contains(&seen[from..], needle.as_bytes()) {
             return Ok(());
         }
     }
-    Err(BodyEnd::Missing)
+    Err(format!("body does not contain {needle:?}"))
 }
 
 /// The connection closed before the body's end (as its framing defines it).
@@ -418,9 +402,13 @@ fn head_error(e: &hyper::Error, progress: &Progress) -> String {
         return "malformed HTTP response".into();
     }
     if e.is_canceled() {
-        // hyper drops a queued request when the backend talks first (or hangs up)
-        // before it was written.
-        return "connection closed before the request was sent".into();
+        // hyper drops a queued request when the backend talks first (an SSH or SMTP
+        // banner) or hangs up before the request was written.
+        return if progress.received.load(Ordering::Relaxed) > 0 {
+            "malformed HTTP response (data before the request)".into()
+        } else {
+            "connection closed before the request was sent".into()
+        };
     }
     if e.is_incomplete_message() {
         return if progress.received.load(Ordering::Relaxed) == 0 {
@@ -1199,6 +1187,24 @@ mod tests {
                 assert_eq!(p.reason, format!("body does not contain {needle:?}"));
             }
         }
+    }
+
+    /// A backend that speaks first (an SSH banner: the check points at the wrong port)
+    /// is not HTTP.
+    #[tokio::test]
+    async fn http_banner_before_the_request() {
+        let l = TcpListener::bind((LO, 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await;
+                held.push(s);
+            }
+        });
+        let p = probe(&http(port, (200, 399), None), LO, Duration::from_secs(1)).await;
+        assert!(!p.ok);
+        assert!(p.reason.starts_with("malformed HTTP response"), "{p:?}");
     }
 
     #[tokio::test]
