@@ -5,6 +5,7 @@ pub mod bench;
 pub mod harness;
 pub mod lab;
 pub mod packet;
+pub mod soak;
 
 use std::process::Command;
 
