@@ -1,4 +1,4 @@
-//! `cargo xtask` for the xlb workspace: `setup`, `build`, `lint`, `test`, `bench`, `demo`.
+//! `cargo xtask` for the xlb workspace: `setup`, `build`, `lint`, `test`, `soak`, `bench`, `demo`.
 //!
 //! This crate must compile on a fresh machine, so it depends on nothing in the workspace
 //! and on no eBPF tooling; everything else is driven through `cargo`, `rustup`, `apt-get`.
@@ -7,6 +7,7 @@ mod build;
 mod demo;
 mod lint;
 mod setup;
+mod soak;
 mod test;
 mod util;
 
@@ -32,8 +33,11 @@ enum Command {
     Build,
     /// cargo fmt --check and clippy -D warnings, the eBPF crate for its own target.
     Lint,
-    /// Run the test tiers: unit (no root), packet and e2e (root).
+    /// Run the test tiers: unit (no root), packet, e2e and a 30 s soak (root).
     Test(test::Args),
+    /// The long soak in the lab (root): 2,000 clients, a random operation every 100 ms,
+    /// SIGKILL + restart every 30 s, checked continuously.
+    Soak(soak::Args),
     /// Run the benchmarks (root).
     Bench(bench::Args),
     /// The narrated lab demo (root): builds what it needs, cleans up after itself.
@@ -47,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Build => build::run(),
         Command::Lint => lint::run(),
         Command::Test(args) => test::run(&args),
+        Command::Soak(args) => soak::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo => demo::run(),
     };

@@ -5,6 +5,8 @@
 //!    as a host test binary, which is why this does not use `--workspace`.
 //! 2. packet (root): `tests/tests/packet.rs`, BPF_PROG_TEST_RUN fixtures.
 //! 3. e2e (root): `tests/tests/e2e.rs`, network namespaces and the real daemon.
+//! 4. soak (root): `tests/tests/soak.rs`, 30 s of the lab soak with every operation (the
+//!    long one is `cargo xtask soak`), and its checks proven on made-up data.
 //!
 //! Root tiers run with `--test-threads=1` by default: they share bpffs and network state.
 use crate::util;
@@ -16,6 +18,7 @@ enum TierArg {
     Unit,
     Packet,
     E2e,
+    Soak,
     All,
 }
 
@@ -38,16 +41,18 @@ enum Tier {
     Unit,
     Packet,
     E2e,
+    Soak,
 }
 
 impl Tier {
-    const ALL: [Tier; 3] = [Tier::Unit, Tier::Packet, Tier::E2e];
+    const ALL: [Tier; 4] = [Tier::Unit, Tier::Packet, Tier::E2e, Tier::Soak];
 
     fn name(self) -> &'static str {
         match self {
             Tier::Unit => "unit",
             Tier::Packet => "packet",
             Tier::E2e => "e2e",
+            Tier::Soak => "soak",
         }
     }
 
@@ -56,6 +61,7 @@ impl Tier {
             Tier::Unit => 1,
             Tier::Packet => 2,
             Tier::E2e => 3,
+            Tier::Soak => 4,
         }
     }
 
@@ -65,6 +71,7 @@ impl Tier {
             Tier::Unit => None,
             Tier::Packet => Some("packet"),
             Tier::E2e => Some("e2e"),
+            Tier::Soak => Some("soak"),
         }
     }
 }
@@ -106,6 +113,7 @@ pub fn run(args: &Args) -> Result<()> {
         TierArg::Unit => vec![Tier::Unit],
         TierArg::Packet => vec![Tier::Packet],
         TierArg::E2e => vec![Tier::E2e],
+        TierArg::Soak => vec![Tier::Soak],
         TierArg::All => Tier::ALL.to_vec(),
     };
     let explicit = args.tier != TierArg::All;

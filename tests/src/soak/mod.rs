@@ -235,7 +235,8 @@ pub fn run(opts: &Options) -> Report {
     let daemon_log = lab.daemon_log();
     drop(lab);
     let samples = observer.samples.lock().expect("samples").clone();
-    report::render(&report::Inputs {
+    let saved = save(opts, t_start, &events, &daemon_log);
+    let mut report = report::render(&report::Inputs {
         opts,
         weight_cli,
         topo: &topo,
@@ -252,7 +253,38 @@ pub fn run(opts: &Options) -> Report {
         ),
         cpu: report::Cpu::now().since(&cpu0),
         daemon_log: &daemon_log,
-    })
+    });
+    report.text.push_str(&saved);
+    report
+}
+
+/// Keeps the event log and the daemon's log in /tmp/xlb-soak-SEED/ (the lab's own files go
+/// with it); returns a line saying where.
+fn save(opts: &Options, t_start: Ns, events: &[events::Event], daemon_log: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("xlb-soak-{}", opts.seed));
+    let mut text = String::new();
+    for e in events {
+        text.push_str(&format!(
+            "+{:.3}s +{:.3}s {} {}{}\n",
+            (e.start as f64 - t_start as f64) / 1e9,
+            (e.end as f64 - t_start as f64) / 1e9,
+            e.tick.map_or("-".to_string(), |t| format!("#{t}")),
+            e.text,
+            e.error
+                .as_ref()
+                .map_or(String::new(), |x| format!(" FAILED: {x}"))
+        ));
+    }
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join("events.txt"), text))
+        .and_then(|()| std::fs::write(dir.join("daemon.log"), daemon_log));
+    match written {
+        Ok(()) => format!(
+            "\nevents and the daemon's log: {}/{{events.txt,daemon.log}}\n",
+            dir.display()
+        ),
+        Err(e) => format!("\n(could not save the logs in {}: {e})\n", dir.display()),
+    }
 }
 
 fn driver_options(opts: &Options, weight_cli: bool) -> DriverOptions {

@@ -241,7 +241,11 @@ fn bad(prev: Option<&Seen>, cur: &Seen) -> Option<String> {
             cur.health
         ));
     }
-    if prev.life != cur.life && prev.health != cur.health && cur.health != "unknown" {
+    // Across a restart only a change between two known states counts: "unknown" is what
+    // a new daemon (or a new backend) shows before its first check.
+    let known = |h: &str| h == "healthy" || h == "unhealthy";
+    if prev.life != cur.life && prev.health != cur.health && known(&prev.health) && known(&cur.health)
+    {
         return Some(format!(
             "{} before the restart, {} after",
             prev.health, cur.health
