@@ -26,8 +26,10 @@ pub struct Inputs<'a> {
     pub daemon_log: &'a str,
 }
 
-/// How many violations are shown in detail.
+/// How many failed operations are shown in detail.
 const SHOWN: usize = 12;
+/// How many violations of each kind and suspect are shown in detail.
+const EXAMPLES: usize = 3;
 
 pub fn render(i: &Inputs) -> Report {
     let mut out = String::new();
@@ -84,8 +86,8 @@ pub fn render(i: &Inputs) -> Report {
     if !i.checker.kept.is_empty() {
         let _ = writeln!(
             out,
-            "  violations by the latest operation that could explain them (on the backend \
-             concerned, or on all of them; else on another backend of the service):"
+            "  violations by the operations that could explain them (started up to 0.5 s \
+             before, on the backend concerned or on all; else on others of its service):"
         );
         for (label, n) in attribution(i) {
             let _ = writeln!(out, "    {n:>7}  {label}");
@@ -209,16 +211,18 @@ fn mem_lines(out: &mut String, lives: &[mem::LifeSummary], bad: &[String]) {
 }
 
 fn violation_lines(out: &mut String, i: &Inputs, failed_ops: &[&Event], mem_bad: &[String]) {
-    let _ = writeln!(out, "\nVIOLATIONS (the first {SHOWN} of each kind):");
-    let mut shown: std::collections::HashMap<std::mem::Discriminant<Violation>, usize> =
-        std::collections::HashMap::new();
+    let _ = writeln!(
+        out,
+        "\nVIOLATIONS ({EXAMPLES} examples of each kind and suspect, in the order found):"
+    );
+    let mut shown: BTreeMap<String, usize> = BTreeMap::new();
     for v in &i.checker.kept {
-        let n = shown.entry(std::mem::discriminant(v)).or_default();
+        let n = shown.entry(group(i, v)).or_default();
         *n += 1;
-        if *n > SHOWN {
+        if *n > EXAMPLES {
             continue;
         }
-        let _ = writeln!(out, "- {}", describe(i, v));
+        let _ = writeln!(out, "- [{}] {}", group(i, v), describe(i, v));
         let (from, to) = v.span();
         for line in around(i, from, to, &v.backends()) {
             let _ = writeln!(out, "      {line}");
@@ -294,47 +298,35 @@ fn describe(i: &Inputs, v: &Violation) -> String {
     }
 }
 
-/// Per violation kind and operation: how many violations it is the latest candidate for.
+/// Per violation kind and suspect operation: how many violations.
 fn attribution(i: &Inputs) -> Vec<(String, u64)> {
     let mut n: BTreeMap<String, u64> = BTreeMap::new();
     for v in &i.checker.kept {
-        let kind = match v {
-            Violation::Unexcused { .. } => "unexcused change",
-            Violation::Late { .. } => "late packet",
-            Violation::CrossService { .. } => "cross-service packet",
-        };
-        let (from, to) = v.span();
-        let why = match suspect(i, from, to, v.backends()[0]) {
-            Some((e, true)) => label(&e.what).to_string(),
-            Some((e, false)) => format!("{} (of another backend)", label(&e.what)),
-            None => "no operation within 1 s".into(),
-        };
-        *n.entry(format!("{kind} after: {why}")).or_default() += 1;
+        *n.entry(group(i, v)).or_default() += 1;
     }
     let mut v: Vec<(String, u64)> = n.into_iter().collect();
     v.sort_by(|a, b| b.1.cmp(&a.1));
     v
 }
 
-/// The latest operation started before `to` and not ended more than 1 s before `from`:
-/// preferably one on backend `b` or on all backends (`true`), else one on another backend
-/// of its service (`false`).
-fn suspect<'a>(i: &Inputs<'a>, from: Ns, to: Ns, b: usize) -> Option<(&'a Event, bool)> {
-    let window = |e: &&Event| e.start <= to && e.end + 1_000_000_000 >= from;
-    let mine = |e: &&Event| match &e.what {
-        What::Add(x)
-        | What::Remove(x)
-        | What::Drain(x)
-        | What::Undrain(x)
-        | What::Weight(x, _)
-        | What::ServerStop(x)
-        | What::ServerStart(x)
-        | What::NeighDel(x) => *x == b,
-        What::NeighFlush | What::Kill | What::Restart | What::DaemonDied => true,
-        What::Health(..) => false,
+/// "KIND after: SUSPECTS" — the violation's kind and the operations that could explain it
+/// (see [`suspects`]).
+fn group(i: &Inputs, v: &Violation) -> String {
+    let kind = match v {
+        Violation::Unexcused { .. } => "unexcused change",
+        Violation::Late { .. } => "late packet",
+        Violation::CrossService { .. } => "cross-service packet",
     };
+    let (from, to) = v.span();
+    format!("{kind} after: {}", suspects(i, from, to, v.backends()[0]))
+}
+
+/// The kinds of operation started in [from − 0.5 s, to] on backend `b` or on every
+/// backend (neighbour flush, kill, restart); if none, those on other backends of its
+/// service; "nothing" if none at all.
+fn suspects(i: &Inputs, from: Ns, to: Ns, b: usize) -> String {
     let svc = i.topo.backend_service[b];
-    let same_service = |e: &&Event| match &e.what {
+    let target = |w: &What| match w {
         What::Add(x)
         | What::Remove(x)
         | What::Drain(x)
@@ -342,15 +334,33 @@ fn suspect<'a>(i: &Inputs<'a>, from: Ns, to: Ns, b: usize) -> Option<(&'a Event,
         | What::Weight(x, _)
         | What::ServerStop(x)
         | What::ServerStart(x)
-        | What::NeighDel(x) => i.topo.backend_service[*x] == svc,
-        _ => false,
+        | What::NeighDel(x) => Some(*x),
+        _ => None,
     };
-    let ops = || i.events.iter().filter(window);
-    ops()
-        .filter(mine)
-        .max_by_key(|e| e.start)
-        .map(|e| (e, true))
-        .or_else(|| ops().filter(same_service).max_by_key(|e| e.start).map(|e| (e, false)))
+    let in_window: Vec<&Event> = i
+        .events
+        .iter()
+        .filter(|e| e.start <= to && e.start + 500_000_000 >= from)
+        .filter(|e| !matches!(e.what, What::Health(..)))
+        .collect();
+    let kinds = |pick: &dyn Fn(&What) -> bool| {
+        let set: std::collections::BTreeSet<&str> = in_window
+            .iter()
+            .filter(|e| pick(&e.what))
+            .map(|e| label(&e.what))
+            .collect();
+        set.into_iter().collect::<Vec<_>>().join(" + ")
+    };
+    let mine = kinds(&|w| target(w).is_none_or(|x| x == b));
+    if !mine.is_empty() {
+        return mine;
+    }
+    let others = kinds(&|w| target(w).is_some_and(|x| i.topo.backend_service[x] == svc));
+    if others.is_empty() {
+        "nothing within 0.5 s".into()
+    } else {
+        format!("{others} (of other backends)")
+    }
 }
 
 fn label(w: &What) -> &'static str {
