@@ -40,7 +40,11 @@ fn soak_every_operation() {
     println!("soak seed {} ({})", opts.seed, soak::replay_command(&opts));
     let report = soak::run(&opts);
     println!("{}", report.text);
-    assert!(!report.failed, "the soak found violations:\n{}", report.text);
+    assert!(
+        !report.failed,
+        "the soak found violations:\n{}",
+        report.text
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -106,7 +110,10 @@ fn check(events: &[Event], answers: &[Obs]) -> Checker {
 
 #[test]
 fn a_change_nothing_explains_is_a_violation() {
-    let c = check(&[], &[obs(0, 0, 100, 0), obs(0, 1, 200, 0), obs(0, 2, 300, 1)]);
+    let c = check(
+        &[],
+        &[obs(0, 0, 100, 0), obs(0, 1, 200, 0), obs(0, 2, 300, 1)],
+    );
     assert_eq!(c.counts.unexcused, 1);
     assert_eq!(
         c.kept,
@@ -172,7 +179,11 @@ fn a_packet_at_a_removed_backend_after_20_ms_is_late() {
     let allowed = LATE_NS / MS;
     let c = check(
         &events,
-        &[obs(0, 1, 105, 0), obs(0, 2, 110 + allowed - 1, 0), obs(0, 3, 110 + allowed + 1, 0)],
+        &[
+            obs(0, 1, 105, 0),
+            obs(0, 2, 110 + allowed - 1, 0),
+            obs(0, 3, 110 + allowed + 1, 0),
+        ],
     );
     assert_eq!(c.counts.late, 1, "{:?}", c.counts);
     assert!(matches!(c.kept[0], Violation::Late { seq: 3, .. }));
@@ -205,7 +216,10 @@ fn a_packet_at_another_services_backend_or_vip_is_cross_service() {
 #[test]
 fn answers_are_checked_per_client_in_sequence_order_whatever_their_arrival() {
     // Arrival order 2, 0, 1: still no change.
-    let c = check(&[], &[obs(0, 2, 300, 1), obs(0, 0, 100, 1), obs(0, 1, 200, 1)]);
+    let c = check(
+        &[],
+        &[obs(0, 2, 300, 1), obs(0, 0, 100, 1), obs(0, 1, 200, 1)],
+    );
     assert_eq!((c.counts.answers, c.counts.unexcused), (3, 0));
     // An answer whose batch has passed is a straggler, not a change.
     let mut k = Checker::new(topo());
@@ -288,7 +302,11 @@ fn a_seed_replays_the_same_numbers_forever() {
     let v: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
     assert_eq!(
         v,
-        [6457827717110365317, 3203168211198807973, 9817491932198370423]
+        [
+            6457827717110365317,
+            3203168211198807973,
+            9817491932198370423
+        ]
     );
     let (mut a, mut b) = (Rng::fork(42, 1), Rng::fork(42, 1));
     assert_eq!(a.below(1000), b.below(1000));
@@ -306,7 +324,10 @@ fn operation_lists_and_durations_parse_or_say_why_not() {
     assert!(e.contains("reboot") && e.contains("neigh"), "{e}");
     assert!(OpKind::parse_list("").is_err());
     assert_eq!(soak::parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-    assert_eq!(soak::parse_duration("100ms"), Ok(Duration::from_millis(100)));
+    assert_eq!(
+        soak::parse_duration("100ms"),
+        Ok(Duration::from_millis(100))
+    );
     assert!(soak::parse_duration("5 minutes").is_err());
     assert!(soak::parse_duration("").is_err());
     assert_eq!(soak::format_duration(Duration::from_secs(300)), "5m");

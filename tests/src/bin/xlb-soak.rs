@@ -53,7 +53,11 @@ fn main() {
         interval: a.interval,
         ..Options::default()
     };
-    println!("xlb soak, seed {} (replay: {})", opts.seed, soak::replay_command(&opts));
+    println!(
+        "xlb soak, seed {} (replay: {})",
+        opts.seed,
+        soak::replay_command(&opts)
+    );
     let report = soak::run(&opts);
     println!("{}", report.text);
     std::process::exit(i32::from(report.failed));

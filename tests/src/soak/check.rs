@@ -180,10 +180,8 @@ impl Checker {
 
     /// Checks every pending answer sent before `watermark` (all of them with `Ns::MAX`).
     pub fn process(&mut self, watermark: Ns, timeline: &Timeline) {
-        let (mut ready, rest): (Vec<Obs>, Vec<Obs>) = self
-            .pending
-            .drain(..)
-            .partition(|o| o.send_ns < watermark);
+        let (mut ready, rest): (Vec<Obs>, Vec<Obs>) =
+            self.pending.drain(..).partition(|o| o.send_ns < watermark);
         self.pending = rest;
         ready.sort_unstable_by_key(|o| (o.client, o.seq));
         for o in ready {
@@ -196,8 +194,7 @@ impl Checker {
         let Some(&service) = self.topo.client_service.get(o.client as usize) else {
             return;
         };
-        if self.topo.backend_service[o.backend] != service || o.dst != self.topo.vips[service]
-        {
+        if self.topo.backend_service[o.backend] != service || o.dst != self.topo.vips[service] {
             self.counts.cross_service += 1;
             self.keep(Violation::CrossService {
                 client: o.client,

@@ -12,13 +12,13 @@ use std::{
     collections::BTreeMap,
     fs,
     process::{Command, Stdio},
-    sync::{Arc, atomic::Ordering},
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
+use super::Shared;
 use super::check::Topology;
-use super::events::{BackendIx, Event, Log, OpKind, What};
-use super::observe::{DaemonId, Observer};
+use super::events::{BackendIx, Event, OpKind, What};
 use super::rng::Rng;
 use super::wire::now_ns;
 use crate::lab::{Lab, Proc, xlb_bin};
@@ -60,9 +60,7 @@ pub struct Driver<'a> {
     pub model: Model,
     rng: Rng,
     opts: DriverOptions,
-    log: Log,
-    daemon: Arc<DaemonId>,
-    observer: Arc<Observer>,
+    shared: Shared,
     starts_due: BTreeMap<u64, Vec<BackendIx>>,
     /// How long each restart took until the daemon answered with every backend resolved.
     pub restarts: Vec<Duration>,
@@ -70,16 +68,13 @@ pub struct Driver<'a> {
 }
 
 impl<'a> Driver<'a> {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         lab: &'a mut Lab,
         topo: &'a Topology,
         model: Model,
         seed: u64,
         opts: DriverOptions,
-        log: Log,
-        daemon: Arc<DaemonId>,
-        observer: Arc<Observer>,
+        shared: Shared,
     ) -> Self {
         Self {
             lab,
@@ -87,9 +82,7 @@ impl<'a> Driver<'a> {
             model,
             rng: Rng::fork(seed, 1),
             opts,
-            log,
-            daemon,
-            observer,
+            shared,
             starts_due: BTreeMap::new(),
             restarts: Vec::new(),
             ops_done: BTreeMap::new(),
@@ -196,12 +189,10 @@ impl<'a> Driver<'a> {
         let start = now_ns();
         let r = self.lab.try_xlb(&args);
         let end = now_ns();
-        let text = format!(
-            "xlb {} ({})",
-            args.join(" "),
-            self.topo.backend_names[b]
-        );
-        let error = r.err().map(|(code, e)| format!("exit {code}: {}", e.trim()));
+        let text = format!("xlb {} ({})", args.join(" "), self.topo.backend_names[b]);
+        let error = r
+            .err()
+            .map(|(code, e)| format!("exit {code}: {}", e.trim()));
         if error.is_none() {
             let m = &mut self.model;
             match what {
@@ -265,11 +256,17 @@ impl<'a> Driver<'a> {
             Err(e) => format!(" ({e})"),
         };
         let (what, text) = if all {
-            (What::NeighFlush, format!("ip neigh flush dev eth0 on the balancer{note}"))
+            (
+                What::NeighFlush,
+                format!("ip neigh flush dev eth0 on the balancer{note}"),
+            )
         } else {
             (
                 What::NeighDel(b),
-                format!("ip neigh del {} on the balancer{note}", self.topo.backend(b)),
+                format!(
+                    "ip neigh del {} on the balancer{note}",
+                    self.topo.backend(b)
+                ),
             )
         };
         self.record(Some(tick), start, end, what, text, None);
@@ -278,12 +275,19 @@ impl<'a> Driver<'a> {
     fn kill_and_restart(&mut self, tick: u64) {
         // A last look at health, so a change just before the kill is not lost with the
         // daemon's counters.
-        self.observer.poll();
+        self.shared.observer.poll();
         let start = now_ns();
-        self.daemon.pid.store(0, Ordering::SeqCst);
+        self.shared.daemon.pid.store(0, Ordering::SeqCst);
         self.lab.kill_daemon();
         let end = now_ns();
-        self.record(Some(tick), start, end, What::Kill, "SIGKILL xlb run".into(), None);
+        self.record(
+            Some(tick),
+            start,
+            end,
+            What::Kill,
+            "SIGKILL xlb run".into(),
+            None,
+        );
         self.restart(Some(tick), "xlb run (restart)");
     }
 
@@ -297,8 +301,8 @@ impl<'a> Driver<'a> {
             self.restarts.push(began.elapsed());
         }
         if let Some(pid) = self.lab.daemon.as_ref().map(|d| d.child.id()) {
-            self.daemon.life.fetch_add(1, Ordering::SeqCst);
-            self.daemon.pid.store(pid, Ordering::SeqCst);
+            self.shared.daemon.life.fetch_add(1, Ordering::SeqCst);
+            self.shared.daemon.pid.store(pid, Ordering::SeqCst);
         }
         self.record(tick, start, end, What::Restart, text.into(), r.err());
     }
@@ -309,7 +313,7 @@ impl<'a> Driver<'a> {
         if !died {
             return;
         }
-        self.daemon.pid.store(0, Ordering::SeqCst);
+        self.shared.daemon.pid.store(0, Ordering::SeqCst);
         self.lab.daemon.take();
         let t = now_ns();
         let tail: String = tail(&self.lab.daemon_log(), 15);
@@ -337,7 +341,7 @@ impl<'a> Driver<'a> {
         let e = self.ops_done.entry(kind).or_default();
         e.0 += 1;
         e.1 += u64::from(error.is_some());
-        self.log.lock().expect("event log").push(Event {
+        self.shared.log.lock().expect("event log").push(Event {
             tick,
             start,
             end,

@@ -120,7 +120,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let one = match &rest[..unit] {
             "ms" => Duration::from_millis(1),
             "s" => Duration::from_secs(1),
@@ -139,7 +141,7 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1e3;
     if ms < 1000.0 {
         format!("{}ms", (ms * 10.0).round() / 10.0)
-    } else if d.as_secs() >= 60 && d.as_secs() % 60 == 0 && d.subsec_nanos() == 0 {
+    } else if d.as_secs() >= 60 && d.as_secs().is_multiple_of(60) && d.subsec_nanos() == 0 {
         format!("{}m", d.as_secs() / 60)
     } else {
         format!("{}s", (d.as_secs_f64() * 100.0).round() / 100.0)
@@ -153,121 +155,180 @@ pub fn run(opts: &Options) -> Report {
     let (mut lab, topo, model) = build_lab(opts);
     // clap answers `--help` of a subcommand it knows without asking the daemon.
     let weight_cli = lab.try_xlb(&["backend", "weight", "--help"]).is_ok();
-    let log: Log = Arc::new(Mutex::new(Vec::new()));
-    let daemon = Arc::new(DaemonId::default());
     let ctl = Ctl {
         lb_netns: lab.lb.path(),
         socket: lab.socket.clone(),
         xlb: xlb_bin(),
     };
-    let observer = Arc::new(Observer::new(
-        ctl.clone(),
-        daemon.clone(),
-        log.clone(),
-        topo.backend_addrs.clone(),
-        topo.backend_names.clone(),
-    ));
+    let shared = Shared::new(ctl.clone(), &topo);
     let members = model.member.clone();
     let client_netns = lab.client.path();
     let t_start = wire::now_ns();
-    let mut drv = Driver::new(
-        &mut lab,
-        &topo,
-        model,
-        opts.seed,
-        driver_options(opts, weight_cli),
-        log.clone(),
-        daemon.clone(),
-        observer.clone(),
-    );
+    let drv_opts = driver_options(opts, weight_cli);
+    let mut drv = Driver::new(&mut lab, &topo, model, opts.seed, drv_opts, shared.clone());
     drv.restart(None, "xlb run (first start)");
-    if let Some(e) = log.lock().expect("log").iter().find_map(|e| e.error.clone()) {
-        return Report {
-            text: format!("the daemon did not start: {e}"),
-            failed: true,
-        };
+    let started = shared
+        .log
+        .lock()
+        .expect("log")
+        .iter()
+        .find_map(|e| e.error.clone());
+    if let Some(text) = started.or_else(|| wait_all_healthy(&ctl, &topo, &members).err()) {
+        return Report { text, failed: true };
     }
-    if let Err(e) = wait_all_healthy(&ctl, &topo, &members) {
-        return Report {
-            text: e,
-            failed: true,
-        };
-    }
-
-    let checker = Arc::new(Mutex::new(Checker::new(topo.clone())));
-    let sink = Arc::new(Mutex::new(Vec::<Obs>::new()));
-    let names = topo.backend_names.clone();
-    let traffic = Traffic::start(
-        &client_netns,
-        clients(opts, &topo),
-        opts.interval,
-        sink.clone(),
-        move |n| names.iter().position(|x| x == n),
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let watchers = Watchers {
-        stop: stop.clone(),
-        observer: observer.clone(),
-        checker: checker.clone(),
-        sink: sink.clone(),
-        log: log.clone(),
-        members: members.clone(),
+    let ctx = Context {
+        opts,
+        topo: &topo,
+        members: &members,
         t_start,
-        traffic: traffic.counts.clone(),
-    }
-    .spawn();
-    // Warm-up: every client is pinned before the first operation.
-    std::thread::sleep(Duration::from_secs(2));
-    drv.run(Instant::now(), opts.duration);
-    let restarts = std::mem::take(&mut drv.restarts);
-    let ops_done = std::mem::take(&mut drv.ops_done);
+        shared: &shared,
+    };
+    let out = ctx.soak(&mut drv, &client_netns);
     drop(drv);
-    let counts = traffic.counts.clone();
-    traffic.stop(Duration::from_secs(1));
-    stop.store(true, Ordering::SeqCst);
-    for t in watchers {
-        let _ = t.join();
-    }
-    let events = log.lock().expect("log").clone();
-    let mut checker = checker.lock().expect("checker");
-    checker.feed(std::mem::take(&mut *sink.lock().expect("sink")));
-    checker.process(Ns::MAX, &Timeline::build(&events, &members, t_start));
     let daemon_log = lab.daemon_log();
     drop(lab);
-    let samples = observer.samples.lock().expect("samples").clone();
-    let saved = save(opts, t_start, &events, &daemon_log);
+    let samples = shared.observer.samples.lock().expect("samples").clone();
     let mut report = report::render(&report::Inputs {
         opts,
         weight_cli,
         topo: &topo,
         t_start,
-        events: &events,
-        checker: &checker,
-        traffic: &counts,
+        events: &out.events,
+        checker: &out.checker,
+        traffic: &out.traffic,
         samples: &samples,
-        restarts: &restarts,
-        ops_done: &ops_done,
+        restarts: &out.restarts,
+        ops_done: &out.ops_done,
         polls: (
-            observer.polls.load(Ordering::Relaxed),
-            observer.failed_polls.load(Ordering::Relaxed),
+            shared.observer.polls.load(Ordering::Relaxed),
+            shared.observer.failed_polls.load(Ordering::Relaxed),
         ),
         cpu: report::Cpu::now().since(&cpu0),
         daemon_log: &daemon_log,
     });
-    report.text.push_str(&saved);
+    report
+        .text
+        .push_str(&save(opts, t_start, &out.events, &daemon_log, &samples));
     report
 }
 
-/// Keeps the event log and the daemon's log in /tmp/xlb-soak-SEED/ (the lab's own files go
-/// with it); returns a line saying where.
-fn save(opts: &Options, t_start: Ns, events: &[events::Event], daemon_log: &str) -> String {
+/// What the driver, the observer and the checker share.
+#[derive(Clone)]
+pub struct Shared {
+    pub log: Log,
+    pub daemon: Arc<DaemonId>,
+    pub observer: Arc<Observer>,
+}
+
+impl Shared {
+    fn new(ctl: Ctl, topo: &Topology) -> Self {
+        let log: Log = Arc::new(Mutex::new(Vec::new()));
+        let daemon = Arc::new(DaemonId::default());
+        let observer = Arc::new(Observer::new(
+            ctl,
+            daemon.clone(),
+            log.clone(),
+            topo.backend_addrs.clone(),
+            topo.backend_names.clone(),
+        ));
+        Self {
+            log,
+            daemon,
+            observer,
+        }
+    }
+}
+
+/// The fixed facts of one soak.
+struct Context<'a> {
+    opts: &'a Options,
+    topo: &'a Topology,
+    members: &'a [bool],
+    t_start: Ns,
+    shared: &'a Shared,
+}
+
+/// What a soak leaves for its report.
+struct Outcome {
+    events: Vec<events::Event>,
+    checker: Checker,
+    traffic: Arc<traffic::TrafficCounts>,
+    restarts: Vec<Duration>,
+    ops_done: std::collections::BTreeMap<&'static str, (u64, u64)>,
+}
+
+impl Context<'_> {
+    /// Traffic, watchers, 2 s of warm-up, the operations; then everything stopped and
+    /// the last answers checked.
+    fn soak(&self, drv: &mut Driver, client_netns: &std::path::Path) -> Outcome {
+        let checker = Arc::new(Mutex::new(Checker::new(self.topo.clone())));
+        let sink = Arc::new(Mutex::new(Vec::<Obs>::new()));
+        let names = self.topo.backend_names.clone();
+        let traffic = Traffic::start(
+            client_netns,
+            clients(self.opts, self.topo),
+            self.opts.interval,
+            sink.clone(),
+            move |n| names.iter().position(|x| x == n),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let watchers = Watchers {
+            stop: stop.clone(),
+            observer: self.shared.observer.clone(),
+            checker: checker.clone(),
+            sink: sink.clone(),
+            log: self.shared.log.clone(),
+            members: self.members.to_vec(),
+            t_start: self.t_start,
+            traffic: traffic.counts.clone(),
+        }
+        .spawn();
+        // Warm-up: every client is pinned before the first operation.
+        std::thread::sleep(Duration::from_secs(2));
+        drv.run(Instant::now(), self.opts.duration);
+        let counts = traffic.counts.clone();
+        traffic.stop(Duration::from_secs(1));
+        stop.store(true, Ordering::SeqCst);
+        for t in watchers {
+            let _ = t.join();
+        }
+        let events = self.shared.log.lock().expect("log").clone();
+        let mut checker = std::mem::replace(
+            &mut *checker.lock().expect("checker"),
+            Checker::new(self.topo.clone()),
+        );
+        checker.feed(std::mem::take(&mut *sink.lock().expect("sink")));
+        checker.process(
+            Ns::MAX,
+            &Timeline::build(&events, self.members, self.t_start),
+        );
+        Outcome {
+            events,
+            checker,
+            traffic: counts,
+            restarts: std::mem::take(&mut drv.restarts),
+            ops_done: std::mem::take(&mut drv.ops_done),
+        }
+    }
+}
+
+/// Keeps the event log, the daemon's log and its /proc samples in /tmp/xlb-soak-SEED/ (the
+/// lab's own files go with it); returns a line saying where.
+fn save(
+    opts: &Options,
+    t_start: Ns,
+    events: &[events::Event],
+    daemon_log: &str,
+    samples: &[observe::Sample],
+) -> String {
     let dir = std::env::temp_dir().join(format!("xlb-soak-{}", opts.seed));
+    let rel = |t: Ns| (t as f64 - t_start as f64) / 1e9;
     let mut text = String::new();
     for e in events {
         text.push_str(&format!(
             "+{:.3}s +{:.3}s {} {}{}\n",
-            (e.start as f64 - t_start as f64) / 1e9,
-            (e.end as f64 - t_start as f64) / 1e9,
+            rel(e.start),
+            rel(e.end),
             e.tick.map_or("-".to_string(), |t| format!("#{t}")),
             e.text,
             e.error
@@ -275,12 +336,23 @@ fn save(opts: &Options, t_start: Ns, events: &[events::Event], daemon_log: &str)
                 .map_or(String::new(), |x| format!(" FAILED: {x}"))
         ));
     }
+    let mut series = String::from("life\tseconds\trss_kib\tfds\n");
+    for m in samples {
+        series.push_str(&format!(
+            "{}\t{:.3}\t{}\t{}\n",
+            m.life,
+            rel(m.t),
+            m.rss_kib,
+            m.fds
+        ));
+    }
     let written = std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::write(dir.join("events.txt"), text))
-        .and_then(|()| std::fs::write(dir.join("daemon.log"), daemon_log));
+        .and_then(|()| std::fs::write(dir.join("daemon.log"), daemon_log))
+        .and_then(|()| std::fs::write(dir.join("memory.tsv"), series));
     match written {
         Ok(()) => format!(
-            "\nevents and the daemon's log: {}/{{events.txt,daemon.log}}\n",
+            "\nevents, the daemon's log and its memory series: {}/{{events.txt,daemon.log,memory.tsv}}\n",
             dir.display()
         ),
         Err(e) => format!("\n(could not save the logs in {}: {e})\n", dir.display()),

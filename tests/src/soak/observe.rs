@@ -161,7 +161,10 @@ impl Observer {
         let mut out = Vec::new();
         for svc in status["services"].as_array().into_iter().flatten() {
             for be in svc["backends"].as_array().into_iter().flatten() {
-                let Some(addr) = be["address"].as_str().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                let Some(addr) = be["address"]
+                    .as_str()
+                    .and_then(|a| a.parse::<IpAddr>().ok())
+                else {
                     continue;
                 };
                 let Some(b) = self.backend_addrs.iter().position(|x| *x == addr) else {
@@ -244,7 +247,10 @@ fn bad(prev: Option<&Seen>, cur: &Seen) -> Option<String> {
     // Across a restart only a change between two known states counts: "unknown" is what
     // a new daemon (or a new backend) shows before its first check.
     let known = |h: &str| h == "healthy" || h == "unhealthy";
-    if prev.life != cur.life && prev.health != cur.health && known(&prev.health) && known(&cur.health)
+    if prev.life != cur.life
+        && prev.health != cur.health
+        && known(&prev.health)
+        && known(&cur.health)
     {
         return Some(format!(
             "{} before the restart, {} after",

@@ -28,8 +28,10 @@ pub struct Inputs<'a> {
 
 /// How many failed operations are shown in detail.
 const SHOWN: usize = 12;
-/// How many violations of each kind and suspect are shown in detail.
-const EXAMPLES: usize = 3;
+/// How many violations of each kind and suspect are shown in detail, for how many of the
+/// largest groups.
+const EXAMPLES: usize = 2;
+const GROUPS: usize = 6;
 
 pub fn render(i: &Inputs) -> Report {
     let mut out = String::new();
@@ -182,25 +184,26 @@ fn ops_lines(out: &mut String, i: &Inputs) {
 fn mem_lines(out: &mut String, lives: &[mem::LifeSummary], bad: &[String]) {
     let _ = writeln!(
         out,
-        "  daemon memory and descriptors ({} growths; per life after {} s warm-up: RSS KiB min–max [max first third → max last third], fds likewise):",
+        "  daemon memory and descriptors: {} growths (per life after {} s: RSS KiB min–max, median [first third → last third]; fds min–max [fewest in the first third → in the last])",
         bad.len(),
         mem::WARMUP_S
     );
     for l in lives {
         let _ = writeln!(
             out,
-            "    life {:>2}: {:>3} samples over {:>5.1} s, RSS {}–{} [{} → {}], fds {}–{} [{} → {}]{}",
+            "    life {:>2}: {:>3} samples over {:>5.1} s, RSS {}–{}, {} [{} → {}], fds {}–{} [{} → {}]{}",
             l.life,
             l.samples,
             l.seconds,
             l.rss_min,
             l.rss_max,
-            l.rss_first_third,
-            l.rss_last_third,
+            l.rss_level,
+            l.rss_first,
+            l.rss_last,
             l.fds_min,
             l.fds_max,
-            l.fds_first_third,
-            l.fds_last_third,
+            l.fds_first,
+            l.fds_last,
             if l.judged {
                 ""
             } else {
@@ -213,11 +216,20 @@ fn mem_lines(out: &mut String, lives: &[mem::LifeSummary], bad: &[String]) {
 fn violation_lines(out: &mut String, i: &Inputs, failed_ops: &[&Event], mem_bad: &[String]) {
     let _ = writeln!(
         out,
-        "\nVIOLATIONS ({EXAMPLES} examples of each kind and suspect, in the order found):"
+        "\nVIOLATIONS ({EXAMPLES} examples of each of the {GROUPS} largest groups above, in the order found):"
     );
+    let top: Vec<String> = attribution(i)
+        .into_iter()
+        .take(GROUPS)
+        .map(|(g, _)| g)
+        .collect();
     let mut shown: BTreeMap<String, usize> = BTreeMap::new();
     for v in &i.checker.kept {
-        let n = shown.entry(group(i, v)).or_default();
+        let g = group(i, v);
+        if !top.contains(&g) {
+            continue;
+        }
+        let n = shown.entry(g).or_default();
         *n += 1;
         if *n > EXAMPLES {
             continue;
@@ -305,7 +317,7 @@ fn attribution(i: &Inputs) -> Vec<(String, u64)> {
         *n.entry(group(i, v)).or_default() += 1;
     }
     let mut v: Vec<(String, u64)> = n.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     v
 }
 
@@ -398,7 +410,8 @@ fn around(i: &Inputs, from: Ns, to: Ns, backends: &[usize]) -> Vec<String> {
             format!(
                 "{}{} {}{}",
                 rel(i.t_start, e.start),
-                e.tick.map_or("       ".to_string(), |t| format!(" #{t:<5}")),
+                e.tick
+                    .map_or("       ".to_string(), |t| format!(" #{t:<5}")),
                 e.text,
                 match &e.what {
                     What::Health(..) => format!(" (until {})", rel(i.t_start, e.end)),
@@ -419,7 +432,11 @@ fn around(i: &Inputs, from: Ns, to: Ns, backends: &[usize]) -> Vec<String> {
     let logged: Vec<String> = i
         .daemon_log
         .lines()
-        .filter(|l| addrs.iter().any(|a| l.contains(&format!("{a} ")) || l.ends_with(a.as_str())))
+        .filter(|l| {
+            addrs
+                .iter()
+                .any(|a| l.contains(&format!("{a} ")) || l.ends_with(a.as_str()))
+        })
         .filter(|l| log_time(l).is_some_and(|t| t >= lo && t <= hi))
         .take(8)
         .map(|l| format!("daemon log: {l}"))

@@ -127,8 +127,11 @@ impl Traffic {
 }
 
 fn client_socket() -> UdpSocket {
-    let s = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), CLIENT_PORT))
-        .expect("bind the clients' socket");
+    let s = UdpSocket::bind(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        CLIENT_PORT,
+    ))
+    .expect("bind the clients' socket");
     let size: libc::c_int = 32 << 20;
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
         // SAFETY: a valid socket and option value; failure leaves the default size.
