@@ -1,5 +1,6 @@
-//! The soak's report: counts, the daemon's memory series, CPU time, and the first
-//! violations in detail with the operations (and daemon log lines) around each.
+//! The soak's report: counts, the daemon's memory series, CPU time, and the violations
+//! grouped by the operations that could explain them, with examples in detail (the
+//! operations and daemon log lines around each). Pure text from what the soak collected.
 
 use std::{collections::BTreeMap, fmt::Write as _, sync::atomic::Ordering, time::Duration};
 
@@ -35,9 +36,35 @@ const GROUPS: usize = 6;
 
 pub fn render(i: &Inputs) -> Report {
     let mut out = String::new();
-    let c = &i.checker.counts;
     let sent = i.traffic.sent.load(Ordering::Relaxed);
     let answers = i.traffic.answers.load(Ordering::Relaxed);
+    header_lines(&mut out, i);
+    traffic_lines(&mut out, i, sent, answers);
+    ops_lines(&mut out, i);
+    let (lives, mem_bad) = mem::judge(i.samples);
+    let failed_ops: Vec<&Event> = i.events.iter().filter(|e| e.error.is_some()).collect();
+    check_lines(&mut out, i, failed_ops.len());
+    mem_lines(&mut out, &lives, &mem_bad);
+    let _ = writeln!(out, "CPU: {}", i.cpu);
+    let problems = problems(i, sent, answers, failed_ops.len(), mem_bad.len());
+    if problems.is_empty() {
+        let _ = writeln!(out, "RESULT: ok");
+    } else {
+        let _ = writeln!(out, "RESULT: FAILED: {}", problems.join(", "));
+        let _ = writeln!(
+            out,
+            "replay the same operations: {}",
+            replay_command(i.opts)
+        );
+        violation_lines(&mut out, i, &failed_ops, &mem_bad);
+    }
+    Report {
+        text: out,
+        failed: !problems.is_empty(),
+    }
+}
+
+fn header_lines(out: &mut String, i: &Inputs) {
     let o = i.opts;
     let _ = writeln!(
         out,
@@ -46,16 +73,13 @@ pub fn render(i: &Inputs) -> Report {
         fmt_d(o.duration),
         fmt_d(o.tick)
     );
-    let _ = writeln!(
-        out,
-        "operations: {}{}",
-        o.ops.iter().map(|k| k.name()).collect::<Vec<_>>().join(","),
-        if o.ops.contains(&super::OpKind::Kill) {
-            format!(" (kill + restart every {})", fmt_d(o.kill_every))
-        } else {
-            String::new()
-        }
-    );
+    let kill = if o.ops.contains(&super::OpKind::Kill) {
+        format!(" (kill + restart every {})", fmt_d(o.kill_every))
+    } else {
+        String::new()
+    };
+    let names: Vec<&str> = o.ops.iter().map(|k| k.name()).collect();
+    let _ = writeln!(out, "operations: {}{kill}", names.join(","));
     if o.ops.contains(&super::OpKind::Weight) && !i.weight_cli {
         let _ = writeln!(
             out,
@@ -63,10 +87,10 @@ pub fn render(i: &Inputs) -> Report {
              OpKind::Weight; it is drawn as soon as the CLI answers `xlb backend weight --help`)"
         );
     }
-    traffic_lines(&mut out, i, sent, answers);
-    ops_lines(&mut out, i);
-    let (lives, mem_bad) = mem::judge(i.samples);
-    let failed_ops: Vec<&Event> = i.events.iter().filter(|e| e.error.is_some()).collect();
+}
+
+fn check_lines(out: &mut String, i: &Inputs, failed_ops: usize) {
+    let c = &i.checker.counts;
     let _ = writeln!(out, "checks:");
     let _ = writeln!(
         out,
@@ -95,42 +119,30 @@ pub fn render(i: &Inputs) -> Report {
             let _ = writeln!(out, "    {n:>7}  {label}");
         }
     }
-    let _ = writeln!(out, "  failed operations: {}", failed_ops.len());
-    mem_lines(&mut out, &lives, &mem_bad);
-    let _ = writeln!(out, "CPU: {}", i.cpu);
+    let _ = writeln!(out, "  failed operations: {failed_ops}");
+}
 
-    let mut problems = Vec::new();
-    if c.unexcused > 0 {
-        problems.push(format!("{} unexcused backend changes", c.unexcused));
-    }
-    if c.late > 0 {
-        problems.push(format!("{} late packets", c.late));
-    }
-    if c.cross_service > 0 {
-        problems.push(format!("{} cross-service packets", c.cross_service));
-    }
-    if !failed_ops.is_empty() {
-        problems.push(format!("{} failed operations", failed_ops.len()));
-    }
-    if !mem_bad.is_empty() {
-        problems.push(format!("{} memory/descriptor growths", mem_bad.len()));
+/// Why the soak failed, one phrase per check that did.
+fn problems(i: &Inputs, sent: u64, answers: u64, failed_ops: usize, mem_bad: usize) -> Vec<String> {
+    let c = &i.checker.counts;
+    let mut p = Vec::new();
+    for (n, what) in [
+        (c.unexcused, "unexcused backend changes"),
+        (c.late, "late packets"),
+        (c.cross_service, "cross-service packets"),
+        (failed_ops as u64, "failed operations"),
+        (mem_bad as u64, "memory/descriptor growths"),
+    ] {
+        if n > 0 {
+            p.push(format!("{n} {what}"));
+        }
     }
     if sent == 0 || answers * 2 < sent {
-        problems.push(format!(
+        p.push(format!(
             "traffic did not flow ({answers} answers to {sent} requests)"
         ));
     }
-    if problems.is_empty() {
-        let _ = writeln!(out, "RESULT: ok");
-    } else {
-        let _ = writeln!(out, "RESULT: FAILED: {}", problems.join(", "));
-        let _ = writeln!(out, "replay the same operations: {}", replay_command(o));
-        violation_lines(&mut out, i, &failed_ops, &mem_bad);
-    }
-    Report {
-        text: out,
-        failed: !problems.is_empty(),
-    }
+    p
 }
 
 fn traffic_lines(out: &mut String, i: &Inputs, sent: u64, answers: u64) {
