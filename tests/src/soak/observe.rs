@@ -140,7 +140,13 @@ impl Observer {
             return;
         };
         let mut now_open = HashMap::new();
-        for (b, health, transitions) in self.backends_in(&status) {
+        let seen_now = self.backends_in(&status);
+        // A backend gone from the status (removed) starts afresh when it comes back: its
+        // new health task counts transitions from 0.
+        state
+            .seen
+            .retain(|b, p| p.life != life || seen_now.iter().any(|(x, ..)| x == b));
+        for (b, health, transitions) in seen_now {
             let cur = Seen {
                 life,
                 start,
@@ -237,10 +243,10 @@ fn bad(prev: Option<&Seen>, cur: &Seen) -> Option<String> {
         return Some("unhealthy".into());
     }
     let prev = prev?;
-    if prev.life == cur.life && prev.transitions != cur.transitions {
+    if prev.life == cur.life && cur.transitions > prev.transitions {
         return Some(format!(
             "{} health transition(s), now {}",
-            cur.transitions - prev.transitions.min(cur.transitions),
+            cur.transitions - prev.transitions,
             cur.health
         ));
     }
