@@ -8,8 +8,8 @@ use aya::{
 use lb_common::PROG_XLB;
 use xlb::{
     balancer::Balancer,
-    loader::{LoadOptions, load_xlb},
-    maps::DataPlane,
+    dataplane::loader::{LoadOptions, load_xlb},
+    dataplane::maps::DataPlane,
 };
 
 pub struct XlbHarness {

@@ -31,7 +31,7 @@ use aya::{
     programs::{Xdp, xdp::XdpMode},
 };
 use socket2::{Domain, Socket, Type};
-use xlb::loader::BENCH_OBJECT;
+use xlb::dataplane::loader::BENCH_OBJECT;
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);

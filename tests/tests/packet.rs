@@ -14,7 +14,7 @@ use std::{net::IpAddr, time::Duration};
 use lb_common::{ServiceStats, Stat};
 use xlb::{
     balancer::{Decision, HashReason},
-    loader::LoadOptions,
+    dataplane::loader::LoadOptions,
     model::{Affinity, BackendSpec, Link, NoBackend, Protocol, ServiceSpec},
 };
 use xlb_tests::{
