@@ -674,11 +674,9 @@ fn attach_new(ebpf: &mut Ebpf, path: &Path, ifname: &str, generic: bool) -> Resu
         PinError::Attach {
             ifname: ifname.to_string(),
             mode: mode_name(generic),
-            hint: if hint.is_empty() {
-                hint
-            } else {
-                format!(". {hint}")
-            },
+            hint: capitalized(&hint)
+                .map(|h| format!(". {h}"))
+                .unwrap_or_default(),
             detail: chain(source),
         }
     };
@@ -694,6 +692,13 @@ fn attach_new(ebpf: &mut Ebpf, path: &Path, ifname: &str, generic: bool) -> Resu
         source,
     })?;
     Ok(())
+}
+
+/// `text` with its first letter upper-case (`None` when empty): hints follow a sentence.
+fn capitalized(text: &str) -> Option<String> {
+    let mut chars = text.chars();
+    let first = chars.next()?;
+    Some(first.to_uppercase().chain(chars).collect())
 }
 
 /// Interfaces that have a pinned link under `pin_dir`.

@@ -554,3 +554,149 @@ fn short_idle_timeouts_never_expire_active_clients() {
     assert_eq!(seen.len(), 1, "1s, 300 ms gaps: answered by {seen:?}");
     assert_eq!(expiries(&lab, "one") - e, 0, "1s, 300 ms gaps: expiries");
 }
+
+/// Fault 7 (issue 10): every attach failure names its real cause and the ways out — an
+/// MTU above native XDP's limit on veth (the exact limit checked both sides), another XDP
+/// program already attached (which, who holds it), a missing interface — and leaves
+/// nothing behind; generic mode has no MTU limit.
+#[test]
+fn attach_errors_name_their_real_cause() {
+    use xlb_tests::lab::Netns;
+    xlb_tests::require_root();
+    let tag = format!("{}", std::process::id() % 100_000);
+    let ns = Netns::new(format!("xlbat{tag}"));
+    ns.ip("link add v0 type veth peer name v1");
+    let dir = std::env::temp_dir().join(format!("xlb-attach-{tag}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pin_dir = format!("/sys/fs/bpf/xlb-attach-{tag}");
+    let sock = dir.join("xlb.sock");
+    let config = |iface: &str, mode: &str| {
+        let cfg = dir.join("xlb.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[daemon]\ninterfaces = [\"{iface}\"]\nxdp_mode = \"{mode}\"\npin_dir = \"{pin_dir}\"\nsocket = \"{}\"\nmetrics = \"\"\nstate_file = \"{}\"\naffinity_capacity = 4096\n",
+                sock.display(),
+                dir.join("state.json").display()
+            ),
+        )
+        .expect("write config");
+        cfg
+    };
+    let mtu = |m: u32| {
+        ns.ip("link set v0 down");
+        ns.ip(&format!("link set v0 mtu {m}"));
+        ns.ip(&format!("link set v1 mtu {m}"));
+        ns.ip("link set v0 up");
+        ns.ip("link set v1 up");
+    };
+    let run = |cfg: &Path| -> (i32, String) {
+        let out = ns
+            .cmd(xlb_bin())
+            .args(["run", "--config"])
+            .arg(cfg)
+            .output()
+            .expect("xlb run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let left_nothing = |err: &str| {
+        assert!(
+            !Path::new(&pin_dir).join("maps").exists(),
+            "maps left behind: {err}"
+        );
+    };
+    // Starts (the socket appears), then stops and removes its state.
+    let starts = |cfg: &Path| {
+        let mut child = ns
+            .cmd(xlb_bin())
+            .args(["run", "--config"])
+            .arg(cfg)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("xlb run");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sock.exists() {
+            if let Ok(Some(_)) = child.try_wait() {
+                let out = child.wait_with_output().expect("output");
+                panic!("xlb exited: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            assert!(Instant::now() < deadline, "xlb did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+        let out = ns
+            .cmd(xlb_bin())
+            .args(["down", "--pin-dir", &pin_dir])
+            .output()
+            .expect("down");
+        assert!(out.status.success(), "{out:?}");
+    };
+
+    // MTU one above the veth limit: named, with both ways out.
+    mtu(3507);
+    let (code, err) = run(&config("v0", "native"));
+    assert_eq!(code, 1, "{err}");
+    for needle in [
+        "MTU of v0 (3507)",
+        "3506",
+        "ip link set dev v0 mtu 1500",
+        "xdp_mode = \"generic\"",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in: {err}");
+    }
+    left_nothing(&err);
+    // At the limit native XDP attaches; far above it generic mode does.
+    mtu(3506);
+    starts(&config("v0", "native"));
+    mtu(9000);
+    starts(&config("v0", "generic"));
+
+    // Another XDP program (held by this test process through a bpf_link).
+    mtu(1500);
+    let foreign = ns.run(|| {
+        let mut ebpf = aya::EbpfLoader::new()
+            .load(xlb::dataplane::loader::BENCH_OBJECT)
+            .expect("bench object");
+        let p: &mut aya::programs::Xdp = ebpf
+            .program_mut("xdp_pass")
+            .expect("xdp_pass")
+            .try_into()
+            .expect("XDP");
+        p.load().expect("verifier");
+        p.attach("v0", aya::programs::xdp::XdpMode::Driver)
+            .expect("attach xdp_pass");
+        ebpf
+    });
+    for mode in ["native", "generic"] {
+        let (code, err) = run(&config("v0", mode));
+        assert_eq!(code, 1, "{mode}: {err}");
+        for needle in [
+            "XDP program is already attached to v0".to_string(),
+            "\"xdp_pass\"".to_string(),
+            "bpf_link".to_string(),
+            format!("pid {}", std::process::id()),
+        ] {
+            assert!(
+                err.contains(&needle),
+                "{mode}: missing {needle:?} in: {err}"
+            );
+        }
+        left_nothing(&err);
+    }
+    drop(foreign);
+
+    // A missing interface: a config error naming it.
+    let (code, err) = run(&config("xlbnosuch0", "native"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("xlbnosuch0") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!Path::new(&pin_dir).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

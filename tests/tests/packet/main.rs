@@ -28,6 +28,8 @@ use xlb_tests::{
     require_root, sh,
 };
 
+mod adoption;
+
 const LO: u32 = 1;
 const LB_SRC_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x01];
 
