@@ -106,7 +106,7 @@ pub enum PinError {
     Migrate {
         name: &'static str,
         #[source]
-        source: MigrateError,
+        source: Box<MigrateError>,
     },
     #[error("loading the xlb object: {0}")]
     Load(#[source] Box<aya::EbpfError>),
@@ -503,7 +503,7 @@ fn convert(pin_dir: &Path, m: &Migration) -> Result<Converted> {
     )
     .map_err(|source| PinError::Migrate {
         name: m.name,
-        source,
+        source: Box::new(source),
     })
 }
 
