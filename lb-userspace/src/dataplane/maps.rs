@@ -5,6 +5,9 @@
 //! API, so what the tests exercise is what the daemon does. Affinity entries are judged
 //! here with `lb_common::affinity`, the XDP program's own rules, against the maps' own
 //! services and backends — never against a copy of them.
+//!
+//! It does not decide anything (which backend, which slot: the controller's), and it
+//! does not create, pin or remove maps ([`super::pin`]'s).
 
 use std::{collections::HashMap as StdHashMap, ops::Range, path::Path};
 

@@ -29,7 +29,10 @@
 //! re-created is severed; it is replaced by a new attachment. Pins keep maps and links
 //! alive when the daemon dies; only `xlb down` removes them.
 //!
-//! Callers hold the pin-dir lock ([`super::lock`]) around all of this.
+//! Callers hold the pin-dir lock ([`super::lock`]) around all of this. This module never
+//! decides or writes map contents (services, backends, slots: the controller's, through
+//! [`super::maps`]); it only moves whole maps, and their contents only through the
+//! converters of [`super::migrate`].
 
 use std::{
     fs, io,
