@@ -316,3 +316,36 @@ fn the_generation_counter_is_initialised_for_old_state_and_newer_formats_refused
         other => panic!("newer format not refused: {other:?}"),
     }
 }
+
+/// A capacity cut below the number of pins keeps the most recently seen clients (entries
+/// are copied least recently seen first, so the LRU evicts the oldest), and says how many
+/// did not fit.
+#[test]
+fn a_smaller_table_keeps_the_most_recent_clients() {
+    let dir = PinDir::new();
+    fresh_state(&dir, 4096, 3000);
+    let (s, loaded, _dp) = adopt(&dir.0, 1024, &CATALOG);
+    assert_eq!(s.migrations.len(), 1, "{s:?}");
+    pin::finish_migrations(&dir.0, &loaded.pending).expect("finish");
+    let got = affinity_at(&dir.map(MAP_AFFINITY));
+    assert!(
+        got.len() <= 1024,
+        "{} entries in a table of 1024",
+        got.len()
+    );
+    // entry(i) was last seen at 2000 + i: the newest are the highest i.
+    let newest: Vec<u32> = (3000 - 512..3000).collect();
+    let kept = newest
+        .iter()
+        .filter(|i| {
+            let (k, _) = entry(**i);
+            got.contains_key(&(k.service_id, k.addr))
+        })
+        .count();
+    println!("kept {} entries; {kept} of the newest 512", got.len());
+    assert_eq!(
+        kept,
+        newest.len(),
+        "recent clients were evicted before older ones"
+    );
+}
