@@ -14,6 +14,11 @@
 //! The flow hash and the Maglev slot selection live here too, so that the XDP program,
 //! the unit tests and `xlb explain` all run the same code.
 #![cfg_attr(not(any(feature = "user", test)), no_std)]
+// The affinity table's compare-and-swap: the BPF target has no `AtomicU64::compare_exchange`
+// (rustc's target spec says no CAS), but LLVM emits BPF_ATOMIC | BPF_CMPXCHG for the
+// intrinsic, which the kernel's verifier and JIT support (≥ 5.12).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 pub mod affinity;
 pub mod hash;
@@ -64,8 +69,17 @@ pub const MAP_SERVICES: &str = "XLB_SERVICES";
 pub const MAP_MAGLEV: &str = "XLB_MAGLEV";
 /// ARRAY: backend id → [`Backend`].
 pub const MAP_BACKENDS: &str = "XLB_BACKENDS";
-/// LRU_HASH (shared by all CPUs): [`AffinityKey`] → [`AffinityValue`].
+/// ARRAY (mmapable) of [`affinity::table::Bucket`]: the affinity table, value 0 its
+/// [`affinity::table::Header`]. (Releases before it: an LRU_HASH [`AffinityKey`] →
+/// [`AffinityValue`] of the same name, migrated on adoption.)
 pub const MAP_AFFINITY: &str = "XLB_AFFINITY";
+/// ARRAY (mmapable) of [`affinity::table::ColdBucket`], indexed like `XLB_AFFINITY`: the
+/// whole key and creation time of each pin.
+pub const MAP_AFF_KEYS: &str = "XLB_AFF_KEYS";
+/// ARRAY: service id → its `idle_timeout` in affinity-table units (`u32`,
+/// [`affinity::table::timeout_units`]): lets a writer tell whether another service's
+/// entry has expired.
+pub const MAP_SVC_IDLE: &str = "XLB_SVC_IDLE";
 /// PERCPU_ARRAY: [`Stat`] index → `u64` packet count.
 pub const MAP_STATS: &str = "XLB_STATS";
 /// PERCPU_ARRAY: service id → [`ServiceStats`].
@@ -96,7 +110,7 @@ pub const MAX_SERVICE_KEYS: u32 = 2 * MAX_SERVICES;
 /// Default size of the Maglev array (all services' tables side by side); the controller
 /// may resize it at load time.
 pub const DEFAULT_MAGLEV_SLOTS: u32 = 1 << 21;
-/// Default capacity of the affinity LRU (entries, shared by all services).
+/// Default capacity of the affinity table (clients, shared by all services).
 pub const DEFAULT_AFFINITY_CAPACITY: u32 = 1 << 20;
 /// Egress interfaces in the redirect map.
 pub const MAX_TX_PORTS: u32 = 64;
@@ -226,7 +240,9 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 48);
 // Affinity.
 // ---------------------------------------------------------------------------------------
 
-/// Key of the affinity LRU.
+/// An affinity key: what a pin is for. The table stores it as a tag (and a cold copy),
+/// see [`affinity::table`]; this is also the key layout of the LRU table of earlier
+/// releases.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct AffinityKey {
@@ -242,8 +258,10 @@ pub struct AffinityKey {
 }
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 24);
 
-/// Value of the affinity LRU. Times are `bpf_ktime_get_coarse_ns()`, i.e.
-/// `CLOCK_MONOTONIC_COARSE` in nanoseconds.
+/// An affinity entry as userspace sees it (and the value layout of the LRU table of
+/// earlier releases). Times are `bpf_ktime_get_coarse_ns()`, i.e.
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds; read from the table they have its resolution
+/// (2^20 ns for `last_seen_ns`, 2^30 ns for `pinned_ns`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct AffinityValue {
@@ -420,6 +438,8 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::BackendStats {}
     unsafe impl aya::Pod for super::maps::Meta {}
+    unsafe impl aya::Pod for super::affinity::table::Bucket {}
+    unsafe impl aya::Pod for super::affinity::table::ColdBucket {}
 }
 
 #[cfg(test)]

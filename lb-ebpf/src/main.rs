@@ -1,7 +1,8 @@
-//! The xlb XDP balancer: IP affinity with an LRU affinity table in front of Maglev.
+//! The xlb XDP balancer: IP affinity with a bucketed affinity table in front of Maglev.
 //!
-//! Per packet: parse → VIP pre-filter → service lookup → affinity lookup → (miss) Maglev
-//! slot → backend → rewrite MACs (DSR) → XDP_TX or XDP_REDIRECT. Everything not owned by
+//! Per packet: parse → VIP pre-filter → service lookup → affinity lookup (one 64-byte
+//! bucket) → (miss) Maglev slot → backend → pin written → rewrite MACs (DSR) → XDP_TX or
+//! XDP_REDIRECT. Everything not owned by
 //! a service leaves with XDP_PASS, unchanged. Every packet increments exactly one counter
 //! of `XLB_STATS` (its verdict and reason).
 //!
@@ -13,19 +14,23 @@
 #![no_main]
 
 use aya_ebpf::{
+    Global,
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
-    Addr, AffinityKey, AffinityValue, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY,
-    DEFAULT_MAGLEV_SLOTS, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES,
-    MAX_TX_PORTS, NO_BACKEND, PROTO_TCP, PROTO_UDP, PROTO_VIP_MARKER, SVC_F_PASS_NO_BACKEND,
-    ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
-    affinity::{self, Verdict},
-    maps::Meta,
+    Addr, AffinityKey, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY, DEFAULT_MAGLEV_SLOTS,
+    FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES, MAX_TX_PORTS, NO_BACKEND,
+    PROTO_TCP, PROTO_UDP, PROTO_VIP_MARKER, SVC_F_PASS_NO_BACKEND, ServiceKey, ServiceStats,
+    ServiceValue, Stat, VIP_FILTER_WORDS,
+    affinity::{
+        self, Verdict,
+        table::{self, Bucket, ColdBucket, Found, Place, Written, table_entries},
+    },
+    maps::{BPF_F_MMAPABLE, Meta},
     vip_filter_bit_folded,
 };
 use lb_ebpf::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, load_u32, ptr_at, store_u32};
@@ -49,14 +54,29 @@ static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAGLEV_SLOTS, 0);
 #[map(name = "XLB_BACKENDS")]
 static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// One hash table shared by all CPUs: a client's connections arrive on several RX queues
-/// and must all see the same pin. Its LRU lists are common too. BPF_F_NO_COMMON_LRU
-/// (per-CPU lists) makes a miss ~150 ns cheaper here, but splits the capacity per CPU:
-/// with traffic on one queue only capacity / CPUs clients stay pinned, so an
-/// `affinity_capacity` sized for the client count would silently evict pins.
+/// The affinity table, shared by all CPUs (a client's connections arrive on several RX
+/// queues and must all see the same pin): one 64-byte bucket per lookup, expiry by
+/// timestamp, no lists and no locks on the read path (lb_common::affinity::table).
 #[map(name = "XLB_AFFINITY")]
-static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
-    LruHashMap::with_max_entries(DEFAULT_AFFINITY_CAPACITY, 0);
+static AFFINITY: Array<Bucket> =
+    Array::with_max_entries(table_entries(DEFAULT_AFFINITY_CAPACITY), BPF_F_MMAPABLE);
+
+/// The whole key and creation time of every pin, indexed like `XLB_AFFINITY`.
+#[map(name = "XLB_AFF_KEYS")]
+static AFF_KEYS: Array<ColdBucket> =
+    Array::with_max_entries(table_entries(DEFAULT_AFFINITY_CAPACITY), BPF_F_MMAPABLE);
+
+/// Each service's `idle_timeout` in table units: whether another service's entry in a
+/// full bucket is free space.
+#[map(name = "XLB_SVC_IDLE")]
+static SVC_IDLE: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// The affinity table's hash seed and data bucket count, from its header: set by the
+/// loader (read-only data, so the verifier folds them into constants).
+#[unsafe(no_mangle)]
+static AFFINITY_SEED: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static AFFINITY_BUCKETS: Global<u32> = Global::new(1);
 
 #[map(name = "XLB_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
@@ -309,30 +329,66 @@ fn balance(ctx: &XdpContext, svc: &ServiceValue, flow: &Flow, sport: u16) -> Res
     let ss = unsafe { &mut *ss };
     let key = affinity::key(svc, &flow.saddr, sport, flow.family);
     // SAFETY: a helper without side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = table::units(now_ns);
+    let place = table::place(&key, AFFINITY_SEED.load(), AFFINITY_BUCKETS.load());
+    let Some(bucket) = AFFINITY.get_ptr_mut(place.bucket) else {
+        return Err(());
+    };
 
     // The rules live in lb_common::affinity (shared with explain, affinity list, counts).
-    if let Some(entry) = AFFINITY.get_ptr_mut(key) {
-        // SAFETY: a pointer into the map value; concurrent writers only store whole
-        // aligned u64/u32 fields, and a torn `last_seen` read is harmless.
-        let entry = unsafe { &mut *entry };
-        let backend_id = entry.backend_id;
-        let be = BACKENDS.get(backend_id);
-        match (affinity::judge(svc, &key, entry, be, now), be) {
-            (Verdict::Live { refresh }, Some(be)) => {
-                if refresh {
-                    entry.last_seen_ns = now;
+    // SAFETY: a live bucket of the table.
+    let write = match unsafe { table::find(bucket, place.tag) } {
+        Found::Hit { slot, val } => {
+            let backend_id = table::backend_of(val);
+            let be = BACKENDS.get(backend_id);
+            match (affinity::judge_word(svc, key.service_id, val, be, now), be) {
+                (Verdict::Live { refresh }, Some(be)) => {
+                    if refresh {
+                        // SAFETY: as above; a lost race only skips this refresh.
+                        unsafe { table::refresh(bucket, slot, val, now) };
+                    }
+                    ss.hits += 1;
+                    return forward(ctx, ss, be, backend_id);
                 }
-                ss.hits += 1;
-                return forward(ctx, ss, be, backend_id);
+                (Verdict::Expired, _) => ss.expiries += 1,
+                _ => ss.repins += 1,
             }
-            (Verdict::Expired, _) => ss.expiries += 1,
-            _ => ss.repins += 1,
+            true
         }
-    } else {
-        ss.misses += 1;
-    }
-    hashed(ctx, svc, ss, &key, now)
+        Found::None => {
+            ss.misses += 1;
+            true
+        }
+        // Another CPU is writing the client's slot: Maglev decides this packet alone.
+        Found::Busy => {
+            ss.misses += 1;
+            false
+        }
+    };
+    hashed(
+        ctx,
+        svc,
+        ss,
+        &key,
+        Pin {
+            place,
+            bucket,
+            now,
+            now_ns,
+            write,
+        },
+    )
+}
+
+/// Where and when [`hashed`] writes the pin.
+struct Pin {
+    place: Place,
+    bucket: *mut Bucket,
+    now: u32,
+    now_ns: u64,
+    /// False when the slot was busy: decide without writing.
+    write: bool,
 }
 
 /// The Maglev slot decides; the entry is (re)written.
@@ -342,7 +398,7 @@ fn hashed(
     svc: &ServiceValue,
     ss: &mut ServiceStats,
     key: &AffinityKey,
-    now: u64,
+    pin: Pin,
 ) -> Result<u32, ()> {
     let slot = svc.table_offset + affinity::slot(key, svc.table_size);
     let backend_id = match MAGLEV.get(slot) {
@@ -355,11 +411,30 @@ fn hashed(
         // bit, so this is only a transient of a concurrent update.
         _ => return no_backend(svc, ss),
     };
-    // A failed insert (never expected for an LRU) only costs the next packet a miss.
-    let _ = AFFINITY.insert(key, affinity::pin(backend_id, be, now), 0);
-    if let Some(bs) = BE_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: per-CPU slot.
-        unsafe { (*bs).pins += 1 };
+    if pin.write
+        && let Some(cold) = AFF_KEYS.get_ptr_mut(pin.place.bucket)
+    {
+        let idle_of = |service: u32| SVC_IDLE.get(service).copied().unwrap_or(0);
+        let c = table::cold_of(key, pin.now_ns);
+        // SAFETY: the same live bucket of the table and of its keys. A busy bucket only
+        // costs the next packet a miss.
+        let w = unsafe {
+            table::write(
+                pin.bucket,
+                cold,
+                pin.place.tag,
+                &c,
+                table::pack(backend_id, be.generation, false, pin.now),
+                pin.now,
+                idle_of,
+            )
+        };
+        if matches!(w, Written::Pinned { .. })
+            && let Some(bs) = BE_STATS.get_ptr_mut(backend_id)
+        {
+            // SAFETY: per-CPU slot.
+            unsafe { (*bs).pins += 1 };
+        }
     }
     forward(ctx, ss, be, backend_id)
 }
