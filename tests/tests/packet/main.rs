@@ -29,6 +29,7 @@ use xlb_tests::{
 };
 
 mod adoption;
+mod table;
 
 const LO: u32 = 1;
 const LB_SRC_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x01];
