@@ -9,13 +9,20 @@
 //! - `mac_fwd`: the baseline forwarder: parse like `reflector`, rewrite both MACs,
 //!   redirect through a DEVMAP: the forwarding limit of the setup.
 //! - `count_sink`: counts every frame in a per-CPU counter and drops it.
+//!
+//! For the affinity table's two-CPU test (tests/tests/packet/table.rs):
+//! - `table_hammer`: gives each run another client's IPv4 source address and tail-calls
+//!   the real xlb program, so a `repeat` run feeds xlb a new client per packet at full
+//!   speed (one BPF_PROG_TEST_RUN call per packet would leave the CPUs mostly in the
+//!   syscall, rarely inside the table's write window together).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::bpf_get_smp_processor_id,
     macros::{map, xdp},
-    maps::{Array, DevMap, PerCpuArray},
+    maps::{Array, DevMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use lb_ebpf::{ETH_P_IP, ETH_P_IPV6, ptr_at, store_u32};
@@ -213,6 +220,63 @@ pub fn count_sink(_ctx: XdpContext) -> u32 {
         unsafe { *c += 1 };
     }
     XDP_DROP
+}
+
+/// What `table_hammer` sends. Mirrored by `HammerConfig` in tests/tests/packet/table.rs.
+#[repr(C)]
+pub struct HammerConfig {
+    /// IPv4 source addresses (network-order bytes as a native word).
+    pub clients: [u32; HAMMER_CLIENTS],
+    /// Clients in use: a power of two, 1..=16.
+    pub n: u32,
+    /// CPU c starts its rotation `c * stride` clients on.
+    pub stride: u32,
+}
+
+const HAMMER_CLIENTS: usize = 16;
+
+#[map(name = "HAMMER_CFG")]
+static HAMMER_CFG: Array<HammerConfig> = Array::with_max_entries(1, 0);
+
+/// Runs per CPU: run k of CPU c is client `(k + c * stride) & (n - 1)`.
+#[map(name = "HAMMER_COUNT")]
+static HAMMER_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slot 0: the xlb program.
+#[map(name = "HAMMER_NEXT")]
+static HAMMER_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn table_hammer(ctx: XdpContext) -> u32 {
+    let Some(cfg) = HAMMER_CFG.get(0) else {
+        return XDP_ABORTED;
+    };
+    let Some(count) = HAMMER_COUNT.get_ptr_mut(0) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let k = unsafe {
+        let k = *count;
+        *count = k + 1;
+        k
+    };
+    // SAFETY: a helper without side effects.
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
+    // A mask, not `%`: a division could panic (and the verifier refuses the handler).
+    let mask = (cfg.n as u64).wrapping_sub(1) & (HAMMER_CLIENTS as u64 - 1);
+    let i = ((k + cpu * cfg.stride as u64) & mask) as usize;
+    let Some(src) = cfg.clients.get(i & (HAMMER_CLIENTS - 1)) else {
+        return XDP_ABORTED;
+    };
+    let Some(ip) = ptr_at::<Ipv4Hdr>(&ctx, ETH_LEN) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: the source address lies in the IPv4 header checked above (xlb does not
+    // verify checksums).
+    unsafe { store_u32(ip as *mut u8, 12, *src) };
+    // SAFETY: tail call into xlb; on failure the run is aborted (and counted so).
+    unsafe { HAMMER_NEXT.tail_call(&ctx, 0) };
+    XDP_ABORTED
 }
 
 #[cfg(not(test))]

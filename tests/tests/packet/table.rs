@@ -487,79 +487,134 @@ fn bucket_tags(t: &Table, b: u32) -> Vec<u64> {
     out
 }
 
-/// Two CPUs hammer one bucket with eight clients (four slots: every miss evicts), while
-/// a third thread keeps re-pinning each client to a backend of its own; every frame must
-/// reach the client's pinned backend or its Maglev one — never another client's.
+/// `HammerConfig` of lb-ebpf/src/bin/bench.rs, same layout.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct HammerConfig {
+    clients: [u32; 16],
+    n: u32,
+    stride: u32,
+}
+// SAFETY: repr(C), plain integers, no padding (72 = 16 × 4 + 2 × 4).
+unsafe impl aya::Pod for HammerConfig {}
+
+/// Two CPUs hammer one bucket with eight clients (four slots: nearly every packet
+/// evicts and writes), at full speed: `table_hammer` gives every run of a long `repeat`
+/// call the next client's source and tail-calls the real xlb program. A third thread
+/// keeps re-pinning each client to a backend of its own through the same protocol.
+/// Each client may reach two backends — its Maglev one and its own pinned one — and no
+/// backend is allowed to two clients, so xlb's per-backend packet counters must equal,
+/// set by set, the packets each client sent: one frame paired with another client's
+/// value breaks the sums.
 #[test]
 fn two_cpus_hammering_one_bucket_never_misdirect_a_client() {
+    use aya::{
+        EbpfLoader,
+        maps::{Array, PerCpuArray, ProgramArray},
+        programs::{TestRun as _, TestRunOptions, Xdp},
+    };
     let mut t = Table::new(4096, 16, false, Duration::from_secs(600));
     // Eight clients of one bucket with distinct Maglev backends, and for each a pinned
     // backend no client of the eight hashes to.
     let mut cs: Vec<IpAddr> = Vec::new();
-    let mut hashed = BTreeSet::new();
     let mut by_bucket: BTreeMap<u32, Vec<IpAddr>> = BTreeMap::new();
     for i in 0.. {
         let c = client(false, 200_000 + i);
         let v = by_bucket.entry(t.place(c).bucket).or_default();
-        let hs: BTreeSet<IpAddr> = v.iter().map(|c| t.hashed(*c)).collect();
-        if !hs.contains(&t.hashed(c)) {
+        if v.iter().all(|o| t.hashed(*o) != t.hashed(c)) {
             v.push(c);
         }
         if v.len() == 8 {
             cs = v.clone();
-            hashed = cs.iter().map(|c| t.hashed(*c)).collect();
             break;
         }
     }
-    let free: Vec<IpAddr> = t
+    let hashed: Vec<IpAddr> = cs.iter().map(|c| t.hashed(*c)).collect();
+    let pinned: Vec<IpAddr> = t
         .by_mac
         .values()
-        .filter(|b| !hashed.contains(*b))
+        .filter(|b| !hashed.contains(b))
         .copied()
         .collect();
-    let pinned: Vec<IpAddr> = free[..8].to_vec();
-    let allowed: Vec<[[u8; 6]; 2]> = cs
-        .iter()
-        .zip(&pinned)
-        .map(|(c, p)| [mac_of(t.hashed(*c)), mac_of(*p)])
-        .collect();
+    assert_eq!(pinned.len(), 8);
     let ids: Vec<(u32, u32)> = pinned.iter().map(|p| t.backend_id(*p)).collect();
     let keys: Vec<AffinityKey> = cs.iter().map(|c| t.key(*c)).collect();
     for i in 0..8 {
         t.pin(cs[i], pinned[i], Duration::from_secs(1), false);
     }
+
+    let mut bench = EbpfLoader::new()
+        .load(xlb::dataplane::loader::BENCH_OBJECT)
+        .expect("bench object");
+    let mut clients = [0u32; 16];
+    for (w, c) in clients.iter_mut().zip(&cs) {
+        let IpAddr::V4(a) = c else { unreachable!() };
+        *w = u32::from_ne_bytes(a.octets());
+    }
+    let mut cfg: Array<_, HammerConfig> =
+        Array::try_from(bench.map_mut("HAMMER_CFG").expect("cfg")).expect("array");
+    cfg.set(
+        0,
+        HammerConfig {
+            clients,
+            n: 8,
+            stride: 3,
+        },
+        0,
+    )
+    .expect("cfg");
+    {
+        let p: &mut Xdp = bench
+            .program_mut("table_hammer")
+            .expect("table_hammer")
+            .try_into()
+            .expect("XDP");
+        p.load().expect("verifier");
+    }
+    let mut next =
+        ProgramArray::try_from(bench.take_map("HAMMER_NEXT").expect("prog array")).expect("array");
+    next.set(0, t.h.prog().fd().expect("xlb fd"), 0)
+        .expect("tail call slot");
+    let hammer: &Xdp = bench
+        .program("table_hammer")
+        .expect("table_hammer")
+        .try_into()
+        .expect("XDP");
+
     let stop = AtomicBool::new(false);
-    let frames = AtomicU64::new(0);
-    let to_pin = AtomicU64::new(0);
-    let (prog, vip) = (t.h.prog(), t.vip);
+    let repins = AtomicU64::new(0);
+    let frame = tcp_frame(cs[0], t.vip, 40_000, 80);
+    let ctx = {
+        let mut md = [0u8; 24];
+        md[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        md[12..16].copy_from_slice(&LO.to_ne_bytes());
+        md
+    };
     let dp = &t.h.lb.dp;
     let run_for = Duration::from_secs(3);
     std::thread::scope(|s| {
         for cpu in 0..2 {
-            let (stop, frames, cs, allowed) = (&stop, &frames, &cs, &allowed);
+            let (stop, frame, ctx) = (&stop, &frame, &ctx);
             s.spawn(move || {
                 pin_thread(cpu);
-                let fs: Vec<Vec<u8>> = cs.iter().map(|c| tcp_frame(*c, vip, 40_000, 80)).collect();
-                let mut i = cpu * 3;
                 let start = Instant::now();
+                let mut out = vec![0u8; frame.len() + 256];
                 while start.elapsed() < run_for {
-                    i = (i + 1) % 8;
-                    let r = run_once(prog, &fs[i], LO);
-                    assert_eq!(r.action, XdpAction::Tx as u32);
-                    let mac = <[u8; 6]>::try_from(&r.output[..6]).expect("mac");
-                    assert!(
-                        allowed[i].contains(&mac),
-                        "client {} reached {mac:x?}, neither its Maglev nor its pinned backend {:x?}",
-                        cs[i],
-                        allowed[i]
-                    );
-                    frames.fetch_add(1, Ordering::Relaxed);
+                    let r = hammer
+                        .test_run(TestRunOptions {
+                            data_in: Some(frame),
+                            data_out: Some(&mut out),
+                            ctx_in: Some(ctx),
+                            repeat: 200_000,
+                            ..Default::default()
+                        })
+                        .expect("test run");
+                    assert_eq!(r.return_value, XdpAction::Tx as u32, "xlb must forward");
                 }
                 stop.store(true, Ordering::Relaxed);
             });
         }
-        // The re-pinner: userspace writes through the same protocol, on either CPU.
-        let (stop, to_pin, keys, ids) = (&stop, &to_pin, &keys, &ids);
+        let (stop, repins, keys, ids) = (&stop, &repins, &keys, &ids);
         s.spawn(move || {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -571,27 +626,51 @@ fn two_cpus_hammering_one_bucket_never_misdirect_a_client() {
                     pinned_ns: now,
                     last_seen_ns: now,
                 };
-                // Busy buckets are expected here: skip and go on. A pause between writes
-                // leaves the data plane hits to make.
+                // Busy buckets are expected here: skip and go on.
                 if dp.affinity.set(&keys[i], &v, false, now, |_| u32::MAX >> 1) {
-                    to_pin.fetch_add(1, Ordering::Relaxed);
+                    repins.fetch_add(1, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_micros(20));
             }
         });
     });
+
+    // What each client sent: run k of CPU c was client (k + 3c) % 8.
+    let counts: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(bench.map("HAMMER_COUNT").expect("count")).expect("per-cpu");
+    let per_cpu = counts.get(&0, 0).expect("counts");
+    let mut sent = [0u64; 8];
+    for (cpu, n) in per_cpu.iter().enumerate() {
+        for (i, s) in sent.iter_mut().enumerate() {
+            // k in [0, n) with (k + 3 cpu) % 8 == i.
+            let first = (i as u64 + 8 * 8 - 3 * cpu as u64 % 8) % 8;
+            *s += if *n > first {
+                (n - first).div_ceil(8)
+            } else {
+                0
+            };
+        }
+    }
+    let got = |b: IpAddr| dp.backend_stats(t.backend_id(b).0).expect("stats").packets;
     let sid = t.h.lb.service("web").expect("web").id;
-    let s = t.h.lb.dp.service_stats(sid).expect("stats");
-    let (n, p) = (
-        frames.load(Ordering::Relaxed),
-        to_pin.load(Ordering::Relaxed),
-    );
+    let st = dp.service_stats(sid).expect("stats");
+    let total: u64 = sent.iter().sum();
     println!(
-        "{n} frames checked: {} hits, {} misses, {} re-pins from userspace",
-        s.hits, s.misses, p
+        "{total} packets on 2 CPUs: {} hits, {} misses, {} userspace re-pins",
+        st.hits,
+        st.misses,
+        repins.load(Ordering::Relaxed)
     );
+    for i in 0..8 {
+        assert_eq!(
+            got(hashed[i]) + got(pinned[i]),
+            sent[i],
+            "client {}: its two backends counted another client's packets (or lost its own)",
+            cs[i]
+        );
+    }
     assert!(
-        n > 100_000 && s.hits > 1000 && s.misses > 1000 && p > 1000,
+        total > 2_000_000 && st.misses > 100_000,
         "too little contention"
     );
 }
