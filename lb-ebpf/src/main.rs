@@ -345,8 +345,7 @@ fn balance(ctx: &XdpContext, svc: &ServiceValue, flow: &Flow, sport: u16) -> Res
             match (affinity::judge_word(svc, key.service_id, val, be, now), be) {
                 (Verdict::Live { refresh }, Some(be)) => {
                     if refresh {
-                        // SAFETY: as above; a lost race only skips this refresh.
-                        unsafe { table::refresh(bucket, slot, val, now) };
+                        refresh_pin(&key, bucket, &place, slot, val, now_ns);
                     }
                     ss.hits += 1;
                     return forward(ctx, ss, be, backend_id);
@@ -379,6 +378,35 @@ fn balance(ctx: &XdpContext, svc: &ServiceValue, flow: &Flow, sport: u16) -> Res
             write,
         },
     )
+}
+
+/// Refreshes a live pin; when this hit establishes an IPv4 client, its cold key (whole
+/// key and creation second) is written now, its first second later than its pin.
+#[inline(always)]
+fn refresh_pin(
+    key: &AffinityKey,
+    bucket: *mut Bucket,
+    place: &Place,
+    slot: usize,
+    val: u64,
+    now_ns: u64,
+) {
+    let now = table::units(now_ns);
+    if key.family == FAMILY_V4
+        && table::becomes_established(val, now)
+        && let Some(cold) = AFF_KEYS.get_ptr_mut(place.bucket)
+    {
+        let c = table::ColdKey {
+            pinned_s: table::first_second(val, now_ns),
+            ..table::cold_of(key, now_ns)
+        };
+        // SAFETY: the same live bucket of the table and of its keys; a lost race only
+        // skips this write (the next hit tries again).
+        unsafe { table::establish(bucket, cold, slot, val, now, &c) };
+    } else {
+        // SAFETY: a live bucket of the table; a lost race only skips this refresh.
+        unsafe { table::refresh(bucket, slot, val, now) };
+    }
 }
 
 /// Where and when [`hashed`] writes the pin.
@@ -415,7 +443,10 @@ fn hashed(
         && let Some(cold) = AFF_KEYS.get_ptr_mut(pin.place.bucket)
     {
         let idle_of = |service: u32| SVC_IDLE.get(service).copied().unwrap_or(0);
+        // IPv6 tags are fingerprints: the whole key goes into the cold keys at once.
+        // IPv4 tags are the whole key: nothing more until the client is established.
         let c = table::cold_of(key, pin.now_ns);
+        let c = (key.family == FAMILY_V6).then_some(&c);
         // SAFETY: the same live bucket of the table and of its keys. A busy bucket only
         // costs the next packet a miss.
         let w = unsafe {
@@ -423,7 +454,7 @@ fn hashed(
                 pin.bucket,
                 cold,
                 pin.place.tag,
-                &c,
+                c,
                 table::pack(backend_id, be.generation, false, pin.now),
                 pin.now,
                 idle_of,

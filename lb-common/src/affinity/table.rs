@@ -10,8 +10,12 @@
 //! [`SLOTS`] entries each. A key's bucket comes from a seeded hash, and a lookup reads that
 //! one bucket: one cache line per packet, hit or miss. A parallel ARRAY
 //! (`XLB_AFF_KEYS`, same indices) holds a [`ColdKey`] per slot — the whole key and the
-//! pin's creation time — written when a pin is created, read only by userspace views,
-//! migration and, for IPv6 entries, by the eviction choice.
+//! pin's creation time — read only by userspace views, migration and, for IPv6 entries,
+//! by the eviction choice. An IPv6 pin writes it when created (its tag is only a
+//! fingerprint); an IPv4 pin, whose tag is its whole key, writes it once, when the client
+//! becomes established ([`establish`]): a new IPv4 client — or a spoofed source of a
+//! flood — touches one cache line, not two. (An unestablished entry was seen within one
+//! second: its age is its idle time, to that second.)
 //!
 //! Per slot, two 64-bit words:
 //! - **tag**: 0 = empty. IPv4: the whole key (`V4_MARK | service << 48 | port << 32 |
@@ -36,7 +40,7 @@
 //! # Concurrency: a torn or concurrent write may lose a pin, never misdirect one
 //!
 //! Writers on several CPUs, userspace included, and readers that never block. The rules:
-//! 1. A slot's tag (and its cold key) is written only while its value word carries
+//! 1. A slot's tag and its cold key are written only while its value word carries
 //!    `BUSY`, set with a compare-and-swap from the value the writer read.
 //! 2. Every completed change of a value word gives it a strictly larger time than the
 //!    value it replaced (a write in the same time unit takes `old + 1`), so a value never
@@ -544,20 +548,67 @@ pub unsafe fn snapshot(b: *const Bucket, c: *const ColdBucket, i: usize) -> Opti
 /// As [`find`].
 #[inline(always)]
 pub unsafe fn refresh(b: *mut Bucket, i: usize, v: u64, now: u32) -> bool {
-    let est = if becomes_established(v, now) {
-        ESTABLISHED
-    } else {
-        0
-    };
-    let new = (v & !TIME_MASK) | est | next_time(time_of(v), now) as u64;
     // SAFETY: slot i < SLOTS of the bucket the caller vouches for.
     unsafe {
         cas(
             (core::ptr::addr_of_mut!((*b).val) as *mut u64).add(i & 3),
             v,
-            new,
+            refreshed(v, now),
         )
     }
+}
+
+/// The value a hit on `v` at `now` writes.
+#[inline(always)]
+const fn refreshed(v: u64, now: u32) -> u64 {
+    let est = if becomes_established(v, now) {
+        ESTABLISHED
+    } else {
+        0
+    };
+    (v & !TIME_MASK) | est | next_time(time_of(v), now) as u64
+}
+
+/// [`refresh`] of a hit that makes its IPv4 client established, also writing its cold
+/// key (`cold`, its creation time included) under the slot's `BUSY` (rule 1): the one
+/// time an IPv4 pin writes a second cache line.
+///
+/// # Safety
+/// `b` and `c` point to the same live bucket of a table and of its cold keys.
+#[inline(always)]
+pub unsafe fn establish(
+    b: *mut Bucket,
+    c: *mut ColdBucket,
+    i: usize,
+    v: u64,
+    now: u32,
+    cold: &ColdKey,
+) -> bool {
+    let i = i & (SLOTS - 1);
+    // SAFETY (all accesses): slot i of the buckets the caller vouches for.
+    let (val, colds) = unsafe {
+        (
+            (core::ptr::addr_of_mut!((*b).val) as *mut u64).add(i),
+            core::ptr::addr_of_mut!((*c).key) as *mut ColdKey,
+        )
+    };
+    if is_busy(v) || !unsafe { cas(val, v, v | BUSY) } {
+        return false;
+    }
+    unsafe {
+        store_cold(colds.add(i), cold);
+        store(val, refreshed(v, now));
+    }
+    true
+}
+
+/// The creation second (`ns >> 30`) of an entry that is being established at `now_ns`:
+/// its stamp before this hit is its first packet's (no earlier hit refreshed it: that
+/// would have established it already, or was in the same second).
+#[inline(always)]
+pub const fn first_second(v: u64, now_ns: u64) -> u32 {
+    let idle = idle_units(units(now_ns), time_of(v)) as u64;
+    (((now_ns >> TIME_SHIFT).saturating_sub(idle)) >> SECOND_SHIFT) as u32
 }
 
 /// Why a slot may be taken for a new pin, best first.
@@ -618,11 +669,17 @@ pub enum Written {
     Busy,
 }
 
-/// Writes the pin `(tag, cold) → word` ([`pack`]: backend, generation, established, last
-/// seen) into bucket `b` (cold keys `c`) at `now`, replacing the key's own entry if it
-/// has one, else the slot [`victim`] picks. The stored stamp is the word's, or just above
-/// the slot's old one (rule 2). `idle_of(service id)` gives a service's timeout in units
-/// (an IPv6 entry's service id comes from its cold key). Follows rules 1–3; never waits.
+/// Writes the pin `tag → word` ([`pack`]: backend, generation, established, last seen)
+/// into bucket `b` (cold keys `c`, with `cold` when given) at `now`, replacing the key's
+/// own entry if it has one, else the slot [`victim`] picks. The stored stamp is the
+/// word's, or just above the slot's old one (rule 2). `idle_of(service id)` gives a
+/// service's timeout in units (an IPv6 entry's service id comes from its cold key).
+/// Follows rules 1–3; never waits.
+///
+/// Without `cold` (a new IPv4 client) the slot's cold key is left untouched — not even
+/// voided, which would cost the cache line this saves: it may name another key, or this
+/// key's earlier pin, so views trust an IPv4 entry's cold key only once the entry is
+/// established ([`establish`] writes it then).
 ///
 /// # Safety
 /// `b` and `c` point to the same live bucket of a table and of its cold keys.
@@ -631,7 +688,7 @@ pub unsafe fn write(
     b: *mut Bucket,
     c: *mut ColdBucket,
     tag: u64,
-    cold: &ColdKey,
+    cold: Option<&ColdKey>,
     word: u64,
     now: u32,
     idle_of: impl Fn(u32) -> u32,
@@ -684,7 +741,9 @@ pub unsafe fn write(
     }
     unsafe {
         store(tags.add(slot), tag);
-        store_cold(colds.add(slot), cold);
+        if let Some(cold) = cold {
+            store_cold(colds.add(slot), cold);
+        }
         store(
             vals.add(slot),
             (word & !(TIME_MASK | BUSY)) | next_time(time_of(old), time_of(word)) as u64,

@@ -15,6 +15,11 @@
 //!   the real xlb program, so a `repeat` run feeds xlb a new client per packet at full
 //!   speed (one BPF_PROG_TEST_RUN call per packet would leave the CPUs mostly in the
 //!   syscall, rarely inside the table's write window together).
+//!
+//! For `bench micro` (the table's cost without a syscall per packet):
+//! - `src_rotator`: gives run k of a `repeat` call the IPv4 source `base + ((k & mask) <<
+//!   shift)` and tail-calls slot `slot` of `ROTATE_NEXT` (xlb, or `xdp_pass` to measure
+//!   the rotation itself).
 #![no_std]
 #![no_main]
 
@@ -276,6 +281,53 @@ pub fn table_hammer(ctx: XdpContext) -> u32 {
     unsafe { store_u32(ip as *mut u8, 12, *src) };
     // SAFETY: tail call into xlb; on failure the run is aborted (and counted so).
     unsafe { HAMMER_NEXT.tail_call(&ctx, 0) };
+    XDP_ABORTED
+}
+
+/// What `src_rotator` sends. Mirrored by `RotateConfig` in tests/src/bench/micro.rs.
+#[repr(C)]
+pub struct RotateConfig {
+    /// First source address, host order.
+    pub base: u32,
+    pub mask: u32,
+    pub shift: u32,
+    /// Slot of `ROTATE_NEXT` to tail-call.
+    pub slot: u32,
+}
+
+#[map(name = "ROTATE_CFG")]
+static ROTATE_CFG: Array<RotateConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "ROTATE_COUNT")]
+static ROTATE_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "ROTATE_NEXT")]
+static ROTATE_NEXT: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+#[xdp]
+pub fn src_rotator(ctx: XdpContext) -> u32 {
+    let Some(cfg) = ROTATE_CFG.get(0) else {
+        return XDP_ABORTED;
+    };
+    let Some(count) = ROTATE_COUNT.get_ptr_mut(0) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let k = unsafe {
+        let k = *count;
+        *count = k + 1;
+        k
+    };
+    let src = cfg
+        .base
+        .wrapping_add(((k as u32) & cfg.mask) << (cfg.shift & 31));
+    let Some(ip) = ptr_at::<Ipv4Hdr>(&ctx, ETH_LEN) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: the source address lies in the IPv4 header checked above.
+    unsafe { store_u32(ip as *mut u8, 12, src.to_be()) };
+    // SAFETY: tail call; on failure the run is aborted.
+    unsafe { ROTATE_NEXT.tail_call(&ctx, cfg.slot) };
     XDP_ABORTED
 }
 

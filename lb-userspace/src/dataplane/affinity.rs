@@ -274,8 +274,17 @@ impl AffinityTable {
         );
         for _ in 0..WRITE_TRIES {
             // SAFETY: a live bucket of the mapped table and its keys.
-            match unsafe { table::write(b, c, place.tag, &cold, word, table::units(now), idle_of) }
-            {
+            match unsafe {
+                table::write(
+                    b,
+                    c,
+                    place.tag,
+                    Some(&cold),
+                    word,
+                    table::units(now),
+                    idle_of,
+                )
+            } {
                 Written::Pinned { .. } => return true,
                 Written::Busy => std::thread::sleep(std::time::Duration::from_micros(1)),
             }
@@ -356,8 +365,11 @@ impl AffinityTable {
     fn entry(&self, key: AffinityKey, s: &table::Snapshot, now: u64) -> Entry {
         let idle = table::idle_units(table::units(now), table::time_of(s.val));
         let last = (now >> table::TIME_SHIFT).saturating_sub(idle as u64) << table::TIME_SHIFT;
-        // The cold key's creation time, when it is this key's.
-        let pinned_ns = if table::cold_to_key(&s.cold) == key {
+        // The cold key's creation time, when it is this pin's: an IPv4 entry's cold key
+        // is written when it becomes established (before, it may be a former pin's; and
+        // an unestablished entry was seen within one second: its age is its idle time).
+        let trusted = key.family != lb_common::FAMILY_V4 || table::is_established(s.val);
+        let pinned_ns = if trusted && table::cold_to_key(&s.cold) == key {
             (s.cold.pinned_s as u64) << 30
         } else {
             last

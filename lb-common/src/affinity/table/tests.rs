@@ -219,7 +219,7 @@ fn write_find_refresh_remove() {
                 b,
                 c,
                 tag(k),
-                &cold_of(k, 0),
+                Some(&cold_of(k, 0)),
                 pack(i as u32, 7, false, now),
                 now,
                 |_| 1000,
@@ -265,7 +265,7 @@ fn write_find_refresh_remove() {
             b,
             c,
             tag(&keys[4]),
-            &cold_of(&keys[4], 0),
+            Some(&cold_of(&keys[4], 0)),
             pack(9, 7, false, now + 2048),
             now + 2048,
             |_| 1 << 20,
@@ -287,7 +287,7 @@ fn write_find_refresh_remove() {
             b,
             c,
             tag(&keys[3]),
-            &cold_of(&keys[3], 0),
+            Some(&cold_of(&keys[3], 0)),
             pack(11, 7, false, 0),
             0,
             |_| 1 << 20,
@@ -318,7 +318,7 @@ fn write_find_refresh_remove() {
                 b,
                 c,
                 tag(&keys[5]),
-                &cold_of(&keys[5], 0),
+                Some(&cold_of(&keys[5], 0)),
                 pack(1, 7, false, now),
                 now,
                 |_| 0,
@@ -379,7 +379,7 @@ fn concurrent_writers_never_pair_a_key_with_another_clients_value() {
                                 b,
                                 c,
                                 tags[i],
-                                &cold,
+                                Some(&cold),
                                 pack(backend, 5, false, now),
                                 now,
                                 |_| 3,
@@ -447,4 +447,72 @@ fn prefix_masked_keys_share_a_place() {
         ..*k
     };
     assert_eq!(place(&mask(&a), 5, 99), place(&mask(&b), 5, 99));
+}
+
+/// A new IPv4 pin writes no cold key (it leaves the slot's as it was); the hit that
+/// establishes it writes its whole key and first second.
+#[test]
+fn ipv4_cold_keys_are_written_when_established() {
+    let mut m = Mem::new(1);
+    let (b, c) = m.ptrs(1);
+    let sec = 1u64 << 30;
+    let (k6, k4) = (v6key(1, 9), v4key(1, [10, 0, 0, 9], 0));
+    let (t6, t4) = (place(&k6, 3, 1).tag, place(&k4, 3, 1).tag);
+    let t0 = 5 * sec + 1000;
+    let now = units(t0);
+    let w = unsafe {
+        write(
+            b,
+            c,
+            t6,
+            Some(&cold_of(&k6, t0)),
+            pack(1, 1, false, now),
+            now,
+            |_| 0,
+        )
+    };
+    assert_eq!(
+        w,
+        Written::Pinned {
+            slot: 0,
+            replaced: Room::Free
+        }
+    );
+    // The IPv6 entry expired (timeout 0): the IPv4 client takes its slot, no cold key.
+    let w = unsafe { write(b, c, t4, None, pack(2, 1, false, now + 5), now + 5, |_| 0) };
+    assert_eq!(
+        w,
+        Written::Pinned {
+            slot: 0,
+            replaced: Room::Free
+        }
+    );
+    let s = unsafe { snapshot(b, c, 0) }.expect("entry");
+    assert_eq!(
+        cold_to_key(&s.cold),
+        k6,
+        "left untouched: the IPv6 key's record"
+    );
+    assert!(!is_established(s.val), "so a view must not trust it");
+    // A hit a second later establishes it and writes its cold key.
+    let Found::Hit { slot, val } = (unsafe { find(b, t4) }) else {
+        panic!()
+    };
+    let later = t0 + sec + 5 * (1 << TIME_SHIFT);
+    assert!(becomes_established(val, units(later)));
+    let cold = ColdKey {
+        pinned_s: first_second(val, later),
+        ..cold_of(&k4, later)
+    };
+    assert_eq!(cold.pinned_s, 5, "created in second 5");
+    assert!(unsafe { establish(b, c, slot, val, units(later), &cold) });
+    let s = unsafe { snapshot(b, c, 0) }.expect("entry");
+    assert!(is_established(s.val));
+    assert_eq!(cold_to_key(&s.cold), k4);
+    assert_eq!(s.cold.pinned_s, 5);
+    assert!(time_of(s.val) > time_of(val), "rule 2");
+    assert!(
+        !unsafe { establish(b, c, slot, val, units(later), &cold) },
+        "stale value"
+    );
 }
