@@ -76,6 +76,9 @@ pub const MAP_AFFINITY: &str = "XLB_AFFINITY";
 /// ARRAY (mmapable) of [`affinity::table::ColdBucket`], indexed like `XLB_AFFINITY`: the
 /// whole key and creation time of each pin.
 pub const MAP_AFF_KEYS: &str = "XLB_AFF_KEYS";
+/// ARRAY (mmapable) of [`FastService`]: a direct-mapped copy of the services map in front
+/// of it (see [`fast_slot`]); a miss there falls back to `XLB_SERVICES`.
+pub const MAP_SVC_FAST: &str = "XLB_SVC_FAST";
 /// ARRAY: service id → its `idle_timeout` in affinity-table units (`u32`,
 /// [`affinity::table::timeout_units`]): lets a writer tell whether another service's
 /// entry has expired.
@@ -107,6 +110,8 @@ pub const MAX_SERVICES: u32 = 256;
 pub const MAX_BACKENDS: u32 = 4096;
 /// Entries in the services hash: every service plus one VIP marker per distinct address.
 pub const MAX_SERVICE_KEYS: u32 = 2 * MAX_SERVICES;
+/// Slots of `XLB_SVC_FAST` (a power of two, twice the services: few collisions).
+pub const FAST_SERVICE_SLOTS: u32 = 512;
 /// Default size of the Maglev array (all services' tables side by side); the controller
 /// may resize it at load time.
 pub const DEFAULT_MAGLEV_SLOTS: u32 = 1 << 21;
@@ -197,6 +202,38 @@ pub struct ServiceValue {
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 48);
 const _: () = assert!(core::mem::offset_of!(ServiceValue, refresh_ns) == 44);
+
+/// One slot of `XLB_SVC_FAST`: a service entry copied whole, under a sequence word.
+///
+/// Why: a hash lookup of the 20-byte key is the most expensive step of a pinned client's
+/// packet; this array is indexed by a hash the program computes itself. Its entries are
+/// written in place, so a reader could see half of an update: the controller (the only
+/// writer, through the mmapped map) makes `seq` odd, writes the key and value, makes it
+/// even again; the program reads `seq`, copies key and value, reads `seq` again, and uses
+/// the copy only when both reads are equal and even — otherwise it asks `XLB_SERVICES`
+/// (always complete: the controller writes it first). A slot holds at most one key; a
+/// service whose slot another holds lives only in the hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FastService {
+    /// Even: stable; odd: being written.
+    pub seq: u32,
+    /// The service key (`family == 0`: an empty slot).
+    pub key: ServiceKey,
+    pub value: ServiceValue,
+}
+const _: () = assert!(core::mem::size_of::<FastService>() == 72);
+const _: () = assert!(FAST_SERVICE_SLOTS.is_power_of_two());
+
+/// The `XLB_SVC_FAST` slot of a service key.
+#[inline(always)]
+pub fn fast_slot(key: &ServiceKey) -> u32 {
+    let w = (key.addr[0] ^ key.addr[1] ^ key.addr[2] ^ key.addr[3]) as u64
+        | ((key.port_be as u64) << 32)
+        | ((key.proto as u64) << 48)
+        | ((key.family as u64) << 56);
+    (hash::fmix64(w) as u32) & (FAST_SERVICE_SLOTS - 1)
+}
 
 // ---------------------------------------------------------------------------------------
 // Backends.
@@ -439,6 +476,7 @@ mod pod {
     unsafe impl aya::Pod for super::BackendStats {}
     unsafe impl aya::Pod for super::maps::Meta {}
     unsafe impl aya::Pod for super::affinity::table::Bucket {}
+    unsafe impl aya::Pod for super::FastService {}
     unsafe impl aya::Pod for super::affinity::table::ColdBucket {}
 }
 

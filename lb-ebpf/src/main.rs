@@ -23,13 +23,14 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr, AffinityKey, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY, DEFAULT_MAGLEV_SLOTS,
-    FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES, MAX_TX_PORTS, NO_BACKEND,
-    PROTO_TCP, PROTO_UDP, PROTO_VIP_MARKER, SVC_F_PASS_NO_BACKEND, ServiceKey, ServiceStats,
-    ServiceValue, Stat, VIP_FILTER_WORDS,
+    FAMILY_V4, FAMILY_V6, FAST_SERVICE_SLOTS, FastService, MAX_BACKENDS, MAX_SERVICE_KEYS,
+    MAX_SERVICES, MAX_TX_PORTS, NO_BACKEND, PROTO_TCP, PROTO_UDP, PROTO_VIP_MARKER,
+    SVC_F_PASS_NO_BACKEND, ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
     affinity::{
         self, Verdict,
         table::{self, Bucket, ColdBucket, Found, Place, Written, table_entries},
     },
+    fast_slot,
     maps::{BPF_F_MMAPABLE, Meta},
     vip_filter_bit_folded,
 };
@@ -47,6 +48,10 @@ use network_types::{
 
 #[map(name = "XLB_SERVICES")]
 static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICE_KEYS, 0);
+
+/// The services map's direct-mapped copy, looked at first (lb_common::FastService).
+#[map(name = "XLB_SVC_FAST")]
+static SVC_FAST: Array<FastService> = Array::with_max_entries(FAST_SERVICE_SLOTS, BPF_F_MMAPABLE);
 
 #[map(name = "XLB_MAGLEV")]
 static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAGLEV_SLOTS, 0);
@@ -305,19 +310,39 @@ fn l4(ctx: &XdpContext, flow: &Flow) -> Result<u32, ()> {
         proto: flow.proto,
         family: flow.family,
     };
-    // SAFETY: hash map values are replaced whole (RCU), never written in place, so the
-    // reference stays consistent for this run of the program.
-    let svc: &ServiceValue = match unsafe { SERVICES.get(key) } {
+    // The exact port first, then a service of every port (port 0).
+    let svc = match service(&key) {
         Some(s) => s,
         None => {
             key.port_be = 0;
-            match unsafe { SERVICES.get(key) } {
+            match service(&key) {
                 Some(s) => s,
                 None => return pass(Stat::PassNotService),
             }
         }
     };
-    balance(ctx, svc, flow, sport)
+    balance(ctx, &svc, flow, sport)
+}
+
+/// The service of `key`: from `XLB_SVC_FAST` when its slot holds the key and was not
+/// being written, else from the services hash.
+#[inline(always)]
+fn service(key: &ServiceKey) -> Option<ServiceValue> {
+    if let Some(e) = SVC_FAST.get_ptr(fast_slot(key)) {
+        // SAFETY: a live slot; the sequence word tells a torn copy (FastService docs).
+        let (s1, k, v, s2) = unsafe {
+            let seq = core::ptr::addr_of!((*e).seq);
+            let s1 = core::ptr::read_volatile(seq);
+            let k = core::ptr::read_volatile(core::ptr::addr_of!((*e).key));
+            let v = core::ptr::read_volatile(core::ptr::addr_of!((*e).value));
+            (s1, k, v, core::ptr::read_volatile(seq))
+        };
+        if s1 & 1 == 0 && s1 == s2 && k == *key {
+            return Some(v);
+        }
+    }
+    // SAFETY: hash map values are replaced whole (RCU), never written in place.
+    unsafe { SERVICES.get(*key) }.copied()
 }
 
 #[inline(always)]

@@ -659,6 +659,10 @@ pub fn victim(
     (best, best_room)
 }
 
+/// Another writer held the bucket: try again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketBusy;
+
 /// What [`write`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Written {
@@ -758,11 +762,11 @@ pub unsafe fn write(
 }
 
 /// Removes `tag` from bucket `b` when present (the slot becomes empty, its stamp bumped
-/// per rule 2). `Err(())`: the bucket was busy; try again.
+/// per rule 2).
 ///
 /// # Safety
 /// As [`find`].
-pub unsafe fn remove(b: *mut Bucket, tag: u64, now: u32) -> Result<bool, ()> {
+pub unsafe fn remove(b: *mut Bucket, tag: u64, now: u32) -> Result<bool, BucketBusy> {
     // SAFETY (all accesses): within the bucket the caller vouches for.
     let (tags, vals) = unsafe {
         (
@@ -772,7 +776,7 @@ pub unsafe fn remove(b: *mut Bucket, tag: u64, now: u32) -> Result<bool, ()> {
     };
     let v0 = unsafe { load(vals) };
     if is_busy(v0) || !unsafe { cas(vals, v0, v0 | BUSY) } {
-        return Err(());
+        return Err(BucketBusy);
     }
     let mut slot = SLOTS;
     for i in 0..SLOTS {
@@ -790,7 +794,7 @@ pub unsafe fn remove(b: *mut Bucket, tag: u64, now: u32) -> Result<bool, ()> {
         let old = unsafe { load(vals.add(slot)) };
         if !unsafe { cas(vals.add(slot), old, old | BUSY) } {
             unsafe { store(vals, v0) };
-            return Err(());
+            return Err(BucketBusy);
         }
         old
     };
@@ -808,11 +812,11 @@ pub unsafe fn remove(b: *mut Bucket, tag: u64, now: u32) -> Result<bool, ()> {
 /// rule 2 otherwise forbids: for tests and tools that age an entry, never for the data
 /// plane. (A stamp moved back can recreate a value the slot had before; a reader racing
 /// this very write across two earlier rewrites of the slot could then pair wrongly.)
-/// `Ok(false)`: no such entry; `Err(())`: the bucket was busy.
+/// `Ok(false)`: no such entry.
 ///
 /// # Safety
 /// As [`find`].
-pub unsafe fn restamp(b: *mut Bucket, tag: u64, time: u32) -> Result<bool, ()> {
+pub unsafe fn restamp(b: *mut Bucket, tag: u64, time: u32) -> Result<bool, BucketBusy> {
     // SAFETY (all accesses): within the bucket the caller vouches for.
     let (tags, vals) = unsafe {
         (
@@ -822,7 +826,7 @@ pub unsafe fn restamp(b: *mut Bucket, tag: u64, time: u32) -> Result<bool, ()> {
     };
     let v0 = unsafe { load(vals) };
     if is_busy(v0) || !unsafe { cas(vals, v0, v0 | BUSY) } {
-        return Err(());
+        return Err(BucketBusy);
     }
     let mut found = false;
     for i in 0..SLOTS {

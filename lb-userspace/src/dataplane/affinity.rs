@@ -47,8 +47,8 @@ pub enum TableError {
 type Result<T> = std::result::Result<T, TableError>;
 
 /// A shared, writable mapping of a map's values.
-struct Mapping {
-    ptr: *mut u8,
+pub(super) struct Mapping {
+    pub(super) ptr: *mut u8,
     len: usize,
 }
 
@@ -58,7 +58,8 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    fn new(map: &MapData, what: &'static str) -> Result<(Self, u32)> {
+    /// Maps the values of an mmapable array; also returns its `max_entries`.
+    pub(super) fn new(map: &MapData, what: &'static str) -> Result<(Self, u32)> {
         use std::os::fd::AsRawFd as _;
         let info = map.info().map_err(TableError::Info)?;
         let len = info.max_entries() as usize * info.value_size() as usize;
@@ -301,7 +302,7 @@ impl AffinityTable {
             // SAFETY: a live bucket of the mapped table.
             match unsafe { table::restamp(b, place.tag, table::units(last_seen_ns)) } {
                 Ok(done) => return Some(done),
-                Err(()) => std::thread::sleep(std::time::Duration::from_micros(1)),
+                Err(table::BucketBusy) => std::thread::sleep(std::time::Duration::from_micros(1)),
             }
         }
         None
@@ -315,7 +316,7 @@ impl AffinityTable {
             // SAFETY: a live bucket of the mapped table.
             match unsafe { table::remove(b, place.tag, table::units(now)) } {
                 Ok(done) => return Some(done),
-                Err(()) => std::thread::sleep(std::time::Duration::from_micros(1)),
+                Err(table::BucketBusy) => std::thread::sleep(std::time::Duration::from_micros(1)),
             }
         }
         None

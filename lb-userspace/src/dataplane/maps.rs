@@ -18,16 +18,20 @@ use aya::{
 };
 use lb_common::{
     Addr, AffinityKey, AffinityValue, Backend, BackendStats, MAP_AFF_KEYS, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_META, MAP_SERVICES, MAP_STATS, MAP_SVC_IDLE,
-    MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICES, PROTO_VIP_MARKER,
-    SVC_F_VIP_MARKER, ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
+    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_META, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST,
+    MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICES,
+    PROTO_VIP_MARKER, SVC_F_VIP_MARKER, ServiceKey, ServiceStats, ServiceValue, Stat,
+    VIP_FILTER_WORDS,
     affinity::{self, Verdict, table},
     maps::Meta,
     vip_filter_bit,
 };
 
 pub use super::affinity::LivePins;
-use super::affinity::{AffinityTable, Entry, PinCounter, TableError};
+use super::{
+    affinity::{AffinityTable, Entry, PinCounter, TableError},
+    fastpath::FastServices,
+};
 
 /// A failure reading or writing one of the program's maps.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +209,8 @@ fn update_batch(fd: &std::os::fd::OwnedFd, keys: &[u32], values: &[u32]) -> std:
 /// Every map of the xlb program, typed.
 pub struct DataPlane {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    /// The direct-mapped copy of `services` the program looks at first.
+    svc_fast: FastServices,
     pub maglev: Array<MapData, u32>,
     /// A second handle on the Maglev array for batched updates (aya has none).
     maglev_fd: std::os::fd::OwnedFd,
@@ -268,6 +274,7 @@ impl DataPlane {
             maglev_fd: dup_array_fd(ebpf, MAP_MAGLEV)?,
             backends_fd: dup_array_fd(ebpf, MAP_BACKENDS)?,
             services: typed(ebpf, MAP_SERVICES)?,
+            svc_fast: FastServices::new(&array_data(ebpf, MAP_SVC_FAST)?)?,
             maglev: typed(ebpf, MAP_MAGLEV)?,
             backends: typed(ebpf, MAP_BACKENDS)?,
             affinity: AffinityTable::new(
@@ -309,7 +316,8 @@ impl DataPlane {
     // --- services ------------------------------------------------------------------
 
     /// Writes a service entry; a service's (not a VIP marker's) `idle_timeout` also goes
-    /// into `XLB_SVC_IDLE` first, so the data plane judges its entries' expiry right.
+    /// into `XLB_SVC_IDLE` first, so the data plane judges its entries' expiry right, and
+    /// the entry into `XLB_SVC_FAST` last (after the hash, which is always complete).
     pub fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
         if value.flags & SVC_F_VIP_MARKER == 0 && value.id < MAX_SERVICES {
             self.svc_idle
@@ -318,7 +326,9 @@ impl DataPlane {
         }
         self.services
             .insert(key, value, 0)
-            .map_err(op("insert", MAP_SERVICES))
+            .map_err(op("insert", MAP_SERVICES))?;
+        self.svc_fast.set(key, value);
+        Ok(())
     }
 
     /// Service id → `idle_timeout` in table units, as `XLB_SVC_IDLE` holds them.
@@ -328,7 +338,10 @@ impl DataPlane {
             .collect()
     }
 
+    /// Removes a service entry: from `XLB_SVC_FAST` first, so a packet that misses there
+    /// still finds the hash's until it goes too.
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        self.svc_fast.remove(key);
         match self.services.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(op("remove", MAP_SERVICES)(e)),

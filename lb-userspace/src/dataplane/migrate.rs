@@ -44,7 +44,7 @@ pub enum MigrateError {
     Table {
         path: std::path::PathBuf,
         #[source]
-        source: TableError,
+        source: Box<TableError>,
     },
 }
 
@@ -120,7 +120,7 @@ fn table_at(path: &Path) -> Result<AffinityTable> {
     AffinityTable::open_pinned(path, &path.with_file_name(MAP_AFF_KEYS)).map_err(|source| {
         MigrateError::Table {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         }
     })
 }

@@ -9,6 +9,7 @@
 //! are not made here either (the controller's); this module only carries them out.
 pub mod affinity;
 pub mod attach;
+pub mod fastpath;
 pub mod loader;
 pub mod lock;
 pub mod maps;

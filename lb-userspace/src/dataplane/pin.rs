@@ -502,27 +502,34 @@ pub fn load_pinned(pin_dir: &Path, opts: &LoadOptions, survey: &Survey) -> Resul
     })
 }
 
-/// `XLB_SVC_IDLE` from the services map: state pinned before it existed (or written by a
-/// controller that did not keep it) gets every service's timeout before the program runs.
+/// `XLB_SVC_IDLE` and `XLB_SVC_FAST` from the services map: state pinned before they
+/// existed (or written by a controller that did not keep them) gets every service's
+/// timeout and fast-path copy before the program runs.
 fn sync_service_idle(ebpf: &mut Ebpf) -> Result<()> {
     let err = |source| PinError::Map {
         path: PathBuf::from(MAP_SVC_IDLE),
         source,
     };
-    let services: Vec<ServiceValue> = {
+    let services: Vec<(ServiceKey, ServiceValue)> = {
         let map = ebpf.map(MAP_SERVICES).expect("services map");
         let services: aya::maps::HashMap<&MapData, ServiceKey, ServiceValue> =
             aya::maps::HashMap::try_from(map).map_err(err)?;
         services
             .iter()
             .filter_map(|r| r.ok())
-            .map(|(_, v)| v)
-            .filter(|v| v.flags & SVC_F_VIP_MARKER == 0 && v.id < MAX_SERVICES)
+            .filter(|(_, v)| v.flags & SVC_F_VIP_MARKER == 0 && v.id < MAX_SERVICES)
             .collect()
     };
+    if let Some(aya::maps::Map::Array(data)) = ebpf.map(lb_common::MAP_SVC_FAST) {
+        let mut fast = super::fastpath::FastServices::new(data)
+            .map_err(|e| PinError::Table(Box::new(LoadError::Table(e))))?;
+        for (k, v) in &services {
+            fast.set(k, v);
+        }
+    }
     let map = ebpf.map_mut(MAP_SVC_IDLE).expect("service idle map");
     let mut idle: Array<&mut MapData, u32> = Array::try_from(map).map_err(err)?;
-    for v in services {
+    for (_, v) in services {
         idle.set(v.id, timeout_units(v.idle_timeout_ns), 0)
             .map_err(err)?;
     }

@@ -19,6 +19,15 @@ use xlb::{
 };
 
 use super::{Samples, pin_to_cpu};
+use aya::maps::MapData;
+
+/// The rotator and its maps.
+struct Rotator<'a> {
+    next: &'a mut ProgramArray<MapData>,
+    cfg: &'a mut Array<MapData, RotateConfig>,
+    prog: &'a Xdp,
+    pass: &'a Xdp,
+}
 use crate::{
     enter_private_netns,
     harness::{XlbHarness, run_once, run_repeat},
@@ -389,7 +398,27 @@ pub fn run() {
         m("hit_ns")
     );
 
+    let sweep = if std::env::var_os("XLB_BENCH_SWEEP").is_some() {
+        table_size_sweep(
+            Rotator {
+                next: &mut next,
+                cfg: &mut rotate,
+                prog: prog("src_rotator"),
+                pass: prog("xdp_pass"),
+            },
+            &backends,
+            vip,
+            &hit_pkt,
+            m("xdp_pass_ns"),
+        )
+    } else {
+        Vec::new()
+    };
+
     let mut json = serde_json::Map::new();
+    if !sweep.is_empty() {
+        json.insert("table_size_sweep".into(), serde_json::json!(sweep));
+    }
     for (k, v) in &s {
         json.insert((*k).to_string(), serde_json::json!(v.median()));
         json.insert(format!("{k}_min"), serde_json::json!(v.min()));
@@ -405,4 +434,60 @@ pub fn run() {
     json.insert("many_clients".into(), serde_json::json!(many.len()));
     json.insert("cpu".into(), serde_json::json!(super::cpu_model()));
     super::write_json("micro", &serde_json::Value::Object(json));
+}
+
+/// Diagnostic (`XLB_BENCH_SWEEP=1`): the same 65,536 clients round robin (rotated, repeat
+/// mode) in tables of growing size. The lines they touch stay 65,536; the pages those lines
+/// sit on grow with the table (the kernel maps BPF arrays with 4 KiB pages): when the cost
+/// grows with the table, page walks, not the one cache line, are what a lookup pays.
+fn table_size_sweep(
+    r: Rotator<'_>,
+    backends: &[(BackendSpec, Option<Link>)],
+    vip: IpAddr,
+    frame: &[u8],
+    xdp_pass_ns: f64,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    println!();
+    println!("table-size sweep: 65,536 clients round robin, rotated (repeat mode)");
+    println!(
+        "{:>12} {:>10} {:>8} {:>10}",
+        "capacity", "hot MiB", "pages", "ns/packet"
+    );
+    for capacity in [131_072u32, 262_144, 1 << 20, 1 << 22] {
+        let mut h = XlbHarness::load(&LoadOptions {
+            affinity_capacity: capacity,
+            maglev_slots: 1 << 20,
+        });
+        h.lb.add_service(ServiceSpec::new("web", vip, 80, Protocol::Tcp), backends)
+            .expect("service");
+        r.next
+            .set(0, h.prog().fd().expect("fd"), 0)
+            .expect("slot 0");
+        r.next.set(1, r.pass.fd().expect("fd"), 0).expect("slot 1");
+        let cfg = RotateConfig {
+            base: 0x0d00_0000,
+            mask: MANY - 1,
+            shift: 0,
+            slot: 0,
+        };
+        let mut run = |cfg: RotateConfig| {
+            r.cfg.set(0, cfg, 0).expect("cfg");
+            run_repeat(r.prog, frame, LO, REPEAT)
+        };
+        run(cfg); // pins the clients
+        let mut v: Vec<f64> = (0..5)
+            .map(|_| run(cfg) - run(RotateConfig { slot: 1, ..cfg }) + xdp_pass_ns)
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let bytes = lb_common::affinity::table::table_entries(capacity) as u64 * 64;
+        println!(
+            "{capacity:>12} {:>10.1} {:>8} {:>10.1}",
+            bytes as f64 / (1 << 20) as f64,
+            bytes / 4096,
+            v[2]
+        );
+        out.push(serde_json::json!({"capacity": capacity, "hot_bytes": bytes, "ns": v[2]}));
+    }
+    out
 }

@@ -9,7 +9,7 @@
 //! seed (`lb_common::affinity::table::place`), as the XDP program does.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},

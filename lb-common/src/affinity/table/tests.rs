@@ -326,7 +326,7 @@ fn write_find_refresh_remove() {
         },
         Written::Busy
     );
-    assert_eq!(unsafe { remove(b, tag(&keys[4]), now) }, Err(()));
+    assert_eq!(unsafe { remove(b, tag(&keys[4]), now) }, Err(BucketBusy));
     assert!(matches!(
         unsafe { find(b, tag(&keys[2])) },
         Found::Hit { .. }
