@@ -669,3 +669,56 @@ fn two_cpus_hammering_one_bucket_never_misdirect_a_client() {
         "too little contention"
     );
 }
+
+/// `XLB_SVC_FAST` holds one key per slot: two services whose keys share a slot are both
+/// served (the second through the services hash), and removing or re-adding either
+/// never sends a packet to the other's backends.
+#[test]
+fn services_sharing_a_fast_slot_are_both_served() {
+    use lb_common::{FAMILY_V4, PROTO_TCP, ServiceKey, fast_slot};
+    require_root();
+    enter_private_netns();
+    let mut h = XlbHarness::load(&LoadOptions {
+        affinity_capacity: 4096,
+        maglev_slots: 1 << 16,
+    });
+    let vip = v4("203.0.113.99");
+    let IpAddr::V4(v) = vip else { unreachable!() };
+    let slot = |port: u16| {
+        fast_slot(&ServiceKey {
+            addr: [u32::from_ne_bytes(v.octets()), 0, 0, 0],
+            port_be: port.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+        })
+    };
+    let first = 1000u16;
+    let second = (1001..u16::MAX)
+        .find(|p| slot(*p) == slot(first))
+        .expect("two ports sharing a slot");
+    let add = |h: &mut XlbHarness, name: &str, port: u16, be: &str| {
+        let mut s = ServiceSpec::new(name, vip, port, Protocol::Tcp);
+        s.table_size = 1021;
+        h.lb.add_service(s, &backends(&[be], LO)).expect("service");
+    };
+    let reach = |h: &XlbHarness, port: u16| -> Option<[u8; 6]> {
+        let r = h.run(&tcp_frame(v4("198.51.100.5"), vip, 40_000, port), LO);
+        (r.action == XdpAction::Tx as u32)
+            .then(|| <[u8; 6]>::try_from(&r.output[..6]).expect("mac"))
+    };
+    let (a, b) = (v4("192.0.2.71"), v4("192.0.2.72"));
+    add(&mut h, "a", first, "192.0.2.71");
+    add(&mut h, "b", second, "192.0.2.72");
+    assert_eq!(reach(&h, first), Some(mac_of(a)));
+    assert_eq!(
+        reach(&h, second),
+        Some(mac_of(b)),
+        "the service the slot could not hold"
+    );
+    h.lb.remove_service("a").expect("remove a");
+    assert_eq!(reach(&h, first), None, "a removed service still answers");
+    assert_eq!(reach(&h, second), Some(mac_of(b)));
+    add(&mut h, "a", first, "192.0.2.71");
+    assert_eq!(reach(&h, first), Some(mac_of(a)));
+    assert_eq!(reach(&h, second), Some(mac_of(b)));
+}
