@@ -9,6 +9,7 @@ enum Part {
     E2e,
     Maglev,
     Control,
+    Flood,
 }
 
 #[derive(clap::Args)]

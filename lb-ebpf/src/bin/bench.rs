@@ -20,6 +20,11 @@
 //! - `src_rotator`: gives run k of a `repeat` call the IPv4 source `base + ((k & mask) <<
 //!   shift)` and tail-calls slot `slot` of `ROTATE_NEXT` (xlb, or `xdp_pass` to measure
 //!   the rotation itself).
+//!
+//! For `bench flood` (live frames through xlb to a sink):
+//! - `src_rotator` with `random` set: sources spread by a hash of k (a spoofed flood),
+//!   with one run in `1 << est_shift` from the established clients instead.
+//! - `class_sink`: counts frames per class (established client or not) and drops them.
 #![no_std]
 #![no_main]
 
@@ -30,7 +35,7 @@ use aya_ebpf::{
     maps::{Array, DevMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use lb_ebpf::{ETH_P_IP, ETH_P_IPV6, ptr_at, store_u32};
+use lb_ebpf::{ETH_P_IP, ETH_P_IPV6, load_u32, ptr_at, store_u32};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -284,7 +289,7 @@ pub fn table_hammer(ctx: XdpContext) -> u32 {
     XDP_ABORTED
 }
 
-/// What `src_rotator` sends. Mirrored by `RotateConfig` in tests/src/bench/micro.rs.
+/// What `src_rotator` sends. Mirrored by `RotateConfig` in tests/src/bench/mod.rs.
 #[repr(C)]
 pub struct RotateConfig {
     /// First source address, host order.
@@ -293,6 +298,13 @@ pub struct RotateConfig {
     pub shift: u32,
     /// Slot of `ROTATE_NEXT` to tail-call.
     pub slot: u32,
+    /// Non-zero: source `base + (hash(k) & mask)` (a flood of spoofed sources).
+    pub random: u32,
+    /// Clients `est_base + i`, `i < est_count`, send run k when `k & ((1 << est_shift)
+    /// - 1) == 0` (0 clients: never).
+    pub est_base: u32,
+    pub est_count: u32,
+    pub est_shift: u32,
 }
 
 #[map(name = "ROTATE_CFG")]
@@ -318,9 +330,21 @@ pub fn src_rotator(ctx: XdpContext) -> u32 {
         *count = k + 1;
         k
     };
-    let src = cfg
-        .base
-        .wrapping_add(((k as u32) & cfg.mask) << (cfg.shift & 31));
+    let est_mask = (1u64 << (cfg.est_shift & 31)) - 1;
+    let src = if cfg.est_count != 0 && k & est_mask == 0 {
+        // The established clients in turn (no division: a wrap of at most one count).
+        let mut i = ((k >> (cfg.est_shift & 31)) as u32) & 0xffff;
+        if i >= cfg.est_count {
+            i -= cfg.est_count;
+        }
+        cfg.est_base.wrapping_add(i)
+    } else if cfg.random != 0 {
+        cfg.base
+            .wrapping_add(lb_common::hash::fmix64(k) as u32 & cfg.mask)
+    } else {
+        cfg.base
+            .wrapping_add(((k as u32) & cfg.mask) << (cfg.shift & 31))
+    };
     let Some(ip) = ptr_at::<Ipv4Hdr>(&ctx, ETH_LEN) else {
         return XDP_ABORTED;
     };
@@ -329,6 +353,31 @@ pub fn src_rotator(ctx: XdpContext) -> u32 {
     // SAFETY: tail call; on failure the run is aborted.
     unsafe { ROTATE_NEXT.tail_call(&ctx, cfg.slot) };
     XDP_ABORTED
+}
+
+/// Per class (0: other sources, 1: `CLASS_BASE`/16), per CPU: frames that reached the sink.
+#[map(name = "CLASS_COUNT")]
+static CLASS_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// `bench flood`'s established clients: 100.64.0.0/16 (the flood avoids it).
+const CLASS_BASE: u32 = 0x6440_0000;
+
+/// The flood's receiver: counts every IPv4 frame by the class of its source, drops it.
+#[xdp]
+pub fn class_sink(ctx: XdpContext) -> u32 {
+    let class = match ptr_at::<Ipv4Hdr>(&ctx, ETH_LEN) {
+        // SAFETY: the source address lies in the header checked.
+        Some(ip) => {
+            (u32::from_be(unsafe { load_u32(ip as *const u8, 12) }) >> 16 == CLASS_BASE >> 16)
+                as u32
+        }
+        None => 0,
+    };
+    if let Some(c) = CLASS_COUNT.get_ptr_mut(class) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+    XDP_DROP
 }
 
 #[cfg(not(test))]

@@ -43,17 +43,7 @@ const FULL_CAPACITY: u32 = lb_common::DEFAULT_AFFINITY_CAPACITY;
 /// Clients of `hit_many_ns`, round robin.
 const MANY: u32 = 65_536;
 
-/// `RotateConfig` of lb-ebpf/src/bin/bench.rs, same layout.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RotateConfig {
-    base: u32,
-    mask: u32,
-    shift: u32,
-    slot: u32,
-}
-// SAFETY: repr(C), four u32, no padding.
-unsafe impl aya::Pod for RotateConfig {}
+use super::RotateConfig;
 
 pub fn run() {
     enter_private_netns();
@@ -283,7 +273,7 @@ pub fn run() {
             base: 0x0a00_0000,
             mask: MANY - 1,
             shift: (FULL_CAPACITY / MANY).trailing_zeros(),
-            slot: 0,
+            ..RotateConfig::default()
         };
         let rot_pass = rotated(RotateConfig {
             slot: 1,
@@ -293,8 +283,7 @@ pub fn run() {
         let rot_full = rotated(RotateConfig {
             base: 0x0c00_0000,
             mask: (1 << 24) - 1,
-            shift: 0,
-            slot: 0,
+            ..RotateConfig::default()
         });
         s.entry("rotate_pass_ns").or_default().0.push(rot_pass);
         s.entry("hit_many_rotated_ns")
@@ -468,8 +457,7 @@ fn table_size_sweep(
         let cfg = RotateConfig {
             base: 0x0d00_0000,
             mask: MANY - 1,
-            shift: 0,
-            slot: 0,
+            ..RotateConfig::default()
         };
         let mut run = |cfg: RotateConfig| {
             r.cfg.set(0, cfg, 0).expect("cfg");

@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod e2e;
+pub mod flood;
 pub mod maglev;
 pub mod micro;
 
@@ -44,6 +45,22 @@ pub fn load_average() -> f64 {
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
         .unwrap_or(f64::NAN)
 }
+
+/// `RotateConfig` of lb-ebpf/src/bin/bench.rs (`src_rotator`), same layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RotateConfig {
+    pub base: u32,
+    pub mask: u32,
+    pub shift: u32,
+    pub slot: u32,
+    pub random: u32,
+    pub est_base: u32,
+    pub est_count: u32,
+    pub est_shift: u32,
+}
+// SAFETY: repr(C), eight u32, no padding.
+unsafe impl aya::Pod for RotateConfig {}
 
 /// Samples of one measurement over rounds.
 #[derive(Default, Clone, Debug)]
