@@ -10,6 +10,7 @@ enum Part {
     Maglev,
     Control,
     Flood,
+    Daemon,
 }
 
 #[derive(clap::Args)]

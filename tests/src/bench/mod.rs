@@ -3,6 +3,7 @@
 //! target/bench/<part>.json.
 
 pub mod control;
+pub mod daemon;
 pub mod e2e;
 pub mod flood;
 pub mod maglev;

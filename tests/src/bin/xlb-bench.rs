@@ -3,7 +3,7 @@
 
 use xlb_tests::{bench, require_root};
 
-const PARTS: &str = "micro, maglev, control, e2e, flood, all";
+const PARTS: &str = "micro, maglev, control, e2e, flood, daemon, all";
 
 /// Runs a part on a thread of its own: parts move their thread into private network
 /// namespaces and pin it to a CPU, and the next part must start from neither.
@@ -22,12 +22,14 @@ fn main() {
         "control" => part(bench::control::run),
         "e2e" => part(bench::e2e::run),
         "flood" => part(bench::flood::run),
+        "daemon" => part(bench::daemon::run),
         "all" => {
             part(bench::micro::run);
             part(bench::maglev::run);
             part(bench::control::run);
             part(bench::e2e::run);
             part(bench::flood::run);
+            part(bench::daemon::run);
         }
         other => {
             eprintln!("xlb-bench: unknown part {other:?}; parts: {PARTS}");
