@@ -1223,7 +1223,8 @@ async fn neighbour_events(daemon: Shared, now: Arc<Notify>) {
 /// table costs the daemon well under 1% of a core; counts are published when a pass ends.
 ///
 /// `xlb status` asks for fresh counts through `now`: when a whole pass is cheap (a small
-/// table) it runs at once, otherwise the pass under way serves it.
+/// table) it runs at once, otherwise the pass under way serves it. The passes also remove
+/// entries expired for an hour (table time wraps after 52 days).
 async fn pinned_scan_loop(daemon: Shared, pin_dir: PathBuf, now: Arc<Notify>) {
     const PIN_TICK: Duration = Duration::from_millis(250);
     const PIN_BUDGET: Duration = Duration::from_millis(1);
@@ -1238,7 +1239,9 @@ async fn pinned_scan_loop(daemon: Shared, pin_dir: PathBuf, now: Arc<Notify>) {
         let step = tokio::task::spawn_blocking(move || {
             let mut c = match c {
                 Some(c) => c,
-                None => crate::dataplane::maps::pin_counter_pinned(&dir)?,
+                // Entries expired for an hour go (and those of vanished services).
+                None => crate::dataplane::maps::pin_counter_pinned(&dir)?
+                    .sweeping(Duration::from_secs(3600)),
             };
             let counts = c.step(ktime_coarse_ns(), budget, || {
                 crate::dataplane::maps::pinned_lookup(&dir)

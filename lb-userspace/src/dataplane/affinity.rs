@@ -425,8 +425,16 @@ pub fn judge_entry(
 /// stretch of CPU: each [`PinCounter::step`] scans buckets for at most its budget and
 /// continues where the last one stopped; a pass's counts are published when it ends.
 /// (The data plane cannot keep counts itself: an entry expires silently, by time.)
+///
+/// With [`PinCounter::sweeping`], the scan also removes entries expired for longer than
+/// the grace, and entries of services that no longer exist: table time wraps after 52
+/// days, so an entry nobody touched for that long could otherwise look fresh again.
 pub struct PinCounter {
     table: AffinityTable,
+    /// Remove entries expired for longer than this (ns); `None`: count only.
+    sweep: Option<u64>,
+    /// Entries removed so far.
+    pub swept: u64,
     cursor: u32,
     partial: LivePins,
     services: StdHashMap<u32, ServiceValue>,
@@ -444,6 +452,8 @@ impl PinCounter {
     pub fn new(table: AffinityTable) -> Self {
         Self {
             table,
+            sweep: None,
+            swept: 0,
             cursor: 1,
             partial: LivePins::default(),
             services: StdHashMap::new(),
@@ -451,6 +461,13 @@ impl PinCounter {
             spent: std::time::Duration::ZERO,
             last_pass: None,
         }
+    }
+
+    /// Also removes entries expired for longer than `grace`, and entries of services
+    /// that no longer exist.
+    pub fn sweeping(mut self, grace: std::time::Duration) -> Self {
+        self.sweep = Some(grace.as_nanos().min(u64::MAX as u128) as u64);
+        self
     }
 
     /// Scans on from the cursor for at most `budget`, judging entries against `lookup`'s
@@ -472,11 +489,27 @@ impl PinCounter {
         while self.cursor < end {
             let to = (self.cursor + STEP_CHUNK).min(end);
             let (services, backends, partial) = (&self.services, &self.backends, &mut self.partial);
+            let mut stale = Vec::new();
             self.table.for_each(self.cursor..to, now, |e| {
-                if let Some((Verdict::Live { .. }, _)) = judge_entry(&e, services, backends, now) {
-                    partial.add(e.key.service_id, e.value.backend_id);
+                match judge_entry(&e, services, backends, now) {
+                    Some((Verdict::Live { .. }, _)) => {
+                        partial.add(e.key.service_id, e.value.backend_id)
+                    }
+                    Some((Verdict::Expired, _)) => {
+                        let timeout = services[&e.key.service_id].idle_timeout_ns;
+                        let idle = now.saturating_sub(e.value.last_seen_ns);
+                        if self.sweep.is_some_and(|g| idle > timeout.saturating_add(g)) {
+                            stale.push(e.key);
+                        }
+                    }
+                    Some(_) => {}
+                    None if self.sweep.is_some() => stale.push(e.key),
+                    None => {}
                 }
             });
+            for k in stale {
+                self.swept += (self.table.remove(&k, now) == Some(true)) as u64;
+            }
             self.cursor = to;
             if started.elapsed() >= budget {
                 break;

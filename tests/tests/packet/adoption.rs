@@ -478,3 +478,71 @@ fn a_smaller_table_keeps_the_most_recent_clients() {
     }
     println!("kept {} of {} in {slots} slots", got.len(), before.len());
 }
+
+/// The daemon's counting passes remove entries expired for longer than the grace and
+/// entries of services that no longer exist; live and recently expired ones stay, and
+/// only live ones are counted.
+#[test]
+fn counting_passes_sweep_long_expired_entries() {
+    use lb_common::{FAMILY_V4 as V4, ServiceKey, ServiceValue};
+    let dir = PinDir::new();
+    let (_, _loaded, mut dp) = adopt(&dir.0, 4096, &CATALOG);
+    let svc = ServiceValue {
+        id: SERVICE,
+        idle_timeout_ns: 10_000_000_000,
+        ..Default::default()
+    };
+    dp.set_service(
+        &ServiceKey {
+            addr: [1, 0, 0, 0],
+            port_be: 80u16.to_be(),
+            proto: 6,
+            family: V4,
+        },
+        &svc,
+    )
+    .expect("service");
+    dp.set_backend(
+        3,
+        &lb_common::Backend {
+            service_id: SERVICE,
+            generation: 3,
+            flags: lb_common::BE_F_HEALTHY,
+            family: V4,
+            ..Default::default()
+        },
+    )
+    .expect("backend");
+    let now = ktime_coarse_ns();
+    let sec = 1_000_000_000u64;
+    // Live, expired within the grace, expired past it, and of an unknown service.
+    let idle = [1, 15, 100, 1];
+    let mut keys = Vec::new();
+    for (i, idle) in idle.iter().enumerate() {
+        let (mut k, mut v) = entry(i as u32 * 5);
+        if i == 3 {
+            k.service_id = 9;
+        }
+        v.backend_id = 3;
+        v.last_seen_ns = now - idle * sec;
+        dp.affinity_set(&k, &v, true).expect("set");
+        dp.affinity_restamp(&k, v.last_seen_ns).expect("restamp");
+        keys.push(k);
+    }
+    let mut c = xlb::dataplane::maps::pin_counter_pinned(&dir.0)
+        .expect("counter")
+        .sweeping(std::time::Duration::from_secs(60));
+    let counts = c
+        .step(ktime_coarse_ns(), std::time::Duration::MAX, || {
+            xlb::dataplane::maps::pinned_lookup(&dir.0)
+        })
+        .expect("step")
+        .expect("a whole pass");
+    assert_eq!(counts.per_service.get(&SERVICE), Some(&1), "one live pin");
+    assert_eq!(c.swept, 2);
+    let present: Vec<bool> = keys
+        .iter()
+        .map(|k| dp.affinity_get(k).expect("get").is_some())
+        .collect();
+    assert_eq!(present, [true, true, false, false]);
+}
