@@ -574,6 +574,11 @@ impl Lab {
 
     /// Starts the daemon and waits until it answers `status` and every backend is resolved.
     pub fn start_daemon(&mut self) {
+        self.start_daemon_with(&xlb_bin());
+    }
+
+    /// [`Lab::start_daemon`] with another `xlb` binary (an earlier release's).
+    pub fn start_daemon_with(&mut self, bin: &Path) {
         assert!(self.daemon.is_none(), "daemon already running");
         let log = fs::File::options()
             .create(true)
@@ -582,7 +587,7 @@ impl Lab {
             .expect("daemon log");
         let child = self
             .lb
-            .cmd(xlb_bin())
+            .cmd(bin)
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -598,7 +603,7 @@ impl Lab {
             {
                 panic!("xlb exited at start:\n{}", self.daemon_log());
             }
-            if let Ok(out) = self.try_xlb(&["--json", "status"])
+            if let Ok(out) = self.try_xlb_with(bin, &["--json", "status"])
                 && let Ok(v) = serde_json::from_str::<serde_json::Value>(&out)
             {
                 let all = v["services"].as_array().is_some_and(|s| {
@@ -645,9 +650,14 @@ impl Lab {
 
     /// Runs `xlb ARGS` in the balancer namespace against this lab's socket.
     pub fn try_xlb(&self, args: &[&str]) -> Result<String, (i32, String)> {
+        self.try_xlb_with(&xlb_bin(), args)
+    }
+
+    /// [`Lab::try_xlb`] with another `xlb` binary (the CLI of the daemon's release).
+    pub fn try_xlb_with(&self, bin: &Path, args: &[&str]) -> Result<String, (i32, String)> {
         let out = self
             .lb
-            .cmd(xlb_bin())
+            .cmd(bin)
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
