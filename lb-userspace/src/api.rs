@@ -1,6 +1,9 @@
 //! The control API: one JSON request per line on the daemon's Unix socket (mode 0600,
 //! root only), one JSON response per line back. There is no TCP control port.
 //!
+//! Owns: the wire types ([`Request`] = an [`Edit`] or a query; [`Response`] and the result
+//! shapes) and the client call. Must not touch: what a request does (the daemon's).
+//!
 //! The response shapes are what `--json` prints, so they are a stable contract: fields
 //! may be added, never renamed or removed without a format change.
 
@@ -14,48 +17,49 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ServiceConfig;
+use crate::model::Edit;
 
+/// One request. Externally tagged: `"status"`, `{"edit": {"backend_add": {...}}}`,
+/// `{"explain": {"service": "web", "client": "198.51.100.7", "port": 0}}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
+    /// A runtime change (the same value the state file stores).
+    Edit(Edit),
     Status,
     Stats,
-    BackendAdd {
-        service: String,
-        address: IpAddr,
-        weight: u32,
-    },
-    BackendRemove {
-        service: String,
-        address: IpAddr,
-    },
-    BackendDrain {
-        service: String,
-        address: IpAddr,
-    },
-    BackendUndrain {
-        service: String,
-        address: IpAddr,
-    },
-    ServiceAdd {
-        service: Box<ServiceConfig>,
-    },
-    ServiceRemove {
-        name: String,
-    },
     Explain {
         service: String,
         client: IpAddr,
+        #[serde(default)]
         port: u16,
     },
     AffinityList {
+        #[serde(default)]
         service: Option<String>,
         limit: usize,
     },
     AffinityFlush {
+        #[serde(default)]
         service: Option<String>,
     },
+}
+
+/// Decodes one request line. A rejection names the key path that is wrong
+/// (`edit.backend_add.weight: invalid type: ...`), so a bad client is told what to fix.
+pub fn decode_request(line: &str) -> Result<Request, String> {
+    let mut de = serde_json::Deserializer::from_str(line);
+    let request: Request = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        }
+    })?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(request)
 }
 
 /// Why a request failed: decides the CLI's exit code.
