@@ -1,6 +1,12 @@
 //! Tests of the config file: every error path names file, line and key.
 
+use std::{collections::HashSet, net::IpAddr, path::Path, time::Duration};
+
 use super::*;
+use crate::model::{
+    Affinity, Backend, Failback, Forwarding, HealthCheck, HealthKind, NoBackend, Protocol,
+    Service, validate::validate_service,
+};
 
 const FILE: &str = "/etc/xlb/test.toml";
 
@@ -141,7 +147,14 @@ fn bad_inputs_are_rejected_naming_file_line_and_key() {
         ("http expect 600", web("health = { kind = \"http\", expect = \"200-600\" }\n"), "service[0].health.expect", "100..=599", 9),
         ("http expect text", web("health = { kind = \"http\", expect = \"ok\" }\n"), "service[0].health.expect", "not an HTTP status", 9),
         ("http path relative", web("health = { kind = \"http\", path = \"health\" }\n"), "service[0].health.path", "must start with '/'", 9),
-        ("udp without send", web("health = { kind = \"udp\", port = 53 }\n"), "service[0].health.send", "required", 9),
+        // Issue 10, fault 8: a link-local backend cannot be checked or resolved without a zone.
+        ("backend IPv6 link-local", v6(&be("fe80::1")), "service[0].backend[0].address", "link-local", 10),
+        ("backend with a zone", v6(&be("fe80::1%eth0")), "service[0].backend[0].address", "zone ids (%eth0) are not supported", 10),
+        // Issue 10, fault 3: an idle timeout the data plane's refresh cannot keep.
+        ("idle_timeout below the minimum", web("idle_timeout = \"50ms\"\n"), "service[0].idle_timeout", "shorter than 100ms", 9),
+        ("health interval too short", web("health = { interval = \"5ms\", timeout = \"1ms\" }\n"), "service[0].health.interval", "outside 10ms", 9),
+        ("health initial", web("health = { initial = \"maybe\" }\n"), "service[0].health.initial", "\"checked\", \"up\"", 9),
+        ("backend draining not a bool", web("[[service.backend]]\naddress = \"192.0.2.1\"\ndraining = \"yes\"\n"), "service[0].backend[0].draining", "invalid type", 11),
         ("udp expect number", web("health = { kind = \"udp\", send = \"ping\", expect = 200 }\n"), "service[0].health.expect", "must be a string", 9),
         ("key of another kind", web("health = { kind = \"tcp\", path = \"/\" }\n"), "service[0].health.path", "does not apply", 9),
         ("port 0 without health.port", service("name = \"all\"\nvip = \"203.0.113.10\"\nport = 0\nprotocol = \"tcp\"\n"), "service[0].health.port", "required", 4),
@@ -215,20 +228,15 @@ fn design_example_parses_with_defaults() {
     assert_eq!(c.daemon.state_file, Path::new("/var/lib/xlb/state.json"));
     assert_eq!(c.services.len(), 1);
     let svc = &c.services[0];
-    let mut spec = ServiceSpec::new("web", "203.0.113.10".parse().unwrap(), 80, Protocol::Tcp);
-    assert_eq!(svc.spec, spec);
-    assert_eq!(svc.health, HealthConfig::tcp(80));
-    assert_eq!(
-        svc.backends,
-        [BackendSpec {
-            address: "192.0.2.11".parse().unwrap(),
-            weight: 1
-        }]
-    );
+    let mut spec = Service::new("web", "203.0.113.10".parse().unwrap(), 80, Protocol::Tcp);
+    assert_eq!(svc.health, HealthCheck::tcp(80));
+    assert_eq!(svc.backends, [Backend::new("192.0.2.11".parse().unwrap())]);
+    spec.backends = svc.backends.clone();
+    assert_eq!(*svc, spec);
 
     // The minimal form gets the same defaults.
     let c = parse_str(&web("[[service.backend]]\naddress = \"192.0.2.11\"\n")).unwrap();
-    assert_eq!(c.services[0].spec, spec);
+    assert_eq!(c.services[0], spec);
     assert_eq!(
         c.services[0],
         parse_str(DESIGN_EXAMPLE).unwrap().services[0]
@@ -248,7 +256,8 @@ fn design_example_parses_with_defaults() {
     spec.failback = Failback::Rebalance;
     spec.table_size = 1009;
     spec.no_backend = NoBackend::Pass;
-    assert_eq!(c.services[0].spec, spec);
+    spec.backends.clear();
+    assert_eq!(c.services[0], spec);
 }
 
 #[test]
@@ -294,9 +303,19 @@ vip = "203.0.113.10"
 port = 80
 protocol = "udp"
 health = { kind = "none" }
+
+[[service]]
+name = "dns-plain"
+vip = "203.0.113.11"
+port = 53
+protocol = "udp"
+health = { kind = "udp", initial = "up" }
+[[service.backend]]
+address = "192.0.2.7"
+draining = true
 "#;
     let c = parse_str(text).unwrap();
-    assert_eq!(c.daemon.xdp_mode, XdpModeConfig::Generic);
+    assert_eq!(c.daemon.xdp_mode, XdpMode::Generic);
     assert_eq!(c.daemon.metrics, None);
     assert_eq!(
         c.services[0].health.kind,
@@ -318,6 +337,18 @@ health = { kind = "none" }
         }
     );
     assert_eq!(c.services[3].health.kind, HealthKind::None);
+    // Issue 10, fault 9: a UDP check without `send` sends an empty datagram.
+    let plain = &c.services[4];
+    assert_eq!(
+        plain.health.kind,
+        HealthKind::Udp {
+            port: 53,
+            send: String::new(),
+            expect: None
+        }
+    );
+    assert_eq!(plain.health.initial, crate::model::HealthInitial::Up);
+    assert!(plain.backends[0].draining);
 }
 
 #[test]
@@ -348,16 +379,16 @@ fn to_toml_round_trips() {
 fn service_config_json_round_trips_and_is_checked() {
     let c = parse_str(DESIGN_EXAMPLE).unwrap();
     let json = serde_json::to_string(&c.services[0]).unwrap();
-    let back: ServiceConfig = serde_json::from_str(&json).unwrap();
+    let back: Service = serde_json::from_str(&json).unwrap();
     assert_eq!(back, c.services[0]);
 
     // Minimal JSON gets the defaults; bad values are named.
-    let min: ServiceConfig = serde_json::from_str(
+    let min: Service = serde_json::from_str(
         r#"{"name":"web","vip":"203.0.113.10","port":80,"protocol":"tcp","backend":[{"address":"192.0.2.11"}]}"#,
     )
     .unwrap();
     assert_eq!(min, c.services[0]);
-    let err = serde_json::from_str::<ServiceConfig>(
+    let err = serde_json::from_str::<Service>(
         r#"{"name":"web","vip":"203.0.113.10","port":80,"protocol":"tcp","prefix_v4":33}"#,
     )
     .unwrap_err();
@@ -367,16 +398,13 @@ fn service_config_json_round_trips_and_is_checked() {
 #[test]
 fn validate_service_directly() {
     let vip = "203.0.113.10".parse().unwrap();
-    let mut svc = ServiceConfig::new(ServiceSpec::new("web", vip, 80, Protocol::Tcp));
+    let mut svc = Service::new("web", vip, 80, Protocol::Tcp);
     svc.backends = (1..=3)
-        .map(|i| BackendSpec {
-            address: IpAddr::from([192, 0, 2, i]),
-            weight: 1,
-        })
+        .map(|i| Backend::new(IpAddr::from([192, 0, 2, i])))
         .collect();
     assert_eq!(validate_service(&svc, &[]), Ok(()));
 
-    let fields = |svc: &ServiceConfig, others: &[ServiceConfig]| -> Vec<String> {
+    let fields = |svc: &Service, others: &[&Service]| -> Vec<String> {
         validate_service(svc, others)
             .unwrap_err()
             .into_iter()
@@ -384,8 +412,8 @@ fn validate_service_directly() {
             .collect()
     };
     let mut bad = svc.clone();
-    bad.spec.prefix_v4 = 33;
-    bad.spec.table_size = 65536;
+    bad.prefix_v4 = 33;
+    bad.table_size = 65536;
     bad.backends[2].weight = 0;
     bad.health.rise = 0;
     assert_eq!(
@@ -399,81 +427,25 @@ fn validate_service_directly() {
     );
 
     // Same name and listener as another service.
-    assert_eq!(fields(&svc, std::slice::from_ref(&svc)), ["name", "port"]);
+    assert_eq!(fields(&svc, &[&svc]), ["name", "port"]);
     // Other port or protocol: fine.
     let mut other = svc.clone();
-    other.spec.name = "web2".into();
-    other.spec.port = 0;
-    assert_eq!(validate_service(&other, std::slice::from_ref(&svc)), Ok(()));
-    other.spec.port = 80;
-    other.spec.protocol = Protocol::Udp;
-    assert_eq!(validate_service(&other, std::slice::from_ref(&svc)), Ok(()));
+    other.name = "web2".into();
+    other.port = 0;
+    assert_eq!(validate_service(&other, &[&svc]), Ok(()));
+    other.port = 80;
+    other.protocol = Protocol::Udp;
+    assert_eq!(validate_service(&other, &[&svc]), Ok(()));
 
     let mut too_small = svc.clone();
-    too_small.spec.table_size = 307;
-    too_small.backends = (1..=3u8)
-        .map(|i| BackendSpec {
-            address: IpAddr::from([192, 0, 2, i]),
-            weight: 1,
-        })
-        .collect();
+    too_small.table_size = 307;
     assert_eq!(validate_service(&too_small, &[]), Ok(()));
-    too_small.backends.push(BackendSpec {
-        address: IpAddr::from([192, 0, 2, 9]),
-        weight: 1,
-    });
+    too_small
+        .backends
+        .push(Backend::new(IpAddr::from([192, 0, 2, 9])));
     let errors = validate_service(&too_small, &[]).unwrap_err();
     assert!(errors[0].message.contains("at least 400"), "{errors:?}");
     assert!(errors[0].message.contains("next prime: 401"), "{errors:?}");
-}
-
-#[test]
-fn durations() {
-    let ok = [
-        ("500ms", Duration::from_millis(500)),
-        ("10m", Duration::from_secs(600)),
-        ("1s", Duration::from_secs(1)),
-        ("1h", Duration::from_secs(3600)),
-        ("2m30s", Duration::from_secs(150)),
-        ("1h30m", Duration::from_secs(5400)),
-        ("250us", Duration::from_micros(250)),
-        ("1s500ms", Duration::from_millis(1500)),
-        ("7ns", Duration::from_nanos(7)),
-        ("0s", Duration::ZERO),
-        ("90s", Duration::from_secs(90)),
-    ];
-    for (s, d) in ok {
-        assert_eq!(parse_duration(s), Ok(d), "{s}");
-        assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{s}");
-    }
-    for (d, s) in [
-        (Duration::from_millis(500), "500ms"),
-        (Duration::from_secs(600), "10m"),
-        (Duration::from_secs(90), "1m30s"),
-        (Duration::from_secs(3600 * 48), "48h"),
-        (Duration::new(1, 1), "1s1ns"),
-        (Duration::ZERO, "0s"),
-        (Duration::MAX, "5124095576030431h15s999ms999us999ns"),
-    ] {
-        assert_eq!(format_duration(d), s);
-        assert_eq!(parse_duration(s), Ok(d));
-    }
-    for (s, why) in [
-        ("", "empty"),
-        ("10", "missing unit"),
-        ("-1s", "expected a number"),
-        ("1x", "unknown unit \"x\""),
-        ("1.5s", "missing unit"),
-        ("s", "expected a number"),
-        ("1s1m", "largest to smallest"),
-        ("1s1s", "largest to smallest"),
-        ("1 s", "missing unit"),
-        ("5124095576030431h16s", "too large"),
-        ("999999999999999999999999999999999999999999h", "too large"),
-    ] {
-        let err = parse_duration(s).unwrap_err();
-        assert!(err.contains(why), "{s:?}: {err}");
-    }
 }
 
 #[test]
