@@ -474,3 +474,118 @@ fn load_reads_files_and_names_them() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+
+// --- property tests: no panic on any input; a rejected input names its key ----------
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Keys that may legitimately be named instead of the mutated one (a rule between
+    /// two keys: the interval bounds the timeout; a port-0 service needs a check port).
+    const RELATED: &[(&str, &str)] = &[("interval", "timeout"), ("port", "health.port")];
+
+    fn toml_value() -> impl Strategy<Value = toml::Value> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(toml::Value::Integer),
+            (-5i64..70_000).prop_map(toml::Value::Integer),
+            any::<bool>().prop_map(toml::Value::Boolean),
+            ".{0,12}".prop_map(toml::Value::String),
+            prop::sample::select(vec![
+                "tcp", "udp", "none", "http", "0s", "50ms", "10m", "1x", "10.0.0.1", "fe80::1",
+                "2001:db8::9", "/abs/path", "200-399", "checked", "up", "dsr", "nat", "",
+            ])
+            .prop_map(|s| toml::Value::String(s.into())),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(toml::Value::Array),
+                prop::collection::btree_map("[a-z]{1,6}", inner, 0..3)
+                    .prop_map(|m| toml::Value::Table(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// (table the key lives in, key).
+    fn key() -> impl Strategy<Value = (&'static str, &'static str)> {
+        prop::sample::select(vec![
+            ("service", "name"), ("service", "vip"), ("service", "port"), ("service", "protocol"),
+            ("service", "forwarding"), ("service", "affinity"), ("service", "prefix_v4"),
+            ("service", "prefix_v6"), ("service", "idle_timeout"), ("service", "failback"),
+            ("service", "table_size"), ("service", "no_backend"), ("health", "kind"),
+            ("health", "port"), ("health", "interval"), ("health", "timeout"), ("health", "rise"),
+            ("health", "fall"), ("health", "initial"), ("health", "path"), ("health", "host"),
+            ("health", "expect"), ("health", "body"), ("health", "send"), ("backend", "address"),
+            ("backend", "weight"), ("backend", "draining"), ("daemon", "xdp_mode"),
+            ("daemon", "pin_dir"), ("daemon", "socket"), ("daemon", "metrics"),
+            ("daemon", "affinity_capacity"), ("daemon", "state_file"), ("daemon", "interfaces"),
+            ("service", "colour"), ("health", "retries"), ("backend", "wieght"), ("daemon", "mode"),
+        ])
+    }
+
+    /// A minimal valid config with `key = value` set in its table.
+    fn config_with(table: &str, key: &str, value: &toml::Value) -> String {
+        let kv = format!("{key} = {value}\n");
+        let (daemon, svc, health, backend) = match table {
+            "daemon" => (kv, String::new(), String::new(), String::new()),
+            "service" => (String::new(), kv, String::new(), String::new()),
+            "health" => (String::new(), String::new(), kv, String::new()),
+            _ => (String::new(), String::new(), String::new(), kv),
+        };
+        let interfaces = if key == "interfaces" { "" } else { "interfaces = [\"lo\"]\n" };
+        let base = |k: &str, v: &str| {
+            if k == key && table == "service" { String::new() } else { format!("{k} = {v}\n") }
+        };
+        let backend = if table == "backend" && key == "address" {
+            backend
+        } else {
+            format!("address = \"192.0.2.1\"\n{backend}")
+        };
+        format!(
+            "[daemon]\n{interfaces}{daemon}\n[[service]]\n{}{}{}{}{svc}[service.health]\n{health}\n[[service.backend]]\n{backend}",
+            base("name", "\"web\""),
+            base("vip", "\"203.0.113.10\""),
+            base("port", "80"),
+            base("protocol", "\"tcp\""),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_text_is_parsed_or_rejected_without_panic(text in ".{0,200}") {
+            let _ = parse(Path::new(FILE), &text);
+        }
+
+        #[test]
+        fn toml_like_lines_are_parsed_or_rejected_without_panic(
+            lines in prop::collection::vec(
+                prop_oneof![
+                    Just("[daemon]".to_string()), Just("[[service]]".to_string()),
+                    Just("[[service.backend]]".to_string()), Just("[service.health]".to_string()),
+                    ("[a-z_]{1,12}", toml_value()).prop_map(|(k, v)| format!("{k} = {v}")),
+                ],
+                0..16,
+            )
+        ) {
+            let _ = parse(Path::new(FILE), &lines.join("\n"));
+        }
+
+        /// Any value at any key: accepted, or rejected with an error naming that key.
+        #[test]
+        fn a_rejected_value_names_its_key((table, k) in key(), value in toml_value()) {
+            let text = config_with(table, k, &value);
+            if let Err(ConfigError::Invalid { errors, .. }) = parse(Path::new(FILE), &text) {
+                let named = errors.iter().any(|e| {
+                    let key = e.key.rsplit('.').next().unwrap_or("");
+                    key.starts_with(k)
+                        || e.key.ends_with(&format!(".{k}"))
+                        || RELATED.iter().any(|(a, b)| *a == k && e.key.ends_with(b))
+                });
+                prop_assert!(named, "{} = {} rejected without naming it: {:#?}\n{}", k, value, errors, text);
+            }
+        }
+    }
+}
