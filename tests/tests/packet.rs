@@ -1,5 +1,6 @@
 //! Tier 2: the real xlb XDP object in the kernel, maps filled through the controller's
-//! `Balancer`, and a table of fixtures run with BPF_PROG_TEST_RUN.
+//! own map API (edits and observations → reconcile → apply, as the daemon does), and a
+//! table of fixtures run with BPF_PROG_TEST_RUN.
 //!
 //! Each fixture: description, input frame, expected verdict, expected output frame
 //! (unchanged, or exactly the input with the MACs of the expected backend), the one
@@ -13,9 +14,9 @@ use std::{net::IpAddr, time::Duration};
 
 use lb_common::{ServiceStats, Stat};
 use xlb::{
-    balancer::{Decision, HashReason},
     loader::LoadOptions,
-    model::{Affinity, BackendSpec, Link, NoBackend, Protocol, ServiceSpec},
+    model::{Affinity, Link, NoBackend, Protocol, Service},
+    reconcile::inspect::{Decision, HashReason},
 };
 use xlb_tests::{
     enter_private_netns,
@@ -49,12 +50,12 @@ fn link(addr: IpAddr, ifindex: u32) -> Option<Link> {
     })
 }
 
-fn backends(addrs: &[&str], ifindex: u32) -> Vec<(BackendSpec, Option<Link>)> {
+fn backends(addrs: &[&str], ifindex: u32) -> Vec<(IpAddr, Option<Link>)> {
     addrs
         .iter()
         .map(|a| {
             let address: IpAddr = a.parse().expect("backend address");
-            (BackendSpec { address, weight: 1 }, link(address, ifindex))
+            (address, link(address, ifindex))
         })
         .collect()
 }
@@ -194,13 +195,13 @@ impl Lab {
             affinity_capacity: 65536,
             maglev_slots: 1 << 20,
         });
-        h.lb.dp.add_tx_port(veth_a).expect("tx port");
+        h.dp_mut().add_tx_port(veth_a).expect("tx port");
         let svc = |name: &str, vip: &str, port: u16, p: Protocol| {
-            let mut s = ServiceSpec::new(name, vip.parse().expect("vip"), port, p);
+            let mut s = Service::new(name, vip.parse().expect("vip"), port, p);
             s.table_size = 1021;
             s
         };
-        let lb = &mut h.lb;
+        let lb = &mut h;
         let web4 = ["192.0.2.11", "192.0.2.12", "192.0.2.13"];
         let web6 = ["2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13"];
         lb.add_service(
@@ -259,20 +260,20 @@ impl Lab {
     }
 
     fn svc_stats(&self, name: &str) -> ServiceStats {
-        let id = self.h.lb.service(name).expect("service").id;
-        self.h.lb.dp.service_stats(id).expect("service stats")
+        let id = self.h.service_id(name);
+        self.h.dp().service_stats(id).expect("service stats")
     }
 
     /// Runs one fixture and checks everything it states.
     fn check(&mut self, fx: Fx) -> Option<IpAddr> {
         self.count += 1;
         let d = fx.desc;
-        let stats_before = self.h.lb.dp.stats().expect("stats");
+        let stats_before = self.h.dp().stats().expect("stats");
         let svc_before = fx.svc.map(|(s, _)| self.svc_stats(s));
         // What the controller predicts for this client (same code as the data plane).
         let predicted = fx
             .pin
-            .map(|(s, c, p)| self.h.lb.explain(s, c, p).expect("explain"));
+            .map(|(s, c, p)| self.h.explain(s, c, p).expect("explain"));
 
         let r = self.h.run(&fx.input, fx.ingress);
 
@@ -281,7 +282,7 @@ impl Lab {
             "[{d}] verdict: got {}, want {:?}",
             r.action, fx.verdict
         );
-        let stats_after = self.h.lb.dp.stats().expect("stats");
+        let stats_after = self.h.dp().stats().expect("stats");
         for s in Stat::ALL {
             let delta = stats_after[s as usize] - stats_before[s as usize];
             let want = u64::from(s == fx.stat);
@@ -329,7 +330,7 @@ impl Lab {
             }
         };
         if let (Some((svc, client, port)), Some(b)) = (fx.pin, went_to) {
-            let e = self.h.lb.explain(svc, client, port).expect("explain");
+            let e = self.h.explain(svc, client, port).expect("explain");
             assert!(
                 matches!(e.decision, Decision::Pinned { .. }),
                 "[{d}] {client} not pinned after the packet: {:?}",
@@ -347,7 +348,6 @@ impl Lab {
     /// Predicted backend of a client (by its Maglev slot: what a new client gets).
     fn slot_backend(&self, svc: &str, client: IpAddr) -> IpAddr {
         self.h
-            .lb
             .explain(svc, client, 0)
             .expect("explain")
             .slot_backend
@@ -736,20 +736,12 @@ fn fixtures() {
     // A pinned client keeps its backend when a backend is added, even if its slot moved.
     let d = v4("192.0.2.14");
     lab.h
-        .lb
-        .add_backend(
-            "web4",
-            BackendSpec {
-                address: d,
-                weight: 1,
-            },
-            link(d, LO),
-        )
+        .add_backend("web4", d, 1, link(d, LO))
         .expect("add backend");
     // Pin a client to A first whose slot will move to D: find it after the add, then
     // check it stays where its entry says.
     let moved = lab.client_on("web4", d, clients4("198.51.101"));
-    lab.h.lb.remove_backend("web4", d).expect("remove d again");
+    lab.h.remove_backend("web4", d).expect("remove d again");
     let before = lab
         .check(
             Fx::tx(
@@ -763,15 +755,7 @@ fn fixtures() {
         .expect("forwarded");
     assert_ne!(before, d);
     lab.h
-        .lb
-        .add_backend(
-            "web4",
-            BackendSpec {
-                address: d,
-                weight: 1,
-            },
-            link(d, LO),
-        )
+        .add_backend("web4", d, 1, link(d, LO))
         .expect("add backend");
     assert_eq!(
         lab.slot_backend("web4", moved),
@@ -802,7 +786,6 @@ fn fixtures() {
 
     // An unhealthy backend's client is re-pinned on its next packet.
     lab.h
-        .lb
         .set_healthy("web4", before, false)
         .expect("unhealthy");
     let repinned = lab
@@ -829,7 +812,6 @@ fn fixtures() {
     );
     // Sticky failback: the recovered backend does not get its old client back.
     lab.h
-        .lb
         .set_healthy("web4", before, true)
         .expect("healthy again");
     lab.check(
@@ -845,7 +827,7 @@ fn fixtures() {
 
     // A removed backend's client is re-pinned (its generation is gone).
     let on_d = newcomer;
-    lab.h.lb.remove_backend("web4", d).expect("remove");
+    lab.h.remove_backend("web4", d).expect("remove");
     lab.check(
         Fx::tx(
             "backend removed: its client is re-pinned",
@@ -871,7 +853,7 @@ fn fixtures() {
         .svc("web4", Svc::Miss),
     );
     let would_go = lab.client_on("web4", drained, clients4("198.51.104"));
-    lab.h.lb.set_draining("web4", drained, true).expect("drain");
+    lab.h.set_draining("web4", drained, true).expect("drain");
     lab.check(
         Fx::tx(
             "draining backend keeps its pinned client",
@@ -893,14 +875,12 @@ fn fixtures() {
         .svc("web4", Svc::Miss),
     );
     lab.h
-        .lb
         .set_draining("web4", drained, false)
         .expect("undrain");
 
     // No healthy backend: drop and count, or pass when configured.
     for b in ["192.0.2.11", "192.0.2.12", "192.0.2.13"] {
         lab.h
-            .lb
             .set_healthy("dns4", b.parse().expect("addr"), false)
             .expect("down");
     }
@@ -921,7 +901,6 @@ fn fixtures() {
         .svc("dns4", Svc::Repin),
     );
     lab.h
-        .lb
         .set_healthy("dns4", "192.0.2.13".parse().expect("addr"), true)
         .expect("up");
     let fresh = v4("198.51.100.98");
@@ -936,7 +915,6 @@ fn fixtures() {
         .svc("dns4", Svc::Miss),
     );
     lab.h
-        .lb
         .set_healthy("passing", v4("192.0.2.11"), false)
         .expect("down");
     lab.check(
@@ -1033,7 +1011,7 @@ fn fixtures() {
         .svc("short", Svc::Hit),
     );
     std::thread::sleep(Duration::from_millis(400));
-    let e = lab.h.lb.explain("short", c4, 0).expect("explain");
+    let e = lab.h.explain("short", c4, 0).expect("explain");
     assert_eq!(
         e.decision,
         Decision::Hashed {
@@ -1110,9 +1088,9 @@ fn affinity_capacity_holds_that_many_clients_from_one_cpu() {
         affinity_capacity: capacity,
         maglev_slots: 1 << 16,
     });
-    let mut s = ServiceSpec::new("web", v4("203.0.113.10"), 80, Protocol::Tcp);
+    let mut s = Service::new("web", v4("203.0.113.10"), 80, Protocol::Tcp);
     s.table_size = 1021;
-    h.lb.add_service(s, &backends(&["192.0.2.11", "192.0.2.12"], LO))
+    h.add_service(s, &backends(&["192.0.2.11", "192.0.2.12"], LO))
         .expect("service");
     let clients = capacity - 256; // the other CPU's local free list may hold up to 128 nodes
     let frame_of = |i: u32| {
@@ -1126,12 +1104,12 @@ fn affinity_capacity_holds_that_many_clients_from_one_cpu() {
     for i in 0..clients {
         assert_eq!(h.run(&frame_of(i), LO).action, XdpAction::Tx as u32);
     }
-    let id = h.lb.service("web").expect("web").id;
-    let before = h.lb.dp.service_stats(id).expect("stats");
+    let id = h.service_id("web");
+    let before = h.dp().service_stats(id).expect("stats");
     for i in 0..clients {
         assert_eq!(h.run(&frame_of(i), LO).action, XdpAction::Tx as u32);
     }
-    let after = h.lb.dp.service_stats(id).expect("stats");
+    let after = h.dp().service_stats(id).expect("stats");
     assert_eq!(
         after.hits - before.hits,
         clients as u64,
@@ -1155,17 +1133,17 @@ fn batched_maglev_reads_and_writes_match_single_slot_access() {
         .map(|i| i.wrapping_mul(2_654_435_761) % 4096)
         .collect();
     for offset in [0, 12_345, slots - table.len() as u32] {
-        let written = h.lb.dp.write_maglev(offset, &table, None).expect("write");
+        let written = h.dp_mut().write_maglev(offset, &table, None).expect("write");
         assert_eq!(written, table.len());
         assert_eq!(
-            h.lb.dp
+            h.dp()
                 .read_maglev(offset, table.len() as u32)
                 .expect("read"),
             table
         );
         for i in [0usize, 1, 8191, 8192, 8193, table.len() - 1] {
             assert_eq!(
-                h.lb.dp.maglev_slot(offset + i as u32).expect("slot"),
+                h.dp().maglev_slot(offset + i as u32).expect("slot"),
                 table[i],
                 "slot {i} at {offset}"
             );
@@ -1175,20 +1153,20 @@ fn batched_maglev_reads_and_writes_match_single_slot_access() {
         changed[7] ^= 1;
         changed[9000] ^= 1;
         assert_eq!(
-            h.lb.dp
+            h.dp_mut()
                 .write_maglev(offset, &changed, Some(&table))
                 .expect("write"),
             2
         );
         assert_eq!(
-            h.lb.dp
+            h.dp()
                 .read_maglev(offset, table.len() as u32)
                 .expect("read"),
             changed
         );
     }
     assert!(
-        h.lb.dp.read_maglev(slots - 10, 11).is_err(),
+        h.dp().read_maglev(slots - 10, 11).is_err(),
         "a range past the end must fail"
     );
 }

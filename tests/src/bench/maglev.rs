@@ -4,7 +4,7 @@
 //!   paper's numbers (Eisenbud et al., NSDI 2016, §5.3: 1.8 ms at M = 65 537 and 22.9 ms at
 //!   M = 655 373 for N = 1000).
 //! * Disruption and balance over 1,000,000 client addresses taken through the real
-//!   selection code: the controller's `ServiceState::affinity_key` (the key the XDP
+//!   selection code: the controller's `reconcile::inspect::affinity_key_for` (the key the XDP
 //!   program builds), `lb_common::flow_hash`, `lb_common::maglev_slot`, the table.
 //! * Memory of every map of the real object with the default sizes, as the kernel
 //!   accounts it (`memlock:` in /proc/self/fdinfo, cross-checked with bpftool).
@@ -29,9 +29,9 @@ use lb_common::{
 };
 use serde_json::{Value, json};
 use xlb::{
-    balancer::ServiceState,
     loader::{LoadOptions, load_xlb},
-    model::{Protocol, ServiceSpec, addr_bytes},
+    model::{Protocol, Service, addr_bytes},
+    reconcile::inspect::affinity_key_for,
 };
 
 use super::{Samples, pin_to_cpu};
@@ -147,21 +147,13 @@ fn build_time() -> Vec<Value> {
 /// `flow_hash`, `maglev_slot`.
 fn client_slots(m: u32) -> Vec<u32> {
     let vip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
-    let mut spec = ServiceSpec::new("bench", vip, 80, Protocol::Tcp);
-    spec.table_size = m;
-    let svc = ServiceState {
-        id: 0,
-        spec,
-        table_offset: 0,
-        table: Vec::new(),
-        previous_table: Vec::new(),
-        backends: Vec::new(),
-    };
+    let mut svc = Service::new("bench", vip, 80, Protocol::Tcp);
+    svc.table_size = m;
     let base = u32::from(Ipv4Addr::new(100, 64, 0, 0));
     (0..CLIENTS)
         .map(|i| {
             let client = IpAddr::V4(Ipv4Addr::from(base + i));
-            let key = svc.affinity_key(client, 40_000).expect("same family");
+            let key = affinity_key_for(0, &svc, client, 40_000).expect("same family");
             maglev_slot(flow_hash(&key), m)
         })
         .collect()

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 use aya::{EbpfLoader, programs::Xdp};
 use xlb::{
     loader::{BENCH_OBJECT, LoadOptions},
-    model::{BackendSpec, Link, Protocol, ServiceSpec},
+    model::{Link, Protocol, Service},
 };
 
 use super::{Samples, pin_to_cpu};
@@ -32,7 +32,7 @@ pub fn run() {
             .unwrap_or(65_536),
         maglev_slots: 1 << 20,
     });
-    let backends: Vec<(BackendSpec, Option<Link>)> = (11..=13)
+    let backends: Vec<(IpAddr, Option<Link>)> = (11..=13)
         .map(|i| {
             let address: IpAddr = v4(&format!("192.0.2.{i}"));
             let link = Link {
@@ -40,11 +40,11 @@ pub fn run() {
                 src_mac: [0x02, 0x1b, 0, 0, 0, 1],
                 ifindex: LO,
             };
-            (BackendSpec { address, weight: 1 }, Some(link))
+            (address, Some(link))
         })
         .collect();
     let vip = v4("203.0.113.10");
-    h.lb.add_service(ServiceSpec::new("web", vip, 80, Protocol::Tcp), &backends)
+    h.add_service(Service::new("web", vip, 80, Protocol::Tcp), &backends)
         .expect("service");
 
     let mut bench = EbpfLoader::new()
@@ -97,7 +97,7 @@ pub fn run() {
     };
 
     let mut s: BTreeMap<&str, Samples> = BTreeMap::new();
-    let web_id = h.lb.service("web").expect("web").id;
+    let web_id = h.service_id("web");
     for round in 0..ROUNDS {
         // Interleaved, round by round.
         s.entry("hit_ns")
@@ -122,10 +122,10 @@ pub fn run() {
             LO,
             REPEAT,
         ));
-        let before = h.lb.dp.service_stats(web_id).expect("stats").misses;
+        let before = h.dp().service_stats(web_id).expect("stats").misses;
         let pkts = miss_pkts(round);
         let miss_raw = per_call(h.prog(), &pkts);
-        let misses = h.lb.dp.service_stats(web_id).expect("stats").misses - before;
+        let misses = h.dp().service_stats(web_id).expect("stats").misses - before;
         // Every run must have been a miss.
         assert_eq!(
             misses, MISS_CLIENTS as u64,
