@@ -15,7 +15,7 @@ use std::{net::IpAddr, time::Duration};
 use lb_common::{ServiceStats, Stat};
 use xlb::{
     loader::LoadOptions,
-    model::{Affinity, Link, NoBackend, Protocol, Service},
+    model::{Affinity, HealthCheck, Link, NoBackend, Protocol, Service},
     reconcile::inspect::{Decision, HashReason},
 };
 use xlb_tests::{
@@ -247,11 +247,10 @@ impl Lab {
             &backends(&["192.0.2.62"], veth_b),
         )
         .expect("noport");
-        lb.add_service(
-            svc("anyport", "203.0.113.70", 0, Protocol::Tcp),
-            &backends(&web4, LO),
-        )
-        .expect("anyport");
+        // Every port: the check needs a port of its own (the validator says so).
+        let mut s = svc("anyport", "203.0.113.70", 0, Protocol::Tcp);
+        s.health = HealthCheck::tcp(80);
+        lb.add_service(s, &backends(&web4, LO)).expect("anyport");
         Self {
             h,
             veth_a,
