@@ -1131,6 +1131,41 @@ mod tests {
         assert!(p.ok, "{p:?}");
     }
 
+    /// Issue 10, fault 9: a UDP check without `send` sends an empty datagram; any reply
+    /// passes, an ICMP port unreachable fails.
+    #[tokio::test]
+    async fn udp_default_empty_payload() {
+        let send = match HealthKind::default_for(crate::model::CheckKind::Udp, 1) {
+            HealthKind::Udp { send, .. } => send,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(send, "");
+        let port = udp_server(Some(b"anything")).await;
+        let p = probe(&udp(port, &send, None), LO, Duration::from_secs(1)).await;
+        assert!(p.ok, "{p:?}");
+        let closed = {
+            let s = UdpSocket::bind((LO, 0)).await.unwrap();
+            s.local_addr().unwrap().port()
+        };
+        let p = probe(&udp(closed, &send, None), LO, Duration::from_secs(1)).await;
+        assert!(!p.ok && p.reason.contains("refused"), "{p:?}");
+    }
+
+    /// Issue 10, fault 4: from Unknown one passed check is enough ("checked" is one
+    /// pass, not `rise`), and learning the first state is no transition.
+    #[test]
+    fn tracker_from_unknown_needs_one_pass() {
+        let mut t = Tracker::starting(3, 2, Health::Unknown);
+        assert_eq!(t.record(&probe_result(true)), Some(true));
+        assert_eq!((t.state(), t.transitions()), (Health::Up, 0));
+        let mut t = Tracker::starting(3, 2, Health::Unknown);
+        assert_eq!(t.record(&probe_result(false)), None);
+        assert_eq!(t.state(), Health::Unknown);
+        assert_eq!(t.record(&probe_result(false)), Some(false));
+        assert_eq!(t.state(), Health::Down);
+        assert_eq!(t.record(&probe_result(true)), None, "down needs rise passes");
+    }
+
     #[tokio::test]
     async fn udp_expect_mismatch() {
         let port = udp_server(Some(b"PONG nope")).await;
