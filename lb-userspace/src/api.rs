@@ -50,8 +50,7 @@ pub enum Request {
 /// a request without exactly one command (or an edit without exactly one kind) lists the
 /// accepted ones and the keys it found.
 pub fn decode_request(line: &str) -> Result<Request, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("request: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("request: {e}"))?;
     one_key(&v, "request", variants::<Request>)?;
     if let Some(edit) = v.get("edit") {
         one_key(edit, "edit", variants::<Edit>)?;
@@ -321,8 +320,9 @@ mod tests {
 
     fn samples() -> Vec<Value> {
         let mut svc = Service::new("web", "203.0.113.10".parse().unwrap(), 80, Protocol::Tcp);
-        svc.backends.push(crate::model::Backend::new("192.0.2.1".parse().unwrap()));
-        let reqs = vec![
+        svc.backends
+            .push(crate::model::Backend::new("192.0.2.1".parse().unwrap()));
+        let reqs = [
             Request::Edit(Edit::BackendAdd {
                 service: "web".into(),
                 address: "192.0.2.11".parse().unwrap(),
@@ -352,7 +352,9 @@ mod tests {
             },
             Request::AffinityFlush { service: None },
         ];
-        reqs.iter().map(|r| serde_json::to_value(r).unwrap()).collect()
+        reqs.iter()
+            .map(|r| serde_json::to_value(r).unwrap())
+            .collect()
     }
 
     #[test]
@@ -365,8 +367,10 @@ mod tests {
         let e = decode_request(r#"{"edit":{"backend_add":{"service":"web","address":"x"}}}"#)
             .unwrap_err();
         assert!(e.starts_with("edit.backend_add.address: "), "{e}");
-        let e = decode_request(r#"{"edit":{"backend_add":{"service":"web","address":"10.0.0.1","wieght":1}}}"#)
-            .unwrap_err();
+        let e = decode_request(
+            r#"{"edit":{"backend_add":{"service":"web","address":"10.0.0.1","wieght":1}}}"#,
+        )
+        .unwrap_err();
         assert!(e.contains("wieght"), "{e}");
         let e = decode_request(r#"{"edit":{"service_add":{"service":{"name":"w","vip":"10.0.0.1","port":80,"protocol":"tcp","prefix_v4":33}}}}"#)
             .unwrap_err();

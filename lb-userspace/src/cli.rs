@@ -16,8 +16,9 @@ use crate::{
     config,
     model::{
         Affinity, Backend, CheckKind, Edit, Failback, HealthCheck, HealthInitial, HealthKind,
-        HumanDuration, NoBackend, Protocol, Service, limits::*, parse_address, parse_status_range,
-        status_range,
+        HumanDuration, NoBackend, Protocol, Service,
+        limits::*,
+        parse_address, parse_status_range, status_range,
         validate::{FieldError, validate_service},
     },
     pin, state,

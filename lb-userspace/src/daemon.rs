@@ -223,9 +223,8 @@ async fn serve_found(
     }
     let mut ctl = Controller::new(dp)?;
     let adopted = ctl.programmed.clone();
-    let resolver = Arc::new(
-        Resolver::new().context("opening a netlink socket for neighbour resolution")?,
-    );
+    let resolver =
+        Arc::new(Resolver::new().context("opening a netlink socket for neighbour resolution")?);
     let mut neigh = HashMap::new();
     let looked = first_look(&resolver, &desired, &adopted).await;
     record_looks(&mut ctl, &mut neigh, &interfaces, looked);
@@ -599,7 +598,6 @@ fn runtime(e: impl std::fmt::Display) -> Response {
     Response::error(ErrorKind::Runtime, e.to_string())
 }
 
-
 /// A controller error as a response: the caller's mistakes are usage errors (exit 2).
 fn control_error(e: ControlError) -> Response {
     if e.is_usage() { usage(e) } else { runtime(e) }
@@ -874,7 +872,12 @@ impl Daemon {
         }
     }
 
-    fn backend_status(&self, svc: &Service, ps: &ProgrammedService, b: &ProgrammedBackend) -> api::BackendStatus {
+    fn backend_status(
+        &self,
+        svc: &Service,
+        ps: &ProgrammedService,
+        b: &ProgrammedBackend,
+    ) -> api::BackendStatus {
         let note = self.neigh.get(&b.address);
         let check = self.health.get(&(svc.name.clone(), b.address));
         let up = match b.health {
@@ -1095,7 +1098,12 @@ impl Daemon {
         }
     }
 
-    fn backend_snapshot(&self, svc: &Service, ps: &ProgrammedService, b: &ProgrammedBackend) -> metrics::BackendSnapshot {
+    fn backend_snapshot(
+        &self,
+        svc: &Service,
+        ps: &ProgrammedService,
+        b: &ProgrammedBackend,
+    ) -> metrics::BackendSnapshot {
         let bs = self.ctl.dp.backend_stats(b.id).unwrap_or_default();
         let check = self.health.get(&(svc.name.clone(), b.address));
         metrics::BackendSnapshot {

@@ -1163,7 +1163,11 @@ mod tests {
         assert_eq!(t.state(), Health::Unknown);
         assert_eq!(t.record(&probe_result(false)), Some(false));
         assert_eq!(t.state(), Health::Down);
-        assert_eq!(t.record(&probe_result(true)), None, "down needs rise passes");
+        assert_eq!(
+            t.record(&probe_result(true)),
+            None,
+            "down needs rise passes"
+        );
     }
 
     #[tokio::test]
@@ -1330,7 +1334,13 @@ mod tests {
             initial: crate::model::HealthInitial::Checked,
         };
         let log: Log = Arc::default();
-        let task = tokio::spawn(run_checks("web".into(), LO, cfg, Health::Up, recorder(&log)));
+        let task = tokio::spawn(run_checks(
+            "web".into(),
+            LO,
+            cfg,
+            Health::Up,
+            recorder(&log),
+        ));
 
         assert!(wait_for(&log, Duration::from_secs(1), |l| l.len() >= 2).await);
         assert!(
@@ -1401,7 +1411,13 @@ mod tests {
             initial: crate::model::HealthInitial::Checked,
         };
         let log: Log = Arc::default();
-        let task = tokio::spawn(run_checks("web".into(), LO, cfg, Health::Down, recorder(&log)));
+        let task = tokio::spawn(run_checks(
+            "web".into(),
+            LO,
+            cfg,
+            Health::Down,
+            recorder(&log),
+        ));
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(!task.is_finished());
         task.abort();

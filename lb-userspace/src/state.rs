@@ -54,16 +54,26 @@ pub struct StateFile {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum LegacyOp {
     /// Added a service, or replaced the config's service of that name.
-    ServiceAdd { service: Box<Service> },
-    ServiceRemove { name: String },
+    ServiceAdd {
+        service: Box<Service>,
+    },
+    ServiceRemove {
+        name: String,
+    },
     /// Added a backend, or changed its weight when it existed.
     BackendAdd {
         service: String,
         address: IpAddr,
         weight: u32,
     },
-    BackendRemove { service: String, address: IpAddr },
-    Drain { service: String, address: IpAddr },
+    BackendRemove {
+        service: String,
+        address: IpAddr,
+    },
+    Drain {
+        service: String,
+        address: IpAddr,
+    },
 }
 
 #[derive(Deserialize)]

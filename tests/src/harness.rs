@@ -160,10 +160,7 @@ impl XlbHarness {
 
     /// The id of a programmed service (index of its counters).
     pub fn service_id(&self, name: &str) -> u32 {
-        self.ctl
-            .service(name)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .id
+        self.ctl.service(name).unwrap_or_else(|e| panic!("{e}")).id
     }
 
     pub fn prog(&self) -> &Xdp {

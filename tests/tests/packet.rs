@@ -784,9 +784,7 @@ fn fixtures() {
     );
 
     // An unhealthy backend's client is re-pinned on its next packet.
-    lab.h
-        .set_healthy("web4", before, false)
-        .expect("unhealthy");
+    lab.h.set_healthy("web4", before, false).expect("unhealthy");
     let repinned = lab
         .check(
             Fx::tx(
@@ -873,9 +871,7 @@ fn fixtures() {
         .out(Out::PredictedNot(Some(drained)))
         .svc("web4", Svc::Miss),
     );
-    lab.h
-        .set_draining("web4", drained, false)
-        .expect("undrain");
+    lab.h.set_draining("web4", drained, false).expect("undrain");
 
     // No healthy backend: drop and count, or pass when configured.
     for b in ["192.0.2.11", "192.0.2.12", "192.0.2.13"] {
@@ -1132,7 +1128,10 @@ fn batched_maglev_reads_and_writes_match_single_slot_access() {
         .map(|i| i.wrapping_mul(2_654_435_761) % 4096)
         .collect();
     for offset in [0, 12_345, slots - table.len() as u32] {
-        let written = h.dp_mut().write_maglev(offset, &table, None).expect("write");
+        let written = h
+            .dp_mut()
+            .write_maglev(offset, &table, None)
+            .expect("write");
         assert_eq!(written, table.len());
         assert_eq!(
             h.dp()

@@ -30,8 +30,9 @@ use std::{
 };
 
 pub use crate::model::{
-    FieldError, format_duration, parse_duration,
+    FieldError, format_duration,
     limits::{DEFAULT_AFFINITY_CAPACITY, DEFAULT_METRICS, DEFAULT_PIN_DIR, DEFAULT_SOCKET},
+    parse_duration,
 };
 use crate::{
     model::{Service, limits},
@@ -113,7 +114,9 @@ pub fn default_state_file(pin_dir: &Path) -> PathBuf {
         .components()
         .filter(|c| matches!(c, Component::Normal(_)))
         .collect();
-    Path::new(limits::STATE_DIR).join(relative).join("state.json")
+    Path::new(limits::STATE_DIR)
+        .join(relative)
+        .join("state.json")
 }
 
 /// A problem at a place in the file. `key` is the full dotted path

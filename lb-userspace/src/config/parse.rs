@@ -12,9 +12,7 @@ use toml::{
 };
 
 use super::{
-    Config, DaemonConfig, LocatedError, default_state_file,
-    locate::Doc,
-    schema::RawDaemon,
+    Config, DaemonConfig, LocatedError, default_state_file, locate::Doc, schema::RawDaemon,
 };
 use crate::model::{
     FieldError, Service,
@@ -119,7 +117,11 @@ fn daemon_from_raw(raw: RawDaemon) -> Result<DaemonConfig, Vec<FieldError>> {
     for (field, value, target) in [
         ("pin_dir", raw.pin_dir, &mut d.pin_dir),
         ("socket", raw.socket, &mut d.socket),
-        ("state_file", raw.state_file, state_file.get_or_insert_default()),
+        (
+            "state_file",
+            raw.state_file,
+            state_file.get_or_insert_default(),
+        ),
     ] {
         if let Some(value) = value {
             if Path::new(&value).is_absolute() {
@@ -177,7 +179,9 @@ fn metrics(e: &mut Errors, raw: Option<String>) -> Option<SocketAddr> {
             Ok(_) => {
                 e.push(
                     "metrics",
-                    format!("{s:?} is not a loopback address (metrics are served on loopback only)"),
+                    format!(
+                        "{s:?} is not a loopback address (metrics are served on loopback only)"
+                    ),
                 );
                 None
             }

@@ -4,8 +4,8 @@ use std::{collections::HashSet, net::IpAddr, path::Path, time::Duration};
 
 use super::*;
 use crate::model::{
-    Affinity, Backend, Failback, Forwarding, HealthCheck, HealthKind, NoBackend, Protocol,
-    Service, validate::validate_service,
+    Affinity, Backend, Failback, Forwarding, HealthCheck, HealthKind, NoBackend, Protocol, Service,
+    validate::validate_service,
 };
 
 const FILE: &str = "/etc/xlb/test.toml";
@@ -356,11 +356,10 @@ fn to_toml_round_trips() {
     for text in [
         DESIGN_EXAMPLE.to_string(),
         web(""),
-        web("health = { kind = \"http\", path = \"/healthz\", expect = \"200-299\" }\n")
-            .replace(
-                "[\"lo\"]",
-                "[\"lo\"]\nmetrics = \"\"\nxdp_mode = \"generic\"",
-            ),
+        web("health = { kind = \"http\", path = \"/healthz\", expect = \"200-299\" }\n").replace(
+            "[\"lo\"]",
+            "[\"lo\"]\nmetrics = \"\"\nxdp_mode = \"generic\"",
+        ),
         service(
             "name = \"dns\"\nvip = \"2001:db8::53\"\nport = 0\nprotocol = \"udp\"\n\
              idle_timeout = \"1m30s\"\nhealth = { kind = \"udp\", port = 53, send = \"q\\\"\\n\" }\n\
@@ -474,7 +473,6 @@ fn load_reads_files_and_names_them() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-
 // --- property tests: no panic on any input; a rejected input names its key ----------
 
 mod props {
@@ -493,8 +491,24 @@ mod props {
             any::<bool>().prop_map(toml::Value::Boolean),
             ".{0,12}".prop_map(toml::Value::String),
             prop::sample::select(vec![
-                "tcp", "udp", "none", "http", "0s", "50ms", "10m", "1x", "10.0.0.1", "fe80::1",
-                "2001:db8::9", "/abs/path", "200-399", "checked", "up", "dsr", "nat", "",
+                "tcp",
+                "udp",
+                "none",
+                "http",
+                "0s",
+                "50ms",
+                "10m",
+                "1x",
+                "10.0.0.1",
+                "fe80::1",
+                "2001:db8::9",
+                "/abs/path",
+                "200-399",
+                "checked",
+                "up",
+                "dsr",
+                "nat",
+                "",
             ])
             .prop_map(|s| toml::Value::String(s.into())),
         ];
@@ -510,17 +524,44 @@ mod props {
     /// (table the key lives in, key).
     fn key() -> impl Strategy<Value = (&'static str, &'static str)> {
         prop::sample::select(vec![
-            ("service", "name"), ("service", "vip"), ("service", "port"), ("service", "protocol"),
-            ("service", "forwarding"), ("service", "affinity"), ("service", "prefix_v4"),
-            ("service", "prefix_v6"), ("service", "idle_timeout"), ("service", "failback"),
-            ("service", "table_size"), ("service", "no_backend"), ("health", "kind"),
-            ("health", "port"), ("health", "interval"), ("health", "timeout"), ("health", "rise"),
-            ("health", "fall"), ("health", "initial"), ("health", "path"), ("health", "host"),
-            ("health", "expect"), ("health", "body"), ("health", "send"), ("backend", "address"),
-            ("backend", "weight"), ("backend", "draining"), ("daemon", "xdp_mode"),
-            ("daemon", "pin_dir"), ("daemon", "socket"), ("daemon", "metrics"),
-            ("daemon", "affinity_capacity"), ("daemon", "state_file"), ("daemon", "interfaces"),
-            ("service", "colour"), ("health", "retries"), ("backend", "wieght"), ("daemon", "mode"),
+            ("service", "name"),
+            ("service", "vip"),
+            ("service", "port"),
+            ("service", "protocol"),
+            ("service", "forwarding"),
+            ("service", "affinity"),
+            ("service", "prefix_v4"),
+            ("service", "prefix_v6"),
+            ("service", "idle_timeout"),
+            ("service", "failback"),
+            ("service", "table_size"),
+            ("service", "no_backend"),
+            ("health", "kind"),
+            ("health", "port"),
+            ("health", "interval"),
+            ("health", "timeout"),
+            ("health", "rise"),
+            ("health", "fall"),
+            ("health", "initial"),
+            ("health", "path"),
+            ("health", "host"),
+            ("health", "expect"),
+            ("health", "body"),
+            ("health", "send"),
+            ("backend", "address"),
+            ("backend", "weight"),
+            ("backend", "draining"),
+            ("daemon", "xdp_mode"),
+            ("daemon", "pin_dir"),
+            ("daemon", "socket"),
+            ("daemon", "metrics"),
+            ("daemon", "affinity_capacity"),
+            ("daemon", "state_file"),
+            ("daemon", "interfaces"),
+            ("service", "colour"),
+            ("health", "retries"),
+            ("backend", "wieght"),
+            ("daemon", "mode"),
         ])
     }
 
@@ -533,9 +574,17 @@ mod props {
             "health" => (String::new(), String::new(), kv, String::new()),
             _ => (String::new(), String::new(), String::new(), kv),
         };
-        let interfaces = if key == "interfaces" { "" } else { "interfaces = [\"lo\"]\n" };
+        let interfaces = if key == "interfaces" {
+            ""
+        } else {
+            "interfaces = [\"lo\"]\n"
+        };
         let base = |k: &str, v: &str| {
-            if k == key && table == "service" { String::new() } else { format!("{k} = {v}\n") }
+            if k == key && table == "service" {
+                String::new()
+            } else {
+                format!("{k} = {v}\n")
+            }
         };
         let backend = if table == "backend" && key == "address" {
             backend

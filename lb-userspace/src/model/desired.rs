@@ -59,11 +59,11 @@ impl Desired {
         }
         match edit {
             Edit::ServiceAdd { service } => self.add_service(service),
-            Edit::ServiceRemove { name } => {
-                self.services.remove(name).map(drop).ok_or_else(|| {
-                    vec![FieldError::new("name", format!("no service {name:?}"))]
-                })
-            }
+            Edit::ServiceRemove { name } => self
+                .services
+                .remove(name)
+                .map(drop)
+                .ok_or_else(|| vec![FieldError::new("name", format!("no service {name:?}"))]),
             Edit::BackendAdd {
                 service,
                 address,
@@ -100,7 +100,8 @@ impl Desired {
     fn add_service(&mut self, service: &Service) -> Result<(), Vec<FieldError>> {
         let others: Vec<&Service> = self.services.values().collect();
         validate_service(service, &others)?;
-        self.services.insert(service.name.clone(), normalized(service));
+        self.services
+            .insert(service.name.clone(), normalized(service));
         Ok(())
     }
 
@@ -146,13 +147,15 @@ impl Desired {
             .filter(|s| s.name != service)
             .collect();
         validate_service(&candidate, &others).map_err(|errors| {
-            let index = address.and_then(|a| candidate.backends.iter().position(|b| b.address == a));
+            let index =
+                address.and_then(|a| candidate.backends.iter().position(|b| b.address == a));
             errors
                 .into_iter()
                 .map(|e| edit_field(e, index))
                 .collect::<Vec<_>>()
         })?;
-        self.services.insert(service.to_string(), normalized(&candidate));
+        self.services
+            .insert(service.to_string(), normalized(&candidate));
         Ok(())
     }
 
@@ -182,8 +185,10 @@ impl Desired {
     /// config services, then per service either backend edits (same settings) or a
     /// replacement (remove + add). `replay(base, &diff(base))` gives `self` back.
     pub fn diff(&self, base: &[Service]) -> Vec<Edit> {
-        let base: BTreeMap<&str, Service> =
-            base.iter().map(|s| (s.name.as_str(), normalized(s))).collect();
+        let base: BTreeMap<&str, Service> = base
+            .iter()
+            .map(|s| (s.name.as_str(), normalized(s)))
+            .collect();
         let mut edits: Vec<Edit> = base
             .keys()
             .filter(|n| !self.services.contains_key(**n))

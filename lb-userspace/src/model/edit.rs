@@ -31,18 +31,31 @@ fn default_weight() -> u32 {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Edit {
     /// A new service with its backends (a name not in use).
-    ServiceAdd { service: Box<Service> },
-    ServiceRemove { name: String },
+    ServiceAdd {
+        service: Box<Service>,
+    },
+    ServiceRemove {
+        name: String,
+    },
     BackendAdd {
         service: String,
         address: IpAddr,
         #[serde(default = "default_weight")]
         weight: u32,
     },
-    BackendRemove { service: String, address: IpAddr },
+    BackendRemove {
+        service: String,
+        address: IpAddr,
+    },
     /// Keep its pinned clients, send it no new ones.
-    BackendDrain { service: String, address: IpAddr },
-    BackendUndrain { service: String, address: IpAddr },
+    BackendDrain {
+        service: String,
+        address: IpAddr,
+    },
+    BackendUndrain {
+        service: String,
+        address: IpAddr,
+    },
     BackendWeight {
         service: String,
         address: IpAddr,

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Backend, CheckKind, FUTURE_FORWARDING, Forwarding, HealthCheck, HealthKind, Named, Service,
-    format_duration, limits::*, parse_address, parse_duration, parse_status_range, status_range,
+    format_duration,
+    limits::*,
+    parse_address, parse_duration, parse_status_range, status_range,
     validate::{Errors, FieldError, join, out_of_range, validate_service},
 };
 
@@ -98,7 +100,8 @@ pub fn service_from_raw(raw: RawService) -> Result<Service, Vec<FieldError>> {
     let vip = required(&mut e, "vip", raw.vip)
         .and_then(|s| address(&mut e, "vip", &s))
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let port = required(&mut e, "port", raw.port).map_or(0, |p| int(&mut e, "port", p, 0, u16::MAX));
+    let port =
+        required(&mut e, "port", raw.port).map_or(0, |p| int(&mut e, "port", p, 0, u16::MAX));
     let protocol = match required(&mut e, "protocol", raw.protocol) {
         Some(p) => named(&mut e, "protocol", Some(p), super::Protocol::Tcp),
         None => super::Protocol::Tcp,
@@ -151,9 +154,9 @@ fn backend_from_raw(e: &mut Errors, i: usize, b: RawBackend) -> Backend {
     let address = required(e, field("address"), b.address)
         .and_then(|s| address(e, field("address"), &s))
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let weight = b
-        .weight
-        .map_or(DEFAULT_WEIGHT, |w| int(e, field("weight"), w, MIN_WEIGHT, MAX_WEIGHT));
+    let weight = b.weight.map_or(DEFAULT_WEIGHT, |w| {
+        int(e, field("weight"), w, MIN_WEIGHT, MAX_WEIGHT)
+    });
     Backend {
         address,
         weight,
@@ -162,7 +165,10 @@ fn backend_from_raw(e: &mut Errors, i: usize, b: RawBackend) -> Backend {
 }
 
 fn health_from_raw(e: &mut Errors, raw: RawHealth, service_port: u16) -> HealthCheck {
-    let known = raw.kind.as_deref().is_none_or(|k| CheckKind::from_name(k).is_some());
+    let known = raw
+        .kind
+        .as_deref()
+        .is_none_or(|k| CheckKind::from_name(k).is_some());
     let kind = named(e, "health.kind", raw.kind.clone(), DEFAULT_CHECK_KIND);
     check_keys_apply(e, &raw, kind, known);
     let port = match raw.port {

@@ -385,9 +385,16 @@ mod tests {
         check_table::<HealthInitial>();
         check_table::<Health>();
         assert_eq!(Protocol::expected(), "\"tcp\", \"udp\"");
-        assert!(Protocol::parse_name("sctp").unwrap_err().contains("\"tcp\", \"udp\""));
+        assert!(
+            Protocol::parse_name("sctp")
+                .unwrap_err()
+                .contains("\"tcp\", \"udp\"")
+        );
         // serde and Display spell from the same table.
-        assert_eq!(serde_json::to_string(&Affinity::SourceIp).unwrap(), "\"source-ip\"");
+        assert_eq!(
+            serde_json::to_string(&Affinity::SourceIp).unwrap(),
+            "\"source-ip\""
+        );
         assert_eq!(Health::Down.to_string(), "unhealthy");
     }
 

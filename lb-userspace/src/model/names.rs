@@ -37,12 +37,8 @@ pub trait Named: Copy + PartialEq + Sized + 'static {
 
     /// [`Named::from_name`] with the message every encoding uses for a bad name.
     fn parse_name(s: &str) -> Result<Self, String> {
-        Self::from_name(s).ok_or_else(|| {
-            format!(
-                "unknown value {s:?} (expected one of {})",
-                Self::expected()
-            )
-        })
+        Self::from_name(s)
+            .ok_or_else(|| format!("unknown value {s:?} (expected one of {})", Self::expected()))
     }
 }
 

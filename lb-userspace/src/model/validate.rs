@@ -15,8 +15,8 @@ use std::{collections::HashSet, fmt, net::IpAddr, net::SocketAddr, time::Duratio
 use lb_common::maglev::{is_prime, next_prime};
 
 use super::{
-    Forwarding, HealthCheck, HealthKind, Service, format_duration, is_ipv6_link_local,
-    limits::*, status_range,
+    Forwarding, HealthCheck, HealthKind, Service, format_duration, is_ipv6_link_local, limits::*,
+    status_range,
 };
 
 /// A problem with one field, named relative to its service (or to the edit that
@@ -65,7 +65,11 @@ impl Errors {
 }
 
 /// `"33 is out of range (0..=32)"`.
-pub fn out_of_range(value: impl fmt::Display, lo: impl fmt::Display, hi: impl fmt::Display) -> String {
+pub fn out_of_range(
+    value: impl fmt::Display,
+    lo: impl fmt::Display,
+    hi: impl fmt::Display,
+) -> String {
     format!("{value} is out of range ({lo}..={hi})")
 }
 
@@ -99,7 +103,9 @@ fn check_name(e: &mut Errors, svc: &Service, others: &[&Service]) {
     } else if name.len() > NAME_MAX_LEN || !name.chars().all(name_ok) {
         e.push(
             "name",
-            format!("{name:?} must be 1 to {NAME_MAX_LEN} characters of A-Z, a-z, 0-9, '_', '.', '-'"),
+            format!(
+                "{name:?} must be 1 to {NAME_MAX_LEN} characters of A-Z, a-z, 0-9, '_', '.', '-'"
+            ),
         );
     } else if others.iter().any(|o| o.name == *name) {
         e.push("name", format!("duplicate service name {name:?}"));
@@ -166,13 +172,19 @@ fn check_table_size(e: &mut Errors, svc: &Service, others: &[&Service]) {
     let m = svc.table_size;
     let min = (n as u64 * u64::from(SLOTS_PER_BACKEND)).max(MIN_TABLE_SIZE.into());
     if m > MAX_TABLE_SIZE {
-        e.push("table_size", out_of_range(m, MIN_TABLE_SIZE, MAX_TABLE_SIZE));
+        e.push(
+            "table_size",
+            out_of_range(m, MIN_TABLE_SIZE, MAX_TABLE_SIZE),
+        );
     } else if min > u64::from(MAX_TABLE_SIZE) {
         // Only reachable with more backends than MAX_BACKENDS, reported above.
     } else if !is_prime(m) {
         // Maglev's permutations need a prime M; suggest one that also fits the backends.
         let suggestion = next_prime(m.max(min as u32));
-        e.push("table_size", format!("{m} is not prime (next prime: {suggestion})"));
+        e.push(
+            "table_size",
+            format!("{m} is not prime (next prime: {suggestion})"),
+        );
     } else if u64::from(m) < min {
         e.push(
             "table_size",

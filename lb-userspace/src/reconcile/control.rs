@@ -95,8 +95,12 @@ impl Controller {
 
     /// Reconciles the current intent and observations.
     pub fn sync(&mut self) -> Result<Applied, ControlError> {
-        let (programmed, plan) =
-            reconcile(&self.desired, &self.observed, &self.programmed, &mut self.alloc)?;
+        let (programmed, plan) = reconcile(
+            &self.desired,
+            &self.observed,
+            &self.programmed,
+            &mut self.alloc,
+        )?;
         self.run(programmed, plan)
     }
 
@@ -144,6 +148,11 @@ impl Controller {
         client: IpAddr,
         port: u16,
     ) -> Result<Explanation, ControlError> {
-        Ok(inspect::explain(self.service(service)?, &self.dp, client, port)?)
+        Ok(inspect::explain(
+            self.service(service)?,
+            &self.dp,
+            client,
+            port,
+        )?)
     }
 }

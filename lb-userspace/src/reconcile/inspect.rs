@@ -102,7 +102,12 @@ fn key_from(
     let m = value.src_mask;
     Ok(AffinityKey {
         service_id: id,
-        addr: [words[0] & m[0], words[1] & m[1], words[2] & m[2], words[3] & m[3]],
+        addr: [
+            words[0] & m[0],
+            words[1] & m[1],
+            words[2] & m[2],
+            words[3] & m[3],
+        ],
         port_be: if value.flags & SVC_F_AFFINITY_NONE != 0 {
             port.to_be()
         } else {
@@ -132,7 +137,11 @@ pub fn affinity_key_for(
     port: u16,
 ) -> Result<AffinityKey, InspectError> {
     let value = super::service_value(svc, id, 0);
-    let port = if svc.affinity == Affinity::None { port } else { 0 };
+    let port = if svc.affinity == Affinity::None {
+        port
+    } else {
+        0
+    };
     key_from(id, &value, addr_bytes(svc.vip).1, client, port)
 }
 
@@ -160,8 +169,7 @@ pub fn judge(
     now_ns: u64,
 ) -> Verdict {
     let _ = key;
-    if backend.generation != v.backend_gen || backend.flags & BE_F_HEALTHY == 0
-    {
+    if backend.generation != v.backend_gen || backend.flags & BE_F_HEALTHY == 0 {
         Verdict::BackendUnusable
     } else if now_ns.saturating_sub(v.last_seen_ns) > idle_timeout_ns {
         Verdict::Expired

@@ -45,11 +45,11 @@ use lb_common::{
     prefix_mask,
 };
 
-pub use crate::model::{Health, Link};
 use crate::model::{
     Affinity, Desired, Failback, NoBackend, Service, addr_bytes, addr_words,
     limits::{MAX_BACKENDS, MAX_SERVICES},
 };
+pub use crate::model::{Health, Link};
 
 /// What the daemon has learnt. A missing entry means "nothing new learnt": the last
 /// programmed state stands (that is how a restart keeps what the maps said).
@@ -180,7 +180,10 @@ pub enum MapOp {
     NextGeneration(u32),
     ResetBackendStats(u32),
     ResetServiceStats(u32),
-    Backend { id: u32, value: BackendValue },
+    Backend {
+        id: u32,
+        value: BackendValue,
+    },
     /// Write `table` at `offset`, skipping slots equal in `old` (`None`: write all).
     /// (Whole tables rather than ARCH.md's changed pairs: the maps API writes batched
     /// ranges, and `old` lets it skip the unchanged slots itself.)
@@ -189,10 +192,17 @@ pub enum MapOp {
         table: Vec<u32>,
         old: Option<Vec<u32>>,
     },
-    Service { key: ServiceKey, value: ServiceValue },
-    RemoveService { key: ServiceKey },
+    Service {
+        key: ServiceKey,
+        value: ServiceValue,
+    },
+    RemoveService {
+        key: ServiceKey,
+    },
     Vips(Vec<(Addr, u8)>),
-    FlushAffinity { service_id: u32 },
+    FlushAffinity {
+        service_id: u32,
+    },
     /// `failback = "rebalance"`: unpin the clients of `service_id` whose slot in `table`
     /// is `backend_id` (it just recovered) but are pinned elsewhere.
     Rebalance {

@@ -6,9 +6,7 @@ use lb_common::{BE_F_HEALTHY, NO_BACKEND};
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{
-    Backend, Edit, FieldError, HealthInitial, HealthKind, Protocol, Service,
-};
+use crate::model::{Backend, Edit, FieldError, HealthInitial, HealthKind, Protocol, Service};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -49,7 +47,14 @@ const CAPACITY: u32 = 1 << 16;
 
 /// What must not depend on history: per service its settings, its backends by address
 /// (weight, health, draining, usable) and its Maglev table by backend address.
-type View = BTreeMap<String, (ServiceValueView, Vec<(IpAddr, u32, Health, bool, bool)>, Vec<Option<IpAddr>>)>;
+type View = BTreeMap<
+    String,
+    (
+        ServiceValueView,
+        Vec<(IpAddr, u32, Health, bool, bool)>,
+        Vec<Option<IpAddr>>,
+    ),
+>;
 type ServiceValueView = (ServiceKey, u32, u32, u64, u8);
 
 fn view(p: &Programmed) -> View {
@@ -57,7 +62,13 @@ fn view(p: &Programmed) -> View {
         .iter()
         .map(|s| {
             let v = &s.value;
-            let settings = (s.key, v.flags, v.table_size, v.idle_timeout_ns, v.prefix_len);
+            let settings = (
+                s.key,
+                v.flags,
+                v.table_size,
+                v.idle_timeout_ns,
+                v.prefix_len,
+            );
             let backends = s
                 .backends
                 .iter()
@@ -66,7 +77,9 @@ fn view(p: &Programmed) -> View {
             let table = s
                 .table
                 .iter()
-                .map(|id| (*id != NO_BACKEND).then(|| s.backend_by_id(*id).expect("table id").address))
+                .map(|id| {
+                    (*id != NO_BACKEND).then(|| s.backend_by_id(*id).expect("table id").address)
+                })
                 .collect();
             (s.name.clone().expect("named"), (settings, backends, table))
         })
@@ -106,7 +119,10 @@ fn step_by_step(base: &[Service], edits: &[Edit]) -> (Desired, Programmed, Vec<P
 /// The write-order rules of the module docs, checked on one plan.
 fn check_plan_order(plan: &Plan, before: &Programmed, after: &Programmed) {
     let ops = &plan.0;
-    if let Some(i) = ops.iter().position(|o| matches!(o, MapOp::NextGeneration(_))) {
+    if let Some(i) = ops
+        .iter()
+        .position(|o| matches!(o, MapOp::NextGeneration(_)))
+    {
         assert_eq!(i, 0, "the generation counter is persisted first: {ops:?}");
     }
     for (i, op) in ops.iter().enumerate() {
@@ -123,13 +139,17 @@ fn check_plan_order(plan: &Plan, before: &Programmed, after: &Programmed) {
                 .iter()
                 .flat_map(|s| &s.backends)
                 .any(|b| b.id == *id && b.usable());
-            assert!(written_before || was_usable, "slot points to backend {id} before it is usable: {ops:?}");
+            assert!(
+                written_before || was_usable,
+                "slot points to backend {id} before it is usable: {ops:?}"
+            );
         }
         // Nothing that leaves the table is cleared or made unusable before the slots.
         for later in &ops[..i] {
             if let MapOp::Backend { id, value } = later {
                 assert!(
-                    value.flags & BE_F_HEALTHY != 0 || !before.services.iter().any(|s| s.table.contains(id)),
+                    value.flags & BE_F_HEALTHY != 0
+                        || !before.services.iter().any(|s| s.table.contains(id)),
                     "backend {id} made unusable before the slots changed: {ops:?}"
                 );
             }
@@ -154,7 +174,12 @@ fn check_plan_order(plan: &Plan, before: &Programmed, after: &Programmed) {
 
 fn base() -> Vec<Service> {
     vec![
-        svc("web", "203.0.113.10", 80, &["192.0.2.11", "192.0.2.12", "192.0.2.13"]),
+        svc(
+            "web",
+            "203.0.113.10",
+            80,
+            &["192.0.2.11", "192.0.2.12", "192.0.2.13"],
+        ),
         svc("dns", "203.0.113.10", 53, &["192.0.2.11", "192.0.2.14"]),
     ]
 }
@@ -204,7 +229,11 @@ fn edits_one_by_one_equal_the_final_config_from_scratch() {
     assert_eq!(view(&p), view(&scratch(&d, &all_up(&d))));
     // The re-added backend got a new generation: its old clients are not inherited.
     let first = step_by_step(&base(), &[]).1;
-    let old = first.service("web").unwrap().backend(ip("192.0.2.11")).unwrap();
+    let old = first
+        .service("web")
+        .unwrap()
+        .backend(ip("192.0.2.11"))
+        .unwrap();
     let new = p.service("web").unwrap().backend(ip("192.0.2.11")).unwrap();
     assert!(new.generation > old.generation);
 }
@@ -337,7 +366,12 @@ fn invalid_edits_name_their_field_and_change_nothing() {
             },
             "weight",
         ),
-        (Edit::ServiceRemove { name: "nosuch".into() }, "name"),
+        (
+            Edit::ServiceRemove {
+                name: "nosuch".into(),
+            },
+            "name",
+        ),
         (
             Edit::ServiceAdd {
                 service: Box::new(dup.clone()),
@@ -353,7 +387,12 @@ fn invalid_edits_name_their_field_and_change_nothing() {
     ];
     dup.idle_timeout = std::time::Duration::from_millis(50);
     dup.port = 81;
-    let short = (Edit::ServiceAdd { service: Box::new(dup) }, "idle_timeout");
+    let short = (
+        Edit::ServiceAdd {
+            service: Box::new(dup),
+        },
+        "idle_timeout",
+    );
     for (edit, field) in cases.iter().chain([&short]) {
         let mut after = d.clone();
         let errors: Vec<FieldError> = after.apply(edit).expect_err("invalid");
@@ -361,7 +400,11 @@ fn invalid_edits_name_their_field_and_change_nothing() {
             errors.iter().any(|e| e.field == *field),
             "{edit:?}: {errors:?} does not name {field}"
         );
-        assert!(errors.iter().all(|e| !e.field.is_empty() && !e.message.is_empty()));
+        assert!(
+            errors
+                .iter()
+                .all(|e| !e.field.is_empty() && !e.message.is_empty())
+        );
         assert_eq!(after, d, "{edit:?} changed the state");
     }
 }
@@ -373,7 +416,14 @@ fn table_membership_follows_health_initial_drain_and_link() {
         "web",
         "203.0.113.10",
         80,
-        &["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5", "192.0.2.6"],
+        &[
+            "192.0.2.1",
+            "192.0.2.2",
+            "192.0.2.3",
+            "192.0.2.4",
+            "192.0.2.5",
+            "192.0.2.6",
+        ],
     );
     s.backends[4].draining = true;
     let d = Desired::from_services(&[s.clone()]);
@@ -389,7 +439,11 @@ fn table_membership_follows_health_initial_drain_and_link() {
         (b.usable(), ps.table.contains(&b.id))
     };
     assert_eq!(state("192.0.2.1"), (true, true), "up");
-    assert_eq!(state("192.0.2.2"), (false, false), "unknown, initial checked (issue 10 fault 4)");
+    assert_eq!(
+        state("192.0.2.2"),
+        (false, false),
+        "unknown, initial checked (issue 10 fault 4)"
+    );
     assert_eq!(state("192.0.2.3"), (false, false), "down");
     assert_eq!(state("192.0.2.5"), (true, false), "draining keeps its pins");
     assert_eq!(state("192.0.2.6"), (false, false), "no link");
@@ -435,18 +489,40 @@ fn adoption_keeps_everything_and_writes_nothing() {
     assert_eq!(view(&p), view(&first));
     for (a, b) in p.services.iter().zip(&first.services) {
         assert_eq!((a.id, a.table_offset()), (b.id, b.table_offset()));
-        let gens = |s: &ProgrammedService| s.backends.iter().map(|b| (b.id, b.generation)).collect::<Vec<_>>();
+        let gens = |s: &ProgrammedService| {
+            s.backends
+                .iter()
+                .map(|b| (b.id, b.generation))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(gens(a), gens(b));
     }
     // An adopted service whose table size changed starts afresh in a new region, and
     // the old one is removed with its pins.
     let mut bigger = base();
     bigger[0].table_size = 2039;
-    let (p, plan) = reconcile(&Desired::from_services(&bigger), &all_up(&d), &adopted, &mut alloc).unwrap();
-    let old = adopted.services.iter().find(|s| s.key == service_key(&base()[0])).unwrap();
+    let (p, plan) = reconcile(
+        &Desired::from_services(&bigger),
+        &all_up(&d),
+        &adopted,
+        &mut alloc,
+    )
+    .unwrap();
+    let old = adopted
+        .services
+        .iter()
+        .find(|s| s.key == service_key(&base()[0]))
+        .unwrap();
     assert!(plan.0.contains(&MapOp::RemoveService { key: old.key }));
-    assert!(plan.0.contains(&MapOp::FlushAffinity { service_id: old.id }));
-    assert_ne!(p.service("web").unwrap().id, old.id, "not reused in the same plan");
+    assert!(
+        plan.0
+            .contains(&MapOp::FlushAffinity { service_id: old.id })
+    );
+    assert_ne!(
+        p.service("web").unwrap().id,
+        old.id,
+        "not reused in the same plan"
+    );
 }
 
 /// failback = "rebalance": a backend that comes back from Down gets its slots' clients
@@ -458,13 +534,20 @@ fn recovery_rebalances_only_with_failback_rebalance() {
         s.failback = failback;
         let d = Desired::from_services(&[s]);
         let mut o = all_up(&d);
-        o.health.insert(("web".into(), ip("192.0.2.2")), Health::Down);
+        o.health
+            .insert(("web".into(), ip("192.0.2.2")), Health::Down);
         let mut alloc = Generations::starting_at(1);
         let (p, _) = reconcile(&d, &o, &Programmed::empty(CAPACITY), &mut alloc).unwrap();
         o.health.insert(("web".into(), ip("192.0.2.2")), Health::Up);
         let (_, plan) = reconcile(&d, &o, &p, &mut alloc).unwrap();
-        let slots = plan.0.iter().position(|op| matches!(op, MapOp::Slots { .. }));
-        let re = plan.0.iter().position(|op| matches!(op, MapOp::Rebalance { .. }));
+        let slots = plan
+            .0
+            .iter()
+            .position(|op| matches!(op, MapOp::Slots { .. }));
+        let re = plan
+            .0
+            .iter()
+            .position(|op| matches!(op, MapOp::Rebalance { .. }));
         assert_eq!(re.is_some(), want, "{failback:?}: {:?}", plan.0);
         if let (Some(s), Some(r)) = (slots, re) {
             assert!(s < r);
@@ -474,7 +557,12 @@ fn recovery_rebalances_only_with_failback_rebalance() {
         o2.health.remove(&("web".into(), ip("192.0.2.2")));
         let (p2, _) = reconcile(&d, &o2, &Programmed::empty(CAPACITY), &mut alloc).unwrap();
         let (_, plan) = reconcile(&d, &all_up(&d), &p2, &mut alloc).unwrap();
-        assert!(!plan.0.iter().any(|op| matches!(op, MapOp::Rebalance { .. })));
+        assert!(
+            !plan
+                .0
+                .iter()
+                .any(|op| matches!(op, MapOp::Rebalance { .. }))
+        );
     }
 }
 
@@ -486,5 +574,9 @@ fn out_of_space_is_an_error() {
     let d = Desired::from_services(&[s]);
     let mut alloc = Generations::starting_at(1);
     let e = reconcile(&d, &all_up(&d), &Programmed::empty(1000), &mut alloc).unwrap_err();
-    assert!(e.to_string().contains("no room for a Maglev table of 65537"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("no room for a Maglev table of 65537"),
+        "{e}"
+    );
 }

@@ -86,7 +86,9 @@ fn diff_then_replay_round_trips() {
     let mut changed = Desired::from_services(&base);
     let mut a = changed.service("a").unwrap().clone();
     a.idle_timeout = std::time::Duration::from_secs(5);
-    changed.apply(&Edit::ServiceRemove { name: "a".into() }).unwrap();
+    changed
+        .apply(&Edit::ServiceRemove { name: "a".into() })
+        .unwrap();
     changed
         .apply(&Edit::ServiceAdd {
             service: Box::new(a),
@@ -123,7 +125,11 @@ fn save_is_atomic_and_load_reports_bad_files() {
     let dir = Dir::new("save");
     let pin = Path::new("/sys/fs/bpf/xlb-test");
     let path = dir.0.join("sub/state.json");
-    assert_eq!(load(&path, pin).unwrap(), Saved::default(), "missing = empty");
+    assert_eq!(
+        load(&path, pin).unwrap(),
+        Saved::default(),
+        "missing = empty"
+    );
     let mut now = Desired::from_services(&base());
     now.apply(&Edit::BackendDrain {
         service: "a".into(),
@@ -136,7 +142,10 @@ fn save_is_atomic_and_load_reports_bad_files() {
     assert_eq!(saved.format, FORMAT);
     assert_eq!(saved.content, Content::Edits(edits));
     let text = fs::read_to_string(&path).unwrap();
-    assert!(text.contains("\"pin_dir\": \"/sys/fs/bpf/xlb-test\""), "{text}");
+    assert!(
+        text.contains("\"pin_dir\": \"/sys/fs/bpf/xlb-test\""),
+        "{text}"
+    );
     // No temporary file is left next to it.
     let names: Vec<_> = fs::read_dir(path.parent().unwrap())
         .unwrap()
@@ -219,7 +228,10 @@ fn format_1_files_are_upgraded() {
         weights,
         [(ip("10.1.0.1"), 5, false), (ip("10.1.0.7"), 2, true)]
     );
-    assert_eq!(d.service("b").unwrap().backends, [Backend::new(ip("10.1.0.8"))]);
+    assert_eq!(
+        d.service("b").unwrap().backends,
+        [Backend::new(ip("10.1.0.8"))]
+    );
     assert!(d.service("c").is_some());
     // Written back as format 2, it replays to the same state.
     save(&path, Path::new("/sys/fs/bpf/xlb"), &d.diff(&base())).unwrap();

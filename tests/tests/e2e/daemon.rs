@@ -478,7 +478,12 @@ impl LoDaemon {
     }
 
     /// Writes config `name` with this pin_dir and state file, one service without backends.
-    fn config(&self, name: &str, pin_dir: &str, state_file: &std::path::Path) -> std::path::PathBuf {
+    fn config(
+        &self,
+        name: &str,
+        pin_dir: &str,
+        state_file: &std::path::Path,
+    ) -> std::path::PathBuf {
         let cfg = self.dir.join(format!("{name}.toml"));
         std::fs::write(
             &cfg,
@@ -519,8 +524,17 @@ impl LoDaemon {
             .spawn()
             .expect("xlb run");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.xlb(&["--socket", self.socket(name).to_str().unwrap(), "status"]).status.code() != Some(0) {
-            assert!(std::time::Instant::now() < deadline, "{name} did not start: {}", self.log(name));
+        while self
+            .xlb(&["--socket", self.socket(name).to_str().unwrap(), "status"])
+            .status
+            .code()
+            != Some(0)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} did not start: {}",
+                self.log(name)
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         child
@@ -537,7 +551,12 @@ impl LoDaemon {
     }
 
     fn services(&self, name: &str) -> Vec<String> {
-        let out = self.xlb(&["--socket", self.socket(name).to_str().unwrap(), "--json", "status"]);
+        let out = self.xlb(&[
+            "--socket",
+            self.socket(name).to_str().unwrap(),
+            "--json",
+            "status",
+        ]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
         v["services"]
             .as_array()
@@ -573,8 +592,18 @@ fn state_file_belongs_to_its_deployment() {
 
     let a = t.start("a", &cfg_a);
     let sock_a = t.socket("a");
-    let out = t.xlb(&["--socket", sock_a.to_str().unwrap(), "service", "remove", "web"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = t.xlb(&[
+        "--socket",
+        sock_a.to_str().unwrap(),
+        "service",
+        "remove",
+        "web",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     t.stop(a);
     let saved = std::fs::read_to_string(&state).expect("state file written");
     assert!(saved.contains(&pin_a), "{saved}");
@@ -606,11 +635,18 @@ fn state_file_belongs_to_its_deployment() {
     // `down` moves the changes aside; the next start is the config alone.
     let out = t.xlb(&["down", "--config", cfg_a.to_str().unwrap()]);
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && said.contains("state.json.bak"), "{said}");
+    assert!(
+        out.status.success() && said.contains("state.json.bak"),
+        "{said}"
+    );
     assert!(!state.exists() && t.dir.join("state.json.bak").exists());
     let a = t.start("a", &cfg_a);
     assert_eq!(t.services("a"), ["web"]);
-    assert!(!t.log("a").contains("saved runtime changes"), "{}", t.log("a"));
+    assert!(
+        !t.log("a").contains("saved runtime changes"),
+        "{}",
+        t.log("a")
+    );
     t.stop(a);
     let _ = t.xlb(&["down", "--config", cfg_a.to_str().unwrap()]);
 }

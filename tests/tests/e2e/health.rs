@@ -461,13 +461,18 @@ fn a_new_backend_takes_clients_only_after_its_first_passed_check() {
     let (early, late) = clients.split_at(60);
     let got = answers(&lab, early, vip);
     let on_new = got.values().filter(|b| *b == "be3").count();
-    assert_eq!(on_new, 0, "{on_new} new clients went to a backend never checked");
+    assert_eq!(
+        on_new, 0,
+        "{on_new} new clients went to a backend never checked"
+    );
     assert_ne!(health_of(&lab, "web", &new_backend), "healthy");
 
     lab.start_server(3);
-    wait_for("the new backend's first passed check", Duration::from_secs(3), || {
-        health_of(&lab, "web", &new_backend) == "healthy"
-    });
+    wait_for(
+        "the new backend's first passed check",
+        Duration::from_secs(3),
+        || health_of(&lab, "web", &new_backend) == "healthy",
+    );
     let got = answers(&lab, late, vip);
     assert!(
         got.values().any(|b| b == "be3"),
