@@ -1168,3 +1168,42 @@ fn batched_maglev_reads_and_writes_match_single_slot_access() {
         "a range past the end must fail"
     );
 }
+
+/// A removed backend forgets its health: added again without a check, it is new (issue
+/// 10, fault 4: out of the table until its first passed check), not healthy as before.
+#[test]
+fn a_backend_added_again_is_new_until_checked() {
+    require_root();
+    enter_private_netns();
+    let mut h = XlbHarness::load(&LoadOptions {
+        affinity_capacity: 1024,
+        maglev_slots: 1 << 16,
+    });
+    let mut s = Service::new("web", v4("203.0.113.10"), 80, Protocol::Tcp);
+    s.table_size = 1021;
+    h.add_service(s, &backends(&["192.0.2.11", "192.0.2.12"], LO))
+        .expect("service");
+    let b = v4("192.0.2.12");
+    h.remove_backend("web", b).expect("remove");
+    h.edit(xlb::model::Edit::BackendAdd {
+        service: "web".into(),
+        address: b,
+        weight: 1,
+    })
+    .expect("add again");
+    let ps = h.ctl.service("web").expect("web");
+    let pb = ps.backend(b).expect("listed");
+    assert!(!pb.usable(), "a never-checked backend keeps no pins");
+    assert_eq!(ps.table_share(pb.id), 0.0, "and takes no new client");
+    let c = lab_client_on(&h, b);
+    assert!(
+        c.is_none(),
+        "a client hashes to the unchecked backend: {c:?}"
+    );
+}
+
+/// Some client whose Maglev slot holds `backend` (none when it holds no slot).
+fn lab_client_on(h: &XlbHarness, backend: IpAddr) -> Option<IpAddr> {
+    clients4("198.51.100")
+        .find(|c| h.explain("web", *c, 0).expect("explain").slot_backend == Some(backend))
+}

@@ -83,6 +83,12 @@ impl Controller {
         let (programmed, plan) =
             reconcile(&next, &self.observed, &self.programmed, &mut self.alloc)?;
         let applied = self.run(programmed, plan)?;
+        // A backend that leaves forgets its health: added again later, it is new (Unknown
+        // until checked), not what it was before.
+        self.observed.health.retain(|(service, address), _| {
+            next.service(service)
+                .is_some_and(|s| s.backend(*address).is_some())
+        });
         self.desired = next;
         Ok(applied)
     }
