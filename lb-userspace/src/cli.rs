@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     api::{self, ErrorKind, Request, Response},
     config,
+    dataplane::{lock::PinDirLock, pin},
     model::{
         Affinity, Backend, CheckKind, Edit, Failback, HealthCheck, HealthInitial, HealthKind,
         HumanDuration, NoBackend, Protocol, Service,
@@ -21,7 +22,7 @@ use crate::{
         parse_address, parse_status_range, status_range,
         validate::{FieldError, validate_service},
     },
-    pin, state,
+    state,
 };
 
 /// An error that is the caller's: bad arguments or config. Exit code 2.
@@ -445,6 +446,8 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
             (p, cli.socket.clone(), state_file)
         }
     };
+    // The pin-dir lock first: a running daemon holds it, and nothing is touched then.
+    let _lock = PinDirLock::acquire_existing(&pin_dir)?;
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         anyhow::bail!(
             "an xlb daemon is running on {}: stop it first (it would recreate the pinned state)",
@@ -461,11 +464,12 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
         println!(
             "{}",
             serde_json::json!({ "pin_dir": pin_dir, "detached": removed.links,
-                "maps_removed": removed.maps, "state_file_moved_to": moved_to })
+                "maps_removed": removed.maps, "unknown_maps_removed": removed.unknown,
+                "state_file_moved_to": moved_to })
         );
         return Ok(ExitCode::SUCCESS);
     }
-    if removed.links.is_empty() && removed.maps.is_empty() {
+    if removed.links.is_empty() && removed.maps.is_empty() && removed.unknown.is_empty() {
         println!("nothing pinned under {}", pin_dir.display());
     } else {
         for l in &removed.links {
@@ -476,6 +480,13 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
             removed.maps.len(),
             pin_dir.display()
         );
+        if !removed.unknown.is_empty() {
+            println!(
+                "also removed {} maps this xlb does not know (a newer release's): {}",
+                removed.unknown.len(),
+                removed.unknown.join(", ")
+            );
+        }
     }
     match moved {
         state::MovedAside::Nothing => {}

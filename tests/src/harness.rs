@@ -10,9 +10,9 @@ use aya::{
 };
 use lb_common::PROG_XLB;
 use xlb::{
-    loader::{LoadOptions, load_xlb},
-    maps::DataPlane,
-    model::{Backend, Edit, Health, Link, Service},
+    dataplane::loader::{LoadOptions, load_xlb},
+    dataplane::maps::DataPlane,
+    model::{Backend, Desired, Edit, Health, Link, Service},
     reconcile::{
         control::{ControlError, Controller},
         inspect::Explanation,
@@ -57,6 +57,25 @@ impl XlbHarness {
         let dp = DataPlane::from_ebpf(&mut ebpf).unwrap_or_else(|e| panic!("maps: {e}"));
         let ctl = Controller::new(dp).unwrap_or_else(|e| panic!("adopting fresh maps: {e}"));
         Self { ebpf, ctl }
+    }
+
+    /// Restarts the controller on the same maps, as a daemon restart does: the maps are
+    /// adopted (ids, generations, tables; the durable generation counter), observations
+    /// start empty, and `desired` is reconciled with every backend seen up over `links`.
+    pub fn restart(&mut self, desired: Desired, links: &[(IpAddr, Option<Link>)]) {
+        self.ctl.restart().unwrap_or_else(|e| panic!("adopt: {e}"));
+        for s in desired.services() {
+            for b in &s.backends {
+                let link = links
+                    .iter()
+                    .find(|(a, _)| *a == b.address)
+                    .and_then(|(_, l)| *l);
+                self.observe(&s.name, b.address, link);
+            }
+        }
+        self.ctl
+            .set_desired(desired)
+            .unwrap_or_else(|e| panic!("reconcile after restart: {e}"));
     }
 
     pub fn dp(&self) -> &DataPlane {

@@ -30,12 +30,9 @@ pub const DEFAULT_PREFIX_V4: u8 = MAX_PREFIX_V4;
 pub const DEFAULT_PREFIX_V6: u8 = MAX_PREFIX_V6;
 
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-/// The shortest `idle_timeout` the data plane can keep: an active client's entry must
-/// be refreshed well within it, and the refresh is rate-limited so that a busy client
-/// does not write the shared affinity table on every packet.
-// TODO(dp): use lb_common::MIN_IDLE_TIMEOUT_NS once the data plane's per-service
-// refresh period (derived from idle_timeout) is merged.
-pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_millis(100);
+/// The shortest `idle_timeout` the data plane keeps (its per-service refresh period is
+/// derived from the timeout; idleness is measured with the kernel's coarse clock).
+pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_nanos(lb_common::MIN_IDLE_TIMEOUT_NS);
 /// The data plane keeps idle timeouts in nanoseconds in a `u64` (about 584 years).
 pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_nanos(u64::MAX);
 

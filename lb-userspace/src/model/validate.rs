@@ -144,9 +144,10 @@ pub fn check_idle_timeout(t: Duration) -> Option<String> {
         Some("must be greater than 0".into())
     } else if t < MIN_IDLE_TIMEOUT {
         Some(format!(
-            "{} is shorter than {}: the data plane refreshes an active client's entry only \
-             every so often (not on every packet), so a shorter timeout would expire clients \
-             that are still sending",
+            "{} is too short: must be at least {}: idleness is measured with the kernel's \
+             coarse clock, which steps once per scheduler tick (up to 10 ms), and an active \
+             client's entry is refreshed only every so often; a shorter timeout would not \
+             mean what it says",
             format_duration(t),
             format_duration(MIN_IDLE_TIMEOUT)
         ))

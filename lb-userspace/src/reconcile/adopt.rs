@@ -8,7 +8,7 @@ use lb_common::{BE_F_DRAINING, BE_F_HEALTHY};
 
 use super::{Health, Link, Programmed, ProgrammedBackend, ProgrammedService};
 use crate::{
-    maps::{DataPlane, MapsError},
+    dataplane::maps::{DataPlane, MapsError},
     model::addr_from_words,
 };
 

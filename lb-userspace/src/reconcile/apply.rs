@@ -3,7 +3,7 @@
 //! Owns: the translation of each [`MapOp`] into `DataPlane` calls. Must not touch: what
 //! to write (reconcile decided) or the order (the plan's).
 
-use crate::maps::{DataPlane, MapsError};
+use crate::dataplane::maps::{DataPlane, MapsError};
 
 use super::{MapOp, Plan, inspect};
 
@@ -24,9 +24,7 @@ pub fn apply(plan: &Plan, dp: &mut DataPlane) -> Result<Applied, MapsError> {
     let mut done = Applied::default();
     for op in &plan.0 {
         match op {
-            // TODO(dp): persist in the pinned meta map (XLB_META) once it is merged;
-            // until then the counter is re-derived from the backends map at start-up.
-            MapOp::NextGeneration(_) => {}
+            MapOp::NextGeneration(next) => persist_generation(dp, *next)?,
             MapOp::ResetBackendStats(id) => dp.reset_backend_stats(*id)?,
             MapOp::ResetServiceStats(id) => dp.reset_service_stats(*id)?,
             MapOp::Backend { id, value } => dp.set_backend(*id, value)?,
@@ -51,4 +49,13 @@ pub fn apply(plan: &Plan, dp: &mut DataPlane) -> Result<Applied, MapsError> {
         done.ops += 1;
     }
     Ok(done)
+}
+
+/// Moves the durable counter up to `next` (never down).
+fn persist_generation(dp: &mut DataPlane, next: u32) -> Result<(), MapsError> {
+    let current = dp.meta()?.next_generation.max(1);
+    if next > current {
+        dp.reserve_generations(next - current)?;
+    }
+    Ok(())
 }

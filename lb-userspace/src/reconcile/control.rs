@@ -17,7 +17,7 @@ use super::{
     reconcile,
 };
 use crate::{
-    maps::{DataPlane, MapsError},
+    dataplane::maps::{DataPlane, MapsError},
     model::{Desired, Edit, FieldError},
 };
 
@@ -63,12 +63,21 @@ impl Controller {
     pub fn new(dp: DataPlane) -> Result<Self, MapsError> {
         let programmed = adopt(&dp)?;
         Ok(Self {
-            alloc: Generations::after(&programmed),
+            alloc: durable_generations(&dp, &programmed)?,
             desired: Desired::default(),
             observed: Observed::default(),
             programmed,
             dp,
         })
+    }
+
+    /// What a new daemon on these maps starts from: the maps re-read, the durable
+    /// generation counter, no observations; the intent stays (a restart keeps it).
+    pub fn restart(&mut self) -> Result<(), MapsError> {
+        self.programmed = adopt(&self.dp)?;
+        self.alloc = durable_generations(&self.dp, &self.programmed)?;
+        self.observed = Observed::default();
+        Ok(())
     }
 
     /// Validates and applies one edit; on any error nothing changed.
@@ -161,4 +170,13 @@ impl Controller {
             port,
         )?)
     }
+}
+
+/// The allocator from the durable counter (and never below what the maps hold, should
+/// the counter be behind: state written before the counter existed).
+fn durable_generations(dp: &DataPlane, p: &Programmed) -> Result<Generations, MapsError> {
+    let durable = dp.meta()?.next_generation;
+    Ok(Generations::starting_at(
+        durable.max(p.max_generation().saturating_add(1)),
+    ))
 }

@@ -2,9 +2,9 @@
 //! list`, the pinned counts, and the failback rebalance (the one userspace write of the
 //! affinity table besides flushes).
 //!
-//! The decision rules (is an entry live, expired, its backend unusable) are in one
-//! function, [`judge`], shared by all of them.
-// TODO(dp): use lb_common::affinity's rules (shared with the XDP program) once merged.
+//! The decision rules (is an entry live, expired, its backend unusable or another
+//! service's) are `lb_common::affinity`'s, the XDP program's own, through
+//! `DataPlane::judge`.
 //!
 //! Owns: interpretation of affinity entries. Must not touch: backend and service entries
 //! (reconcile decides those).
@@ -12,14 +12,16 @@
 use std::{net::IpAddr, time::Duration};
 
 use lb_common::{
-    AffinityKey, AffinityValue, BE_F_HEALTHY, NO_BACKEND, SVC_F_AFFINITY_NONE, ServiceValue,
+    AffinityKey, NO_BACKEND, ServiceValue,
+    affinity::{self, Verdict},
     flow_hash, maglev_slot,
 };
 
 use super::ProgrammedService;
+pub use crate::dataplane::maps::ktime_coarse_ns;
 use crate::{
-    maps::{DataPlane, MapsError},
-    model::{Affinity, Service, addr_bytes, addr_from_words, addr_words},
+    dataplane::maps::{DataPlane, MapsError},
+    model::{Service, addr_bytes, addr_from_words, addr_words},
     named_enum,
 };
 
@@ -75,21 +77,9 @@ pub struct Explanation {
     pub key: AffinityKey,
 }
 
-/// `CLOCK_MONOTONIC_COARSE` in ns: the clock of `bpf_ktime_get_coarse_ns()`.
-pub fn ktime_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer; the clock id exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The affinity key of a client of the service `(id, value, family)`: what the XDP
-/// program computes from a packet.
+/// The affinity key of a client of the service `(value, family)`: what the XDP program
+/// computes from a packet (`lb_common::affinity::key`).
 fn key_from(
-    id: u32,
     value: &ServiceValue,
     family: u8,
     client: IpAddr,
@@ -99,23 +89,7 @@ fn key_from(
     if f != family {
         return Err(InspectError::FamilyMismatch { client });
     }
-    let m = value.src_mask;
-    Ok(AffinityKey {
-        service_id: id,
-        addr: [
-            words[0] & m[0],
-            words[1] & m[1],
-            words[2] & m[2],
-            words[3] & m[3],
-        ],
-        port_be: if value.flags & SVC_F_AFFINITY_NONE != 0 {
-            port.to_be()
-        } else {
-            0
-        },
-        family,
-        _pad: 0,
-    })
+    Ok(affinity::key(value, &words, port.to_be(), family))
 }
 
 /// The affinity key of `client` (source `port`, used only with `affinity = "none"`) for
@@ -125,7 +99,7 @@ pub fn affinity_key(
     client: IpAddr,
     port: u16,
 ) -> Result<AffinityKey, InspectError> {
-    key_from(svc.id, &svc.value, svc.key.family, client, port)
+    key_from(&svc.value, svc.key.family, client, port)
 }
 
 /// The affinity key of `client` for service `svc` under id `id` (no maps needed: the
@@ -137,45 +111,7 @@ pub fn affinity_key_for(
     port: u16,
 ) -> Result<AffinityKey, InspectError> {
     let value = super::service_value(svc, id, 0);
-    let port = if svc.affinity == Affinity::None {
-        port
-    } else {
-        0
-    };
-    key_from(id, &value, addr_bytes(svc.vip).1, client, port)
-}
-
-/// What an affinity entry means now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// It decides the next packet.
-    Live,
-    /// Idle longer than the service's idle timeout.
-    Expired,
-    /// Its backend left the service, was replaced (another generation) or is unusable.
-    BackendUnusable,
-}
-
-/// The rule the data plane applies to an entry: valid only while its backend entry
-/// carries the same generation and is usable, and only until it is idle for the
-/// service's idle timeout.
-// TODO(dp): the data plane also requires `backend.service_id == key.service_id` once
-// lb_common::affinity is merged; this copy follows the program as it is.
-pub fn judge(
-    key: &AffinityKey,
-    v: &AffinityValue,
-    backend: &lb_common::Backend,
-    idle_timeout_ns: u64,
-    now_ns: u64,
-) -> Verdict {
-    let _ = key;
-    if backend.generation != v.backend_gen || backend.flags & BE_F_HEALTHY == 0 {
-        Verdict::BackendUnusable
-    } else if now_ns.saturating_sub(v.last_seen_ns) > idle_timeout_ns {
-        Verdict::Expired
-    } else {
-        Verdict::Live
-    }
+    key_from(&value, addr_bytes(svc.vip).1, client, port)
 }
 
 /// Which backend the next packet from `client` (source port `port`) goes to, and why:
@@ -204,23 +140,21 @@ pub fn explain(
             (Decision::Hashed { reason }, slot_backend)
         }
     };
-    let (decision, backend) = match dp.affinity_get(&key)? {
+    // The XDP program's own rules (lb_common::affinity) on the maps' own values.
+    let now = ktime_coarse_ns();
+    let (decision, backend) = match dp.judge(&svc.value, &key, now)? {
         None => hashed(HashReason::NoEntry),
-        Some(v) => {
-            let be = dp.backend(v.backend_id)?;
-            let now = ktime_coarse_ns();
-            match judge(&key, &v, &be, svc.value.idle_timeout_ns, now) {
-                Verdict::BackendUnusable => hashed(HashReason::BackendUnusable),
-                Verdict::Expired => hashed(HashReason::Expired),
-                Verdict::Live => (
-                    Decision::Pinned {
-                        age: Duration::from_nanos(now.saturating_sub(v.pinned_ns)),
-                        idle: Duration::from_nanos(now.saturating_sub(v.last_seen_ns)),
-                    },
-                    Some(addr_from_words(&be.addr, be.family)),
-                ),
-            }
-        }
+        Some(p) => match (p.verdict, p.backend) {
+            (Verdict::Live { .. }, Some(be)) => (
+                Decision::Pinned {
+                    age: Duration::from_nanos(now.saturating_sub(p.value.pinned_ns)),
+                    idle: Duration::from_nanos(now.saturating_sub(p.value.last_seen_ns)),
+                },
+                Some(addr_from_words(&be.addr, be.family)),
+            ),
+            (Verdict::Expired, _) => hashed(HashReason::Expired),
+            _ => hashed(HashReason::BackendUnusable),
+        },
     };
     Ok(Explanation {
         decision,

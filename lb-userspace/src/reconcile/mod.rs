@@ -218,16 +218,16 @@ pub struct Plan(pub Vec<MapOp>);
 
 /// Where generations come from: never one issued twice while the pinned state lives.
 pub trait Alloc {
-    /// A fresh generation (never 0).
-    fn generation(&mut self) -> u32;
+    /// A fresh generation (never 0); `None` when the counter is exhausted.
+    fn generation(&mut self) -> Option<u32>;
     /// The first generation not issued yet (what [`MapOp::NextGeneration`] persists).
     fn next_generation(&self) -> u32;
 }
 
-/// A counter of generations.
-// TODO(dp): start from the durable counter in the pinned meta map (XLB_META). Until it
-// is merged the counter starts after the highest generation found in the backends map,
-// which forgets removed backends' generations across a restart (issue 10, fault 1).
+/// A counter of generations, started from the durable counter in the pinned meta map
+/// (`XLB_META.next_generation`, see `Controller`). Reconcile issues from it in memory;
+/// the plan persists the new counter (`MapOp::NextGeneration`) before any backend entry
+/// carries one of them, so a crash never loses an issued generation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Generations {
     next: u32,
@@ -238,18 +238,13 @@ impl Generations {
     pub fn starting_at(next: u32) -> Self {
         Self { next: next.max(1) }
     }
-
-    /// Generations after every one `programmed` holds.
-    pub fn after(programmed: &Programmed) -> Self {
-        Self::starting_at(programmed.max_generation().wrapping_add(1))
-    }
 }
 
 impl Alloc for Generations {
-    fn generation(&mut self) -> u32 {
+    fn generation(&mut self) -> Option<u32> {
         let g = self.next;
-        self.next = self.next.wrapping_add(1).max(1);
-        g
+        self.next = self.next.checked_add(1)?;
+        Some(g)
     }
 
     fn next_generation(&self) -> u32 {
@@ -263,6 +258,8 @@ pub enum ReconcileError {
     NoServiceId,
     #[error("all {MAX_BACKENDS} backend ids are in use")]
     NoBackendId,
+    #[error("the generation counter is exhausted; `xlb down` and a fresh start reset it")]
+    NoGeneration,
     #[error(
         "no room for a Maglev table of {needed} slots (the Maglev map has {capacity} slots in all)"
     )]
@@ -453,16 +450,19 @@ pub fn service_value(svc: &Service, id: u32, table_offset: u32) -> ServiceValue 
     if svc.no_backend == NoBackend::Pass {
         flags |= SVC_F_PASS_NO_BACKEND;
     }
+    let idle_timeout_ns = u64::try_from(svc.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
     ServiceValue {
         id,
         flags,
         table_offset,
         table_size: svc.table_size,
-        idle_timeout_ns: u64::try_from(svc.idle_timeout.as_nanos()).unwrap_or(u64::MAX),
+        idle_timeout_ns,
         src_mask: prefix_mask(svc.prefix_len(), family),
         prefix_len: svc.prefix_len(),
         mode: MODE_DSR,
-        _pad: [0; 6],
+        _pad: [0; 2],
+        // Every accepted idle_timeout gets a refresh period well within it (fault 3).
+        refresh_ns: lb_common::affinity::refresh_period_ns(idle_timeout_ns),
     }
 }
 
@@ -497,7 +497,7 @@ fn reconcile_service(
             None => {
                 let bid = ids.backend_id()?;
                 ops.push(MapOp::ResetBackendStats(bid));
-                (bid, alloc.generation())
+                (bid, alloc.generation().ok_or(ReconcileError::NoGeneration)?)
             }
         };
         decided.push(decide(svc, b, id, bid, generation, old, obs));

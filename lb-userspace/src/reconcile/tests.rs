@@ -478,7 +478,7 @@ fn adoption_keeps_everything_and_writes_nothing() {
         }
     }
     adopted.vips = None;
-    let mut alloc = Generations::after(&adopted);
+    let mut alloc = Generations::starting_at(adopted.max_generation() + 1);
     // No observation yet: the daemon has not checked anything.
     let (p, plan) = reconcile(&d, &Observed::default(), &adopted, &mut alloc).unwrap();
     assert!(

@@ -36,7 +36,7 @@ use lb_common::{
 };
 use serde_json::json;
 use xlb::{
-    loader::LoadOptions,
+    dataplane::loader::LoadOptions,
     model::{Link, Protocol, Service, addr_bytes, addr_from_words, addr_words},
     reconcile::inspect::affinity_key_for,
 };

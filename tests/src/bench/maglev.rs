@@ -29,7 +29,7 @@ use lb_common::{
 };
 use serde_json::{Value, json};
 use xlb::{
-    loader::{LoadOptions, load_xlb},
+    dataplane::loader::{LoadOptions, load_xlb},
     model::{Protocol, Service, addr_bytes},
     reconcile::inspect::affinity_key_for,
 };
