@@ -319,7 +319,7 @@ impl Generator {
         }
         let ingress = self.ingress();
         let roll = self.rng.below(100);
-        let (frame, origin, detail) = if roll < 35 {
+        let (mut frame, origin, detail) = if roll < 35 {
             self.mutated()
         } else if roll < 40 {
             self.random(false)
@@ -328,6 +328,8 @@ impl Generator {
         } else {
             self.to_vip()
         };
+        // An inserted VLAN tag may push a frame past the largest one.
+        frame.truncate(MAX_FRAME);
         Case {
             frame,
             ingress,
@@ -380,7 +382,7 @@ impl Generator {
                 f.truncate(len);
                 format!("cut at {len}")
             }
-            3 => {
+            3 if f.len() < MAX_FRAME => {
                 let len = r.range(f.len(), MAX_FRAME);
                 let from = f.len();
                 f.resize(len, 0);

@@ -20,12 +20,13 @@ impl Rng {
 
     /// Uniform in `0..n` (`n > 0`; the modulo bias is below 2^-40 for the sizes used here).
     pub fn below(&mut self, n: usize) -> usize {
-        debug_assert!(n > 0);
+        assert!(n > 0, "below(0)");
         (self.u64() % n as u64) as usize
     }
 
     /// Uniform in `lo..=hi`.
     pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        assert!(lo <= hi, "empty range {lo}..={hi}");
         lo + self.below(hi - lo + 1)
     }
 
