@@ -326,7 +326,7 @@ impl Generator {
         } else if roll < 45 {
             self.random(true)
         } else {
-            self.to_vip()
+            self.aimed()
         };
         // An inserted VLAN tag may push a frame past the largest one.
         frame.truncate(MAX_FRAME);
@@ -503,7 +503,7 @@ impl Generator {
         }
     }
 
-    fn to_vip(&mut self) -> (Vec<u8>, Origin, String) {
+    fn aimed(&mut self) -> (Vec<u8>, Origin, String) {
         let dst = self.destination();
         let src = self.source(dst.is_ipv6());
         let r = &mut self.rng;
