@@ -7,8 +7,8 @@
 //! read after every frame; the service and backend counters right before and after every
 //! frame that reaches a service. Between two such reads only frames that must not touch
 //! them ran, and the program only ever adds to counters, so "no change over those frames"
-//! is "no change for each of them" — the same check as reading after each, for a third
-//! of the syscalls.
+//! is "no change for each of them" — the same check as reading after each frame, with
+//! about half the syscalls.
 //!
 //! Owns its private network namespace (entered by [`topology::setup`] on the calling
 //! thread); touches nothing else on the host.

@@ -16,9 +16,10 @@ use xlb::{
 use super::oracle::{Backend, Service, Topology};
 use crate::{enter_private_netns, fixtures as fx, harness::XlbHarness, ifindex, sh};
 
-/// Entries of the affinity table; the checker predicts hit/miss exactly while the run
-/// has seen at most a quarter of this many keys (no eviction can have happened).
-pub const AFFINITY_CAPACITY: u32 = 1 << 18;
+/// Entries of the affinity table (about 100 MB of kernel memory); the checker predicts
+/// hit/miss exactly while the run has seen at most a quarter of this many keys (no
+/// eviction can have happened): 10 million frames make about 100,000.
+pub const AFFINITY_CAPACITY: u32 = 1 << 20;
 const LO: u32 = 1;
 
 /// Which interface a service's backends sit behind.
