@@ -15,11 +15,15 @@
 //! the unit tests and `xlb explain` all run the same code.
 #![cfg_attr(not(any(feature = "user", test)), no_std)]
 
+pub mod affinity;
 pub mod hash;
 #[cfg(feature = "user")]
 pub mod maglev;
+pub mod maps;
 
+pub use affinity::MIN_IDLE_TIMEOUT_NS;
 pub use hash::{flow_hash, maglev_slot};
+pub use maps::MAP_META;
 
 /// An address as it sits in maps: the network-order bytes (IPv4 in bytes 0..4, the rest
 /// zero) viewed as four native-endian `u32` words. `addr_from_bytes`/`addr_to_bytes`
@@ -74,18 +78,7 @@ pub const MAP_TX_PORTS: &str = "XLB_TX_PORTS";
 /// (see [`vip_filter_bit`]) so traffic that is not ours pays no hash lookup.
 pub const MAP_VIP_FILTER: &str = "XLB_VIP_FILTER";
 
-/// Every map of the xlb program, for pinning and `xlb down`.
-pub const ALL_MAPS: [&str; 9] = [
-    MAP_SERVICES,
-    MAP_MAGLEV,
-    MAP_BACKENDS,
-    MAP_AFFINITY,
-    MAP_STATS,
-    MAP_SVC_STATS,
-    MAP_BE_STATS,
-    MAP_TX_PORTS,
-    MAP_VIP_FILTER,
-];
+// Every map with its type, sizes and adoption rules: the table in [`maps::MAPS`].
 
 /// Name of the XDP balancer program in the object.
 pub const PROG_XLB: &str = "xlb";
@@ -114,9 +107,6 @@ pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
 
 /// Maglev slot value meaning "no backend" (an empty table: no healthy backend).
 pub const NO_BACKEND: u32 = u32::MAX;
-/// The data plane refreshes an affinity entry's `last_seen_ns` at most this often,
-/// so a busy client does not write the shared LRU on every packet.
-pub const LAST_SEEN_REFRESH_NS: u64 = 1_000_000_000;
 
 /// Address families as stored in keys (`AF_INET`, `AF_INET6`).
 pub const FAMILY_V4: u8 = 2;
@@ -183,9 +173,16 @@ pub struct ServiceValue {
     pub prefix_len: u8,
     /// `MODE_*`.
     pub mode: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// A live affinity entry's `last_seen_ns` is refreshed when older than this (ns):
+    /// [`affinity::refresh_period_ns`] of `idle_timeout_ns`, set by the controller. It
+    /// sits in what was padding before `XLB_META` format 1, so the layout is unchanged;
+    /// 0 (a value written by an older controller) refreshes on every packet: correct,
+    /// only slower.
+    pub refresh_ns: u32,
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 48);
+const _: () = assert!(core::mem::offset_of!(ServiceValue, refresh_ns) == 44);
 
 // ---------------------------------------------------------------------------------------
 // Backends.
@@ -256,7 +253,8 @@ pub struct AffinityValue {
     pub backend_gen: u32,
     /// When the entry was (re)written.
     pub pinned_ns: u64,
-    /// Last packet seen, refreshed at most every [`LAST_SEEN_REFRESH_NS`].
+    /// Last packet seen, refreshed when older than the service's
+    /// [`ServiceValue::refresh_ns`].
     pub last_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 24);
@@ -421,6 +419,7 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::BackendStats {}
+    unsafe impl aya::Pod for super::maps::Meta {}
 }
 
 #[cfg(test)]

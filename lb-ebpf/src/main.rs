@@ -20,11 +20,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Addr, AffinityKey, AffinityValue, BE_F_HEALTHY, Backend, BackendStats,
-    DEFAULT_AFFINITY_CAPACITY, DEFAULT_MAGLEV_SLOTS, FAMILY_V4, FAMILY_V6, LAST_SEEN_REFRESH_NS,
-    MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES, MAX_TX_PORTS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
-    PROTO_VIP_MARKER, SVC_F_AFFINITY_NONE, SVC_F_PASS_NO_BACKEND, ServiceKey, ServiceStats,
-    ServiceValue, Stat, VIP_FILTER_WORDS, flow_hash, maglev_slot, vip_filter_bit_folded,
+    Addr, AffinityKey, AffinityValue, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY,
+    DEFAULT_MAGLEV_SLOTS, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES,
+    MAX_TX_PORTS, NO_BACKEND, PROTO_TCP, PROTO_UDP, PROTO_VIP_MARKER, SVC_F_PASS_NO_BACKEND,
+    ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
+    affinity::{self, Verdict},
+    maps::Meta,
+    vip_filter_bit_folded,
 };
 use lb_ebpf::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, load_u32, ptr_at, store_u32};
 use network_types::{
@@ -34,6 +36,9 @@ use network_types::{
     udp::UdpHdr,
     vlan::VlanHdr,
 };
+
+// Every static below repeats a name and the sizes of lb_common::maps::MAPS (aya wants a
+// literal); lb-userspace's `object_maps_equal_the_table` test fails when they drift.
 
 #[map(name = "XLB_SERVICES")]
 static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICE_KEYS, 0);
@@ -68,14 +73,19 @@ static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 #[map(name = "XLB_VIP_FILTER")]
 static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
+/// Facts about the pinned state (format, the durable generation counter). Only the
+/// controller uses it; it is declared here so it is created and pinned with the rest.
+#[map(name = "XLB_META")]
+static META: Array<Meta> = Array::with_max_entries(1, 0);
+
 const BACKEND_MACS_OFFSET: usize = core::mem::offset_of!(Backend, mac);
 const _: () = assert!(core::mem::offset_of!(Backend, src_mac) == BACKEND_MACS_OFFSET + 6);
 
 /// IPv4 flags/fragment-offset bits that mark a fragment: MF and the 13-bit offset.
 const IPV4_FRAG_MASK: u16 = 0x3fff;
-/// IPv6 next-header values that are extension headers (RFC 8200 §4, RFC 7045).
+/// IPv6 next-header values that are extension headers (RFC 8200 §4, RFC 7045; 253 and 254 are the experimental ones of RFC 4727, found missing by the fuzzer).
 const IPV6_FRAGMENT: u8 = 44;
-const IPV6_EXT_HEADERS: [u8; 7] = [0, 43, 60, 51, 135, 139, 140];
+const IPV6_EXT_HEADERS: [u8; 9] = [0, 43, 60, 51, 135, 139, 140, 253, 254];
 
 #[xdp]
 pub fn xlb(ctx: XdpContext) -> u32 {
@@ -297,70 +307,56 @@ fn balance(ctx: &XdpContext, svc: &ServiceValue, flow: &Flow, sport: u16) -> Res
     };
     // SAFETY: per-CPU slot.
     let ss = unsafe { &mut *ss };
-
-    let m = &svc.src_mask;
-    let s = &flow.saddr;
-    let addr = [s[0] & m[0], s[1] & m[1], s[2] & m[2], s[3] & m[3]];
-    let key = AffinityKey {
-        service_id: svc.id,
-        addr,
-        port_be: if svc.flags & SVC_F_AFFINITY_NONE != 0 {
-            sport
-        } else {
-            0
-        },
-        family: flow.family,
-        _pad: 0,
-    };
+    let key = affinity::key(svc, &flow.saddr, sport, flow.family);
     // SAFETY: a helper without side effects.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
 
-    // Rule 2: a live entry whose backend is still in the service and healthy wins;
-    // a draining backend keeps its pinned clients (draining leaves the healthy bit set).
+    // The rules live in lb_common::affinity (shared with explain, affinity list, counts).
     if let Some(entry) = AFFINITY.get_ptr_mut(key) {
         // SAFETY: a pointer into the map value; concurrent writers only store whole
         // aligned u64/u32 fields, and a torn `last_seen` read is harmless.
         let entry = unsafe { &mut *entry };
         let backend_id = entry.backend_id;
-        match BACKENDS.get(backend_id) {
-            Some(be) if be.generation == entry.backend_gen && be.flags & BE_F_HEALTHY != 0 => {
-                let idle = now.saturating_sub(entry.last_seen_ns);
-                if idle <= svc.idle_timeout_ns {
-                    // Rule 4: refresh at most about once a second.
-                    if idle > LAST_SEEN_REFRESH_NS {
-                        entry.last_seen_ns = now;
-                    }
-                    ss.hits += 1;
-                    return forward(ctx, ss, be, backend_id);
+        let be = BACKENDS.get(backend_id);
+        match (affinity::judge(svc, &key, entry, be, now), be) {
+            (Verdict::Live { refresh }, Some(be)) => {
+                if refresh {
+                    entry.last_seen_ns = now;
                 }
-                ss.expiries += 1;
+                ss.hits += 1;
+                return forward(ctx, ss, be, backend_id);
             }
+            (Verdict::Expired, _) => ss.expiries += 1,
             _ => ss.repins += 1,
         }
     } else {
         ss.misses += 1;
     }
+    hashed(ctx, svc, ss, &key, now)
+}
 
-    // Rule 3: the Maglev slot decides; the entry is (re)written.
-    let slot = svc.table_offset + maglev_slot(flow_hash(&key), svc.table_size);
+/// The Maglev slot decides; the entry is (re)written.
+#[inline(always)]
+fn hashed(
+    ctx: &XdpContext,
+    svc: &ServiceValue,
+    ss: &mut ServiceStats,
+    key: &AffinityKey,
+    now: u64,
+) -> Result<u32, ()> {
+    let slot = svc.table_offset + affinity::slot(key, svc.table_size);
     let backend_id = match MAGLEV.get(slot) {
         Some(id) if *id != NO_BACKEND => *id,
         _ => return no_backend(svc, ss),
     };
     let be = match BACKENDS.get(backend_id) {
-        Some(be) if be.flags & BE_F_HEALTHY != 0 => be,
+        Some(be) if affinity::takes_new_clients(be) => be,
         // The controller removes a backend from the table before clearing its healthy
         // bit, so this is only a transient of a concurrent update.
         _ => return no_backend(svc, ss),
     };
-    let value = AffinityValue {
-        backend_id,
-        backend_gen: be.generation,
-        pinned_ns: now,
-        last_seen_ns: now,
-    };
     // A failed insert (never expected for an LRU) only costs the next packet a miss.
-    let _ = AFFINITY.insert(key, value, 0);
+    let _ = AFFINITY.insert(key, affinity::pin(backend_id, be, now), 0);
     if let Some(bs) = BE_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU slot.
         unsafe { (*bs).pins += 1 };

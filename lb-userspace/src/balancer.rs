@@ -13,13 +13,16 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use lb_common::{
     AffinityKey, BE_F_DRAINING, BE_F_HEALTHY, Backend, MAX_BACKENDS, MAX_SERVICES, MODE_DSR,
-    NO_BACKEND, SVC_F_AFFINITY_NONE, SVC_F_PASS_NO_BACKEND, ServiceKey, ServiceValue, flow_hash,
+    NO_BACKEND, SVC_F_AFFINITY_NONE, SVC_F_PASS_NO_BACKEND, ServiceKey, ServiceValue,
+    affinity::{self, Verdict},
+    flow_hash,
     maglev::{self, MaglevBackend, MaglevError},
     maglev_slot, prefix_mask,
 };
 
+pub use crate::dataplane::maps::ktime_coarse_ns;
 use crate::{
-    maps::{DataPlane, MapsError},
+    dataplane::maps::{DataPlane, MapsError},
     model::{
         Affinity, BackendSpec, Link, NoBackend, ServiceSpec, addr_bytes, addr_from_words,
         addr_words,
@@ -138,7 +141,7 @@ impl ServiceState {
         }
     }
 
-    fn value(&self) -> ServiceValue {
+    pub fn value(&self) -> ServiceValue {
         let (_, family) = addr_bytes(self.spec.vip);
         let mut flags = 0;
         if self.spec.affinity == Affinity::None {
@@ -147,16 +150,18 @@ impl ServiceState {
         if self.spec.no_backend == NoBackend::Pass {
             flags |= SVC_F_PASS_NO_BACKEND;
         }
+        let idle_timeout_ns = self.spec.idle_timeout.as_nanos().min(u64::MAX as u128) as u64;
         ServiceValue {
             id: self.id,
             flags,
             table_offset: self.table_offset,
             table_size: self.spec.table_size,
-            idle_timeout_ns: self.spec.idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
+            idle_timeout_ns,
             src_mask: prefix_mask(self.spec.prefix_len(), family),
             prefix_len: self.spec.prefix_len(),
             mode: MODE_DSR,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            refresh_ns: affinity::refresh_period_ns(idle_timeout_ns),
         }
     }
 
@@ -177,24 +182,7 @@ impl ServiceState {
                 client,
             });
         }
-        let m = prefix_mask(self.spec.prefix_len(), family);
-        let addr = [
-            words[0] & m[0],
-            words[1] & m[1],
-            words[2] & m[2],
-            words[3] & m[3],
-        ];
-        Ok(AffinityKey {
-            service_id: self.id,
-            addr,
-            port_be: if self.spec.affinity == Affinity::None {
-                port.to_be()
-            } else {
-                0
-            },
-            family,
-            _pad: 0,
-        })
+        Ok(affinity::key(&self.value(), &words, port.to_be(), family))
     }
 
     /// Share of the Maglev table held by each backend id.
@@ -254,21 +242,9 @@ pub struct Explanation {
     pub key: AffinityKey,
 }
 
-/// `CLOCK_MONOTONIC_COARSE` in ns: the clock of `bpf_ktime_get_coarse_ns()`.
-pub fn ktime_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer; the clock id exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 pub struct Balancer {
     pub dp: DataPlane,
     services: BTreeMap<String, ServiceState>,
-    next_generation: u32,
 }
 
 impl Balancer {
@@ -276,8 +252,12 @@ impl Balancer {
         Self {
             dp,
             services: BTreeMap::new(),
-            next_generation: 1,
         }
+    }
+
+    /// Gives the maps back (a test restarting the controller on the same maps).
+    pub fn into_dataplane(self) -> DataPlane {
+        self.dp
     }
 
     pub fn services(&self) -> impl Iterator<Item = &ServiceState> {
@@ -290,10 +270,10 @@ impl Balancer {
             .ok_or_else(|| BalancerError::UnknownService(name.to_string()))
     }
 
-    fn generation(&mut self) -> u32 {
-        let g = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1).max(1);
-        g
+    /// A generation never issued before while the pinned state lives: reserved durably
+    /// in `XLB_META` before any backend entry carries it.
+    fn generation(&mut self) -> Result<u32> {
+        Ok(self.dp.reserve_generations(1)?.start)
     }
 
     fn free_service_id(&self) -> Result<u32> {
@@ -355,11 +335,6 @@ impl Balancer {
         let mut report = AdoptReport::default();
         let old_services = lb.dp.service_entries()?;
         let old_backends = lb.dp.backend_entries()?;
-        lb.next_generation = old_backends
-            .iter()
-            .map(|(_, b)| b.generation)
-            .max()
-            .map_or(1, |g| g.wrapping_add(1).max(1));
 
         // 1. Services found in the maps with the same table size keep id and region.
         let mut fresh = Vec::new();
@@ -445,7 +420,7 @@ impl Balancer {
             for i in 0..lb.services[name].backends.len() {
                 if lb.services[name].backends[i].id == u32::MAX {
                     let id = ids.next().expect("allocated enough ids");
-                    let generation = lb.generation();
+                    let generation = lb.generation()?;
                     lb.dp.reset_backend_stats(id)?;
                     let b = &mut lb.services.get_mut(name).expect("present").backends[i];
                     b.id = id;
@@ -533,7 +508,7 @@ impl Balancer {
             states.push(BackendState {
                 id,
                 spec: b.clone(),
-                generation: self.generation(),
+                generation: self.generation()?,
                 healthy: true,
                 draining: false,
                 link: *link,
@@ -593,7 +568,7 @@ impl Balancer {
         link: Option<Link>,
     ) -> Result<()> {
         let id = self.free_backend_ids(1, &[])?[0];
-        let generation = self.generation();
+        let generation = self.generation()?;
         self.dp.reset_backend_stats(id)?;
         let svc = self.service_mut(service)?;
         if svc.backend(spec.address).is_some() {
@@ -767,28 +742,21 @@ impl Balancer {
                 (Decision::Hashed { reason }, slot_backend)
             }
         };
-        let (decision, backend) = match self.dp.affinity_get(&key)? {
+        // The XDP program's own rules (lb_common::affinity) on the maps' own values.
+        let now = ktime_coarse_ns();
+        let (decision, backend) = match self.dp.judge(&svc.value(), &key, now)? {
             None => hashed(HashReason::NoEntry),
-            Some(v) => {
-                let be = self.dp.backend(v.backend_id)?;
-                if be.generation != v.backend_gen || be.flags & BE_F_HEALTHY == 0 {
-                    hashed(HashReason::BackendUnusable)
-                } else {
-                    let now = ktime_coarse_ns();
-                    let idle = now.saturating_sub(v.last_seen_ns);
-                    if idle > svc.value().idle_timeout_ns {
-                        hashed(HashReason::Expired)
-                    } else {
-                        (
-                            Decision::Pinned {
-                                age: Duration::from_nanos(now.saturating_sub(v.pinned_ns)),
-                                idle: Duration::from_nanos(idle),
-                            },
-                            Some(addr_from_words(&be.addr, be.family)),
-                        )
-                    }
-                }
-            }
+            Some(p) => match (p.verdict, p.backend) {
+                (Verdict::Live { .. }, Some(be)) => (
+                    Decision::Pinned {
+                        age: Duration::from_nanos(now.saturating_sub(p.value.pinned_ns)),
+                        idle: Duration::from_nanos(now.saturating_sub(p.value.last_seen_ns)),
+                    },
+                    Some(addr_from_words(&be.addr, be.family)),
+                ),
+                (Verdict::Expired, _) => hashed(HashReason::Expired),
+                _ => hashed(HashReason::BackendUnusable),
+            },
         };
         Ok(Explanation {
             decision,
@@ -798,20 +766,6 @@ impl Balancer {
             previous_slot_backend,
             key,
         })
-    }
-
-    /// Pinned clients per backend id of one service (a snapshot of the LRU).
-    pub fn pinned_counts(&self, service: &str) -> Result<BTreeMap<u32, usize>> {
-        let svc = self.service(service)?;
-        let mut out = BTreeMap::new();
-        for (_, v) in self.dp.affinity_entries(Some(svc.id))? {
-            if let Some(b) = svc.backend_by_id(v.backend_id)
-                && b.generation == v.backend_gen
-            {
-                *out.entry(v.backend_id).or_insert(0) += 1;
-            }
-        }
-        Ok(out)
     }
 }
 

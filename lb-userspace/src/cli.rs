@@ -15,8 +15,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{
     api::{self, ErrorKind, Request, Response},
     config::{self, HealthConfig, HealthKind, ServiceConfig},
+    dataplane::{lock::PinDirLock, pin},
     model::{Affinity, BackendSpec, Failback, NoBackend, Protocol, ServiceSpec},
-    pin,
 };
 
 /// An error that is the caller's: bad arguments or config. Exit code 2.
@@ -478,6 +478,8 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
         (None, Some(p)) => (p.to_path_buf(), cli.socket.clone()),
         (None, None) => (PathBuf::from("/sys/fs/bpf/xlb"), cli.socket.clone()),
     };
+    // The pin-dir lock first: a running daemon holds it, and nothing is touched then.
+    let _lock = PinDirLock::acquire_existing(&pin_dir)?;
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         anyhow::bail!(
             "an xlb daemon is running on {}: stop it first (it would recreate the pinned state)",
@@ -488,9 +490,9 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
     if cli.json {
         println!(
             "{}",
-            serde_json::json!({ "pin_dir": pin_dir, "detached": removed.links, "maps_removed": removed.maps })
+            serde_json::json!({ "pin_dir": pin_dir, "detached": removed.links, "maps_removed": removed.maps, "unknown_maps_removed": removed.unknown })
         );
-    } else if removed.links.is_empty() && removed.maps.is_empty() {
+    } else if removed.links.is_empty() && removed.maps.is_empty() && removed.unknown.is_empty() {
         println!("nothing pinned under {}", pin_dir.display());
     } else {
         for l in &removed.links {
@@ -501,6 +503,13 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
             removed.maps.len(),
             pin_dir.display()
         );
+        if !removed.unknown.is_empty() {
+            println!(
+                "also removed {} maps this xlb does not know (a newer release's): {}",
+                removed.unknown.len(),
+                removed.unknown.join(", ")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

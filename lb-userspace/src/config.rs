@@ -908,6 +908,14 @@ pub fn validate_service(
     }
     if s.idle_timeout.is_zero() {
         e.push("idle_timeout", "must be greater than 0");
+    } else if s.idle_timeout.as_nanos() < lb_common::MIN_IDLE_TIMEOUT_NS as u128 {
+        e.push(
+            "idle_timeout",
+            format!(
+                "must be at least {}: idleness is measured with the kernel's coarse clock,                  which steps once per scheduler tick (up to 10 ms); a shorter timeout                  would not mean what it says",
+                format_duration(Duration::from_nanos(lb_common::MIN_IDLE_TIMEOUT_NS))
+            ),
+        );
     } else if u64::try_from(s.idle_timeout.as_nanos()).is_err() {
         // The data plane keeps it in nanoseconds in a u64.
         e.push("idle_timeout", "is too long (at most about 584 years)");
@@ -1480,6 +1488,7 @@ weight = 1
             ("prefix_v4 300", web("prefix_v4 = 300\n"), "service[0].prefix_v4", "0..=32", 9),
             ("prefix_v6 129", web("prefix_v6 = 129\n"), "service[0].prefix_v6", "0..=128", 9),
             ("idle_timeout 0", web("idle_timeout = \"0s\"\n"), "service[0].idle_timeout", "greater than 0", 9),
+            ("idle_timeout below the minimum", web("idle_timeout = \"99ms\"\n"), "service[0].idle_timeout", "at least 100ms", 9),
             ("idle_timeout without unit", web("idle_timeout = \"10\"\n"), "service[0].idle_timeout", "missing unit", 9),
             ("idle_timeout negative", web("idle_timeout = \"-1s\"\n"), "service[0].idle_timeout", "invalid duration", 9),
             ("idle_timeout overflow", web("idle_timeout = \"99999999999999999999h\"\n"), "service[0].idle_timeout", "too large", 9),

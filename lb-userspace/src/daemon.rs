@@ -16,12 +16,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::{
-    Ebpf,
-    maps::{HashMap as BpfHashMap, MapData},
-    programs::Xdp,
-};
-use lb_common::{AffinityKey, AffinityValue, MAP_AFFINITY, PROG_XLB, Stat};
+use aya::{Ebpf, programs::Xdp};
+use lb_common::{PROG_XLB, Stat};
 use log::{info, warn};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -33,13 +29,10 @@ use crate::{
     api::{self, ErrorKind, Request, Response},
     balancer::{Balancer, BalancerError, Decision, DesiredService, HashReason, ktime_coarse_ns},
     config::{self, Config, HealthConfig, ServiceConfig, XdpModeConfig},
-    health,
-    loader::LoadOptions,
-    maps::DataPlane,
-    metrics,
+    dataplane::{lock::PinDirLock, maps::DataPlane, pin},
+    health, metrics,
     model::{Affinity, BackendSpec, Failback, Link, addr_from_words},
     neigh::{Resolution, Resolver},
-    pin,
     state::{self, Desired},
 };
 
@@ -149,13 +142,17 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let d = &cfg.daemon;
     pin::ensure_bpffs(&d.pin_dir).context("mounting bpffs at /sys/fs/bpf")?;
-    let opts = LoadOptions {
+    // First: one daemon per pin_dir. Nothing (maps, program, state file, socket) is
+    // touched before this; the lock lives as long as the daemon.
+    let _lock = PinDirLock::acquire(&d.pin_dir)?;
+    let opts = crate::dataplane::loader::LoadOptions {
         affinity_capacity: d.affinity_capacity,
-        ..LoadOptions::default()
+        ..Default::default()
     };
-    let found = pin::check(&d.pin_dir, &opts)?;
+    let survey = pin::survey(&d.pin_dir, &opts)?;
+    let found = survey.found;
     let mut running = false;
-    let result = serve_found(&cfg, opts, found, &mut running).await;
+    let result = serve_found(&cfg, opts, &survey, &mut running).await;
     if result.is_err() && !running && found == pin::Found::Nothing {
         // A fresh start that failed half-way leaves nothing behind (no maps without a
         // program, no program without a daemon that configured it).
@@ -169,10 +166,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
 async fn serve_found(
     cfg: &Config,
-    opts: LoadOptions,
-    found: pin::Found,
+    opts: crate::dataplane::loader::LoadOptions,
+    survey: &pin::Survey,
     running: &mut bool,
 ) -> anyhow::Result<()> {
+    let found = survey.found;
     let d = &cfg.daemon;
     let runtime = state::load(&d.state_file)?;
     let (desired, warnings) = state::apply(&cfg.services, &runtime.ops);
@@ -180,7 +178,13 @@ async fn serve_found(
         warn!("{w}");
     }
 
-    let mut ebpf = pin::load_pinned(&d.pin_dir, &opts)?;
+    for line in survey.describe() {
+        info!("{line}");
+    }
+    let pin::Loaded {
+        mut ebpf,
+        pending: migrations,
+    } = pin::load_pinned(&d.pin_dir, &opts, survey)?;
     let program_id = {
         let prog: &Xdp = ebpf
             .program(PROG_XLB)
@@ -228,8 +232,12 @@ async fn serve_found(
             pin::Attached::Replaced => info!(
                 "replaced the program on {name} atomically through its pinned link (program {program_id})"
             ),
+            pin::Attached::Reattached => info!(
+                "attached xlb (program {program_id}) to the re-created {name}, {attach_mode} XDP"
+            ),
         }
     }
+    pin::finish_migrations(&d.pin_dir, &migrations)?;
     for stale in pin::pinned_links(&d.pin_dir) {
         if !d.interfaces.contains(&stale) {
             pin::detach(&d.pin_dir, &stale)?;
@@ -914,7 +922,7 @@ impl Daemon {
         }
     }
 
-    fn stats(&self) -> Result<api::Stats, crate::maps::MapsError> {
+    fn stats(&self) -> Result<api::Stats, crate::dataplane::maps::MapsError> {
         let global = self.lb.dp.stats()?;
         let packets = Stat::ALL
             .iter()
@@ -1018,21 +1026,22 @@ impl Daemon {
             Some(Err(e)) => return balancer_error(e),
             None => None,
         };
-        let entries = match self.lb.dp.affinity_entries(id) {
+        // Judged like the XDP program judges them (lb_common::affinity).
+        let now = ktime_coarse_ns();
+        let entries = match self.lb.dp.judged_entries(id, now) {
             Ok(e) => e,
             Err(e) => return runtime(e),
         };
-        let now = ktime_coarse_ns();
         let total = entries.len();
         let mut out: Vec<api::AffinityEntry> = entries
             .into_iter()
-            .filter_map(|(k, v)| {
+            .filter_map(|p| {
+                let (k, v) = (p.key, p.value);
                 let svc = self.lb.services().find(|s| s.id == k.service_id)?;
-                let backend = svc
-                    .backends
-                    .iter()
-                    .find(|b| b.id == v.backend_id && b.generation == v.backend_gen)
-                    .map(|b| b.spec.address);
+                let backend = p
+                    .backend
+                    .filter(|_| p.backend_is_its_own())
+                    .map(|b| addr_from_words(&b.addr, b.family));
                 let idle = now.saturating_sub(v.last_seen_ns);
                 Some(api::AffinityEntry {
                     service: svc.spec.name.clone(),
@@ -1045,7 +1054,7 @@ impl Daemon {
                     backend,
                     age_s: now.saturating_sub(v.pinned_ns) as f64 / 1e9,
                     idle_s: idle as f64 / 1e9,
-                    expired: idle > svc.spec.idle_timeout.as_nanos() as u64,
+                    expired: p.verdict == lb_common::affinity::Verdict::Expired,
                 })
             })
             .collect();
@@ -1215,46 +1224,22 @@ async fn neighbour_events(daemon: Shared, now: Arc<Notify>) {
 /// `xlb status` asks for a fresh scan through `now`; it is granted at once when scans are
 /// cheap (a small table), otherwise the next regular scan serves it.
 async fn pinned_scan_loop(daemon: Shared, pin_dir: PathBuf, now: Arc<Notify>) {
-    let path = pin::maps_dir(&pin_dir).join(MAP_AFFINITY);
     loop {
         let started = Instant::now();
-        let (idle, gens) = {
-            let d = lock(&daemon);
-            let idle: HashMap<u32, u64> =
-                d.lb.services()
-                    .map(|s| (s.id, s.spec.idle_timeout.as_nanos() as u64))
-                    .collect();
-            let gens: HashMap<u32, (u32, u32)> =
-                d.lb.services()
-                    .flat_map(|s| s.backends.iter().map(move |b| (b.id, (b.generation, s.id))))
-                    .collect();
-            (idle, gens)
-        };
-        let path = path.clone();
-        let scan = tokio::task::spawn_blocking(move || -> anyhow::Result<PinnedCounts> {
-            let map = MapData::from_pin(&path)?;
-            let map: BpfHashMap<MapData, AffinityKey, AffinityValue> =
-                BpfHashMap::try_from(aya::maps::Map::LruHashMap(map))?;
-            let now = ktime_coarse_ns();
-            let mut c = PinnedCounts::default();
-            for (k, v) in map.iter().flatten() {
-                let Some(limit) = idle.get(&k.service_id) else {
-                    continue;
-                };
-                if now.saturating_sub(v.last_seen_ns) > *limit {
-                    continue;
-                }
-                if gens.get(&v.backend_id) == Some(&(v.backend_gen, k.service_id)) {
-                    *c.per_backend.entry(v.backend_id).or_default() += 1;
-                    *c.per_service.entry(k.service_id).or_default() += 1;
-                }
-            }
-            c.taken = Some(Instant::now());
-            Ok(c)
+        let dir = pin_dir.clone();
+        // The XDP program's own rules on the maps' own services and backends.
+        let scan = tokio::task::spawn_blocking(move || {
+            crate::dataplane::maps::live_pins_pinned(&dir, ktime_coarse_ns())
         })
         .await;
         match scan {
-            Ok(Ok(c)) => lock(&daemon).pinned = c,
+            Ok(Ok(c)) => {
+                lock(&daemon).pinned = PinnedCounts {
+                    taken: Some(Instant::now()),
+                    per_service: c.per_service,
+                    per_backend: c.per_backend,
+                }
+            }
             Ok(Err(e)) => warn!("scanning the affinity table: {e:#}"),
             Err(e) => warn!("affinity scan task: {e}"),
         }

@@ -11,13 +11,15 @@
 //! check's port:
 //! - `tcp`: a connect succeeds; the connection is closed at once (normal FIN).
 //! - `http`: `GET path HTTP/1.1` with `Host`, `User-Agent: xlb-health/VERSION` and
-//!   `Connection: close`; the status must be in the inclusive `expect_status` range and,
-//!   if `body` is set, the body (first 64 KiB, de-chunked when `Transfer-Encoding:
-//!   chunked`, bounded by `Content-Length` when given, else read until the server
-//!   closes) must contain it. Interim 1xx responses are skipped.
-//! - `udp`: a connected UDP socket sends the payload and waits for one datagram,
-//!   which must contain `expect` if set. An ICMP port unreachable surfaces as
-//!   `ECONNREFUSED` on the connected socket: "connection refused (ICMP port unreachable)".
+//!   `Connection: close`, over hyper's HTTP/1.1 client connection (response heads up to
+//!   64 KiB); the status must be in the inclusive `expect_status` range and, if `body`
+//!   is set, the body (its first 64 KiB after de-chunking; framed by `Transfer-Encoding:
+//!   chunked`, `Content-Length`, or the server closing) must contain it. Interim 1xx
+//!   responses are skipped.
+//! - `udp`: a connected UDP socket sends the payload (a zero-length datagram when it is
+//!   empty) and waits for one datagram, of any length, which must contain `expect` if
+//!   set. An ICMP port unreachable surfaces as `ECONNREFUSED` on the connected socket:
+//!   "connection refused (ICMP port unreachable)".
 //! - `none`: always ok, immediately.
 //!
 //! Failure reasons are short and specific ("timeout", "connection refused",
@@ -25,24 +27,36 @@
 //! ...). Every timeout reason starts with "timeout", so callers can classify by prefix.
 
 use std::{
-    borrow::Cow,
     future::Future,
     hash::{DefaultHasher, Hash, Hasher},
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::OnceLock,
+    pin::Pin,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use http_body_util::{BodyExt, Empty};
+use hyper::{
+    Request, Response,
+    body::{Bytes, Incoming},
+    client::conn::http1,
+    header,
+};
+use hyper_util::rt::TokioIo;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpStream, UdpSocket},
     time::{Instant, MissedTickBehavior},
 };
 
 use crate::config::{HealthConfig, HealthKind};
 
-/// The most of an HTTP response (headers, and then body) or UDP reply that is read.
+/// The most of an HTTP response head, of an HTTP body, or of a UDP reply that is read.
 const MAX_READ: usize = 64 * 1024;
 
 /// Outcome of one probe.
@@ -188,66 +202,132 @@ fn has_port(h: &str) -> bool {
     digits && (name.ends_with(']') || !name.contains(':'))
 }
 
-fn http_request(check: &HttpCheck<'_>, target: SocketAddr) -> String {
-    format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: xlb-health/{}\r\nConnection: close\r\nAccept: */*\r\n\r\n",
-        check.path,
-        host_header(check.host, target),
-        env!("CARGO_PKG_VERSION"),
-    )
+/// What the backend has sent so far, for failure reasons that say how far it got.
+#[derive(Default)]
+struct Progress {
+    /// Bytes read from the connection.
+    received: AtomicUsize,
+    /// An interim 1xx response was seen (and skipped).
+    interim: AtomicBool,
 }
 
+/// A TCP stream that counts what it reads into a [`Progress`]. hyper reports a closed
+/// connection the same way whether nothing or half a head arrived; the count tells
+/// "no response" from "truncated headers".
+struct Counted {
+    stream: TcpStream,
+    progress: Arc<Progress>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.progress.received.fetch_add(n, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The GET request of a check (`Connection: close`: one request per connection).
+fn http_request(
+    check: &HttpCheck<'_>,
+    target: SocketAddr,
+    progress: &Arc<Progress>,
+) -> Result<Request<Empty<Bytes>>, String> {
+    let mut req = Request::get(check.path)
+        .header(header::HOST, host_header(check.host, target))
+        .header(
+            header::USER_AGENT,
+            concat!("xlb-health/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(header::CONNECTION, "close")
+        .header(header::ACCEPT, "*/*")
+        .body(Empty::new())
+        .map_err(|e| format!("invalid request ({e})"))?;
+    let progress = progress.clone();
+    hyper::ext::on_informational(&mut req, move |_| {
+        progress.interim.store(true, Ordering::Relaxed);
+    });
+    Ok(req)
+}
+
+/// One check over hyper's HTTP/1.1 client connection. Every step (connect, response
+/// head, each piece of the body) is bounded by `deadline` and names itself in its
+/// timeout reason.
 async fn http_probe(
     target: SocketAddr,
     check: &HttpCheck<'_>,
     deadline: Instant,
 ) -> Result<(), String> {
-    let mut stream = step(deadline, " (connect)", TcpStream::connect(target)).await?;
-    let req = http_request(check, target);
-    step(
-        deadline,
-        " (sending request)",
-        stream.write_all(req.as_bytes()),
-    )
-    .await?;
-
-    // The head: status line and headers, skipping interim 1xx responses.
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut interim = false;
-    let (status, framing, body_start) = loop {
-        if let Some((head_len, body_start)) = find_head_end(&buf) {
-            let head = parse_head(&buf[..head_len])?;
-            if (100..200).contains(&head.status) && head.status != 101 {
-                buf.drain(..body_start);
-                interim = true;
-                continue;
+    let stream = step(deadline, " (connect)", TcpStream::connect(target)).await?;
+    let progress = Arc::new(Progress::default());
+    let io = TokioIo::new(Counted {
+        stream,
+        progress: progress.clone(),
+    });
+    let (mut sender, conn) = http1::Builder::new()
+        // Sent as `Host`, `User-Agent`, ... (some servers match header names exactly).
+        .title_case_headers(true)
+        .max_header_size(MAX_READ)
+        .handshake(io)
+        .await
+        .map_err(|e| head_error(&e, &progress))?;
+    let req = http_request(check, target, &progress)?;
+    let exchange = async {
+        let response = match tokio::time::timeout_at(deadline, sender.send_request(req)).await {
+            Ok(r) => r.map_err(|e| head_error(&e, &progress))?,
+            Err(_) if progress.received.load(Ordering::Relaxed) == 0 => {
+                return Err("timeout (no response)".to_string());
             }
-            break (head.status, head.framing, body_start);
-        }
-        if buf.len() >= MAX_READ {
-            return Err("malformed HTTP response (headers over 64 KiB)".into());
-        }
-        // The status line alone already tells a non-HTTP answer.
-        if let Some(line_end) = buf.iter().position(|&b| b == b'\n') {
-            parse_status_line(&buf[..line_end])?;
-        }
-        let n = step(
-            deadline,
-            " (no response)",
-            read_more(&mut stream, &mut buf, MAX_READ),
-        )
-        .await?;
-        if n == 0 {
-            return Err(if buf.is_empty() && interim {
-                "malformed HTTP response (only an interim 1xx response)".into()
-            } else if buf.is_empty() {
-                "connection closed without a response".into()
-            } else {
-                "malformed HTTP response (truncated headers)".into()
-            });
-        }
+            Err(_) => return Err("timeout (reading headers)".to_string()),
+        };
+        check_response(response, check, deadline).await
     };
+    // The connection does the I/O and must be polled alongside the exchange; once it
+    // ends (the response is complete, or it failed and the exchange hears why), the
+    // exchange alone decides.
+    let conn = async {
+        let _ = conn.await;
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        // The exchange first: it queues the request before the connection polls.
+        biased;
+        result = exchange => result,
+        () = conn => unreachable!("pending forever"),
+    }
+}
 
+/// Status range, then (when configured) the body substring.
+async fn check_response(
+    response: Response<Incoming>,
+    check: &HttpCheck<'_>,
+    deadline: Instant,
+) -> Result<(), String> {
+    let status = response.status().as_u16();
     let (lo, hi) = check.expect_status;
     if !(lo..=hi).contains(&status) {
         return Err(if lo == hi {
@@ -256,168 +336,97 @@ async fn http_probe(
             format!("status {status} not in {lo}-{hi}")
         });
     }
-    let Some(needle) = check.body else {
-        return Ok(());
-    };
+    match check.body {
+        Some(needle) => find_in_body(response.into_body(), needle, deadline).await,
+        None => Ok(()),
+    }
+}
 
-    // The body: searched as it arrives, up to MAX_READ raw bytes.
-    buf.drain(..body_start);
-    let framing = if status == 204 || status == 304 {
-        Framing::Length(0)
-    } else {
-        framing
-    };
-    let missing = || format!("body does not contain {needle:?}");
-    loop {
-        let (body, complete): (Cow<'_, [u8]>, bool) = match framing {
-            Framing::Length(n) => {
-                let n = usize::try_from(n).unwrap_or(usize::MAX);
-                (Cow::Borrowed(&buf[..buf.len().min(n)]), buf.len() >= n)
+/// Searches the (de-chunked) body for `needle` as it arrives, over its first
+/// [`MAX_READ`] bytes; done as soon as the needle is seen, without waiting for the end.
+async fn find_in_body(mut body: Incoming, needle: &str, deadline: Instant) -> Result<(), String> {
+    let mut seen: Vec<u8> = Vec::new();
+    while seen.len() < MAX_READ {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err("timeout (reading body)".into()),
+            Ok(None) => break,
+            // A body cut short by the backend closing is searched as far as it came.
+            Ok(Some(Err(e))) if cut_short(&e) => break,
+            // Only chunked bodies have framing inside them that can be malformed.
+            Ok(Some(Err(e))) if is_malformed(&e) => {
+                return Err("malformed HTTP response (bad chunk)".into());
             }
-            Framing::Chunked => {
-                let (body, complete) = dechunk(&buf)?;
-                (Cow::Owned(body), complete)
-            }
-            Framing::Close => (Cow::Borrowed(&buf[..]), false),
+            Ok(Some(Err(e))) => return Err(hyper_reason(&e)),
+            Ok(Some(Ok(frame))) => frame,
         };
-        if contains(&body, needle.as_bytes()) {
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        // Search only what is new, plus the overlap a match across pieces needs.
+        let from = seen.len().saturating_sub(needle.len().saturating_sub(1));
+        let room = MAX_READ - seen.len();
+        seen.extend_from_slice(&data[..data.len().min(room)]);
+        if contains(&seen[from..], needle.as_bytes()) {
             return Ok(());
         }
-        if complete || buf.len() >= MAX_READ {
-            return Err(missing());
-        }
-        let n = step(
-            deadline,
-            " (reading body)",
-            read_more(&mut stream, &mut buf, MAX_READ),
-        )
-        .await?;
-        if n == 0 {
-            // Closed: whatever arrived has been searched.
-            return Err(missing());
-        }
     }
+    Err(format!("body does not contain {needle:?}"))
 }
 
-/// Reads once into the spare room of `buf`, never growing it past `cap`.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, cap: usize) -> io::Result<usize> {
-    let old = buf.len();
-    let room = cap.saturating_sub(old).clamp(1, 16 * 1024);
-    buf.resize(old + room, 0);
-    let r = stream.read(&mut buf[old..]).await;
-    let n = *r.as_ref().unwrap_or(&0);
-    buf.truncate(old + n);
-    r
+/// The connection closed before the body's end (as its framing defines it).
+fn cut_short(e: &hyper::Error) -> bool {
+    e.is_incomplete_message()
+        || io_source(e).is_some_and(|io| io.kind() == io::ErrorKind::UnexpectedEof)
 }
 
-/// How the body of an HTTP response ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    Length(u64),
-    Chunked,
-    Close,
+/// A response that is not valid HTTP/1.x (as opposed to an I/O failure).
+fn is_malformed(e: &hyper::Error) -> bool {
+    use io::ErrorKind as K;
+    e.is_parse()
+        || io_source(e).is_some_and(|io| matches!(io.kind(), K::InvalidInput | K::InvalidData))
 }
 
-#[derive(Debug, PartialEq, Eq)]
-struct Head {
-    status: u16,
-    framing: Framing,
+fn io_source(e: &hyper::Error) -> Option<&io::Error> {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<io::Error>())
 }
 
-/// The end of the head: (length of the head without its blank line, start of the body).
-/// Bare `\n` line endings are accepted too.
-fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let crlf = find(buf, b"\r\n\r\n").map(|i| (i, i + 4));
-    let lf = find(buf, b"\n\n").map(|i| (i, i + 2));
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+/// A short reason for a failure before the response head was complete.
+fn head_error(e: &hyper::Error, progress: &Progress) -> String {
+    if e.is_parse_too_large() {
+        return format!(
+            "malformed HTTP response (headers over {} KiB)",
+            MAX_READ / 1024
+        );
     }
-}
-
-/// `HTTP/1.x NNN[ reason]` → NNN.
-fn parse_status_line(line: &[u8]) -> Result<u16, String> {
-    let malformed = || "malformed HTTP response".to_string();
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let rest = line.strip_prefix(b"HTTP/1.").ok_or_else(malformed)?;
-    match rest {
-        [minor, b' ', a, b, c, tail @ ..]
-            if minor.is_ascii_digit()
-                && [a, b, c].iter().all(|d| d.is_ascii_digit())
-                && (tail.is_empty() || tail[0] == b' ') =>
-        {
-            Ok(u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'))
-        }
-        _ => Err(malformed()),
+    if e.is_parse() {
+        return "malformed HTTP response".into();
     }
-}
-
-fn parse_head(head: &[u8]) -> Result<Head, String> {
-    let mut lines = head.split(|&b| b == b'\n');
-    let status = parse_status_line(lines.next().unwrap_or_default())?;
-    let mut framing = Framing::Close;
-    let mut chunked = false;
-    for line in lines {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
+    if e.is_canceled() {
+        // hyper drops a queued request when the backend talks first (an SSH or SMTP
+        // banner) or hangs up before the request was written.
+        return if progress.received.load(Ordering::Relaxed) > 0 {
+            "malformed HTTP response (data before the request)".into()
+        } else {
+            "connection closed before the request was sent".into()
         };
-        let name = &line[..colon];
-        let value = String::from_utf8_lossy(&line[colon + 1..]);
-        let value = value.trim();
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // Chunked when it is the last coding applied.
-            chunked = value
-                .rsplit(',')
-                .next()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            let n = value
-                .parse()
-                .map_err(|_| "malformed HTTP response (bad Content-Length)".to_string())?;
-            framing = Framing::Length(n);
-        }
     }
-    // Transfer-Encoding overrides Content-Length (RFC 9112 6.3).
-    if chunked {
-        framing = Framing::Chunked;
+    if e.is_incomplete_message() {
+        return if progress.received.load(Ordering::Relaxed) == 0 {
+            "connection closed without a response".into()
+        } else if progress.interim.load(Ordering::Relaxed) {
+            "malformed HTTP response (only an interim 1xx response)".into()
+        } else {
+            "malformed HTTP response (truncated headers)".into()
+        };
     }
-    Ok(Head { status, framing })
+    hyper_reason(e)
 }
 
-/// Decodes as much of a chunked body as has arrived: (data so far, whether the last
-/// chunk was seen). Trailers are ignored.
-fn dechunk(mut raw: &[u8]) -> Result<(Vec<u8>, bool), String> {
-    let bad = || "malformed HTTP response (bad chunk)".to_string();
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = raw.iter().position(|&b| b == b'\n') else {
-            return Ok((out, false));
-        };
-        let line = raw[..eol].strip_suffix(b"\r").unwrap_or(&raw[..eol]);
-        // Chunk extensions (";name=value") are ignored.
-        let size = line.split(|&b| b == b';').next().unwrap_or_default();
-        let size = std::str::from_utf8(size).map_err(|_| bad())?.trim();
-        let size = usize::from_str_radix(size, 16).map_err(|_| bad())?;
-        raw = &raw[eol + 1..];
-        if size == 0 {
-            return Ok((out, true));
-        }
-        if raw.len() < size {
-            out.extend_from_slice(raw);
-            return Ok((out, false));
-        }
-        out.extend_from_slice(&raw[..size]);
-        raw = &raw[size..];
-        // The CRLF that ends the chunk's data.
-        let after = raw
-            .strip_prefix(b"\r\n")
-            .or_else(|| raw.strip_prefix(b"\n"));
-        match after {
-            Some(rest) => raw = rest,
-            None if raw.is_empty() || raw == b"\r" => return Ok((out, false)),
-            None => return Err(bad()),
-        }
+/// A short reason for any other hyper error: the I/O error's when there is one.
+fn hyper_reason(e: &hyper::Error) -> String {
+    match io_source(e) {
+        Some(io) => io_reason(io),
+        None => e.to_string(),
     }
 }
 
@@ -654,6 +663,7 @@ mod tests {
     };
 
     use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
         net::{TcpListener, TcpSocket},
         sync::mpsc,
     };
@@ -698,6 +708,19 @@ mod tests {
         l.local_addr().unwrap().port()
     }
 
+    /// Reads a request head; `None` if the client closed first.
+    async fn read_request(s: &mut TcpStream) -> Option<String> {
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while find(&req, b"\r\n\r\n").is_none() {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        Some(String::from_utf8_lossy(&req).into_owned())
+    }
+
     /// An HTTP server answering every request with `response`; sends each request it
     /// read on the returned channel.
     async fn http_server(response: &'static [u8]) -> (u16, mpsc::UnboundedReceiver<String>) {
@@ -709,15 +732,10 @@ mod tests {
                 let (mut s, _) = l.accept().await.unwrap();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let mut req = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while find(&req, b"\r\n\r\n").is_none() {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => req.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = tx.send(String::from_utf8_lossy(&req).into_owned());
+                    let Some(req) = read_request(&mut s).await else {
+                        return;
+                    };
+                    let _ = tx.send(req);
                     let _ = s.write_all(response).await;
                     let _ = s.shutdown().await;
                 });
@@ -974,6 +992,7 @@ mod tests {
         tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((mut s, _)) = l.accept().await {
+                let _ = read_request(&mut s).await;
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nready").await;
                 held.push(s);
             }
@@ -1025,6 +1044,169 @@ mod tests {
         assert_eq!(p.reason, "malformed HTTP response (bad chunk)");
     }
 
+    /// Answers every request with `response`, written in `piece`-byte writes `gap` apart.
+    async fn trickle_server(response: Vec<u8>, piece: usize, gap: Duration) -> u16 {
+        let l = TcpListener::bind((LO, 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let response: Arc<[u8]> = response.into();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let response = response.clone();
+                tokio::spawn(async move {
+                    read_request(&mut s).await?;
+                    for part in response.chunks(piece) {
+                        s.write_all(part).await.ok()?;
+                        tokio::time::sleep(gap).await;
+                    }
+                    s.shutdown().await.ok()
+                });
+            }
+        });
+        port
+    }
+
+    /// A head that arrives slowly is still read, within the timeout; one that is not
+    /// complete by the timeout fails as a timeout that says the headers were arriving.
+    #[tokio::test]
+    async fn http_slow_headers() {
+        let head =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Padding: abcdefgh\r\n\r\nok".to_vec();
+        // 61 bytes, 4 at a time, 10 ms apart: the head takes ≈150 ms.
+        let port = trickle_server(head.clone(), 4, Duration::from_millis(10)).await;
+        let p = probe(
+            &http(port, (200, 299), Some("ok")),
+            LO,
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(p.ok, "{p:?}");
+        assert!(p.latency >= Duration::from_millis(100), "{p:?}");
+
+        // 4 bytes every 100 ms: the head needs ≈1.5 s, the timeout is 300 ms.
+        let port = trickle_server(head, 4, Duration::from_millis(100)).await;
+        let timeout = Duration::from_millis(300);
+        let p = probe(&http(port, (200, 299), None), LO, timeout).await;
+        assert_eq!(
+            (p.ok, p.reason.as_str()),
+            (false, "timeout (reading headers)")
+        );
+        assert!(p.latency >= timeout && p.latency < timeout + Duration::from_millis(100));
+    }
+
+    /// Only the first 64 KiB of a body are searched, however it is framed.
+    #[tokio::test]
+    async fn http_body_search_stops_at_64_kib() {
+        let body = |needle_at: usize| {
+            let mut b = vec![b'.'; needle_at];
+            b.extend_from_slice(b"READY");
+            b.extend_from_slice(&[b'.'; 100]);
+            b
+        };
+        // The body as a response framed by Content-Length, chunks, or the close.
+        let frame = |framing: &str, b: Vec<u8>| {
+            let mut r = match framing {
+                "content-length" => {
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len())
+                }
+                "chunked" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+                _ => "HTTP/1.1 200 OK\r\n\r\n".into(),
+            }
+            .into_bytes();
+            if framing != "chunked" {
+                r.extend_from_slice(&b);
+                return r;
+            }
+            for c in b.chunks(1000) {
+                r.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                r.extend_from_slice(c);
+                r.extend_from_slice(b"\r\n");
+            }
+            r.extend_from_slice(b"0\r\n\r\n");
+            r
+        };
+        for framing in ["content-length", "chunked", "close"] {
+            // The needle ends at byte 64 KiB: found. It starts at 64 KiB: not found.
+            for (needle_at, found) in [(MAX_READ - 5, true), (MAX_READ, false), (200_000, false)] {
+                let resp: &'static [u8] = frame(framing, body(needle_at)).leak();
+                let p = probe_http(resp, (200, 299), Some("READY")).await;
+                assert_eq!(p.ok, found, "{framing}, needle at {needle_at}: {p:?}");
+                if !found {
+                    assert_eq!(p.reason, "body does not contain \"READY\"");
+                }
+            }
+        }
+    }
+
+    /// Interim responses (100, 103 with headers) before the final one are skipped; the
+    /// final response's status and body decide.
+    #[tokio::test]
+    async fn http_interim_responses_then_the_final_one() {
+        let interim =
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n";
+        let ok: &'static [u8] =
+            format!("{interim}HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nhealthy")
+                .leak()
+                .as_bytes();
+        let p = probe_http(ok, (200, 200), Some("healthy")).await;
+        assert!(p.ok, "{p:?}");
+        let down: &'static [u8] =
+            format!("{interim}HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n")
+                .leak()
+                .as_bytes();
+        let p = probe_http(down, (200, 399), None).await;
+        assert_eq!(p.reason, "status 503 not in 200-399");
+        // The status check looks at the final response, not at the interim ones.
+        let p = probe_http(ok, (100, 199), None).await;
+        assert_eq!(p.reason, "status 200 not in 100-199");
+    }
+
+    /// Framing details: header names in any case, bare LF line ends, chunked winning
+    /// over Content-Length, and a body cut short searched as far as it came.
+    #[tokio::test]
+    async fn http_framing_variants() {
+        let cases: &[(&'static [u8], &str, bool)] = &[
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloXX", "hello", true),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloXX", "XX", false),
+            (b"HTTP/1.1 200 OK\nContent-Length: 4\n\nbody", "body", true),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                "abc",
+                true,
+            ),
+            // Content-Length promises more than arrives, and the server closes.
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nhealthy", "healthy", true),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nhealthy", "sick", false),
+            // A chunk cut short.
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nheal", "hea", true),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nheal", "healthy", false),
+        ];
+        for (resp, needle, ok) in cases {
+            let p = probe_http(resp, (200, 399), Some(needle)).await;
+            assert_eq!(p.ok, *ok, "{:?}: {p:?}", String::from_utf8_lossy(resp));
+            if !ok {
+                assert_eq!(p.reason, format!("body does not contain {needle:?}"));
+            }
+        }
+    }
+
+    /// A backend that speaks first (an SSH banner: the check points at the wrong port)
+    /// is not HTTP.
+    #[tokio::test]
+    async fn http_banner_before_the_request() {
+        let l = TcpListener::bind((LO, 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await;
+                held.push(s);
+            }
+        });
+        let p = probe(&http(port, (200, 399), None), LO, Duration::from_secs(1)).await;
+        assert!(!p.ok);
+        assert!(p.reason.starts_with("malformed HTTP response"), "{p:?}");
+    }
+
     #[tokio::test]
     async fn http_refused() {
         let port = closed_tcp_port().await;
@@ -1033,31 +1215,7 @@ mod tests {
     }
 
     #[test]
-    fn http_parsing_helpers() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r"), Ok(200));
-        assert_eq!(parse_status_line(b"HTTP/1.0 503"), Ok(503));
-        assert!(parse_status_line(b"HTTP/1.1 2000").is_err());
-        assert_eq!(
-            parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nX: y"),
-            Ok(Head {
-                status: 200,
-                framing: Framing::Length(5)
-            })
-        );
-        assert_eq!(
-            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked")
-                .unwrap()
-                .framing,
-            Framing::Chunked
-        );
-        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\n\nbody"), Some((15, 17)));
-        assert_eq!(dechunk(b"5\r\nhel"), Ok((b"hel".to_vec(), false)));
-        assert_eq!(
-            dechunk(b"5\r\nhello\r\n0\r\n\r\n"),
-            Ok((b"hello".to_vec(), true))
-        );
-        assert_eq!(dechunk(b"5\r\nhello\r"), Ok((b"hello".to_vec(), false)));
-        assert!(dechunk(b"5\r\nhelloXX").is_err());
+    fn http_host_header_rules() {
         let v4: SocketAddr = "10.0.0.1:8080".parse().unwrap();
         let v6: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
         assert_eq!(host_header(None, v4), "10.0.0.1:8080");
@@ -1131,6 +1289,51 @@ mod tests {
         assert!(!p.ok);
         assert_eq!(p.reason, "connection refused (ICMP port unreachable)");
         assert!(p.latency < Duration::from_millis(500), "{p:?}");
+    }
+
+    /// An empty `send` (the default for UDP checks, as in keepalived) sends one
+    /// zero-length datagram; any reply, even an empty one, passes.
+    #[tokio::test]
+    async fn udp_empty_payload() {
+        let s = UdpSocket::bind((LO, 0)).await.unwrap();
+        let port = s.local_addr().unwrap().port();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            // Replies "pong" to the first datagram, an empty datagram afterwards.
+            let mut reply: &[u8] = b"pong";
+            while let Ok((n, from)) = s.recv_from(&mut buf).await {
+                let _ = tx.send(n);
+                let _ = s.send_to(reply, from).await;
+                reply = b"";
+            }
+        });
+        let p = probe(&udp(port, "", None), LO, Duration::from_secs(1)).await;
+        assert!(p.ok, "{p:?}");
+        assert_eq!(rx.recv().await, Some(0), "a zero-length datagram was sent");
+        let p = probe(&udp(port, "", None), LO, Duration::from_secs(1)).await;
+        assert!(p.ok, "an empty reply passes too: {p:?}");
+        assert_eq!(rx.recv().await, Some(0));
+
+        // A closed port: ICMP port unreachable, at once.
+        let closed = {
+            let s = UdpSocket::bind((LO, 0)).await.unwrap();
+            s.local_addr().unwrap().port()
+        };
+        let p = probe(&udp(closed, "", None), LO, Duration::from_secs(1)).await;
+        assert_eq!(p.reason, "connection refused (ICMP port unreachable)");
+        assert!(p.latency < Duration::from_millis(500), "{p:?}");
+
+        // A silent server: a timeout.
+        let silent = UdpSocket::bind((LO, 0)).await.unwrap();
+        let timeout = Duration::from_millis(200);
+        let p = probe(
+            &udp(silent.local_addr().unwrap().port(), "", None),
+            LO,
+            timeout,
+        )
+        .await;
+        assert_eq!(p.reason, "timeout (no reply)");
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! Prometheus metrics: the OpenMetrics text exposition of a [`Snapshot`] and a tiny
-//! HTTP/1.1 server for it (the daemon binds it to the configured loopback address).
+//! Prometheus metrics: the OpenMetrics text exposition of a [`Snapshot`] and the HTTP/1.1
+//! server for it, on hyper (the daemon binds it to the configured loopback address).
 //!
 //! The daemon builds a [`Snapshot`] from its maps and model on every scrape; this module
 //! only turns it into text and serves it.
@@ -33,8 +33,17 @@
 //!
 //! Service names are expected to be unique (the model enforces it), so label sets are.
 
-use std::{fmt, io, sync::Arc, time::Duration};
+use std::{convert::Infallible, fmt, io, sync::Arc, time::Duration};
 
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use log::debug;
 use prometheus_client::{
     collector::Collector,
@@ -43,7 +52,6 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::Semaphore,
     time::timeout,
@@ -365,28 +373,45 @@ impl Collector for SnapshotCollector {
 // HTTP server
 // ---------------------------------------------------------------------------------------
 
-/// Time a client has to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time to take a snapshot (the source reads BPF maps on a blocking thread).
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to take the response.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// After the response, how long unread request bytes are drained so that closing the
-/// socket does not send a RST that could destroy the response in flight.
-const LINGER: Duration = Duration::from_secs(1);
+/// How long a connection may take at each stage; [`Limits::DEFAULT`] in the daemon.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Time a client has to send its whole request head, from the connection's start.
+    head: Duration,
+    /// Time to take a snapshot (the source reads BPF maps on a blocking thread).
+    snapshot: Duration,
+    /// Time for the whole connection, request to last byte of the response: bounds a
+    /// client that reads its response slowly (or not at all).
+    connection: Duration,
+}
+
+impl Limits {
+    const DEFAULT: Limits = Limits {
+        head: Duration::from_secs(5),
+        snapshot: Duration::from_secs(10),
+        connection: Duration::from_secs(25),
+    };
+}
+
+/// The largest request head accepted (request line and headers); a larger one gets
+/// 431 Request Header Fields Too Large.
 const MAX_HEAD: usize = 8 * 1024;
 /// Connections served at once; further ones wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
 
-/// Serves `GET /metrics` on `listener` until the task is dropped; `source` is called
-/// (on a blocking thread) once per scrape.
+/// Where each scrape's [`Snapshot`] comes from; called on a blocking thread.
+pub type Source = Arc<dyn Fn() -> Snapshot + Send + Sync>;
+
+/// Serves `GET /metrics` (and `HEAD`) over HTTP/1.1 on `listener` until the task is
+/// dropped; `source` is called (on a blocking thread) once per scrape.
 ///
-/// Each connection carries one request and is then closed. Errors of single connections
-/// are logged at debug level and never end the server.
-pub async fn serve(
-    listener: TcpListener,
-    source: Arc<dyn Fn() -> Snapshot + Send + Sync>,
-) -> io::Result<()> {
+/// Each connection carries one request and is then closed (`Connection: close`).
+/// Errors of single connections are logged at debug level and never end the server.
+pub async fn serve(listener: TcpListener, source: Source) -> io::Result<()> {
+    serve_with(listener, source, Limits::DEFAULT).await
+}
+
+async fn serve_with(listener: TcpListener, source: Source, limits: Limits) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -403,258 +428,115 @@ pub async fn serve(
         };
         let source = source.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, source).await {
-                debug!("metrics: {peer}: {e}");
+            match timeout(limits.connection, connection(stream, source, limits)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!("metrics: {peer}: {e}"),
+                Err(_) => debug!("metrics: {peer}: connection timed out"),
             }
             drop(slot);
         });
     }
 }
 
-/// A parsed request head (only what routing needs).
-#[derive(Debug, PartialEq, Eq)]
-enum Head {
-    Request {
-        method: String,
-        path: String,
-    },
-    Malformed(&'static str),
-    /// HTTP/2 or another major version.
-    UnsupportedVersion,
+/// One connection, through hyper's HTTP/1.1 server: it parses the request (bad ones get
+/// its automatic 400 / 431), enforces the head timeout and the size limit, and leaves
+/// out the body of `HEAD` responses.
+async fn connection(stream: TcpStream, source: Source, limits: Limits) -> hyper::Result<()> {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let source = source.clone();
+        async move { Ok::<_, Infallible>(respond(&req, source, limits.snapshot).await) }
+    });
+    http1::Builder::new()
+        .keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.head)
+        .max_header_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(stream), service)
+        .await
 }
 
-struct Response {
-    status: u16,
-    reason: &'static str,
-    content_type: &'static str,
-    allow: bool,
-    body: Vec<u8>,
-    head_only: bool,
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    reply(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(body.as_bytes()),
+    )
 }
 
-impl Response {
-    fn text(status: u16, reason: &'static str, body: &str) -> Self {
-        Response {
-            status,
-            reason,
-            content_type: "text/plain; charset=utf-8",
-            allow: false,
-            body: body.as_bytes().to_vec(),
-            head_only: false,
-        }
-    }
+fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
 
-    fn bytes(&self) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-            self.status,
-            self.reason,
-            self.content_type,
-            self.body.len()
+/// Routes one request: `/` says where the metrics are, `/metrics` takes a snapshot;
+/// other paths are 404, other methods 405, a target that is no path 400.
+async fn respond(
+    req: &Request<Incoming>,
+    source: Source,
+    snapshot_timeout: Duration,
+) -> Response<Full<Bytes>> {
+    let uri = req.uri();
+    // Origin form `/path?query`, or absolute form `http://host[/path]`.
+    let path = match uri.path() {
+        "" if uri.scheme().is_some() => "/",
+        p => p,
+    };
+    let response = if !path.starts_with('/') {
+        text(StatusCode::BAD_REQUEST, "bad request target\n")
+    } else if !matches!(path, "/" | "/metrics") {
+        text(
+            StatusCode::NOT_FOUND,
+            "not found; metrics are at /metrics\n",
+        )
+    } else if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        r
+    } else if path == "/metrics" {
+        scrape(source, snapshot_timeout).await
+    } else {
+        text(StatusCode::OK, "xlb metrics exporter: scrape /metrics\n")
+    };
+    if response.status().as_u16() >= 400 {
+        debug!(
+            "metrics: answered {} to {} {path}",
+            response.status(),
+            req.method()
         );
-        if self.allow {
-            out.push_str("Allow: GET, HEAD\r\n");
-        }
-        out.push_str("\r\n");
-        let mut out = out.into_bytes();
-        if !self.head_only {
-            out.extend_from_slice(&self.body);
-        }
-        out
     }
-}
-
-async fn connection(
-    mut stream: TcpStream,
-    source: Arc<dyn Fn() -> Snapshot + Send + Sync>,
-) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let response = match timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await {
-        Ok(Ok(Some(head))) => respond(head, source).await,
-        Ok(Ok(None)) => return Ok(()), // closed before sending anything
-        Ok(Err(e)) => return Err(e),
-        Err(_) if buf.is_empty() => {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "idle connection"));
-        }
-        Err(_) => Response::text(408, "Request Timeout", "request timeout\n"),
-    };
-    if response.status >= 400 {
-        debug!("metrics: answered {} {}", response.status, response.reason);
-    }
-    let bytes = response.bytes();
-    let sent = timeout(WRITE_TIMEOUT, async {
-        stream.write_all(&bytes).await?;
-        stream.shutdown().await
-    })
-    .await;
-    match sent {
-        Ok(r) => r?,
-        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "response write")),
-    }
-    // Lingering close: read (and drop) what the client still sends, until it closes.
-    let _ = timeout(LINGER, async {
-        let mut sink = [0u8; 1024];
-        let mut left = 64 * 1024usize;
-        while left > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    })
-    .await;
-    Ok(())
-}
-
-/// Reads until the request head is complete (or clearly malformed). `None`: the client
-/// closed the connection without sending a byte.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Head>> {
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(head) = parse_head(buf) {
-            return Ok(Some(head));
-        }
-        if buf.len() >= MAX_HEAD {
-            return Ok(Some(Head::Malformed("request head too large")));
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(if buf.is_empty() {
-                None
-            } else {
-                Some(Head::Malformed("connection closed inside the request head"))
-            });
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Parses a request head; `None` while more bytes are needed. Rejects early what cannot
-/// become a valid request line (e.g. a TLS handshake), so garbage gets a quick 400.
-fn parse_head(buf: &[u8]) -> Option<Head> {
-    let Some(line_end) = buf.iter().position(|&b| b == b'\n') else {
-        // Only a method (uppercase letters) may precede the first space.
-        let method_end = buf.iter().position(|&b| b == b' ').unwrap_or(buf.len());
-        if method_end > 16 || !buf[..method_end].iter().all(u8::is_ascii_uppercase) {
-            return Some(Head::Malformed("bad request line"));
-        }
-        return None;
-    };
-    let line = &buf[..line_end];
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let request = match parse_request_line(line) {
-        Ok(r) => r,
-        Err(head) => return Some(head),
-    };
-    // The head ends with an empty line; header lines must look like `name: value`.
-    let mut rest = &buf[line_end + 1..];
-    loop {
-        let end = rest.iter().position(|&b| b == b'\n')?;
-        let header = &rest[..end];
-        let header = header.strip_suffix(b"\r").unwrap_or(header);
-        if header.is_empty() {
-            return Some(request);
-        }
-        let colon = header.iter().position(|&b| b == b':');
-        if matches!(colon, None | Some(0))
-            || header[0].is_ascii_whitespace()
-            || header.iter().any(|&b| b.is_ascii_control() && b != b'\t')
-        {
-            return Some(Head::Malformed("bad header line"));
-        }
-        rest = &rest[end + 1..];
-    }
-}
-
-fn parse_request_line(line: &[u8]) -> Result<Head, Head> {
-    const BAD: Head = Head::Malformed("bad request line");
-    let line = std::str::from_utf8(line).map_err(|_| BAD)?;
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(BAD);
-    };
-    if method.is_empty() || method.len() > 16 || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(BAD);
-    }
-    if !target.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(BAD);
-    }
-    match version {
-        "HTTP/1.0" | "HTTP/1.1" => {}
-        v if v.starts_with("HTTP/") && v.len() > 5 => return Err(Head::UnsupportedVersion),
-        _ => return Err(BAD),
-    }
-    // Origin form `/path?query`, or absolute form `http://host/path?query`.
-    let path = if target.starts_with('/') {
-        target
-    } else if let Some(after) = ["http://", "https://"].iter().find_map(|scheme| {
-        target
-            .get(..scheme.len())
-            .filter(|p| p.eq_ignore_ascii_case(scheme))
-            .map(|_| &target[scheme.len()..])
-    }) {
-        after.find('/').map_or("/", |i| &after[i..])
-    } else {
-        return Err(BAD);
-    };
-    let path = path.split(['?', '#']).next().unwrap_or(path);
-    Ok(Head::Request {
-        method: method.to_owned(),
-        path: path.to_owned(),
-    })
-}
-
-async fn respond(head: Head, source: Arc<dyn Fn() -> Snapshot + Send + Sync>) -> Response {
-    let (method, path) = match head {
-        Head::Request { method, path } => (method, path),
-        Head::Malformed(why) => return Response::text(400, "Bad Request", &format!("{why}\n")),
-        Head::UnsupportedVersion => {
-            return Response::text(505, "HTTP Version Not Supported", "HTTP/1.x only\n");
-        }
-    };
-    let known = matches!(path.as_str(), "/" | "/metrics");
-    let head_only = method == "HEAD";
-    if !known {
-        return Response::text(404, "Not Found", "not found; metrics are at /metrics\n");
-    }
-    if method != "GET" && !head_only {
-        let mut r = Response::text(405, "Method Not Allowed", "method not allowed\n");
-        r.allow = true;
-        return r;
-    }
-    let mut response = if path == "/" {
-        Response::text(200, "OK", "xlb metrics exporter: scrape /metrics\n")
-    } else {
-        let job = tokio::task::spawn_blocking(move || render(source()));
-        match timeout(SNAPSHOT_TIMEOUT, job).await {
-            Ok(Ok(body)) => Response {
-                status: 200,
-                reason: "OK",
-                content_type: CONTENT_TYPE,
-                allow: false,
-                body: body.into_bytes(),
-                head_only: false,
-            },
-            Ok(Err(e)) => {
-                debug!("metrics: snapshot failed: {e}");
-                Response::text(500, "Internal Server Error", "snapshot failed\n")
-            }
-            Err(_) => {
-                debug!("metrics: snapshot timed out");
-                Response::text(503, "Service Unavailable", "snapshot timed out\n")
-            }
-        }
-    };
-    response.head_only = head_only;
     response
+}
+
+/// Takes a snapshot on a blocking thread (it reads BPF maps) and encodes it.
+async fn scrape(source: Source, limit: Duration) -> Response<Full<Bytes>> {
+    let job = tokio::task::spawn_blocking(move || render(source()));
+    match timeout(limit, job).await {
+        Ok(Ok(body)) => reply(StatusCode::OK, CONTENT_TYPE, Bytes::from(body)),
+        Ok(Err(e)) => {
+            debug!("metrics: snapshot failed: {e}");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "snapshot failed\n")
+        }
+        Err(_) => {
+            debug!("metrics: snapshot timed out");
+            text(StatusCode::SERVICE_UNAVAILABLE, "snapshot timed out\n")
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::SocketAddr;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpSocket,
+        time::Instant,
+    };
 
     fn sample() -> Snapshot {
         Snapshot {
@@ -829,56 +711,177 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
     }
 
-    #[test]
-    fn metrics_parse_head() {
-        let req = |m: &str, p: &str| {
-            Some(Head::Request {
-                method: m.into(),
-                path: p.into(),
-            })
-        };
-        assert_eq!(
-            parse_head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            req("GET", "/metrics")
-        );
-        assert_eq!(
-            parse_head(b"GET /metrics?a=b HTTP/1.0\n\n"),
-            req("GET", "/metrics")
-        );
-        assert_eq!(
-            parse_head(b"GET http://h:1/metrics HTTP/1.1\r\n\r\n"),
-            req("GET", "/metrics")
-        );
-        assert_eq!(
-            parse_head(b"GET http://h:1 HTTP/1.1\r\n\r\n"),
-            req("GET", "/")
-        );
-        assert_eq!(parse_head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"), None);
-        assert_eq!(parse_head(b"GE"), None);
-        assert_eq!(parse_head(b""), None);
-        assert_eq!(
-            parse_head(b"PRI * HTTP/2.0\r\n\r\n"),
-            Some(Head::UnsupportedVersion)
-        );
-        for bad in [
-            &b"\x16\x03\x01\x02\x00"[..],
-            b"garbage\r\n\r\n",
-            b"GET  /metrics HTTP/1.1\r\n\r\n",
-            b"GET /metrics\r\n\r\n",
-            b"GET metrics HTTP/1.1\r\n\r\n",
-            b"GET /metrics FTP/1.1\r\n\r\n",
-            b"get /metrics HTTP/1.1\r\n\r\n",
-            b"GET /m\xffx HTTP/1.1\r\n\r\n",
-            b"GET /metrics HTTP/1.1\r\nno colon\r\n\r\n",
-            b"GET /metrics HTTP/1.1\r\n folded: x\r\n\r\n",
-            b"GET /metrics HTTP/1.1\r\n: empty\r\n\r\n",
-        ] {
-            assert!(
-                matches!(parse_head(bad), Some(Head::Malformed(_))),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+    /// Request forms the server answers, and heads it refuses (hyper's parser answers
+    /// 400 before routing; a method it does not serve is 405 whatever its spelling).
+    #[tokio::test]
+    async fn metrics_serve_request_forms() {
+        let addr = start().await;
+        let metrics = encode(&sample());
+        let index = "xlb metrics exporter: scrape /metrics\n";
+        let good: [(&[u8], &str); 5] = [
+            (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &metrics),
+            (b"GET /metrics?a=b HTTP/1.1\n\n", &metrics),
+            (b"GET http://h:1/metrics HTTP/1.1\r\n\r\n", &metrics),
+            (b"GET http://h:1 HTTP/1.1\r\n\r\n", index),
+            (b"GET /?x HTTP/1.1\r\n\r\n", index),
+        ];
+        for (req, body) in good {
+            let (status, _, got) = fetch(addr, req).await;
+            let what = String::from_utf8_lossy(req);
+            assert_eq!(status, "HTTP/1.1 200 OK", "{what:?}");
+            assert_eq!(String::from_utf8(got).unwrap(), body, "{what:?}");
         }
+        let bad: [(&[u8], &str); 13] = [
+            (b"\x16\x03\x01\x02\x00", "400 Bad Request"),
+            (b"garbage\r\n\r\n", "400 Bad Request"),
+            (b"GET  /metrics HTTP/1.1\r\n\r\n", "400 Bad Request"),
+            (b"GET /metrics\r\n\r\n", "400 Bad Request"),
+            (b"GET /metrics FTP/1.1\r\n\r\n", "400 Bad Request"),
+            (b"GET /m\xffx HTTP/1.1\r\n\r\n", "400 Bad Request"),
+            (
+                b"GET /metrics HTTP/1.1\r\nno colon\r\n\r\n",
+                "400 Bad Request",
+            ),
+            (
+                b"GET /metrics HTTP/1.1\r\n folded: x\r\n\r\n",
+                "400 Bad Request",
+            ),
+            (
+                b"GET /metrics HTTP/1.1\r\n: empty\r\n\r\n",
+                "400 Bad Request",
+            ),
+            (b"PRI * HTTP/2.0\r\n\r\n", "400 Bad Request"),
+            (b"GET metrics HTTP/1.1\r\n\r\n", "400 Bad Request"),
+            (b"OPTIONS * HTTP/1.1\r\n\r\n", "400 Bad Request"),
+            (b"get /metrics HTTP/1.1\r\n\r\n", "405 Method Not Allowed"),
+        ];
+        for (req, want) in bad {
+            let (status, _, _) = fetch(addr, req).await;
+            let what = String::from_utf8_lossy(req);
+            assert_eq!(status, format!("HTTP/1.1 {want}"), "{what:?}");
+        }
+    }
+
+    fn short_limits() -> Limits {
+        Limits {
+            head: Duration::from_millis(300),
+            snapshot: Duration::from_secs(2),
+            connection: Duration::from_millis(1500),
+        }
+    }
+
+    async fn start_with(limits: Limits, source: Source) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_with(listener, source, limits));
+        addr
+    }
+
+    /// Reads until the server closes (or fails, or `limit` passes): (bytes read, when).
+    async fn read_until_closed(
+        s: &mut (impl AsyncReadExt + Unpin),
+        limit: Duration,
+    ) -> (usize, Duration) {
+        let start = Instant::now();
+        let mut n = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(Ok(got @ 1..)) = timeout(limit, s.read(&mut buf)).await {
+            n += got;
+        }
+        (n, start.elapsed())
+    }
+
+    /// A client that connects and sends nothing, and one that sends its head a byte
+    /// at a time without ever finishing it, are both closed at the head timeout.
+    #[tokio::test]
+    async fn metrics_slow_clients_are_cut_off_at_the_head_timeout() {
+        let limits = short_limits();
+        let addr = start_with(limits, Arc::new(sample)).await;
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let (read, after) = read_until_closed(&mut idle, Duration::from_secs(3)).await;
+        assert_eq!(read, 0);
+        assert!(
+            after >= limits.head && after < limits.head + Duration::from_millis(300),
+            "{after:?}"
+        );
+
+        let (mut rx, mut tx) = TcpStream::connect(addr).await.unwrap().into_split();
+        let drip = tokio::spawn(async move {
+            for b in b"GET /metrics HTTP/1.1\r\nX-Slow: "
+                .iter()
+                .chain([b'a'; 100].iter())
+            {
+                if tx.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let (read, after) = read_until_closed(&mut rx, Duration::from_secs(3)).await;
+        drip.abort();
+        assert_eq!(read, 0, "no response to an unfinished head");
+        assert!(
+            after >= limits.head && after < limits.head + Duration::from_millis(300),
+            "{after:?}"
+        );
+    }
+
+    /// More idle connections than the server serves at once delay a scrape by at most
+    /// two head timeouts (the held ones are cut, then the queued ones).
+    #[tokio::test]
+    async fn metrics_idle_connections_do_not_starve_a_scrape() {
+        let limits = short_limits();
+        let addr = start_with(limits, Arc::new(sample)).await;
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + 10 {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let start = Instant::now();
+        let (status, _, body) = fetch(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        let took = start.elapsed();
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(String::from_utf8(body).unwrap(), encode(&sample()));
+        assert!(
+            took < 2 * limits.head + Duration::from_millis(500),
+            "{took:?}"
+        );
+        eprintln!("scrape behind {} idle connections: {took:?}", held.len());
+    }
+
+    /// A client that requests a large response and never reads it is disconnected when
+    /// the connection's time is up, freeing its slot.
+    #[tokio::test]
+    async fn metrics_a_client_that_does_not_read_is_cut_off() {
+        let limits = short_limits();
+        let big = Snapshot {
+            services: vec![ServiceSnapshot {
+                name: "web".into(),
+                backends: (0..20_000)
+                    .map(|i| BackendSnapshot {
+                        address: format!("10.{}.{}.{}:80", i >> 16, (i >> 8) & 255, i & 255),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let size = encode(&big).len();
+        let addr = start_with(limits, Arc::new(move || big.clone())).await;
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut stalled = sock.connect(addr).await.unwrap();
+        stalled
+            .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(limits.connection + Duration::from_millis(300)).await;
+        let (read, _) = read_until_closed(&mut stalled, Duration::from_secs(3)).await;
+        assert!(
+            read < size,
+            "read {read} of a {size}-byte body: not cut off"
+        );
+        eprintln!("stalled client got {read} of {size} bytes");
     }
 
     async fn start() -> SocketAddr {
@@ -929,8 +932,9 @@ mod tests {
                 .any(|h| h.starts_with("content-length: ") && h != "content-length: 0")
         );
 
+        // hyper answers an HTTP/1.0 client in HTTP/1.0.
         let (status, _, body) = fetch(addr, b"GET / HTTP/1.0\r\n\r\n").await;
-        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(status, "HTTP/1.0 200 OK");
         assert!(String::from_utf8(body).unwrap().contains("/metrics"));
     }
 
@@ -947,9 +951,19 @@ mod tests {
         let (status, headers, _) = fetch(addr, b"POST /metrics HTTP/1.1\r\n\r\n").await;
         assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
         assert!(headers.contains(&"allow: get, head".to_owned()));
+        // A request body the server does not read does not destroy the response.
+        let post = format!(
+            "POST /metrics HTTP/1.1\r\nContent-Length: 300000\r\n\r\n{}",
+            "x".repeat(300_000)
+        );
+        let (status, _, _) = fetch(addr, post.as_bytes()).await;
+        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
         let big = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD));
         let (status, _, _) = fetch(addr, big.as_bytes()).await;
-        assert_eq!(status, "HTTP/1.1 400 Bad Request");
+        assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        let (status, _, _) = fetch(addr, big.as_bytes()).await;
+        assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
         // A client that closes early does not disturb the server.
         drop(TcpStream::connect(addr).await.unwrap());
         let mut half = TcpStream::connect(addr).await.unwrap();

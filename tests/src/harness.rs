@@ -7,9 +7,9 @@ use aya::{
 };
 use lb_common::PROG_XLB;
 use xlb::{
-    balancer::Balancer,
-    loader::{LoadOptions, load_xlb},
-    maps::DataPlane,
+    balancer::{AdoptReport, Balancer, DesiredService},
+    dataplane::loader::{LoadOptions, load_xlb},
+    dataplane::maps::DataPlane,
 };
 
 pub struct XlbHarness {
@@ -51,6 +51,23 @@ impl XlbHarness {
             ebpf,
             lb: Balancer::new(dp),
         }
+    }
+
+    /// Restarts the controller on the same maps, as a daemon restart does: the model is
+    /// rebuilt by adopting what the maps hold for `desired`.
+    pub fn restart(&mut self, desired: &[DesiredService]) -> AdoptReport {
+        // `Balancer::adopt` takes the maps by value: park a tiny unpinned one meanwhile.
+        let mut scratch = load_xlb(&LoadOptions {
+            affinity_capacity: 16,
+            maglev_slots: 16,
+        })
+        .unwrap_or_else(|e| panic!("scratch object: {e:#}"));
+        let placeholder =
+            Balancer::new(DataPlane::from_ebpf(&mut scratch).unwrap_or_else(|e| panic!("{e}")));
+        let dp = std::mem::replace(&mut self.lb, placeholder).into_dataplane();
+        let (lb, report) = Balancer::adopt(dp, desired).unwrap_or_else(|e| panic!("adopt: {e}"));
+        self.lb = lb;
+        report
     }
 
     pub fn prog(&self) -> &Xdp {

@@ -37,7 +37,7 @@ use lb_common::{
 use serde_json::json;
 use xlb::{
     balancer::ServiceState,
-    loader::LoadOptions,
+    dataplane::loader::LoadOptions,
     model::{BackendSpec, Link, Protocol, ServiceSpec, addr_bytes, addr_from_words, addr_words},
 };
 

@@ -39,7 +39,7 @@ use aya::{
 };
 use lb_common::PROG_XLB;
 use xlb::{
-    loader::{BENCH_OBJECT, LoadOptions},
+    dataplane::loader::{BENCH_OBJECT, LoadOptions},
     model::{BackendSpec, Link, Protocol, ServiceSpec},
 };
 

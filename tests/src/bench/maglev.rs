@@ -30,7 +30,7 @@ use lb_common::{
 use serde_json::{Value, json};
 use xlb::{
     balancer::ServiceState,
-    loader::{LoadOptions, load_xlb},
+    dataplane::loader::{LoadOptions, load_xlb},
     model::{Protocol, ServiceSpec, addr_bytes},
 };
 

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use aya::{EbpfLoader, programs::Xdp};
 use xlb::{
-    loader::{BENCH_OBJECT, LoadOptions},
+    dataplane::loader::{BENCH_OBJECT, LoadOptions},
     model::{BackendSpec, Link, Protocol, ServiceSpec},
 };
 

@@ -16,7 +16,6 @@
 pub mod check;
 pub mod counters;
 pub mod frames;
-pub mod known;
 pub mod oracle;
 pub mod rng;
 pub mod topology;
@@ -77,8 +76,6 @@ pub struct Report {
     pub origins: BTreeMap<Origin, u64>,
     pub failures: u64,
     pub classes: BTreeMap<String, FailureClass>,
-    /// Failures that are a reported fault of [`known::KNOWN`], by its name.
-    pub known: BTreeMap<&'static str, FailureClass>,
     pub affinity_keys: usize,
     pub exact_hits: bool,
     pub hits: u64,
@@ -92,9 +89,9 @@ const MAX_CLASSES: usize = 20;
 const MAX_PENDING: usize = 64;
 
 impl Report {
-    /// No failure at all, known faults included.
+    /// No failure at all.
     pub fn ok(&self) -> bool {
-        self.failures == 0 && self.known.is_empty()
+        self.failures == 0
     }
 
     fn fail(&mut self, f: Failure, class: String) {
@@ -208,7 +205,6 @@ impl Run {
                 origins: BTreeMap::new(),
                 failures: 0,
                 classes: BTreeMap::new(),
-                known: BTreeMap::new(),
                 affinity_keys: 0,
                 exact_hits: true,
                 hits: 0,
@@ -293,17 +289,6 @@ impl Run {
         match check::judge(&self.top, &mut self.mem, &judged, &obs) {
             Ok(stat) => *self.report.outcomes.entry(stat.name()).or_default() += 1,
             Err(problem) => {
-                let counted = check::one_counter(stats).ok();
-                if let Some(k) = known::find(&case.frame, expect, r.action, counted) {
-                    let f = self.failure(index, case, expect, problem, Some(r.output.clone()));
-                    let c = self
-                        .report
-                        .known
-                        .entry(k.name)
-                        .or_insert(FailureClass { count: 0, first: f });
-                    c.count += 1;
-                    return;
-                }
                 let class = format!(
                     "{} / {}",
                     expect_label(&self.top, expect),
@@ -455,20 +440,6 @@ impl fmt::Display for Report {
         writeln!(f, "failures: {}", self.failures)?;
         for (i, (class, c)) in self.classes.iter().enumerate() {
             writeln!(f, "\n[{}] {} × {class}", i + 1, c.count)?;
-            self.example(f, &c.first)?;
-        }
-        if !self.known.is_empty() {
-            writeln!(
-                f,
-                "\nknown faults (reported, not fixed yet; still failures):"
-            )?;
-        }
-        for (name, c) in &self.known {
-            let k = known::KNOWN
-                .iter()
-                .find(|k| k.name == *name)
-                .expect("listed");
-            writeln!(f, "\n[{name}] {} × {}", c.count, k.description)?;
             self.example(f, &c.first)?;
         }
         Ok(())

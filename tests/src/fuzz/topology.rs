@@ -9,7 +9,7 @@ use std::{net::IpAddr, time::Duration};
 
 use lb_common::{PROTO_TCP, PROTO_UDP, Stat};
 use xlb::{
-    loader::LoadOptions,
+    dataplane::loader::LoadOptions,
     model::{Affinity, BackendSpec, Link, NoBackend, Protocol, ServiceSpec},
 };
 

@@ -4,5 +4,6 @@
 //! Run one test alone: `cargo xtask test --tier e2e -- NAME` (e.g. `failover`).
 
 mod daemon;
+mod dataplane;
 mod health;
 mod scenarios;

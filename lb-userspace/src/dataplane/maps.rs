@@ -1,17 +1,28 @@
-//! Typed access to the XDP program's maps: the only place userspace touches them.
+//! Typed access to the XDP program's maps: the only place userspace reads or writes their
+//! contents (adoption's copying between map generations is [`super::migrate`]'s).
 //!
 //! The controller, `xlb explain`, the packet tests and the benchmarks all go through this
-//! API, so what the tests exercise is what the daemon does.
+//! API, so what the tests exercise is what the daemon does. Affinity entries are judged
+//! here with `lb_common::affinity`, the XDP program's own rules, against the maps' own
+//! services and backends — never against a copy of them.
+//!
+//! It does not decide anything (which backend, which slot: the controller's), and it
+//! does not create, pin or remove maps ([`super::pin`]'s).
+
+use std::{collections::HashMap as StdHashMap, ops::Range, path::Path};
 
 use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, xdp::DevMapHash},
 };
 use lb_common::{
-    ALL_MAPS, Addr, AffinityKey, AffinityValue, Backend, BackendStats, MAP_AFFINITY, MAP_BACKENDS,
-    MAP_BE_STATS, MAP_MAGLEV, MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER,
-    PROTO_VIP_MARKER, SVC_F_VIP_MARKER, ServiceKey, ServiceStats, ServiceValue, Stat,
-    VIP_FILTER_WORDS, vip_filter_bit,
+    Addr, AffinityKey, AffinityValue, Backend, BackendStats, MAP_AFFINITY, MAP_BACKENDS,
+    MAP_BE_STATS, MAP_MAGLEV, MAP_META, MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, MAP_TX_PORTS,
+    MAP_VIP_FILTER, MAX_BACKENDS, PROTO_VIP_MARKER, SVC_F_VIP_MARKER, ServiceKey, ServiceStats,
+    ServiceValue, Stat, VIP_FILTER_WORDS,
+    affinity::{self, Verdict},
+    maps::Meta,
+    vip_filter_bit,
 };
 
 /// A failure reading or writing one of the program's maps.
@@ -40,6 +51,17 @@ pub enum MapsError {
     },
     #[error("index {index} is out of range for map {map}")]
     OutOfRange { map: &'static str, index: u32 },
+    #[error(
+        "every backend generation has been issued ({MAP_META} next_generation {next}); \
+         `xlb down` and a fresh start are needed"
+    )]
+    GenerationsExhausted { next: u32 },
+    #[error("opening pinned map {path}: {source}")]
+    Pinned {
+        path: std::path::PathBuf,
+        #[source]
+        source: MapError,
+    },
 }
 
 type Result<T> = std::result::Result<T, MapsError>;
@@ -93,13 +115,17 @@ fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
     Ok(())
 }
 
-/// BPF_MAP_LOOKUP_BATCH of `len` u32 slots of an array from `offset` (kernel ≥ 5.6).
-/// The kernel continues after the key `in_batch` points to, so a range starting at
-/// `offset` passes `offset - 1` (or nothing for 0).
-fn lookup_batch(fd: &std::os::fd::OwnedFd, offset: u32, len: u32) -> std::io::Result<Vec<u32>> {
+/// BPF_MAP_LOOKUP_BATCH of `len` values of an array from `offset` (kernel ≥ 5.6). `T`
+/// must be the map's value type. The kernel continues after the key `in_batch` points to,
+/// so a range starting at `offset` passes `offset - 1` (or nothing for 0).
+fn lookup_batch<T: aya::Pod + Default>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    offset: u32,
+    len: u32,
+) -> std::io::Result<Vec<T>> {
     use std::os::fd::AsRawFd as _;
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    let mut values = vec![0u32; len as usize];
+    let mut values = vec![T::default(); len as usize];
     let mut keys = vec![0u32; len as usize];
     let mut done = 0usize;
     while done < len as usize {
@@ -175,12 +201,16 @@ pub struct DataPlane {
     /// A second handle on the Maglev array for batched updates (aya has none).
     maglev_fd: std::os::fd::OwnedFd,
     pub backends: Array<MapData, Backend>,
+    /// A second handle on the backends array for batched reads.
+    backends_fd: std::os::fd::OwnedFd,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub stats: PerCpuArray<MapData, u64>,
     pub svc_stats: PerCpuArray<MapData, ServiceStats>,
     pub be_stats: PerCpuArray<MapData, BackendStats>,
     pub tx_ports: DevMapHash<MapData>,
     pub vip_filter: Array<MapData, u64>,
+    /// The pinned state's [`Meta`] (one entry): format and the durable generation counter.
+    pub meta: Array<MapData, Meta>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
@@ -191,29 +221,33 @@ fn typed<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str)
     T::try_from(take(ebpf, name)?).map_err(|source| MapsError::Layout { map: name, source })
 }
 
+/// A second fd on an array map of `ebpf`, for the batch syscalls aya does not have.
+fn dup_array_fd(ebpf: &Ebpf, name: &'static str) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd as _;
+    match ebpf.map(name) {
+        Some(Map::Array(data)) => {
+            data.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| MapsError::Op {
+                    op: "duplicate the fd of",
+                    map: name,
+                    source: MapError::SyscallError(aya::sys::SyscallError {
+                        call: "dup",
+                        io_error: e,
+                    }),
+                })
+        }
+        _ => Err(MapsError::Missing(name)),
+    }
+}
+
 impl DataPlane {
     /// Takes the maps out of a loaded object (the programs stay in `ebpf`).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
-        debug_assert_eq!(ALL_MAPS.len(), 9);
-        let maglev_fd = match ebpf.map(MAP_MAGLEV) {
-            Some(Map::Array(data)) => {
-                use std::os::fd::AsFd as _;
-                data.fd()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|e| MapsError::Op {
-                        op: "duplicate the fd of",
-                        map: MAP_MAGLEV,
-                        source: MapError::SyscallError(aya::sys::SyscallError {
-                            call: "dup",
-                            io_error: e,
-                        }),
-                    })?
-            }
-            _ => return Err(MapsError::Missing(MAP_MAGLEV)),
-        };
         Ok(Self {
-            maglev_fd,
+            maglev_fd: dup_array_fd(ebpf, MAP_MAGLEV)?,
+            backends_fd: dup_array_fd(ebpf, MAP_BACKENDS)?,
             services: typed(ebpf, MAP_SERVICES)?,
             maglev: typed(ebpf, MAP_MAGLEV)?,
             backends: typed(ebpf, MAP_BACKENDS)?,
@@ -223,7 +257,30 @@ impl DataPlane {
             be_stats: typed(ebpf, MAP_BE_STATS)?,
             tx_ports: typed(ebpf, MAP_TX_PORTS)?,
             vip_filter: typed(ebpf, MAP_VIP_FILTER)?,
+            meta: typed(ebpf, MAP_META)?,
         })
+    }
+
+    // --- meta ----------------------------------------------------------------------------
+
+    /// The pinned state's meta record.
+    pub fn meta(&self) -> Result<Meta> {
+        self.meta.get(&0, 0).map_err(op("lookup", MAP_META))
+    }
+
+    /// Reserves `n` backend generations durably: `XLB_META.next_generation` is advanced
+    /// (written to the pinned map) before the caller can put any of them into a backend
+    /// entry, so no generation is ever issued twice while the pinned state lives, across
+    /// restarts and crashes. Never returns 0; never wraps.
+    pub fn reserve_generations(&mut self, n: u32) -> Result<Range<u32>> {
+        let mut meta = self.meta()?;
+        let start = meta.next_generation.max(1);
+        let end = start
+            .checked_add(n)
+            .ok_or(MapsError::GenerationsExhausted { next: start })?;
+        meta.next_generation = end;
+        self.meta.set(0, meta, 0).map_err(op("update", MAP_META))?;
+        Ok(start..end)
     }
 
     // --- services ------------------------------------------------------------------
@@ -346,7 +403,8 @@ impl DataPlane {
                 index: offset.saturating_add(len),
             });
         }
-        lookup_batch(&self.maglev_fd, offset, len).map_err(|io_error| MapsError::Op {
+        use std::os::fd::AsFd as _;
+        lookup_batch(self.maglev_fd.as_fd(), offset, len).map_err(|io_error| MapsError::Op {
             op: "batch lookup",
             map: MAP_MAGLEV,
             source: MapError::SyscallError(aya::sys::SyscallError {
@@ -371,14 +429,19 @@ impl DataPlane {
 
     /// Every live backend entry (generation ≠ 0) with its id.
     pub fn backend_entries(&self) -> Result<Vec<(u32, Backend)>> {
-        let mut out = Vec::new();
-        for (id, b) in self.backends.iter().enumerate() {
-            let b = b.map_err(op("lookup", MAP_BACKENDS))?;
-            if b.generation != 0 {
-                out.push((id as u32, b));
-            }
-        }
-        Ok(out)
+        Ok(self
+            .backend_table()?
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| b.generation != 0)
+            .map(|(id, b)| (id as u32, b))
+            .collect())
+    }
+
+    /// The whole backends array, indexed by backend id (one batched read).
+    pub fn backend_table(&self) -> Result<Vec<Backend>> {
+        use std::os::fd::AsFd as _;
+        read_backend_table(self.backends_fd.as_fd())
     }
 
     pub fn maglev_slot(&self, index: u32) -> Result<u32> {
@@ -421,6 +484,60 @@ impl DataPlane {
             }
         }
         Ok(out)
+    }
+
+    /// What the data plane would decide from `key`'s entry of service `svc` at `now`
+    /// (`None`: no entry): the entry, the backend it points to and the verdict of
+    /// `lb_common::affinity::judge`, the XDP program's own rules.
+    pub fn judge(
+        &self,
+        svc: &ServiceValue,
+        key: &AffinityKey,
+        now: u64,
+    ) -> Result<Option<JudgedPin>> {
+        let Some(value) = self.affinity_get(key)? else {
+            return Ok(None);
+        };
+        let backend = match self.backends.get(&value.backend_id, 0) {
+            Ok(b) => Some(b),
+            Err(MapError::OutOfBounds { .. }) => None,
+            Err(e) => return Err(op("lookup", MAP_BACKENDS)(e)),
+        };
+        let verdict = affinity::judge(svc, key, &value, backend.as_ref(), now);
+        Ok(Some(JudgedPin {
+            key: *key,
+            value,
+            backend,
+            verdict,
+        }))
+    }
+
+    /// Every affinity entry (optionally of one service) judged at `now` against the
+    /// services and backends the maps hold. Entries of a service that no longer exists
+    /// are left out (no packet can reach them).
+    pub fn judged_entries(&self, service_id: Option<u32>, now: u64) -> Result<Vec<JudgedPin>> {
+        let services = self.service_values()?;
+        let backends = self.backend_table()?;
+        Ok(judge_all(
+            self.affinity_entries(service_id)?,
+            &services,
+            &backends,
+            now,
+        ))
+    }
+
+    /// Live pins per service and backend at `now` (see [`LivePins`]).
+    pub fn live_pins(&self, now: u64) -> Result<LivePins> {
+        Ok(LivePins::count(&self.judged_entries(None, now)?))
+    }
+
+    /// Service id → value, from the services map.
+    fn service_values(&self) -> Result<StdHashMap<u32, ServiceValue>> {
+        Ok(self
+            .service_entries()?
+            .into_iter()
+            .map(|(_, v)| (v.id, v))
+            .collect())
     }
 
     /// Removes one entry (absent is fine: the LRU may have evicted it).
@@ -509,4 +626,129 @@ impl DataPlane {
             a
         }))
     }
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in ns: the clock of `bpf_ktime_get_coarse_ns()`, which the
+/// data plane stamps affinity entries with.
+pub fn ktime_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; the clock id exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One affinity entry and what the data plane makes of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JudgedPin {
+    pub key: AffinityKey,
+    pub value: AffinityValue,
+    /// The backend entry the pin's id points to now (`None`: out of range).
+    pub backend: Option<Backend>,
+    pub verdict: Verdict,
+}
+
+impl JudgedPin {
+    /// The pin's backend still is this client's (same backend, same service): live,
+    /// expired, or kept out by its health — not gone, reused or of another service.
+    pub fn backend_is_its_own(&self) -> bool {
+        matches!(
+            self.verdict,
+            Verdict::Live { .. } | Verdict::Expired | Verdict::Repin(affinity::Repin::Unusable)
+        )
+    }
+}
+
+fn judge_all(
+    entries: Vec<(AffinityKey, AffinityValue)>,
+    services: &StdHashMap<u32, ServiceValue>,
+    backends: &[Backend],
+    now: u64,
+) -> Vec<JudgedPin> {
+    entries
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let svc = services.get(&key.service_id)?;
+            let backend = backends.get(value.backend_id as usize).copied();
+            let verdict = affinity::judge(svc, &key, &value, backend.as_ref(), now);
+            Some(JudgedPin {
+                key,
+                value,
+                backend,
+                verdict,
+            })
+        })
+        .collect()
+}
+
+/// Entries whose next packet would be decided by them ([`Verdict::Live`]), per service id
+/// and per backend id: the pinned-client counts of `status` and the metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LivePins {
+    pub per_service: StdHashMap<u32, u64>,
+    pub per_backend: StdHashMap<u32, u64>,
+}
+
+impl LivePins {
+    pub fn count(judged: &[JudgedPin]) -> Self {
+        let mut c = LivePins::default();
+        for p in judged {
+            if matches!(p.verdict, Verdict::Live { .. }) {
+                *c.per_service.entry(p.key.service_id).or_default() += 1;
+                *c.per_backend.entry(p.value.backend_id).or_default() += 1;
+            }
+        }
+        c
+    }
+}
+
+fn read_backend_table(fd: std::os::fd::BorrowedFd<'_>) -> Result<Vec<Backend>> {
+    lookup_batch::<Backend>(fd, 0, MAX_BACKENDS).map_err(|io_error| MapsError::Op {
+        op: "batch lookup",
+        map: MAP_BACKENDS,
+        source: MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_lookup_batch",
+            io_error,
+        }),
+    })
+}
+
+/// [`LivePins`] at `now` read through the pins under `pin_dir` (own handles, no
+/// `DataPlane` needed): what the daemon's background scan uses.
+pub fn live_pins_pinned(pin_dir: &Path, now: u64) -> Result<LivePins> {
+    let dir = super::pin::maps_dir(pin_dir);
+    let open = |name: &str| {
+        let path = dir.join(name);
+        MapData::from_pin(&path).map_err(|source| MapsError::Pinned { path, source })
+    };
+    let services: HashMap<MapData, ServiceKey, ServiceValue> =
+        HashMap::try_from(Map::HashMap(open(MAP_SERVICES)?)).map_err(|source| {
+            MapsError::Layout {
+                map: MAP_SERVICES,
+                source,
+            }
+        })?;
+    let services: StdHashMap<u32, ServiceValue> = services
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(_, v)| v.flags & SVC_F_VIP_MARKER == 0)
+        .map(|(_, v)| (v.id, v))
+        .collect();
+    let backends = {
+        use std::os::fd::AsFd as _;
+        read_backend_table(open(MAP_BACKENDS)?.fd().as_fd())?
+    };
+    let affinity: HashMap<MapData, AffinityKey, AffinityValue> =
+        HashMap::try_from(Map::LruHashMap(open(MAP_AFFINITY)?)).map_err(|source| {
+            MapsError::Layout {
+                map: MAP_AFFINITY,
+                source,
+            }
+        })?;
+    let entries = affinity.iter().filter_map(|r| r.ok()).collect();
+    Ok(LivePins::count(&judge_all(
+        entries, &services, &backends, now,
+    )))
 }

@@ -12,10 +12,10 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use lb_common::{ServiceStats, Stat};
+use lb_common::{AffinityKey, AffinityValue, ServiceStats, Stat};
 use xlb::{
-    balancer::{Decision, HashReason},
-    loader::LoadOptions,
+    balancer::{Decision, DesiredService, HashReason},
+    dataplane::{loader::LoadOptions, maps::ktime_coarse_ns},
     model::{Affinity, BackendSpec, Link, NoBackend, Protocol, ServiceSpec},
 };
 use xlb_tests::{
@@ -30,6 +30,8 @@ use xlb_tests::{
     },
     require_root, sh,
 };
+
+mod adoption;
 
 const LO: u32 = 1;
 const LB_SRC_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x01];
@@ -678,6 +680,14 @@ fn fixtures() {
         v6_ext(43, vip6),
         Stat::DropIpv6ExtHeader,
     ));
+    // Found by the fuzzer: the experimental extension headers (RFC 4727) were passed.
+    for next in [253, 254] {
+        lab.check(Fx::drop(
+            "IPv6 experimental extension header (253/254) to VIP",
+            v6_ext(next, vip6),
+            Stat::DropIpv6ExtHeader,
+        ));
+    }
     lab.check(Fx::pass(
         "IPv6 routing header to a non-VIP",
         v6_ext(43, other6),
@@ -1158,4 +1168,371 @@ fn batched_maglev_reads_and_writes_match_single_slot_access() {
         h.lb.dp.read_maglev(slots - 10, 11).is_err(),
         "a range past the end must fail"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Rows of the second design: refresh period, pins that never cross services, generations
+// that are never reused. Each topic is its own test, so its name says what broke.
+// ---------------------------------------------------------------------------------------
+
+/// One step of `CLOCK_MONOTONIC_COARSE` (`bpf_ktime_get_coarse_ns`): a scheduler tick.
+fn coarse_tick_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).max(1)
+}
+
+impl Lab {
+    /// Rewrites `client`'s entry in `svc` as if its last packet was `idle_ns` ago.
+    fn age_entry(&mut self, svc: &str, client: IpAddr, idle_ns: u64) -> AffinityValue {
+        let key = self.key(svc, client);
+        let mut v = self
+            .h
+            .lb
+            .dp
+            .affinity_get(&key)
+            .expect("lookup")
+            .expect("client has an entry");
+        v.last_seen_ns = ktime_coarse_ns() - idle_ns;
+        self.h
+            .lb
+            .dp
+            .affinity
+            .insert(key, v, 0)
+            .expect("write entry");
+        v
+    }
+
+    fn key(&self, svc: &str, client: IpAddr) -> AffinityKey {
+        self.h
+            .lb
+            .service(svc)
+            .expect("service")
+            .affinity_key(client, 0)
+            .expect("key")
+    }
+
+    fn entry(&self, svc: &str, client: IpAddr) -> AffinityValue {
+        let key = self.key(svc, client);
+        self.h
+            .lb
+            .dp
+            .affinity_get(&key)
+            .expect("lookup")
+            .expect("entry")
+    }
+}
+
+/// Fault 3 (issue 10): a short `idle_timeout` gets a refresh period of a quarter of it, so
+/// `last_seen` is refreshed one tick after that period and not one tick before; expiry
+/// happens one tick after `idle_timeout` and not one tick before.
+#[test]
+fn fixtures_refresh_and_expiry_follow_a_short_idle_timeout() {
+    let mut lab = Lab::new();
+    let tick = coarse_tick_ns();
+    let svc = lab.h.lb.service("short").expect("short").value();
+    let (timeout, refresh) = (svc.idle_timeout_ns, svc.refresh_ns as u64);
+    assert_eq!(timeout, 200_000_000, "the fixture service's idle_timeout");
+    assert_eq!(
+        refresh,
+        timeout / 4,
+        "refresh period of a 200 ms idle_timeout"
+    );
+    let vip = v4("203.0.113.40");
+    let c = v4("198.51.100.77");
+    let first = lab
+        .check(
+            Fx::tx(
+                "short idle_timeout: new client",
+                tcp_frame(c, vip, 1000, 80),
+                "short",
+                c,
+            )
+            .svc("short", Svc::Miss),
+        )
+        .expect("forwarded");
+    // The program's clock reads at most one tick after ours: 2 ticks of margin before.
+    let before = lab.age_entry("short", c, refresh - 2 * tick);
+    lab.check(
+        Fx::tx(
+            "idle one tick short of the refresh period: hit, last_seen not written",
+            tcp_frame(c, vip, 1001, 80),
+            "short",
+            c,
+        )
+        .out(Out::To(first))
+        .svc("short", Svc::Hit),
+    );
+    assert_eq!(
+        lab.entry("short", c).last_seen_ns,
+        before.last_seen_ns,
+        "refreshed before the refresh period"
+    );
+    let before = lab.age_entry("short", c, refresh + tick);
+    let asked = ktime_coarse_ns();
+    lab.check(
+        Fx::tx(
+            "idle one tick past the refresh period: hit, last_seen refreshed",
+            tcp_frame(c, vip, 1002, 80),
+            "short",
+            c,
+        )
+        .out(Out::To(first))
+        .svc("short", Svc::Hit),
+    );
+    let after = lab.entry("short", c).last_seen_ns;
+    assert!(
+        after > before.last_seen_ns && after >= asked,
+        "last_seen not refreshed past the refresh period ({} → {after}, now {asked})",
+        before.last_seen_ns
+    );
+    lab.age_entry("short", c, timeout - 2 * tick);
+    lab.check(
+        Fx::tx(
+            "idle one tick short of idle_timeout: still a hit",
+            tcp_frame(c, vip, 1003, 80),
+            "short",
+            c,
+        )
+        .out(Out::To(first))
+        .svc("short", Svc::Hit),
+    );
+    lab.age_entry("short", c, timeout + tick);
+    lab.check(
+        Fx::tx(
+            "idle one tick past idle_timeout: expired, re-decided",
+            tcp_frame(c, vip, 1004, 80),
+            "short",
+            c,
+        )
+        .svc("short", Svc::Expiry),
+    );
+}
+
+/// Fault 1 (issue 10), data-plane half: an entry whose backend id holds another
+/// service's backend — with the entry's generation, forced — is re-pinned within its own
+/// service, counted as a re-pin; `explain` agrees before and after.
+#[test]
+fn fixtures_a_pin_never_crosses_services() {
+    let mut lab = Lab::new();
+    let vip4 = v4("203.0.113.10");
+    let c = v4("198.51.100.88");
+    lab.check(
+        Fx::tx(
+            "client pinned in web4",
+            tcp_frame(c, vip4, 1000, 80),
+            "web4",
+            c,
+        )
+        .svc("web4", Svc::Miss),
+    );
+    // Point the entry at the backend of service "remote" (192.0.2.61, behind another
+    // interface), with that backend's generation: only the service check can catch it.
+    let remote = lab.h.lb.service("remote").expect("remote").backends[0].clone();
+    let key = lab.key("web4", c);
+    let mut v = lab.entry("web4", c);
+    v.backend_id = remote.id;
+    v.backend_gen = remote.generation;
+    lab.h.lb.dp.affinity.insert(key, v, 0).expect("forge entry");
+    let e = lab.h.lb.explain("web4", c, 0).expect("explain");
+    assert_eq!(
+        e.decision,
+        Decision::Hashed {
+            reason: HashReason::BackendUnusable
+        },
+        "explain must not follow a pin into another service"
+    );
+    let slot = lab.slot_backend("web4", c);
+    lab.check(
+        Fx::tx(
+            "entry pointing to another service's backend (same generation): re-pinned within web4",
+            tcp_frame(c, vip4, 1001, 80),
+            "web4",
+            c,
+        )
+        .out(Out::To(slot))
+        .svc("web4", Svc::Repin),
+    );
+    let pins = lab
+        .h
+        .lb
+        .dp
+        .judged_entries(
+            Some(lab.h.lb.service("web4").expect("web4").id),
+            ktime_coarse_ns(),
+        )
+        .expect("judged");
+    let mine = pins.iter().find(|p| p.key == key).expect("entry");
+    assert_eq!(
+        mine.backend
+            .map(|b| xlb::model::addr_from_words(&b.addr, b.family)),
+        Some(slot),
+        "affinity list view disagrees with the packet"
+    );
+}
+
+/// Generations are never issued twice: a backend id reused by a new backend of the same
+/// service, and (fault 1 of issue 10) an id reused by another service after the
+/// controller restarted on the same maps, never inherit the old pins.
+#[test]
+fn fixtures_a_reused_backend_id_never_inherits_pins() {
+    require_root();
+    enter_private_netns();
+    let mut h = XlbHarness::load(&LoadOptions {
+        affinity_capacity: 4096,
+        maglev_slots: 1 << 16,
+    });
+    let svc = |name: &str, vip: &str| {
+        let mut s = ServiceSpec::new(name, vip.parse().expect("vip"), 80, Protocol::Tcp);
+        s.table_size = 1021;
+        s
+    };
+    let web = svc("web", "203.0.113.10");
+    let api = svc("api", "203.0.113.11");
+    h.lb.add_service(web.clone(), &backends(&["10.77.0.11", "10.77.0.12"], LO))
+        .expect("web");
+    h.lb.add_service(api.clone(), &backends(&["10.77.0.13"], LO))
+        .expect("api");
+    let b14 = v4("10.77.0.14");
+    h.lb.add_backend(
+        "web",
+        BackendSpec {
+            address: b14,
+            weight: 1,
+        },
+        link(b14, LO),
+    )
+    .expect("add .14");
+    let vip = v4("203.0.113.10");
+    let client = clients4("198.51.105")
+        .find(|c| h.lb.explain("web", *c, 0).expect("explain").slot_backend == Some(b14))
+        .expect("a client whose slot is .14");
+    let run = |h: &XlbHarness, port: u16| {
+        let r = h.run(&tcp_frame(client, vip, port, 80), LO);
+        assert_eq!(r.action, XdpAction::Tx as u32);
+        r.output[..6].to_vec()
+    };
+    assert_eq!(run(&h, 1000), mac_of(b14), "pinned to .14");
+    let old =
+        h.lb.service("web")
+            .expect("web")
+            .backend(b14)
+            .expect(".14")
+            .clone();
+
+    // 1. Same service: .14 removed, .16 added takes its id with a new generation.
+    h.lb.remove_backend("web", b14).expect("remove .14");
+    let b16 = v4("10.77.0.16");
+    h.lb.add_backend(
+        "web",
+        BackendSpec {
+            address: b16,
+            weight: 1,
+        },
+        link(b16, LO),
+    )
+    .expect("add .16");
+    let new =
+        h.lb.service("web")
+            .expect("web")
+            .backend(b16)
+            .expect(".16")
+            .clone();
+    assert_eq!(new.id, old.id, "the test needs the id reused");
+    assert_ne!(
+        new.generation, old.generation,
+        "a generation was issued twice"
+    );
+    let slot =
+        h.lb.explain("web", client, 0)
+            .expect("explain")
+            .slot_backend;
+    let id = h.lb.service("web").expect("web").id;
+    let repins = h.lb.dp.service_stats(id).expect("stats").repins;
+    let got = run(&h, 1001);
+    assert_eq!(
+        Some(got.as_slice()),
+        slot.map(mac_of).as_ref().map(|m| &m[..])
+    );
+    assert_eq!(h.lb.dp.service_stats(id).expect("stats").repins, repins + 1);
+
+    // 2. Pin the client to .16, remove .16, restart the controller on the same maps,
+    //    then add a backend to another service: it takes .16's id, never its generation.
+    let client = clients4("198.51.106")
+        .find(|c| h.lb.explain("web", *c, 0).expect("explain").slot_backend == Some(b16))
+        .expect("a client whose slot is .16");
+    let r = h.run(&tcp_frame(client, vip, 2000, 80), LO);
+    assert_eq!(r.output[..6], mac_of(b16));
+    h.lb.remove_backend("web", b16).expect("remove .16");
+    let desired = |s: &ServiceSpec, addrs: &[&str]| DesiredService {
+        spec: s.clone(),
+        backends: addrs
+            .iter()
+            .map(|a| {
+                (
+                    BackendSpec {
+                        address: a.parse().expect("addr"),
+                        weight: 1,
+                    },
+                    false,
+                )
+            })
+            .collect(),
+    };
+    h.restart(&[
+        desired(&web, &["10.77.0.11", "10.77.0.12"]),
+        desired(&api, &["10.77.0.13"]),
+    ]);
+    let lb = &mut h.lb;
+    for s in ["web", "api"] {
+        for b in lb.service(s).expect("service").backends.clone() {
+            lb.set_link(s, b.spec.address, link(b.spec.address, LO))
+                .expect("link");
+        }
+    }
+    let b15 = v4("10.77.0.15");
+    lb.add_backend(
+        "api",
+        BackendSpec {
+            address: b15,
+            weight: 1,
+        },
+        link(b15, LO),
+    )
+    .expect("add .15 to api");
+    let reused = lb
+        .service("api")
+        .expect("api")
+        .backend(b15)
+        .expect(".15")
+        .clone();
+    assert_eq!(reused.id, new.id, "the test needs .16's id reused by api");
+    assert!(
+        reused.generation > new.generation,
+        "generation {} issued again after a restart",
+        reused.generation
+    );
+    let e = h.lb.explain("web", client, 0).expect("explain");
+    assert!(
+        matches!(e.decision, Decision::Hashed { .. }),
+        "explain follows the pin to api's backend: {e:?}"
+    );
+    let repins = h.lb.dp.service_stats(id).expect("stats").repins;
+    let r = h.run(&tcp_frame(client, vip, 2001, 80), LO);
+    assert_eq!(r.action, XdpAction::Tx as u32);
+    assert_ne!(
+        r.output[..6],
+        mac_of(b15),
+        "web's client went to api's backend"
+    );
+    assert_eq!(
+        Some(r.output[..6].to_vec()),
+        e.slot_backend.map(|b| mac_of(b).to_vec()),
+        "not web's slot backend"
+    );
+    assert_eq!(h.lb.dp.service_stats(id).expect("stats").repins, repins + 1);
 }
