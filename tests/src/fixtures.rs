@@ -143,6 +143,8 @@ pub fn all() -> Vec<Named> {
     add("IPv6 fragment header", v6_ext(44, VIP6));
     add("IPv6 hop-by-hop header", v6_ext(0, VIP6));
     add("IPv6 routing header", v6_ext(43, VIP6));
+    add("IPv6 experimental extension header 253", v6_ext(253, VIP6));
+    add("IPv6 experimental extension header 254", v6_ext(254, VIP6));
     add("IPv6 routing header to a non-VIP", v6_ext(43, OTHER6));
     v
 }
