@@ -208,23 +208,41 @@ pub fn run_repeat(prog: &Xdp, input: &[u8], ingress_ifindex: u32, repeat: u32) -
 }
 
 fn test_run(prog: &Xdp, input: &[u8], ingress_ifindex: u32, repeat: u32) -> RunResult {
+    try_test_run(prog, input, ingress_ifindex, repeat)
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e:#?}"))
+}
+
+/// One BPF_PROG_TEST_RUN of `prog` on `input`, returning the kernel's refusal (e.g. a
+/// frame shorter than an Ethernet header) instead of panicking.
+pub fn try_run_once(
+    prog: &Xdp,
+    input: &[u8],
+    ingress_ifindex: u32,
+) -> Result<RunResult, aya::programs::ProgramError> {
+    try_test_run(prog, input, ingress_ifindex, 1)
+}
+
+fn try_test_run(
+    prog: &Xdp,
+    input: &[u8],
+    ingress_ifindex: u32,
+    repeat: u32,
+) -> Result<RunResult, aya::programs::ProgramError> {
     let mut out = vec![0u8; input.len() + 256];
     let ctx = xdp_md(input.len(), ingress_ifindex);
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e:#?}"));
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(input),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        repeat,
+        ..Default::default()
+    })?;
     out.truncate(r.data_size_out as usize);
-    RunResult {
+    Ok(RunResult {
         action: r.return_value,
         output: out,
         duration_ns: r.duration.as_nanos(),
-    }
+    })
 }
 
 /// XDP verdicts (`enum xdp_action` of the kernel UAPI).

@@ -1,10 +1,12 @@
-//! `cargo xtask` for the xlb workspace: `setup`, `build`, `lint`, `test`, `bench`, `demo`.
+//! `cargo xtask` for the xlb workspace: `setup`, `build`, `lint`, `test`, `fuzz`, `bench`,
+//! `demo`.
 //!
 //! This crate must compile on a fresh machine, so it depends on nothing in the workspace
 //! and on no eBPF tooling; everything else is driven through `cargo`, `rustup`, `apt-get`.
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod lint;
 mod setup;
 mod test;
@@ -32,8 +34,10 @@ enum Command {
     Build,
     /// cargo fmt --check and clippy -D warnings, the eBPF crate for its own target.
     Lint,
-    /// Run the test tiers: unit (no root), packet and e2e (root).
+    /// Run the test tiers: unit (no root), packet, fuzz and e2e (root).
     Test(test::Args),
+    /// Fuzz the XDP program (root): default 10 million frames, checked one by one.
+    Fuzz(fuzz::Args),
     /// Run the benchmarks (root).
     Bench(bench::Args),
     /// The narrated lab demo (root): builds what it needs, cleans up after itself.
@@ -47,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Build => build::run(),
         Command::Lint => lint::run(),
         Command::Test(args) => test::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo => demo::run(),
     };

@@ -4,7 +4,9 @@
 //! 1. unit (no root): lb-common (with `user`), lb-userspace, xtask. lb-ebpf is never built
 //!    as a host test binary, which is why this does not use `--workspace`.
 //! 2. packet (root): `tests/tests/packet.rs`, BPF_PROG_TEST_RUN fixtures.
-//! 3. e2e (root): `tests/tests/e2e.rs`, network namespaces and the real daemon.
+//! 3. fuzz (root): `tests/tests/fuzz.rs`, a short fixed-seed run of `cargo xtask fuzz`,
+//!    and the unit tests of the tests crate itself (its oracle, generator, builders).
+//! 4. e2e (root): `tests/tests/e2e/`, network namespaces and the real daemon.
 //!
 //! Root tiers run with `--test-threads=1` by default: they share bpffs and network state.
 use crate::util;
@@ -15,6 +17,7 @@ use std::fmt;
 enum TierArg {
     Unit,
     Packet,
+    Fuzz,
     E2e,
     All,
 }
@@ -37,16 +40,18 @@ pub struct Args {
 enum Tier {
     Unit,
     Packet,
+    Fuzz,
     E2e,
 }
 
 impl Tier {
-    const ALL: [Tier; 3] = [Tier::Unit, Tier::Packet, Tier::E2e];
+    const ALL: [Tier; 4] = [Tier::Unit, Tier::Packet, Tier::Fuzz, Tier::E2e];
 
     fn name(self) -> &'static str {
         match self {
             Tier::Unit => "unit",
             Tier::Packet => "packet",
+            Tier::Fuzz => "fuzz",
             Tier::E2e => "e2e",
         }
     }
@@ -55,7 +60,8 @@ impl Tier {
         match self {
             Tier::Unit => 1,
             Tier::Packet => 2,
-            Tier::E2e => 3,
+            Tier::Fuzz => 3,
+            Tier::E2e => 4,
         }
     }
 
@@ -64,6 +70,7 @@ impl Tier {
         match self {
             Tier::Unit => None,
             Tier::Packet => Some("packet"),
+            Tier::Fuzz => Some("fuzz"),
             Tier::E2e => Some("e2e"),
         }
     }
@@ -105,6 +112,7 @@ pub fn run(args: &Args) -> Result<()> {
     let tiers: Vec<Tier> = match args.tier {
         TierArg::Unit => vec![Tier::Unit],
         TierArg::Packet => vec![Tier::Packet],
+        TierArg::Fuzz => vec![Tier::Fuzz],
         TierArg::E2e => vec![Tier::E2e],
         TierArg::All => Tier::ALL.to_vec(),
     };
@@ -204,6 +212,10 @@ fn run_tier(
             util::run(util::cargo().args(["build", "--release", "-p", "lb-userspace"]))?;
             cmd.env("XLB_BIN", util::target_dir().join("release").join("xlb"));
             cmd.args(["--release", "-p", "xlb-tests", "--test", target]);
+            if tier == Tier::Fuzz {
+                // The tests crate's own unit tests (oracle, generator, frame builders).
+                cmd.arg("--lib");
+            }
             if !libtest_extra
                 .iter()
                 .any(|a| a.starts_with("--test-threads"))

@@ -8,7 +8,8 @@
 //! affinity entry. Steps between fixtures change the configuration the way the daemon
 //! would (add/remove/drain backends, health), so multi-step scenarios read top to bottom.
 //!
-//! Every bug fixed in the data plane adds a row here.
+//! Every bug fixed in the data plane adds a row here. A frame of a new shape also goes into
+//! `xlb_tests::fixtures::all()`, which the fuzzer mutates; `fixtures` checks that it did.
 
 use std::{net::IpAddr, time::Duration};
 
@@ -19,12 +20,14 @@ use xlb::{
     reconcile::inspect::{Decision, HashReason, affinity_key},
 };
 use xlb_tests::{
-    enter_private_netns,
+    enter_private_netns, fixtures,
+    fixtures::{tagged, v4_fragment, v4_with_options, v6_ext},
+    fuzz::hex,
     harness::{XdpAction, XlbHarness},
     ifindex,
     packet::{
-        ETH_8021AD, ETH_8021Q, ETH_IPV4, ETH_IPV6, ETH_LLDP, V4Opts, arp_request, eth, frame,
-        icmp_echo, ip, raw, tcp, tcp_frame, udp_frame, v4, v6,
+        ETH_8021AD, ETH_8021Q, ETH_IPV4, ETH_IPV6, ETH_LLDP, arp_request, eth, frame, icmp_echo,
+        tcp, tcp_frame, udp_frame, v4, v6,
     },
     require_root, sh,
 };
@@ -184,6 +187,8 @@ struct Lab {
     /// Interfaces of the private namespace for the redirect fixtures.
     veth_a: u32,
     count: usize,
+    /// Every input frame checked, for the fuzzer's seed list (see the end of `fixtures`).
+    sent: Vec<Vec<u8>>,
 }
 
 impl Lab {
@@ -257,6 +262,7 @@ impl Lab {
             h,
             veth_a,
             count: 0,
+            sent: Vec::new(),
         }
     }
 
@@ -268,6 +274,7 @@ impl Lab {
     /// Runs one fixture and checks everything it states.
     fn check(&mut self, fx: Fx) -> Option<IpAddr> {
         self.count += 1;
+        self.sent.push(fx.input.clone());
         let d = fx.desc;
         let stats_before = self.h.dp().stats().expect("stats");
         let svc_before = fx.svc.map(|(s, _)| self.svc_stats(s));
@@ -515,22 +522,21 @@ fn fixtures() {
     ));
 
     // --- VLAN and IPv4 options ----------------------------------------------------------
-    let (et, p) = ip(c4, vip4, &tcp(40004, 80, b""), &V4Opts::default());
     lab.check(
         Fx::tx(
             "802.1Q-tagged v4 TCP: forwarded, tag kept",
-            eth(et, &p, &[(ETH_8021Q, 10)]),
+            tagged(c4, vip4, &tcp(40004, 80, b""), &[(ETH_8021Q, 10)]),
             "web4",
             c4,
         )
         .out(Out::To(a))
         .svc("web4", Svc::Hit),
     );
-    let (et, p) = ip(c6, vip6, &tcp(40005, 80, b""), &V4Opts::default());
+    let t6 = tcp(40005, 80, b"");
     lab.check(
         Fx::tx(
             "802.1ad-tagged v6 TCP: forwarded",
-            eth(et, &p, &[(ETH_8021AD, 20)]),
+            tagged(c6, vip6, &t6, &[(ETH_8021AD, 20)]),
             "web6",
             c6,
         )
@@ -539,33 +545,23 @@ fn fixtures() {
     );
     lab.check(Fx::pass(
         "two VLAN tags (QinQ): not parsed, passed",
-        eth(et, &p, &[(ETH_8021AD, 20), (ETH_8021Q, 10)]),
+        tagged(c6, vip6, &t6, &[(ETH_8021AD, 20), (ETH_8021Q, 10)]),
         Stat::PassNonIp,
     ));
-    let opts = V4Opts {
-        options: vec![1, 1, 1, 0],
-        frag: 0,
-    };
-    let (et, p) = ip(c4, vip4, &tcp(40006, 80, b""), &opts);
     lab.check(
         Fx::tx(
             "v4 with 4 bytes of options (IHL 6)",
-            eth(et, &p, &[]),
+            v4_with_options(c4, vip4, &tcp(40006, 80, b""), &[1, 1, 1, 0]),
             "web4",
             c4,
         )
         .out(Out::To(a))
         .svc("web4", Svc::Hit),
     );
-    let opts = V4Opts {
-        options: vec![1; 40],
-        frag: 0,
-    };
-    let (et, p) = ip(c4, vip4, &tcp(40007, 80, b""), &opts);
     lab.check(
         Fx::tx(
             "v4 with 40 bytes of options (IHL 15)",
-            eth(et, &p, &[]),
+            v4_with_options(c4, vip4, &tcp(40007, 80, b""), &[1; 40]),
             "web4",
             c4,
         )
@@ -588,8 +584,7 @@ fn fixtures() {
     let t6 = tcp_frame(c6, vip6, 40009, 80);
     let u4 = udp_frame(c4, vip4, 40009, 53);
     let u6 = udp_frame(c6, vip6, 40009, 53);
-    let (et, p) = ip(c4, vip4, &tcp(40010, 80, b""), &V4Opts::default());
-    let tagged = eth(et, &p, &[(ETH_8021Q, 10)]);
+    let vlan = tagged(c4, vip4, &tcp(40010, 80, b""), &[(ETH_8021Q, 10)]);
     lab.check(Fx::pass(
         "Ethernet header only (EtherType IPv4, no IP)",
         t4[..14].to_vec(),
@@ -597,12 +592,12 @@ fn fixtures() {
     ));
     lab.check(Fx::pass(
         "802.1Q tag cut in half",
-        tagged[..16].to_vec(),
+        vlan[..16].to_vec(),
         Stat::PassMalformed,
     ));
     lab.check(Fx::pass(
         "802.1Q tag, no IP header",
-        tagged[..18].to_vec(),
+        vlan[..18].to_vec(),
         Stat::PassMalformed,
     ));
     lab.check(Fx::pass(
@@ -625,14 +620,10 @@ fn fixtures() {
         u4[..14 + 20 + 7].to_vec(),
         Stat::DropMalformed,
     ));
-    let opts = V4Opts {
-        options: vec![1; 8],
-        frag: 0,
-    };
-    let (et, p) = ip(c4, vip4, &tcp(40011, 80, b""), &opts);
+    let opts = v4_with_options(c4, vip4, &tcp(40011, 80, b""), &[1; 8]);
     lab.check(Fx::drop(
         "IPv4 options (IHL 7) cut: TCP beyond the end",
-        eth(et, &p[..24], &[]),
+        opts[..14 + 24].to_vec(),
         Stat::DropMalformed,
     ));
     lab.check(Fx::pass(
@@ -658,78 +649,47 @@ fn fixtures() {
     ));
 
     // --- fragments and IPv6 extension headers --------------------------------------------
-    let frag = |off: u16, dst| {
-        let (et, p) = ip(
-            c4,
-            dst,
-            &tcp(40012, 80, &[0u8; 16]),
-            &V4Opts {
-                options: vec![],
-                frag: off,
-            },
-        );
-        eth(et, &p, &[])
-    };
     lab.check(Fx::drop(
         "IPv4 first fragment (MF) to VIP",
-        frag(0x2000, vip4),
+        v4_fragment(vip4, 0x2000),
         Stat::DropFragment,
     ));
     lab.check(Fx::drop(
         "IPv4 later fragment (offset 185) to VIP",
-        frag(185, vip4),
+        v4_fragment(vip4, 185),
         Stat::DropFragment,
     ));
     lab.check(Fx::pass(
         "IPv4 fragment to a non-VIP",
-        frag(0x2000, other4),
+        v4_fragment(other4, 0x2000),
         Stat::PassNotService,
     ));
-    let ext = |next: u8, dst| {
-        frame(
-            c6,
-            dst,
-            &raw(
-                next,
-                &[
-                    IPPROTO_TCP_U8,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0x9c,
-                    0x40,
-                    0,
-                    80,
-                    0,
-                    0,
-                    0,
-                    0,
-                ],
-            ),
-        )
-    };
     lab.check(Fx::drop(
         "IPv6 fragment header to VIP",
-        ext(44, vip6),
+        v6_ext(44, vip6),
         Stat::DropFragment,
     ));
     lab.check(Fx::drop(
         "IPv6 hop-by-hop header to VIP",
-        ext(0, vip6),
+        v6_ext(0, vip6),
         Stat::DropIpv6ExtHeader,
     ));
     lab.check(Fx::drop(
         "IPv6 routing header to VIP",
-        ext(43, vip6),
+        v6_ext(43, vip6),
         Stat::DropIpv6ExtHeader,
     ));
+    // Found by the fuzzer: the experimental extension headers (RFC 4727) were passed.
+    for next in [253, 254] {
+        lab.check(Fx::drop(
+            "IPv6 experimental extension header (253/254) to VIP",
+            v6_ext(next, vip6),
+            Stat::DropIpv6ExtHeader,
+        ));
+    }
     lab.check(Fx::pass(
         "IPv6 routing header to a non-VIP",
-        ext(43, other6),
+        v6_ext(43, other6),
         Stat::PassNotService,
     ));
 
@@ -1060,9 +1020,24 @@ fn fixtures() {
 
     println!("{} fixtures passed", lab.count);
     assert!(lab.count >= 40, "only {} fixtures ran", lab.count);
+    every_frame_is_a_fuzz_seed(&lab.sent);
 }
 
-const IPPROTO_TCP_U8: u8 = 6;
+/// The fuzzer mutates `xlb_tests::fixtures::all()`: every frame shape sent here must be
+/// there, or the fuzzer would not explore around it.
+fn every_frame_is_a_fuzz_seed(sent: &[Vec<u8>]) {
+    let seeds: std::collections::HashSet<Vec<u8>> = fixtures::all()
+        .iter()
+        .map(|n| fixtures::shape(&n.frame))
+        .collect();
+    for f in sent {
+        assert!(
+            seeds.contains(&fixtures::shape(f)),
+            "fixture frame {} has no shape in xlb_tests::fixtures::all() (the fuzzer's seeds): add it there",
+            hex(f)
+        );
+    }
+}
 
 /// Regression: with per-CPU LRU lists (BPF_F_NO_COMMON_LRU) a table fed from one CPU
 /// kept only capacity / CPUs clients, so pins were evicted long before the configured
