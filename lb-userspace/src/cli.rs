@@ -193,9 +193,7 @@ pub enum AffinityCmd {
     },
     /// Remove the affinity entries (every service's, or SERVICE's): clients are
     /// re-decided on their next packet.
-    Flush {
-        service: Option<String>,
-    },
+    Flush { service: Option<String> },
 }
 
 /// The fields of a `[[service]]` table, as flags; every default is the model's.
@@ -391,7 +389,11 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             };
             let cfg = config::load_with(file, host).map_err(|e| UsageError(e.to_string()))?;
             print!("{}", cfg.to_toml());
-            let skipped = if *offline { " (host checks skipped)" } else { "" };
+            let skipped = if *offline {
+                " (host checks skipped)"
+            } else {
+                ""
+            };
             eprintln!("{}: ok{skipped}", file.display());
             return Ok(ExitCode::SUCCESS);
         }
@@ -492,10 +494,9 @@ fn finish(cli: &Cli, request: &Request, response: Response) -> anyhow::Result<Ex
 /// Errors: a response whose shape does not match the request.
 fn render_response(cli: &Cli, request: &Request, response: Response) -> anyhow::Result<String> {
     if !response.ok {
-        let message = response.error.map_or_else(
-            || "the daemon gave no reason".to_string(),
-            |e| e.message,
-        );
+        let message = response
+            .error
+            .map_or_else(|| "the daemon gave no reason".to_string(), |e| e.message);
         anyhow::bail!(message);
     }
     if cli.json {

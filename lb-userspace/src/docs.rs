@@ -121,7 +121,9 @@ fn render_page(page: Page, out: &mut dyn Write) -> io::Result<()> {
     if top {
         roff.control("SH", ["FILES"]);
         for (path, what) in FILES {
-            roff.control("TP", []).text([bold(*path)]).text([roman(*what)]);
+            roff.control("TP", [])
+                .text([bold(*path)])
+                .text([roman(*what)]);
         }
     }
     roff.control("SH", ["SEE ALSO"]);
@@ -152,7 +154,10 @@ pub const COMPLETION_PATHS: [(clap_complete::Shell, &str); 3] = [
         clap_complete::Shell::Bash,
         "usr/share/bash-completion/completions/xlb",
     ),
-    (clap_complete::Shell::Zsh, "usr/share/zsh/vendor-completions/_xlb"),
+    (
+        clap_complete::Shell::Zsh,
+        "usr/share/zsh/vendor-completions/_xlb",
+    ),
     (
         clap_complete::Shell::Fish,
         "usr/share/fish/vendor_completions.d/xlb.fish",
@@ -210,12 +215,18 @@ mod tests {
         assert!(top.contains(".TH xlb 1"), "{top}");
         assert!(top.contains("/etc/xlb/xlb.toml"), "{top}");
         assert!(top.contains("xlb\\-backend(1), xlb\\-service(1)"), "{top}");
-        assert!(!top.contains("xlb\\-backend\\-add(1)"), "only direct subcommands: {top}");
+        assert!(
+            !top.contains("xlb\\-backend\\-add(1)"),
+            "only direct subcommands: {top}"
+        );
         let add = page("xlb-backend-add");
         assert!(add.contains(".TH xlb-backend-add 1"), "{add}");
         assert!(add.contains("xlb backend add"), "{add}");
         assert!(add.contains("\\-\\-weight"), "{add}");
-        assert!(add.contains(".SH \"SEE ALSO\"\nxlb\\-backend(1)\n"), "{add}");
+        assert!(
+            add.contains(".SH \"SEE ALSO\"\nxlb\\-backend(1)\n"),
+            "{add}"
+        );
         let check = page("xlb-check-config");
         assert!(check.contains("\\-\\-offline"), "{check}");
         assert!(check.contains(".SH \"SEE ALSO\"\nxlb(1)\n"), "{check}");
