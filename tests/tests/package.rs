@@ -446,17 +446,25 @@ fn upgrade_remove_purge_keep_the_data_plane() {
     let mut daemon = lab.daemon.take().expect("daemon");
     let pid = daemon.child.id();
     let reaper = std::thread::spawn(move || {
-        let status = daemon.child.wait().expect("wait");
-        (status, Instant::now())
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = daemon.child.try_wait().expect("wait") {
+                return Some((status, Instant::now()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon.kill(); // never leave it running, whatever dpkg did
+        None
     });
     let (out, _) = dpkg(&["-r", "xlb"]);
     let dpkg_done = Instant::now();
+    let exit = reaper.join().expect("reaper");
     assert!(
         out.contains(&format!("stopping the xlb daemon (pid {pid})")),
         "{out}"
     );
     assert!(!out.contains("did not exit"), "{out}");
-    let (status, exited) = reaper.join().expect("reaper");
+    let (status, exited) = exit.expect("dpkg -r left the daemon running");
     assert!(exited <= dpkg_done, "the daemon outlived dpkg -r");
     assert!(status.success(), "the daemon's exit on SIGTERM: {status}");
     assert!(!Path::new(BIN).exists());

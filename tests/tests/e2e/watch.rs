@@ -73,7 +73,10 @@ fn status_watch_appends_snapshots_to_a_pipe() {
             .find(|l| l.trim_start().starts_with(&format!("{be0} ")))
             .is_some_and(|l| l.contains(" yes "))
     };
-    assert!(!draining(snapshots[0]), "drained before the command:\n{out}");
+    assert!(
+        !draining(snapshots[0]),
+        "drained before the command:\n{out}"
+    );
     assert!(
         draining(snapshots[2]),
         "the drain is not in the last snapshot:\n{out}"
