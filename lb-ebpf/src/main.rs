@@ -108,9 +108,9 @@ const _: () = assert!(core::mem::offset_of!(Backend, src_mac) == BACKEND_MACS_OF
 
 /// IPv4 flags/fragment-offset bits that mark a fragment: MF and the 13-bit offset.
 const IPV4_FRAG_MASK: u16 = 0x3fff;
-/// IPv6 next-header values that are extension headers (RFC 8200 §4, RFC 7045).
+/// IPv6 next-header values that are extension headers (RFC 8200 §4, RFC 7045; 253 and 254 are the experimental ones of RFC 4727, found missing by the fuzzer).
 const IPV6_FRAGMENT: u8 = 44;
-const IPV6_EXT_HEADERS: [u8; 7] = [0, 43, 60, 51, 135, 139, 140];
+const IPV6_EXT_HEADERS: [u8; 9] = [0, 43, 60, 51, 135, 139, 140, 253, 254];
 
 #[xdp]
 pub fn xlb(ctx: XdpContext) -> u32 {

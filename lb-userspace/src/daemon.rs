@@ -1,13 +1,22 @@
 //! `xlb run`: the daemon. It loads (or adopts) the pinned data plane, attaches it, keeps
-//! the maps in step with the config, runtime changes, neighbours and health, and serves
-//! the control API and metrics.
+//! the maps in step with the intent (config + runtime edits), neighbours and health
+//! through one [`Controller`] (reconcile + apply after every change), and serves the
+//! control API and metrics.
 //!
 //! Start-up order matters for "restarts lose nothing": the maps are adopted and brought
 //! to the desired state *before* the new program replaces the old one through the pinned
 //! link, so the program that takes over finds every service, backend and pin in place.
+//! And for "no client pinned to a backend whose state is not known" (issue 10, fault 4):
+//! before the first table is built, every backend's neighbour gets up to a second to
+//! resolve and every backend of unknown health is probed once, all at the same time, so
+//! the first table holds every backend that is ready rather than the first to answer.
+//! A backend added at runtime gets the same first look before the command returns.
+//!
+//! Owns: wiring (sockets, tasks, the state file). Must not touch: map layouts, the
+//! reconcile rules. (Split into daemon/ with one owner task in a later change.)
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -17,7 +26,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::{Ebpf, programs::Xdp};
-use lb_common::{PROG_XLB, Stat};
+use lb_common::{PROG_XLB, Stat, affinity::Verdict};
 use log::{info, warn};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -27,13 +36,27 @@ use tokio::{
 
 use crate::{
     api::{self, ErrorKind, Request, Response},
-    balancer::{Balancer, BalancerError, Decision, DesiredService, HashReason, ktime_coarse_ns},
-    config::{self, Config, HealthConfig, ServiceConfig, XdpModeConfig},
-    dataplane::{lock::PinDirLock, maps::DataPlane, pin},
+    config::{self, Config, XdpMode},
+    dataplane::{
+        loader::LoadOptions,
+        lock::PinDirLock,
+        maps::{DataPlane, ktime_coarse_ns},
+        pin,
+    },
     health, metrics,
-    model::{Affinity, BackendSpec, Failback, Link, addr_from_words},
+    model::{
+        CheckKind, Desired, Edit, Health, HealthCheck, Link, Named, Service, addr_from_words,
+        format_duration,
+    },
     neigh::{Resolution, Resolver},
-    state::{self, Desired},
+    reconcile::{
+        Programmed, ProgrammedBackend, ProgrammedService,
+        apply::Applied,
+        control::{ControlError, Controller},
+        inspect::Decision,
+        service_key,
+    },
+    state,
 };
 
 /// How a backend's neighbour resolution stands (for status).
@@ -72,7 +95,7 @@ struct Rates {
 
 /// The health checking of one backend of one service.
 struct HealthTask {
-    cfg: HealthConfig,
+    cfg: HealthCheck,
     handle: tokio::task::JoinHandle<()>,
     checked: bool,
     transitions: u64,
@@ -92,8 +115,8 @@ pub struct Daemon {
     health: HashMap<(String, IpAddr), HealthTask>,
     /// The daemon itself, for the tasks it spawns.
     me: Weak<Mutex<Daemon>>,
-    desired: Desired,
-    lb: Balancer,
+    /// Intent, observations, what is programmed, and the maps.
+    ctl: Controller,
     program_id: u32,
     attach_mode: &'static str,
     /// Configured XDP interfaces by ifindex.
@@ -108,24 +131,9 @@ pub struct Daemon {
 type Shared = Arc<Mutex<Daemon>>;
 
 fn lock(d: &Shared) -> MutexGuard<'_, Daemon> {
-    // A panic while holding the lock must not take the API down with it: the model is
-    // always consistent between map writes.
+    // A panic while holding the lock must not take the API down with it: the controller
+    // is consistent between reconciles.
     d.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn desired_services(desired: &Desired) -> Vec<DesiredService> {
-    desired
-        .services
-        .iter()
-        .map(|s| DesiredService {
-            spec: s.spec.clone(),
-            backends: s
-                .backends
-                .iter()
-                .map(|b| (b.clone(), desired.is_drained(&s.spec.name, b.address)))
-                .collect(),
-        })
-        .collect()
 }
 
 /// `xlb run --config FILE`.
@@ -145,9 +153,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // First: one daemon per pin_dir. Nothing (maps, program, state file, socket) is
     // touched before this; the lock lives as long as the daemon.
     let _lock = PinDirLock::acquire(&d.pin_dir)?;
-    let opts = crate::dataplane::loader::LoadOptions {
+    let opts = LoadOptions {
         affinity_capacity: d.affinity_capacity,
-        ..Default::default()
+        ..LoadOptions::default()
     };
     let survey = pin::survey(&d.pin_dir, &opts)?;
     let found = survey.found;
@@ -164,20 +172,41 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     result
 }
 
+/// The config's services with this deployment's saved runtime changes; logs what was
+/// applied and from where.
+fn load_desired(cfg: &Config) -> anyhow::Result<Desired> {
+    let d = &cfg.daemon;
+    let saved = state::load(&d.state_file, &d.pin_dir)?;
+    let (desired, warnings) = saved.replay(&cfg.services);
+    for w in &warnings {
+        warn!("{w}");
+    }
+    if !saved.is_empty() {
+        info!(
+            "applied {} of {} saved runtime changes from {} (state file format {}{})",
+            saved.len() - warnings.len(),
+            saved.len(),
+            d.state_file.display(),
+            saved.format,
+            if saved.format < state::FORMAT {
+                ", rewritten as the current format"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(desired)
+}
+
 async fn serve_found(
     cfg: &Config,
-    opts: crate::dataplane::loader::LoadOptions,
+    opts: LoadOptions,
     survey: &pin::Survey,
     running: &mut bool,
 ) -> anyhow::Result<()> {
-    let found = survey.found;
     let d = &cfg.daemon;
-    let runtime = state::load(&d.state_file)?;
-    let (desired, warnings) = state::apply(&cfg.services, &runtime.ops);
-    for w in warnings {
-        warn!("{w}");
-    }
-
+    let found = survey.found;
+    let desired = load_desired(cfg)?;
     for line in survey.describe() {
         info!("{line}");
     }
@@ -201,31 +230,50 @@ async fn serve_found(
         dp.add_tx_port(index)?;
         interfaces.insert(index, name.clone());
     }
-    let (lb, report) = Balancer::adopt(dp, &desired_services(&desired))?;
-    match found {
-        pin::Found::Nothing => info!(
-            "fresh start: {} services, pinned state created under {}",
-            report.services_new,
-            d.pin_dir.display()
-        ),
-        pin::Found::Compatible => info!(
-            "adopted pinned state under {}: {} services and {} backends kept their ids and pins, \
-             {} new services, {} services and {} backends removed",
-            d.pin_dir.display(),
-            report.services_adopted,
-            report.backends_adopted,
-            report.services_new,
-            report.services_removed,
-            report.backends_removed
-        ),
-    }
+    let mut ctl = Controller::new(dp)?;
+    let adopted = ctl.programmed.clone();
+    let resolver =
+        Arc::new(Resolver::new().context("opening a netlink socket for neighbour resolution")?);
+    let mut neigh = HashMap::new();
+    let looked = first_look(&resolver, &desired, &adopted).await;
+    record_looks(&mut ctl, &mut neigh, &interfaces, looked);
+    ctl.set_desired(desired).map_err(anyhow::Error::from)?;
+    log_start(found, &d.pin_dir, &adopted, &ctl.programmed);
+    let attach_mode = attach(&mut ebpf, cfg, program_id)?;
+    pin::finish_migrations(&d.pin_dir, &migrations)?;
 
-    // Attach last: the program that takes over finds the maps complete.
-    let generic = d.xdp_mode == XdpModeConfig::Generic;
-    let attach_mode = if generic { "generic" } else { "native" };
+    let daemon = Arc::new_cyclic(|me| {
+        Mutex::new(Daemon {
+            health: HashMap::new(),
+            me: me.clone(),
+            ctl,
+            program_id,
+            attach_mode,
+            interfaces,
+            neigh,
+            pinned: PinnedCounts::default(),
+            rates: Rates::default(),
+            _ebpf: ebpf,
+            cfg: cfg.clone(),
+        })
+    });
+    lock(&daemon).sync_health();
+    // Persist the adopted state's diff right away, so a config edit plus restart keeps
+    // the runtime changes that still apply (and a format-1 file becomes format 2).
+    lock(&daemon).persist()?;
+    let result = run_tasks(cfg, daemon, resolver, running).await;
+    let _ = std::fs::remove_file(&d.socket);
+    result
+}
+
+/// Attaches to every configured interface (last: the program that takes over finds the
+/// maps complete) and detaches from interfaces no longer configured.
+fn attach(ebpf: &mut Ebpf, cfg: &Config, program_id: u32) -> anyhow::Result<&'static str> {
+    let d = &cfg.daemon;
+    let generic = d.xdp_mode == XdpMode::Generic;
+    let attach_mode = d.xdp_mode.name();
     for name in &d.interfaces {
-        let how = pin::attach(&mut ebpf, &d.pin_dir, name, generic)?;
-        match how {
+        match pin::attach(ebpf, &d.pin_dir, name, generic)? {
             pin::Attached::New => {
                 info!("attached xlb (program {program_id}) to {name}, {attach_mode} XDP")
             }
@@ -237,44 +285,64 @@ async fn serve_found(
             ),
         }
     }
-    pin::finish_migrations(&d.pin_dir, &migrations)?;
     for stale in pin::pinned_links(&d.pin_dir) {
         if !d.interfaces.contains(&stale) {
             pin::detach(&d.pin_dir, &stale)?;
             info!("detached xlb from {stale}: no longer in daemon.interfaces");
         }
     }
+    Ok(attach_mode)
+}
 
-    let socket_path = d.socket.clone();
-    let metrics_addr = d.metrics;
-    let pin_dir = d.pin_dir.clone();
-    let daemon = Arc::new_cyclic(|me| {
-        Mutex::new(Daemon {
-            health: HashMap::new(),
-            me: me.clone(),
-            desired,
-            lb,
-            program_id,
-            attach_mode,
-            interfaces,
-            neigh: HashMap::new(),
-            pinned: PinnedCounts::default(),
-            rates: Rates::default(),
-            _ebpf: ebpf,
-            cfg: cfg.clone(),
+fn log_start(found: pin::Found, pin_dir: &Path, before: &Programmed, after: &Programmed) {
+    let kept = |s: &ProgrammedService| {
+        before
+            .services
+            .iter()
+            .any(|b| b.id == s.id && b.key == s.key)
+    };
+    let adopted = after.services.iter().filter(|s| kept(s)).count();
+    let backends_kept = after
+        .services
+        .iter()
+        .flat_map(|s| &s.backends)
+        .filter(|b| {
+            before
+                .services
+                .iter()
+                .flat_map(|s| &s.backends)
+                .any(|o| o.id == b.id && o.generation == b.generation)
         })
-    });
-    lock(&daemon).sync_health();
-    // Persist the adopted state's diff right away, so a config edit plus restart keeps
-    // the runtime changes that still apply.
-    lock(&daemon).persist()?;
+        .count();
+    let old_backends: usize = before.services.iter().map(|s| s.backends.len()).sum();
+    match found {
+        pin::Found::Nothing => info!(
+            "fresh start: {} services, pinned state created under {}",
+            after.services.len(),
+            pin_dir.display()
+        ),
+        pin::Found::Compatible => info!(
+            "adopted pinned state under {}: {adopted} services and {backends_kept} backends kept \
+             their ids and pins, {} new services, {} services and {} backends removed",
+            pin_dir.display(),
+            after.services.len() - adopted,
+            before.services.len() - adopted,
+            old_backends + before.orphans.len() - backends_kept
+        ),
+    }
+}
 
-    let listener = bind_socket(&socket_path)?;
-    info!("control socket {} (mode 0600)", socket_path.display());
+/// Runs the control socket, metrics and background loops until SIGTERM/SIGINT.
+async fn run_tasks(
+    cfg: &Config,
+    daemon: Shared,
+    resolver: Arc<Resolver>,
+    running: &mut bool,
+) -> anyhow::Result<()> {
+    let d = &cfg.daemon;
+    let listener = bind_socket(&d.socket)?;
+    info!("control socket {} (mode 0600)", d.socket.display());
     let resolve_now = Arc::new(Notify::new());
-
-    let resolver = Resolver::new().context("opening a netlink socket for neighbour resolution")?;
-    let resolver = Arc::new(resolver);
     tokio::spawn(neighbour_loop(
         daemon.clone(),
         resolver.clone(),
@@ -282,32 +350,32 @@ async fn serve_found(
     ));
     tokio::spawn(neighbour_events(daemon.clone(), resolve_now.clone()));
     let scan_now = Arc::new(Notify::new());
-    tokio::spawn(pinned_scan_loop(daemon.clone(), pin_dir, scan_now.clone()));
+    tokio::spawn(pinned_scan_loop(
+        daemon.clone(),
+        d.pin_dir.clone(),
+        scan_now.clone(),
+    ));
     tokio::spawn(rates_loop(daemon.clone()));
-    if let Some(addr) = metrics_addr {
+    if let Some(addr) = d.metrics {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics listener on {addr} (daemon.metrics)"))?;
         info!("metrics on http://{addr}/metrics");
-        let d = daemon.clone();
+        let dd = daemon.clone();
         let source: Arc<dyn Fn() -> metrics::Snapshot + Send + Sync> =
-            Arc::new(move || lock(&d).metrics_snapshot());
+            Arc::new(move || lock(&dd).metrics_snapshot());
         tokio::spawn(async move {
             if let Err(e) = metrics::serve(listener, source).await {
                 warn!("metrics server stopped: {e}");
             }
         });
     }
-    let api = tokio::spawn(api_loop(
-        listener,
-        daemon.clone(),
-        Wakers {
-            resolver,
-            resolve_now,
-            scan_now,
-        },
-    ));
-
+    let wakers = Wakers {
+        resolver,
+        resolve_now,
+        scan_now,
+    };
+    let api = tokio::spawn(api_loop(listener, daemon, wakers));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     *running = true;
@@ -316,8 +384,125 @@ async fn serve_found(
         _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping; the data plane keeps forwarding on its pinned state"),
         r = api => bail!("the control API stopped: {r:?}"),
     }
-    let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The first look at new backends: neighbours and one health probe, before they can take
+// clients.
+// ---------------------------------------------------------------------------------------
+
+/// What a first look found for the backends of some services.
+#[derive(Default)]
+struct Looks {
+    links: Vec<(IpAddr, Resolution)>,
+    /// (service, backend) whose first probe passed.
+    passed: Vec<(String, IpAddr)>,
+}
+
+/// The health `programmed` (adopted, or as last written) holds for a backend of `svc`.
+fn known_health(programmed: &Programmed, svc: &Service, address: IpAddr) -> Health {
+    let key = service_key(svc);
+    programmed
+        .services
+        .iter()
+        .filter(|p| p.name.as_deref().is_none_or(|n| n == svc.name))
+        .find(|p| p.key == key && p.table_size() == svc.table_size)
+        .and_then(|p| p.backend(address))
+        .map_or(Health::Unknown, |b| b.health)
+}
+
+/// Resolves every backend of `desired` (each gets up to a second) and probes once every
+/// backend whose health `programmed` does not know, all concurrently.
+async fn first_look(resolver: &Resolver, desired: &Desired, programmed: &Programmed) -> Looks {
+    let addrs: HashSet<IpAddr> = desired
+        .services()
+        .flat_map(|s| s.backends.iter().map(|b| b.address))
+        .collect();
+    let resolving = futures::future::join_all(
+        addrs
+            .into_iter()
+            .map(|a| async move { (a, resolve_soon(resolver, a).await) }),
+    );
+    let probes: Vec<(String, IpAddr, HealthCheck)> = desired
+        .services()
+        .filter(|s| s.health.kind.tag() != CheckKind::None)
+        .flat_map(|s| {
+            s.backends
+                .iter()
+                .filter(|b| known_health(programmed, s, b.address) == Health::Unknown)
+                .map(|b| (s.name.clone(), b.address, s.health.clone()))
+        })
+        .collect();
+    let probing = futures::future::join_all(probes.into_iter().map(|(svc, addr, h)| async move {
+        let p = health::probe(&h.kind, addr, h.timeout).await;
+        (svc, addr, p.ok)
+    }));
+    let (links, probed) = futures::join!(resolving, probing);
+    Looks {
+        links,
+        passed: probed
+            .into_iter()
+            .filter(|(_, _, ok)| *ok)
+            .map(|(s, a, _)| (s, a))
+            .collect(),
+    }
+}
+
+/// Records a first look as observations (no reconcile: the caller's change does that).
+fn record_looks(
+    ctl: &mut Controller,
+    neigh: &mut HashMap<IpAddr, NeighNote>,
+    interfaces: &BTreeMap<u32, String>,
+    looks: Looks,
+) {
+    for (addr, r) in looks.links {
+        let (note, link) = judge_resolution(interfaces, r);
+        neigh.insert(addr, note);
+        ctl.observed.links.insert(addr, link);
+    }
+    for key in looks.passed {
+        ctl.observed.health.insert(key, Health::Up);
+    }
+}
+
+/// A resolution as a status note and the link the data plane may use.
+fn judge_resolution(
+    interfaces: &BTreeMap<u32, String>,
+    r: Resolution,
+) -> (NeighNote, Option<Link>) {
+    match r {
+        Resolution::Resolved { link, ifname, .. } if !interfaces.contains_key(&link.ifindex) => (
+            NeighNote {
+                problem: Some(format!(
+                    "reached through {ifname}, which is not in daemon.interfaces"
+                )),
+                interface: Some(ifname),
+            },
+            None,
+        ),
+        Resolution::Resolved { link, ifname, .. } => (
+            NeighNote {
+                interface: Some(ifname),
+                problem: None,
+            },
+            Some(link),
+        ),
+        Resolution::Unresolved { ifname, reason, .. } => (
+            NeighNote {
+                interface: Some(ifname),
+                problem: Some(reason),
+            },
+            None,
+        ),
+        Resolution::NoRoute { reason } => (
+            NeighNote {
+                interface: None,
+                problem: Some(reason),
+            },
+            None,
+        ),
+    }
 }
 
 fn ifindex(name: &str) -> anyhow::Result<u32> {
@@ -393,7 +578,7 @@ async fn connection(stream: UnixStream, daemon: Shared, wakers: Wakers) -> std::
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle client"))??
     {
-        let response = match serde_json::from_str::<Request>(&line) {
+        let response = match api::decode_request(&line) {
             Ok(req) => handle(&daemon, &wakers, req).await,
             Err(e) => Response::error(ErrorKind::Usage, format!("malformed request: {e}")),
         };
@@ -426,91 +611,148 @@ fn runtime(e: impl std::fmt::Display) -> Response {
     Response::error(ErrorKind::Runtime, e.to_string())
 }
 
-/// Errors that name something the caller got wrong are usage errors (exit 2).
-fn balancer_error(e: BalancerError) -> Response {
-    match e {
-        BalancerError::Maps(_) => runtime(e),
-        _ => usage(e),
-    }
+/// A controller error as a response: the caller's mistakes are usage errors (exit 2).
+fn control_error(e: ControlError) -> Response {
+    if e.is_usage() { usage(e) } else { runtime(e) }
 }
 
 async fn handle(daemon: &Shared, wakers: &Wakers, req: Request) -> Response {
-    // Resolve a new backend's neighbour before taking the lock, so the change is live in
-    // the data plane as soon as the request returns.
-    let pre_resolved: Option<(IpAddr, Resolution)> = match &req {
-        Request::BackendAdd { address, .. } => {
-            Some((*address, resolve_soon(&wakers.resolver, *address).await))
-        }
-        _ => None,
-    };
-    // Status shows pinned counts no older than 200 ms when scans are cheap.
     if req == Request::Status {
-        let asked = Instant::now();
-        let stale = lock(daemon)
-            .pinned
-            .taken
-            .is_none_or(|t| t.elapsed() > Duration::from_millis(200));
-        if stale {
-            wakers.scan_now.notify_one();
-            while asked.elapsed() < Duration::from_secs(1)
-                && lock(daemon).pinned.taken.is_none_or(|t| t < asked)
-            {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
+        fresh_counts(daemon, wakers).await;
     }
-    let mut d = lock(daemon);
     let response = match req {
-        Request::Status => Response::ok(d.status()),
-        Request::Stats => match d.stats() {
+        Request::Edit(edit) => edit_request(daemon, wakers, edit).await,
+        Request::Status => Response::ok(lock(daemon).status()),
+        Request::Stats => match lock(daemon).stats() {
             Ok(s) => Response::ok(s),
             Err(e) => runtime(e),
         },
-        Request::BackendAdd {
-            service,
-            address,
-            weight,
-        } => {
-            let link = pre_resolved.and_then(|(a, r)| d.note_resolution(a, r));
-            d.backend_add(&service, address, weight, link)
-        }
-        Request::BackendRemove { service, address } => d.backend_remove(&service, address),
-        Request::BackendDrain { service, address } => d.drain(&service, address, true),
-        Request::BackendUndrain { service, address } => d.drain(&service, address, false),
-        Request::ServiceAdd { service } => d.service_add(*service),
-        Request::ServiceRemove { name } => d.service_remove(&name),
         Request::Explain {
             service,
             client,
             port,
-        } => d.explain(&service, client, port),
-        Request::AffinityList { service, limit } => d.affinity_list(service.as_deref(), limit),
-        Request::AffinityFlush { service } => d.affinity_flush(service.as_deref()),
+        } => lock(daemon).explain(&service, client, port),
+        Request::AffinityList { service, limit } => {
+            lock(daemon).affinity_list(service.as_deref(), limit)
+        }
+        Request::AffinityFlush { service } => lock(daemon).affinity_flush(service.as_deref()),
     };
-    drop(d);
     wakers.resolve_now.notify_one();
     response
 }
 
+/// Status shows pinned counts no older than 200 ms when scans are cheap.
+async fn fresh_counts(daemon: &Shared, wakers: &Wakers) {
+    let asked = Instant::now();
+    let stale = lock(daemon)
+        .pinned
+        .taken
+        .is_none_or(|t| t.elapsed() > Duration::from_millis(200));
+    if !stale {
+        return;
+    }
+    wakers.scan_now.notify_one();
+    while asked.elapsed() < Duration::from_secs(1)
+        && lock(daemon).pinned.taken.is_none_or(|t| t < asked)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An edit: a first look at the backends it adds (without the lock: resolution and one
+/// probe take up to a second), then validate, reconcile, apply and save under the lock.
+async fn edit_request(daemon: &Shared, wakers: &Wakers, edit: Edit) -> Response {
+    let added = lock(daemon).added_by(&edit);
+    let looks = first_look(&wakers.resolver, &added, &Programmed::empty(0)).await;
+    let mut d = lock(daemon);
+    let d = &mut *d;
+    record_looks(&mut d.ctl, &mut d.neigh, &d.interfaces, looks);
+    d.change(&edit)
+}
+
 impl Daemon {
+    /// The backends `edit` would add, with their service's settings (for a first look).
+    fn added_by(&self, edit: &Edit) -> Desired {
+        let services: Vec<Service> = match edit {
+            Edit::ServiceAdd { service } => vec![(**service).clone()],
+            Edit::BackendAdd {
+                service, address, ..
+            } => self
+                .ctl
+                .desired
+                .service(service)
+                .map(|s| Service {
+                    backends: vec![crate::model::Backend::new(*address)],
+                    ..s.clone()
+                })
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        };
+        Desired::from_services(&services)
+    }
+
+    /// Applies an edit (validated by the controller), then saves the state file; if
+    /// saving fails the edit is undone.
+    fn change(&mut self, edit: &Edit) -> Response {
+        let before = self.ctl.desired.clone();
+        let what = edit.describe();
+        let applied = match self.ctl.edit(edit) {
+            Ok(a) => a,
+            Err(e) => return control_error(e),
+        };
+        if let Err(e) = self.persist() {
+            if let Err(u) = self.ctl.set_desired(before) {
+                warn!("undoing {what} after a failed save: {u}");
+            }
+            return runtime(format!("{what}: not saved, undone: {e:#}"));
+        }
+        info!("{what}");
+        self.log_applied(&applied);
+        self.sync_health();
+        Response::ok(serde_json::json!({ "done": what }))
+    }
+
+    /// Writes the runtime changes (difference from the config) atomically.
+    fn persist(&self) -> anyhow::Result<()> {
+        let d = &self.cfg.daemon;
+        let edits = self.ctl.desired.diff(&self.cfg.services);
+        state::save(&d.state_file, &d.pin_dir, &edits)?;
+        Ok(())
+    }
+
+    fn log_applied(&self, a: &Applied) {
+        for (service_id, backend_id, n) in &a.rebalanced {
+            let Some(s) = self.ctl.programmed.service_by_id(*service_id) else {
+                continue;
+            };
+            let name = s.name.as_deref().unwrap_or("?");
+            let addr = s.backend_by_id(*backend_id).map(|b| b.address);
+            info!(
+                "failback rebalance: {n} clients of service {name} unpinned to return to {}",
+                addr.map_or_else(|| "?".into(), |a| a.to_string())
+            );
+        }
+    }
+
     /// Starts a health check task for every backend that has none, stops those of
     /// backends that are gone, restarts those whose check config changed.
     fn sync_health(&mut self) {
-        let mut wanted: HashMap<(String, IpAddr), (HealthConfig, bool)> = HashMap::new();
-        for svc in &self.desired.services {
-            let Ok(state) = self.lb.service(&svc.spec.name) else {
+        let mut wanted: HashMap<(String, IpAddr), (HealthCheck, Health)> = HashMap::new();
+        for svc in self.ctl.desired.services() {
+            let Some(ps) = self.ctl.programmed.service(&svc.name) else {
                 continue;
             };
-            for b in &state.backends {
+            for b in &ps.backends {
                 wanted.insert(
-                    (svc.spec.name.clone(), b.spec.address),
-                    (svc.health.clone(), b.healthy),
+                    (svc.name.clone(), b.address),
+                    (svc.health.clone(), b.health),
                 );
             }
         }
         self.health
             .retain(|k, t| wanted.get(k).is_some_and(|(cfg, _)| *cfg == t.cfg));
-        for ((service, addr), (cfg, healthy)) in wanted {
+        for ((service, addr), (cfg, initial)) in wanted {
             if self.health.contains_key(&(service.clone(), addr)) {
                 continue;
             }
@@ -520,7 +762,7 @@ impl Daemon {
                 service.clone(),
                 addr,
                 cfg.clone(),
-                healthy,
+                initial,
                 move |probe, transition, tracker| {
                     if let Some(d) = me.upgrade() {
                         lock(&d).on_health(&svc, addr, probe, transition, tracker);
@@ -559,277 +801,127 @@ impl Daemon {
         if !probe.ok {
             t.last_failure = Some(probe.reason.clone());
         }
-        let Some(healthy) = transition else {
+        if transition.is_none() {
             return;
-        };
+        }
         health::log_transition(service, addr, probe, tracker);
-        if let Err(e) = self.lb.set_healthy(service, addr, healthy) {
-            warn!("applying the health of backend {addr} ({service}): {e}");
-            return;
+        let state = tracker.state();
+        match self.ctl.observe(|o| {
+            o.health.insert((service.to_string(), addr), state);
+        }) {
+            Ok(applied) => self.log_applied(&applied),
+            Err(e) => warn!("applying the health of backend {addr} ({service}): {e}"),
         }
-        let rebalance = self
-            .lb
-            .service(service)
-            .is_ok_and(|s| s.spec.failback == Failback::Rebalance);
-        if healthy && rebalance {
-            match self.lb.rebalance_to(service, addr) {
-                Ok(n) => info!(
-                    "failback rebalance: {n} clients of service {service} unpinned to return to {addr}"
-                ),
-                Err(e) => warn!("failback rebalance to {addr} ({service}): {e}"),
-            }
-        }
-    }
-
-    /// Writes the runtime changes (difference from the config) atomically.
-    fn persist(&self) -> anyhow::Result<()> {
-        let diff = state::diff(&self.cfg.services, &self.desired);
-        state::save(&self.cfg.daemon.state_file, &diff)?;
-        Ok(())
-    }
-
-    /// Applies a change to the desired state: data plane first (it validates), then the
-    /// state file; if persisting fails the data plane change is undone.
-    fn change(
-        &mut self,
-        what: String,
-        apply: impl FnOnce(&mut Balancer) -> Result<(), BalancerError>,
-        undo: impl FnOnce(&mut Balancer) -> Result<(), BalancerError>,
-        update: impl FnOnce(&mut Desired),
-    ) -> Response {
-        if let Err(e) = apply(&mut self.lb) {
-            return balancer_error(e);
-        }
-        let before = self.desired.clone();
-        update(&mut self.desired);
-        if let Err(e) = self.persist() {
-            self.desired = before;
-            if let Err(u) = undo(&mut self.lb) {
-                warn!("undoing {what} after a failed save: {u}");
-            }
-            return runtime(format!("{what}: not saved, undone: {e:#}"));
-        }
-        info!("{what}");
-        self.sync_health();
-        Response::ok(serde_json::json!({ "done": what }))
-    }
-
-    fn service_cfg_mut<'a>(desired: &'a mut Desired, name: &str) -> Option<&'a mut ServiceConfig> {
-        desired.services.iter_mut().find(|s| s.spec.name == name)
-    }
-
-    fn backend_add(
-        &mut self,
-        service: &str,
-        address: IpAddr,
-        weight: u32,
-        link: Option<Link>,
-    ) -> Response {
-        if weight == 0 || weight > 65535 {
-            return usage(format!("--weight {weight}: must be 1..=65535"));
-        }
-        let Some(cfg) = self
-            .desired
-            .services
-            .iter()
-            .find(|s| s.spec.name == service)
-        else {
-            return usage(BalancerError::UnknownService(service.to_string()));
-        };
-        let mut candidate = cfg.clone();
-        candidate.backends.push(BackendSpec { address, weight });
-        let others: Vec<ServiceConfig> = self
-            .desired
-            .services
-            .iter()
-            .filter(|s| s.spec.name != service)
-            .cloned()
-            .collect();
-        if let Err(errors) = config::validate_service(&candidate, &others) {
-            let msg: Vec<String> = errors
-                .iter()
-                .map(|e| format!("{}: {}", e.field, e.message))
-                .collect();
-            return usage(format!(
-                "backend {address} for service {service:?}: {}",
-                msg.join("; ")
-            ));
-        }
-        let spec = BackendSpec { address, weight };
-        let added = spec.clone();
-        let svc = service.to_string();
-        self.change(
-            format!("backend {address} added to service {service} (weight {weight})"),
-            |lb| lb.add_backend(service, added, link),
-            |lb| lb.remove_backend(service, address),
-            |d| {
-                if let Some(s) = Self::service_cfg_mut(d, &svc) {
-                    s.backends.push(spec);
-                }
-            },
-        )
-    }
-
-    fn backend_remove(&mut self, service: &str, address: IpAddr) -> Response {
-        let Ok(svc) = self.lb.service(service) else {
-            return usage(BalancerError::UnknownService(service.to_string()));
-        };
-        let Some(b) = svc.backend(address) else {
-            return usage(BalancerError::UnknownBackend {
-                service: service.to_string(),
-                address,
-            });
-        };
-        let (spec, link, draining) = (b.spec.clone(), b.link, b.draining);
-        let name = service.to_string();
-        self.change(
-            format!("backend {address} removed from service {service}"),
-            |lb| lb.remove_backend(service, address),
-            |lb| {
-                lb.add_backend(service, spec, link)?;
-                lb.set_draining(service, address, draining)
-            },
-            |d| {
-                if let Some(s) = Self::service_cfg_mut(d, &name) {
-                    s.backends.retain(|b| b.address != address);
-                }
-                d.drained.remove(&(name.clone(), address));
-            },
-        )
-    }
-
-    fn drain(&mut self, service: &str, address: IpAddr, on: bool) -> Response {
-        let what = if on { "draining" } else { "undrained" };
-        let name = service.to_string();
-        self.change(
-            format!("backend {address} of service {service} {what}"),
-            |lb| lb.set_draining(service, address, on),
-            |lb| lb.set_draining(service, address, !on),
-            |d| {
-                if on {
-                    d.drained.insert((name, address));
-                } else {
-                    d.drained.remove(&(name, address));
-                }
-            },
-        )
-    }
-
-    fn service_add(&mut self, svc: ServiceConfig) -> Response {
-        if let Err(errors) = config::validate_service(&svc, &self.desired.services) {
-            let msg: Vec<String> = errors
-                .iter()
-                .map(|e| format!("{}: {}", e.field, e.message))
-                .collect();
-            return usage(format!("service {:?}: {}", svc.spec.name, msg.join("; ")));
-        }
-        let name = svc.spec.name.clone();
-        let backends: Vec<(BackendSpec, Option<Link>)> =
-            svc.backends.iter().map(|b| (b.clone(), None)).collect();
-        let spec = svc.spec.clone();
-        self.change(
-            format!("service {name} added ({} backends)", svc.backends.len()),
-            |lb| lb.add_service(spec, &backends),
-            |lb| lb.remove_service(&name),
-            |d| d.services.push(svc),
-        )
-    }
-
-    fn service_remove(&mut self, name: &str) -> Response {
-        let Some(cfg) = self
-            .desired
-            .services
-            .iter()
-            .find(|s| s.spec.name == name)
-            .cloned()
-        else {
-            return usage(BalancerError::UnknownService(name.to_string()));
-        };
-        let n = name.to_string();
-        self.change(
-            format!("service {name} removed"),
-            |lb| lb.remove_service(name),
-            |lb| {
-                let backends: Vec<(BackendSpec, Option<Link>)> =
-                    cfg.backends.iter().map(|b| (b.clone(), None)).collect();
-                lb.add_service(cfg.spec.clone(), &backends)
-            },
-            |d| {
-                d.services.retain(|s| s.spec.name != n);
-                d.drained.retain(|(s, _)| *s != n);
-            },
-        )
     }
 
     /// Records a resolution result; returns the link when resolved.
     fn note_resolution(&mut self, address: IpAddr, r: Resolution) -> Option<Link> {
-        let (note, link) = match r {
-            Resolution::Resolved { link, ifname, .. } => {
-                if !self.interfaces.contains_key(&link.ifindex) {
-                    (
-                        NeighNote {
-                            interface: Some(ifname.clone()),
-                            problem: Some(format!(
-                                "reached through {ifname}, which is not in daemon.interfaces"
-                            )),
-                        },
-                        None,
-                    )
-                } else {
-                    (
-                        NeighNote {
-                            interface: Some(ifname),
-                            problem: None,
-                        },
-                        Some(link),
-                    )
-                }
-            }
-            Resolution::Unresolved { ifname, reason, .. } => (
-                NeighNote {
-                    interface: Some(ifname),
-                    problem: Some(reason),
-                },
-                None,
-            ),
-            Resolution::NoRoute { reason } => (
-                NeighNote {
-                    interface: None,
-                    problem: Some(reason),
-                },
-                None,
-            ),
-        };
+        let (note, link) = judge_resolution(&self.interfaces, r);
         self.neigh.insert(address, note);
         link
     }
 
-    /// Applies a backend address's link to every service that has it; logs changes.
+    /// A backend address's link: recorded, and when it differs from what is programmed,
+    /// the maps follow; logs changes.
     fn apply_link(&mut self, address: IpAddr, link: Option<Link>) {
         let owners: Vec<String> = self
-            .lb
-            .services()
+            .ctl
+            .programmed
+            .services
+            .iter()
             .filter(|s| s.backend(address).is_some_and(|b| b.link != link))
-            .map(|s| s.spec.name.clone())
+            .filter_map(|s| s.name.clone())
             .collect();
+        if owners.is_empty() {
+            self.ctl.observed.links.insert(address, link);
+            return;
+        }
+        if let Err(e) = self.ctl.observe(|o| {
+            o.links.insert(address, link);
+        }) {
+            warn!("updating the link of backend {address}: {e}");
+            return;
+        }
         for name in owners {
-            match self.lb.set_link(&name, address, link) {
-                Ok(()) => match link {
-                    Some(l) => info!(
-                        "neighbour of backend {address} ({name}) resolved: {} via ifindex {}",
-                        crate::neigh::format_mac(&l.mac),
-                        l.ifindex
-                    ),
-                    None => warn!(
-                        "neighbour of backend {address} ({name}) lost: {}; kept out of the table",
-                        self.neigh
-                            .get(&address)
-                            .and_then(|n| n.problem.clone())
-                            .unwrap_or_default()
-                    ),
-                },
-                Err(e) => warn!("updating the link of backend {address} ({name}): {e}"),
+            match link {
+                Some(l) => info!(
+                    "neighbour of backend {address} ({name}) resolved: {} via ifindex {}",
+                    crate::neigh::format_mac(&l.mac),
+                    l.ifindex
+                ),
+                None => warn!(
+                    "neighbour of backend {address} ({name}) lost: {}; kept out of the table",
+                    self.neigh
+                        .get(&address)
+                        .and_then(|n| n.problem.clone())
+                        .unwrap_or_default()
+                ),
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Views.
+// ---------------------------------------------------------------------------------------
+
+impl Daemon {
+    /// Desired services with what is programmed for them, in name order.
+    fn services(&self) -> impl Iterator<Item = (&Service, &ProgrammedService)> {
+        self.ctl
+            .desired
+            .services()
+            .filter_map(|s| self.ctl.programmed.service(&s.name).map(|p| (s, p)))
+    }
+
+    /// What status shows as a backend's health: "unknown" until this daemon's first
+    /// check of it (the data plane keeps the last known state meanwhile).
+    fn shown_health(&self, svc: &Service, b: &ProgrammedBackend) -> Health {
+        let check = self.health.get(&(svc.name.clone(), b.address));
+        if check.is_some_and(|c| c.checked) {
+            b.health
+        } else {
+            Health::Unknown
+        }
+    }
+
+    fn backend_status(
+        &self,
+        svc: &Service,
+        ps: &ProgrammedService,
+        b: &ProgrammedBackend,
+    ) -> api::BackendStatus {
+        let note = self.neigh.get(&b.address);
+        let check = self.health.get(&(svc.name.clone(), b.address));
+        let up = match b.health {
+            Health::Up => true,
+            Health::Down => false,
+            Health::Unknown => svc.health.unknown_is_up(),
+        };
+        api::BackendStatus {
+            address: b.address,
+            weight: b.weight,
+            health: self.shown_health(svc, b).name().into(),
+            healthy: up,
+            draining: b.draining,
+            resolved: b.link.is_some(),
+            mac: b.link.map(|l| crate::neigh::format_mac(&l.mac)),
+            interface: b
+                .link
+                .and_then(|l| self.interfaces.get(&l.ifindex).cloned())
+                .or_else(|| note.and_then(|n| n.interface.clone())),
+            note: if b.link.is_none() {
+                note.and_then(|n| n.problem.clone())
+                    .or_else(|| Some("neighbour not resolved yet".into()))
+            } else if !up {
+                check.and_then(|c| c.last_failure.clone())
+            } else {
+                None
+            },
+            table_share: ps.table_share(b.id),
+            pinned_clients: self.pinned.backend(b.id),
+            health_transitions: check.map_or(0, |c| c.transitions),
+            last_check_ms: check.and_then(|c| c.last_latency).map(|l| l * 1e3),
         }
     }
 
@@ -839,77 +931,24 @@ impl Daemon {
             .taken
             .map_or(f64::NAN, |t| t.elapsed().as_secs_f64());
         let services = self
-            .lb
             .services()
-            .map(|s| {
-                let backends = s
+            .map(|(s, ps)| api::ServiceStatus {
+                name: s.name.clone(),
+                vip: s.vip,
+                port: s.port,
+                protocol: s.protocol.name().into(),
+                affinity: s.affinity.name().into(),
+                prefix: s.prefix_len(),
+                idle_timeout: format_duration(s.idle_timeout),
+                failback: s.failback.name().into(),
+                table_size: s.table_size,
+                health: s.health.kind.tag().name().into(),
+                pinned_clients: self.pinned.service(ps.id),
+                backends: ps
                     .backends
                     .iter()
-                    .map(|b| {
-                        let note = self.neigh.get(&b.spec.address);
-                        let check = self.health.get(&(s.spec.name.clone(), b.spec.address));
-                        let health = match (check.is_some_and(|c| c.checked), b.healthy) {
-                            (false, _) => "unknown",
-                            (true, true) => "healthy",
-                            (true, false) => "unhealthy",
-                        };
-                        api::BackendStatus {
-                            address: b.spec.address,
-                            weight: b.spec.weight,
-                            health: health.into(),
-                            healthy: b.healthy,
-                            draining: b.draining,
-                            resolved: b.link.is_some(),
-                            mac: b.link.map(|l| crate::neigh::format_mac(&l.mac)),
-                            interface: b
-                                .link
-                                .and_then(|l| self.interfaces.get(&l.ifindex).cloned())
-                                .or_else(|| note.and_then(|n| n.interface.clone())),
-                            note: if b.link.is_none() {
-                                note.and_then(|n| n.problem.clone())
-                                    .or_else(|| Some("neighbour not resolved yet".into()))
-                            } else if !b.healthy {
-                                check.and_then(|c| c.last_failure.clone())
-                            } else {
-                                None
-                            },
-                            table_share: s.table_share(b.id),
-                            pinned_clients: self.pinned.backend(b.id),
-                            health_transitions: check.map_or(0, |c| c.transitions),
-                            last_check_ms: check.and_then(|c| c.last_latency).map(|l| l * 1e3),
-                        }
-                    })
-                    .collect();
-                let cfg = self
-                    .desired
-                    .services
-                    .iter()
-                    .find(|c| c.spec.name == s.spec.name);
-                api::ServiceStatus {
-                    name: s.spec.name.clone(),
-                    vip: s.spec.vip,
-                    port: s.spec.port,
-                    protocol: protocol_name(s.spec.protocol.number()).into(),
-                    affinity: match s.spec.affinity {
-                        Affinity::SourceIp => "source-ip",
-                        Affinity::None => "none",
-                    }
-                    .into(),
-                    prefix: s.spec.prefix_len(),
-                    idle_timeout: config::format_duration(s.spec.idle_timeout),
-                    failback: match s.spec.failback {
-                        Failback::Sticky => "sticky",
-                        Failback::Rebalance => "rebalance",
-                    }
-                    .into(),
-                    table_size: s.spec.table_size,
-                    health: cfg
-                        .map(|c| health_name(&c.health.kind))
-                        .unwrap_or("none")
-                        .into(),
-                    pinned_clients: self.pinned.service(s.id),
-                    backends,
-                }
+                    .map(|b| self.backend_status(s, ps, b))
+                    .collect(),
             })
             .collect();
         api::Status {
@@ -923,31 +962,27 @@ impl Daemon {
     }
 
     fn stats(&self) -> Result<api::Stats, crate::dataplane::maps::MapsError> {
-        let global = self.lb.dp.stats()?;
+        let dp = &self.ctl.dp;
+        let global = dp.stats()?;
         let packets = Stat::ALL
             .iter()
             .map(|s| (s.name().to_string(), global[*s as usize]))
             .collect();
         let mut services = Vec::new();
-        for s in self.lb.services() {
-            let st = self.lb.dp.service_stats(s.id)?;
-            let (spps, sbps) = self
-                .rates
-                .rate
-                .get(&s.spec.name)
-                .copied()
-                .unwrap_or_default();
+        for (s, ps) in self.services() {
+            let st = dp.service_stats(ps.id)?;
+            let (spps, sbps) = self.rates.rate.get(&s.name).copied().unwrap_or_default();
             let mut backends = Vec::new();
-            for b in &s.backends {
-                let bs = self.lb.dp.backend_stats(b.id)?;
+            for b in &ps.backends {
+                let bs = dp.backend_stats(b.id)?;
                 let (pps, bps) = self
                     .rates
                     .rate
-                    .get(&rate_key(&s.spec.name, b.spec.address))
+                    .get(&rate_key(&s.name, b.address))
                     .copied()
                     .unwrap_or_default();
                 backends.push(api::BackendStats {
-                    address: b.spec.address,
+                    address: b.address,
                     packets: bs.packets,
                     bytes: bs.bytes,
                     packets_per_s: pps,
@@ -956,7 +991,7 @@ impl Daemon {
                 });
             }
             services.push(api::ServiceStats {
-                name: s.spec.name.clone(),
+                name: s.name.clone(),
                 packets: st.packets,
                 bytes: st.bytes,
                 packets_per_s: spps,
@@ -977,39 +1012,26 @@ impl Daemon {
     }
 
     fn explain(&self, service: &str, client: IpAddr, port: u16) -> Response {
-        let e = match self.lb.explain(service, client, port) {
+        let e = match self.ctl.explain(service, client, port) {
             Ok(e) => e,
-            Err(e) => return balancer_error(e),
+            Err(e) => return control_error(e),
         };
-        let svc = self.lb.service(service).expect("explain checked it");
+        let Ok(ps) = self.ctl.service(service) else {
+            return usage(format!("service {service:?} does not exist"));
+        };
         let key_addr = addr_from_words(&e.key.addr, e.key.family);
-        let (decision, reason, age, idle) = match &e.decision {
-            Decision::Pinned { age, idle } => (
-                "pinned",
-                None,
-                Some(age.as_secs_f64()),
-                Some(idle.as_secs_f64()),
-            ),
-            Decision::Hashed { reason } => (
-                "hashed",
-                Some(
-                    match reason {
-                        HashReason::NoEntry => "no_entry",
-                        HashReason::Expired => "expired",
-                        HashReason::BackendUnusable => "backend_unusable",
-                    }
-                    .to_string(),
-                ),
-                None,
-                None,
-            ),
-            Decision::NoBackend => ("no_backend", None, None, None),
+        let (reason, age, idle) = match &e.decision {
+            Decision::Pinned { age, idle } => {
+                (None, Some(age.as_secs_f64()), Some(idle.as_secs_f64()))
+            }
+            Decision::Hashed { reason } => (Some(reason.name().to_string()), None, None),
+            Decision::NoBackend => (None, None, None),
         };
         Response::ok(api::Explain {
             service: service.to_string(),
             client,
-            key: format!("{key_addr}/{}", svc.spec.prefix_len()),
-            decision: decision.into(),
+            key: format!("{key_addr}/{}", ps.value.prefix_len),
+            decision: e.decision.name().into(),
             reason,
             backend: e.backend,
             pinned_age_s: age,
@@ -1020,15 +1042,23 @@ impl Daemon {
         })
     }
 
+    /// The id of the service named in a request, or all services.
+    fn service_id(&self, service: Option<&str>) -> Result<Option<u32>, Response> {
+        match service.map(|s| self.ctl.service(s)) {
+            Some(Ok(s)) => Ok(Some(s.id)),
+            Some(Err(e)) => Err(control_error(e)),
+            None => Ok(None),
+        }
+    }
+
     fn affinity_list(&self, service: Option<&str>, limit: usize) -> Response {
-        let id = match service.map(|s| self.lb.service(s)) {
-            Some(Ok(s)) => Some(s.id),
-            Some(Err(e)) => return balancer_error(e),
-            None => None,
+        let id = match self.service_id(service) {
+            Ok(id) => id,
+            Err(r) => return r,
         };
         // Judged like the XDP program judges them (lb_common::affinity).
         let now = ktime_coarse_ns();
-        let entries = match self.lb.dp.judged_entries(id, now) {
+        let entries = match self.ctl.dp.judged_entries(id, now) {
             Ok(e) => e,
             Err(e) => return runtime(e),
         };
@@ -1037,24 +1067,24 @@ impl Daemon {
             .into_iter()
             .filter_map(|p| {
                 let (k, v) = (p.key, p.value);
-                let svc = self.lb.services().find(|s| s.id == k.service_id)?;
+                let ps = self.ctl.programmed.service_by_id(k.service_id)?;
                 let backend = p
                     .backend
                     .filter(|_| p.backend_is_its_own())
                     .map(|b| addr_from_words(&b.addr, b.family));
                 let idle = now.saturating_sub(v.last_seen_ns);
                 Some(api::AffinityEntry {
-                    service: svc.spec.name.clone(),
+                    service: ps.name.clone().unwrap_or_default(),
                     client: format!(
                         "{}/{}",
                         addr_from_words(&k.addr, k.family),
-                        svc.spec.prefix_len()
+                        ps.value.prefix_len
                     ),
                     port: u16::from_be(k.port_be),
                     backend,
                     age_s: now.saturating_sub(v.pinned_ns) as f64 / 1e9,
                     idle_s: idle as f64 / 1e9,
-                    expired: p.verdict == lb_common::affinity::Verdict::Expired,
+                    expired: p.verdict == Verdict::Expired,
                 })
             })
             .collect();
@@ -1067,12 +1097,11 @@ impl Daemon {
     }
 
     fn affinity_flush(&mut self, service: Option<&str>) -> Response {
-        let id = match service.map(|s| self.lb.service(s)) {
-            Some(Ok(s)) => Some(s.id),
-            Some(Err(e)) => return balancer_error(e),
-            None => None,
+        let id = match self.service_id(service) {
+            Ok(id) => id,
+            Err(r) => return r,
         };
-        match self.lb.dp.affinity_flush(id) {
+        match self.ctl.dp.affinity_flush(id) {
             Ok(n) => {
                 info!(
                     "affinity flushed ({}): {n} entries removed",
@@ -1084,18 +1113,41 @@ impl Daemon {
         }
     }
 
+    fn backend_snapshot(
+        &self,
+        svc: &Service,
+        ps: &ProgrammedService,
+        b: &ProgrammedBackend,
+    ) -> metrics::BackendSnapshot {
+        let bs = self.ctl.dp.backend_stats(b.id).unwrap_or_default();
+        let check = self.health.get(&(svc.name.clone(), b.address));
+        metrics::BackendSnapshot {
+            address: b.address.to_string(),
+            weight: b.weight,
+            packets: bs.packets,
+            bytes: bs.bytes,
+            pins: bs.pins,
+            pinned_clients: self.pinned.backend(b.id),
+            table_share: ps.table_share(b.id),
+            healthy: b.usable() || (b.health == Health::Up),
+            draining: b.draining,
+            resolved: b.link.is_some(),
+            health_transitions: check.map_or(0, |c| c.transitions),
+            last_check_latency_seconds: check.and_then(|c| c.last_latency),
+        }
+    }
+
     fn metrics_snapshot(&self) -> metrics::Snapshot {
-        let global = self.lb.dp.stats().unwrap_or([0; Stat::COUNT as usize]);
+        let global = self.ctl.dp.stats().unwrap_or([0; Stat::COUNT as usize]);
         let services = self
-            .lb
             .services()
-            .map(|s| {
-                let st = self.lb.dp.service_stats(s.id).unwrap_or_default();
+            .map(|(s, ps)| {
+                let st = self.ctl.dp.service_stats(ps.id).unwrap_or_default();
                 metrics::ServiceSnapshot {
-                    name: s.spec.name.clone(),
-                    vip: s.spec.vip.to_string(),
-                    port: s.spec.port,
-                    protocol: protocol_name(s.spec.protocol.number()).into(),
+                    name: s.name.clone(),
+                    vip: s.vip.to_string(),
+                    port: s.port,
+                    protocol: s.protocol.name().into(),
                     packets: st.packets,
                     bytes: st.bytes,
                     hits: st.hits,
@@ -1103,28 +1155,11 @@ impl Daemon {
                     repins: st.repins,
                     expiries: st.expiries,
                     no_backend: st.no_backend,
-                    pinned_clients: self.pinned.service(s.id),
-                    backends: s
+                    pinned_clients: self.pinned.service(ps.id),
+                    backends: ps
                         .backends
                         .iter()
-                        .map(|b| {
-                            let bs = self.lb.dp.backend_stats(b.id).unwrap_or_default();
-                            let check = self.health.get(&(s.spec.name.clone(), b.spec.address));
-                            metrics::BackendSnapshot {
-                                address: b.spec.address.to_string(),
-                                weight: b.spec.weight,
-                                packets: bs.packets,
-                                bytes: bs.bytes,
-                                pins: bs.pins,
-                                pinned_clients: self.pinned.backend(b.id),
-                                table_share: s.table_share(b.id),
-                                healthy: b.healthy,
-                                draining: b.draining,
-                                resolved: b.link.is_some(),
-                                health_transitions: check.map_or(0, |c| c.transitions),
-                                last_check_latency_seconds: check.and_then(|c| c.last_latency),
-                            }
-                        })
+                        .map(|b| self.backend_snapshot(s, ps, b))
                         .collect(),
                 }
             })
@@ -1147,33 +1182,18 @@ fn rate_key(service: &str, backend: IpAddr) -> String {
     format!("{service}/{backend}")
 }
 
-fn protocol_name(n: u8) -> &'static str {
-    if n == lb_common::PROTO_TCP {
-        "tcp"
-    } else {
-        "udp"
-    }
-}
-
-fn health_name(k: &config::HealthKind) -> &'static str {
-    match k {
-        config::HealthKind::None => "none",
-        config::HealthKind::Tcp { .. } => "tcp",
-        config::HealthKind::Http { .. } => "http",
-        config::HealthKind::Udp { .. } => "udp",
-    }
-}
-
 /// Resolves every backend's neighbour: every second, and at once when asked (a change
 /// came in). Resolution runs without the daemon lock; results are applied under it.
 async fn neighbour_loop(daemon: Shared, resolver: Arc<Resolver>, now: Arc<Notify>) {
     loop {
         let addrs: Vec<IpAddr> = {
             let d = lock(&daemon);
-            let mut a: Vec<IpAddr> =
-                d.lb.services()
-                    .flat_map(|s| s.backends.iter().map(|b| b.spec.address))
-                    .collect();
+            let mut a: Vec<IpAddr> = d
+                .ctl
+                .desired
+                .services()
+                .flat_map(|s| s.backends.iter().map(|b| b.address))
+                .collect();
             a.sort();
             a.dedup();
             a
@@ -1201,7 +1221,8 @@ async fn neighbour_events(daemon: Shared, now: Arc<Notify>) {
             Ok(mut events) => {
                 while let Some(ev) = events.next().await {
                     let ours = lock(&daemon)
-                        .lb
+                        .ctl
+                        .desired
                         .services()
                         .any(|s| s.backend(ev.addr).is_some());
                     if ours {
@@ -1282,16 +1303,13 @@ async fn rates_loop(daemon: Shared) {
         let mut d = lock(&daemon);
         let now = Instant::now();
         let mut current = HashMap::new();
-        for s in d.lb.services() {
-            if let Ok(st) = d.lb.dp.service_stats(s.id) {
-                current.insert(s.spec.name.clone(), (st.packets, st.bytes));
+        for (s, ps) in d.services() {
+            if let Ok(st) = d.ctl.dp.service_stats(ps.id) {
+                current.insert(s.name.clone(), (st.packets, st.bytes));
             }
-            for b in &s.backends {
-                if let Ok(bs) = d.lb.dp.backend_stats(b.id) {
-                    current.insert(
-                        rate_key(&s.spec.name, b.spec.address),
-                        (bs.packets, bs.bytes),
-                    );
+            for b in &ps.backends {
+                if let Ok(bs) = d.ctl.dp.backend_stats(b.id) {
+                    current.insert(rate_key(&s.name, b.address), (bs.packets, bs.bytes));
                 }
             }
         }

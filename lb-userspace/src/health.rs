@@ -16,10 +16,11 @@
 //!   is set, the body (its first 64 KiB after de-chunking; framed by `Transfer-Encoding:
 //!   chunked`, `Content-Length`, or the server closing) must contain it. Interim 1xx
 //!   responses are skipped.
-//! - `udp`: a connected UDP socket sends the payload (a zero-length datagram when it is
-//!   empty) and waits for one datagram, of any length, which must contain `expect` if
-//!   set. An ICMP port unreachable surfaces as `ECONNREFUSED` on the connected socket:
-//!   "connection refused (ICMP port unreachable)".
+//! - `udp`: a connected UDP socket sends the payload (`send`; a zero-length datagram when
+//!   not set) and waits for one datagram, of any length, which must contain `expect` if
+//!   set: any reply passes, silence until the timeout fails. An ICMP port unreachable
+//!   surfaces as `ECONNREFUSED` on the connected socket: "connection refused (ICMP port
+//!   unreachable)".
 //! - `none`: always ok, immediately.
 //!
 //! Failure reasons are short and specific ("timeout", "connection refused",
@@ -54,7 +55,7 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
-use crate::config::{HealthConfig, HealthKind};
+use crate::model::{Health, HealthCheck, HealthKind};
 
 /// The most of an HTTP response head, of an HTTP body, or of a UDP reply that is read.
 const MAX_READ: usize = 64 * 1024;
@@ -480,7 +481,7 @@ async fn udp_probe(
 pub struct Tracker {
     rise: u32,
     fall: u32,
-    healthy: bool,
+    state: Health,
     /// Consecutive successes (0 after a failure).
     oks: u32,
     /// Consecutive failures (0 after a success).
@@ -492,10 +493,23 @@ pub struct Tracker {
 impl Tracker {
     /// `rise` and `fall` of 0 count as 1.
     pub fn new(rise: u32, fall: u32, initially_healthy: bool) -> Self {
+        let state = if initially_healthy {
+            Health::Up
+        } else {
+            Health::Down
+        };
+        Self::starting(rise, fall, state)
+    }
+
+    /// A tracker starting in `state`. From Unknown one passed check makes the backend
+    /// healthy (issue 10: `health.initial = "checked"` means one pass, not `rise`), and
+    /// `fall` failures in a row unhealthy; learning the first state is not counted as a
+    /// transition.
+    pub fn starting(rise: u32, fall: u32, state: Health) -> Self {
         Self {
             rise: rise.max(1),
             fall: fall.max(1),
-            healthy: initially_healthy,
+            state,
             oks: 0,
             fails: 0,
             transitions: 0,
@@ -505,7 +519,7 @@ impl Tracker {
 
     /// Feeds a result; returns `Some(new_state)` when the state flips (healthy →
     /// unhealthy after `fall` failures in a row, unhealthy → healthy after `rise`
-    /// successes in a row).
+    /// successes in a row, unknown → either as [`Tracker::starting`] says).
     pub fn record(&mut self, p: &Probe) -> Option<bool> {
         self.last = Some(p.clone());
         if p.ok {
@@ -515,21 +529,27 @@ impl Tracker {
             self.oks = 0;
             self.fails = self.fails.saturating_add(1);
         }
-        let flip = if self.healthy {
-            self.fails >= self.fall
-        } else {
-            self.oks >= self.rise
+        let next = match self.state {
+            Health::Up if self.fails >= self.fall => Health::Down,
+            Health::Down if self.oks >= self.rise => Health::Up,
+            Health::Unknown if p.ok => Health::Up,
+            Health::Unknown if self.fails >= self.fall => Health::Down,
+            _ => return None,
         };
-        if !flip {
-            return None;
+        if self.state != Health::Unknown {
+            self.transitions += 1;
         }
-        self.healthy = !self.healthy;
-        self.transitions += 1;
-        Some(self.healthy)
+        self.state = next;
+        Some(next == Health::Up)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Health {
+        self.state
     }
 
     pub fn healthy(&self) -> bool {
-        self.healthy
+        self.state == Health::Up
     }
 
     /// State changes so far (not counting the initial state).
@@ -600,17 +620,17 @@ pub fn initial_jitter(service: &str, addr: IpAddr, interval: Duration) -> Durati
 /// delays the next one by at most its own overrun, and later ones keep the period.
 ///
 /// With `HealthKind::None` there is nothing to probe: `on_result` is called once (ok;
-/// a transition to healthy if `initially_healthy` was false) and the future then
+/// a transition to healthy unless `initial` was already Up) and the future then
 /// stays pending, never calling it again.
 pub async fn run_checks(
     service: String,
     addr: IpAddr,
-    cfg: HealthConfig,
-    initially_healthy: bool,
+    cfg: HealthCheck,
+    initial: Health,
     mut on_result: impl FnMut(&Probe, Option<bool>, &Tracker) + Send,
 ) {
     if cfg.kind == HealthKind::None {
-        let mut tracker = Tracker::new(1, 1, initially_healthy);
+        let mut tracker = Tracker::starting(1, 1, initial);
         let p = probe(&cfg.kind, addr, cfg.timeout).await;
         let flip = tracker.record(&p);
         on_result(&p, flip, &tracker);
@@ -621,7 +641,7 @@ pub async fn run_checks(
     tokio::time::sleep(initial_jitter(&service, addr, period)).await;
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut tracker = Tracker::new(cfg.rise, cfg.fall, initially_healthy);
+    let mut tracker = Tracker::starting(cfg.rise, cfg.fall, initial);
     loop {
         ticks.tick().await;
         let p = probe(&cfg.kind, addr, cfg.timeout).await;
@@ -1269,6 +1289,45 @@ mod tests {
         assert!(p.ok, "{p:?}");
     }
 
+    /// Issue 10, fault 9: a UDP check without `send` sends an empty datagram; any reply
+    /// passes, an ICMP port unreachable fails.
+    #[tokio::test]
+    async fn udp_default_empty_payload() {
+        let send = match HealthKind::default_for(crate::model::CheckKind::Udp, 1) {
+            HealthKind::Udp { send, .. } => send,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(send, "");
+        let port = udp_server(Some(b"anything")).await;
+        let p = probe(&udp(port, &send, None), LO, Duration::from_secs(1)).await;
+        assert!(p.ok, "{p:?}");
+        let closed = {
+            let s = UdpSocket::bind((LO, 0)).await.unwrap();
+            s.local_addr().unwrap().port()
+        };
+        let p = probe(&udp(closed, &send, None), LO, Duration::from_secs(1)).await;
+        assert!(!p.ok && p.reason.contains("refused"), "{p:?}");
+    }
+
+    /// Issue 10, fault 4: from Unknown one passed check is enough ("checked" is one
+    /// pass, not `rise`), and learning the first state is no transition.
+    #[test]
+    fn tracker_from_unknown_needs_one_pass() {
+        let mut t = Tracker::starting(3, 2, Health::Unknown);
+        assert_eq!(t.record(&probe_result(true)), Some(true));
+        assert_eq!((t.state(), t.transitions()), (Health::Up, 0));
+        let mut t = Tracker::starting(3, 2, Health::Unknown);
+        assert_eq!(t.record(&probe_result(false)), None);
+        assert_eq!(t.state(), Health::Unknown);
+        assert_eq!(t.record(&probe_result(false)), Some(false));
+        assert_eq!(t.state(), Health::Down);
+        assert_eq!(
+            t.record(&probe_result(true)),
+            None,
+            "down needs rise passes"
+        );
+    }
+
     #[tokio::test]
     async fn udp_expect_mismatch() {
         let port = udp_server(Some(b"PONG nope")).await;
@@ -1469,15 +1528,22 @@ mod tests {
     async fn run_checks_marks_a_stopped_server_down_and_a_restarted_one_up() {
         let l = TcpListener::bind((LO, 0)).await.unwrap();
         let port = l.local_addr().unwrap().port();
-        let cfg = HealthConfig {
+        let cfg = HealthCheck {
             kind: tcp(port),
             interval: Duration::from_millis(50),
             timeout: Duration::from_millis(40),
             rise: 2,
             fall: 3,
+            initial: crate::model::HealthInitial::Checked,
         };
         let log: Log = Arc::default();
-        let task = tokio::spawn(run_checks("web".into(), LO, cfg, true, recorder(&log)));
+        let task = tokio::spawn(run_checks(
+            "web".into(),
+            LO,
+            cfg,
+            Health::Up,
+            recorder(&log),
+        ));
 
         assert!(wait_for(&log, Duration::from_secs(1), |l| l.len() >= 2).await);
         assert!(
@@ -1539,15 +1605,22 @@ mod tests {
 
     #[tokio::test]
     async fn run_checks_none_reports_once_and_stays_pending() {
-        let cfg = HealthConfig {
+        let cfg = HealthCheck {
             kind: HealthKind::None,
             interval: Duration::from_millis(10),
             timeout: Duration::from_millis(10),
             rise: 3,
             fall: 3,
+            initial: crate::model::HealthInitial::Checked,
         };
         let log: Log = Arc::default();
-        let task = tokio::spawn(run_checks("web".into(), LO, cfg, false, recorder(&log)));
+        let task = tokio::spawn(run_checks(
+            "web".into(),
+            LO,
+            cfg,
+            Health::Down,
+            recorder(&log),
+        ));
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(!task.is_finished());
         task.abort();
@@ -1574,19 +1647,20 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &port)| {
-                let cfg = HealthConfig {
+                let cfg = HealthCheck {
                     kind: http(port, (200, 399), Some("ok")),
                     interval,
                     timeout,
                     rise: 2,
                     fall: 3,
+                    initial: crate::model::HealthInitial::Checked,
                 };
                 let log = log.clone();
                 tokio::spawn(run_checks(
                     format!("svc{i}"),
                     LO,
                     cfg,
-                    true,
+                    Health::Up,
                     move |p: &Probe, _, _: &Tracker| {
                         log.lock().unwrap().push((i, Instant::now(), p.clone()))
                     },

@@ -235,6 +235,12 @@ pub struct Lab {
     pub clients4: Vec<IpAddr>,
     pub clients6: Vec<IpAddr>,
     pub daemon: Option<Proc>,
+    /// The `xlb` binary the daemon and the CLI calls run ([`xlb_bin`] unless a test points
+    /// it elsewhere, e.g. at a package's /usr/bin/xlb).
+    pub xlb: PathBuf,
+    /// A command the daemon is started through, e.g. `setpriv` with a capability set
+    /// (empty: started directly).
+    pub daemon_wrapper: Vec<String>,
     /// XDP_PASS on the switch side of the balancer's veth: a frame sent with XDP_TX into a
     /// veth is only delivered when the peer has an XDP program (DESIGN.md).
     _peer_xdp: Option<Ebpf>,
@@ -272,6 +278,8 @@ impl Lab {
             clients4: Vec::new(),
             clients6: Vec::new(),
             daemon: None,
+            xlb: xlb_bin(),
+            daemon_wrapper: Vec::new(),
             _peer_xdp: None,
             sw,
             id,
@@ -574,20 +582,21 @@ impl Lab {
 
     /// Starts the daemon and waits until it answers `status` and every backend is resolved.
     pub fn start_daemon(&mut self) {
-        self.start_daemon_with(&xlb_bin());
-    }
-
-    /// [`Lab::start_daemon`] with another `xlb` binary (an earlier release's).
-    pub fn start_daemon_with(&mut self, bin: &Path) {
         assert!(self.daemon.is_none(), "daemon already running");
         let log = fs::File::options()
             .create(true)
             .append(true)
             .open(self.dir.join("daemon.log"))
             .expect("daemon log");
-        let child = self
-            .lb
-            .cmd(bin)
+        let mut cmd = match self.daemon_wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = self.lb.cmd(program);
+                c.args(args).arg(&self.xlb);
+                c
+            }
+            None => self.lb.cmd(&self.xlb),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -603,7 +612,7 @@ impl Lab {
             {
                 panic!("xlb exited at start:\n{}", self.daemon_log());
             }
-            if let Ok(out) = self.try_xlb_with(bin, &["--json", "status"])
+            if let Ok(out) = self.try_xlb(&["--json", "status"])
                 && let Ok(v) = serde_json::from_str::<serde_json::Value>(&out)
             {
                 let all = v["services"].as_array().is_some_and(|s| {
@@ -650,14 +659,9 @@ impl Lab {
 
     /// Runs `xlb ARGS` in the balancer namespace against this lab's socket.
     pub fn try_xlb(&self, args: &[&str]) -> Result<String, (i32, String)> {
-        self.try_xlb_with(&xlb_bin(), args)
-    }
-
-    /// [`Lab::try_xlb`] with another `xlb` binary (the CLI of the daemon's release).
-    pub fn try_xlb_with(&self, bin: &Path, args: &[&str]) -> Result<String, (i32, String)> {
         let out = self
             .lb
-            .cmd(bin)
+            .cmd(&self.xlb)
             .arg("--socket")
             .arg(&self.socket)
             .args(args)

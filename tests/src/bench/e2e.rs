@@ -40,7 +40,7 @@ use aya::{
 use lb_common::PROG_XLB;
 use xlb::{
     dataplane::loader::{BENCH_OBJECT, LoadOptions},
-    model::{BackendSpec, Link, Protocol, ServiceSpec},
+    model::{Link, Protocol, Service},
 };
 
 use super::{Samples, pin_to_cpu};
@@ -562,13 +562,10 @@ impl Bench {
                 affinity_capacity: capacity,
                 maglev_slots: 1 << 17,
             });
-            let backends: Vec<(BackendSpec, Option<Link>)> = (0..BACKENDS)
+            let backends: Vec<(IpAddr, Option<Link>)> = (0..BACKENDS)
                 .map(|i| {
                     (
-                        BackendSpec {
-                            address: combo.backend(i),
-                            weight: 1,
-                        },
+                        combo.backend(i),
                         Some(Link {
                             mac: SINK_MAC,
                             src_mac: LB_OUT_MAC,
@@ -577,9 +574,9 @@ impl Bench {
                     )
                 })
                 .collect();
-            lb.run(|| h.lb.dp.add_tx_port(lb_out).expect("tx port"));
-            h.lb.add_service(
-                ServiceSpec::new("bench", combo.vip(), DPORT, combo.proto()),
+            lb.run(|| h.dp_mut().add_tx_port(lb_out).expect("tx port"));
+            h.add_service(
+                Service::new("bench", combo.vip(), DPORT, combo.proto()),
                 &backends,
             )
             .expect("service");
@@ -749,8 +746,8 @@ impl Bench {
             Variant::XlbMiss => &self.xlb_miss,
             _ => return (0, 0),
         };
-        let id = h.lb.service("bench").expect("service").id;
-        let s = h.lb.dp.service_stats(id).expect("stats");
+        let id = h.service_id("bench");
+        let s = h.dp().service_stats(id).expect("stats");
         (s.hits, s.misses)
     }
 
@@ -885,7 +882,15 @@ fn run_combo(combo: Combo, tag: &str, cpu: usize) -> ComboResult {
     let mut on_cpu_min = 1.0f64;
     let mut hit_ratio = Samples::default();
     let mut miss_ratio = Samples::default();
+    let started = Instant::now();
     for round in 0..ROUNDS {
+        // Progress: a round of every variant takes tens of seconds.
+        println!(
+            "e2e {}: round {}/{ROUNDS} ({:.0} s so far)",
+            combo.label(),
+            round + 1,
+            started.elapsed().as_secs_f64()
+        );
         // Interleaved, and the order rotated each round.
         for k in 0..Variant::ALL.len() {
             let v = Variant::ALL[(k + round) % Variant::ALL.len()];

@@ -31,9 +31,9 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, xdp::XdpMode},
 };
 use xlb::{
-    balancer::Decision,
     dataplane::loader::{BENCH_OBJECT, LoadOptions},
-    model::{BackendSpec, Link, Protocol, ServiceSpec},
+    model::{Link, Protocol, Service},
+    reconcile::inspect::Decision,
 };
 
 use super::{RotateConfig, load_average, pin_to_cpu};
@@ -122,25 +122,15 @@ pub fn run() {
     let (lb0, lb1) = (ifindex("lb0"), ifindex("lb1"));
 
     let mut h = XlbHarness::load(&LoadOptions::default());
-    h.lb.dp.add_tx_port(lb1).expect("tx port");
+    h.dp_mut().add_tx_port(lb1).expect("tx port");
     let link = Some(Link {
         mac: SINK_MAC,
         src_mac: LB_OUT_MAC,
         ifindex: lb1,
     });
-    let backends: Vec<(BackendSpec, Option<Link>)> = (0..BACKENDS)
-        .map(|i| {
-            (
-                BackendSpec {
-                    address: backend(i),
-                    weight: 1,
-                },
-                link,
-            )
-        })
-        .collect();
+    let backends: Vec<(IpAddr, Option<Link>)> = (0..BACKENDS).map(|i| (backend(i), link)).collect();
     for (name, port, proto) in [("web", 80, Protocol::Tcp), ("dns", 53, Protocol::Udp)] {
-        h.lb.add_service(ServiceSpec::new(name, VIP.into(), port, proto), &backends)
+        h.add_service(Service::new(name, VIP.into(), port, proto), &backends)
             .expect("service");
     }
 
@@ -219,25 +209,25 @@ pub fn run() {
     let p1 = live(est_only, &syn, 4 * 65_536);
     std::thread::sleep(Duration::from_millis(1200));
     let p2 = live(est_only, &ack, 4 * 65_536);
-    let web = h.lb.service("web").expect("web").id;
-    let st = h.lb.dp.service_stats(web).expect("stats");
+    let web = h.service_id("web");
+    let st = h.dp().service_stats(web).expect("stats");
     println!(
         "establishing: {p1:?}, {p2:?}; web: {} hits, {} misses; global {:?}",
         st.hits,
         st.misses,
-        h.lb.dp.stats().expect("stats")
+        h.dp().stats().expect("stats")
     );
-    let judged =
-        h.lb.dp
-            .judged_entries(Some(web), xlb::dataplane::maps::ktime_coarse_ns())
-            .expect("entries");
+    let judged = h
+        .dp()
+        .judged_entries(Some(web), xlb::dataplane::maps::ktime_coarse_ns())
+        .expect("entries");
     let est_pinned = judged
         .iter()
         .filter(|p| p.established && p.key.addr[0].to_be() >> 16 == EST_BASE >> 16)
         .count();
     let before: Vec<(Option<IpAddr>, Option<IpAddr>)> = (0..ESTABLISHED)
         .map(|i| {
-            let e = h.lb.explain("web", established(i), 0).expect("explain");
+            let e = h.explain("web", established(i), 0).expect("explain");
             (e.backend, e.slot_backend)
         })
         .collect();
@@ -248,7 +238,7 @@ pub fn run() {
     );
 
     // 2. The flood: UDP, SYN and bare ACK thirds.
-    let s0 = h.lb.dp.service_stats(web).expect("stats");
+    let s0 = h.dp().service_stats(web).expect("stats");
     let per_phase = FLOOD_PACKETS / 3;
     let mut phases = BTreeMap::new();
     for (name, frame, mixed) in [
@@ -272,24 +262,16 @@ pub fn run() {
         };
         phases.insert(name, live(c, frame, packets));
     }
-    let s1 = h.lb.dp.service_stats(web).expect("stats");
+    let s1 = h.dp().service_stats(web).expect("stats");
 
     // 3. One backend more; who kept their backend?
     let added = backend(BACKENDS);
-    h.lb.add_backend(
-        "web",
-        BackendSpec {
-            address: added,
-            weight: 1,
-        },
-        link,
-    )
-    .expect("add backend");
+    h.add_backend("web", added, 1, link).expect("add backend");
     let mut kept = 0u32;
     let mut hashed_kept = 0u32;
     let mut still_pinned = 0u32;
     for i in 0..ESTABLISHED {
-        let e = h.lb.explain("web", established(i), 0).expect("explain");
+        let e = h.explain("web", established(i), 0).expect("explain");
         kept += (e.backend == before[i as usize].0) as u32;
         hashed_kept += (e.slot_backend == before[i as usize].1) as u32;
         still_pinned += matches!(e.decision, Decision::Pinned { .. }) as u32;

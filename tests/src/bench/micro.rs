@@ -15,7 +15,8 @@ use aya::{
 };
 use xlb::{
     dataplane::loader::{BENCH_OBJECT, LoadOptions},
-    model::{BackendSpec, Link, Protocol, ServiceSpec},
+    model::{Link, Protocol, Service},
+    reconcile::inspect::affinity_key,
 };
 
 use super::{Samples, pin_to_cpu};
@@ -57,7 +58,7 @@ pub fn run() {
             .unwrap_or(65_536),
         maglev_slots: 1 << 20,
     });
-    let backends: Vec<(BackendSpec, Option<Link>)> = (11..=13)
+    let backends: Vec<(IpAddr, Option<Link>)> = (11..=13)
         .map(|i| {
             let address: IpAddr = v4(&format!("192.0.2.{i}"));
             let link = Link {
@@ -65,19 +66,18 @@ pub fn run() {
                 src_mac: [0x02, 0x1b, 0, 0, 0, 1],
                 ifindex: LO,
             };
-            (BackendSpec { address, weight: 1 }, Some(link))
+            (address, Some(link))
         })
         .collect();
     let vip = v4("203.0.113.10");
-    h.lb.add_service(ServiceSpec::new("web", vip, 80, Protocol::Tcp), &backends)
+    h.add_service(Service::new("web", vip, 80, Protocol::Tcp), &backends)
         .expect("service");
     // The default capacity, filled: FULL_CAPACITY clients of 10.0.0.0/8 pinned.
     let mut full = XlbHarness::load(&LoadOptions {
         affinity_capacity: FULL_CAPACITY,
         maglev_slots: 1 << 20,
     });
-    full.lb
-        .add_service(ServiceSpec::new("web", vip, 80, Protocol::Tcp), &backends)
+    full.add_service(Service::new("web", vip, 80, Protocol::Tcp), &backends)
         .expect("service");
     let many_client = |i: u32| IpAddr::from((0x0a00_0000u32 + i).to_be_bytes());
     for i in 0..FULL_CAPACITY {
@@ -87,10 +87,9 @@ pub fn run() {
             3
         );
     }
-    let full_id = full.lb.service("web").expect("web").id;
+    let full_id = full.service_id("web");
     let pinned = full
-        .lb
-        .dp
+        .dp()
         .affinity_entries(Some(full_id))
         .expect("entries")
         .len();
@@ -103,13 +102,8 @@ pub fn run() {
         .step_by((FULL_CAPACITY / MANY) as usize)
         .map(many_client)
         .filter(|c| {
-            let key = full
-                .lb
-                .service("web")
-                .expect("web")
-                .affinity_key(*c, 0)
-                .expect("key");
-            full.lb.dp.affinity_get(&key).expect("lookup").is_some()
+            let key = affinity_key(full.ctl.service("web").expect("web"), *c, 0).expect("key");
+            full.dp().affinity_get(&key).expect("lookup").is_some()
         })
         .map(|c| tcp_frame(c, vip, 40000, 80))
         .collect();
@@ -181,7 +175,7 @@ pub fn run() {
     };
 
     let mut s: BTreeMap<&str, Samples> = BTreeMap::new();
-    let web_id = h.lb.service("web").expect("web").id;
+    let web_id = h.service_id("web");
     for round in 0..ROUNDS {
         // Interleaved, round by round.
         s.entry("hit_ns")
@@ -206,10 +200,10 @@ pub fn run() {
             LO,
             REPEAT,
         ));
-        let before = h.lb.dp.service_stats(web_id).expect("stats").misses;
+        let before = h.dp().service_stats(web_id).expect("stats").misses;
         let pkts = miss_pkts(round);
         let miss_raw = per_call(h.prog(), &pkts);
-        let misses = h.lb.dp.service_stats(web_id).expect("stats").misses - before;
+        let misses = h.dp().service_stats(web_id).expect("stats").misses - before;
         // Every run must have been a miss.
         assert_eq!(
             misses, MISS_CLIENTS as u64,
@@ -234,7 +228,7 @@ pub fn run() {
             .push(miss_raw - call_overhead + pass_repeat);
         // The filled default-capacity table: pinned clients round robin, then clients it
         // has never seen (11.0.0.0/8 onwards), one per call, each evicting one.
-        let before = full.lb.dp.service_stats(full_id).expect("stats");
+        let before = full.dp().service_stats(full_id).expect("stats");
         let many_raw = per_call(full.prog(), &many);
         let fresh: Vec<Vec<u8>> = (0..MISS_CLIENTS)
             .map(|i| {
@@ -243,7 +237,7 @@ pub fn run() {
             })
             .collect();
         let full_raw = per_call(full.prog(), &fresh);
-        let after = full.lb.dp.service_stats(full_id).expect("stats");
+        let after = full.dp().service_stats(full_id).expect("stats");
         // The fresh clients of the rounds evict the least recently seen: a few of the
         // round-robin clients, in buckets the fresh ones filled, are re-pinned.
         assert!(
@@ -431,7 +425,7 @@ pub fn run() {
 /// grows with the table, page walks, not the one cache line, are what a lookup pays.
 fn table_size_sweep(
     r: Rotator<'_>,
-    backends: &[(BackendSpec, Option<Link>)],
+    backends: &[(IpAddr, Option<Link>)],
     vip: IpAddr,
     frame: &[u8],
     xdp_pass_ns: f64,
@@ -448,7 +442,7 @@ fn table_size_sweep(
             affinity_capacity: capacity,
             maglev_slots: 1 << 20,
         });
-        h.lb.add_service(ServiceSpec::new("web", vip, 80, Protocol::Tcp), backends)
+        h.add_service(Service::new("web", vip, 80, Protocol::Tcp), backends)
             .expect("service");
         r.next
             .set(0, h.prog().fd().expect("fd"), 0)

@@ -356,51 +356,6 @@ fn pins_of_the_lru_layout_survive_the_upgrade() {
     assert_no_client_moved(&lab, &first, "across the upgrade");
 }
 
-/// Issue 11, with the earlier release's own binary: its daemon pins real clients in its
-/// LRU, is killed, and this release's daemon starts on the same pin_dir — every pin is
-/// migrated into the table and no client moves. Needs that binary (`XLB_PREVIOUS_BIN`,
-/// e.g. built from the commit before the table); run with `--ignored`.
-#[test]
-#[ignore = "needs XLB_PREVIOUS_BIN, the xlb of the release before the bucketed table"]
-fn pins_of_the_previous_release_survive_the_upgrade_with_its_binary() {
-    let old = std::env::var_os("XLB_PREVIOUS_BIN")
-        .map(std::path::PathBuf::from)
-        .expect("XLB_PREVIOUS_BIN: the previous release's xlb");
-    let mut lab = Lab::new(LabOptions {
-        clients_v4: 150,
-        clients_v6: 20,
-        ..LabOptions::default()
-    });
-    lab.start_servers();
-    lab.start_daemon_with(&old);
-    let first = answers(&lab, &lab.clients4.clone(), IpAddr::V4(VIP4));
-    let _ = answers(
-        &lab,
-        &lab.clients6.clone(),
-        IpAddr::V6(xlb_tests::lab::VIP6),
-    );
-    let maps = lab.pin_dir.join("maps");
-    let lru = aya::maps::MapData::from_pin(maps.join(lb_common::MAP_AFFINITY)).expect("LRU");
-    let lru: aya::maps::HashMap<_, AffinityKey, AffinityValue> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(lru))
-            .expect("the previous release's LRU");
-    let pins: Vec<(AffinityKey, AffinityValue)> = lru.iter().filter_map(|r| r.ok()).collect();
-    drop(lru);
-    assert!(pins.len() >= first.len(), "{} pins", pins.len());
-    lab.kill_daemon();
-
-    lab.start_daemon();
-    let log = lab.daemon_log();
-    assert!(log.contains("AffinityFromLru"), "{log}");
-    assert!(
-        !lab.pin_dir.join("migrating").exists(),
-        "the old map was left aside"
-    );
-    let after = lab.pinned_affinity();
-    assert_eq!(moved_pins(&pins, &after), 0, "pins moved in the upgrade");
-    assert_no_client_moved(&lab, &first, "across the upgrade to this release");
-}
-
 /// Fault 2 (issue 10): a second `xlb run` on the same pin_dir and socket exits at once,
 /// naming the running daemon, and changes nothing; `xlb down` refuses too.
 #[test]

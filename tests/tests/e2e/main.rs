@@ -7,3 +7,4 @@ mod daemon;
 mod dataplane;
 mod health;
 mod scenarios;
+mod watch;

@@ -20,9 +20,9 @@ use lb_common::{
     affinity::table::{self, Place},
 };
 use xlb::{
-    balancer::Decision,
     dataplane::{loader::LoadOptions, maps::ktime_coarse_ns},
-    model::{Protocol, ServiceSpec},
+    model::{Protocol, Service},
+    reconcile::inspect::{Decision, affinity_key},
 };
 use xlb_tests::{
     enter_private_netns,
@@ -66,10 +66,10 @@ impl Table {
             })
             .collect();
         let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-        let mut s = ServiceSpec::new("web", vip, 80, Protocol::Tcp);
+        let mut s = Service::new("web", vip, 80, Protocol::Tcp);
         s.table_size = 1021;
         s.idle_timeout = idle;
-        h.lb.add_service(s, &backends(&refs, LO)).expect("service");
+        h.add_service(s, &backends(&refs, LO)).expect("service");
         let by_mac = addrs
             .iter()
             .map(|a| {
@@ -81,16 +81,11 @@ impl Table {
     }
 
     fn key(&self, c: IpAddr) -> AffinityKey {
-        self.h
-            .lb
-            .service("web")
-            .expect("web")
-            .affinity_key(c, 0)
-            .expect("key")
+        affinity_key(self.h.ctl.service("web").expect("web"), c, 0).expect("key")
     }
 
     fn place(&self, c: IpAddr) -> Place {
-        let t = &self.h.lb.dp.affinity;
+        let t = &self.h.dp().affinity;
         table::place(&self.key(c), t.seed(), t.buckets())
     }
 
@@ -102,14 +97,13 @@ impl Table {
     }
 
     fn entry(&self, c: IpAddr) -> Option<AffinityValue> {
-        self.h.lb.dp.affinity_get(&self.key(c)).expect("lookup")
+        self.h.dp().affinity_get(&self.key(c)).expect("lookup")
     }
 
     fn judged(&self, c: IpAddr) -> Option<xlb::dataplane::maps::JudgedPin> {
-        let svc = self.h.lb.service("web").expect("web").value();
+        let svc = self.h.ctl.service("web").expect("web").value;
         self.h
-            .lb
-            .dp
+            .dp()
             .judge(&svc, &self.key(c), ktime_coarse_ns())
             .expect("judge")
     }
@@ -117,7 +111,6 @@ impl Table {
     /// The backend Maglev gives `c`.
     fn hashed(&self, c: IpAddr) -> IpAddr {
         self.h
-            .lb
             .explain("web", c, 0)
             .expect("explain")
             .slot_backend
@@ -127,7 +120,7 @@ impl Table {
     fn backend_id(&self, addr: IpAddr) -> (u32, u32) {
         let b = self
             .h
-            .lb
+            .ctl
             .service("web")
             .expect("web")
             .backend(addr)
@@ -147,13 +140,11 @@ impl Table {
         };
         let key = self.key(c);
         self.h
-            .lb
-            .dp
+            .dp_mut()
             .affinity_set(&key, &v, established)
             .expect("pin");
         self.h
-            .lb
-            .dp
+            .dp_mut()
             .affinity_restamp(&key, now - idle.as_nanos() as u64)
             .expect("restamp");
     }
@@ -192,8 +183,8 @@ fn expiry_at_exactly_the_idle_timeout_of_ten_minutes() {
     let c = v4("198.51.100.10");
     let hashed = t.hashed(c);
     let other = *t.by_mac.values().find(|b| **b != hashed).expect("other");
-    let id = t.h.lb.service("web").expect("web").id;
-    let stats = |t: &Table| t.h.lb.dp.service_stats(id).expect("stats");
+    let id = t.h.service_id("web");
+    let stats = |t: &Table| t.h.dp().service_stats(id).expect("stats");
     // Pinned elsewhere than Maglev would send it, so the packet shows who decided.
     t.pin(c, other, Duration::from_nanos(600 * SEC - 2 * tick), true);
     let s0 = stats(&t);
@@ -283,8 +274,7 @@ fn an_unestablished_entry_is_evicted_first() {
     let v = t.entry(c).expect("entry");
     let key = t.key(c);
     let second_ago = ktime_coarse_ns() - (1 << 30) - 50_000_000;
-    t.h.lb
-        .dp
+    t.h.dp_mut()
         .affinity_restamp(&key, second_ago)
         .expect("restamp");
     assert!(!t.judged(c).expect("entry").established);
@@ -378,14 +368,14 @@ fn a_generation_mismatch_re_pins() {
         pinned_ns: ktime_coarse_ns(),
         last_seen_ns: ktime_coarse_ns(),
     };
-    t.h.lb.dp.affinity_set(&key, &v, true).expect("forge");
-    let e = t.h.lb.explain("web", c, 0).expect("explain");
+    t.h.dp_mut().affinity_set(&key, &v, true).expect("forge");
+    let e = t.h.explain("web", c, 0).expect("explain");
     assert!(matches!(e.decision, Decision::Hashed { .. }), "{e:?}");
-    let sid = t.h.lb.service("web").expect("web").id;
-    let before = t.h.lb.dp.service_stats(sid).expect("stats").repins;
+    let sid = t.h.service_id("web");
+    let before = t.h.dp().service_stats(sid).expect("stats").repins;
     assert_eq!(t.send(c), hashed, "a stale generation must not decide");
     assert_eq!(
-        t.h.lb.dp.service_stats(sid).expect("stats").repins,
+        t.h.dp().service_stats(sid).expect("stats").repins,
         before + 1
     );
     let now = t.entry(c).expect("re-pinned");
@@ -414,13 +404,13 @@ fn the_same_new_client_inserted_from_two_cpus_at_once() {
     // Roomy: no bucket overflows, so every client must end with exactly one entry.
     let t = Table::new(1 << 18, 4, false, Duration::from_secs(600));
     const BATCH: u32 = 5000;
-    let sid = t.h.lb.service("web").expect("web").id;
+    let sid = t.h.service_id("web");
     let prog = t.h.prog();
     let mut rounds = 0u32;
     let mut raced = 0u64;
     while raced < 20 && rounds < 20 * BATCH {
         let first = 100_000 + rounds;
-        let before = t.h.lb.dp.service_stats(sid).expect("stats").misses;
+        let before = t.h.dp().service_stats(sid).expect("stats").misses;
         let arrived = AtomicU64::new(0);
         let got: Vec<Vec<[u8; 6]>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..2)
@@ -458,7 +448,7 @@ fn the_same_new_client_inserted_from_two_cpus_at_once() {
                 .count();
             assert_eq!(n, 1, "{c}: {n} entries");
         }
-        let misses = t.h.lb.dp.service_stats(sid).expect("stats").misses - before;
+        let misses = t.h.dp().service_stats(sid).expect("stats").misses - before;
         raced += misses - BATCH as u64;
         rounds += BATCH;
     }
@@ -472,11 +462,10 @@ fn the_same_new_client_inserted_from_two_cpus_at_once() {
 /// The tags of bucket `b`, read as the data plane would.
 fn bucket_tags(t: &Table, b: u32) -> Vec<u64> {
     let mut out = Vec::new();
-    t.h.lb
-        .dp
+    t.h.dp()
         .affinity
         .for_each(b..b + 1, ktime_coarse_ns(), |e| {
-            let ta = &t.h.lb.dp.affinity;
+            let ta = &t.h.dp().affinity;
             out.push(table::place(&e.key, ta.seed(), ta.buckets()).tag);
         });
     out
@@ -585,7 +574,7 @@ fn two_cpus_hammering_one_bucket_never_misdirect_a_client() {
         md[12..16].copy_from_slice(&LO.to_ne_bytes());
         md
     };
-    let dp = &t.h.lb.dp;
+    let dp = t.h.dp();
     let run_for = Duration::from_secs(3);
     std::thread::scope(|s| {
         for cpu in 0..2 {
@@ -647,7 +636,7 @@ fn two_cpus_hammering_one_bucket_never_misdirect_a_client() {
         }
     }
     let got = |b: IpAddr| dp.backend_stats(t.backend_id(b).0).expect("stats").packets;
-    let sid = t.h.lb.service("web").expect("web").id;
+    let sid = t.h.service_id("web");
     let st = dp.service_stats(sid).expect("stats");
     let total: u64 = sent.iter().sum();
     println!(
@@ -697,9 +686,9 @@ fn services_sharing_a_fast_slot_are_both_served() {
         .find(|p| slot(*p) == slot(first))
         .expect("two ports sharing a slot");
     let add = |h: &mut XlbHarness, name: &str, port: u16, be: &str| {
-        let mut s = ServiceSpec::new(name, vip, port, Protocol::Tcp);
+        let mut s = Service::new(name, vip, port, Protocol::Tcp);
         s.table_size = 1021;
-        h.lb.add_service(s, &backends(&[be], LO)).expect("service");
+        h.add_service(s, &backends(&[be], LO)).expect("service");
     };
     let reach = |h: &XlbHarness, port: u16| -> Option<[u8; 6]> {
         let r = h.run(&tcp_frame(v4("198.51.100.5"), vip, 40_000, port), LO);
@@ -715,7 +704,8 @@ fn services_sharing_a_fast_slot_are_both_served() {
         Some(mac_of(b)),
         "the service the slot could not hold"
     );
-    h.lb.remove_service("a").expect("remove a");
+    h.edit(xlb::model::Edit::ServiceRemove { name: "a".into() })
+        .expect("remove a");
     assert_eq!(reach(&h, first), None, "a removed service still answers");
     assert_eq!(reach(&h, second), Some(mac_of(b)));
     add(&mut h, "a", first, "192.0.2.71");
