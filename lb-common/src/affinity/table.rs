@@ -30,12 +30,19 @@
 //! # False matches (IPv6)
 //!
 //! A lookup compares its tag with at most [`SLOTS`] = 4 tags. Its bucket index comes from
-//! `hash(seed, key)` and its fingerprint from `hash(seed ^ FINGERPRINT_SEED, key)`:
-//! differently seeded, so modelled as independent. Given that another IPv6 key shares the
-//! bucket, its 63 fingerprint bits equal ours with probability 2^-63; with 4 entries
-//! compared, a false match has probability ≤ 4 · 2^-63 = 2^-61 < 2^-60 per lookup. (IPv4
-//! matches are exact.) The seed is random per table and kept in its header, so nobody
-//! outside the host can aim addresses at one bucket or one fingerprint.
+//! `table_hash(seed, key)` and its fingerprint from `table_hash(seed ^ FINGERPRINT_SEED,
+//! key)`: differently seeded, so modelled as independent. Given that another IPv6 key
+//! shares the bucket, its 63 fingerprint bits equal ours with probability 2^-63; with 4
+//! entries compared, a false match has probability ≤ 4 · 2^-63 = 2^-61 < 2^-60 per
+//! lookup. (IPv4 matches are exact.) The seed is random per table and kept in its header,
+//! so nobody outside the host can aim addresses at one bucket or one fingerprint.
+//!
+//! That model needs a hash without structure across its input words: [`table_hash`] runs
+//! each 64-bit word through the nonlinear MurmurHash3 finalizer, seeded, before the next
+//! is absorbed. (The flow hash of the Maglev slot, a multiply-rotate per word and one
+//! finalizer, is linear across words: flipping bit 63 of the first word and flipping bit
+//! 30 of the second give the same hash for every seed — harmless for a slot, fatal for a
+//! fingerprint; the fuzzer found two IPv6 clients one such flip apart sharing a pin.)
 //!
 //! # Concurrency: a torn or concurrent write may lose a pin, never misdirect one
 //!
@@ -71,10 +78,7 @@
 //! first two loads as load-acquire and the writer's value store as store-release (BPF
 //! `load_acquire`/`store_release`, kernel ≥ 6.15); userspace already uses Acquire/Release.
 
-use crate::{
-    Addr, AffinityKey, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES,
-    hash::{fmix64, hash_addr_words},
-};
+use crate::{Addr, AffinityKey, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, hash::fmix64};
 
 /// Entries per bucket.
 pub const SLOTS: usize = 4;
@@ -179,13 +183,35 @@ fn bucket_of(h: u64, buckets: u32) -> u32 {
     1 + (((h >> 32) * buckets as u64) >> 32) as u32
 }
 
+/// A seeded hash of three words in which every word goes through the nonlinear
+/// finalizer, with all before it, before the next is absorbed: no difference in one word
+/// can cancel one in another independently of the seed (see the module docs).
+#[inline(always)]
+pub const fn table_hash(w: [u64; 3], seed: u64) -> u64 {
+    let h = fmix64(seed ^ w[0]);
+    let h = fmix64(h ^ w[1]);
+    fmix64(h ^ w[2] ^ 0x9e37_79b9_7f4a_7c15)
+}
+
+/// The three words [`table_hash`] takes of an IPv6 key: address halves (in wire byte
+/// order read little-endian, so equal on every host), then service and port.
+#[inline(always)]
+const fn v6_words(key: &AffinityKey) -> [u64; 3] {
+    let a = &key.addr;
+    [
+        (u32::from_le(a[0]) as u64) | ((u32::from_le(a[1]) as u64) << 32),
+        (u32::from_le(a[2]) as u64) | ((u32::from_le(a[3]) as u64) << 32),
+        (key.service_id as u64) | ((key.port_be as u64) << 32) | (1 << 48),
+    ]
+}
+
 /// The tag and bucket of `key` in a table with `seed` and `buckets` data buckets.
 #[inline(always)]
 pub fn place(key: &AffinityKey, seed: u64, buckets: u32) -> Place {
     if key.family == FAMILY_V6 {
-        let extra = (key.service_id as u64) | ((key.port_be as u64) << 32) | (1 << 48);
-        let h = hash_addr_words(&key.addr, extra, seed);
-        let f = hash_addr_words(&key.addr, extra, seed ^ FINGERPRINT_SEED);
+        let w = v6_words(key);
+        let h = table_hash(w, seed);
+        let f = table_hash(w, seed ^ FINGERPRINT_SEED);
         Place {
             tag: V6_MARK | f,
             bucket: bucket_of(h, buckets),
@@ -507,8 +533,12 @@ pub struct Snapshot {
     pub cold: ColdKey,
 }
 
+/// Attempts of a view at a busy slot: a writer holds one for tens of ns, a view (userspace)
+/// can wait a little longer than a packet.
+const SNAPSHOT_TRIES: u32 = 10_000;
+
 /// Reads slot `i` of bucket `b` (and its cold key in `c`) consistently, or `None` when it
-/// is empty or stayed busy.
+/// is empty or stayed busy (a writer stalled: its vCPU preempted).
 ///
 /// # Safety
 /// `b` and `c` point to the same live bucket of a table and of its cold keys.
@@ -521,7 +551,7 @@ pub unsafe fn snapshot(b: *const Bucket, c: *const ColdBucket, i: usize) -> Opti
             core::ptr::addr_of!((*c).key) as *const ColdKey,
         )
     };
-    for _ in 0..READ_TRIES {
+    for _ in 0..SNAPSHOT_TRIES {
         let v1 = unsafe { load(vals.add(i)) };
         let tag = unsafe { load(tags.add(i)) };
         if tag == 0 {
@@ -532,6 +562,7 @@ pub unsafe fn snapshot(b: *const Bucket, c: *const ColdBucket, i: usize) -> Opti
         if v1 == v2 && !is_busy(v1) {
             return Some(Snapshot { tag, val: v1, cold });
         }
+        core::hint::spin_loop();
     }
     None
 }

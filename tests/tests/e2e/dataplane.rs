@@ -269,7 +269,12 @@ fn ten_thousand_pins_survive_sigkill_and_restart() {
     }
     drop(table);
     let pins = lab.pinned_affinity();
-    assert!(pins.len() >= 10_000, "{} pins", pins.len());
+    assert!(
+        pins.len() >= 10_000,
+        "{} pins ({} real, {extra} written)",
+        pins.len(),
+        real.len()
+    );
     lab.kill_daemon();
     lab.start_daemon();
     let after = lab.pinned_affinity();

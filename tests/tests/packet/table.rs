@@ -67,7 +67,8 @@ impl Table {
             .collect();
         let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
         let mut s = Service::new("web", vip, 80, Protocol::Tcp);
-        s.table_size = 1021;
+        // A prime of at least 100 slots per backend (the validator's rule).
+        s.table_size = if n > 10 { 1601 } else { 1021 };
         s.idle_timeout = idle;
         h.add_service(s, &backends(&refs, LO)).expect("service");
         let by_mac = addrs
