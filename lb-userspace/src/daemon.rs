@@ -1260,7 +1260,7 @@ async fn pinned_scan_loop(daemon: Shared, pin_dir: PathBuf, now: Arc<Notify>) {
         let step = tokio::task::spawn_blocking(move || {
             let mut c = match c {
                 Some(c) => c,
-                // Entries expired for an hour go (and those of vanished services).
+                // Entries expired for an hour go (table time wraps after 52 days).
                 None => crate::dataplane::maps::pin_counter_pinned(&dir)?
                     .sweeping(Duration::from_secs(3600)),
             };

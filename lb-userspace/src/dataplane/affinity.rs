@@ -427,8 +427,10 @@ pub fn judge_entry(
 /// (The data plane cannot keep counts itself: an entry expires silently, by time.)
 ///
 /// With [`PinCounter::sweeping`], the scan also removes entries expired for longer than
-/// the grace, and entries of services that no longer exist: table time wraps after 52
-/// days, so an entry nobody touched for that long could otherwise look fresh again.
+/// the grace: table time wraps after 52 days, so an entry nobody touched for that long
+/// could otherwise look fresh again. (Entries of a service the pass does not know are left
+/// alone: the pass's list of services may predate one, and removing a service flushes its
+/// entries anyway.)
 pub struct PinCounter {
     table: AffinityTable,
     /// Remove entries expired for longer than this (ns); `None`: count only.
@@ -463,8 +465,7 @@ impl PinCounter {
         }
     }
 
-    /// Also removes entries expired for longer than `grace`, and entries of services
-    /// that no longer exist.
+    /// Also removes entries expired for longer than `grace`.
     pub fn sweeping(mut self, grace: std::time::Duration) -> Self {
         self.sweep = Some(grace.as_nanos().min(u64::MAX as u128) as u64);
         self
@@ -502,9 +503,7 @@ impl PinCounter {
                             stale.push(e.key);
                         }
                     }
-                    Some(_) => {}
-                    None if self.sweep.is_some() => stale.push(e.key),
-                    None => {}
+                    Some(_) | None => {}
                 }
             });
             for k in stale {
