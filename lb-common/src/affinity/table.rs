@@ -2,6 +2,10 @@
 //! reader and writer follows — the XDP program (on the map value pointer) and userspace
 //! (on the same memory, mmapped) run these very functions.
 //!
+//! Owns: the bucket layout, tags, value words, time units, the slot choice and the
+//! read/write protocol. Must not touch: maps (callers look buckets up and hand pointers
+//! in) and what an entry decides (`super::judge_word`).
+//!
 //! # Layout
 //!
 //! An ARRAY map (`XLB_AFFINITY`, `BPF_F_MMAPABLE`: the kernel then page-aligns the values,

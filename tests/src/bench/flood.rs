@@ -87,9 +87,16 @@ fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
 #[derive(Clone, Copy, Debug, Default)]
 struct Phase {
     sent: u64,
+    /// Of `sent`, the established clients' (runs k with `k & (2^EST_SHIFT - 1) == 0`).
+    est_sent: u64,
     flood: u64,
     est: u64,
     secs: f64,
+}
+
+/// How many k in `from..to` are multiples of `m`.
+fn multiples(from: u64, to: u64, m: u64) -> u64 {
+    to.div_ceil(m) - from.div_ceil(m)
 }
 
 pub fn run() {
@@ -152,6 +159,8 @@ pub fn run() {
         Array::try_from(bench.take_map("ROTATE_CFG").expect("cfg")).expect("array");
     let classes: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(bench.take_map("CLASS_COUNT").expect("counts")).expect("per-CPU");
+    let runs: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(bench.take_map("ROTATE_COUNT").expect("runs")).expect("per-CPU");
     sink.run(|| {
         let p: &mut Xdp = bench
             .program_mut("class_sink")
@@ -177,9 +186,11 @@ pub fn run() {
         let v1 = classes.get(&1, 0).expect("class 1");
         [v0.iter().sum(), v1.iter().sum()]
     };
+    let k = || -> u64 { runs.get(&0, 0).expect("runs")[cpu] };
     let mut live = |c: RotateConfig, frame: &[u8], packets: u64| -> Phase {
         cfg.set(0, c, 0).expect("rotate cfg");
         let before = counts();
+        let k0 = k();
         let t = Instant::now();
         rotator
             .test_run(TestRunOptions {
@@ -192,8 +203,14 @@ pub fn run() {
             .unwrap_or_else(|e| panic!("live-frames run failed: {e:#?}"));
         let secs = t.elapsed().as_secs_f64();
         let after = counts();
+        let k1 = k();
         Phase {
             sent: packets,
+            est_sent: if c.est_count == 0 {
+                0
+            } else {
+                multiples(k0, k1, 1 << c.est_shift)
+            },
             flood: after[0] - before[0],
             est: after[1] - before[1],
             secs,
@@ -212,10 +229,8 @@ pub fn run() {
     let web = h.service_id("web");
     let st = h.dp().service_stats(web).expect("stats");
     println!(
-        "establishing: {p1:?}, {p2:?}; web: {} hits, {} misses; global {:?}",
-        st.hits,
-        st.misses,
-        h.dp().stats().expect("stats")
+        "establishing: two rounds of {} and {} packets a second apart; web: {} hits, {} misses",
+        p1.sent, p2.sent, st.hits, st.misses
     );
     let judged = h
         .dp()
@@ -282,6 +297,7 @@ pub fn run() {
     let flood_secs: f64 = phases.values().map(|p| p.secs).sum();
     let mixed_secs: f64 = phases.values().filter(|p| p.est > 0).map(|p| p.secs).sum();
     let est: u64 = phases.values().map(|p| p.est).sum();
+    let est_sent: u64 = phases.values().map(|p| p.est_sent).sum();
     let kept_fraction = kept as f64 / ESTABLISHED as f64;
     let flood_mpps = flood as f64 / flood_secs / 1e6;
     let est_mpps = est as f64 / mixed_secs / 1e6;
@@ -323,6 +339,10 @@ pub fn run() {
         100.0 * hashed_kept as f64 / ESTABLISHED as f64
     );
     println!(
+        "established clients: {est} of {est_sent} packets delivered during the flood ({:.2}%)",
+        100.0 * est as f64 / est_sent.max(1) as f64
+    );
+    println!(
         "flood delivered {flood_mpps:.3} Mpps; established clients {est_mpps:.3} Mpps during it; \
          service counters: {} misses, {} hits in the flood",
         s1.misses - s0.misses,
@@ -333,6 +353,7 @@ pub fn run() {
         "kept_fraction": kept_fraction,
         "flood_mpps": flood_mpps,
         "established_mpps": est_mpps,
+        "established_delivered_fraction": est as f64 / est_sent.max(1) as f64,
         "established_clients": ESTABLISHED,
         "established_pinned_before": est_pinned,
         "still_pinned_after": still_pinned,
