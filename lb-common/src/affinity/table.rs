@@ -292,6 +292,7 @@ const BACKEND_MASK: u64 = (1 << 12) - 1;
 const GEN_SHIFT: u32 = 32;
 /// Generation bits kept per entry.
 pub const GEN_BITS: u32 = 18;
+/// The generation bits kept, as a mask.
 pub const GEN_MASK: u32 = (1 << GEN_BITS) - 1;
 const TIME_MASK: u64 = 0xffff_ffff;
 const _: () = assert!(MAX_BACKENDS as u64 <= BACKEND_MASK + 1);
@@ -339,7 +340,8 @@ pub const fn idle_units(now: u32, last: u32) -> u32 {
     }
 }
 
-/// A value word.
+/// A value word (not busy): the backend id's 12 bits, the generation's low
+/// [`GEN_BITS`], established, and the last-seen stamp (units).
 #[inline(always)]
 pub const fn pack(backend_id: u32, generation: u32, established: bool, time: u32) -> u64 {
     ((backend_id as u64 & BACKEND_MASK) << BACKEND_SHIFT)
@@ -347,18 +349,22 @@ pub const fn pack(backend_id: u32, generation: u32, established: bool, time: u32
         | if established { ESTABLISHED } else { 0 }
         | time as u64
 }
+/// The backend id of a value word.
 #[inline(always)]
 pub const fn backend_of(v: u64) -> u32 {
     ((v >> BACKEND_SHIFT) & BACKEND_MASK) as u32
 }
+/// The generation bits of a value word (the backend's generation & [`GEN_MASK`]).
 #[inline(always)]
 pub const fn generation_of(v: u64) -> u32 {
     ((v >> GEN_SHIFT) as u32) & GEN_MASK
 }
+/// The last-seen stamp of a value word (units of 2^20 ns, wrapping).
 #[inline(always)]
 pub const fn time_of(v: u64) -> u32 {
     v as u32
 }
+/// Whether a value word's client is established.
 #[inline(always)]
 pub const fn is_established(v: u64) -> bool {
     v & ESTABLISHED != 0
