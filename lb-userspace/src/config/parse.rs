@@ -12,7 +12,8 @@ use toml::{
 };
 
 use super::{
-    Config, DaemonConfig, LocatedError, default_state_file, locate::Doc, schema::RawDaemon,
+    Config, DaemonConfig, LocatedError, SocketGroup, default_state_file, locate::Doc,
+    schema::RawDaemon,
 };
 use crate::model::{
     FieldError, Service,
@@ -135,6 +136,16 @@ fn daemon_from_raw(raw: RawDaemon) -> Result<DaemonConfig, Vec<FieldError>> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| default_state_file(&d.pin_dir));
     d.metrics = metrics(&mut e, raw.metrics);
+    d.socket_group =
+        raw.socket_group
+            .filter(|g| !g.is_empty())
+            .and_then(|name| match group_id(&name) {
+                Some(gid) => Some(SocketGroup { name, gid }),
+                None => {
+                    e.push("socket_group", format!("group {name:?} does not exist"));
+                    None
+                }
+            });
     if let Some(n) = raw.affinity_capacity {
         match u32::try_from(n) {
             Ok(n) if (1..=MAX_AFFINITY_CAPACITY).contains(&n) => d.affinity_capacity = n,
@@ -202,4 +213,27 @@ fn interface_exists(name: &str) -> bool {
     };
     // SAFETY: `c_name` is a valid NUL-terminated string that outlives the call.
     unsafe { libc::if_nametoindex(c_name.as_ptr()) != 0 }
+}
+
+/// The id of group `name` (a name in the group database, or a number).
+fn group_id(name: &str) -> Option<u32> {
+    let c_name = CString::new(name).ok()?;
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives it and its length is
+    // passed; `found` is only read after the call.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c_name.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc == 0 && !found.is_null() {
+        return Some(group.gr_gid);
+    }
+    name.parse().ok()
 }
