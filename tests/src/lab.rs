@@ -601,7 +601,10 @@ impl Lab {
             .cmd(xlb_bin())
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("XLB_LAB_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()

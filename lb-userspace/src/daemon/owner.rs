@@ -178,6 +178,7 @@ impl Owner {
     }
 
     fn observe(&mut self, o: Observation) {
+        log::trace!("observation: {o:?}");
         match o {
             Observation::Probe(r) => self.probe(r),
             Observation::Neighbour {
@@ -185,6 +186,9 @@ impl Owner {
                 resolution,
             } => {
                 if self.is_target(address) {
+                    if !resolution.is_resolved() {
+                        log::debug!("neighbour of backend {address}: {resolution}");
+                    }
                     let now = Instant::now();
                     let link = self
                         .st

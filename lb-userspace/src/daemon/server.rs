@@ -196,18 +196,19 @@ async fn connection(
     access: &Access,
     owner: &mpsc::Sender<Command>,
 ) -> io::Result<()> {
-    let refusal = if slot.0.is_none() {
-        Some(format!(
-            "too many connections ({MAX_CONNECTIONS}); try again"
-        ))
-    } else {
-        peer_refusal(&stream, access)
-    };
-    let (read, mut write) = stream.into_split();
-    if let Some(why) = refusal {
+    if slot.0.is_none() {
+        let (_, mut write) = stream.into_split();
+        let why = format!("too many connections ({MAX_CONNECTIONS}); try again");
         return send(&mut write, &error(ErrorKind::Runtime, why)).await;
     }
+    let refusal = peer_refusal(&stream, access);
+    let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
+    if let Some(why) = refusal {
+        // Its request is read (bounded like any) so that it hears why, not a broken pipe.
+        let _ = read_line(&mut reader).await;
+        return send(&mut write, &error(ErrorKind::Runtime, why)).await;
+    }
     loop {
         let line = match read_line(&mut reader).await {
             Line::Request(line) => line,

@@ -75,9 +75,10 @@ pub fn spawn(pin_dir: PathBuf, now: Arc<Notify>, tx: UnboundedSender<Observation
             let took = started.elapsed();
             match scan {
                 Ok(Ok(counts)) => {
+                    // Stamped with the scan's start: a change after it may be missing.
                     let report = PinReport {
                         counts,
-                        taken: Instant::now(),
+                        taken: started,
                         cheap: took < CHEAP,
                     };
                     if tx.send(Observation::Pins(report)).is_err() {
