@@ -389,6 +389,7 @@ mod tests {
             assert_eq!(serde_json::to_value(&r).unwrap(), v);
         }
         assert_eq!(decode_request("\"status\"").unwrap(), Request::Status);
+        assert_eq!(decode_request("\"reload\"").unwrap(), Request::Reload);
         let e = decode_request(r#"{"edit":{"backend_add":{"service":"web","address":"x"}}}"#)
             .unwrap_err();
         assert!(e.starts_with("edit.backend_add.address: "), "{e}");

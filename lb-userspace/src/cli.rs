@@ -721,6 +721,10 @@ mod tests {
 
     #[test]
     fn good_command_lines_parse() {
+        assert!(matches!(
+            parse(&["reload"]).unwrap().command,
+            Command::Reload
+        ));
         let cli = parse(&[
             "--json",
             "--socket",

@@ -37,8 +37,8 @@ use crate::{
     model::{Desired, Service},
 };
 
-/// Whether a daemon setting can change while the daemon runs: `None` if it can (or did
-/// not change), else why not.
+/// The daemon settings that changed but cannot change while the daemon runs, each as
+/// `daemon.KEY: why` (empty: every change can be applied).
 pub fn refused(old: &DaemonConfig, new: &DaemonConfig) -> Vec<String> {
     let restart = "cannot change while the daemon runs (restart needed)";
     let mut out = Vec::new();
@@ -262,5 +262,97 @@ impl Owner {
         }
         info!("control socket: {}", access.describe());
         self.io.access.send_replace(access);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::{SocketGroup, XdpMode},
+        model::{Backend, Edit, Protocol},
+    };
+
+    fn daemon() -> DaemonConfig {
+        DaemonConfig::new(vec!["lo".into()])
+    }
+
+    #[test]
+    fn live_keys_apply_the_others_are_refused_by_name() {
+        let old = daemon();
+        let mut live = daemon();
+        live.interfaces.push("eth1".into());
+        live.metrics = None;
+        live.socket_group = Some(SocketGroup {
+            name: "adm".into(),
+            gid: 4,
+        });
+        assert_eq!(refused(&old, &live), Vec::<String>::new());
+        let mut dead = daemon();
+        dead.pin_dir = "/sys/fs/bpf/other".into();
+        dead.xdp_mode = XdpMode::Generic;
+        dead.socket = "/run/other.sock".into();
+        dead.affinity_capacity = 1024;
+        dead.state_file = "/tmp/s.json".into();
+        let keys: Vec<String> = refused(&old, &dead)
+            .iter()
+            .map(|r| r.split(':').next().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "daemon.pin_dir",
+                "daemon.xdp_mode",
+                "daemon.socket",
+                "daemon.affinity_capacity",
+                "daemon.state_file"
+            ]
+        );
+        // Another spelling of the same pin_dir is no change.
+        let mut same = daemon();
+        same.pin_dir = format!("{}/./", old.pin_dir.display()).into();
+        assert!(refused(&old, &same).is_empty());
+    }
+
+    fn web(backends: &[&str]) -> Service {
+        let mut s = Service::new("web", "203.0.113.10".parse().unwrap(), 80, Protocol::Tcp);
+        s.backends = backends
+            .iter()
+            .map(|a| Backend::new(a.parse().unwrap()))
+            .collect();
+        s
+    }
+
+    /// The runtime edits stay on top of the new config: a runtime-added backend is kept,
+    /// one the config now has anyway is not doubled, and the summary counts the rest.
+    #[test]
+    fn runtime_edits_are_replayed_on_the_new_config() {
+        let old = vec![web(&["192.0.2.1", "192.0.2.2"])];
+        let mut running = Desired::from_services(&old);
+        let add = Edit::BackendAdd {
+            service: "web".into(),
+            address: "192.0.2.9".parse().unwrap(),
+            weight: 3,
+        };
+        running.apply(&add).unwrap();
+        let edits = running.diff(&old);
+        let mut cfg = Config {
+            path: "/x.toml".into(),
+            daemon: daemon(),
+            services: vec![web(&["192.0.2.1", "192.0.2.3"])],
+        };
+        let (next, warnings) = replay(&cfg, &edits);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let s = next.service("web").unwrap();
+        let addrs: Vec<String> = s.backends.iter().map(|b| b.address.to_string()).collect();
+        assert_eq!(addrs, ["192.0.2.1", "192.0.2.3", "192.0.2.9"]);
+        assert_eq!(s.backend("192.0.2.9".parse().unwrap()).unwrap().weight, 3);
+        assert_eq!(
+            summary(&running, &next),
+            "services: 0 added, 0 removed, 1 changed; backends: 1 added, 1 removed"
+        );
+        cfg.services.clear();
+        let (next, warnings) = replay(&cfg, &edits);
+        assert!(next.is_empty() && warnings.len() == 1, "{warnings:?}");
     }
 }

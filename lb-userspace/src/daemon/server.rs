@@ -410,3 +410,68 @@ impl MetricsServer {
         }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_and_group_members_may_talk_strangers_not() {
+        let closed = Access::default();
+        assert_eq!(closed.mode(), 0o600);
+        assert!(closed.allows(0, 0, &[]));
+        assert!(!closed.allows(65534, 65534, &[65534]));
+        let group = Access {
+            group: Some(("xlbadmin".into(), 4242)),
+        };
+        assert_eq!(group.mode(), 0o660);
+        assert!(group.allows(1000, 4242, &[]), "primary group");
+        assert!(group.allows(1000, 100, &[27, 4242]), "supplementary group");
+        assert!(!group.allows(1000, 100, &[27]));
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        assert!(closed.allows(me, 12345, &[]), "the daemon's own user");
+    }
+
+    /// A line over the limit, a half-sent one, one that is not UTF-8, and two lines sent
+    /// at once, through a real socket pair.
+    #[tokio::test]
+    async fn request_lines_are_bounded() {
+        async fn lines(input: Vec<u8>) -> Vec<String> {
+            let (a, mut b) = UnixStream::pair().unwrap();
+            tokio::spawn(async move {
+                let _ = b.write_all(&input).await;
+                let _ = b.shutdown().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            });
+            let (read, _w) = a.into_split();
+            let mut reader = BufReader::new(read);
+            let mut out = Vec::new();
+            loop {
+                match read_line(&mut reader).await {
+                    Line::Request(l) => out.push(format!("ok {l}")),
+                    Line::Bad(why) => return [out, vec![format!("bad {why}")]].concat(),
+                    Line::Closed => return [out, vec!["closed".into()]].concat(),
+                }
+            }
+        }
+        assert_eq!(
+            lines(b"\"status\"\n\"stats\"\n".to_vec()).await,
+            ["ok \"status\"", "ok \"stats\"", "closed"]
+        );
+        assert_eq!(lines(b"{\"edit\":".to_vec()).await, ["closed"]);
+        assert_eq!(
+            lines(vec![0xff, 0xfe, b'\n']).await,
+            ["bad malformed request: not UTF-8"]
+        );
+        let mut big = vec![b'a'; MAX_LINE + 10];
+        big.push(b'\n');
+        assert_eq!(
+            lines(big).await,
+            [format!("bad request line over {MAX_LINE} bytes")]
+        );
+        let mut fits = vec![b'a'; MAX_LINE];
+        fits.push(b'\n');
+        assert_eq!(lines(fits).await.len(), 2, "exactly MAX_LINE is fine");
+    }
+}

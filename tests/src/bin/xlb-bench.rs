@@ -3,7 +3,7 @@
 
 use xlb_tests::{bench, require_root};
 
-const PARTS: &str = "micro, maglev, control, e2e, all";
+const PARTS: &str = "micro, maglev, control, e2e, idle, all";
 
 /// Runs a part on a thread of its own: parts move their thread into private network
 /// namespaces and pin it to a CPU, and the next part must start from neither.
@@ -21,6 +21,7 @@ fn main() {
         "maglev" => part(bench::maglev::run),
         "control" => part(bench::control::run),
         "e2e" => part(bench::e2e::run),
+        "idle" => part(bench::idle::run),
         "all" => {
             part(bench::micro::run);
             part(bench::maglev::run);
