@@ -130,10 +130,9 @@ pub enum Pending {
 pub struct Reload {
     /// The new config (daemon settings checked: every change in them can be applied).
     pub cfg: Config,
-    /// The new config's services with the runtime edits replayed on top.
+    /// The new config's services with the runtime edits replayed on top, as judged
+    /// (what the first look is for; applying replays the edits again, as they are then).
     pub desired: Desired,
-    /// Runtime edits that no longer fit the new config (skipped).
-    pub warnings: Vec<String>,
     /// A listener already bound for a changed `daemon.metrics` (`Some(None)`: disabled).
     pub metrics: Option<Option<tokio::net::TcpListener>>,
 }

@@ -8,6 +8,8 @@
 //!
 //! Every affinity-table write from userspace goes through here: `affinity flush`,
 //! failback rebalance (a reconcile plan step) and the removal of a service's entries.
+//! (A migration of the table at start-up runs in startup.rs, before this task and every
+//! other one exist: the one writer then too. The scan task only reads.)
 //!
 //! Owns: the daemon's state and the order of changes to it. Must not touch: sockets
 //! (server.rs), the rules of reconcile, what each background task does.

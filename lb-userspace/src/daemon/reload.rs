@@ -107,11 +107,10 @@ fn prepare(path: &Path, running: &Config, desired: &Desired) -> Result<Reload, S
         return Err(refusals.join("\n"));
     }
     let edits = desired.diff(&running.services);
-    let (desired, warnings) = replay(&cfg, &edits);
+    let (desired, _) = replay(&cfg, &edits);
     Ok(Reload {
         cfg,
         desired,
-        warnings,
         metrics: None,
     })
 }
@@ -166,7 +165,10 @@ impl Owner {
             Ok(a) => a,
             Err(e) => return runtime(format!("reload refused, nothing changed: {e:#}")),
         };
-        let applied = match self.st.ctl.set_desired(r.desired) {
+        // The edits as they are now (one may have come in during the first look).
+        let edits = before.diff(&self.st.cfg.services);
+        let (desired, warnings) = replay(&r.cfg, &edits);
+        let applied = match self.st.ctl.set_desired(desired) {
             Ok(a) => a,
             Err(e) => {
                 self.undo_attach(&attached);
@@ -188,7 +190,7 @@ impl Owner {
             warn!("reload: saving the state file failed: {e:#}");
         }
         self.after_change();
-        self.report(&what, &r.warnings)
+        self.report(&what, &warnings)
     }
 
     fn report(&self, what: &str, warnings: &[String]) -> Response {
