@@ -25,6 +25,19 @@ pub struct Probe {
     pub reason: String,
 }
 
+/// The reason of a probe the balancer could not send: no route to the backend.
+pub const NO_ROUTE: &str = "network unreachable";
+
+impl Probe {
+    /// The balancer itself could not send the probe (it has no route: its interface is
+    /// gone or being re-created). That says nothing about the backend, so the tracker
+    /// does not count it; a backend that stays unroutable is taken out by the neighbour
+    /// rule (no route for longer than its grace).
+    pub fn is_local_failure(&self) -> bool {
+        !self.ok && self.reason == NO_ROUTE
+    }
+}
+
 /// Runs one probe of `kind` against `addr` with `timeout` as a hard bound for the whole
 /// probe (connect + request + response). `HealthKind::None` is ok immediately.
 pub async fn probe(kind: &HealthKind, addr: IpAddr, timeout: Duration) -> Probe {
@@ -102,7 +115,7 @@ pub(super) fn io_reason(e: &io::Error) -> String {
     let s = match e.kind() {
         K::ConnectionRefused => "connection refused",
         K::HostUnreachable => "host unreachable",
-        K::NetworkUnreachable => "network unreachable",
+        K::NetworkUnreachable => NO_ROUTE,
         K::ConnectionReset => "connection reset",
         K::ConnectionAborted => "connection aborted",
         K::BrokenPipe => "connection closed by the backend (broken pipe)",

@@ -59,8 +59,13 @@ impl Tracker {
     /// Feeds a result; returns `Some(new_state)` when the state flips (healthy →
     /// unhealthy after `fall` failures in a row, unhealthy → healthy after `rise`
     /// successes in a row, unknown → either as [`Tracker::starting`] says).
+    /// A probe the balancer could not send ([`Probe::is_local_failure`]) is recorded as
+    /// the last result but counts neither way.
     pub fn record(&mut self, p: &Probe) -> Option<bool> {
         self.last = Some(p.clone());
+        if p.is_local_failure() {
+            return None;
+        }
         if p.ok {
             self.fails = 0;
             self.oks = self.oks.saturating_add(1);

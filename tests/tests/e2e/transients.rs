@@ -243,9 +243,11 @@ fn an_interface_deleted_and_recreated_while_running_is_followed() {
     });
     assert_nobody_moved(&lab, &pins, &first);
 
-    // Deleted for a while: status and metrics say so, and why.
+    // Deleted for a while (longer than the health checks' fall × interval, shorter than
+    // the neighbour grace): status and metrics say so, and why; nobody moves.
     assert_eq!(attached_metric(&lab, "eth0").as_deref(), Some("1"));
     lab.delete_lb_interface();
+    let deleted = Instant::now();
     wait_for("status says detached", Duration::from_secs(3), || {
         eth0(&lab)["attached"] == false
     });
@@ -256,6 +258,7 @@ fn an_interface_deleted_and_recreated_while_running_is_followed() {
     );
     assert!(lab.xlb(&["status"]).contains("DETACHED"));
     assert_eq!(attached_metric(&lab, "eth0").as_deref(), Some("0"));
+    std::thread::sleep(Duration::from_millis(800).saturating_sub(deleted.elapsed()));
     lab.create_lb_interface();
     let index = lab.lb_ifindex();
     wait_for("status says attached", Duration::from_secs(5), || {

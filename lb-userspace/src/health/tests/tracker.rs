@@ -352,3 +352,25 @@ fn transition_message_names_the_reason() {
         "service web: backend 127.0.0.1 is now unhealthy: timeout (3 failed checks in a row, last took 500ms)"
     );
 }
+
+/// A probe the balancer could not send (no route: its own interface is being
+/// re-created) counts neither way: it neither fails a backend nor breaks a streak.
+#[test]
+fn a_local_failure_counts_neither_way() {
+    let local = Probe {
+        ok: false,
+        latency: Duration::from_micros(30),
+        reason: "network unreachable".into(),
+    };
+    assert!(local.is_local_failure());
+    let mut t = Tracker::new(2, 2, true);
+    for _ in 0..5 {
+        assert_eq!(t.record(&local), None);
+    }
+    assert!(t.healthy());
+    assert_eq!(t.last(), Some(&local));
+    // A real failure, a local one, a real one: two in a row.
+    assert_eq!(t.record(&probe_result(false)), None);
+    assert_eq!(t.record(&local), None);
+    assert_eq!(t.record(&probe_result(false)), Some(false));
+}
