@@ -47,8 +47,11 @@ const OPEN_FILES: u64 = 8192;
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = config::load(config_path).map_err(|e| UsageError(e.to_string()))?;
     raise_open_files();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the owner handles one message at a time anyway, and every hop between
+    // tasks (socket → owner → socket, task → owner) stays on it instead of waking a
+    // parked thread on another CPU. Blocking work (affinity scans, metrics snapshots)
+    // runs on tokio's blocking pool.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;

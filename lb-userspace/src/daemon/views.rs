@@ -63,14 +63,26 @@ pub struct View<'a> {
     pub global: [u64; Stat::COUNT as usize],
 }
 
-/// Walks the state once; with `counters`, reads the data plane's counters too.
-pub fn walk(st: &State, counters: bool) -> Result<View<'_>, MapsError> {
+/// Which counters a walk reads from the data plane.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Counters {
+    /// None (status).
+    Nothing,
+    /// Per service and backend (rates).
+    Services,
+    /// Those and the global verdict counters (stats, metrics).
+    All,
+}
+
+/// Walks the state once, reading the data plane's `read` counters.
+pub fn walk(st: &State, read: Counters) -> Result<View<'_>, MapsError> {
     let dp = &st.ctl.dp;
-    let global = if counters {
+    let global = if read == Counters::All {
         dp.stats()?
     } else {
         [0; Stat::COUNT as usize]
     };
+    let counters = read != Counters::Nothing;
     let mut services = Vec::new();
     for svc in st.ctl.desired.services() {
         let Some(ps) = st.ctl.programmed.service(&svc.name) else {
@@ -134,7 +146,7 @@ fn backend_view<'a>(
 
 /// `xlb status` (no counters read).
 pub fn status(st: &State) -> api::Status {
-    let view = walk(st, false).expect("a walk without counters reads no map");
+    let view = walk(st, Counters::Nothing).expect("a walk without counters reads no map");
     api::Status {
         version: env!("CARGO_PKG_VERSION").into(),
         program_id: st.program_id,
@@ -206,7 +218,7 @@ fn backend_status(st: &State, ps: &ProgrammedService, v: &BackendView<'_>) -> ap
 
 /// `xlb stats`.
 pub fn stats(st: &State) -> Response {
-    let view = match walk(st, true) {
+    let view = match walk(st, Counters::All) {
         Ok(v) => v,
         Err(e) => return runtime(e),
     };
@@ -255,9 +267,9 @@ fn packets(global: &[u64; Stat::COUNT as usize]) -> Vec<(String, u64)> {
 /// A metrics scrape. A failed counter read is logged and the scrape carries zeros
 /// rather than failing (a scraper would lose every other value).
 pub fn snapshot(st: &State) -> metrics::Snapshot {
-    let view = walk(st, true).unwrap_or_else(|e| {
+    let view = walk(st, Counters::All).unwrap_or_else(|e| {
         log::debug!("metrics: reading counters: {e}");
-        walk(st, false).expect("a walk without counters reads no map")
+        walk(st, Counters::Nothing).expect("a walk without counters reads no map")
     });
     let services = view.services.iter().map(service_snapshot).collect();
     metrics::Snapshot {
@@ -314,7 +326,7 @@ fn service_snapshot(s: &ServiceView<'_>) -> metrics::ServiceSnapshot {
 
 /// (packets, bytes) per service and backend, for the rates.
 pub fn rate_samples(st: &State) -> HashMap<RateKey, (u64, u64)> {
-    let Ok(view) = walk(st, true) else {
+    let Ok(view) = walk(st, Counters::Services) else {
         return HashMap::new();
     };
     let mut out = HashMap::new();
