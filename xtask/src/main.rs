@@ -1,5 +1,5 @@
 //! `cargo xtask` for the xlb workspace: `setup`, `build`, `lint`, `test`, `fuzz`, `bench`,
-//! `demo`.
+//! `demo`, `package`.
 //!
 //! This crate must compile on a fresh machine, so it depends on nothing in the workspace
 //! and on no eBPF tooling; everything else is driven through `cargo`, `rustup`, `apt-get`.
@@ -8,6 +8,7 @@ mod build;
 mod demo;
 mod fuzz;
 mod lint;
+mod package;
 mod setup;
 mod test;
 mod util;
@@ -42,6 +43,9 @@ enum Command {
     Bench(bench::Args),
     /// The narrated lab demo (root): builds what it needs, cleans up after itself.
     Demo,
+    /// Build the Debian package target/debian/xlb_VERSION_ARCH.deb (binary, systemd unit,
+    /// example config, man pages, completions).
+    Package(package::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo => demo::run(),
+        Command::Package(args) => package::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -12,7 +12,7 @@ use toml::{
 };
 
 use super::{
-    Config, DaemonConfig, LocatedError, SocketGroup, default_state_file, locate::Doc,
+    Config, DaemonConfig, HostChecks, LocatedError, SocketGroup, default_state_file, locate::Doc,
     schema::RawDaemon,
 };
 use crate::model::{
@@ -22,8 +22,9 @@ use crate::model::{
     validate::{Errors, out_of_range, validate_service},
 };
 
-/// Every error of the text, or the config.
-pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<LocatedError>> {
+/// Every error of the text, or the config. `host` says whether the checks against this
+/// machine run (the last step, [`host_errors`]).
+pub fn parse(path: &Path, text: &str, host: HostChecks) -> Result<Config, Vec<LocatedError>> {
     let (table, syntax_errors) = DeTable::parse_recoverable(text);
     let doc = Doc {
         text,
@@ -34,6 +35,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<LocatedError>> {
     }
     let mut errors = Vec::new();
     let (raw_daemon, raw_services) = split_top(&doc, &mut errors);
+    if host == HostChecks::Run
+        && let Some(raw) = &raw_daemon
+    {
+        let found = host_errors(raw);
+        errors.extend(found.into_iter().map(|e| doc.field_error("daemon", e)));
+    }
     let daemon = raw_daemon.and_then(|raw| match daemon_from_raw(raw) {
         Ok(d) => Some(d),
         Err(fe) => {
@@ -136,16 +143,14 @@ fn daemon_from_raw(raw: RawDaemon) -> Result<DaemonConfig, Vec<FieldError>> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| default_state_file(&d.pin_dir));
     d.metrics = metrics(&mut e, raw.metrics);
-    d.socket_group =
-        raw.socket_group
-            .filter(|g| !g.is_empty())
-            .and_then(|name| match group_id(&name) {
-                Some(gid) => Some(SocketGroup { name, gid }),
-                None => {
-                    e.push("socket_group", format!("group {name:?} does not exist"));
-                    None
-                }
-            });
+    // Whether the group exists here is a host check (`host_errors`).
+    d.socket_group = raw
+        .socket_group
+        .filter(|g| !g.is_empty())
+        .map(|name| SocketGroup {
+            gid: group_id(&name),
+            name,
+        });
     if let Some(n) = raw.affinity_capacity {
         match u32::try_from(n) {
             Ok(n) if (1..=MAX_AFFINITY_CAPACITY).contains(&n) => d.affinity_capacity = n,
@@ -171,8 +176,6 @@ fn interfaces(e: &mut Errors, raw: Option<Vec<String>>, d: &mut DaemonConfig) {
                 let field = format!("interfaces[{i}]");
                 if !seen.insert(name) {
                     e.push(field, format!("interface {name:?} is listed twice"));
-                } else if !interface_exists(name) {
-                    e.push(field, format!("interface {name:?} does not exist"));
                 }
             }
             d.interfaces = list;
@@ -205,6 +208,36 @@ fn metrics(e: &mut Errors, raw: Option<String>) -> Option<SocketAddr> {
             }
         },
     }
+}
+
+/// The checks against this machine, the only ones `check-config --offline` skips: every
+/// interface (first mention of each) exists here. Everything else in the file is judged
+/// the same on any machine.
+fn host_errors(raw: &RawDaemon) -> Vec<FieldError> {
+    let mut seen = HashSet::new();
+    let mut errors: Vec<FieldError> = raw
+        .interfaces
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| seen.insert(*name) && !interface_exists(name))
+        .map(|(i, name)| {
+            FieldError::new(
+                format!("interfaces[{i}]"),
+                format!("interface {name:?} does not exist on this host"),
+            )
+        })
+        .collect();
+    if let Some(g) = raw.socket_group.as_deref().filter(|g| !g.is_empty())
+        && group_id(g).is_none()
+    {
+        errors.push(FieldError::new(
+            "socket_group",
+            format!("group {g:?} does not exist on this host"),
+        ));
+    }
+    errors
 }
 
 fn interface_exists(name: &str) -> bool {

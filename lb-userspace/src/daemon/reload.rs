@@ -287,7 +287,7 @@ mod tests {
         live.metrics = None;
         live.socket_group = Some(SocketGroup {
             name: "adm".into(),
-            gid: 4,
+            gid: Some(4),
         });
         assert_eq!(refused(&old, &live), Vec::<String>::new());
         let mut dead = daemon();

@@ -69,7 +69,10 @@ pub struct Access {
 impl Access {
     pub fn of(d: &DaemonConfig) -> Self {
         Self {
-            group: d.socket_group.as_ref().map(|g| (g.name.clone(), g.gid)),
+            group: d
+                .socket_group
+                .as_ref()
+                .and_then(|g| Some((g.name.clone(), g.gid?))),
         }
     }
 

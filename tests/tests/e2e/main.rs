@@ -9,3 +9,4 @@ mod dataplane;
 mod health;
 mod scenarios;
 mod transients;
+mod watch;
