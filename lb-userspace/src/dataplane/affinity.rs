@@ -465,6 +465,12 @@ impl PinCounter {
         }
     }
 
+    /// No pass is under way: the next [`PinCounter::step`] starts one (and reads the
+    /// services and backends it judges against).
+    pub fn at_pass_start(&self) -> bool {
+        self.cursor == 1
+    }
+
     /// Also removes entries expired for longer than `grace`.
     pub fn sweeping(mut self, grace: std::time::Duration) -> Self {
         self.sweep = Some(grace.as_nanos().min(u64::MAX as u128) as u64);

@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 pub mod e2e;
 pub mod flood;
+pub mod idle;
 pub mod maglev;
 pub mod micro;
 
