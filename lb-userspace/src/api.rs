@@ -1,5 +1,9 @@
-//! The control API: one JSON request per line on the daemon's Unix socket (mode 0600,
-//! root only), one JSON response per line back. There is no TCP control port.
+//! The control API: one JSON request per line on the daemon's Unix socket (root only, or
+//! root and `daemon.socket_group`; the daemon checks every peer), one JSON response per
+//! line back. There is no TCP control port.
+//!
+//! Owns: the wire types ([`Request`] = an [`Edit`] or a query; [`Response`] and the result
+//! shapes) and the client call. Must not touch: what a request does (the daemon's).
 //!
 //! The response shapes are what `--json` prints, so they are a stable contract: fields
 //! may be added, never renamed or removed without a format change.
@@ -14,49 +18,84 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ServiceConfig;
+use crate::model::Edit;
 
+/// One request. Externally tagged: `"status"`, `{"edit": {"backend_add": {...}}}`,
+/// `{"explain": {"service": "web", "client": "198.51.100.7", "port": 0}}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
+    /// A runtime change (the same value the state file stores).
+    Edit(Edit),
     Status,
     Stats,
-    BackendAdd {
-        service: String,
-        address: IpAddr,
-        weight: u32,
-    },
-    BackendRemove {
-        service: String,
-        address: IpAddr,
-    },
-    BackendDrain {
-        service: String,
-        address: IpAddr,
-    },
-    BackendUndrain {
-        service: String,
-        address: IpAddr,
-    },
-    ServiceAdd {
-        service: Box<ServiceConfig>,
-    },
-    ServiceRemove {
-        name: String,
-    },
     Explain {
         service: String,
         client: IpAddr,
+        #[serde(default)]
         port: u16,
     },
     AffinityList {
+        #[serde(default)]
         service: Option<String>,
         limit: usize,
     },
     AffinityFlush {
+        #[serde(default)]
         service: Option<String>,
     },
+    /// Re-read the config file; the runtime edits stay on top (`xlb reload`, SIGHUP).
+    Reload,
 }
+
+/// Decodes one request line. A rejection names the key path that is wrong
+/// (`edit.backend_add.weight: invalid type: ...`), so a bad client is told what to fix;
+/// a request without exactly one command (or an edit without exactly one kind) lists the
+/// accepted ones and the keys it found.
+pub fn decode_request(line: &str) -> Result<Request, String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("request: {e}"))?;
+    one_key(&v, "request", variants::<Request>)?;
+    if let Some(edit) = v.get("edit") {
+        one_key(edit, "edit", variants::<Edit>)?;
+    }
+    serde_path_to_error::deserialize(&v).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { "request".into() } else { path };
+        format!("{path}: {}", e.into_inner())
+    })
+}
+
+/// An externally tagged value is an object of one key (or a bare name).
+fn one_key(
+    v: &serde_json::Value,
+    what: &str,
+    choices: fn() -> Option<String>,
+) -> Result<(), String> {
+    match v {
+        serde_json::Value::Object(m) if m.len() != 1 => {
+            let found: Vec<String> = m.keys().map(|k| format!("`{k}`")).collect();
+            Err(format!(
+                "{what}: exactly one of {} expected, found {{{}}}",
+                choices().unwrap_or_default(),
+                found.join(", ")
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The variant names serde knows for `T` (from its own "unknown variant" message, so the
+/// names are not written twice).
+fn variants<T: serde::de::DeserializeOwned>() -> Option<String> {
+    let e = serde_json::from_str::<T>("\"?\"").err()?.to_string();
+    let list = e.split("expected one of ").nth(1)?;
+    Some(list.split(" at line").next().unwrap_or(list).to_string())
+}
+
+/// An error that is the caller's: bad arguments, a bad config or request. Exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Why a request failed: decides the CLI's exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,10 +151,25 @@ pub struct Status {
     pub program_id: u32,
     pub attach_mode: String,
     pub interfaces: Vec<String>,
+    /// Per configured interface: attached or not, and why not.
+    #[serde(default)]
+    pub attachments: Vec<InterfaceStatus>,
     /// Seconds since the pinned-client counts were taken (they come from a scan of the
     /// affinity table, repeated in the background).
     pub pinned_counts_age_s: f64,
     pub services: Vec<ServiceStatus>,
+}
+
+/// One configured XDP interface as the daemon sees it now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    /// The interface's index while it exists.
+    pub ifindex: Option<u32>,
+    /// The program is attached to it (through its pinned link).
+    pub attached: bool,
+    /// Why not attached (interface deleted, attach failed: the error).
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -150,7 +204,9 @@ pub struct BackendStatus {
     pub note: Option<String>,
     /// Share of the Maglev table (new clients), 0..1.
     pub table_share: f64,
-    /// Live affinity entries pointing to it.
+    /// Live affinity entries pointing to it: entries that decide their client's next
+    /// packet. 0 while the backend is unusable (unhealthy or unresolved): its entries are
+    /// stale then — each client moves on its next packet — and are not counted.
     pub pinned_clients: u64,
     /// Health state changes seen by this daemon.
     pub health_transitions: u64,
@@ -277,4 +333,149 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     let mut answer = String::new();
     reader.read_line(&mut answer).map_err(io)?;
     Ok(serde_json::from_str(&answer)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::model::{Protocol, Service};
+
+    fn samples() -> Vec<Value> {
+        let mut svc = Service::new("web", "203.0.113.10".parse().unwrap(), 80, Protocol::Tcp);
+        svc.backends
+            .push(crate::model::Backend::new("192.0.2.1".parse().unwrap()));
+        let reqs = [
+            Request::Edit(Edit::BackendAdd {
+                service: "web".into(),
+                address: "192.0.2.11".parse().unwrap(),
+                weight: 2,
+            }),
+            Request::Edit(Edit::BackendWeight {
+                service: "web".into(),
+                address: "192.0.2.11".parse().unwrap(),
+                weight: 2,
+            }),
+            Request::Edit(Edit::BackendDrain {
+                service: "web".into(),
+                address: "192.0.2.11".parse().unwrap(),
+            }),
+            Request::Edit(Edit::ServiceRemove { name: "web".into() }),
+            Request::Edit(Edit::ServiceAdd {
+                service: Box::new(svc),
+            }),
+            Request::Explain {
+                service: "web".into(),
+                client: "198.51.100.7".parse().unwrap(),
+                port: 9,
+            },
+            Request::AffinityList {
+                service: Some("web".into()),
+                limit: 10,
+            },
+            Request::AffinityFlush { service: None },
+        ];
+        reqs.iter()
+            .map(|r| serde_json::to_value(r).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn requests_round_trip_through_the_decoder() {
+        for v in samples() {
+            let r = decode_request(&v.to_string()).unwrap();
+            assert_eq!(serde_json::to_value(&r).unwrap(), v);
+        }
+        assert_eq!(decode_request("\"status\"").unwrap(), Request::Status);
+        assert_eq!(decode_request("\"reload\"").unwrap(), Request::Reload);
+        let e = decode_request(r#"{"edit":{"backend_add":{"service":"web","address":"x"}}}"#)
+            .unwrap_err();
+        assert!(e.starts_with("edit.backend_add.address: "), "{e}");
+        let e = decode_request(
+            r#"{"edit":{"backend_add":{"service":"web","address":"10.0.0.1","wieght":1}}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("wieght"), "{e}");
+        let e = decode_request(r#"{"edit":{"service_add":{"service":{"name":"w","vip":"10.0.0.1","port":80,"protocol":"tcp","prefix_v4":33}}}}"#)
+            .unwrap_err();
+        assert!(e.contains("prefix_v4: 33 is out of range"), "{e}");
+    }
+
+    /// Every object key path inside `v`, with the key's name.
+    fn key_paths(v: &Value, here: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        if let Value::Object(m) = v {
+            for (k, child) in m {
+                here.push(k.clone());
+                out.push(here.clone());
+                key_paths(child, here, out);
+                here.pop();
+            }
+        }
+    }
+
+    fn at<'a>(v: &'a mut Value, path: &[String]) -> &'a mut Value {
+        path.iter().fold(v, |v, k| &mut v[k.as_str()])
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|n| json!(n)),
+            ".{0,10}".prop_map(Value::String),
+            prop::sample::select(vec!["10.0.0.1", "fe80::1", "tcp", "0s", "web"])
+                .prop_map(|s| Value::String(s.into())),
+        ];
+        leaf.prop_recursive(2, 6, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{1,5}", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_line_is_decoded_or_rejected_without_panic(line in ".{0,300}") {
+            let _ = decode_request(&line);
+        }
+
+        /// A request with one key changed (a random value, removed, or a stranger added
+        /// beside it): decoded, or rejected naming that key.
+        #[test]
+        fn a_rejected_request_names_its_key(
+            which in any::<prop::sample::Index>(),
+            key in any::<prop::sample::Index>(),
+            how in 0..3u8,
+            value in json_value(),
+        ) {
+            let samples = samples();
+            let mut v = samples[which.index(samples.len())].clone();
+            let mut paths = Vec::new();
+            key_paths(&v, &mut Vec::new(), &mut paths);
+            prop_assume!(!paths.is_empty());
+            let path = paths[key.index(paths.len())].clone();
+            let name = path.last().unwrap().clone();
+            let (parent, last) = path.split_at(path.len() - 1);
+            let expect = match how {
+                0 => { *at(&mut v, &path) = value; name }
+                1 => { at(&mut v, parent).as_object_mut().unwrap().remove(&last[0]); name }
+                _ => {
+                    at(&mut v, parent).as_object_mut().unwrap().insert("zzstranger".into(), value);
+                    "zzstranger".into()
+                }
+            };
+            if let Err(e) = decode_request(&v.to_string()) {
+                let related = expect == "interval" && e.contains("timeout")
+                    || expect == "port" && e.contains("health.port");
+                prop_assert!(e.contains(&expect) || related, "{} not named in {:?} for {}", expect, e, v);
+            }
+        }
+    }
 }

@@ -7,38 +7,36 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     process::ExitCode,
-    time::Duration,
 };
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::{
     api::{self, ErrorKind, Request, Response},
-    config::{self, HealthConfig, HealthKind, ServiceConfig},
-    model::{Affinity, BackendSpec, Failback, NoBackend, Protocol, ServiceSpec},
-    pin,
+    config,
+    dataplane::{lock::PinDirLock, pin},
+    model::{
+        Affinity, Backend, CheckKind, Edit, Failback, HealthCheck, HealthInitial, HealthKind,
+        HumanDuration, NoBackend, Protocol, Service,
+        limits::*,
+        parse_address, parse_status_range, status_range,
+        validate::{FieldError, validate_service},
+    },
+    state,
 };
 
-/// An error that is the caller's: bad arguments or config. Exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use crate::api::UsageError;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "xlb",
     version,
-    about = "xlb: an XDP layer-4 load balancer with IP affinity",
+    about = "An XDP layer-4 load balancer with IP affinity",
     after_help = "Exit codes: 0 ok, 1 runtime error, 2 usage or config error."
 )]
 pub struct Cli {
     /// Control socket of the daemon.
-    #[arg(
-        long,
-        global = true,
-        env = "XLB_SOCKET",
-        default_value = "/run/xlb/xlb.sock"
-    )]
+    #[arg(long, global = true, env = "XLB_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Print JSON (a documented, stable shape) instead of tables.
     #[arg(long, global = true)]
@@ -51,16 +49,24 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Run {
+        /// The config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Validate a config file and print the effective config (defaults filled in).
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        /// The config file (TOML).
+        file: PathBuf,
+        /// Skip the checks against this host (that the interfaces exist): for a config
+        /// written for another machine.
+        #[arg(long)]
+        offline: bool,
+    },
     /// Services and backends: health, draining, weight, table share, pinned clients.
-    Status,
+    Status(StatusArgs),
     /// Packets, bytes and rates per service and backend; drops by reason.
     Stats,
-    /// Add, remove, drain or undrain a backend.
+    /// Add, remove, drain, undrain or re-weight a backend.
     #[command(subcommand)]
     Backend(BackendCmd),
     /// Add or remove a service.
@@ -77,90 +83,120 @@ pub enum Command {
     /// List or flush affinity entries.
     #[command(subcommand)]
     Affinity(AffinityCmd),
-    /// Detach the program and remove all pinned state (no daemon needed).
+    /// Re-read the daemon's config file (runtime changes stay on top); a config with
+    /// errors is refused whole (exit 2) and nothing changes. SIGHUP does the same.
+    Reload,
+    /// Detach the program, remove all pinned state and move the runtime changes aside
+    /// (no daemon needed).
     Down {
+        /// Take pin_dir, socket and state_file from this config file.
         #[arg(long, conflicts_with = "pin_dir")]
         config: Option<PathBuf>,
+        /// The pinned state to remove (default /sys/fs/bpf/xlb).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+    },
+    /// Print a shell completion script (bash, zsh or fish) on standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the pid of the daemon that holds the pin directory (exit 1 when none does);
+    /// for scripts, e.g. the package's prerm.
+    DaemonPid {
+        /// Take pin_dir from this config file (the interfaces need not exist here).
+        #[arg(long, conflicts_with = "pin_dir")]
+        config: Option<PathBuf>,
+        /// The pin directory (default /sys/fs/bpf/xlb).
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
 }
 
-#[derive(Subcommand, Debug)]
+/// `xlb status` flags.
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// Refresh every --interval: in place on a terminal, as appended snapshots (JSON
+    /// lines with --json) otherwise. Ctrl-C ends it.
+    #[arg(long)]
+    pub watch: bool,
+    /// Time between refreshes with --watch (at least 100ms).
+    #[arg(long, requires = "watch", default_value = "2s", value_parser = parse_interval)]
+    pub interval: HumanDuration,
+    /// With --watch: stop after this many snapshots.
+    #[arg(long, requires = "watch")]
+    pub count: Option<u64>,
+}
+
+/// A `--watch` interval: a duration of at least 100 ms (the daemon answers each one).
+fn parse_interval(s: &str) -> Result<HumanDuration, String> {
+    let d: HumanDuration = s.parse()?;
+    if d.0 < std::time::Duration::from_millis(100) {
+        return Err(format!("{s:?} is shorter than 100ms"));
+    }
+    Ok(d)
+}
+
+#[derive(Subcommand, Debug, Clone)]
 pub enum BackendCmd {
+    /// Add a backend to a service (it takes new clients once healthy).
     Add {
         service: String,
+        #[arg(value_parser = parse_address)]
         address: IpAddr,
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = DEFAULT_WEIGHT)]
         weight: u32,
     },
+    /// Remove a backend; its pinned clients are re-decided on their next packet.
     Remove {
         service: String,
+        #[arg(value_parser = parse_address)]
         address: IpAddr,
     },
     /// Keep its pinned clients, send it no new ones.
     Drain {
         service: String,
+        #[arg(value_parser = parse_address)]
         address: IpAddr,
     },
+    /// Let a drained backend take new clients again.
     Undrain {
         service: String,
+        #[arg(value_parser = parse_address)]
         address: IpAddr,
+    },
+    /// Change a backend's weight (its share of new clients); pinned clients stay.
+    Weight {
+        service: String,
+        #[arg(value_parser = parse_address)]
+        address: IpAddr,
+        weight: u32,
     },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ServiceCmd {
-    Add(ServiceAddArgs),
+    /// Add a service with the fields of a [[service]] table.
+    Add(Box<ServiceAddArgs>),
+    /// Remove a service and its affinity entries.
     Remove { name: String },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum AffinityCmd {
+    /// The affinity entries (pinned clients), most recently active first.
     List {
         service: Option<String>,
         /// At most this many entries (most recently active first).
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    Flush {
-        service: Option<String>,
-    },
+    /// Remove the affinity entries (every service's, or SERVICE's): clients are
+    /// re-decided on their next packet.
+    Flush { service: Option<String> },
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ProtocolArg {
-    Tcp,
-    Udp,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum AffinityArg {
-    SourceIp,
-    None,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum FailbackArg {
-    Sticky,
-    Rebalance,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum NoBackendArg {
-    Drop,
-    Pass,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum HealthArg {
-    Tcp,
-    Http,
-    Udp,
-    None,
-}
-
-/// The fields of a `[[service]]` table, as flags.
+/// The fields of a `[[service]]` table, as flags; every default is the model's.
 #[derive(Args, Debug)]
 pub struct ServiceAddArgs {
     pub name: String,
@@ -169,157 +205,141 @@ pub struct ServiceAddArgs {
     /// 0 = every port.
     #[arg(long)]
     pub port: u16,
-    #[arg(long, value_enum, default_value = "tcp")]
-    pub protocol: ProtocolArg,
-    #[arg(long, value_enum, default_value = "source-ip")]
-    pub affinity: AffinityArg,
-    #[arg(long, default_value_t = 32)]
+    /// (The config file requires it; the CLI assumes tcp.)
+    #[arg(long, value_enum, default_value_t = Protocol::Tcp)]
+    pub protocol: Protocol,
+    #[arg(long, value_enum, default_value_t = DEFAULT_AFFINITY)]
+    pub affinity: Affinity,
+    #[arg(long, default_value_t = DEFAULT_PREFIX_V4)]
     pub prefix_v4: u8,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = DEFAULT_PREFIX_V6)]
     pub prefix_v6: u8,
-    #[arg(long, default_value = "10m", value_parser = parse_duration_arg)]
-    pub idle_timeout: Duration,
-    #[arg(long, value_enum, default_value = "sticky")]
-    pub failback: FailbackArg,
-    #[arg(long, default_value_t = 65537)]
+    #[arg(long, default_value_t = HumanDuration(DEFAULT_IDLE_TIMEOUT))]
+    pub idle_timeout: HumanDuration,
+    #[arg(long, value_enum, default_value_t = DEFAULT_FAILBACK)]
+    pub failback: Failback,
+    #[arg(long, default_value_t = DEFAULT_TABLE_SIZE)]
     pub table_size: u32,
-    #[arg(long, value_enum, default_value = "drop")]
-    pub no_backend: NoBackendArg,
-    #[arg(long, value_enum, default_value = "tcp")]
-    pub health: HealthArg,
+    #[arg(long, value_enum, default_value_t = DEFAULT_NO_BACKEND)]
+    pub no_backend: NoBackend,
+    #[arg(long, value_enum, default_value_t = DEFAULT_CHECK_KIND)]
+    pub health: CheckKind,
     /// Port for health checks (default: the service port).
     #[arg(long)]
     pub health_port: Option<u16>,
-    #[arg(long, default_value = "/")]
+    #[arg(long, default_value = DEFAULT_HTTP_PATH)]
     pub health_path: String,
     /// HTTP status or range that counts as healthy, e.g. 200 or 200-399.
-    #[arg(long, default_value = "200-399", value_parser = parse_status_range)]
-    pub health_expect: (u16, u16),
-    /// UDP payload to send.
+    #[arg(long, default_value_t = status_range(DEFAULT_HTTP_EXPECT.0, DEFAULT_HTTP_EXPECT.1),
+          value_parser = parse_status_arg)]
+    pub health_expect: String,
+    /// UDP payload to send (default: an empty datagram; any reply passes).
     #[arg(long)]
     pub health_send: Option<String>,
-    #[arg(long, default_value = "1s", value_parser = parse_duration_arg)]
-    pub health_interval: Duration,
-    #[arg(long, default_value = "500ms", value_parser = parse_duration_arg)]
-    pub health_timeout: Duration,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = HumanDuration(DEFAULT_HEALTH_INTERVAL))]
+    pub health_interval: HumanDuration,
+    #[arg(long, default_value_t = HumanDuration(DEFAULT_HEALTH_TIMEOUT))]
+    pub health_timeout: HumanDuration,
+    #[arg(long, default_value_t = DEFAULT_RISE)]
     pub health_rise: u32,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = DEFAULT_FALL)]
     pub health_fall: u32,
+    /// A new backend's state before its first check: out of the table until it passes
+    /// one ("checked"), or in at once ("up").
+    #[arg(long, value_enum, default_value_t = DEFAULT_HEALTH_INITIAL)]
+    pub health_initial: HealthInitial,
     /// A backend: ADDRESS or ADDRESS=WEIGHT; repeat for each.
     #[arg(long = "backend", value_parser = parse_backend_arg)]
-    pub backends: Vec<BackendSpec>,
+    pub backends: Vec<Backend>,
 }
 
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    config::parse_duration(s)
-}
-
-fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
-    let parse = |x: &str| -> Result<u16, String> {
-        x.trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|v| (100..=599).contains(v))
-            .ok_or_else(|| format!("{x:?} is not an HTTP status (100..=599)"))
-    };
-    match s.split_once('-') {
-        Some((a, b)) => {
-            let (a, b) = (parse(a)?, parse(b)?);
-            if a > b {
-                return Err(format!("range {s} is empty"));
-            }
-            Ok((a, b))
-        }
-        None => {
-            let v = parse(s)?;
-            Ok((v, v))
-        }
+/// A status or range within the HTTP status codes (the validator checks it again).
+fn parse_status_arg(s: &str) -> Result<String, String> {
+    let (lo, hi) = parse_status_range(s)
+        .ok_or_else(|| format!("{s:?} is not an HTTP status (200) or range (200-399)"))?;
+    let status = HTTP_STATUS_MIN..=HTTP_STATUS_MAX;
+    if !status.contains(&lo) || !status.contains(&hi) || lo > hi {
+        return Err(format!(
+            "{s:?} is not a status or status range within {HTTP_STATUS_MIN}..={HTTP_STATUS_MAX}"
+        ));
     }
+    Ok(s.to_string())
 }
 
-fn parse_backend_arg(s: &str) -> Result<BackendSpec, String> {
+fn parse_backend_arg(s: &str) -> Result<Backend, String> {
     let (addr, weight) = match s.split_once('=') {
         Some((a, w)) => (
             a,
             w.parse::<u32>()
                 .map_err(|_| format!("weight {w:?} is not a number"))?,
         ),
-        None => (s, 1),
+        None => (s, DEFAULT_WEIGHT),
     };
-    let address = addr
-        .parse::<IpAddr>()
-        .map_err(|_| format!("{addr:?} is not an IP address"))?;
-    Ok(BackendSpec { address, weight })
+    Ok(Backend::with_weight(parse_address(addr)?, weight))
 }
 
 impl ServiceAddArgs {
-    pub fn to_config(&self) -> ServiceConfig {
-        let mut spec = ServiceSpec::new(
-            &self.name,
-            self.vip,
-            self.port,
-            match self.protocol {
-                ProtocolArg::Tcp => Protocol::Tcp,
-                ProtocolArg::Udp => Protocol::Udp,
-            },
-        );
-        spec.affinity = match self.affinity {
-            AffinityArg::SourceIp => Affinity::SourceIp,
-            AffinityArg::None => Affinity::None,
-        };
-        spec.prefix_v4 = self.prefix_v4;
-        spec.prefix_v6 = self.prefix_v6;
-        spec.idle_timeout = self.idle_timeout;
-        spec.failback = match self.failback {
-            FailbackArg::Sticky => Failback::Sticky,
-            FailbackArg::Rebalance => Failback::Rebalance,
-        };
-        spec.table_size = self.table_size;
-        spec.no_backend = match self.no_backend {
-            NoBackendArg::Drop => NoBackend::Drop,
-            NoBackendArg::Pass => NoBackend::Pass,
-        };
+    pub fn to_service(&self) -> Service {
+        let mut s = Service::new(&self.name, self.vip, self.port, self.protocol);
+        s.affinity = self.affinity;
+        s.prefix_v4 = self.prefix_v4;
+        s.prefix_v6 = self.prefix_v6;
+        s.idle_timeout = self.idle_timeout.0;
+        s.failback = self.failback;
+        s.table_size = self.table_size;
+        s.no_backend = self.no_backend;
         let port = self.health_port.unwrap_or(self.port);
-        let kind = match self.health {
-            HealthArg::None => HealthKind::None,
-            HealthArg::Tcp => HealthKind::Tcp { port },
-            HealthArg::Http => HealthKind::Http {
-                port,
-                path: self.health_path.clone(),
-                host: None,
-                expect_status: self.health_expect,
-                body: None,
-            },
-            HealthArg::Udp => HealthKind::Udp {
-                port,
-                send: self.health_send.clone().unwrap_or_default(),
-                expect: None,
-            },
-        };
-        ServiceConfig {
-            spec,
-            forwarding: config::Forwarding::Dsr,
-            health: HealthConfig {
-                kind,
-                interval: self.health_interval,
-                timeout: self.health_timeout,
-                rise: self.health_rise,
-                fall: self.health_fall,
-            },
-            backends: self.backends.clone(),
+        let mut kind = HealthKind::default_for(self.health, port);
+        match &mut kind {
+            HealthKind::Http {
+                path,
+                expect_status,
+                ..
+            } => {
+                path.clone_from(&self.health_path);
+                if let Some(range) = parse_status_range(&self.health_expect) {
+                    *expect_status = range;
+                }
+            }
+            HealthKind::Udp { send, .. } => {
+                if let Some(payload) = &self.health_send {
+                    send.clone_from(payload);
+                }
+            }
+            HealthKind::None | HealthKind::Tcp { .. } => {}
         }
+        s.health = HealthCheck {
+            kind,
+            interval: self.health_interval.0,
+            timeout: self.health_timeout.0,
+            rise: self.health_rise,
+            fall: self.health_fall,
+            initial: self.health_initial,
+        };
+        s.backends = self.backends.clone();
+        s
     }
 }
 
-/// The flag that sets a config field, for error messages of `service add`.
+/// The flag that sets a field, for error messages of `service add` and `backend`.
 pub fn flag_for_field(field: &str) -> String {
     if let Some(rest) = field.strip_prefix("backend[") {
         let idx = rest.split(']').next().unwrap_or("?");
         return format!("--backend (#{idx})");
     }
-    let f = field.replace(['.', '_'], "-");
-    format!("--{f}")
+    match field {
+        "address" | "service" | "name" => field.to_uppercase(),
+        _ => format!("--{}", field.replace(['.', '_'], "-")),
+    }
+}
+
+/// Field errors as lines naming the flags.
+fn usage_of(errors: &[FieldError]) -> UsageError {
+    let msg: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{}: {}", flag_for_field(&e.field), e.message))
+        .collect();
+    UsageError(msg.join("\n"))
 }
 
 pub fn main() -> ExitCode {
@@ -361,61 +381,48 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             crate::daemon::run(config)?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::CheckConfig { file } => {
-            let cfg = config::load(file).map_err(|e| UsageError(e.to_string()))?;
+        Command::CheckConfig { file, offline } => {
+            let host = if *offline {
+                config::HostChecks::Skip
+            } else {
+                config::HostChecks::Run
+            };
+            let cfg = config::load_with(file, host).map_err(|e| UsageError(e.to_string()))?;
             print!("{}", cfg.to_toml());
-            eprintln!("{}: ok", file.display());
+            let skipped = if *offline {
+                " (host checks skipped)"
+            } else {
+                ""
+            };
+            eprintln!("{}: ok{skipped}", file.display());
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Completions { shell } => {
+            crate::docs::completions(*shell, &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::DaemonPid { config, pin_dir } => {
+            return daemon_pid(config.as_deref(), pin_dir.as_deref());
+        }
+        Command::Status(args) if args.watch => return watch_status(cli, args),
         Command::Down { config, pin_dir } => {
             return down(cli, config.as_deref(), pin_dir.as_deref());
         }
-        Command::Status => Request::Status,
+        Command::Status(_) => Request::Status,
+        Command::Reload => Request::Reload,
         Command::Stats => Request::Stats,
-        Command::Backend(b) => match b {
-            BackendCmd::Add {
-                service,
-                address,
-                weight,
-            } => {
-                if *weight == 0 || *weight > 65535 {
-                    return Err(UsageError(format!("--weight {weight}: must be 1..=65535")).into());
-                }
-                Request::BackendAdd {
-                    service: service.clone(),
-                    address: *address,
-                    weight: *weight,
-                }
-            }
-            BackendCmd::Remove { service, address } => Request::BackendRemove {
-                service: service.clone(),
-                address: *address,
-            },
-            BackendCmd::Drain { service, address } => Request::BackendDrain {
-                service: service.clone(),
-                address: *address,
-            },
-            BackendCmd::Undrain { service, address } => Request::BackendUndrain {
-                service: service.clone(),
-                address: *address,
-            },
-        },
-        Command::Service(s) => match s {
-            ServiceCmd::Add(args) => {
-                let svc = args.to_config();
-                if let Err(errors) = config::validate_service(&svc, &[]) {
-                    let msg: Vec<String> = errors
-                        .iter()
-                        .map(|e| format!("{}: {}", flag_for_field(&e.field), e.message))
-                        .collect();
-                    return Err(UsageError(msg.join("\n")).into());
-                }
-                Request::ServiceAdd {
-                    service: Box::new(svc),
-                }
-            }
-            ServiceCmd::Remove { name } => Request::ServiceRemove { name: name.clone() },
-        },
+        Command::Backend(b) => Request::Edit(backend_edit(b)),
+        Command::Service(ServiceCmd::Add(args)) => {
+            let service = args.to_service();
+            // The daemon validates again against the services it runs.
+            validate_service(&service, &[]).map_err(|e| usage_of(&e))?;
+            Request::Edit(Edit::ServiceAdd {
+                service: Box::new(service),
+            })
+        }
+        Command::Service(ServiceCmd::Remove { name }) => {
+            Request::Edit(Edit::ServiceRemove { name: name.clone() })
+        }
         Command::Explain {
             service,
             client,
@@ -425,18 +432,48 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             client: *client,
             port: *port,
         },
-        Command::Affinity(a) => match a {
-            AffinityCmd::List { service, limit } => Request::AffinityList {
-                service: service.clone(),
-                limit: *limit,
-            },
-            AffinityCmd::Flush { service } => Request::AffinityFlush {
-                service: service.clone(),
-            },
+        Command::Affinity(AffinityCmd::List { service, limit }) => Request::AffinityList {
+            service: service.clone(),
+            limit: *limit,
+        },
+        Command::Affinity(AffinityCmd::Flush { service }) => Request::AffinityFlush {
+            service: service.clone(),
         },
     };
+    if let Request::Edit(edit) = &request {
+        let errors = edit.check_fields();
+        if !errors.is_empty() {
+            return Err(usage_of(&errors).into());
+        }
+    }
     let response = api::call(&cli.socket, &request)?;
     finish(cli, &request, response)
+}
+
+fn backend_edit(b: &BackendCmd) -> Edit {
+    match b.clone() {
+        BackendCmd::Add {
+            service,
+            address,
+            weight,
+        } => Edit::BackendAdd {
+            service,
+            address,
+            weight,
+        },
+        BackendCmd::Remove { service, address } => Edit::BackendRemove { service, address },
+        BackendCmd::Drain { service, address } => Edit::BackendDrain { service, address },
+        BackendCmd::Undrain { service, address } => Edit::BackendUndrain { service, address },
+        BackendCmd::Weight {
+            service,
+            address,
+            weight,
+        } => Edit::BackendWeight {
+            service,
+            address,
+            weight,
+        },
+    }
 }
 
 fn finish(cli: &Cli, request: &Request, response: Response) -> anyhow::Result<ExitCode> {
@@ -450,9 +487,24 @@ fn finish(cli: &Cli, request: &Request, response: Response) -> anyhow::Result<Ex
             ErrorKind::Runtime => Err(anyhow::anyhow!(e.message)),
         };
     }
+    print!("{}", render_response(cli, request, response)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text of a successful response: pretty JSON with `--json`, else the human form.
+/// Errors: a response whose shape does not match the request.
+fn render_response(cli: &Cli, request: &Request, response: Response) -> anyhow::Result<String> {
+    if !response.ok {
+        let message = response
+            .error
+            .map_or_else(|| "the daemon gave no reason".to_string(), |e| e.message);
+        anyhow::bail!(message);
+    }
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&response.result)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&response.result)?
+        ));
     }
     let text = match request {
         Request::Status => crate::display::status(&serde_json::from_value(response.result)?),
@@ -465,19 +517,83 @@ fn finish(cli: &Cli, request: &Request, response: Response) -> anyhow::Result<Ex
         }
         _ => crate::display::done(&response.result),
     };
-    print!("{text}");
-    Ok(ExitCode::SUCCESS)
+    Ok(text)
 }
 
+/// `xlb status --watch`: [`crate::watch`] around the same request and rendering as
+/// `xlb status`.
+fn watch_status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    let mode = match (std::io::stdout().is_terminal(), cli.json) {
+        (true, _) => crate::watch::Mode::Terminal,
+        (false, false) => crate::watch::Mode::Plain,
+        (false, true) => crate::watch::Mode::JsonLines,
+    };
+    let snapshot = || {
+        let response = api::call(&cli.socket, &Request::Status).map_err(|e| e.to_string())?;
+        let text = render_response(cli, &Request::Status, response).map_err(|e| render(&e))?;
+        Ok(text)
+    };
+    let mut out = std::io::stdout().lock();
+    match crate::watch::run(
+        mode,
+        args.interval.0,
+        args.count,
+        snapshot,
+        crate::watch::time_of_day,
+        &mut out,
+    ) {
+        // A reader that went away (`| head`) ends the watch normally.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        r => r.map(|()| ExitCode::SUCCESS).map_err(Into::into),
+    }
+}
+
+/// `xlb daemon-pid`: the holder of the pin-directory lock, from /proc/locks (the lock is
+/// not taken, so a starting daemon is never disturbed). Exit 1 when no daemon holds it.
+fn daemon_pid(config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let pin_dir = match (config, pin_dir) {
+        (Some(c), _) => {
+            config::load_with(c, config::HostChecks::Skip)
+                .map_err(|e| UsageError(e.to_string()))?
+                .daemon
+                .pin_dir
+        }
+        (None, p) => p.map_or_else(|| PathBuf::from(DEFAULT_PIN_DIR), Path::to_path_buf),
+    };
+    match crate::dataplane::lock::holder_of(&pin_dir) {
+        Ok(Some(pid)) => {
+            println!("{pid}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(None) => Err(anyhow::anyhow!(
+            "no xlb daemon holds {} (not running)",
+            pin_dir.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(anyhow::anyhow!(
+            "no xlb daemon holds {}: it does not exist (not running)",
+            pin_dir.display()
+        )),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("inspecting {}", pin_dir.display()))),
+    }
+}
+
+/// `xlb down`: detach, remove the pinned maps, and move the deployment's runtime changes
+/// aside (its state file to FILE.bak), so the next fresh start begins from the config.
 fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let (pin_dir, socket) = match (config, pin_dir) {
+    let (pin_dir, socket, state_file) = match (config, pin_dir) {
         (Some(c), _) => {
             let cfg = config::load(c).map_err(|e| UsageError(e.to_string()))?;
-            (cfg.daemon.pin_dir, cfg.daemon.socket)
+            (cfg.daemon.pin_dir, cfg.daemon.socket, cfg.daemon.state_file)
         }
-        (None, Some(p)) => (p.to_path_buf(), cli.socket.clone()),
-        (None, None) => (PathBuf::from("/sys/fs/bpf/xlb"), cli.socket.clone()),
+        (None, p) => {
+            let p = p.map_or_else(|| PathBuf::from(DEFAULT_PIN_DIR), Path::to_path_buf);
+            let state_file = config::default_state_file(&p);
+            (p, cli.socket.clone(), state_file)
+        }
     };
+    // The pin-dir lock first: a running daemon holds it, and nothing is touched then.
+    let _lock = PinDirLock::acquire_existing(&pin_dir)?;
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         anyhow::bail!(
             "an xlb daemon is running on {}: stop it first (it would recreate the pinned state)",
@@ -485,12 +601,21 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
         );
     }
     let removed = pin::down(&pin_dir)?;
+    let moved = state::move_aside(&state_file, &pin_dir)?;
     if cli.json {
+        let moved_to = match &moved {
+            state::MovedAside::To(p) => Some(p.clone()),
+            _ => None,
+        };
         println!(
             "{}",
-            serde_json::json!({ "pin_dir": pin_dir, "detached": removed.links, "maps_removed": removed.maps })
+            serde_json::json!({ "pin_dir": pin_dir, "detached": removed.links,
+                "maps_removed": removed.maps, "unknown_maps_removed": removed.unknown,
+                "state_file_moved_to": moved_to })
         );
-    } else if removed.links.is_empty() && removed.maps.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if removed.links.is_empty() && removed.maps.is_empty() && removed.unknown.is_empty() {
         println!("nothing pinned under {}", pin_dir.display());
     } else {
         for l in &removed.links {
@@ -501,6 +626,26 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
             removed.maps.len(),
             pin_dir.display()
         );
+        if !removed.unknown.is_empty() {
+            println!(
+                "also removed {} maps this xlb does not know (a newer release's): {}",
+                removed.unknown.len(),
+                removed.unknown.join(", ")
+            );
+        }
+    }
+    match moved {
+        state::MovedAside::Nothing => {}
+        state::MovedAside::To(bak) => println!(
+            "moved the runtime changes in {} to {} (the next start begins from the config)",
+            state_file.display(),
+            bak.display()
+        ),
+        state::MovedAside::NotOurs { owner } => println!(
+            "left {} alone: it belongs to the deployment with pin_dir {}",
+            state_file.display(),
+            owner.display()
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -721,6 +866,10 @@ mod tests {
 
     #[test]
     fn good_command_lines_parse() {
+        assert!(matches!(
+            parse(&["reload"]).unwrap().command,
+            Command::Reload
+        ));
         let cli = parse(&[
             "--json",
             "--socket",
@@ -773,12 +922,12 @@ mod tests {
         let Command::Service(ServiceCmd::Add(args)) = cli.command else {
             panic!("not service add");
         };
-        let svc = args.to_config();
-        assert_eq!(svc.spec.port, 0);
+        let svc = args.to_service();
+        assert_eq!(svc.port, 0);
         assert_eq!(svc.backends.len(), 2);
         assert_eq!(svc.backends[0].weight, 2);
         assert!(matches!(svc.health.kind, HealthKind::Udp { port: 53, .. }));
-        assert!(config::validate_service(&svc, &[]).is_ok());
+        assert!(validate_service(&svc, &[]).is_ok());
     }
 
     #[test]
@@ -800,7 +949,7 @@ mod tests {
         let Command::Service(ServiceCmd::Add(args)) = cli.command else {
             panic!("not service add");
         };
-        let errors = config::validate_service(&args.to_config(), &[]).expect_err("invalid");
+        let errors = validate_service(&args.to_service(), &[]).expect_err("invalid");
         let flags: Vec<String> = errors.iter().map(|e| flag_for_field(&e.field)).collect();
         assert!(flags.iter().any(|f| f == "--table-size"), "{flags:?}");
         assert!(

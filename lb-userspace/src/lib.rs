@@ -1,16 +1,16 @@
-//! The xlb controller: the maps API, the balancer model that keeps the maps in step with
-//! services and backends, pinned state, config, control API, daemon and CLI.
+//! The xlb controller: the domain model, config, state file, reconcile (intent → map
+//! writes), the maps API and pinned state, the control API, daemon and CLI.
 pub mod api;
-pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dataplane;
 pub mod display;
+pub mod docs;
 pub mod health;
-pub mod loader;
-pub mod maps;
 pub mod metrics;
 pub mod model;
 pub mod neigh;
-pub mod pin;
+pub mod reconcile;
 pub mod state;
+pub mod watch;

@@ -1,16 +1,28 @@
-//! Runtime changes made through the CLI, persisted so that they survive a restart.
+//! The state file: runtime changes made through the CLI, persisted so that they survive a
+//! restart, and bound to the deployment (`pin_dir`) that made them.
 //!
 //! The config file is the base; the state file holds the *difference* between it and
-//! what the daemon runs now, as a list of operations. On start the operations are applied
-//! to the config. Storing a difference (not a copy) means an operator who edits the config
-//! for one service does not lose runtime changes made to another, and the file stays small.
+//! what the daemon runs, as a list of [`Edit`]s in normal form (`Desired::diff`). On start
+//! the edits are replayed on the config. Storing a difference (not a copy) means an
+//! operator who edits the config for one service does not lose runtime changes made to
+//! another, and the file stays small.
+//!
+//! Format 2: `{"format": 2, "pin_dir": "/sys/fs/bpf/xlb", "edits": [...]}`. A daemon
+//! whose `pin_dir` differs refuses the file (it neither applies nor overwrites it).
+//! Format 1 (`{"format": 1, "ops": [...]}`, before state files were bound) is still read
+//! and converted, losing nothing; it names no `pin_dir`, so it is accepted by the daemon
+//! configured to read it: explicitly through `state_file`, or at the default path, which
+//! only the default `pin_dir` derives (other deployments derive their own path and never
+//! see it). The next save rewrites it as format 2.
 //!
 //! Writes are atomic: a temporary file in the same directory is written, flushed to disk,
 //! and renamed over the old one (then the directory is synced), so a crash at any point
 //! leaves either the old or the new file, never half of one.
+//!
+//! Owns: the file's format, binding and atomic writes. Must not touch: what the edits
+//! mean (`model::Desired`).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     fs,
     io::{self, Write as _},
     net::IpAddr,
@@ -19,22 +31,36 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::ServiceConfig, model::BackendSpec};
+use crate::{
+    config::normalize,
+    model::{Desired, Edit, Service},
+};
 
-/// Version of the state file format.
-const FORMAT: u32 = 1;
+/// The format this build writes.
+pub const FORMAT: u32 = 2;
 
+/// What the file holds (format 2).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    pub format: u32,
+    /// The deployment the edits belong to.
+    pub pin_dir: PathBuf,
+    pub edits: Vec<Edit>,
+}
+
+/// A format-1 operation (read only, for upgrades).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
-    /// A service that is not in the config (or replaces the config's version).
+pub enum LegacyOp {
+    /// Added a service, or replaced the config's service of that name.
     ServiceAdd {
-        service: Box<ServiceConfig>,
+        service: Box<Service>,
     },
-    /// A config service removed at runtime.
     ServiceRemove {
         name: String,
     },
+    /// Added a backend, or changed its weight when it existed.
     BackendAdd {
         service: String,
         address: IpAddr,
@@ -50,10 +76,109 @@ pub enum Op {
     },
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RuntimeState {
+#[derive(Deserialize)]
+struct LegacyFile {
+    ops: Vec<LegacyOp>,
+}
+
+/// What was found on disk.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Saved {
+    /// The format read (0: no file).
     pub format: u32,
-    pub ops: Vec<Op>,
+    pub content: Content,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Content {
+    Edits(Vec<Edit>),
+    Legacy(Vec<LegacyOp>),
+}
+
+impl Default for Content {
+    fn default() -> Self {
+        Content::Edits(Vec::new())
+    }
+}
+
+impl Saved {
+    /// How many changes the file holds.
+    pub fn len(&self) -> usize {
+        match &self.content {
+            Content::Edits(e) => e.len(),
+            Content::Legacy(o) => o.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The config's services with the saved changes applied; warnings for those skipped.
+    pub fn replay(&self, base: &[Service]) -> (Desired, Vec<String>) {
+        match &self.content {
+            Content::Edits(edits) => Desired::replay(base, edits),
+            Content::Legacy(ops) => {
+                // Each op is converted on the state its predecessors made (format 1's
+                // semantics: a service add replaced, a backend add re-weighted).
+                let mut d = Desired::from_services(base);
+                let mut warnings = Vec::new();
+                for op in ops {
+                    for edit in op.to_edits(&d) {
+                        d.apply_or_warn(&edit, &mut warnings);
+                    }
+                }
+                (d, warnings)
+            }
+        }
+    }
+}
+
+impl LegacyOp {
+    /// The format-2 edits that do what this op did on `now`.
+    fn to_edits(&self, now: &Desired) -> Vec<Edit> {
+        match self.clone() {
+            LegacyOp::ServiceAdd { service } => {
+                let mut out = Vec::new();
+                if now.service(&service.name).is_some() {
+                    out.push(Edit::ServiceRemove {
+                        name: service.name.clone(),
+                    });
+                }
+                out.push(Edit::ServiceAdd { service });
+                out
+            }
+            LegacyOp::ServiceRemove { name } => vec![Edit::ServiceRemove { name }],
+            LegacyOp::BackendAdd {
+                service,
+                address,
+                weight,
+            } => {
+                let exists = now
+                    .service(&service)
+                    .is_some_and(|s| s.backend(address).is_some());
+                vec![if exists {
+                    Edit::BackendWeight {
+                        service,
+                        address,
+                        weight,
+                    }
+                } else {
+                    Edit::BackendAdd {
+                        service,
+                        address,
+                        weight,
+                    }
+                }]
+            }
+            LegacyOp::BackendRemove { service, address } => {
+                vec![Edit::BackendRemove { service, address }]
+            }
+            LegacyOp::Drain { service, address } => {
+                vec![Edit::BackendDrain { service, address }]
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +197,18 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("state file {path} has format {found}, this xlb reads format {FORMAT}")]
+    #[error("state file {path} has format {found}, this xlb reads formats 1 and {FORMAT}")]
     Format { path: PathBuf, found: u32 },
+    #[error(
+        "state file {path} belongs to the deployment with pin_dir {owner}, not to this one \
+         (pin_dir {pin_dir}); it is neither applied nor overwritten. Set daemon.state_file to \
+         another path for this deployment (or remove the line to use its own default)"
+    )]
+    OtherDeployment {
+        path: PathBuf,
+        owner: PathBuf,
+        pin_dir: PathBuf,
+    },
     #[error("writing state file {path}: {source}")]
     Write {
         path: PathBuf,
@@ -82,25 +217,11 @@ pub enum StateError {
     },
 }
 
-/// What the daemon runs: services with their drained backends.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Desired {
-    pub services: Vec<ServiceConfig>,
-    /// (service, backend) pairs that are draining.
-    pub drained: BTreeSet<(String, IpAddr)>,
-}
-
-impl Desired {
-    pub fn is_drained(&self, service: &str, address: IpAddr) -> bool {
-        self.drained.contains(&(service.to_string(), address))
-    }
-}
-
-/// Loads the state file; a missing file is an empty state.
-pub fn load(path: &Path) -> Result<RuntimeState, StateError> {
+/// Loads the state file of the deployment `pin_dir`; a missing file is an empty state.
+pub fn load(path: &Path, pin_dir: &Path) -> Result<Saved, StateError> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(RuntimeState::default()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Saved::default()),
         Err(source) => {
             return Err(StateError::Read {
                 path: path.to_path_buf(),
@@ -108,21 +229,53 @@ pub fn load(path: &Path) -> Result<RuntimeState, StateError> {
             });
         }
     };
-    let state: RuntimeState = serde_json::from_str(&text).map_err(|source| StateError::Parse {
+    let parse_err = |source| StateError::Parse {
         path: path.to_path_buf(),
         source,
-    })?;
-    if state.format != FORMAT {
-        return Err(StateError::Format {
-            path: path.to_path_buf(),
-            found: state.format,
-        });
+    };
+    #[derive(Deserialize)]
+    struct Head {
+        format: u32,
     }
-    Ok(state)
+    let head: Head = serde_json::from_str(&text).map_err(parse_err)?;
+    match head.format {
+        1 => {
+            let legacy: LegacyFile = serde_json::from_str(&text).map_err(parse_err)?;
+            Ok(Saved {
+                format: 1,
+                content: Content::Legacy(legacy.ops),
+            })
+        }
+        FORMAT => {
+            let file: StateFile = serde_json::from_str(&text).map_err(parse_err)?;
+            check_owner(path, &file.pin_dir, pin_dir)?;
+            Ok(Saved {
+                format: FORMAT,
+                content: Content::Edits(file.edits),
+            })
+        }
+        found => Err(StateError::Format {
+            path: path.to_path_buf(),
+            found,
+        }),
+    }
 }
 
-/// Writes the state file atomically (write, fsync, rename, fsync the directory).
-pub fn save(path: &Path, state: &RuntimeState) -> Result<(), StateError> {
+/// The file at `path` may be used by the deployment `pin_dir`.
+fn check_owner(path: &Path, owner: &Path, pin_dir: &Path) -> Result<(), StateError> {
+    if normalize(owner) == normalize(pin_dir) {
+        return Ok(());
+    }
+    Err(StateError::OtherDeployment {
+        path: path.to_path_buf(),
+        owner: owner.to_path_buf(),
+        pin_dir: pin_dir.to_path_buf(),
+    })
+}
+
+/// Writes the edits of deployment `pin_dir` atomically (write, fsync, rename, fsync the
+/// directory).
+pub fn save(path: &Path, pin_dir: &Path, edits: &[Edit]) -> Result<(), StateError> {
     let err = |source| StateError::Write {
         path: path.to_path_buf(),
         source,
@@ -133,9 +286,12 @@ pub fn save(path: &Path, state: &RuntimeState) -> Result<(), StateError> {
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
     ));
-    let mut state = state.clone();
-    state.format = FORMAT;
-    let text = serde_json::to_string_pretty(&state).expect("state serializes");
+    let file = StateFile {
+        format: FORMAT,
+        pin_dir: pin_dir.to_path_buf(),
+        edits: edits.to_vec(),
+    };
+    let text = serde_json::to_string_pretty(&file).expect("state serializes");
     {
         let mut f = fs::File::create(&tmp).map_err(err)?;
         f.write_all(text.as_bytes()).map_err(err)?;
@@ -149,254 +305,37 @@ pub fn save(path: &Path, state: &RuntimeState) -> Result<(), StateError> {
     Ok(())
 }
 
-/// Applies `ops` to the config's services. Operations that no longer fit (the config
-/// changed under them) are skipped and described in the returned warnings.
-pub fn apply(base: &[ServiceConfig], ops: &[Op]) -> (Desired, Vec<String>) {
-    let mut services: BTreeMap<String, ServiceConfig> = base
-        .iter()
-        .map(|s| (s.spec.name.clone(), s.clone()))
-        .collect();
-    let mut drained = BTreeSet::new();
-    let mut warnings = Vec::new();
-    for op in ops {
-        match op {
-            Op::ServiceAdd { service } => {
-                drained.retain(|(s, _): &(String, IpAddr)| *s != service.spec.name);
-                services.insert(service.spec.name.clone(), (**service).clone());
-            }
-            Op::ServiceRemove { name } => {
-                if services.remove(name).is_none() {
-                    warnings.push(format!(
-                        "runtime removal of service {name:?}: not in the config any more"
-                    ));
-                }
-                drained.retain(|(s, _)| s != name);
-            }
-            Op::BackendAdd {
-                service,
-                address,
-                weight,
-            } => match services.get_mut(service) {
-                Some(s) if s.backends.iter().all(|b| b.address != *address) => {
-                    s.backends.push(BackendSpec {
-                        address: *address,
-                        weight: *weight,
-                    });
-                }
-                Some(s) => {
-                    if let Some(b) = s.backends.iter_mut().find(|b| b.address == *address) {
-                        b.weight = *weight;
-                    }
-                }
-                None => warnings.push(format!(
-                    "runtime backend {address} of service {service:?}: the service does not exist"
-                )),
-            },
-            Op::BackendRemove { service, address } => {
-                match services.get_mut(service) {
-                    Some(s) if s.backends.iter().any(|b| b.address == *address) => {
-                        s.backends.retain(|b| b.address != *address);
-                    }
-                    _ => warnings.push(format!(
-                        "runtime removal of backend {address} of service {service:?}: not in the config any more"
-                    )),
-                }
-                drained.remove(&(service.clone(), *address));
-            }
-            Op::Drain { service, address } => {
-                if services
-                    .get(service)
-                    .is_some_and(|s| s.backends.iter().any(|b| b.address == *address))
-                {
-                    drained.insert((service.clone(), *address));
-                } else {
-                    warnings.push(format!(
-                        "runtime drain of backend {address} of service {service:?}: no such backend"
-                    ));
-                }
-            }
-        }
-    }
-    (
-        Desired {
-            services: services.into_values().collect(),
-            drained,
-        },
-        warnings,
-    )
+/// What [`move_aside`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MovedAside {
+    /// There was no state file.
+    Nothing,
+    /// Moved to this path (replacing an older one there).
+    To(PathBuf),
+    /// The file belongs to another deployment: left where it is.
+    NotOurs { owner: PathBuf },
 }
 
-/// The operations that turn the config's services into `now`: what the state file stores.
-pub fn diff(base: &[ServiceConfig], now: &Desired) -> RuntimeState {
-    let mut ops = Vec::new();
-    let base_map: BTreeMap<&str, &ServiceConfig> =
-        base.iter().map(|s| (s.spec.name.as_str(), s)).collect();
-    let now_map: BTreeMap<&str, &ServiceConfig> = now
-        .services
-        .iter()
-        .map(|s| (s.spec.name.as_str(), s))
-        .collect();
-    for (name, _) in base_map.iter().filter(|(n, _)| !now_map.contains_key(*n)) {
-        ops.push(Op::ServiceRemove {
-            name: (*name).to_string(),
-        });
-    }
-    for (name, svc) in &now_map {
-        match base_map.get(name) {
-            // Same service settings: express the change as backend operations.
-            Some(b)
-                if b.spec == svc.spec
-                    && b.health == svc.health
-                    && b.forwarding == svc.forwarding =>
-            {
-                for old in &b.backends {
-                    match svc.backends.iter().find(|n| n.address == old.address) {
-                        None => ops.push(Op::BackendRemove {
-                            service: (*name).to_string(),
-                            address: old.address,
-                        }),
-                        Some(n) if n.weight != old.weight => ops.push(Op::BackendAdd {
-                            service: (*name).to_string(),
-                            address: n.address,
-                            weight: n.weight,
-                        }),
-                        Some(_) => {}
-                    }
-                }
-                for n in svc
-                    .backends
-                    .iter()
-                    .filter(|n| b.backends.iter().all(|o| o.address != n.address))
-                {
-                    ops.push(Op::BackendAdd {
-                        service: (*name).to_string(),
-                        address: n.address,
-                        weight: n.weight,
-                    });
-                }
-            }
-            Some(_) | None => ops.push(Op::ServiceAdd {
-                service: Box::new((*svc).clone()),
-            }),
+/// `xlb down`: moves the deployment's state file to `FILE.bak`, so the next fresh start
+/// begins from the config alone (the runtime changes stay readable there).
+pub fn move_aside(path: &Path, pin_dir: &Path) -> Result<MovedAside, StateError> {
+    match load(path, pin_dir) {
+        Ok(s) if s.format == 0 => return Ok(MovedAside::Nothing),
+        Err(StateError::OtherDeployment { owner, .. }) => {
+            return Ok(MovedAside::NotOurs { owner });
         }
+        // Unreadable or ours: move it out of the way either way.
+        Ok(_) | Err(_) => {}
     }
-    for (service, address) in &now.drained {
-        ops.push(Op::Drain {
-            service: service.clone(),
-            address: *address,
-        });
-    }
-    RuntimeState {
-        format: FORMAT,
-        ops,
-    }
+    let mut bak = path.as_os_str().to_owned();
+    bak.push(".bak");
+    let bak = PathBuf::from(bak);
+    fs::rename(path, &bak).map_err(|source| StateError::Write {
+        path: bak.clone(),
+        source,
+    })?;
+    Ok(MovedAside::To(bak))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Protocol, ServiceSpec};
-
-    fn svc(name: &str, vip: &str, backends: &[&str]) -> ServiceConfig {
-        let mut s = ServiceConfig::new(ServiceSpec::new(
-            name,
-            vip.parse().unwrap(),
-            80,
-            Protocol::Tcp,
-        ));
-        s.backends = backends
-            .iter()
-            .map(|a| BackendSpec {
-                address: a.parse().unwrap(),
-                weight: 1,
-            })
-            .collect();
-        s
-    }
-
-    fn base() -> Vec<ServiceConfig> {
-        vec![
-            svc("a", "10.0.0.1", &["10.1.0.1", "10.1.0.2"]),
-            svc("b", "10.0.0.2", &["10.1.0.3"]),
-        ]
-    }
-
-    /// Whatever runtime changes are made, storing their difference and applying it to the
-    /// config gives back exactly what the daemon ran.
-    #[test]
-    fn diff_then_apply_round_trips() {
-        let base = base();
-        let (mut now, w) = apply(&base, &[]);
-        assert!(w.is_empty());
-        now.services[0].backends.push(BackendSpec {
-            address: "10.1.0.9".parse().unwrap(),
-            weight: 3,
-        });
-        now.services[0]
-            .backends
-            .retain(|b| b.address.to_string() != "10.1.0.1");
-        now.services.retain(|s| s.spec.name != "b");
-        now.services.push(svc("c", "10.0.0.3", &["10.1.0.4"]));
-        now.drained
-            .insert(("a".into(), "10.1.0.2".parse().unwrap()));
-        let state = diff(&base, &now);
-        let (again, w) = apply(&base, &state.ops);
-        assert!(w.is_empty(), "{w:?}");
-        assert_eq!(again, now);
-        // Nothing changed: nothing stored.
-        let (same, _) = apply(&base, &[]);
-        assert!(diff(&base, &same).ops.is_empty());
-    }
-
-    #[test]
-    fn ops_that_no_longer_fit_the_config_are_skipped_with_a_warning() {
-        let ops = vec![
-            Op::BackendRemove {
-                service: "a".into(),
-                address: "10.9.9.9".parse().unwrap(),
-            },
-            Op::Drain {
-                service: "zz".into(),
-                address: "10.1.0.1".parse().unwrap(),
-            },
-            Op::ServiceRemove {
-                name: "gone".into(),
-            },
-        ];
-        let (d, w) = apply(&base(), &ops);
-        assert_eq!(w.len(), 3, "{w:?}");
-        assert!(w[0].contains("10.9.9.9") && w[1].contains("zz") && w[2].contains("gone"));
-        assert_eq!(d.services, base());
-    }
-
-    #[test]
-    fn save_is_atomic_and_load_reports_bad_files() {
-        let dir = std::env::temp_dir().join(format!("xlb-state-test-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let path = dir.join("sub/state.json");
-        assert_eq!(
-            load(&path).unwrap(),
-            RuntimeState::default(),
-            "missing = empty"
-        );
-        let (mut now, _) = apply(&base(), &[]);
-        now.drained
-            .insert(("a".into(), "10.1.0.1".parse().unwrap()));
-        let state = diff(&base(), &now);
-        save(&path, &state).unwrap();
-        assert_eq!(load(&path).unwrap(), state);
-        // No temporary file is left next to it.
-        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
-        fs::write(&path, "{ half").unwrap();
-        let e = load(&path).unwrap_err().to_string();
-        assert!(e.contains("state.json") && e.contains("not valid"), "{e}");
-        fs::write(&path, r#"{"format": 7, "ops": []}"#).unwrap();
-        let e = load(&path).unwrap_err().to_string();
-        assert!(e.contains("format 7"), "{e}");
-        fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

@@ -1,5 +1,8 @@
 //! The real xlb object, loaded into the kernel (not attached), driven through
-//! BPF_PROG_TEST_RUN, with its maps filled by the controller's own `Balancer`.
+//! BPF_PROG_TEST_RUN, with its maps filled by the controller's own map API: a
+//! [`Controller`] (edits → reconcile → apply), exactly as the daemon fills them.
+
+use std::net::IpAddr;
 
 use aya::{
     Ebpf,
@@ -7,14 +10,19 @@ use aya::{
 };
 use lb_common::PROG_XLB;
 use xlb::{
-    balancer::Balancer,
-    loader::{LoadOptions, load_xlb},
-    maps::DataPlane,
+    dataplane::loader::{LoadOptions, load_xlb},
+    dataplane::maps::DataPlane,
+    model::{Backend, Desired, Edit, Health, Link, Service},
+    reconcile::{
+        control::{ControlError, Controller},
+        inspect::Explanation,
+    },
 };
 
 pub struct XlbHarness {
     pub ebpf: Ebpf,
-    pub lb: Balancer,
+    /// The daemon's controller on these maps.
+    pub ctl: Controller,
 }
 
 /// What one run of the program did.
@@ -47,10 +55,131 @@ impl XlbHarness {
                 .unwrap_or_else(|e| panic!("verifier rejected xlb: {e:#?}"));
         }
         let dp = DataPlane::from_ebpf(&mut ebpf).unwrap_or_else(|e| panic!("maps: {e}"));
-        Self {
-            ebpf,
-            lb: Balancer::new(dp),
+        let ctl = Controller::new(dp).unwrap_or_else(|e| panic!("adopting fresh maps: {e}"));
+        Self { ebpf, ctl }
+    }
+
+    /// Restarts the controller on the same maps, as a daemon restart does: the maps are
+    /// adopted (ids, generations, tables; the durable generation counter), observations
+    /// start empty, and `desired` is reconciled with every backend seen up over `links`.
+    pub fn restart(&mut self, desired: Desired, links: &[(IpAddr, Option<Link>)]) {
+        self.ctl.restart().unwrap_or_else(|e| panic!("adopt: {e}"));
+        for s in desired.services() {
+            for b in &s.backends {
+                let link = links
+                    .iter()
+                    .find(|(a, _)| *a == b.address)
+                    .and_then(|(_, l)| *l);
+                self.observe(&s.name, b.address, link);
+            }
         }
+        self.ctl
+            .set_desired(desired)
+            .unwrap_or_else(|e| panic!("reconcile after restart: {e}"));
+    }
+
+    pub fn dp(&self) -> &DataPlane {
+        &self.ctl.dp
+    }
+
+    pub fn dp_mut(&mut self) -> &mut DataPlane {
+        &mut self.ctl.dp
+    }
+
+    /// The daemon's view of one backend: reached over `link` (None: unresolved) and seen
+    /// healthy by a first passed check, as the daemon's first look records it.
+    fn observe(&mut self, service: &str, address: IpAddr, link: Option<Link>) {
+        self.ctl.observed.links.insert(address, link);
+        self.ctl
+            .observed
+            .health
+            .insert((service.to_string(), address), Health::Up);
+    }
+
+    /// Adds `svc` with these backends (weight 1 unless `svc` lists them already).
+    pub fn add_service(
+        &mut self,
+        mut svc: Service,
+        backends: &[(IpAddr, Option<Link>)],
+    ) -> Result<(), ControlError> {
+        for (a, link) in backends {
+            self.observe(&svc.name, *a, *link);
+            if svc.backend(*a).is_none() {
+                svc.backends.push(Backend::new(*a));
+            }
+        }
+        self.edit(Edit::ServiceAdd {
+            service: Box::new(svc),
+        })
+    }
+
+    pub fn add_backend(
+        &mut self,
+        service: &str,
+        address: IpAddr,
+        weight: u32,
+        link: Option<Link>,
+    ) -> Result<(), ControlError> {
+        self.observe(service, address, link);
+        self.edit(Edit::BackendAdd {
+            service: service.into(),
+            address,
+            weight,
+        })
+    }
+
+    pub fn remove_backend(&mut self, service: &str, address: IpAddr) -> Result<(), ControlError> {
+        self.edit(Edit::BackendRemove {
+            service: service.into(),
+            address,
+        })
+    }
+
+    pub fn set_draining(
+        &mut self,
+        service: &str,
+        address: IpAddr,
+        on: bool,
+    ) -> Result<(), ControlError> {
+        let (service, address) = (service.to_string(), address);
+        self.edit(if on {
+            Edit::BackendDrain { service, address }
+        } else {
+            Edit::BackendUndrain { service, address }
+        })
+    }
+
+    /// A health check's verdict, as the daemon records it.
+    pub fn set_healthy(
+        &mut self,
+        service: &str,
+        address: IpAddr,
+        up: bool,
+    ) -> Result<(), ControlError> {
+        let h = if up { Health::Up } else { Health::Down };
+        self.ctl
+            .observe(|o| {
+                o.health.insert((service.to_string(), address), h);
+            })
+            .map(drop)
+    }
+
+    pub fn edit(&mut self, edit: Edit) -> Result<(), ControlError> {
+        self.ctl.edit(&edit).map(drop)
+    }
+
+    pub fn explain(
+        &self,
+        service: &str,
+        client: IpAddr,
+        port: u16,
+    ) -> Result<Explanation, ControlError> {
+        self.ctl.explain(service, client, port)
+    }
+
+    /// The id of a programmed service (index of its counters).
+    pub fn service_id(&self, name: &str) -> u32 {
+        self.ctl.service(name).unwrap_or_else(|e| panic!("{e}")).id
     }
 
     pub fn prog(&self) -> &Xdp {
@@ -79,23 +208,41 @@ pub fn run_repeat(prog: &Xdp, input: &[u8], ingress_ifindex: u32, repeat: u32) -
 }
 
 fn test_run(prog: &Xdp, input: &[u8], ingress_ifindex: u32, repeat: u32) -> RunResult {
+    try_test_run(prog, input, ingress_ifindex, repeat)
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e:#?}"))
+}
+
+/// One BPF_PROG_TEST_RUN of `prog` on `input`, returning the kernel's refusal (e.g. a
+/// frame shorter than an Ethernet header) instead of panicking.
+pub fn try_run_once(
+    prog: &Xdp,
+    input: &[u8],
+    ingress_ifindex: u32,
+) -> Result<RunResult, aya::programs::ProgramError> {
+    try_test_run(prog, input, ingress_ifindex, 1)
+}
+
+fn try_test_run(
+    prog: &Xdp,
+    input: &[u8],
+    ingress_ifindex: u32,
+    repeat: u32,
+) -> Result<RunResult, aya::programs::ProgramError> {
     let mut out = vec![0u8; input.len() + 256];
     let ctx = xdp_md(input.len(), ingress_ifindex);
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e:#?}"));
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(input),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        repeat,
+        ..Default::default()
+    })?;
     out.truncate(r.data_size_out as usize);
-    RunResult {
+    Ok(RunResult {
         action: r.return_value,
         output: out,
         duration_ns: r.duration.as_nanos(),
-    }
+    })
 }
 
 /// XDP verdicts (`enum xdp_action` of the kernel UAPI).

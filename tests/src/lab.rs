@@ -31,7 +31,7 @@ use aya::{
     programs::{Xdp, xdp::XdpMode},
 };
 use socket2::{Domain, Socket, Type};
-use xlb::loader::BENCH_OBJECT;
+use xlb::dataplane::loader::BENCH_OBJECT;
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
@@ -227,12 +227,20 @@ pub struct Lab {
     pub socket: PathBuf,
     pub config: PathBuf,
     pub metrics: SocketAddr,
+    /// `daemon.affinity_capacity` written by [`Lab::write_config`].
+    pub affinity_capacity: u32,
     pub client: Netns,
     pub lb: Netns,
     pub backends: Vec<BackendHost>,
     pub clients4: Vec<IpAddr>,
     pub clients6: Vec<IpAddr>,
     pub daemon: Option<Proc>,
+    /// The `xlb` binary the daemon and the CLI calls run ([`xlb_bin`] unless a test points
+    /// it elsewhere, e.g. at a package's /usr/bin/xlb).
+    pub xlb: PathBuf,
+    /// A command the daemon is started through, e.g. `setpriv` with a capability set
+    /// (empty: started directly).
+    pub daemon_wrapper: Vec<String>,
     /// XDP_PASS on the switch side of the balancer's veth: a frame sent with XDP_TX into a
     /// veth is only delivered when the peer has an XDP program (DESIGN.md).
     _peer_xdp: Option<Ebpf>,
@@ -262,6 +270,7 @@ impl Lab {
             socket: dir.join("xlb.sock"),
             config: dir.join("xlb.toml"),
             metrics: "127.0.0.1:9310".parse().expect("addr"),
+            affinity_capacity: 65536,
             dir,
             client,
             lb,
@@ -269,6 +278,8 @@ impl Lab {
             clients4: Vec::new(),
             clients6: Vec::new(),
             daemon: None,
+            xlb: xlb_bin(),
+            daemon_wrapper: Vec::new(),
             _peer_xdp: None,
             sw,
             id,
@@ -445,13 +456,95 @@ impl Lab {
     /// Writes the daemon config with these `[[service]]` blocks.
     pub fn write_config(&self, services: &str) {
         let text = format!(
-            "[daemon]\ninterfaces = [\"eth0\"]\nxdp_mode = \"native\"\npin_dir = \"{}\"\nsocket = \"{}\"\nmetrics = \"{}\"\nstate_file = \"{}\"\naffinity_capacity = 65536\n\n{services}",
+            "[daemon]\ninterfaces = [\"eth0\"]\nxdp_mode = \"native\"\npin_dir = \"{}\"\nsocket = \"{}\"\nmetrics = \"{}\"\nstate_file = \"{}\"\naffinity_capacity = {}\n\n{services}",
             self.pin_dir.display(),
             self.socket.display(),
             self.metrics,
-            self.dir.join("state.json").display()
+            self.state_file().display(),
+            self.affinity_capacity
         );
         fs::write(&self.config, text).expect("write config");
+    }
+
+    /// The runtime state file the config names.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// Deletes the balancer's interface and creates it again with the same name and
+    /// addresses (a new ifindex and MAC), as an operator re-creating a veth would; the
+    /// switch side gets its XDP_PASS program again, and every host forgets the old MAC.
+    pub fn recreate_lb_interface(&mut self) {
+        self.delete_lb_interface();
+        self.create_lb_interface();
+    }
+
+    /// Deletes the balancer's interface (what an operator removing a veth does).
+    pub fn delete_lb_interface(&mut self) {
+        self.lb.ip("link del eth0");
+        self._peer_xdp.take();
+    }
+
+    /// Creates the balancer's interface again after [`Lab::delete_lb_interface`]: same
+    /// name and addresses, a new ifindex and MAC; every host forgets the old MAC.
+    pub fn create_lb_interface(&mut self) {
+        self.plug(HostRole::Lb);
+        self.lb.ip(&format!("addr add {LB4}/16 dev eth0"));
+        self.lb.ip(&format!("addr add {LB6}/64 dev eth0 nodad"));
+        self.attach_peer_xdp();
+        self.client.ip("neigh flush dev eth0");
+        for b in &self.backends {
+            b.ns.ip("neigh flush dev eth0");
+        }
+    }
+
+    /// Ifindex of the balancer's eth0 now.
+    pub fn lb_ifindex(&self) -> u32 {
+        let out = self.lb.ip("-j link show eth0");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j json");
+        v[0]["ifindex"].as_u64().expect("ifindex") as u32
+    }
+
+    /// Every live entry of the pinned backends array: (id, backend).
+    pub fn pinned_backends(&self) -> Vec<(u32, lb_common::Backend)> {
+        let path = self.pin_dir.join("maps").join(lb_common::MAP_BACKENDS);
+        let map = aya::maps::MapData::from_pin(&path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let map: aya::maps::Array<_, lb_common::Backend> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(map)).expect("array");
+        map.iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.ok().map(|b| (i as u32, b)))
+            .filter(|(_, b)| b.generation != 0)
+            .collect()
+    }
+
+    /// Sends `sig` to the running daemon.
+    pub fn signal_daemon(&self, sig: i32) {
+        self.daemon.as_ref().expect("daemon running").signal(sig);
+    }
+
+    /// Kernel ids of every pinned object (maps and links) under the pin dir, by path:
+    /// equal before and after means nothing was replaced.
+    pub fn pinned_ids(&self) -> BTreeMap<String, u32> {
+        let mut out = BTreeMap::new();
+        let maps = self.pin_dir.join("maps");
+        for e in fs::read_dir(&maps).into_iter().flatten().flatten() {
+            let m = aya::maps::MapData::from_pin(e.path()).expect("pinned map");
+            out.insert(
+                format!("maps/{}", e.file_name().to_string_lossy()),
+                m.info().expect("map info").id(),
+            );
+        }
+        for e in fs::read_dir(&self.pin_dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("link_") {
+                let l = aya::programs::links::PinnedLink::from_pin(e.path()).expect("link");
+                let fd: aya::programs::links::FdLink = l.into();
+                out.insert(name, fd.info().expect("link info").id());
+            }
+        }
+        out
     }
 
     /// Starts the test server of every backend (HTTP and UDP, answering its name).
@@ -511,12 +604,21 @@ impl Lab {
             .append(true)
             .open(self.dir.join("daemon.log"))
             .expect("daemon log");
-        let child = self
-            .lb
-            .cmd(xlb_bin())
+        let mut cmd = match self.daemon_wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = self.lb.cmd(program);
+                c.args(args).arg(&self.xlb);
+                c
+            }
+            None => self.lb.cmd(&self.xlb),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("XLB_LAB_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -578,7 +680,7 @@ impl Lab {
     pub fn try_xlb(&self, args: &[&str]) -> Result<String, (i32, String)> {
         let out = self
             .lb
-            .cmd(xlb_bin())
+            .cmd(&self.xlb)
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
@@ -654,12 +756,8 @@ impl Lab {
 
     /// The affinity table as pinned (read through its own handle, like any tool would).
     pub fn pinned_affinity(&self) -> Vec<(lb_common::AffinityKey, lb_common::AffinityValue)> {
-        let path = self.pin_dir.join("maps").join(lb_common::MAP_AFFINITY);
-        let map = aya::maps::MapData::from_pin(&path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        let map: aya::maps::HashMap<_, lb_common::AffinityKey, lb_common::AffinityValue> =
-            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("LRU hash");
-        let mut out: Vec<_> = map.iter().filter_map(|r| r.ok()).collect();
+        let mut out = xlb::dataplane::maps::pinned_affinity_entries(&self.pin_dir)
+            .unwrap_or_else(|e| panic!("reading the pinned affinity table: {e}"));
         out.sort_by_key(|(k, _)| (k.service_id, k.addr, k.port_be));
         out
     }

@@ -2,6 +2,8 @@
 //! environment guards. Test functions panic with a message rather than return Result.
 
 pub mod bench;
+pub mod fixtures;
+pub mod fuzz;
 pub mod harness;
 pub mod lab;
 pub mod packet;

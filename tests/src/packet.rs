@@ -201,6 +201,52 @@ pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     f
 }
 
+/// Where the headers of a frame sit, found leniently (a cut frame still has a layout as
+/// far as its bytes go): for mutating and normalising frames, never for judging them —
+/// the fuzzer's oracle reads frames with its own parser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Offset of the EtherType naming the network layer: 12, or 16 after one VLAN tag.
+    pub ethertype_at: usize,
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// IPv6 (by EtherType); otherwise IPv4.
+    pub v6: bool,
+    /// Offset of the layer-4 header, when the frame holds the byte that says where.
+    pub l4: Option<usize>,
+    /// IPv4 protocol or IPv6 next header, when present.
+    pub proto: Option<u8>,
+}
+
+/// The layout of an IPv4 or IPv6 frame with at most one VLAN tag; `None` for anything
+/// else or a frame cut before its EtherType.
+pub fn layout(f: &[u8]) -> Option<Layout> {
+    let at = |i: usize| f.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let mut ethertype_at = 12;
+    let mut et = at(12)?;
+    if et == ETH_8021Q || et == ETH_8021AD {
+        ethertype_at = 16;
+        et = at(16)?;
+    }
+    let l3 = ethertype_at + 2;
+    let (v6, l4, proto) = match et {
+        ETH_IPV4 => (
+            false,
+            f.get(l3).map(|b| l3 + usize::from(b & 0x0f) * 4),
+            f.get(l3 + 9).copied(),
+        ),
+        ETH_IPV6 => (true, Some(l3 + 40), f.get(l3 + 6).copied()),
+        _ => return None,
+    };
+    Some(Layout {
+        ethertype_at,
+        l3,
+        v6,
+        l4,
+        proto,
+    })
+}
+
 pub fn v4(s: &str) -> IpAddr {
     IpAddr::V4(s.parse::<Ipv4Addr>().expect("IPv4 literal"))
 }

@@ -9,6 +9,12 @@ enum Part {
     E2e,
     Maglev,
     Control,
+    /// Established clients against a flood of spoofed sources (issue 11).
+    Flood,
+    /// The daemon's CPU over a minute with the default affinity capacity filled.
+    Daemon,
+    /// The daemon's CPU use while nothing changes (not part of `all`).
+    Idle,
 }
 
 #[derive(clap::Args)]
@@ -33,19 +39,25 @@ pub fn run(args: &Args) -> Result<()> {
         .expect("no skipped variants")
         .get_name()
         .to_string();
-    util::run(
-        util::cargo()
-            .args([
-                "run",
-                "--release",
-                "-p",
-                "xlb-tests",
-                "--bin",
-                "xlb-bench",
-                "--",
-            ])
-            .arg(&part)
-            .args(&args.extra),
+    util::phase(
+        "bench",
+        &format!("bench {part} (a line per part and round below)"),
+        || {
+            util::run(
+                util::cargo()
+                    .args([
+                        "run",
+                        "--release",
+                        "-p",
+                        "xlb-tests",
+                        "--bin",
+                        "xlb-bench",
+                        "--",
+                    ])
+                    .arg(&part)
+                    .args(&args.extra),
+            )
+        },
     )
     .with_context(|| {
         format!("benchmark `{part}` failed; run `cargo xtask setup` if the build itself failed")

@@ -1,11 +1,14 @@
-//! `cargo xtask` for the xlb workspace: `setup`, `build`, `lint`, `test`, `soak`, `bench`, `demo`.
+//! `cargo xtask` for the xlb workspace: `setup`, `build`, `lint`, `test`, `fuzz`, `soak`,
+//! `bench`, `demo`, `package`.
 //!
 //! This crate must compile on a fresh machine, so it depends on nothing in the workspace
 //! and on no eBPF tooling; everything else is driven through `cargo`, `rustup`, `apt-get`.
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod lint;
+mod package;
 mod setup;
 mod soak;
 mod test;
@@ -33,8 +36,10 @@ enum Command {
     Build,
     /// cargo fmt --check and clippy -D warnings, the eBPF crate for its own target.
     Lint,
-    /// Run the test tiers: unit (no root), packet, e2e and a 30 s soak (root).
+    /// Run the test tiers: unit (no root), packet, fuzz, e2e, a 30 s soak and package (root).
     Test(test::Args),
+    /// Fuzz the XDP program (root): default 10 million frames, checked one by one.
+    Fuzz(fuzz::Args),
     /// The long soak in the lab (root): 2,000 clients, a random operation every 100 ms,
     /// SIGKILL + restart every 30 s, checked continuously.
     Soak(soak::Args),
@@ -42,6 +47,9 @@ enum Command {
     Bench(bench::Args),
     /// The narrated lab demo (root): builds what it needs, cleans up after itself.
     Demo,
+    /// Build the Debian package target/debian/xlb_VERSION_ARCH.deb (binary, systemd unit,
+    /// example config, man pages, completions).
+    Package(package::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,9 +59,11 @@ fn main() -> std::process::ExitCode {
         Command::Build => build::run(),
         Command::Lint => lint::run(),
         Command::Test(args) => test::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Soak(args) => soak::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo => demo::run(),
+        Command::Package(args) => package::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -17,7 +17,7 @@
 //!   as the probe floor); answers still showing the old state are counted as stale.
 //!
 //! For the breakdown of the command's time it also measures a read-only CLI call
-//! (`xlb explain`) and the same `Balancer` changes applied in process to the real maps.
+//! (`xlb explain`) and the same controller (edit → reconcile → apply) changes applied in process to the real maps.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -36,9 +36,9 @@ use lb_common::{
 };
 use serde_json::json;
 use xlb::{
-    balancer::ServiceState,
-    loader::LoadOptions,
-    model::{BackendSpec, Link, Protocol, ServiceSpec, addr_bytes, addr_from_words, addr_words},
+    dataplane::loader::LoadOptions,
+    model::{Link, Protocol, Service, addr_bytes, addr_from_words, addr_words},
+    reconcile::inspect::affinity_key_for,
 };
 
 use super::Samples;
@@ -171,18 +171,10 @@ pub fn run() {
     let pinned = Pinned::open(&lab);
     let sv = pinned.service();
     // The client → slot mapping, with the controller's affinity key code (as `explain`).
-    let mut spec = ServiceSpec::new(SERVICE, IpAddr::V4(VIP4), UDP_PORT, Protocol::Udp);
+    let mut spec = Service::new(SERVICE, IpAddr::V4(VIP4), UDP_PORT, Protocol::Udp);
     spec.table_size = sv.table_size;
-    let state = ServiceState {
-        id: sv.id,
-        spec,
-        table_offset: sv.table_offset,
-        table: Vec::new(),
-        previous_table: Vec::new(),
-        backends: Vec::new(),
-    };
     let slot_of = |c: IpAddr| {
-        let key = state.affinity_key(c, 0).expect("v4 client");
+        let key = affinity_key_for(sv.id, &spec, c, 0).expect("v4 client");
         assert_eq!(key.family, FAMILY_V4);
         maglev_slot(flow_hash(&key), sv.table_size)
     };
@@ -436,7 +428,7 @@ pub fn run() {
     );
     println!(
         "{:<8} | {:>16} | {:>18} | {:>9} {:>8} {:>8}",
-        "", "(Balancer)", "after cmd start", "median", "min", "max"
+        "", "(controller)", "after cmd start", "median", "min", "max"
     );
     for (kind, apply, start, maps, maps_hi) in &breakdown {
         println!(
@@ -449,7 +441,7 @@ pub fn run() {
         );
     }
     println!(
-        "apply: the daemon's map update alone (Balancer::set_draining / remove_backend / \
+        "apply: the daemon's map update alone (Controller::edit: drain / remove / \
          add_backend on the real maps, same service and backends, in process, no CLI); it \
          writes the changed Maglev slots with BPF_MAP_UPDATE_BATCH"
     );
@@ -488,14 +480,14 @@ pub fn run() {
              to the changed backend), including one request round trip (probe_floor_ms); \
              maps_visible_*: pinned-map poller (every ~0.1 ms), relative to the command's start or \
              return; command_ms: CLI duration (nsenter + xlb); apply_in_process_ms: the same \
-             Balancer change on the real maps without CLI or daemon; cli_floor_ms: `xlb explain`"
+             controller edit on the real maps without CLI or daemon; cli_floor_ms: `xlb explain`"
         ),
     );
     super::write_json("control", &serde_json::Value::Object(json));
 }
 
 /// The daemon's own map update for each kind of change, without CLI or daemon: the same
-/// `Balancer` calls on the real maps (object loaded into the kernel, not attached), same
+/// controller edits on the real maps (object loaded into the kernel, not attached), same
 /// service and backends as the lab.
 fn apply_times(addrs: &[IpAddr]) -> BTreeMap<&'static str, Samples> {
     let addrs = addrs.to_vec();
@@ -510,21 +502,13 @@ fn apply_times(addrs: &[IpAddr]) -> BTreeMap<&'static str, Samples> {
             src_mac: [0x02, 0x1b, 0, 0, 0, 1],
             ifindex: 1,
         };
-        let backends: Vec<(BackendSpec, Option<Link>)> = addrs
+        let backends: Vec<(IpAddr, Option<Link>)> = addrs
             .iter()
             .enumerate()
-            .map(|(i, a)| {
-                (
-                    BackendSpec {
-                        address: *a,
-                        weight: 1,
-                    },
-                    Some(link(i)),
-                )
-            })
+            .map(|(i, a)| (*a, Some(link(i))))
             .collect();
-        h.lb.add_service(
-            ServiceSpec::new(SERVICE, IpAddr::V4(VIP4), UDP_PORT, Protocol::Udp),
+        h.add_service(
+            Service::new(SERVICE, IpAddr::V4(VIP4), UDP_PORT, Protocol::Udp),
             &backends,
         )
         .expect("service");
@@ -535,17 +519,10 @@ fn apply_times(addrs: &[IpAddr]) -> BTreeMap<&'static str, Samples> {
             for kind in KINDS {
                 let t = Instant::now();
                 match kind {
-                    "drain" => h.lb.set_draining(SERVICE, a, true),
-                    "undrain" => h.lb.set_draining(SERVICE, a, false),
-                    "remove" => h.lb.remove_backend(SERVICE, a),
-                    _ => h.lb.add_backend(
-                        SERVICE,
-                        BackendSpec {
-                            address: a,
-                            weight: 1,
-                        },
-                        Some(link(x)),
-                    ),
+                    "drain" => h.set_draining(SERVICE, a, true),
+                    "undrain" => h.set_draining(SERVICE, a, false),
+                    "remove" => h.remove_backend(SERVICE, a),
+                    _ => h.add_backend(SERVICE, a, 1, Some(link(x))),
                 }
                 .unwrap_or_else(|e| panic!("{kind} {a}: {e}"));
                 out.entry(kind)

@@ -4,7 +4,7 @@
 //!   paper's numbers (Eisenbud et al., NSDI 2016, §5.3: 1.8 ms at M = 65 537 and 22.9 ms at
 //!   M = 655 373 for N = 1000).
 //! * Disruption and balance over 1,000,000 client addresses taken through the real
-//!   selection code: the controller's `ServiceState::affinity_key` (the key the XDP
+//!   selection code: the controller's `reconcile::inspect::affinity_key_for` (the key the XDP
 //!   program builds), `lb_common::flow_hash`, `lb_common::maglev_slot`, the table.
 //! * Memory of every map of the real object with the default sizes, as the kernel
 //!   accounts it (`memlock:` in /proc/self/fdinfo, cross-checked with bpftool).
@@ -29,9 +29,9 @@ use lb_common::{
 };
 use serde_json::{Value, json};
 use xlb::{
-    balancer::ServiceState,
-    loader::{LoadOptions, load_xlb},
-    model::{Protocol, ServiceSpec, addr_bytes},
+    dataplane::loader::{LoadOptions, load_xlb},
+    model::{Protocol, Service, addr_bytes},
+    reconcile::inspect::affinity_key_for,
 };
 
 use super::{Samples, pin_to_cpu};
@@ -59,7 +59,7 @@ pub fn run() {
         "maglev",
         &json!({
             "build_ms": build,
-            "build_backends": "10.1.0.1 + i (sequential IPv4), weight 1",
+            "build_backends": "10.1.0.1 + i (sequential IPv4), weight 1 or (weights 1..10) i % 10 + 1",
             "build_repetitions": BUILD_REPS,
             "clients": CLIENTS,
             "clients_range": "100.64.0.0 + i, sequential IPv4 from 100.64.0.0/10, /32 affinity keys",
@@ -73,6 +73,17 @@ pub fn run() {
 /// Backend `i`: 10.1.0.1 + i, weight 1, id `i`.
 fn pool(n: u32) -> Vec<MaglevBackend> {
     (0..n).map(backend).collect()
+}
+
+/// [`pool`] with weights 1..=10 (backend `i` weighs `i % 10 + 1`): the weighted build
+/// takes turns by weight, a path equal weights do not exercise.
+fn weighted_pool(n: u32) -> Vec<MaglevBackend> {
+    (0..n)
+        .map(|i| MaglevBackend {
+            weight: i % 10 + 1,
+            ..backend(i)
+        })
+        .collect()
 }
 
 fn backend(i: u32) -> MaglevBackend {
@@ -92,13 +103,21 @@ fn build_time() -> Vec<Value> {
     );
     println!();
     println!(
-        "{:>5} {:>7} {:>9} {:>19} {:>8} {:>8}  verdict",
-        "N", "M", "median", "min – max", "paper", "goal"
+        "{:>5} {:>7} {:>8} {:>9} {:>19} {:>8} {:>8}  verdict",
+        "N", "M", "weights", "median", "min – max", "paper", "goal"
     );
     let mut out = Vec::new();
+    let cases = [10u32, 100, 1000]
+        .map(|n| (n, "1", pool as fn(u32) -> Vec<MaglevBackend>))
+        .into_iter()
+        .chain([(
+            1000,
+            "1..10",
+            weighted_pool as fn(u32) -> Vec<MaglevBackend>,
+        )]);
     for m in [M_SMALL, M_LARGE] {
-        for n in [10u32, 100, 1000] {
-            let backends = pool(n);
+        for (n, weights, make) in cases.clone() {
+            let backends = make(n);
             // One warm-up build (page faults of the first allocation).
             std::hint::black_box(maglev::build(&backends, m).expect("build"));
             let mut s = Samples::default();
@@ -110,14 +129,14 @@ fn build_time() -> Vec<Value> {
                 std::hint::black_box(table);
             }
             let goal = GOAL_MS.iter().find(|g| g.0 == m).expect("goal").1;
-            let paper = if n == 1000 {
+            let paper = if n == 1000 && weights == "1" {
                 PAPER_MS.iter().find(|p| p.0 == m).map(|p| p.1)
             } else {
                 None
             };
             let verdict = if s.median() <= goal { "met" } else { "MISSED" };
             println!(
-                "{n:>5} {m:>7} {:>6.2} ms {:>7.2} – {:>6.2} ms {:>8} {:>5.0} ms  {verdict}",
+                "{n:>5} {m:>7} {weights:>8} {:>6.2} ms {:>7.2} – {:>6.2} ms {:>8} {:>5.0} ms  {verdict}",
                 s.median(),
                 s.min(),
                 s.max(),
@@ -127,6 +146,7 @@ fn build_time() -> Vec<Value> {
             out.push(json!({
                 "n": n,
                 "m": m,
+                "weights": weights,
                 "median": s.median(),
                 "min": s.min(),
                 "max": s.max(),
@@ -147,21 +167,13 @@ fn build_time() -> Vec<Value> {
 /// `flow_hash`, `maglev_slot`.
 fn client_slots(m: u32) -> Vec<u32> {
     let vip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
-    let mut spec = ServiceSpec::new("bench", vip, 80, Protocol::Tcp);
-    spec.table_size = m;
-    let svc = ServiceState {
-        id: 0,
-        spec,
-        table_offset: 0,
-        table: Vec::new(),
-        previous_table: Vec::new(),
-        backends: Vec::new(),
-    };
+    let mut svc = Service::new("bench", vip, 80, Protocol::Tcp);
+    svc.table_size = m;
     let base = u32::from(Ipv4Addr::new(100, 64, 0, 0));
     (0..CLIENTS)
         .map(|i| {
             let client = IpAddr::V4(Ipv4Addr::from(base + i));
-            let key = svc.affinity_key(client, 40_000).expect("same family");
+            let key = affinity_key_for(0, &svc, client, 40_000).expect("same family");
             maglev_slot(flow_hash(&key), m)
         })
         .collect()
@@ -409,8 +421,8 @@ fn memory() -> Value {
         opts.affinity_capacity, opts.maglev_slots
     );
     println!(
-        "(per-CPU maps are charged for every possible CPU: {}; the LRU hash is preallocated, so \
-         its memory is the full capacity's whether used or not)",
+        "(per-CPU maps are charged for every possible CPU: {}; the affinity table is an array \
+         sized for the capacity, so its memory is the full capacity's whether used or not)",
         cpus.trim()
     );
     println!();
@@ -456,26 +468,45 @@ fn memory() -> Value {
         "program xlb", "xdp", prog_mem
     );
 
-    let aff = &maps[MAP_AFFINITY];
-    let (aff_mem, aff_cap) = (aff.num("memlock"), aff.num("max_entries"));
-    // Second load with a small LRU: the difference is the per-entry cost alone.
+    // Per configured client (`affinity_capacity`): the hot table (the buckets a lookup
+    // reads) and the cold keys (whole keys and creation times), each from the kernel's
+    // own charge; a second load with a small capacity separates the per-client cost from
+    // the fixed part (page-aligned array header).
+    let cap = opts.affinity_capacity as u64;
     let small_opts = LoadOptions {
         affinity_capacity: SMALL_CAPACITY,
         ..opts
     };
     let (small, _) = load_and_measure(&small_opts);
-    let small_mem = small[MAP_AFFINITY].num("memlock");
-    let marginal = (aff_mem - small_mem) as f64 / (aff_cap - SMALL_CAPACITY as u64) as f64;
-    let fixed = small_mem as f64 - marginal * SMALL_CAPACITY as f64;
+    let per_client = |name: &str| {
+        let (mem, small_mem) = (maps[name].num("memlock"), small[name].num("memlock"));
+        let marginal = (mem - small_mem) as f64 / (cap - SMALL_CAPACITY as u64) as f64;
+        (
+            mem,
+            mem as f64 / cap as f64,
+            marginal,
+            small_mem as f64 - marginal * SMALL_CAPACITY as f64,
+        )
+    };
+    let (hot_mem, hot, hot_marginal, hot_fixed) = per_client(MAP_AFFINITY);
+    let (cold_mem, cold, cold_marginal, _) = per_client(lb_common::MAP_AFF_KEYS);
     println!();
     println!(
-        "affinity entry: {:.1} B each at the default capacity ({aff_mem} B / {aff_cap}); \
-         marginal {marginal:.1} B per entry (loads at {aff_cap} and {SMALL_CAPACITY} entries), \
-         fixed part ≈ {:.0} KiB; key {} B + value {} B of that is payload",
-        aff_mem as f64 / aff_cap as f64,
-        fixed / 1024.0,
-        aff.num("key_size"),
-        aff.num("value_size"),
+        "affinity table (hot: what a lookup reads): {hot:.3} B per configured client \
+         ({hot_mem} B / {cap}); marginal {hot_marginal:.2} B per client (loads at {cap} and \
+         {SMALL_CAPACITY}), fixed ≈ {:.0} KiB — goal ≤ 32 B per pinned client: {}",
+        hot_fixed / 1024.0,
+        if hot_marginal <= 32.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    println!(
+        "affinity keys (cold: whole keys and creation times, read by views and migrations): \
+         {cold:.3} B per client ({cold_mem} B), marginal {cold_marginal:.2} B; hot + cold \
+         {:.1} B per client (the LRU of earlier releases: 112 B)",
+        hot + cold
     );
     println!(
         "total pinned map memory for the default config: {total} B = {:.1} MiB",
@@ -496,10 +527,15 @@ fn memory() -> Value {
         "maps": json_maps,
         "total_bytes": total,
         "program_bytes": prog_mem,
-        "affinity_bytes_per_entry": aff_mem as f64 / aff_cap as f64,
-        "affinity_marginal_bytes_per_entry": marginal,
-        "affinity_fixed_bytes": fixed,
-        "affinity_capacity": aff_cap,
+        "affinity_bytes_per_entry": hot,
+        "affinity_marginal_bytes_per_entry": hot_marginal,
+        "affinity_fixed_bytes": hot_fixed,
+        "affinity_capacity": cap,
+        "affinity_hot_bytes_per_client": hot,
+        "affinity_hot_marginal_bytes_per_client": hot_marginal,
+        "affinity_keys_bytes_per_client": cold,
+        "affinity_keys_marginal_bytes_per_client": cold_marginal,
+        "affinity_total_bytes_per_client": hot + cold,
         "maglev_slots": opts.maglev_slots,
         "possible_cpus": cpus.trim(),
         "source": "memlock in /proc/self/fdinfo of each map fd",

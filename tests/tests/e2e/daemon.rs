@@ -455,6 +455,199 @@ fn start_up_errors_are_clear_and_leave_nothing_behind() {
         .args(["down", "--pin-dir", &pin_dir])
         .output()
         .expect("down");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 9 pinned maps"));
+    let removed = format!("removed {} pinned maps", lb_common::maps::MAPS.len());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&removed));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A daemon on `lo` (generic XDP) in its own network namespace, for tests of start-up
+/// and lifecycle rules that need no lab.
+struct LoDaemon {
+    ns: xlb_tests::lab::Netns,
+    dir: std::path::PathBuf,
+}
+
+impl LoDaemon {
+    fn new(tag: &str) -> Self {
+        xlb_tests::require_root();
+        let id = std::process::id() % 100_000;
+        let ns = xlb_tests::lab::Netns::new(format!("xlb{tag}{id}"));
+        let dir = std::env::temp_dir().join(format!("xlb-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        Self { ns, dir }
+    }
+
+    /// Writes config `name` with this pin_dir and state file, one service without backends.
+    fn config(
+        &self,
+        name: &str,
+        pin_dir: &str,
+        state_file: &std::path::Path,
+    ) -> std::path::PathBuf {
+        let cfg = self.dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[daemon]\ninterfaces = [\"lo\"]\nxdp_mode = \"generic\"\npin_dir = \"{pin_dir}\"\n\
+                 socket = \"{}\"\nmetrics = \"\"\nstate_file = \"{}\"\naffinity_capacity = 4096\n\n\
+                 [[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\nprotocol = \"tcp\"\n\
+                 health = {{ kind = \"none\" }}\n",
+                self.socket(name).display(),
+                state_file.display()
+            ),
+        )
+        .expect("write config");
+        cfg
+    }
+
+    fn socket(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(format!("{name}.sock"))
+    }
+
+    fn xlb(&self, args: &[&str]) -> std::process::Output {
+        self.ns
+            .cmd(xlb_tests::lab::xlb_bin())
+            .args(args)
+            .output()
+            .expect("xlb")
+    }
+
+    /// `xlb run`, until its socket answers; the log goes to NAME.log.
+    fn start(&self, name: &str, cfg: &std::path::Path) -> std::process::Child {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("log");
+        let child = self
+            .ns
+            .cmd(xlb_tests::lab::xlb_bin())
+            .args(["run", "--config"])
+            .arg(cfg)
+            .stderr(log)
+            .spawn()
+            .expect("xlb run");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self
+            .xlb(&["--socket", self.socket(name).to_str().unwrap(), "status"])
+            .status
+            .code()
+            != Some(0)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} did not start: {}",
+                self.log(name)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child
+    }
+
+    fn stop(&self, mut child: std::process::Child) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn services(&self, name: &str) -> Vec<String> {
+        let out = self.xlb(&[
+            "--socket",
+            self.socket(name).to_str().unwrap(),
+            "--json",
+            "status",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+        v["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+impl Drop for LoDaemon {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Issue 10, fault 10: runtime changes belong to the deployment (pin_dir) that made
+/// them. Another deployment pointed at the same state file refuses to start (naming the
+/// setting) and leaves the file alone; a start that applies saved changes says how many
+/// and from where; `xlb down` moves the file aside and the next start begins from the
+/// config.
+#[test]
+fn state_file_belongs_to_its_deployment() {
+    let t = LoDaemon::new("sf");
+    let id = std::process::id();
+    let (pin_a, pin_b) = (
+        format!("/sys/fs/bpf/xlb-sf-a-{id}"),
+        format!("/sys/fs/bpf/xlb-sf-b-{id}"),
+    );
+    let state = t.dir.join("state.json");
+    let cfg_a = t.config("a", &pin_a, &state);
+    let cfg_b = t.config("b", &pin_b, &state);
+
+    let a = t.start("a", &cfg_a);
+    let sock_a = t.socket("a");
+    let out = t.xlb(&[
+        "--socket",
+        sock_a.to_str().unwrap(),
+        "service",
+        "remove",
+        "web",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.stop(a);
+    let saved = std::fs::read_to_string(&state).expect("state file written");
+    assert!(saved.contains(&pin_a), "{saved}");
+
+    // Deployment B: refuses, says why and what to set, touches nothing.
+    let out = t.xlb(&["run", "--config", cfg_b.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&pin_a) && err.contains(&pin_b) && err.contains("daemon.state_file"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), saved);
+    assert!(!std::path::Path::new(&pin_b).join("maps").exists());
+
+    // Deployment A again: applies its change and says so.
+    let a = t.start("a", &cfg_a);
+    assert!(
+        t.log("a").contains(&format!(
+            "applied 1 of 1 saved runtime changes from {}",
+            state.display()
+        )),
+        "{}",
+        t.log("a")
+    );
+    assert!(t.services("a").is_empty(), "the runtime removal was lost");
+    t.stop(a);
+
+    // `down` moves the changes aside; the next start is the config alone.
+    let out = t.xlb(&["down", "--config", cfg_a.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("state.json.bak"),
+        "{said}"
+    );
+    assert!(!state.exists() && t.dir.join("state.json.bak").exists());
+    let a = t.start("a", &cfg_a);
+    assert_eq!(t.services("a"), ["web"]);
+    assert!(
+        !t.log("a").contains("saved runtime changes"),
+        "{}",
+        t.log("a")
+    );
+    t.stop(a);
+    let _ = t.xlb(&["down", "--config", cfg_a.to_str().unwrap()]);
 }

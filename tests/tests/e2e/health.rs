@@ -427,3 +427,55 @@ fn all_backends_down_drops_and_counts_then_recovers_by_itself() {
             .all(|(_, r)| r.as_ref().is_ok_and(|b| b == "be1"))
     });
 }
+
+/// Issue 10, fault 4: a backend added to a health-checked service takes no client before
+/// its first passed check (nothing listens on it: every new client goes elsewhere, and
+/// every one is answered); once its server runs, one passed check brings it in.
+#[test]
+fn a_new_backend_takes_clients_only_after_its_first_passed_check() {
+    let mut lab = Lab::new(LabOptions {
+        clients_v4: 120,
+        clients_v6: 1,
+        backends: 4,
+    });
+    let first3: Vec<(IpAddr, u32)> = lab.backends[..3]
+        .iter()
+        .map(|b| (IpAddr::V4(b.addr4), 1))
+        .collect();
+    lab.write_config(&xlb_tests::lab::service_block(
+        "web",
+        &Lab::vip4(1).to_string(),
+        HTTP_PORT,
+        "tcp",
+        &http_health("sticky", "10m"),
+        &first3,
+    ));
+    for i in 0..3 {
+        lab.start_server(i);
+    }
+    lab.start_daemon();
+    let vip = Lab::vip4(1);
+    let new_backend = lab.backends[3].addr4.to_string();
+    lab.xlb(&["backend", "add", "web", &new_backend]);
+    let clients = lab.clients4.clone();
+    let (early, late) = clients.split_at(60);
+    let got = answers(&lab, early, vip);
+    let on_new = got.values().filter(|b| *b == "be3").count();
+    assert_eq!(
+        on_new, 0,
+        "{on_new} new clients went to a backend never checked"
+    );
+    assert_ne!(health_of(&lab, "web", &new_backend), "healthy");
+
+    lab.start_server(3);
+    wait_for(
+        "the new backend's first passed check",
+        Duration::from_secs(3),
+        || health_of(&lab, "web", &new_backend) == "healthy",
+    );
+    let got = answers(&lab, late, vip);
+    assert!(
+        got.values().any(|b| b == "be3"),
+        "no new client reached the checked backend: {got:?}"
+    );
+}

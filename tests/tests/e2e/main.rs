@@ -3,6 +3,10 @@
 //!
 //! Run one test alone: `cargo xtask test --tier e2e -- NAME` (e.g. `failover`).
 
+mod control;
 mod daemon;
+mod dataplane;
 mod health;
 mod scenarios;
+mod transients;
+mod watch;

@@ -1,5 +1,6 @@
 //! Tier 2: the real xlb XDP object in the kernel, maps filled through the controller's
-//! `Balancer`, and a table of fixtures run with BPF_PROG_TEST_RUN.
+//! own map API (edits and observations → reconcile → apply, as the daemon does), and a
+//! table of fixtures run with BPF_PROG_TEST_RUN.
 //!
 //! Each fixture: description, input frame, expected verdict, expected output frame
 //! (unchanged, or exactly the input with the MACs of the expected backend), the one
@@ -7,26 +8,32 @@
 //! affinity entry. Steps between fixtures change the configuration the way the daemon
 //! would (add/remove/drain backends, health), so multi-step scenarios read top to bottom.
 //!
-//! Every bug fixed in the data plane adds a row here.
+//! Every bug fixed in the data plane adds a row here. A frame of a new shape also goes into
+//! `xlb_tests::fixtures::all()`, which the fuzzer mutates; `fixtures` checks that it did.
 
 use std::{net::IpAddr, time::Duration};
 
-use lb_common::{ServiceStats, Stat};
+use lb_common::{AffinityKey, AffinityValue, ServiceStats, Stat, affinity::table::units};
 use xlb::{
-    balancer::{Decision, HashReason},
-    loader::LoadOptions,
-    model::{Affinity, BackendSpec, Link, NoBackend, Protocol, ServiceSpec},
+    dataplane::{loader::LoadOptions, maps::ktime_coarse_ns},
+    model::{Affinity, Desired, HealthCheck, Link, NoBackend, Protocol, Service},
+    reconcile::inspect::{Decision, HashReason, affinity_key},
 };
 use xlb_tests::{
-    enter_private_netns,
+    enter_private_netns, fixtures,
+    fixtures::{tagged, v4_fragment, v4_with_options, v6_ext},
+    fuzz::hex,
     harness::{XdpAction, XlbHarness},
     ifindex,
     packet::{
-        ETH_8021AD, ETH_8021Q, ETH_IPV4, ETH_IPV6, ETH_LLDP, V4Opts, arp_request, eth, frame,
-        icmp_echo, ip, raw, tcp, tcp_frame, udp_frame, v4, v6,
+        ETH_8021AD, ETH_8021Q, ETH_IPV4, ETH_IPV6, ETH_LLDP, arp_request, eth, frame, icmp_echo,
+        tcp, tcp_frame, udp_frame, v4, v6,
     },
     require_root, sh,
 };
+
+mod adoption;
+mod table;
 
 const LO: u32 = 1;
 const LB_SRC_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x01];
@@ -49,12 +56,12 @@ fn link(addr: IpAddr, ifindex: u32) -> Option<Link> {
     })
 }
 
-fn backends(addrs: &[&str], ifindex: u32) -> Vec<(BackendSpec, Option<Link>)> {
+fn backends(addrs: &[&str], ifindex: u32) -> Vec<(IpAddr, Option<Link>)> {
     addrs
         .iter()
         .map(|a| {
             let address: IpAddr = a.parse().expect("backend address");
-            (BackendSpec { address, weight: 1 }, link(address, ifindex))
+            (address, link(address, ifindex))
         })
         .collect()
 }
@@ -181,6 +188,8 @@ struct Lab {
     /// Interfaces of the private namespace for the redirect fixtures.
     veth_a: u32,
     count: usize,
+    /// Every input frame checked, for the fuzzer's seed list (see the end of `fixtures`).
+    sent: Vec<Vec<u8>>,
 }
 
 impl Lab {
@@ -194,13 +203,13 @@ impl Lab {
             affinity_capacity: 65536,
             maglev_slots: 1 << 20,
         });
-        h.lb.dp.add_tx_port(veth_a).expect("tx port");
+        h.dp_mut().add_tx_port(veth_a).expect("tx port");
         let svc = |name: &str, vip: &str, port: u16, p: Protocol| {
-            let mut s = ServiceSpec::new(name, vip.parse().expect("vip"), port, p);
+            let mut s = Service::new(name, vip.parse().expect("vip"), port, p);
             s.table_size = 1021;
             s
         };
-        let lb = &mut h.lb;
+        let lb = &mut h;
         let web4 = ["192.0.2.11", "192.0.2.12", "192.0.2.13"];
         let web6 = ["2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13"];
         lb.add_service(
@@ -246,33 +255,34 @@ impl Lab {
             &backends(&["192.0.2.62"], veth_b),
         )
         .expect("noport");
-        lb.add_service(
-            svc("anyport", "203.0.113.70", 0, Protocol::Tcp),
-            &backends(&web4, LO),
-        )
-        .expect("anyport");
+        // Every port: the check needs a port of its own (the validator says so).
+        let mut s = svc("anyport", "203.0.113.70", 0, Protocol::Tcp);
+        s.health = HealthCheck::tcp(80);
+        lb.add_service(s, &backends(&web4, LO)).expect("anyport");
         Self {
             h,
             veth_a,
             count: 0,
+            sent: Vec::new(),
         }
     }
 
     fn svc_stats(&self, name: &str) -> ServiceStats {
-        let id = self.h.lb.service(name).expect("service").id;
-        self.h.lb.dp.service_stats(id).expect("service stats")
+        let id = self.h.service_id(name);
+        self.h.dp().service_stats(id).expect("service stats")
     }
 
     /// Runs one fixture and checks everything it states.
     fn check(&mut self, fx: Fx) -> Option<IpAddr> {
         self.count += 1;
+        self.sent.push(fx.input.clone());
         let d = fx.desc;
-        let stats_before = self.h.lb.dp.stats().expect("stats");
+        let stats_before = self.h.dp().stats().expect("stats");
         let svc_before = fx.svc.map(|(s, _)| self.svc_stats(s));
         // What the controller predicts for this client (same code as the data plane).
         let predicted = fx
             .pin
-            .map(|(s, c, p)| self.h.lb.explain(s, c, p).expect("explain"));
+            .map(|(s, c, p)| self.h.explain(s, c, p).expect("explain"));
 
         let r = self.h.run(&fx.input, fx.ingress);
 
@@ -281,7 +291,7 @@ impl Lab {
             "[{d}] verdict: got {}, want {:?}",
             r.action, fx.verdict
         );
-        let stats_after = self.h.lb.dp.stats().expect("stats");
+        let stats_after = self.h.dp().stats().expect("stats");
         for s in Stat::ALL {
             let delta = stats_after[s as usize] - stats_before[s as usize];
             let want = u64::from(s == fx.stat);
@@ -329,7 +339,7 @@ impl Lab {
             }
         };
         if let (Some((svc, client, port)), Some(b)) = (fx.pin, went_to) {
-            let e = self.h.lb.explain(svc, client, port).expect("explain");
+            let e = self.h.explain(svc, client, port).expect("explain");
             assert!(
                 matches!(e.decision, Decision::Pinned { .. }),
                 "[{d}] {client} not pinned after the packet: {:?}",
@@ -347,7 +357,6 @@ impl Lab {
     /// Predicted backend of a client (by its Maglev slot: what a new client gets).
     fn slot_backend(&self, svc: &str, client: IpAddr) -> IpAddr {
         self.h
-            .lb
             .explain(svc, client, 0)
             .expect("explain")
             .slot_backend
@@ -514,22 +523,21 @@ fn fixtures() {
     ));
 
     // --- VLAN and IPv4 options ----------------------------------------------------------
-    let (et, p) = ip(c4, vip4, &tcp(40004, 80, b""), &V4Opts::default());
     lab.check(
         Fx::tx(
             "802.1Q-tagged v4 TCP: forwarded, tag kept",
-            eth(et, &p, &[(ETH_8021Q, 10)]),
+            tagged(c4, vip4, &tcp(40004, 80, b""), &[(ETH_8021Q, 10)]),
             "web4",
             c4,
         )
         .out(Out::To(a))
         .svc("web4", Svc::Hit),
     );
-    let (et, p) = ip(c6, vip6, &tcp(40005, 80, b""), &V4Opts::default());
+    let t6 = tcp(40005, 80, b"");
     lab.check(
         Fx::tx(
             "802.1ad-tagged v6 TCP: forwarded",
-            eth(et, &p, &[(ETH_8021AD, 20)]),
+            tagged(c6, vip6, &t6, &[(ETH_8021AD, 20)]),
             "web6",
             c6,
         )
@@ -538,33 +546,23 @@ fn fixtures() {
     );
     lab.check(Fx::pass(
         "two VLAN tags (QinQ): not parsed, passed",
-        eth(et, &p, &[(ETH_8021AD, 20), (ETH_8021Q, 10)]),
+        tagged(c6, vip6, &t6, &[(ETH_8021AD, 20), (ETH_8021Q, 10)]),
         Stat::PassNonIp,
     ));
-    let opts = V4Opts {
-        options: vec![1, 1, 1, 0],
-        frag: 0,
-    };
-    let (et, p) = ip(c4, vip4, &tcp(40006, 80, b""), &opts);
     lab.check(
         Fx::tx(
             "v4 with 4 bytes of options (IHL 6)",
-            eth(et, &p, &[]),
+            v4_with_options(c4, vip4, &tcp(40006, 80, b""), &[1, 1, 1, 0]),
             "web4",
             c4,
         )
         .out(Out::To(a))
         .svc("web4", Svc::Hit),
     );
-    let opts = V4Opts {
-        options: vec![1; 40],
-        frag: 0,
-    };
-    let (et, p) = ip(c4, vip4, &tcp(40007, 80, b""), &opts);
     lab.check(
         Fx::tx(
             "v4 with 40 bytes of options (IHL 15)",
-            eth(et, &p, &[]),
+            v4_with_options(c4, vip4, &tcp(40007, 80, b""), &[1; 40]),
             "web4",
             c4,
         )
@@ -587,8 +585,7 @@ fn fixtures() {
     let t6 = tcp_frame(c6, vip6, 40009, 80);
     let u4 = udp_frame(c4, vip4, 40009, 53);
     let u6 = udp_frame(c6, vip6, 40009, 53);
-    let (et, p) = ip(c4, vip4, &tcp(40010, 80, b""), &V4Opts::default());
-    let tagged = eth(et, &p, &[(ETH_8021Q, 10)]);
+    let vlan = tagged(c4, vip4, &tcp(40010, 80, b""), &[(ETH_8021Q, 10)]);
     lab.check(Fx::pass(
         "Ethernet header only (EtherType IPv4, no IP)",
         t4[..14].to_vec(),
@@ -596,12 +593,12 @@ fn fixtures() {
     ));
     lab.check(Fx::pass(
         "802.1Q tag cut in half",
-        tagged[..16].to_vec(),
+        vlan[..16].to_vec(),
         Stat::PassMalformed,
     ));
     lab.check(Fx::pass(
         "802.1Q tag, no IP header",
-        tagged[..18].to_vec(),
+        vlan[..18].to_vec(),
         Stat::PassMalformed,
     ));
     lab.check(Fx::pass(
@@ -624,14 +621,10 @@ fn fixtures() {
         u4[..14 + 20 + 7].to_vec(),
         Stat::DropMalformed,
     ));
-    let opts = V4Opts {
-        options: vec![1; 8],
-        frag: 0,
-    };
-    let (et, p) = ip(c4, vip4, &tcp(40011, 80, b""), &opts);
+    let opts = v4_with_options(c4, vip4, &tcp(40011, 80, b""), &[1; 8]);
     lab.check(Fx::drop(
         "IPv4 options (IHL 7) cut: TCP beyond the end",
-        eth(et, &p[..24], &[]),
+        opts[..14 + 24].to_vec(),
         Stat::DropMalformed,
     ));
     lab.check(Fx::pass(
@@ -657,78 +650,47 @@ fn fixtures() {
     ));
 
     // --- fragments and IPv6 extension headers --------------------------------------------
-    let frag = |off: u16, dst| {
-        let (et, p) = ip(
-            c4,
-            dst,
-            &tcp(40012, 80, &[0u8; 16]),
-            &V4Opts {
-                options: vec![],
-                frag: off,
-            },
-        );
-        eth(et, &p, &[])
-    };
     lab.check(Fx::drop(
         "IPv4 first fragment (MF) to VIP",
-        frag(0x2000, vip4),
+        v4_fragment(vip4, 0x2000),
         Stat::DropFragment,
     ));
     lab.check(Fx::drop(
         "IPv4 later fragment (offset 185) to VIP",
-        frag(185, vip4),
+        v4_fragment(vip4, 185),
         Stat::DropFragment,
     ));
     lab.check(Fx::pass(
         "IPv4 fragment to a non-VIP",
-        frag(0x2000, other4),
+        v4_fragment(other4, 0x2000),
         Stat::PassNotService,
     ));
-    let ext = |next: u8, dst| {
-        frame(
-            c6,
-            dst,
-            &raw(
-                next,
-                &[
-                    IPPROTO_TCP_U8,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0x9c,
-                    0x40,
-                    0,
-                    80,
-                    0,
-                    0,
-                    0,
-                    0,
-                ],
-            ),
-        )
-    };
     lab.check(Fx::drop(
         "IPv6 fragment header to VIP",
-        ext(44, vip6),
+        v6_ext(44, vip6),
         Stat::DropFragment,
     ));
     lab.check(Fx::drop(
         "IPv6 hop-by-hop header to VIP",
-        ext(0, vip6),
+        v6_ext(0, vip6),
         Stat::DropIpv6ExtHeader,
     ));
     lab.check(Fx::drop(
         "IPv6 routing header to VIP",
-        ext(43, vip6),
+        v6_ext(43, vip6),
         Stat::DropIpv6ExtHeader,
     ));
+    // Found by the fuzzer: the experimental extension headers (RFC 4727) were passed.
+    for next in [253, 254] {
+        lab.check(Fx::drop(
+            "IPv6 experimental extension header (253/254) to VIP",
+            v6_ext(next, vip6),
+            Stat::DropIpv6ExtHeader,
+        ));
+    }
     lab.check(Fx::pass(
         "IPv6 routing header to a non-VIP",
-        ext(43, other6),
+        v6_ext(43, other6),
         Stat::PassNotService,
     ));
 
@@ -736,20 +698,12 @@ fn fixtures() {
     // A pinned client keeps its backend when a backend is added, even if its slot moved.
     let d = v4("192.0.2.14");
     lab.h
-        .lb
-        .add_backend(
-            "web4",
-            BackendSpec {
-                address: d,
-                weight: 1,
-            },
-            link(d, LO),
-        )
+        .add_backend("web4", d, 1, link(d, LO))
         .expect("add backend");
     // Pin a client to A first whose slot will move to D: find it after the add, then
     // check it stays where its entry says.
     let moved = lab.client_on("web4", d, clients4("198.51.101"));
-    lab.h.lb.remove_backend("web4", d).expect("remove d again");
+    lab.h.remove_backend("web4", d).expect("remove d again");
     let before = lab
         .check(
             Fx::tx(
@@ -763,15 +717,7 @@ fn fixtures() {
         .expect("forwarded");
     assert_ne!(before, d);
     lab.h
-        .lb
-        .add_backend(
-            "web4",
-            BackendSpec {
-                address: d,
-                weight: 1,
-            },
-            link(d, LO),
-        )
+        .add_backend("web4", d, 1, link(d, LO))
         .expect("add backend");
     assert_eq!(
         lab.slot_backend("web4", moved),
@@ -801,10 +747,7 @@ fn fixtures() {
     );
 
     // An unhealthy backend's client is re-pinned on its next packet.
-    lab.h
-        .lb
-        .set_healthy("web4", before, false)
-        .expect("unhealthy");
+    lab.h.set_healthy("web4", before, false).expect("unhealthy");
     let repinned = lab
         .check(
             Fx::tx(
@@ -829,7 +772,6 @@ fn fixtures() {
     );
     // Sticky failback: the recovered backend does not get its old client back.
     lab.h
-        .lb
         .set_healthy("web4", before, true)
         .expect("healthy again");
     lab.check(
@@ -845,7 +787,7 @@ fn fixtures() {
 
     // A removed backend's client is re-pinned (its generation is gone).
     let on_d = newcomer;
-    lab.h.lb.remove_backend("web4", d).expect("remove");
+    lab.h.remove_backend("web4", d).expect("remove");
     lab.check(
         Fx::tx(
             "backend removed: its client is re-pinned",
@@ -871,7 +813,7 @@ fn fixtures() {
         .svc("web4", Svc::Miss),
     );
     let would_go = lab.client_on("web4", drained, clients4("198.51.104"));
-    lab.h.lb.set_draining("web4", drained, true).expect("drain");
+    lab.h.set_draining("web4", drained, true).expect("drain");
     lab.check(
         Fx::tx(
             "draining backend keeps its pinned client",
@@ -892,15 +834,11 @@ fn fixtures() {
         .out(Out::PredictedNot(Some(drained)))
         .svc("web4", Svc::Miss),
     );
-    lab.h
-        .lb
-        .set_draining("web4", drained, false)
-        .expect("undrain");
+    lab.h.set_draining("web4", drained, false).expect("undrain");
 
     // No healthy backend: drop and count, or pass when configured.
     for b in ["192.0.2.11", "192.0.2.12", "192.0.2.13"] {
         lab.h
-            .lb
             .set_healthy("dns4", b.parse().expect("addr"), false)
             .expect("down");
     }
@@ -921,7 +859,6 @@ fn fixtures() {
         .svc("dns4", Svc::Repin),
     );
     lab.h
-        .lb
         .set_healthy("dns4", "192.0.2.13".parse().expect("addr"), true)
         .expect("up");
     let fresh = v4("198.51.100.98");
@@ -936,7 +873,6 @@ fn fixtures() {
         .svc("dns4", Svc::Miss),
     );
     lab.h
-        .lb
         .set_healthy("passing", v4("192.0.2.11"), false)
         .expect("down");
     lab.check(
@@ -1033,7 +969,7 @@ fn fixtures() {
         .svc("short", Svc::Hit),
     );
     std::thread::sleep(Duration::from_millis(400));
-    let e = lab.h.lb.explain("short", c4, 0).expect("explain");
+    let e = lab.h.explain("short", c4, 0).expect("explain");
     assert_eq!(
         e.decision,
         Decision::Hashed {
@@ -1085,15 +1021,37 @@ fn fixtures() {
 
     println!("{} fixtures passed", lab.count);
     assert!(lab.count >= 40, "only {} fixtures ran", lab.count);
+    every_frame_is_a_fuzz_seed(&lab.sent);
 }
 
-const IPPROTO_TCP_U8: u8 = 6;
+/// The fuzzer mutates `xlb_tests::fixtures::all()`: every frame shape sent here must be
+/// there, or the fuzzer would not explore around it.
+fn every_frame_is_a_fuzz_seed(sent: &[Vec<u8>]) {
+    let seeds: std::collections::HashSet<Vec<u8>> = fixtures::all()
+        .iter()
+        .map(|n| fixtures::shape(&n.frame))
+        .collect();
+    for f in sent {
+        assert!(
+            seeds.contains(&fixtures::shape(f)),
+            "fixture frame {} has no shape in xlb_tests::fixtures::all() (the fuzzer's seeds): add it there",
+            hex(f)
+        );
+    }
+}
 
-/// Regression: with per-CPU LRU lists (BPF_F_NO_COMMON_LRU) a table fed from one CPU
-/// kept only capacity / CPUs clients, so pins were evicted long before the configured
-/// capacity. All traffic of this test runs on one CPU.
+/// Fill levels of the capacity test and the most clients each may leave unpinned: the
+/// README's figures (a bucket of 4 slots, 2 slots per configured client, clients spread
+/// by a hash: Poisson overflow 0.43%, 1.96%, 3.25%, 3.75%) plus room for the sampling
+/// noise of 16,384 clients.
+const CAPACITY_LOSS: [(f64, f64); 4] = [(0.5, 0.009), (0.8, 0.025), (0.95, 0.038), (1.0, 0.043)];
+
+/// `affinity_capacity` clients, fed from one CPU, stay pinned but for the documented share
+/// lost to full buckets — at 50%, 80%, 95% and 100% of capacity. (The regression it
+/// replaces: per-CPU LRU lists kept only capacity / CPUs clients when traffic came on one
+/// queue; the bucketed table is shared by all CPUs by construction.)
 #[test]
-fn affinity_capacity_holds_that_many_clients_from_one_cpu() {
+fn affinity_capacity_keeps_all_but_the_documented_share_of_clients() {
     require_root();
     enter_private_netns();
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
@@ -1105,39 +1063,45 @@ fn affinity_capacity_holds_that_many_clients_from_one_cpu() {
             0
         );
     }
-    let capacity = 4096u32;
+    let capacity = 16_384u32;
     let mut h = XlbHarness::load(&LoadOptions {
         affinity_capacity: capacity,
         maglev_slots: 1 << 16,
     });
-    let mut s = ServiceSpec::new("web", v4("203.0.113.10"), 80, Protocol::Tcp);
+    let mut s = Service::new("web", v4("203.0.113.10"), 80, Protocol::Tcp);
     s.table_size = 1021;
-    h.lb.add_service(s, &backends(&["192.0.2.11", "192.0.2.12"], LO))
+    h.add_service(s, &backends(&["192.0.2.11", "192.0.2.12"], LO))
         .expect("service");
-    let clients = capacity - 256; // the other CPU's local free list may hold up to 128 nodes
+    let id = h.service_id("web");
     let frame_of = |i: u32| {
         tcp_frame(
-            IpAddr::from([10, 50, (i >> 8) as u8, i as u8]),
+            IpAddr::from([10, 50 + (i >> 16) as u8, (i >> 8) as u8, i as u8]),
             v4("203.0.113.10"),
             1000,
             80,
         )
     };
-    for i in 0..clients {
-        assert_eq!(h.run(&frame_of(i), LO).action, XdpAction::Tx as u32);
+    for (fill, most) in CAPACITY_LOSS {
+        h.dp_mut().affinity_flush(None).expect("flush");
+        let clients = (capacity as f64 * fill) as u32;
+        for i in 0..clients {
+            assert_eq!(h.run(&frame_of(i), LO).action, XdpAction::Tx as u32);
+        }
+        let pinned = h.dp().affinity_entries(Some(id)).expect("entries").len() as u32;
+        let lost = 1.0 - pinned as f64 / clients as f64;
+        println!(
+            "{:.0}% of capacity: {pinned} of {clients} clients pinned, {:.2}% lost to full buckets",
+            fill * 100.0,
+            lost * 100.0
+        );
+        assert!(
+            lost <= most,
+            "{:.0}% of capacity: {:.2}% of the clients lost their pin, documented ≤ {:.1}%",
+            fill * 100.0,
+            lost * 100.0,
+            most * 100.0
+        );
     }
-    let id = h.lb.service("web").expect("web").id;
-    let before = h.lb.dp.service_stats(id).expect("stats");
-    for i in 0..clients {
-        assert_eq!(h.run(&frame_of(i), LO).action, XdpAction::Tx as u32);
-    }
-    let after = h.lb.dp.service_stats(id).expect("stats");
-    assert_eq!(
-        after.hits - before.hits,
-        clients as u64,
-        "{} of {clients} clients lost their pin in a table of {capacity}",
-        after.misses - before.misses
-    );
 }
 
 /// The batched Maglev reads and writes (raw BPF_MAP_*_BATCH syscalls) agree with
@@ -1155,17 +1119,20 @@ fn batched_maglev_reads_and_writes_match_single_slot_access() {
         .map(|i| i.wrapping_mul(2_654_435_761) % 4096)
         .collect();
     for offset in [0, 12_345, slots - table.len() as u32] {
-        let written = h.lb.dp.write_maglev(offset, &table, None).expect("write");
+        let written = h
+            .dp_mut()
+            .write_maglev(offset, &table, None)
+            .expect("write");
         assert_eq!(written, table.len());
         assert_eq!(
-            h.lb.dp
+            h.dp()
                 .read_maglev(offset, table.len() as u32)
                 .expect("read"),
             table
         );
         for i in [0usize, 1, 8191, 8192, 8193, table.len() - 1] {
             assert_eq!(
-                h.lb.dp.maglev_slot(offset + i as u32).expect("slot"),
+                h.dp().maglev_slot(offset + i as u32).expect("slot"),
                 table[i],
                 "slot {i} at {offset}"
             );
@@ -1175,20 +1142,410 @@ fn batched_maglev_reads_and_writes_match_single_slot_access() {
         changed[7] ^= 1;
         changed[9000] ^= 1;
         assert_eq!(
-            h.lb.dp
+            h.dp_mut()
                 .write_maglev(offset, &changed, Some(&table))
                 .expect("write"),
             2
         );
         assert_eq!(
-            h.lb.dp
+            h.dp()
                 .read_maglev(offset, table.len() as u32)
                 .expect("read"),
             changed
         );
     }
     assert!(
-        h.lb.dp.read_maglev(slots - 10, 11).is_err(),
+        h.dp().read_maglev(slots - 10, 11).is_err(),
         "a range past the end must fail"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Rows of the second design: refresh period, pins that never cross services, generations
+// that are never reused. Each topic is its own test, so its name says what broke.
+// ---------------------------------------------------------------------------------------
+
+/// One step of `CLOCK_MONOTONIC_COARSE` (`bpf_ktime_get_coarse_ns`): a scheduler tick.
+fn coarse_tick_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).max(1)
+}
+
+impl Lab {
+    /// Ages `client`'s entry in `svc` as if its last packet was `idle_ns` ago; its value
+    /// as the table now holds it.
+    fn age_entry(&mut self, svc: &str, client: IpAddr, idle_ns: u64) -> AffinityValue {
+        let key = self.key(svc, client);
+        assert!(
+            self.h
+                .dp_mut()
+                .affinity_restamp(&key, ktime_coarse_ns() - idle_ns)
+                .expect("restamp"),
+            "client has an entry"
+        );
+        self.entry(svc, client)
+    }
+
+    /// Marks `client`'s entry in `svc` established (as if seen in two distinct seconds).
+    fn establish(&mut self, svc: &str, client: IpAddr) {
+        let key = self.key(svc, client);
+        let v = self.entry(svc, client);
+        self.h
+            .dp_mut()
+            .affinity_set(&key, &v, true)
+            .expect("write entry");
+        let value = self.h.ctl.service(svc).expect("svc").value;
+        let judged = self
+            .h
+            .dp()
+            .judge(&value, &key, ktime_coarse_ns())
+            .expect("judge")
+            .expect("entry");
+        assert!(judged.established);
+    }
+
+    fn key(&self, svc: &str, client: IpAddr) -> AffinityKey {
+        affinity_key(self.h.ctl.service(svc).expect("service"), client, 0).expect("key")
+    }
+
+    fn entry(&self, svc: &str, client: IpAddr) -> AffinityValue {
+        let key = self.key(svc, client);
+        self.h
+            .dp()
+            .affinity_get(&key)
+            .expect("lookup")
+            .expect("entry")
+    }
+}
+
+/// Fault 3 (issue 10): a short `idle_timeout` gets a refresh period of a quarter of it, so
+/// `last_seen` is refreshed one tick after that period and not one tick before; expiry
+/// happens one tick after `idle_timeout` and not one tick before.
+#[test]
+fn fixtures_refresh_and_expiry_follow_a_short_idle_timeout() {
+    let mut lab = Lab::new();
+    let tick = coarse_tick_ns();
+    let svc = lab.h.ctl.service("short").expect("short").value;
+    let (timeout, refresh) = (svc.idle_timeout_ns, svc.refresh_ns as u64);
+    assert_eq!(timeout, 200_000_000, "the fixture service's idle_timeout");
+    assert_eq!(
+        refresh,
+        timeout / 4,
+        "refresh period of a 200 ms idle_timeout"
+    );
+    let vip = v4("203.0.113.40");
+    let c = v4("198.51.100.77");
+    let first = lab
+        .check(
+            Fx::tx(
+                "short idle_timeout: new client",
+                tcp_frame(c, vip, 1000, 80),
+                "short",
+                c,
+            )
+            .svc("short", Svc::Miss),
+        )
+        .expect("forwarded");
+    // Established already, so no hit below writes for the admission rule (a packet in a
+    // new second establishes a client), only for the refresh period.
+    lab.establish("short", c);
+    // The program's clock reads at most one tick after ours: 2 ticks of margin before.
+    let before = lab.age_entry("short", c, refresh - 2 * tick);
+    lab.check(
+        Fx::tx(
+            "idle one tick short of the refresh period: hit, last_seen not written",
+            tcp_frame(c, vip, 1001, 80),
+            "short",
+            c,
+        )
+        .out(Out::To(first))
+        .svc("short", Svc::Hit),
+    );
+    assert_eq!(
+        lab.entry("short", c).last_seen_ns,
+        before.last_seen_ns,
+        "refreshed before the refresh period"
+    );
+    let before = lab.age_entry("short", c, refresh + tick);
+    let asked = ktime_coarse_ns();
+    lab.check(
+        Fx::tx(
+            "idle one tick past the refresh period: hit, last_seen refreshed",
+            tcp_frame(c, vip, 1002, 80),
+            "short",
+            c,
+        )
+        .out(Out::To(first))
+        .svc("short", Svc::Hit),
+    );
+    // The table keeps time in units of 2^20 ns: compare at that resolution.
+    let after = units(lab.entry("short", c).last_seen_ns);
+    assert!(
+        after > units(before.last_seen_ns) && after >= units(asked),
+        "last_seen not refreshed past the refresh period ({} → {after}, now {}, in units)",
+        units(before.last_seen_ns),
+        units(asked)
+    );
+    lab.age_entry("short", c, timeout - 2 * tick);
+    lab.check(
+        Fx::tx(
+            "idle one tick short of idle_timeout: still a hit",
+            tcp_frame(c, vip, 1003, 80),
+            "short",
+            c,
+        )
+        .out(Out::To(first))
+        .svc("short", Svc::Hit),
+    );
+    lab.age_entry("short", c, timeout + tick);
+    lab.check(
+        Fx::tx(
+            "idle one tick past idle_timeout: expired, re-decided",
+            tcp_frame(c, vip, 1004, 80),
+            "short",
+            c,
+        )
+        .svc("short", Svc::Expiry),
+    );
+}
+
+/// Fault 1 (issue 10), data-plane half: an entry whose backend id holds another
+/// service's backend — with the entry's generation, forced — is re-pinned within its own
+/// service, counted as a re-pin; `explain` agrees before and after.
+#[test]
+fn fixtures_a_pin_never_crosses_services() {
+    let mut lab = Lab::new();
+    let vip4 = v4("203.0.113.10");
+    let c = v4("198.51.100.88");
+    lab.check(
+        Fx::tx(
+            "client pinned in web4",
+            tcp_frame(c, vip4, 1000, 80),
+            "web4",
+            c,
+        )
+        .svc("web4", Svc::Miss),
+    );
+    // Point the entry at the backend of service "remote" (192.0.2.61, behind another
+    // interface), with that backend's generation: only the service check can catch it.
+    let remote = lab.h.ctl.service("remote").expect("remote").backends[0].clone();
+    let key = lab.key("web4", c);
+    let mut v = lab.entry("web4", c);
+    v.backend_id = remote.id;
+    v.backend_gen = remote.generation;
+    lab.h
+        .dp_mut()
+        .affinity_set(&key, &v, false)
+        .expect("forge entry");
+    let e = lab.h.explain("web4", c, 0).expect("explain");
+    assert_eq!(
+        e.decision,
+        Decision::Hashed {
+            reason: HashReason::BackendUnusable
+        },
+        "explain must not follow a pin into another service"
+    );
+    let slot = lab.slot_backend("web4", c);
+    lab.check(
+        Fx::tx(
+            "entry pointing to another service's backend (same generation): re-pinned within web4",
+            tcp_frame(c, vip4, 1001, 80),
+            "web4",
+            c,
+        )
+        .out(Out::To(slot))
+        .svc("web4", Svc::Repin),
+    );
+    let pins = lab
+        .h
+        .dp()
+        .judged_entries(Some(lab.h.service_id("web4")), ktime_coarse_ns())
+        .expect("judged");
+    let mine = pins.iter().find(|p| p.key == key).expect("entry");
+    assert_eq!(
+        mine.backend
+            .map(|b| xlb::model::addr_from_words(&b.addr, b.family)),
+        Some(slot),
+        "affinity list view disagrees with the packet"
+    );
+}
+
+/// Generations are never issued twice: a backend id reused by a new backend of the same
+/// service, and (fault 1 of issue 10) an id reused by another service after the
+/// controller restarted on the same maps, never inherit the old pins.
+#[test]
+fn fixtures_a_reused_backend_id_never_inherits_pins() {
+    require_root();
+    enter_private_netns();
+    let mut h = XlbHarness::load(&LoadOptions {
+        affinity_capacity: 4096,
+        maglev_slots: 1 << 16,
+    });
+    let svc = |name: &str, vip: &str| {
+        let mut s = Service::new(name, vip.parse().expect("vip"), 80, Protocol::Tcp);
+        s.table_size = 1021;
+        s
+    };
+    let web = svc("web", "203.0.113.10");
+    let api = svc("api", "203.0.113.11");
+    h.add_service(web.clone(), &backends(&["10.77.0.11", "10.77.0.12"], LO))
+        .expect("web");
+    h.add_service(api.clone(), &backends(&["10.77.0.13"], LO))
+        .expect("api");
+    let b14 = v4("10.77.0.14");
+    h.add_backend("web", b14, 1, link(b14, LO))
+        .expect("add .14");
+    let vip = v4("203.0.113.10");
+    let client = clients4("198.51.105")
+        .find(|c| h.explain("web", *c, 0).expect("explain").slot_backend == Some(b14))
+        .expect("a client whose slot is .14");
+    let run = |h: &XlbHarness, port: u16| {
+        let r = h.run(&tcp_frame(client, vip, port, 80), LO);
+        assert_eq!(r.action, XdpAction::Tx as u32);
+        r.output[..6].to_vec()
+    };
+    assert_eq!(run(&h, 1000), mac_of(b14), "pinned to .14");
+    let old = h
+        .ctl
+        .service("web")
+        .expect("web")
+        .backend(b14)
+        .expect(".14")
+        .clone();
+
+    // 1. Same service: .14 removed, .16 added takes its id with a new generation.
+    h.remove_backend("web", b14).expect("remove .14");
+    let b16 = v4("10.77.0.16");
+    h.add_backend("web", b16, 1, link(b16, LO))
+        .expect("add .16");
+    let new = h
+        .ctl
+        .service("web")
+        .expect("web")
+        .backend(b16)
+        .expect(".16")
+        .clone();
+    assert_eq!(new.id, old.id, "the test needs the id reused");
+    assert_ne!(
+        new.generation, old.generation,
+        "a generation was issued twice"
+    );
+    let slot = h.explain("web", client, 0).expect("explain").slot_backend;
+    let id = h.service_id("web");
+    let repins = h.dp().service_stats(id).expect("stats").repins;
+    let got = run(&h, 1001);
+    assert_eq!(
+        Some(got.as_slice()),
+        slot.map(mac_of).as_ref().map(|m| &m[..])
+    );
+    assert_eq!(h.dp().service_stats(id).expect("stats").repins, repins + 1);
+
+    // 2. Pin the client to .16, remove .16, restart the controller on the same maps,
+    //    then add a backend to another service: it takes .16's id, never its generation.
+    let client = clients4("198.51.106")
+        .find(|c| h.explain("web", *c, 0).expect("explain").slot_backend == Some(b16))
+        .expect("a client whose slot is .16");
+    let r = h.run(&tcp_frame(client, vip, 2000, 80), LO);
+    assert_eq!(r.output[..6], mac_of(b16));
+    h.remove_backend("web", b16).expect("remove .16");
+    let mut desired = Desired::default();
+    for (s, addrs) in [
+        (&web, &["10.77.0.11", "10.77.0.12"][..]),
+        (&api, &["10.77.0.13"]),
+    ] {
+        let mut s = s.clone();
+        s.backends = addrs
+            .iter()
+            .map(|a| xlb::model::Backend::new(a.parse().expect("addr")))
+            .collect();
+        desired
+            .apply(&xlb::model::Edit::ServiceAdd {
+                service: Box::new(s),
+            })
+            .expect("desired");
+    }
+    let links: Vec<(IpAddr, Option<Link>)> = ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
+        .iter()
+        .map(|a| (v4(a), link(v4(a), LO)))
+        .collect();
+    h.restart(desired, &links);
+    let b15 = v4("10.77.0.15");
+    h.add_backend("api", b15, 1, link(b15, LO))
+        .expect("add .15 to api");
+    let reused = h
+        .ctl
+        .service("api")
+        .expect("api")
+        .backend(b15)
+        .expect(".15")
+        .clone();
+    assert_eq!(reused.id, new.id, "the test needs .16's id reused by api");
+    assert!(
+        reused.generation > new.generation,
+        "generation {} issued again after a restart",
+        reused.generation
+    );
+    let e = h.explain("web", client, 0).expect("explain");
+    assert!(
+        matches!(e.decision, Decision::Hashed { .. }),
+        "explain follows the pin to api's backend: {e:?}"
+    );
+    let repins = h.dp().service_stats(id).expect("stats").repins;
+    let r = h.run(&tcp_frame(client, vip, 2001, 80), LO);
+    assert_eq!(r.action, XdpAction::Tx as u32);
+    assert_ne!(
+        r.output[..6],
+        mac_of(b15),
+        "web's client went to api's backend"
+    );
+    assert_eq!(
+        Some(r.output[..6].to_vec()),
+        e.slot_backend.map(|b| mac_of(b).to_vec()),
+        "not web's slot backend"
+    );
+    assert_eq!(h.dp().service_stats(id).expect("stats").repins, repins + 1);
+}
+
+/// A removed backend forgets its health: added again without a check, it is new (issue
+/// 10, fault 4: out of the table until its first passed check), not healthy as before.
+#[test]
+fn a_backend_added_again_is_new_until_checked() {
+    require_root();
+    enter_private_netns();
+    let mut h = XlbHarness::load(&LoadOptions {
+        affinity_capacity: 1024,
+        maglev_slots: 1 << 16,
+    });
+    let mut s = Service::new("web", v4("203.0.113.10"), 80, Protocol::Tcp);
+    s.table_size = 1021;
+    h.add_service(s, &backends(&["192.0.2.11", "192.0.2.12"], LO))
+        .expect("service");
+    let b = v4("192.0.2.12");
+    h.remove_backend("web", b).expect("remove");
+    h.edit(xlb::model::Edit::BackendAdd {
+        service: "web".into(),
+        address: b,
+        weight: 1,
+    })
+    .expect("add again");
+    let ps = h.ctl.service("web").expect("web");
+    let pb = ps.backend(b).expect("listed");
+    assert!(!pb.usable(), "a never-checked backend keeps no pins");
+    assert_eq!(ps.table_share(pb.id), 0.0, "and takes no new client");
+    let c = lab_client_on(&h, b);
+    assert!(
+        c.is_none(),
+        "a client hashes to the unchecked backend: {c:?}"
+    );
+}
+
+/// Some client whose Maglev slot holds `backend` (none when it holds no slot).
+fn lab_client_on(h: &XlbHarness, backend: IpAddr) -> Option<IpAddr> {
+    clients4("198.51.100")
+        .find(|c| h.explain("web", *c, 0).expect("explain").slot_backend == Some(backend))
 }

@@ -1,0 +1,50 @@
+//! The config file's top-level shape and its `[daemon]` table, as written. A
+//! `[[service]]` table's shape is `model::encode::RawService` (shared with the control
+//! API and the state file).
+//!
+//! Owns: the raw structs. Must not touch: defaults or rules (parse.rs, the validator).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::DaemonConfig;
+use crate::model::{Named, encode::RawService};
+
+#[derive(Serialize)]
+pub struct RawTop {
+    pub daemon: RawDaemon,
+    pub service: Vec<RawService>,
+}
+
+/// Integers are `i64` so that an out-of-range number gets a message naming the allowed
+/// range rather than serde's type name.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawDaemon {
+    pub interfaces: Option<Vec<String>>,
+    pub xdp_mode: Option<String>,
+    pub pin_dir: Option<String>,
+    pub socket: Option<String>,
+    pub metrics: Option<String>,
+    pub affinity_capacity: Option<i64>,
+    pub socket_group: Option<String>,
+    pub state_file: Option<String>,
+}
+
+impl From<&DaemonConfig> for RawDaemon {
+    fn from(d: &DaemonConfig) -> Self {
+        let path = |p: &Path| Some(p.to_string_lossy().into_owned());
+        Self {
+            interfaces: Some(d.interfaces.clone()),
+            xdp_mode: Some(d.xdp_mode.name().into()),
+            pin_dir: path(&d.pin_dir),
+            socket: path(&d.socket),
+            // "" rather than absent: absent means the default address.
+            metrics: Some(d.metrics.map_or_else(String::new, |a| a.to_string())),
+            affinity_capacity: Some(d.affinity_capacity.into()),
+            socket_group: d.socket_group.as_ref().map(|g| g.name.clone()),
+            state_file: path(&d.state_file),
+        }
+    }
+}

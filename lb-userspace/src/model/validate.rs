@@ -1,0 +1,331 @@
+//! THE validator: the config file, the CLI's `service add` and every [`Edit`] the daemon
+//! receives go through these functions, so a rule is written once and every way in
+//! applies it alike.
+//!
+//! Field names are relative to the service (`prefix_v4`, `backend[2].weight`,
+//! `health.timeout`); callers prefix them (`service[0].`) or map them to flags.
+//!
+//! Owns: the rules and their messages. Must not touch: parsing (it sees typed values),
+//! the maps, the daemon's observations.
+//!
+//! [`Edit`]: super::Edit
+
+use std::{collections::HashSet, fmt, net::IpAddr, net::SocketAddr, time::Duration};
+
+use lb_common::maglev::{is_prime, next_prime};
+
+use super::{
+    Forwarding, HealthCheck, HealthKind, Service, format_duration, is_ipv6_link_local, limits::*,
+    status_range,
+};
+
+/// A problem with one field, named relative to its service (or to the edit that
+/// carries it).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `a: x; b: y`, for one-line messages.
+pub fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Collects the field errors of one value, so that all of them get reported.
+#[derive(Default)]
+pub struct Errors(pub Vec<FieldError>);
+
+impl Errors {
+    pub fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError::new(field, message));
+    }
+
+    pub fn finish<T>(self, value: T) -> Result<T, Vec<FieldError>> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.0)
+        }
+    }
+}
+
+/// `"33 is out of range (0..=32)"`.
+pub fn out_of_range(
+    value: impl fmt::Display,
+    lo: impl fmt::Display,
+    hi: impl fmt::Display,
+) -> String {
+    format!("{value} is out of range ({lo}..={hi})")
+}
+
+/// Checks one service on its own and against `others` (the services it must coexist
+/// with, not including itself): name and listener (VIP, port, protocol) are unique, and
+/// all of them together fit the data plane's id spaces.
+pub fn validate_service(svc: &Service, others: &[&Service]) -> Result<(), Vec<FieldError>> {
+    let mut e = Errors::default();
+    check_name(&mut e, svc, others);
+    check_listener(&mut e, svc, others);
+    if svc.prefix_v4 > MAX_PREFIX_V4 {
+        e.push("prefix_v4", out_of_range(svc.prefix_v4, 0, MAX_PREFIX_V4));
+    }
+    if svc.prefix_v6 > MAX_PREFIX_V6 {
+        e.push("prefix_v6", out_of_range(svc.prefix_v6, 0, MAX_PREFIX_V6));
+    }
+    if let Some(why) = check_idle_timeout(svc.idle_timeout) {
+        e.push("idle_timeout", why);
+    }
+    check_table_size(&mut e, svc, others);
+    check_backends(&mut e, svc);
+    check_health(&mut e, &svc.health);
+    e.finish(())
+}
+
+fn check_name(e: &mut Errors, svc: &Service, others: &[&Service]) {
+    let name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    let name = &svc.name;
+    if name.is_empty() {
+        e.push("name", "must not be empty");
+    } else if name.len() > NAME_MAX_LEN || !name.chars().all(name_ok) {
+        e.push(
+            "name",
+            format!(
+                "{name:?} must be 1 to {NAME_MAX_LEN} characters of A-Z, a-z, 0-9, '_', '.', '-'"
+            ),
+        );
+    } else if others.iter().any(|o| o.name == *name) {
+        e.push("name", format!("duplicate service name {name:?}"));
+    } else if others.len() >= MAX_SERVICES as usize {
+        e.push("name", format!("too many services: at most {MAX_SERVICES}"));
+    }
+}
+
+fn check_listener(e: &mut Errors, svc: &Service, others: &[&Service]) {
+    if svc.vip.is_unspecified() || svc.vip.is_multicast() {
+        e.push(
+            "vip",
+            format!("{} cannot be a VIP (unspecified or multicast)", svc.vip),
+        );
+    }
+    // A port-0 service and a port-80 service on one VIP coexist (the specific one wins).
+    if let Some(o) = others
+        .iter()
+        .find(|o| o.vip == svc.vip && o.port == svc.port && o.protocol == svc.protocol)
+    {
+        e.push(
+            "port",
+            format!(
+                "{}/{} is already used by service {:?}",
+                SocketAddr::new(svc.vip, svc.port),
+                svc.protocol,
+                o.name
+            ),
+        );
+    }
+}
+
+/// Why `t` cannot be an idle timeout, if it cannot.
+pub fn check_idle_timeout(t: Duration) -> Option<String> {
+    if t.is_zero() {
+        Some("must be greater than 0".into())
+    } else if t < MIN_IDLE_TIMEOUT {
+        Some(format!(
+            "{} is too short: must be at least {}: idleness is measured with the kernel's \
+             coarse clock, which steps once per scheduler tick (up to 10 ms), and an active \
+             client's entry is refreshed only every so often; a shorter timeout would not \
+             mean what it says",
+            format_duration(t),
+            format_duration(MIN_IDLE_TIMEOUT)
+        ))
+    } else if t > MAX_IDLE_TIMEOUT {
+        // The data plane keeps it in nanoseconds in a u64.
+        Some("is too long (at most about 584 years)".into())
+    } else {
+        None
+    }
+}
+
+fn check_table_size(e: &mut Errors, svc: &Service, others: &[&Service]) {
+    let n = svc.backends.len();
+    let total = n + others.iter().map(|o| o.backends.len()).sum::<usize>();
+    if n > MAX_BACKENDS as usize {
+        e.push("backend", format!("{n} backends: at most {MAX_BACKENDS}"));
+    } else if total > MAX_BACKENDS as usize {
+        e.push(
+            "backend",
+            format!("{total} backends over all services: at most {MAX_BACKENDS}"),
+        );
+    }
+    let m = svc.table_size;
+    let min = (n as u64 * u64::from(SLOTS_PER_BACKEND)).max(MIN_TABLE_SIZE.into());
+    if m > MAX_TABLE_SIZE {
+        e.push(
+            "table_size",
+            out_of_range(m, MIN_TABLE_SIZE, MAX_TABLE_SIZE),
+        );
+    } else if min > u64::from(MAX_TABLE_SIZE) {
+        // Only reachable with more backends than MAX_BACKENDS, reported above.
+    } else if !is_prime(m) {
+        // Maglev's permutations need a prime M; suggest one that also fits the backends.
+        let suggestion = next_prime(m.max(min as u32));
+        e.push(
+            "table_size",
+            format!("{m} is not prime (next prime: {suggestion})"),
+        );
+    } else if u64::from(m) < min {
+        e.push(
+            "table_size",
+            format!(
+                "{m} is too small for {n} backend(s): at least {min} ({SLOTS_PER_BACKEND} slots \
+                 per backend, {MIN_TABLE_SIZE} at least); next prime: {}",
+                next_prime(min as u32)
+            ),
+        );
+    }
+}
+
+fn check_backends(e: &mut Errors, svc: &Service) {
+    let mut seen = HashSet::new();
+    for (i, b) in svc.backends.iter().enumerate() {
+        let field = |key: &str| format!("backend[{i}].{key}");
+        if let Some(why) = check_backend_address(b.address) {
+            e.push(field("address"), why);
+        } else if !seen.insert(b.address) {
+            e.push(field("address"), format!("duplicate backend {}", b.address));
+        } else if let Some(why) = check_family(svc, b.address) {
+            e.push(field("address"), why);
+        }
+        if let Some(why) = check_weight(b.weight) {
+            e.push(field("weight"), why);
+        }
+    }
+}
+
+/// Why `a` cannot be a backend address on its own, if it cannot.
+pub fn check_backend_address(a: IpAddr) -> Option<String> {
+    if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
+        Some(format!(
+            "{a} cannot be a backend (unspecified, multicast or loopback)"
+        ))
+    } else if is_ipv6_link_local(a) {
+        Some(format!(
+            "{a} is IPv6 link-local: it is only reachable with a zone (an interface), which \
+             neither health checks nor the neighbour lookup carry; use a global or \
+             unique-local address of the backend"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Why backend `a` cannot serve `svc`'s VIP, if it cannot.
+pub fn check_family(svc: &Service, a: IpAddr) -> Option<String> {
+    // DSR rewrites only the MAC: the packet still carries the VIP's family.
+    (svc.forwarding == Forwarding::Dsr && a.is_ipv4() != svc.vip.is_ipv4()).then(|| {
+        format!(
+            "backend {a} and VIP {} differ in address family (not possible in {} mode)",
+            svc.vip, svc.forwarding
+        )
+    })
+}
+
+/// Why `w` cannot be a weight, if it cannot.
+pub fn check_weight(w: u32) -> Option<String> {
+    if w == 0 {
+        Some("0 is not allowed (remove or drain the backend instead)".into())
+    } else if !(MIN_WEIGHT..=MAX_WEIGHT).contains(&w) {
+        Some(out_of_range(w, MIN_WEIGHT, MAX_WEIGHT))
+    } else {
+        None
+    }
+}
+
+fn check_health(e: &mut Errors, h: &HealthCheck) {
+    if h.kind.port() == Some(0) {
+        e.push("health.port", out_of_range(0, 1, u16::MAX));
+    }
+    if let HealthKind::Http {
+        path,
+        host,
+        expect_status: (lo, hi),
+        ..
+    } = &h.kind
+    {
+        // Both go into the request line and headers verbatim.
+        let clean = |s: &str| !s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !path.starts_with('/') || !clean(path) {
+            e.push(
+                "health.path",
+                format!("{path:?} must start with '/' and contain no spaces or control characters"),
+            );
+        }
+        if let Some(host) = host.as_deref().filter(|h| h.is_empty() || !clean(h)) {
+            e.push(
+                "health.host",
+                format!("{host:?} must be non-empty, without spaces or control characters"),
+            );
+        }
+        let status = HTTP_STATUS_MIN..=HTTP_STATUS_MAX;
+        if !status.contains(lo) || !status.contains(hi) || lo > hi {
+            e.push(
+                "health.expect",
+                format!(
+                    "{:?} is not a status or status range within {HTTP_STATUS_MIN}..={HTTP_STATUS_MAX}",
+                    status_range(*lo, *hi)
+                ),
+            );
+        }
+    }
+    check_timing(e, h);
+    for (field, n) in [("health.rise", h.rise), ("health.fall", h.fall)] {
+        if !(1..=MAX_RISE_FALL).contains(&n) {
+            e.push(field, out_of_range(n, 1, MAX_RISE_FALL));
+        }
+    }
+}
+
+fn check_timing(e: &mut Errors, h: &HealthCheck) {
+    let fmt = format_duration;
+    if h.interval.is_zero() {
+        e.push("health.interval", "must be greater than 0");
+    } else if h.interval < MIN_HEALTH_INTERVAL || h.interval > MAX_HEALTH_INTERVAL {
+        e.push(
+            "health.interval",
+            format!(
+                "{} is outside {}..={} (probes more often are load, not monitoring; longer \
+                 ones leave failures unseen)",
+                fmt(h.interval),
+                fmt(MIN_HEALTH_INTERVAL),
+                fmt(MAX_HEALTH_INTERVAL)
+            ),
+        );
+    }
+    if h.timeout.is_zero() {
+        e.push("health.timeout", "must be greater than 0");
+    } else if h.timeout > h.interval && !h.interval.is_zero() {
+        // A probe still running when the next starts would overlap it: the checks of
+        // one backend are one after the other.
+        e.push(
+            "health.timeout",
+            format!(
+                "{} is longer than the interval {}",
+                fmt(h.timeout),
+                fmt(h.interval)
+            ),
+        );
+    }
+}

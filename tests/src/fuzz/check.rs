@@ -1,0 +1,377 @@
+//! Judges one run of the program against the oracle's [`Expect`]: verdict, output bytes,
+//! the one global counter, the service and backend counters, and affinity (one key, one
+//! backend, for the whole run).
+//!
+//! Pure: it reads what the runner observed and updates [`Memory`]; it never touches the
+//! kernel, so its own tests need no root.
+
+use std::collections::HashMap;
+
+use lb_common::{BackendStats, ServiceStats, Stat};
+
+use super::oracle::{Expect, Key, Topology};
+use crate::harness::XdpAction;
+
+/// What earlier frames decided: every affinity key that has an entry in the kernel, and
+/// the backend (index into `Topology::backends`) it went to when the output showed it.
+#[derive(Debug, Default)]
+pub struct Memory {
+    pins: HashMap<Key, Option<usize>>,
+    /// Up to this many keys the affinity table cannot have evicted any (it holds four
+    /// times as many), so a known key must hit; past it a known key may miss.
+    exact_up_to: usize,
+    /// Affinity hits and misses counted by the service counters so far.
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl Memory {
+    pub fn new(exact_up_to: usize) -> Self {
+        Self {
+            pins: HashMap::new(),
+            exact_up_to,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// Distinct affinity keys seen so far.
+    pub fn keys(&self) -> usize {
+        self.pins.len()
+    }
+
+    /// Whether a known key must still be a hit (no eviction possible yet).
+    pub fn exact(&self) -> bool {
+        self.pins.len() <= self.exact_up_to
+    }
+}
+
+/// What one run of the program did, as counter deltas over that run alone.
+#[derive(Debug)]
+pub struct Observed<'a> {
+    pub action: u32,
+    pub output: &'a [u8],
+    /// `XLB_STATS` deltas, indexed by [`Stat`].
+    pub stats: [u64; Stat::COUNT as usize],
+    /// `XLB_SVC_STATS` deltas in `Topology::services` order.
+    pub services: &'a [ServiceStats],
+    /// `XLB_BE_STATS` deltas in `Topology::backends` order.
+    pub backends: &'a [BackendStats],
+}
+
+/// The input of one judgement.
+pub struct Case<'a> {
+    pub frame: &'a [u8],
+    pub ingress: u32,
+    pub expect: &'a Expect,
+}
+
+type Verdict = Result<Stat, String>;
+
+pub fn action_name(a: u32) -> String {
+    match a {
+        0 => "XDP_ABORTED".into(),
+        1 => "XDP_DROP".into(),
+        2 => "XDP_PASS".into(),
+        3 => "XDP_TX".into(),
+        4 => "XDP_REDIRECT".into(),
+        n => format!("action {n}"),
+    }
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($why:tt)*) => {
+        if !$cond {
+            return Err(format!($($why)*));
+        }
+    };
+}
+
+/// Checks one run; returns the counter that moved (the frame's outcome) or what is wrong.
+pub fn judge(top: &Topology, mem: &mut Memory, case: &Case, obs: &Observed) -> Verdict {
+    ensure!(obs.action != XdpAction::Aborted as u32, "XDP_ABORTED");
+    let counted = one_counter(&obs.stats)?;
+    match case.expect {
+        Expect::Pass(want) => {
+            ensure!(
+                obs.action == XdpAction::Pass as u32 && counted == *want,
+                "got {} with counter {}",
+                action_name(obs.action),
+                counted.name()
+            );
+            unchanged(case.frame, obs.output)?;
+            quiet_services(top, obs, None)?;
+            quiet_backends(obs, &[])?;
+        }
+        Expect::Drop(want) => {
+            ensure!(
+                obs.action == XdpAction::Drop as u32 && counted == *want,
+                "got {} with counter {}",
+                action_name(obs.action),
+                counted.name()
+            );
+            quiet_services(top, obs, None)?;
+            quiet_backends(obs, &[])?;
+        }
+        Expect::Balance { service, key } => {
+            quiet_services(top, obs, Some(*service))?;
+            balance(top, mem, case, obs, counted, *service, *key)?;
+        }
+    }
+    Ok(counted)
+}
+
+/// Exactly one global counter moved, by exactly one: which.
+pub fn one_counter(stats: &[u64; Stat::COUNT as usize]) -> Result<Stat, String> {
+    let moved: Vec<String> = Stat::ALL
+        .iter()
+        .filter(|s| stats[**s as usize] != 0)
+        .map(|s| format!("{} +{}", s.name(), stats[*s as usize]))
+        .collect();
+    match Stat::ALL.iter().find(|s| stats[**s as usize] != 0) {
+        Some(s) if moved.len() == 1 && stats[*s as usize] == 1 => Ok(*s),
+        _ => Err(format!(
+            "counters of XLB_STATS moved: [{}] (want exactly one, by one)",
+            moved.join(", ")
+        )),
+    }
+}
+
+fn unchanged(input: &[u8], output: &[u8]) -> Result<(), String> {
+    if input == output {
+        return Ok(());
+    }
+    Err(match input.iter().zip(output).position(|(a, b)| a != b) {
+        Some(i) => format!(
+            "frame modified: first difference at byte {i} ({:02x} → {:02x})",
+            input[i], output[i]
+        ),
+        None => format!("frame length changed: {} → {}", input.len(), output.len()),
+    })
+}
+
+/// No service counter moved, except `except`'s.
+fn quiet_services(top: &Topology, obs: &Observed, except: Option<usize>) -> Result<(), String> {
+    for (i, d) in obs.services.iter().enumerate() {
+        ensure!(
+            Some(i) == except || *d == ServiceStats::default(),
+            "counters of service {} moved: {d:?}",
+            top.services[i].name
+        );
+    }
+    Ok(())
+}
+
+/// No backend counter moved, except those of `except` (indexes into `backends`).
+fn quiet_backends(obs: &Observed, except: &[usize]) -> Result<(), String> {
+    for (i, d) in obs.backends.iter().enumerate() {
+        ensure!(
+            except.contains(&i) || *d == BackendStats::default(),
+            "counters of backend #{i} moved: {d:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A frame that reached a service's balancing.
+fn balance(
+    top: &Topology,
+    mem: &mut Memory,
+    case: &Case,
+    obs: &Observed,
+    counted: Stat,
+    service: usize,
+    key: Key,
+) -> Result<(), String> {
+    let d = obs.services[service];
+    let known = mem.pins.get(&key).copied();
+    // Health never changes during a run and idle_timeout is an hour: no re-pin, no expiry.
+    ensure!(
+        d.repins == 0 && d.expiries == 0,
+        "service counters: {d:?} (a re-pin or expiry cannot happen in this run)"
+    );
+    match (known, mem.exact()) {
+        (None, _) => ensure!(
+            d.misses == 1 && d.hits == 0,
+            "new affinity key, want one miss: {d:?}"
+        ),
+        (Some(_), true) => ensure!(
+            d.hits == 1 && d.misses == 0,
+            "known affinity key (no eviction possible yet), want one hit: {d:?}"
+        ),
+        (Some(_), false) => ensure!(d.hits + d.misses == 1, "want one hit or miss: {d:?}"),
+    }
+    mem.hits += d.hits;
+    mem.misses += d.misses;
+    if let Some(nb) = top.services[service].no_backend {
+        return no_backend(case, obs, counted, nb, d);
+    }
+    ensure!(d.no_backend == 0, "no_backend moved: {d:?}");
+    let chosen = match obs.action {
+        a if a == XdpAction::Tx as u32 || a == XdpAction::Redirect as u32 => {
+            forwarded(top, case, obs, counted, service)?
+        }
+        a if a == XdpAction::Drop as u32 => no_tx_port(top, case, obs, counted, service)?,
+        a => {
+            return Err(format!(
+                "got {} with counter {}",
+                action_name(a),
+                counted.name()
+            ));
+        }
+    };
+    if let (Some(Some(before)), Some(now)) = (known, chosen) {
+        ensure!(
+            before == now,
+            "affinity broken: this key went to {} before, now to {}",
+            top.backends[before].address,
+            top.backends[now].address
+        );
+    }
+    let remembered = chosen.or(known.flatten());
+    mem.pins.insert(key, remembered);
+    Ok(())
+}
+
+fn no_backend(
+    case: &Case,
+    obs: &Observed,
+    counted: Stat,
+    want: Stat,
+    d: ServiceStats,
+) -> Result<(), String> {
+    let action = if want == Stat::PassNoBackend {
+        XdpAction::Pass
+    } else {
+        XdpAction::Drop
+    };
+    ensure!(
+        obs.action == action as u32 && counted == want,
+        "got {} with counter {}",
+        action_name(obs.action),
+        counted.name()
+    );
+    ensure!(
+        d.no_backend == 1 && d.packets == 0 && d.bytes == 0,
+        "service counters: {d:?}"
+    );
+    if action == XdpAction::Pass {
+        unchanged(case.frame, obs.output)?;
+    }
+    quiet_backends(obs, &[])
+}
+
+/// XDP_TX or XDP_REDIRECT: only the two MACs changed, to one backend of the service, on
+/// the verdict its interface calls for. Returns the backend.
+fn forwarded(
+    top: &Topology,
+    case: &Case,
+    obs: &Observed,
+    counted: Stat,
+    service: usize,
+) -> Result<Option<usize>, String> {
+    let (f, out) = (case.frame, obs.output);
+    ensure!(
+        out.len() == f.len() && out[12..] == f[12..],
+        "forwarded frame changed beyond the MACs (length {} → {})",
+        f.len(),
+        out.len()
+    );
+    let b = top
+        .backends_of(service)
+        .find(|&b| out[..6] == top.backends[b].mac && out[6..12] == top.backends[b].src_mac)
+        .ok_or_else(|| {
+            format!(
+                "forwarded with MACs {:02x?} → {:02x?}: not a backend of {}",
+                &out[6..12],
+                &out[..6],
+                top.services[service].name
+            )
+        })?;
+    let be = &top.backends[b];
+    let want = if be.ifindex == case.ingress {
+        (XdpAction::Tx, Stat::Tx)
+    } else if top.tx_ports.contains(&be.ifindex) {
+        (XdpAction::Redirect, Stat::Redirect)
+    } else {
+        (XdpAction::Drop, Stat::DropNoTxPort)
+    };
+    ensure!(
+        obs.action == want.0 as u32 && counted == want.1,
+        "backend {} on ifindex {}, ingress {}: want {:?}/{}, got {}/{}",
+        be.address,
+        be.ifindex,
+        case.ingress,
+        want.0,
+        want.1.name(),
+        action_name(obs.action),
+        counted.name()
+    );
+    let d = obs.services[service];
+    let len = f.len() as u64;
+    ensure!(
+        d.packets == 1 && d.bytes == len && d.no_backend == 0,
+        "service counters: {d:?} (want packets 1, bytes {len})"
+    );
+    let bd = obs.backends[b];
+    ensure!(
+        bd.packets == 1 && bd.bytes == len && bd.pins == d.misses,
+        "backend {} counters: {bd:?} (want packets 1, bytes {len}, pins {})",
+        be.address,
+        d.misses
+    );
+    quiet_backends(obs, &[b])?;
+    Ok(Some(b))
+}
+
+/// XDP_DROP for a backend whose interface is neither the ingress nor in the redirect map.
+/// Returns the backend when its counters show which one it was.
+fn no_tx_port(
+    top: &Topology,
+    case: &Case,
+    obs: &Observed,
+    counted: Stat,
+    service: usize,
+) -> Result<Option<usize>, String> {
+    ensure!(
+        counted == Stat::DropNoTxPort,
+        "got XDP_DROP with counter {}",
+        counted.name()
+    );
+    let unreachable: Vec<usize> = top
+        .backends_of(service)
+        .filter(|&b| {
+            let i = top.backends[b].ifindex;
+            i != case.ingress && !top.tx_ports.contains(&i)
+        })
+        .collect();
+    ensure!(
+        !unreachable.is_empty(),
+        "drop_no_tx_port, but every backend of {} is reachable from ingress {}",
+        top.services[service].name,
+        case.ingress
+    );
+    let d = obs.services[service];
+    ensure!(
+        d.packets == 0 && d.bytes == 0,
+        "service counters: {d:?} (nothing forwarded)"
+    );
+    quiet_backends(obs, &unreachable)?;
+    let pins: u64 = unreachable.iter().map(|&b| obs.backends[b].pins).sum();
+    ensure!(
+        pins == d.misses
+            && unreachable
+                .iter()
+                .all(|&b| obs.backends[b].packets == 0 && obs.backends[b].bytes == 0),
+        "backend counters moved wrongly for drop_no_tx_port"
+    );
+    Ok(unreachable
+        .iter()
+        .copied()
+        .find(|&b| obs.backends[b].pins == 1)
+        .or(if unreachable.len() == 1 {
+            Some(unreachable[0])
+        } else {
+            None
+        }))
+}

@@ -1,0 +1,319 @@
+//! The fuzzer's reference model: what the README says must happen to a frame ("Packets
+//! xlb does not balance", in its order, and the selection rules), computed from the
+//! frame's bytes with a parser of its own — none of the data plane's code.
+//!
+//! Owns the topology's description ([`Topology`]) and the expectation per frame
+//! ([`Expect`]); it never touches the kernel (the runner does) and keeps no state across
+//! frames (the checker's `Memory` does).
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use lb_common::Stat;
+
+/// Ethernet header length; BPF_PROG_TEST_RUN refuses shorter frames.
+pub const ETH_HLEN: usize = 14;
+
+/// IPv6 next-header values of extension headers that may precede TCP/UDP (IANA "IPv6
+/// Extension Header Types", RFC 7045), fragment (44) apart: hop-by-hop, routing,
+/// destination options, authentication, mobility, HIP, shim6 and the two experimental
+/// values. ESP (50) is not here: what follows it is encrypted, so like IPv4's protocol 50
+/// it is a protocol xlb does not balance (passed).
+pub const IPV6_EXT_HEADERS: [u8; 9] = [0, 43, 60, 51, 135, 139, 140, 253, 254];
+/// IPv6 fragment header.
+pub const IPV6_FRAGMENT: u8 = 44;
+
+/// The fixed IP header of a frame, as far as the README's rules read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpHeader {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IPv4 protocol or IPv6 next header.
+    pub proto: u8,
+    /// IPv4 MF flag or fragment offset set; IPv6 next header = fragment.
+    pub fragment: bool,
+    /// Offset of the layer-4 header: IPv4 l3 + IHL × 4, IPv6 l3 + 40.
+    pub l4: usize,
+}
+
+/// What a frame is, before any service is looked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// The VLAN tag or the fixed IP header (20/40 bytes) is cut short, or the IP header is
+    /// invalid (wrong version, IPv4 IHL < 5).
+    Malformed,
+    /// Not IPv4/IPv6 after at most one VLAN tag (802.1Q or 802.1ad).
+    NonIp,
+    Ip(IpHeader),
+}
+
+fn be16(f: &[u8], at: usize) -> Option<u16> {
+    f.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+}
+
+/// Reads the Ethernet, VLAN and fixed IP headers. `f` is at least [`ETH_HLEN`] long.
+pub fn parse(f: &[u8]) -> Parsed {
+    let Some(mut ethertype) = be16(f, 12) else {
+        return Parsed::Malformed;
+    };
+    let mut l3 = ETH_HLEN;
+    if ethertype == 0x8100 || ethertype == 0x88a8 {
+        let Some(inner) = be16(f, 16) else {
+            return Parsed::Malformed;
+        };
+        ethertype = inner;
+        l3 += 4;
+    }
+    match ethertype {
+        0x0800 => parse_v4(f, l3),
+        0x86dd => parse_v6(f, l3),
+        _ => Parsed::NonIp,
+    }
+}
+
+fn parse_v4(f: &[u8], l3: usize) -> Parsed {
+    let Some(h) = f.get(l3..l3 + 20) else {
+        return Parsed::Malformed;
+    };
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Parsed::Malformed;
+    }
+    let addr = |i: usize| IpAddr::V4(Ipv4Addr::new(h[i], h[i + 1], h[i + 2], h[i + 3]));
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    Parsed::Ip(IpHeader {
+        src: addr(12),
+        dst: addr(16),
+        proto: h[9],
+        // MF (0x2000) or a fragment offset; DF and the reserved bit do not make a fragment.
+        fragment: frag & 0x3fff != 0,
+        l4: l3 + ihl,
+    })
+}
+
+fn parse_v6(f: &[u8], l3: usize) -> Parsed {
+    let Some(h) = f.get(l3..l3 + 40) else {
+        return Parsed::Malformed;
+    };
+    if h[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    let addr = |i: usize| {
+        let o: [u8; 16] = h[i..i + 16].try_into().expect("16 bytes");
+        IpAddr::V6(Ipv6Addr::from(o))
+    };
+    Parsed::Ip(IpHeader {
+        src: addr(8),
+        dst: addr(24),
+        proto: h[6],
+        fragment: h[6] == IPV6_FRAGMENT,
+        l4: l3 + 40,
+    })
+}
+
+/// A backend as the checker recognises it on the wire.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    pub address: IpAddr,
+    /// Index of its service in [`Topology::services`].
+    pub service: usize,
+    /// Id in the data plane's maps (`XLB_BE_STATS` index).
+    pub id: u32,
+    /// Destination MAC of frames forwarded to it.
+    pub mac: [u8; 6],
+    /// Source MAC of those frames (its egress interface's).
+    pub src_mac: [u8; 6],
+    /// Its egress interface.
+    pub ifindex: u32,
+}
+
+/// A service as configured for the run.
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub name: &'static str,
+    /// Id in the data plane's maps (`XLB_SVC_STATS` index).
+    pub id: u32,
+    pub vip: IpAddr,
+    /// 0 = every port.
+    pub port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    /// Client prefix length in the affinity key.
+    pub prefix: u8,
+    /// `affinity = "none"`: the source port is part of the key.
+    pub per_flow: bool,
+    /// `None` when it has healthy backends; otherwise the counter its packets move
+    /// (`DropNoBackend` or `PassNoBackend`).
+    pub no_backend: Option<Stat>,
+}
+
+/// Everything the oracle and the checker know of the configuration.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub services: Vec<Service>,
+    pub backends: Vec<Backend>,
+    /// Interfaces in the redirect map (`XLB_TX_PORTS`).
+    pub tx_ports: Vec<u32>,
+    /// Ingress interfaces the fuzzer sends on, with names for messages.
+    pub ingresses: Vec<(u32, &'static str)>,
+}
+
+/// An affinity key as the selection rules define it: service, client address masked to
+/// the service's prefix, and the source port only with `affinity = "none"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub service: usize,
+    pub addr: [u8; 16],
+    pub port: u16,
+}
+
+impl Topology {
+    fn is_vip(&self, dst: IpAddr) -> bool {
+        self.services.iter().any(|s| s.vip == dst)
+    }
+
+    /// The service for (destination, protocol, port): an exact port wins over port 0.
+    fn service_for(&self, dst: IpAddr, proto: u8, dport: u16) -> Option<usize> {
+        let find = |port: u16| {
+            self.services
+                .iter()
+                .position(|s| s.vip == dst && s.proto == proto && s.port == port)
+        };
+        find(dport).or_else(|| find(0))
+    }
+
+    /// Indexes (into `backends`) of a service's backends.
+    pub fn backends_of(&self, service: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.backends.len()).filter(move |&b| self.backends[b].service == service)
+    }
+
+    pub fn ingress_name(&self, ifindex: u32) -> &'static str {
+        self.ingresses
+            .iter()
+            .find(|(i, _)| *i == ifindex)
+            .map_or("?", |(_, n)| n)
+    }
+
+    fn key(&self, service: usize, src: IpAddr, sport: u16) -> Key {
+        let s = &self.services[service];
+        let mut addr = [0u8; 16];
+        match src {
+            IpAddr::V4(a) => addr[..4].copy_from_slice(&a.octets()),
+            IpAddr::V6(a) => addr.copy_from_slice(&a.octets()),
+        }
+        let prefix = usize::from(s.prefix);
+        for (i, b) in addr.iter_mut().enumerate() {
+            let keep = prefix.saturating_sub(i * 8).min(8);
+            *b &= !(0xffu16 >> keep) as u8;
+        }
+        Key {
+            service,
+            addr,
+            port: if s.per_flow { sport } else { 0 },
+        }
+    }
+}
+
+/// What must happen to a frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// XDP_PASS, the frame unchanged, this counter; no service or backend counter moves.
+    Pass(Stat),
+    /// XDP_DROP with this counter; no service or backend counter moves.
+    Drop(Stat),
+    /// The frame reaches `service`'s balancing with this affinity key: forwarded to one of
+    /// its backends, or its no-backend verdict, or dropped for a missing redirect port.
+    Balance { service: usize, key: Key },
+}
+
+/// The README's table, in order, for one frame.
+pub fn expect(top: &Topology, f: &[u8]) -> Expect {
+    let ip = match parse(f) {
+        Parsed::Malformed => return Expect::Pass(Stat::PassMalformed),
+        Parsed::NonIp => return Expect::Pass(Stat::PassNonIp),
+        Parsed::Ip(ip) => ip,
+    };
+    if !top.is_vip(ip.dst) {
+        return Expect::Pass(Stat::PassNotService);
+    }
+    if ip.fragment {
+        return Expect::Drop(Stat::DropFragment);
+    }
+    if ip.dst.is_ipv6() && IPV6_EXT_HEADERS.contains(&ip.proto) {
+        return Expect::Drop(Stat::DropIpv6ExtHeader);
+    }
+    let header = match ip.proto {
+        6 => 20,
+        17 => 8,
+        _ => return Expect::Pass(Stat::PassNotService),
+    };
+    if ip.l4 + header > f.len() {
+        return Expect::Drop(Stat::DropMalformed);
+    }
+    let sport = be16(f, ip.l4).expect("checked above");
+    let dport = be16(f, ip.l4 + 2).expect("checked above");
+    match top.service_for(ip.dst, ip.proto, dport) {
+        Some(service) => Expect::Balance {
+            service,
+            key: top.key(service, ip.src, sport),
+        },
+        None => Expect::Pass(Stat::PassNotService),
+    }
+}
+
+/// `Expect` with the topology's names, for messages.
+pub struct Described<'a>(pub &'a Topology, pub &'a Expect);
+
+impl fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            Expect::Pass(s) => write!(f, "XDP_PASS unchanged, counter {}", s.name()),
+            Expect::Drop(s) => write!(f, "XDP_DROP, counter {}", s.name()),
+            Expect::Balance { service, key } => {
+                let s = &self.0.services[*service];
+                match s.no_backend {
+                    Some(nb) => write!(
+                        f,
+                        "service {} without healthy backend: {}",
+                        s.name,
+                        nb.name()
+                    ),
+                    None => write!(f, "service {}: forwarded to one of its backends", s.name),
+                }?;
+                write!(f, " (affinity key {key:?})")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_masks_whole_and_partial_bytes() {
+        let svc = |prefix| Service {
+            name: "s",
+            id: 0,
+            vip: "203.0.113.1".parse().expect("ip"),
+            port: 80,
+            proto: 6,
+            prefix,
+            per_flow: false,
+            no_backend: None,
+        };
+        let top = |prefix| Topology {
+            services: vec![svc(prefix)],
+            backends: vec![],
+            tx_ports: vec![],
+            ingresses: vec![],
+        };
+        let src: IpAddr = "198.51.100.255".parse().expect("ip");
+        assert_eq!(top(24).key(0, src, 1).addr[..4], [198, 51, 100, 0]);
+        assert_eq!(top(20).key(0, src, 1).addr[..4], [198, 51, 96, 0]);
+        assert_eq!(top(32).key(0, src, 1).addr[..4], [198, 51, 100, 255]);
+        assert_eq!(top(0).key(0, src, 1).addr[..4], [0, 0, 0, 0]);
+    }
+}

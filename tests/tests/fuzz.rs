@@ -1,0 +1,261 @@
+//! The fuzz tier: a short, fixed-seed run of the fuzzer (`cargo xtask fuzz` runs the long
+//! one) through the real XDP program, and the checker's own tests — each wrong outcome
+//! the fuzzer must catch, shown to be caught.
+
+use lb_common::{BackendStats, ServiceStats, Stat};
+use xlb_tests::{
+    fixtures::{CLIENT4, OTHER4, VIP4},
+    fuzz::{
+        self,
+        check::{Case, Memory, Observed, judge},
+        oracle::{Backend, Expect, Service, Topology, expect},
+    },
+    harness::XdpAction,
+    packet::tcp_frame,
+    require_root,
+};
+
+/// Frames of the short run: the systematic pass (about 25,000) and the random mix; a few
+/// seconds on an idle machine.
+const SHORT_RUN_FRAMES: u64 = 300_000;
+/// Fixed so CI is deterministic; `XLB_FUZZ_SEED=N cargo xtask test --tier fuzz` tries another.
+const SHORT_RUN_SEED: u64 = 1;
+
+#[test]
+fn short_run_finds_no_new_fault() {
+    require_root();
+    let seed = std::env::var("XLB_FUZZ_SEED")
+        .ok()
+        .map(|s| s.parse().expect("XLB_FUZZ_SEED is a number"))
+        .unwrap_or(SHORT_RUN_SEED);
+    let report = fuzz::run(&fuzz::Options {
+        frames: SHORT_RUN_FRAMES,
+        seed,
+        progress: false,
+    });
+    println!("{report}");
+    assert_eq!(report.aborted, 0, "XDP_ABORTED (see the report above)");
+    assert_eq!(
+        report.failures, 0,
+        "the fuzzer found {} failing frames (report above)",
+        report.failures
+    );
+    // A run that never reached an outcome tested nothing there.
+    for s in Stat::ALL {
+        assert!(
+            report.outcomes.get(s.name()).copied().unwrap_or(0) > 0,
+            "no frame ended as {}: the generator does not reach it",
+            s.name()
+        );
+    }
+    assert!(
+        report.hits > 0 && report.misses > 0,
+        "affinity not exercised"
+    );
+}
+
+// --- the checker catches what it must -----------------------------------------------
+
+const LO: u32 = 1;
+const OTHER_IF: u32 = 7;
+
+fn topology() -> Topology {
+    let backend = |last: u8, ifindex| Backend {
+        address: format!("192.0.2.{last}").parse().expect("ip"),
+        service: 0,
+        id: u32::from(last),
+        mac: [0x02, 0xbe, 192, 0, 2, last],
+        src_mac: [0x02, 0x1b, 0, 0, 0, 1],
+        ifindex,
+    };
+    Topology {
+        services: vec![Service {
+            name: "web4",
+            id: 0,
+            vip: VIP4,
+            port: 80,
+            proto: 6,
+            prefix: 32,
+            per_flow: false,
+            no_backend: None,
+        }],
+        backends: vec![backend(11, LO), backend(12, LO), backend(13, OTHER_IF)],
+        tx_ports: vec![],
+        ingresses: vec![(LO, "lo")],
+    }
+}
+
+/// The observation of a correct run of `frame`: `stat` counted, and for a forward to
+/// backend `to` its MACs, one miss (or hit) and the packet counted.
+struct Fake {
+    action: u32,
+    output: Vec<u8>,
+    stats: [u64; Stat::COUNT as usize],
+    services: Vec<ServiceStats>,
+    backends: Vec<BackendStats>,
+}
+
+impl Fake {
+    fn pass(frame: &[u8], stat: Stat) -> Self {
+        let mut stats = [0; Stat::COUNT as usize];
+        stats[stat as usize] = 1;
+        Self {
+            action: XdpAction::Pass as u32,
+            output: frame.to_vec(),
+            stats,
+            services: vec![ServiceStats::default()],
+            backends: vec![BackendStats::default(); 3],
+        }
+    }
+
+    fn forward(top: &Topology, frame: &[u8], to: usize, hit: bool) -> Self {
+        let mut f = Self::pass(frame, Stat::Tx);
+        f.stats = [0; Stat::COUNT as usize];
+        f.stats[Stat::Tx as usize] = 1;
+        f.action = XdpAction::Tx as u32;
+        f.output[..6].copy_from_slice(&top.backends[to].mac);
+        f.output[6..12].copy_from_slice(&top.backends[to].src_mac);
+        let len = frame.len() as u64;
+        f.services[0] = ServiceStats {
+            packets: 1,
+            bytes: len,
+            hits: u64::from(hit),
+            misses: u64::from(!hit),
+            ..Default::default()
+        };
+        f.backends[to] = BackendStats {
+            packets: 1,
+            bytes: len,
+            pins: u64::from(!hit),
+            _reserved: 0,
+        };
+        f
+    }
+
+    fn judge(&self, top: &Topology, mem: &mut Memory, frame: &[u8]) -> Result<Stat, String> {
+        let e = expect(top, frame);
+        let case = Case {
+            frame,
+            ingress: LO,
+            expect: &e,
+        };
+        let obs = Observed {
+            action: self.action,
+            output: &self.output,
+            stats: self.stats,
+            services: &self.services,
+            backends: &self.backends,
+        };
+        judge(top, mem, &case, &obs)
+    }
+}
+
+fn rejects(r: Result<Stat, String>, why: &str) {
+    let e = r.expect_err("the checker accepted a wrong outcome");
+    assert!(e.contains(why), "rejected for {e:?}, want {why:?}");
+}
+
+#[test]
+fn checker_accepts_correct_outcomes() {
+    let top = topology();
+    let mut mem = Memory::new(1000);
+    let other = tcp_frame(CLIENT4, OTHER4, 1000, 80);
+    assert_eq!(
+        Fake::pass(&other, Stat::PassNotService).judge(&top, &mut mem, &other),
+        Ok(Stat::PassNotService)
+    );
+    let f = tcp_frame(CLIENT4, VIP4, 1000, 80);
+    assert_eq!(
+        Fake::forward(&top, &f, 0, false).judge(&top, &mut mem, &f),
+        Ok(Stat::Tx)
+    );
+    assert_eq!(
+        Fake::forward(&top, &f, 0, true).judge(&top, &mut mem, &f),
+        Ok(Stat::Tx)
+    );
+}
+
+#[test]
+fn checker_rejects_wrong_verdicts_and_counters() {
+    let top = topology();
+    let mut mem = Memory::new(1000);
+    let other = tcp_frame(CLIENT4, OTHER4, 1000, 80);
+    let mut x = Fake::pass(&other, Stat::PassNotService);
+    x.action = XdpAction::Aborted as u32;
+    rejects(x.judge(&top, &mut mem, &other), "XDP_ABORTED");
+    let x = Fake::pass(&other, Stat::PassMalformed);
+    rejects(x.judge(&top, &mut mem, &other), "counter pass_malformed");
+    let mut x = Fake::pass(&other, Stat::PassNotService);
+    x.stats[Stat::PassNonIp as usize] = 1;
+    rejects(x.judge(&top, &mut mem, &other), "want exactly one");
+    let mut x = Fake::pass(&other, Stat::PassNotService);
+    x.stats[Stat::PassNotService as usize] = 2;
+    rejects(x.judge(&top, &mut mem, &other), "want exactly one");
+    let mut x = Fake::pass(&other, Stat::PassNotService);
+    x.services[0].hits = 1;
+    rejects(
+        x.judge(&top, &mut mem, &other),
+        "counters of service web4 moved",
+    );
+    let mut x = Fake::pass(&other, Stat::PassNotService);
+    x.output[30] ^= 1;
+    rejects(x.judge(&top, &mut mem, &other), "frame modified");
+    let f = tcp_frame(CLIENT4, VIP4, 1000, 80);
+    let mut x = Fake::forward(&top, &f, 0, false);
+    x.backends[0].bytes += 1;
+    rejects(x.judge(&top, &mut mem, &f), "backend 192.0.2.11 counters");
+    let mut x = Fake::forward(&top, &f, 0, false);
+    x.services[0].repins = 1;
+    rejects(x.judge(&top, &mut mem, &f), "re-pin");
+}
+
+#[test]
+fn checker_rejects_wrong_forwards() {
+    let top = topology();
+    let mut mem = Memory::new(1000);
+    let f = tcp_frame(CLIENT4, VIP4, 1000, 80);
+    let mut x = Fake::forward(&top, &f, 0, false);
+    x.output[0] ^= 0x40;
+    rejects(x.judge(&top, &mut mem, &f), "not a backend of web4");
+    let mut x = Fake::forward(&top, &f, 0, false);
+    x.output[14 + 8] = 63; // TTL: DSR rewrites only the MACs
+    rejects(x.judge(&top, &mut mem, &f), "changed beyond the MACs");
+    // Backend .13 sits behind another interface that is not in the redirect map.
+    let x = Fake::forward(&top, &f, 2, false);
+    rejects(x.judge(&top, &mut mem, &f), "want Drop/drop_no_tx_port");
+    // One key, one backend.
+    Fake::forward(&top, &f, 0, false)
+        .judge(&top, &mut mem, &f)
+        .expect("first packet");
+    let x = Fake::forward(&top, &f, 1, true);
+    rejects(x.judge(&top, &mut mem, &f), "affinity broken");
+    // A known key cannot miss while no eviction is possible.
+    let x = Fake::forward(&top, &f, 0, false);
+    rejects(x.judge(&top, &mut mem, &f), "want one hit");
+    // A new key cannot hit.
+    let g = tcp_frame("198.51.100.8".parse().expect("ip"), VIP4, 1000, 80);
+    let x = Fake::forward(&top, &g, 0, true);
+    rejects(x.judge(&top, &mut mem, &g), "want one miss");
+}
+
+#[test]
+fn oracle_follows_the_readme_table_order() {
+    let top = topology();
+    let f = tcp_frame(CLIENT4, VIP4, 1000, 80);
+    let mut cut = f[..14 + 20 + 10].to_vec();
+    assert_eq!(expect(&top, &cut), Expect::Drop(Stat::DropMalformed));
+    cut[14 + 6] = 0x20; // MF: a fragment is a fragment before its ports are looked at
+    assert_eq!(expect(&top, &cut), Expect::Drop(Stat::DropFragment));
+    let mut g = f.clone();
+    g[14] = 0x44;
+    assert_eq!(expect(&top, &g), Expect::Pass(Stat::PassMalformed));
+    g[12] = 0x88;
+    g[13] = 0xcc;
+    assert_eq!(expect(&top, &g), Expect::Pass(Stat::PassNonIp));
+    let to_8080 = tcp_frame(CLIENT4, VIP4, 1000, 8080);
+    assert_eq!(expect(&top, &to_8080), Expect::Pass(Stat::PassNotService));
+    assert!(matches!(
+        expect(&top, &f),
+        Expect::Balance { service: 0, .. }
+    ));
+}
