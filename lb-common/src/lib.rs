@@ -25,6 +25,7 @@ pub mod hash;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod maps;
+pub mod sample;
 
 pub use affinity::MIN_IDLE_TIMEOUT_NS;
 pub use hash::{flow_hash, maglev_slot};
@@ -94,6 +95,14 @@ pub const MAP_TX_PORTS: &str = "XLB_TX_PORTS";
 /// ARRAY: word index → `u64` bit set; a cheap pre-filter on destination addresses
 /// (see [`vip_filter_bit`]) so traffic that is not ours pays no hash lookup.
 pub const MAP_VIP_FILTER: &str = "XLB_VIP_FILTER";
+/// RINGBUF of [`sample::SourceSample`] records: sampled packets' sources, drained by the
+/// controller (see [`sample`]).
+pub const MAP_SAMPLES: &str = "XLB_SAMPLES";
+/// PERCPU_ARRAY: service id → `u32` packets until the next sample on this CPU.
+pub const MAP_SAMPLE_CD: &str = "XLB_SAMPLE_CD";
+/// ARRAY: service id → `u32` sampling period N (one packet in N; 0 = off), set by the
+/// controller from the service's rate.
+pub const MAP_SAMPLE_N: &str = "XLB_SAMPLE_N";
 
 // Every map with its type, sizes and adoption rules: the table in [`maps::MAPS`].
 
@@ -478,6 +487,7 @@ mod pod {
     unsafe impl aya::Pod for super::affinity::table::Bucket {}
     unsafe impl aya::Pod for super::FastService {}
     unsafe impl aya::Pod for super::affinity::table::ColdBucket {}
+    unsafe impl aya::Pod for super::sample::SourceSample {}
 }
 
 #[cfg(test)]

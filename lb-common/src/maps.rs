@@ -20,10 +20,12 @@
 use crate::{
     AffinityKey, AffinityValue, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY,
     DEFAULT_MAGLEV_SLOTS, FAST_SERVICE_SLOTS, FastService, MAP_AFF_KEYS, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE,
-    MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES,
-    MAX_TX_PORTS, ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
+    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_SAMPLE_CD, MAP_SAMPLE_N, MAP_SAMPLES, MAP_SERVICES,
+    MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER,
+    MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES, MAX_TX_PORTS, ServiceKey, ServiceStats,
+    ServiceValue, Stat, VIP_FILTER_WORDS,
     affinity::table::{Bucket, ColdBucket, table_entries},
+    sample::SAMPLES_RING_BYTES,
 };
 
 /// `BPF_F_MMAPABLE`: the array's memory can be mmapped (and its values start page-aligned,
@@ -42,6 +44,7 @@ pub enum MapKind {
     PerCpuArray = 6,
     LruHash = 9,
     DevMapHash = 25,
+    RingBuf = 27,
 }
 
 impl MapKind {
@@ -58,6 +61,7 @@ impl MapKind {
             MapKind::PerCpuArray => "percpu_array",
             MapKind::LruHash => "lru_hash",
             MapKind::DevMapHash => "devmap_hash",
+            MapKind::RingBuf => "ringbuf",
         }
     }
 }
@@ -328,6 +332,29 @@ pub const MAPS: &[MapDef] = &[
         4,
         8,
         MaxEntries::Fixed(VIP_FILTER_WORDS),
+    ),
+    // Sampling (lb_common::sample): its contents are transient, so a fresh daemon may
+    // start on whatever a previous one left.
+    def(
+        MAP_SAMPLES,
+        MapKind::RingBuf,
+        0,
+        0,
+        MaxEntries::Fixed(SAMPLES_RING_BYTES),
+    ),
+    def(
+        MAP_SAMPLE_CD,
+        MapKind::PerCpuArray,
+        4,
+        4,
+        MaxEntries::Fixed(MAX_SERVICES),
+    ),
+    def(
+        MAP_SAMPLE_N,
+        MapKind::Array,
+        4,
+        4,
+        MaxEntries::Fixed(MAX_SERVICES),
     ),
     def(
         MAP_META,

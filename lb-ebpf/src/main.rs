@@ -19,7 +19,7 @@ use lb_common::Stat;
 use xlb::{
     balance, forward,
     parse::{self, Parsed},
-    service, stats,
+    sample, service, stats,
 };
 
 #[xdp]
@@ -47,7 +47,10 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, ()> {
     };
     let ss = stats::service(svc.id)?;
     match balance::backend(&svc, ss, &flow)? {
-        Some(to) => forward::dsr(ctx, ss, to),
+        Some(to) => {
+            sample::packet(ctx, svc.id, &flow, to.id);
+            forward::dsr(ctx, ss, to)
+        }
         None => balance::no_backend(&svc, ss),
     }
 }

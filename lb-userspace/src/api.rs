@@ -46,6 +46,37 @@ pub enum Request {
     },
     /// Re-read the config file; the runtime edits stay on top (`xlb reload`, SIGHUP).
     Reload,
+    /// The heaviest sources of one service or all (`xlb top`).
+    Top(TopQuery),
+}
+
+/// What `xlb top` asks for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopQuery {
+    #[serde(default)]
+    pub service: Option<String>,
+    /// "source" (each address) or "prefix" (IPv4 /24, IPv6 /64).
+    #[serde(default = "TopQuery::default_by")]
+    pub by: String,
+    /// Whole seconds, 1..=10 (the daemon keeps 10).
+    #[serde(default = "TopQuery::default_interval")]
+    pub interval_s: u32,
+    /// Rows per service (sources with 5% or more are listed whatever the limit).
+    #[serde(default = "TopQuery::default_limit")]
+    pub limit: usize,
+}
+
+impl TopQuery {
+    fn default_by() -> String {
+        "source".into()
+    }
+    fn default_interval() -> u32 {
+        crate::load::DEFAULT_INTERVAL_S as u32
+    }
+    fn default_limit() -> usize {
+        20
+    }
 }
 
 /// Decodes one request line. A rejection names the key path that is wrong
@@ -185,7 +216,32 @@ pub struct ServiceStatus {
     pub table_size: u32,
     pub health: String,
     pub pinned_clients: u64,
+    /// `nat_warn_share` (0..1).
+    #[serde(default)]
+    pub nat_warn_share: f64,
+    /// Largest (packet share ÷ weight share) of its backends over the last
+    /// `load_interval_s`; absent without packets.
+    #[serde(default)]
+    pub load_imbalance: Option<f64>,
+    /// Seconds the load shares cover.
+    #[serde(default)]
+    pub load_interval_s: u32,
+    /// The heaviest source or prefix when it carries more than `nat_warn_share`, and
+    /// what to do about it.
+    #[serde(default)]
+    pub heavy_source: Option<HeavySource>,
     pub backends: Vec<BackendStatus>,
+}
+
+/// One source (or /24, /64 prefix) carrying more than `nat_warn_share` of a service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeavySource {
+    /// The address, or the prefix (`203.0.113.0/24`).
+    pub source: String,
+    /// Its share of the service's packets (0..1).
+    pub share: f64,
+    /// The note: what carries how much, and the settings that spread it.
+    pub note: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -212,6 +268,13 @@ pub struct BackendStatus {
     pub health_transitions: u64,
     /// Duration of the last health check, when one ran.
     pub last_check_ms: Option<f64>,
+    /// Share of the service's packets it received over the last `load_interval_s` (0..1).
+    #[serde(default)]
+    pub load_share: f64,
+    /// Its weight over the weights of the backends that take traffic (0 when it takes
+    /// none): the share it would carry if load followed the weights.
+    #[serde(default)]
+    pub weight_share: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -283,6 +346,41 @@ pub struct AffinityEntry {
 pub struct AffinityList {
     pub total: usize,
     pub entries: Vec<AffinityEntry>,
+}
+
+/// `xlb top`: per service, its heaviest sources over the interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Top {
+    /// "source" or "prefix".
+    pub by: String,
+    pub services: Vec<TopService>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopService {
+    pub name: String,
+    /// Whole seconds the figures cover (the last completed ones).
+    pub interval_s: u32,
+    pub packets_per_s: f64,
+    pub bits_per_s: f64,
+    /// Samples the shares rest on, and the sampling period now (1 = every packet).
+    pub samples: u64,
+    pub sample_period: u32,
+    pub sources: Vec<TopSource>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopSource {
+    /// Address, or /24 (/64) prefix.
+    pub source: String,
+    pub packets_per_s: f64,
+    pub bits_per_s: f64,
+    /// Share of the service's packets (0..1).
+    pub share: f64,
+    /// The backend most of its packets went to.
+    pub backend: Option<IpAddr>,
+    /// How many backends its packets reached.
+    pub backends: usize,
 }
 
 // ---- client ---------------------------------------------------------------------------

@@ -66,6 +66,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Packets, bytes and rates per service and backend; drops by reason.
     Stats,
+    /// The heaviest client sources of a service (or of all) over the last interval:
+    /// packets/s, bits/s, share of the service's packets, the backend they reach.
+    /// Refreshes in place on a terminal; one snapshot with --json or into a pipe.
+    Top(TopArgs),
     /// Add, remove, drain, undrain or re-weight a backend.
     #[command(subcommand)]
     Backend(BackendCmd),
@@ -126,6 +130,53 @@ pub struct StatusArgs {
     /// With --watch: stop after this many snapshots.
     #[arg(long, requires = "watch")]
     pub count: Option<u64>,
+}
+
+/// `xlb top` flags.
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    /// One service (default: every service).
+    pub service: Option<String>,
+    /// Group by source address, or by prefix (IPv4 /24, IPv6 /64).
+    #[arg(long, value_enum, default_value_t = TopBy::Source)]
+    pub by: TopBy,
+    /// The interval the figures cover (whole seconds, 1s to 10s; the daemon keeps the
+    /// last 10 completed seconds). On a terminal, also the refresh period.
+    #[arg(long, default_value = "2s", value_parser = parse_top_interval)]
+    pub interval: HumanDuration,
+    /// Rows per service (sources with 5% or more are listed whatever the limit).
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// On a terminal: stop after this many refreshes.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+/// How `xlb top` groups sources.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopBy {
+    Source,
+    Prefix,
+}
+
+impl TopBy {
+    fn name(self) -> &'static str {
+        match self {
+            TopBy::Source => "source",
+            TopBy::Prefix => "prefix",
+        }
+    }
+}
+
+/// A `top --interval`: whole seconds within the daemon's history.
+fn parse_top_interval(s: &str) -> Result<HumanDuration, String> {
+    let d: HumanDuration = s.parse()?;
+    let secs = d.0.as_secs_f64();
+    let max = crate::load::HISTORY as f64;
+    if secs < 1.0 || secs > max || d.0.subsec_nanos() != 0 {
+        return Err(format!("{s:?}: whole seconds from 1s to {max}s"));
+    }
+    Ok(d)
 }
 
 /// A `--watch` interval: a duration of at least 100 ms (the daemon answers each one).
@@ -405,6 +456,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             return daemon_pid(config.as_deref(), pin_dir.as_deref());
         }
         Command::Status(args) if args.watch => return watch_status(cli, args),
+        Command::Top(args) => return top(cli, args),
         Command::Down { config, pin_dir } => {
             return down(cli, config.as_deref(), pin_dir.as_deref());
         }
@@ -515,6 +567,7 @@ fn render_response(cli: &Cli, request: &Request, response: Response) -> anyhow::
         Request::AffinityList { .. } => {
             crate::display::affinity(&serde_json::from_value(response.result)?)
         }
+        Request::Top(_) => crate::display::top(&serde_json::from_value(response.result)?),
         _ => crate::display::done(&response.result),
     };
     Ok(text)
@@ -544,6 +597,38 @@ fn watch_status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
         &mut out,
     ) {
         // A reader that went away (`| head`) ends the watch normally.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        r => r.map(|()| ExitCode::SUCCESS).map_err(Into::into),
+    }
+}
+
+/// `xlb top`: one snapshot with --json or when stdout is not a terminal; else redrawn in
+/// place every --interval ([`crate::watch`]).
+fn top(cli: &Cli, args: &TopArgs) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    let request = Request::Top(api::TopQuery {
+        service: args.service.clone(),
+        by: args.by.name().into(),
+        interval_s: args.interval.0.as_secs() as u32,
+        limit: args.limit,
+    });
+    if cli.json || !std::io::stdout().is_terminal() {
+        let response = api::call(&cli.socket, &request)?;
+        return finish(cli, &request, response);
+    }
+    let snapshot = || {
+        let response = api::call(&cli.socket, &request).map_err(|e| e.to_string())?;
+        render_response(cli, &request, response).map_err(|e| render(&e))
+    };
+    let mut out = std::io::stdout().lock();
+    match crate::watch::run(
+        crate::watch::Mode::Terminal,
+        args.interval.0,
+        args.count,
+        snapshot,
+        crate::watch::time_of_day,
+        &mut out,
+    ) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
         r => r.map(|()| ExitCode::SUCCESS).map_err(Into::into),
     }

@@ -81,8 +81,8 @@ pub fn status(s: &api::Status) -> String {
         );
         let _ = writeln!(
             o,
-            "  {:<40} {:>6} {:<10} {:<9} {:>7} {:>8}  link",
-            "backend", "weight", "health", "draining", "table", "pinned"
+            "  {:<40} {:>6} {:<10} {:<9} {:>7} {:>8} {:>7} {:>7}  link",
+            "backend", "weight", "health", "draining", "table", "pinned", "load", "fair"
         );
         for b in &svc.backends {
             let link = match (&b.mac, &b.interface, &b.note) {
@@ -92,19 +92,76 @@ pub fn status(s: &api::Status) -> String {
             };
             let _ = writeln!(
                 o,
-                "  {:<40} {:>6} {:<10} {:<9} {:>7} {:>8}  {}",
+                "  {:<40} {:>6} {:<10} {:<9} {:>7} {:>8} {:>7} {:>7}  {}",
                 b.address.to_string(),
                 b.weight,
                 b.health,
                 if b.draining { "yes" } else { "no" },
                 pct(b.table_share),
                 b.pinned_clients,
+                pct(b.load_share),
+                pct(b.weight_share),
                 link
             );
+        }
+        if let Some(i) = svc.load_imbalance {
+            let _ = writeln!(
+                o,
+                "  load over the last {}s: imbalance {i:.2} (largest load share / its fair share)",
+                svc.load_interval_s
+            );
+        }
+        if let Some(h) = &svc.heavy_source {
+            let _ = writeln!(o, "  WARNING: {}", h.note);
         }
     }
     if s.services.is_empty() {
         let _ = writeln!(o, "\nno services");
+    }
+    o
+}
+
+/// `xlb top`.
+pub fn top(t: &api::Top) -> String {
+    let mut o = String::new();
+    for svc in &t.services {
+        let _ = writeln!(
+            o,
+            "service {}: {} pkt/s, {} over the last {}s ({} samples, 1 in {})",
+            svc.name,
+            rate(svc.packets_per_s),
+            bits(svc.bits_per_s),
+            svc.interval_s,
+            svc.samples,
+            svc.sample_period
+        );
+        let _ = writeln!(
+            o,
+            "  {:<43} {:>9} {:>12} {:>7}  backend",
+            t.by, "pkt/s", "bits/s", "share"
+        );
+        for s in &svc.sources {
+            let backend = match (s.backend, s.backends) {
+                (Some(b), 1) => b.to_string(),
+                (Some(b), n) => format!("{b} (+{} more)", n - 1),
+                (None, _) => "-".to_string(),
+            };
+            let _ = writeln!(
+                o,
+                "  {:<43} {:>9} {:>12} {:>7}  {}",
+                s.source,
+                rate(s.packets_per_s),
+                bits(s.bits_per_s),
+                pct(s.share),
+                backend
+            );
+        }
+        if svc.sources.is_empty() {
+            let _ = writeln!(o, "  no packets");
+        }
+    }
+    if t.services.is_empty() {
+        let _ = writeln!(o, "no services");
     }
     o
 }

@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod display;
 pub mod docs;
 pub mod health;
+pub mod load;
 pub mod metrics;
 pub mod model;
 pub mod neigh;

@@ -28,9 +28,9 @@
 //! | `xlb_packets_total` | counter | `reason` |
 //! | `xlb_interface_attached` (0/1) | gauge | `interface` |
 //! | `xlb_service_packets_total`, `xlb_service_bytes_total`, `xlb_service_affinity_hits_total`, `xlb_service_affinity_misses_total`, `xlb_service_repins_total`, `xlb_service_expiries_total`, `xlb_service_no_backend_total` | counter | `service` |
-//! | `xlb_service_pinned_clients` | gauge | `service` |
+//! | `xlb_service_pinned_clients`, `xlb_service_load_imbalance` (absent without packets), `xlb_service_top_source_share` (0..1), `xlb_service_heavy_source` (0/1) | gauge | `service` |
 //! | `xlb_backend_packets_total`, `xlb_backend_bytes_total`, `xlb_backend_pins_total`, `xlb_backend_health_transitions_total` | counter | `service`, `backend` |
-//! | `xlb_backend_pinned_clients`, `xlb_backend_table_share` (0..1), `xlb_backend_weight`, `xlb_backend_healthy`, `xlb_backend_draining`, `xlb_backend_resolved` (0/1), `xlb_backend_last_check_latency_seconds` (absent until a check ran) | gauge | `service`, `backend` |
+//! | `xlb_backend_pinned_clients`, `xlb_backend_table_share` (0..1), `xlb_backend_load_share` (0..1), `xlb_backend_weight`, `xlb_backend_healthy`, `xlb_backend_draining`, `xlb_backend_resolved` (0/1), `xlb_backend_last_check_latency_seconds` (absent until a check ran) | gauge | `service`, `backend` |
 //!
 //! Service names are expected to be unique (the model enforces it), so label sets are.
 
@@ -88,6 +88,12 @@ pub struct ServiceSnapshot {
     pub expiries: u64,
     pub no_backend: u64,
     pub pinned_clients: u64,
+    /// Largest packet share ÷ weight share of a backend; `None` without packets.
+    pub load_imbalance: Option<f64>,
+    /// Share of the service's packets of its heaviest source or /24 (/64) prefix (0..1).
+    pub top_source_share: f64,
+    /// The heavy-source warning is on (a source or prefix above `nat_warn_share`).
+    pub heavy_source: bool,
     pub backends: Vec<BackendSnapshot>,
 }
 
@@ -102,6 +108,8 @@ pub struct BackendSnapshot {
     pub pinned_clients: u64,
     /// Share of the Maglev table's slots, 0..1.
     pub table_share: f64,
+    /// Share of the service's packets over the last load interval, 0..1.
+    pub load_share: f64,
     pub healthy: bool,
     pub draining: bool,
     pub resolved: bool,
@@ -245,6 +253,21 @@ const SERVICE_FAMILIES: &[Family<ServiceSnapshot>] = &[
         "Clients whose live affinity entry decides their next packet (stale entries of unusable backends are not counted).",
         |x| int(x.pinned_clients),
     ),
+    gauge(
+        "xlb_service_load_imbalance",
+        "Largest backend packet share divided by its weight share over the last load interval (1 = even; absent without packets).",
+        |x| x.load_imbalance.map(Num::Float),
+    ),
+    gauge(
+        "xlb_service_top_source_share",
+        "Share of the service's packets carried by its heaviest source or /24 (/64) prefix over the last load interval (0..1).",
+        |x| Some(Num::Float(x.top_source_share)),
+    ),
+    gauge(
+        "xlb_service_heavy_source",
+        "1 while one source or prefix carries more than nat_warn_share of the service's packets and it has at least 3 healthy backends.",
+        |x| flag(x.heavy_source),
+    ),
 ];
 
 const BACKEND_FAMILIES: &[Family<BackendSnapshot>] = &[
@@ -275,6 +298,11 @@ const BACKEND_FAMILIES: &[Family<BackendSnapshot>] = &[
         "xlb_backend_table_share",
         "Share of the service's consistent-hash table held by the backend (0..1).",
         |b| Some(Num::Float(b.table_share)),
+    ),
+    gauge(
+        "xlb_backend_load_share",
+        "Share of the service's packets the backend received over the last load interval (0..1).",
+        |b| Some(Num::Float(b.load_share)),
     ),
     gauge(
         "xlb_backend_weight",
@@ -622,6 +650,9 @@ mod tests {
                     expiries: 2,
                     no_backend: 0,
                     pinned_clients: 5,
+                    load_imbalance: Some(1.5),
+                    top_source_share: 0.4,
+                    heavy_source: true,
                     backends: vec![
                         BackendSnapshot {
                             address: "10.0.1.1:80".into(),
@@ -631,6 +662,7 @@ mod tests {
                             pins: 3,
                             pinned_clients: 3,
                             table_share: 0.5,
+                            load_share: 0.75,
                             healthy: true,
                             draining: false,
                             resolved: true,
@@ -691,6 +723,10 @@ mod tests {
             r#"xlb_backend_pinned_clients{service="web",backend="10.0.1.1:80"} 3"#,
             r#"xlb_backend_table_share{service="web",backend="10.0.1.1:80"} 0.5"#,
             r#"xlb_backend_table_share{service="web",backend="10.0.1.2:80"} 0.0"#,
+            r#"xlb_service_load_imbalance{service="web"} 1.5"#,
+            r#"xlb_service_top_source_share{service="web"} 0.4"#,
+            r#"xlb_service_heavy_source{service="web"} 1"#,
+            r#"xlb_backend_load_share{service="web",backend="10.0.1.1:80"} 0.75"#,
             r#"xlb_backend_weight{service="web",backend="10.0.1.2:80"} 2"#,
             r#"xlb_backend_healthy{service="web",backend="10.0.1.1:80"} 1"#,
             r#"xlb_backend_healthy{service="web",backend="10.0.1.2:80"} 0"#,
@@ -731,11 +767,15 @@ mod tests {
             "xlb_service_expiries_total",
             "xlb_service_no_backend_total",
             "xlb_service_pinned_clients",
+            "xlb_service_load_imbalance",
+            "xlb_service_top_source_share",
+            "xlb_service_heavy_source",
             "xlb_backend_packets_total",
             "xlb_backend_bytes_total",
             "xlb_backend_pins_total",
             "xlb_backend_pinned_clients",
             "xlb_backend_table_share",
+            "xlb_backend_load_share",
             "xlb_backend_weight",
             "xlb_backend_healthy",
             "xlb_backend_draining",

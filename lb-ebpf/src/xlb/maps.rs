@@ -7,7 +7,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
     Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY, DEFAULT_MAGLEV_SLOTS, FAST_SERVICE_SLOTS,
@@ -15,6 +15,7 @@ use lb_common::{
     ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
     affinity::table::{Bucket, ColdBucket, table_entries},
     maps::{BPF_F_MMAPABLE, Meta},
+    sample::SAMPLES_RING_BYTES,
 };
 
 /// The services (and a `PROTO_VIP_MARKER` key per VIP), replaced whole by the controller.
@@ -79,6 +80,18 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 /// The VIP pre-filter: one bit per folded destination address of any service.
 #[map(name = "XLB_VIP_FILTER")]
 pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+
+/// Sampled packets' sources for the controller (lb_common::sample).
+#[map(name = "XLB_SAMPLES")]
+pub static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_RING_BYTES, 0);
+
+/// Per CPU and service: packets until the next sample.
+#[map(name = "XLB_SAMPLE_CD")]
+pub static SAMPLE_CD: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Per service: the sampling period N set by the controller (0 = off).
+#[map(name = "XLB_SAMPLE_N")]
+pub static SAMPLE_N: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// Facts about the pinned state (format, the durable generation counter). Only the
 /// controller uses it; it is declared here so it is created and pinned with the rest.

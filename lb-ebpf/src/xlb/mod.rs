@@ -4,11 +4,13 @@
 //!
 //! Dependencies point one way: `parse` and `service` know nothing of balancing or
 //! forwarding, `balance` nothing of packets, `forward` nothing of services or pins; only
-//! `maps` and `stats` are shared.
+//! `maps` and `stats` are shared. [`sample`] watches a forwarded packet and changes
+//! nothing.
 
 pub mod balance;
 pub mod forward;
 pub mod maps;
 pub mod parse;
+pub mod sample;
 pub mod service;
 pub mod stats;

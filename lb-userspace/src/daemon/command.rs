@@ -35,6 +35,11 @@ pub enum Command {
         port: u16,
         reply: Reply,
     },
+    /// `xlb top`.
+    Top {
+        query: api::TopQuery,
+        reply: Reply,
+    },
     AffinityList {
         service: Option<String>,
         limit: usize,
@@ -73,6 +78,8 @@ pub enum Observation {
     Pins(PinReport),
     /// Time to sample the counters for rates (once a second).
     RatesTick,
+    /// Sampled packets drained from the data plane's ring.
+    Samples(Vec<lb_common::sample::SourceSample>),
     /// A first look (neighbours, one probe) finished; the change it was for goes on.
     Looked(Box<Looked>),
     /// Status requests waiting for fresh pin counts have waited long enough.

@@ -7,12 +7,14 @@
 //! - `server.rs`: the control socket (and the metrics server's task);
 //! - `views.rs`: status, stats and metrics from one walk;
 //! - `look.rs`: the first look at new backends; `reload.rs`: `xlb reload` and SIGHUP;
-//! - `tasks/`: health checks, neighbours, links, pin counts, rates.
+//! - `load.rs`: sampled sources, load shares, `xlb top`, the heavy-source warning;
+//! - `tasks/`: health checks, neighbours, links, pin counts, rates, sampled sources.
 //!
 //! Owns: the runtime, the channels, the signals. Must not touch: any state (the owner's),
 //! the CLI (the daemon never imports it).
 
 mod command;
+mod load;
 mod look;
 mod owner;
 mod reload;
@@ -81,7 +83,7 @@ fn raise_open_files() {
 }
 
 /// Starts the socket, the owner and the tasks; runs until SIGTERM/SIGINT.
-async fn serve(started: Started) -> anyhow::Result<()> {
+async fn serve(mut started: Started) -> anyhow::Result<()> {
     let d = started.cfg.daemon.clone();
     let access = Access::of(&d);
     let bound =
@@ -109,6 +111,11 @@ async fn serve(started: Started) -> anyhow::Result<()> {
     let (names, names_rx) = watch::channel(Arc::new(started.ifaces.names()));
     let resolve_now = Arc::new(Notify::new());
     let scan_now = Arc::new(Notify::new());
+    let samples = started
+        .ctl
+        .dp
+        .take_samples()
+        .context("the sampled sources' ring was taken before the daemon started")?;
     let _tasks = [
         tasks::neigh::spawn_resolver(
             started.resolver.clone(),
@@ -120,6 +127,7 @@ async fn serve(started: Started) -> anyhow::Result<()> {
         tasks::links::spawn(names_rx, observations.clone()),
         tasks::scan::spawn(d.pin_dir.clone(), scan_now.clone(), observations.clone()),
         tasks::rates::spawn(observations.clone()),
+        tasks::sources::spawn(samples, observations.clone()),
         server::spawn(listener, access_rx, commands.clone()),
     ];
     let lines = Lines {

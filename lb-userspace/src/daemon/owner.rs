@@ -31,6 +31,7 @@ use tokio::sync::{
 
 use super::{
     command::{Command, Looked, Looks, Observation, Pending, ProbeReport, Reply},
+    load::{self, LoadState},
     look,
     server::{Access, MetricsServer},
     startup::Started,
@@ -68,6 +69,8 @@ pub struct State {
     pub checks: Checks,
     pub pinned: PinnedCounts,
     pub rates: Rates,
+    /// Sampled sources, load shares, the heavy-source warning.
+    pub load: LoadState,
     /// When the programmed state last changed: pin counts taken before are not fresh.
     pub changed_at: Instant,
     /// One daemon per pin_dir: held as long as the state.
@@ -126,6 +129,7 @@ impl Owner {
             checks: Checks::default(),
             pinned: PinnedCounts::default(),
             rates: Rates::default(),
+            load: LoadState::default(),
             changed_at: Instant::now(),
             _lock: s.lock,
         };
@@ -163,6 +167,7 @@ impl Owner {
                 port,
                 reply,
             } => answer(reply, views::explain(st, &service, client, port)),
+            Command::Top { query, reply } => answer(reply, load::top(st, &query)),
             Command::AffinityList {
                 service,
                 limit,
@@ -212,7 +217,9 @@ impl Owner {
             Observation::RatesTick => {
                 let current = views::rate_samples(&self.st);
                 self.st.rates.sample(Instant::now(), current);
+                load::tick(&mut self.st);
             }
+            Observation::Samples(s) => self.st.load.book.add(&s),
             Observation::Looked(l) => self.looked(*l),
             Observation::CountsDeadline => self.answer_waiting(true),
         }

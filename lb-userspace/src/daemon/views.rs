@@ -23,6 +23,7 @@ use super::{
 use crate::{
     api::{self, Response},
     dataplane::maps::{MapsError, ktime_coarse_ns},
+    load::{BackendShares, DEFAULT_INTERVAL_S},
     metrics,
     model::{Health, Named, Service, addr_from_words, format_duration},
     reconcile::{ProgrammedBackend, ProgrammedService, inspect::Decision},
@@ -165,8 +166,17 @@ pub fn status(st: &State) -> api::Status {
     }
 }
 
+/// (load share, weight share) of backend `id`.
+fn share_of(s: &BackendShares, id: u32) -> (f64, f64) {
+    s.backends
+        .iter()
+        .find(|(b, _, _)| *b == id)
+        .map_or((0.0, 0.0), |(_, l, f)| (*l, *f))
+}
+
 fn service_status(st: &State, v: &ServiceView<'_>) -> api::ServiceStatus {
     let s = v.svc;
+    let shares = super::load::shares(st, v);
     api::ServiceStatus {
         name: s.name.clone(),
         vip: s.vip,
@@ -179,10 +189,21 @@ fn service_status(st: &State, v: &ServiceView<'_>) -> api::ServiceStatus {
         table_size: s.table_size,
         health: s.health.kind.tag().name().into(),
         pinned_clients: v.pinned,
+        nat_warn_share: s.nat_warn_share.get(),
+        load_imbalance: shares.imbalance,
+        load_interval_s: DEFAULT_INTERVAL_S as u32,
+        heavy_source: st.load.heavy(&s.name).cloned(),
         backends: v
             .backends
             .iter()
-            .map(|b| backend_status(st, v.ps, b))
+            .map(|b| {
+                let (load, fair) = share_of(&shares, b.b.id);
+                api::BackendStatus {
+                    load_share: load,
+                    weight_share: fair,
+                    ..backend_status(st, v.ps, b)
+                }
+            })
             .collect(),
     }
 }
@@ -213,6 +234,8 @@ fn backend_status(st: &State, ps: &ProgrammedService, v: &BackendView<'_>) -> ap
         pinned_clients: v.pinned,
         health_transitions: v.check.map_or(0, |c| c.transitions),
         last_check_ms: v.check.and_then(|c| c.last_latency).map(|l| l * 1e3),
+        load_share: 0.0,
+        weight_share: 0.0,
     }
 }
 
@@ -271,7 +294,11 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
         log::debug!("metrics: reading counters: {e}");
         walk(st, Counters::Nothing).expect("a walk without counters reads no map")
     });
-    let services = view.services.iter().map(service_snapshot).collect();
+    let services = view
+        .services
+        .iter()
+        .map(|s| service_snapshot(st, s))
+        .collect();
     metrics::Snapshot {
         version: env!("CARGO_PKG_VERSION").into(),
         program_id: st.program_id,
@@ -288,8 +315,9 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
     }
 }
 
-fn service_snapshot(s: &ServiceView<'_>) -> metrics::ServiceSnapshot {
+fn service_snapshot(st: &State, s: &ServiceView<'_>) -> metrics::ServiceSnapshot {
     let c = &s.counters;
+    let shares = super::load::shares(st, s);
     metrics::ServiceSnapshot {
         name: s.svc.name.clone(),
         vip: s.svc.vip.to_string(),
@@ -303,6 +331,9 @@ fn service_snapshot(s: &ServiceView<'_>) -> metrics::ServiceSnapshot {
         expiries: c.expiries,
         no_backend: c.no_backend,
         pinned_clients: s.pinned,
+        load_imbalance: shares.imbalance,
+        top_source_share: st.load.top_share(&s.svc.name),
+        heavy_source: st.load.heavy(&s.svc.name).is_some(),
         backends: s
             .backends
             .iter()
@@ -314,6 +345,7 @@ fn service_snapshot(s: &ServiceView<'_>) -> metrics::ServiceSnapshot {
                 pins: b.counters.pins,
                 pinned_clients: b.pinned,
                 table_share: s.ps.table_share(b.b.id),
+                load_share: share_of(&shares, b.b.id).0,
                 healthy: b.up,
                 draining: b.b.draining,
                 resolved: b.b.link.is_some(),

@@ -59,6 +59,9 @@ pub struct Globals {
     pub seed: u64,
     /// `AFFINITY_BUCKETS`: the table's data buckets.
     pub buckets: u32,
+    /// `SAMPLING`: 1 samples sources (lb_common::sample), 0 leaves the code out (the
+    /// verifier removes it): only benchmarks measuring its cost load that.
+    pub sampling: u32,
 }
 
 impl Globals {
@@ -67,6 +70,7 @@ impl Globals {
         Self {
             seed,
             buckets: data_buckets(table_entries(opts.affinity_capacity)),
+            sampling: 1,
         }
     }
 }
@@ -82,6 +86,7 @@ pub fn loader<'a>(opts: &LoadOptions, globals: &'a Globals) -> EbpfLoader<'a> {
     }
     loader.override_global("AFFINITY_SEED", &globals.seed, true);
     loader.override_global("AFFINITY_BUCKETS", &globals.buckets, true);
+    loader.override_global("SAMPLING", &globals.sampling, true);
     loader
 }
 

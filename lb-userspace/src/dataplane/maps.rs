@@ -14,16 +14,19 @@ use std::{collections::HashMap as StdHashMap, ops::Range, path::Path};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, xdp::DevMapHash},
+    maps::{
+        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf, xdp::DevMapHash,
+    },
 };
 use lb_common::{
     Addr, AffinityKey, AffinityValue, Backend, BackendStats, MAP_AFF_KEYS, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_META, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST,
-    MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICES,
-    PROTO_VIP_MARKER, SVC_F_VIP_MARKER, ServiceKey, ServiceStats, ServiceValue, Stat,
-    VIP_FILTER_WORDS,
+    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_META, MAP_SAMPLE_N, MAP_SAMPLES, MAP_SERVICES,
+    MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER,
+    MAX_BACKENDS, MAX_SERVICES, PROTO_VIP_MARKER, SVC_F_VIP_MARKER, ServiceKey, ServiceStats,
+    ServiceValue, Stat, VIP_FILTER_WORDS,
     affinity::{self, Verdict, table},
     maps::Meta,
+    sample::SourceSample,
     vip_filter_bit,
 };
 
@@ -228,6 +231,29 @@ pub struct DataPlane {
     pub vip_filter: Array<MapData, u64>,
     /// The pinned state's [`Meta`] (one entry): format and the durable generation counter.
     pub meta: Array<MapData, Meta>,
+    /// Service id → sampling period (lb_common::sample).
+    sample_n: Array<MapData, u32>,
+    /// The sampled sources' ring, until a reader takes it ([`DataPlane::take_samples`]).
+    samples: Option<SampleRing>,
+}
+
+/// The reading end of `XLB_SAMPLES`: one reader at a time.
+pub struct SampleRing(RingBuf<MapData>);
+
+impl SampleRing {
+    /// Every sample in the ring now, at most `max` (the rest stay for the next call).
+    pub fn drain(&mut self, max: usize) -> Vec<SourceSample> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(item) = self.0.next() else { break };
+            if item.len() >= std::mem::size_of::<SourceSample>() {
+                // SAFETY: the program writes whole `SourceSample`s (a plain-data type,
+                // every bit pattern valid); read unaligned from the ring's bytes.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            }
+        }
+        out
+    }
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
@@ -288,7 +314,30 @@ impl DataPlane {
             tx_ports: typed(ebpf, MAP_TX_PORTS)?,
             vip_filter: typed(ebpf, MAP_VIP_FILTER)?,
             meta: typed(ebpf, MAP_META)?,
+            sample_n: typed(ebpf, MAP_SAMPLE_N)?,
+            samples: Some(SampleRing(typed(ebpf, MAP_SAMPLES)?)),
         })
+    }
+
+    // --- sampling ------------------------------------------------------------------------
+
+    /// The ring of sampled sources, for its one reader (`None` once taken).
+    pub fn take_samples(&mut self) -> Option<SampleRing> {
+        self.samples.take()
+    }
+
+    /// Sets service `id`'s sampling period (one packet in `period`; 0 = none).
+    pub fn set_sample_period(&mut self, id: u32, period: u32) -> Result<()> {
+        self.sample_n
+            .set(id, period, 0)
+            .map_err(op("update", MAP_SAMPLE_N))
+    }
+
+    /// Service `id`'s sampling period.
+    pub fn sample_period(&self, id: u32) -> Result<u32> {
+        self.sample_n
+            .get(&id, 0)
+            .map_err(op("lookup", MAP_SAMPLE_N))
     }
 
     // --- meta ----------------------------------------------------------------------------

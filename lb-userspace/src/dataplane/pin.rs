@@ -252,6 +252,7 @@ pub fn describe(l: &Layout) -> String {
         MapKind::PerCpuArray,
         MapKind::LruHash,
         MapKind::DevMapHash,
+        MapKind::RingBuf,
     ];
     let kind = kinds
         .iter()

@@ -15,8 +15,8 @@ use std::{net::IpAddr, time::Duration};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Backend, CheckKind, FUTURE_FORWARDING, Forwarding, HealthCheck, HealthKind, Named, Service,
-    format_duration,
+    Backend, CheckKind, FUTURE_FORWARDING, Forwarding, HealthCheck, HealthKind, Millionths, Named,
+    Service, format_duration,
     limits::*,
     parse_address, parse_duration, parse_status_range, status_range,
     validate::{Errors, FieldError, join, out_of_range, validate_service},
@@ -39,6 +39,7 @@ pub struct RawService {
     pub table_size: Option<i64>,
     pub no_backend: Option<String>,
     pub health: Option<RawHealth>,
+    pub nat_warn_share: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend: Vec<RawBackend>,
 }
@@ -124,6 +125,9 @@ pub fn service_from_raw(raw: RawService) -> Result<Service, Vec<FieldError>> {
         s.table_size = int(&mut e, "table_size", m, MIN_TABLE_SIZE, MAX_TABLE_SIZE);
     }
     s.health = health_from_raw(&mut e, raw.health.unwrap_or_default(), port);
+    if let Some(x) = raw.nat_warn_share {
+        s.nat_warn_share = share(&mut e, "nat_warn_share", x);
+    }
     s.backends = raw
         .backend
         .into_iter()
@@ -314,6 +318,14 @@ pub fn int<T: TryFrom<i64> + Default>(
     })
 }
 
+/// A share `0 < x <= 1` (its range is the validator's; here only what fits).
+fn share(e: &mut Errors, field: &str, x: f64) -> Millionths {
+    Millionths::from_f64(x).unwrap_or_else(|| {
+        e.push(field, format!("{x} is not a share between 0 and 1"));
+        Millionths(0)
+    })
+}
+
 fn duration(e: &mut Errors, field: &str, s: &str) -> Duration {
     parse_duration(s).unwrap_or_else(|message| {
         e.push(field, message);
@@ -350,6 +362,7 @@ impl From<&Service> for RawService {
             table_size: Some(s.table_size.into()),
             no_backend: Some(s.no_backend.name().into()),
             health: Some(RawHealth::from(&s.health)),
+            nat_warn_share: Some(s.nat_warn_share.get()),
             backend: s
                 .backends
                 .iter()

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{Affinity, CheckKind, Failback, Forwarding, HealthInitial, NoBackend};
+use super::{Affinity, CheckKind, Failback, Forwarding, HealthInitial, Millionths, NoBackend};
 
 // --- service ----------------------------------------------------------------------------
 
@@ -21,6 +21,8 @@ pub const DEFAULT_FORWARDING: Forwarding = Forwarding::Dsr;
 pub const DEFAULT_AFFINITY: Affinity = Affinity::SourceIp;
 pub const DEFAULT_FAILBACK: Failback = Failback::Sticky;
 pub const DEFAULT_NO_BACKEND: NoBackend = NoBackend::Drop;
+/// `nat_warn_share`: one source (or prefix) carrying more than a fifth of a service.
+pub const DEFAULT_NAT_WARN_SHARE: Millionths = Millionths(200_000);
 
 /// Longest IPv4 prefix (and the default: one client per address).
 pub const MAX_PREFIX_V4: u8 = 32;

@@ -144,8 +144,34 @@ pub struct Service {
     pub table_size: u32,
     pub no_backend: NoBackend,
     pub health: HealthCheck,
+    /// Warn when one source or prefix carries more than this share of the service's
+    /// packets (and it has at least 3 healthy backends).
+    pub nat_warn_share: Millionths,
     /// Unique by address, in the order they were given.
     pub backends: Vec<Backend>,
+}
+
+/// A share or factor held exactly, in millionths, so the model stays `Eq` (0.2 is
+/// `Millionths(200_000)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millionths(pub u32);
+
+impl Millionths {
+    /// `x` rounded to millionths; `None` when it is not a finite number in `0..=4294`.
+    pub fn from_f64(x: f64) -> Option<Self> {
+        let m = (x * 1e6).round();
+        (x.is_finite() && (0.0..=u32::MAX as f64).contains(&m)).then(|| Self(m as u32))
+    }
+
+    pub fn get(self) -> f64 {
+        self.0 as f64 / 1e6
+    }
+}
+
+impl std::fmt::Display for Millionths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.get())
+    }
 }
 
 impl Service {
@@ -166,6 +192,7 @@ impl Service {
             table_size: DEFAULT_TABLE_SIZE,
             no_backend: DEFAULT_NO_BACKEND,
             health: HealthCheck::new(HealthKind::default_for(DEFAULT_CHECK_KIND, port)),
+            nat_warn_share: DEFAULT_NAT_WARN_SHARE,
             backends: Vec::new(),
         }
     }

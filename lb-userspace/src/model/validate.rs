@@ -90,6 +90,15 @@ pub fn validate_service(svc: &Service, others: &[&Service]) -> Result<(), Vec<Fi
         e.push("idle_timeout", why);
     }
     check_table_size(&mut e, svc, others);
+    if svc.nat_warn_share.0 == 0 || svc.nat_warn_share.0 > 1_000_000 {
+        e.push(
+            "nat_warn_share",
+            format!(
+                "{} is out of range (a share above 0, at most 1)",
+                svc.nat_warn_share
+            ),
+        );
+    }
     check_backends(&mut e, svc);
     check_health(&mut e, &svc.health);
     e.finish(())

@@ -11,6 +11,7 @@ pub mod links;
 pub mod neigh;
 pub mod rates;
 pub mod scan;
+pub mod sources;
 
 use tokio::task::JoinHandle;
 
