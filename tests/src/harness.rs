@@ -10,7 +10,7 @@ use aya::{
 };
 use lb_common::PROG_XLB;
 use xlb::{
-    dataplane::loader::{LoadOptions, load_xlb},
+    dataplane::loader::{LoadOptions, load_xlb_sampling},
     dataplane::maps::DataPlane,
     model::{Backend, Desired, Edit, Health, Link, Service},
     reconcile::{
@@ -44,7 +44,13 @@ fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
 
 impl XlbHarness {
     pub fn load(opts: &LoadOptions) -> Self {
-        let mut ebpf = load_xlb(opts).unwrap_or_else(|e| panic!("loading the xlb object: {e:#}"));
+        Self::load_sampling(opts, true)
+    }
+
+    /// [`XlbHarness::load`] with source sampling compiled in or out (benchmarks).
+    pub fn load_sampling(opts: &LoadOptions, sampling: bool) -> Self {
+        let mut ebpf = load_xlb_sampling(opts, sampling)
+            .unwrap_or_else(|e| panic!("loading the xlb object: {e:#}"));
         {
             let prog: &mut Xdp = ebpf
                 .program_mut(PROG_XLB)

@@ -124,7 +124,16 @@ pub fn initialise_table(ebpf: &Ebpf, seed: u64) -> Result<(), LoadError> {
 /// Loads the balancer object into the kernel, unpinned (maps created, programs not yet
 /// loaded), with a fresh affinity table: what the packet tests and benchmarks use.
 pub fn load_xlb(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
-    let globals = Globals::new(opts, affinity::random_seed());
+    load_xlb_sampling(opts, true)
+}
+
+/// [`load_xlb`], with source sampling compiled in or left out (`SAMPLING`): the
+/// benchmarks measure what sampling costs this way.
+pub fn load_xlb_sampling(opts: &LoadOptions, sampling: bool) -> Result<Ebpf, LoadError> {
+    let globals = Globals {
+        sampling: sampling.into(),
+        ..Globals::new(opts, affinity::random_seed())
+    };
     let ebpf = loader(opts, &globals).load(XLB_OBJECT)?;
     initialise_table(&ebpf, globals.seed)?;
     Ok(ebpf)

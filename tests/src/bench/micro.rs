@@ -43,6 +43,9 @@ const LO: u32 = 1;
 const FULL_CAPACITY: u32 = lb_common::DEFAULT_AFFINITY_CAPACITY;
 /// Clients of `hit_many_ns`, round robin.
 const MANY: u32 = 65_536;
+/// The sampling period of the measured service: what the daemon sets at ≈1.3 Mpps
+/// (lb_common::sample::period_for with its 20,000 samples/s target).
+const SAMPLE_PERIOD: u32 = 64;
 
 use super::RotateConfig;
 
@@ -71,6 +74,23 @@ pub fn run() {
         .collect();
     let vip = v4("203.0.113.10");
     h.add_service(Service::new("web", vip, 80, Protocol::Tcp), &backends)
+        .expect("service");
+    // Sampling: on at a high rate's period in `h`; compiled out in `unsampled` (the
+    // verifier drops the code), on for every packet in `h` for one case.
+    let web_id = h.service_id("web");
+    let mut ring = h.dp_mut().take_samples().expect("the sample ring");
+    h.dp_mut()
+        .set_sample_period(web_id, SAMPLE_PERIOD)
+        .expect("period");
+    let mut unsampled = XlbHarness::load_sampling(
+        &LoadOptions {
+            affinity_capacity: 65_536,
+            maglev_slots: 1 << 20,
+        },
+        false,
+    );
+    unsampled
+        .add_service(Service::new("web", vip, 80, Protocol::Tcp), &backends)
         .expect("service");
     // The default capacity, filled: FULL_CAPACITY clients of 10.0.0.0/8 pinned.
     let mut full = XlbHarness::load(&LoadOptions {
@@ -155,6 +175,7 @@ pub fn run() {
         "non-service packet not passed"
     );
     assert_eq!(run_once(prog("reflector"), &hit_pkt, LO).action, 3);
+    assert_eq!(unsampled.run(&hit_pkt, LO).action, 3, "unsampled hit");
 
     // Misses: one fresh client per run, so one run per BPF_PROG_TEST_RUN call. The
     // kernel's timer then also counts its own entry/exit once per call: measure that
@@ -175,13 +196,32 @@ pub fn run() {
     };
 
     let mut s: BTreeMap<&str, Samples> = BTreeMap::new();
-    let web_id = h.service_id("web");
     for round in 0..ROUNDS {
         // Interleaved, round by round.
         s.entry("hit_ns")
             .or_default()
             .0
             .push(run_repeat(h.prog(), &hit_pkt, LO, REPEAT));
+        s.entry("hit_unsampled_ns").or_default().0.push(run_repeat(
+            unsampled.prog(),
+            &hit_pkt,
+            LO,
+            REPEAT,
+        ));
+        let sampled = ring.drain(usize::MAX).len();
+        assert!(
+            sampled as f64 >= 0.9 * (REPEAT / SAMPLE_PERIOD) as f64,
+            "round {round}: {sampled} samples of {REPEAT} hits at 1 in {SAMPLE_PERIOD}"
+        );
+        h.dp_mut().set_sample_period(web_id, 1).expect("period");
+        s.entry("hit_sample_every_ns")
+            .or_default()
+            .0
+            .push(run_repeat(h.prog(), &hit_pkt, LO, REPEAT / 40));
+        h.dp_mut()
+            .set_sample_period(web_id, SAMPLE_PERIOD)
+            .expect("period");
+        ring.drain(usize::MAX);
         s.entry("pass_through_ns").or_default().0.push(run_repeat(
             h.prog(),
             &other_pkt,
@@ -295,6 +335,16 @@ pub fn run() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // Sampling's cost on the hit path: per-round differences (the rounds interleave).
+    let diffs = Samples(
+        s["hit_ns"]
+            .0
+            .iter()
+            .zip(&s["hit_unsampled_ns"].0)
+            .map(|(on, off)| on - off)
+            .collect(),
+    );
+    s.insert("sampling_cost_ns", diffs);
     let m = |k: &str| s[k].median();
     let load_end = super::load_average();
     println!("xlb micro benchmark: BPF_PROG_TEST_RUN, 64-byte TCP/IPv4 frames, one CPU");
@@ -313,6 +363,8 @@ pub fn run() {
         ("reflector_ns", "reflector (swap MACs, TX)"),
         ("pass_through_ns", "xlb, non-service packet"),
         ("hit_ns", "xlb, affinity hit"),
+        ("hit_unsampled_ns", "  same, sampling left out"),
+        ("hit_sample_every_ns", "  same, every packet sampled"),
         ("miss_ns", "xlb, miss (new client)"),
         ("hit_many_ns", "xlb, 65,536 pinned, rr"),
         ("miss_full_ns", "xlb, new client, full"),
@@ -328,6 +380,18 @@ pub fn run() {
         );
     }
     println!();
+    let diffs = &s["sampling_cost_ns"];
+    println!(
+        "sampling at 1 in {SAMPLE_PERIOD}, hit path: {:+.1} ns (per-round differences {:+.1} – {:+.1}); goal ≤ 5 ns: {}",
+        diffs.median(),
+        diffs.min(),
+        diffs.max(),
+        if diffs.median() <= 5.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
     let net = |k: &str| m(k) - m("reflector_ns");
     let goals = [
         ("hit_ns - reflector_ns", net("hit_ns"), 25.0),
