@@ -25,6 +25,7 @@ pub mod hash;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod maps;
+pub mod natsrc;
 pub mod sample;
 
 pub use affinity::MIN_IDLE_TIMEOUT_NS;
@@ -103,6 +104,10 @@ pub const MAP_SAMPLE_CD: &str = "XLB_SAMPLE_CD";
 /// ARRAY: service id → `u32` sampling period N (one packet in N; 0 = off), set by the
 /// controller from the service's rate.
 pub const MAP_SAMPLE_N: &str = "XLB_SAMPLE_N";
+/// LPM_TRIE: the services' `nat_sources` prefixes (see [`natsrc`]).
+pub const MAP_NAT_SRC: &str = "XLB_NAT_SRC";
+/// ARRAY of `u64`: the pre-filter in front of `XLB_NAT_SRC` (see [`natsrc`]).
+pub const MAP_NAT_FILTER: &str = "XLB_NAT_FILTER";
 
 // Every map with its type, sizes and adoption rules: the table in [`maps::MAPS`].
 
@@ -176,6 +181,8 @@ pub const SVC_F_AFFINITY_NONE: u32 = 1 << 0;
 pub const SVC_F_PASS_NO_BACKEND: u32 = 1 << 1;
 /// The entry is a VIP marker, not a service.
 pub const SVC_F_VIP_MARKER: u32 = 1 << 2;
+/// The service lists `nat_sources`: clients in them are keyed on address and port.
+pub const SVC_F_NAT_SOURCES: u32 = 1 << 3;
 
 /// Forwarding modes (`ServiceValue::mode`).
 pub const MODE_DSR: u8 = 0;
@@ -488,6 +495,7 @@ mod pod {
     unsafe impl aya::Pod for super::FastService {}
     unsafe impl aya::Pod for super::affinity::table::ColdBucket {}
     unsafe impl aya::Pod for super::sample::SourceSample {}
+    unsafe impl aya::Pod for super::natsrc::NatSourceData {}
 }
 
 #[cfg(test)]

@@ -20,11 +20,12 @@
 use crate::{
     AffinityKey, AffinityValue, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY,
     DEFAULT_MAGLEV_SLOTS, FAST_SERVICE_SLOTS, FastService, MAP_AFF_KEYS, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_SAMPLE_CD, MAP_SAMPLE_N, MAP_SAMPLES, MAP_SERVICES,
-    MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER,
-    MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES, MAX_TX_PORTS, ServiceKey, ServiceStats,
-    ServiceValue, Stat, VIP_FILTER_WORDS,
+    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_NAT_FILTER, MAP_NAT_SRC, MAP_SAMPLE_CD,
+    MAP_SAMPLE_N, MAP_SAMPLES, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE, MAP_SVC_STATS,
+    MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES, MAX_TX_PORTS,
+    ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
     affinity::table::{Bucket, ColdBucket, table_entries},
+    natsrc::{BPF_F_NO_PREALLOC, MAX_NAT_SOURCES, NAT_FILTER_WORDS, NatSourceData},
     sample::SAMPLES_RING_BYTES,
 };
 
@@ -44,6 +45,7 @@ pub enum MapKind {
     PerCpuArray = 6,
     LruHash = 9,
     DevMapHash = 25,
+    LpmTrie = 11,
     RingBuf = 27,
 }
 
@@ -62,6 +64,7 @@ impl MapKind {
             MapKind::LruHash => "lru_hash",
             MapKind::DevMapHash => "devmap_hash",
             MapKind::RingBuf => "ringbuf",
+            MapKind::LpmTrie => "lpm_trie",
         }
     }
 }
@@ -355,6 +358,24 @@ pub const MAPS: &[MapDef] = &[
         4,
         4,
         MaxEntries::Fixed(MAX_SERVICES),
+    ),
+    // nat_sources (lb_common::natsrc): rewritten whole from the config at every start.
+    MapDef {
+        flags: BPF_F_NO_PREALLOC,
+        ..def(
+            MAP_NAT_SRC,
+            MapKind::LpmTrie,
+            4 + size::<NatSourceData>(),
+            4,
+            MaxEntries::Fixed(MAX_NAT_SOURCES),
+        )
+    },
+    def(
+        MAP_NAT_FILTER,
+        MapKind::Array,
+        4,
+        8,
+        MaxEntries::Fixed(NAT_FILTER_WORDS),
     ),
     def(
         MAP_META,

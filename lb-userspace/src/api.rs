@@ -216,6 +216,9 @@ pub struct ServiceStatus {
     pub table_size: u32,
     pub health: String,
     pub pinned_clients: u64,
+    /// Prefixes whose clients are balanced per connection.
+    #[serde(default)]
+    pub nat_sources: Vec<String>,
     /// `nat_warn_share` (0..1).
     #[serde(default)]
     pub nat_warn_share: f64,
@@ -328,6 +331,10 @@ pub struct Explain {
     pub slot: u32,
     pub slot_backend: Option<IpAddr>,
     pub previous_slot_backend: Option<IpAddr>,
+    /// The `nat_sources` prefix that lists the client (its key is then its address and
+    /// source port: each connection decided alone).
+    #[serde(default)]
+    pub nat_source: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

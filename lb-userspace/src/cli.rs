@@ -17,7 +17,7 @@ use crate::{
     dataplane::{lock::PinDirLock, pin},
     model::{
         Affinity, Backend, CheckKind, Edit, Failback, HealthCheck, HealthInitial, HealthKind,
-        HumanDuration, NoBackend, Protocol, Service,
+        HumanDuration, Millionths, NoBackend, Prefix, Protocol, Service,
         limits::*,
         parse_address, parse_status_range, status_range,
         validate::{FieldError, validate_service},
@@ -231,6 +231,27 @@ pub enum ServiceCmd {
     Add(Box<ServiceAddArgs>),
     /// Remove a service and its affinity entries.
     Remove { name: String },
+    /// Change, at run time, the settings that spread a service's load (saved like
+    /// every runtime change).
+    Set(ServiceSetArgs),
+}
+
+/// `xlb service set` flags: each one given is changed, the others stay.
+#[derive(Args, Debug)]
+pub struct ServiceSetArgs {
+    pub name: String,
+    /// Prefixes whose clients are balanced per connection (address and source port),
+    /// comma-separated; "none" (or "") empties the list.
+    #[arg(long, value_parser = parse_prefix_list)]
+    pub nat_sources: Option<PrefixList>,
+}
+
+/// A parsed `--nat-sources` list.
+#[derive(Clone, Debug)]
+pub struct PrefixList(pub Vec<Prefix>);
+
+fn parse_prefix_list(s: &str) -> Result<PrefixList, String> {
+    crate::model::prefix::parse_list(s).map(PrefixList)
 }
 
 #[derive(Subcommand, Debug)]
@@ -302,6 +323,13 @@ pub struct ServiceAddArgs {
     /// A backend: ADDRESS or ADDRESS=WEIGHT; repeat for each.
     #[arg(long = "backend", value_parser = parse_backend_arg)]
     pub backends: Vec<Backend>,
+    /// Prefixes whose clients are balanced per connection (address and source port),
+    /// comma-separated.
+    #[arg(long, value_parser = parse_prefix_list)]
+    pub nat_sources: Option<PrefixList>,
+    /// Warn when one source or prefix carries more than this share of the packets.
+    #[arg(long, default_value_t = DEFAULT_NAT_WARN_SHARE.get())]
+    pub nat_warn_share: f64,
 }
 
 /// A status or range within the HTTP status codes (the validator checks it again).
@@ -368,6 +396,11 @@ impl ServiceAddArgs {
             initial: self.health_initial,
         };
         s.backends = self.backends.clone();
+        if let Some(l) = &self.nat_sources {
+            s.nat_sources = l.0.clone();
+        }
+        // Out of range (or not a number) becomes 0, which the validator refuses.
+        s.nat_warn_share = Millionths::from_f64(self.nat_warn_share).unwrap_or(Millionths(0));
         s
     }
 }
@@ -474,6 +507,15 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Service(ServiceCmd::Remove { name }) => {
             Request::Edit(Edit::ServiceRemove { name: name.clone() })
+        }
+        Command::Service(ServiceCmd::Set(args)) => {
+            if args.nat_sources.is_none() {
+                return Err(UsageError("nothing to set: give --nat-sources".into()).into());
+            }
+            Request::Edit(Edit::ServiceSet {
+                service: args.name.clone(),
+                nat_sources: args.nat_sources.as_ref().map(|l| l.0.clone()),
+            })
         }
         Command::Explain {
             service,

@@ -254,6 +254,12 @@ pub fn explain(e: &api::Explain) -> String {
         let _ = write!(o, " (held {prev} before the last change)");
     }
     let _ = writeln!(o);
+    if let Some(p) = &e.nat_source {
+        let _ = writeln!(
+            o,
+            "  nat_sources {p}: keyed on address and source port (each connection decided alone)"
+        );
+    }
     o
 }
 

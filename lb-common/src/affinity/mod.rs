@@ -61,6 +61,29 @@ pub const fn refresh_period_ns(idle_timeout_ns: u64) -> u32 {
 /// `sport_be` (network order) of `family` to the service `svc`.
 #[inline(always)]
 pub fn key(svc: &ServiceValue, saddr: &Addr, sport_be: u16, family: u8) -> AffinityKey {
+    key_for(svc, saddr, sport_be, family, false)
+}
+
+/// [`key`] for a client that is in the service's `nat_sources` (`listed`) or not: a
+/// listed client is keyed on its whole address and its source port, whatever the
+/// service's prefix and affinity (each connection decided alone, and kept).
+#[inline(always)]
+pub fn key_for(
+    svc: &ServiceValue,
+    saddr: &Addr,
+    sport_be: u16,
+    family: u8,
+    listed: bool,
+) -> AffinityKey {
+    if listed {
+        return AffinityKey {
+            service_id: svc.id,
+            addr: *saddr,
+            port_be: sport_be,
+            family,
+            _pad: 0,
+        };
+    }
     let m = &svc.src_mask;
     AffinityKey {
         service_id: svc.id,

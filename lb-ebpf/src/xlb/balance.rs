@@ -19,6 +19,7 @@ use lb_common::{
 
 use super::{
     maps::{AFF_KEYS, AFFINITY, AFFINITY_BUCKETS, AFFINITY_SEED, BACKENDS, MAGLEV, SVC_IDLE},
+    natsrc,
     parse::Flow,
     stats,
 };
@@ -38,7 +39,8 @@ pub fn backend(
     ss: &mut ServiceStats,
     flow: &Flow,
 ) -> Result<Option<Target>, ()> {
-    let key = affinity::key(svc, &flow.saddr, flow.sport, flow.family);
+    let listed = natsrc::listed(svc, flow);
+    let key = affinity::key_for(svc, &flow.saddr, flow.sport, flow.family, listed);
     // SAFETY: a helper without side effects.
     let now_ns = unsafe { bpf_ktime_get_coarse_ns() };
     let now = table::units(now_ns);

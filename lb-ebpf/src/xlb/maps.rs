@@ -7,7 +7,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use lb_common::{
     Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY, DEFAULT_MAGLEV_SLOTS, FAST_SERVICE_SLOTS,
@@ -15,6 +15,7 @@ use lb_common::{
     ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
     affinity::table::{Bucket, ColdBucket, table_entries},
     maps::{BPF_F_MMAPABLE, Meta},
+    natsrc::{MAX_NAT_SOURCES, NAT_FILTER_WORDS, NatSourceData},
     sample::SAMPLES_RING_BYTES,
 };
 
@@ -92,6 +93,14 @@ pub static SAMPLE_CD: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVI
 /// Per service: the sampling period N set by the controller (0 = off).
 #[map(name = "XLB_SAMPLE_N")]
 pub static SAMPLE_N: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// The services' `nat_sources` prefixes (lb_common::natsrc): value = the prefix length.
+#[map(name = "XLB_NAT_SRC")]
+pub static NAT_SRC: LpmTrie<NatSourceData, u32> = LpmTrie::with_max_entries(MAX_NAT_SOURCES, 0);
+
+/// The pre-filter in front of `XLB_NAT_SRC` (lb_common::natsrc).
+#[map(name = "XLB_NAT_FILTER")]
+pub static NAT_FILTER: Array<u64> = Array::with_max_entries(NAT_FILTER_WORDS, 0);
 
 /// Facts about the pinned state (format, the durable generation counter). Only the
 /// controller uses it; it is declared here so it is created and pinned with the rest.

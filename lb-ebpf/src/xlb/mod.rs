@@ -4,12 +4,14 @@
 //!
 //! Dependencies point one way: `parse` and `service` know nothing of balancing or
 //! forwarding, `balance` nothing of packets, `forward` nothing of services or pins; only
-//! `maps` and `stats` are shared. [`sample`] watches a forwarded packet and changes
+//! `maps` and `stats` are shared. [`natsrc`] tells `balance` whether a client is in
+//! its service's `nat_sources`; [`sample`] watches a forwarded packet and changes
 //! nothing.
 
 pub mod balance;
 pub mod forward;
 pub mod maps;
+pub mod natsrc;
 pub mod parse;
 pub mod sample;
 pub mod service;

@@ -161,6 +161,13 @@ fn bad_inputs_are_rejected_naming_file_line_and_key() {
         ("key of another kind", web("health = { kind = \"tcp\", path = \"/\" }\n"), "service[0].health.path", "does not apply", 9),
         ("port 0 without health.port", service("name = \"all\"\nvip = \"203.0.113.10\"\nport = 0\nprotocol = \"tcp\"\n"), "service[0].health.port", "required", 4),
         ("health port 0", web("health = { port = 0 }\n"), "service[0].health.port", "1..=65535", 9),
+        // Issue 12: nat_sources and nat_warn_share.
+        ("nat_sources host bits", web("nat_sources = [\"198.51.100.7/24\"]\n"), "service[0].nat_sources[0]", "meant 198.51.100.0/24", 9),
+        ("nat_sources not a prefix", web("nat_sources = [\"office\"]\n"), "service[0].nat_sources[0]", "not an address prefix", 9),
+        ("nat_sources other family", web("nat_sources = [\"2001:db8::/32\"]\n"), "service[0].nat_sources[0]", "not of the family of the VIP", 9),
+        ("nat_sources twice", web("nat_sources = [\"198.51.100.0/24\", \"198.51.100.0/24\"]\n"), "service[0].nat_sources[1]", "listed twice", 9),
+        ("nat_warn_share 0", web("nat_warn_share = 0.0\n"), "service[0].nat_warn_share", "out of range", 9),
+        ("nat_warn_share above 1", web("nat_warn_share = 1.5\n"), "service[0].nat_warn_share", "out of range", 9),
     ];
     assert!(cases.len() >= 30);
     let mut seen = HashSet::new();

@@ -189,6 +189,7 @@ fn service_status(st: &State, v: &ServiceView<'_>) -> api::ServiceStatus {
         table_size: s.table_size,
         health: s.health.kind.tag().name().into(),
         pinned_clients: v.pinned,
+        nat_sources: s.nat_sources.iter().map(|p| p.to_string()).collect(),
         nat_warn_share: s.nat_warn_share.get(),
         load_imbalance: shares.imbalance,
         load_interval_s: DEFAULT_INTERVAL_S as u32,
@@ -383,6 +384,15 @@ pub fn explain(st: &State, service: &str, client: IpAddr, port: u16) -> Response
         return usage(format!("service {service:?} does not exist"));
     };
     let key_addr = addr_from_words(&e.key.addr, e.key.family);
+    let nat_source = e
+        .nat_source
+        .map(|len| crate::model::Prefix::masked(client, len))
+        .zip(e.nat_source)
+        .map(|(a, len)| format!("{a}/{len}"));
+    let key = match e.nat_source {
+        Some(_) => format!("{key_addr} port {}", u16::from_be(e.key.port_be)),
+        None => format!("{key_addr}/{}", ps.value.prefix_len),
+    };
     let (reason, age, idle) = match &e.decision {
         Decision::Pinned { age, idle } => (None, Some(age.as_secs_f64()), Some(idle.as_secs_f64())),
         Decision::Hashed { reason } => (Some(reason.name().to_string()), None, None),
@@ -391,7 +401,7 @@ pub fn explain(st: &State, service: &str, client: IpAddr, port: u16) -> Response
     Response::ok(api::Explain {
         service: service.to_string(),
         client,
-        key: format!("{key_addr}/{}", ps.value.prefix_len),
+        key,
         decision: e.decision.name().into(),
         reason,
         backend: e.backend,
@@ -400,6 +410,7 @@ pub fn explain(st: &State, service: &str, client: IpAddr, port: u16) -> Response
         slot: e.slot,
         slot_backend: e.slot_backend,
         previous_slot_backend: e.previous_slot_backend,
+        nat_source,
     })
 }
 

@@ -15,17 +15,19 @@ use std::{collections::HashMap as StdHashMap, ops::Range, path::Path};
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf, xdp::DevMapHash,
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf,
+        lpm_trie::Key as LpmKey, xdp::DevMapHash,
     },
 };
 use lb_common::{
     Addr, AffinityKey, AffinityValue, Backend, BackendStats, MAP_AFF_KEYS, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_META, MAP_SAMPLE_N, MAP_SAMPLES, MAP_SERVICES,
-    MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER,
-    MAX_BACKENDS, MAX_SERVICES, PROTO_VIP_MARKER, SVC_F_VIP_MARKER, ServiceKey, ServiceStats,
-    ServiceValue, Stat, VIP_FILTER_WORDS,
+    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_META, MAP_NAT_FILTER, MAP_NAT_SRC, MAP_SAMPLE_N,
+    MAP_SAMPLES, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS,
+    MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICES, PROTO_VIP_MARKER, SVC_F_VIP_MARKER, ServiceKey,
+    ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
     affinity::{self, Verdict, table},
     maps::Meta,
+    natsrc::{self, NatSourceData},
     sample::SourceSample,
     vip_filter_bit,
 };
@@ -233,8 +235,68 @@ pub struct DataPlane {
     pub meta: Array<MapData, Meta>,
     /// Service id → sampling period (lb_common::sample).
     sample_n: Array<MapData, u32>,
+    /// The services' `nat_sources` and their pre-filter (lb_common::natsrc).
+    nat_src: LpmTrie<MapData, NatSourceData, u32>,
+    nat_filter: Array<MapData, u64>,
     /// The sampled sources' ring, until a reader takes it ([`DataPlane::take_samples`]).
     samples: Option<SampleRing>,
+}
+
+/// One `nat_sources` prefix of a service, as the trie holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NatSource {
+    pub service_id: u32,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    /// The prefix's address, network order ([`Addr`]).
+    pub addr: Addr,
+    pub len: u8,
+}
+
+impl NatSource {
+    fn key(&self) -> LpmKey<NatSourceData> {
+        LpmKey::new(
+            natsrc::SCOPE_BITS + self.len as u32,
+            natsrc::data(self.service_id, self.family, &self.addr),
+        )
+    }
+}
+
+/// The pre-filter words of `list` (lb_common::natsrc): every IPv4 /16 a prefix covers
+/// (all of them for a prefix shorter than /16); an IPv6 prefix's /32 fold, or the
+/// any-IPv6 bit when it is shorter than /32.
+pub fn nat_filter_words(list: &[NatSource]) -> Vec<u64> {
+    let mut words = vec![0u64; natsrc::NAT_FILTER_WORDS as usize];
+    let mut set = |(w, bit): (u32, u64)| words[w as usize] |= bit;
+    for s in list {
+        if s.family == lb_common::FAMILY_V6 {
+            if s.len < 32 {
+                set((natsrc::ANY_V6_WORD, 1));
+            } else {
+                set(natsrc::filter_bit(&s.addr, s.family));
+            }
+            continue;
+        }
+        let first = u32::from_be_bytes(s.addr[0].to_ne_bytes()) >> 16;
+        let count = 1u32 << (16 - s.len.min(16));
+        for i in 0..count {
+            let a = ((first + i) << 16).to_be_bytes();
+            set(natsrc::filter_bit(
+                &[u32::from_ne_bytes(a), 0, 0, 0],
+                s.family,
+            ));
+        }
+    }
+    words
+}
+
+/// The bytes of trie data, to compare keys (the packed key type has no `Eq`).
+fn data_bytes(d: &NatSourceData) -> [u8; 24] {
+    let mut out = [0u8; 24];
+    out[..4].copy_from_slice(&d.service_id.to_ne_bytes());
+    out[4..8].copy_from_slice(&d.family.to_ne_bytes());
+    out[8..].copy_from_slice(&lb_common::addr_to_bytes(&d.addr));
+    out
 }
 
 /// The reading end of `XLB_SAMPLES`: one reader at a time.
@@ -315,8 +377,69 @@ impl DataPlane {
             vip_filter: typed(ebpf, MAP_VIP_FILTER)?,
             meta: typed(ebpf, MAP_META)?,
             sample_n: typed(ebpf, MAP_SAMPLE_N)?,
+            nat_src: typed(ebpf, MAP_NAT_SRC)?,
+            nat_filter: typed(ebpf, MAP_NAT_FILTER)?,
             samples: Some(SampleRing(typed(ebpf, MAP_SAMPLES)?)),
         })
+    }
+
+    // --- nat_sources ---------------------------------------------------------------------
+
+    /// Makes the trie and its pre-filter hold exactly `list`: new entries first, then
+    /// the filter, then the entries no longer listed.
+    pub fn set_nat_sources(&mut self, list: &[NatSource]) -> Result<()> {
+        for s in list {
+            self.nat_src
+                .insert(&s.key(), s.len as u32, 0)
+                .map_err(op("update", MAP_NAT_SRC))?;
+        }
+        for (i, w) in nat_filter_words(list).iter().enumerate() {
+            let i = i as u32;
+            let old = self
+                .nat_filter
+                .get(&i, 0)
+                .map_err(op("lookup", MAP_NAT_FILTER))?;
+            if old != *w {
+                self.nat_filter
+                    .set(i, w, 0)
+                    .map_err(op("update", MAP_NAT_FILTER))?;
+            }
+        }
+        let keep: std::collections::HashSet<(u32, [u8; 24])> = list
+            .iter()
+            .map(|s| (s.key().prefix_len(), data_bytes(&s.key().data())))
+            .collect();
+        let stale: Vec<LpmKey<NatSourceData>> = self
+            .nat_src
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !keep.contains(&(k.prefix_len(), data_bytes(&k.data()))))
+            .collect();
+        for k in stale {
+            self.nat_src.remove(&k).map_err(op("delete", MAP_NAT_SRC))?;
+        }
+        Ok(())
+    }
+
+    /// The `nat_sources` prefix length that lists `addr` for service `service_id`, by
+    /// the data plane's own lookup (pre-filter, then the trie); `None`: not listed.
+    pub fn nat_listed(&self, service_id: u32, family: u8, addr: &Addr) -> Result<Option<u8>> {
+        let (w, bit) = natsrc::filter_bit(addr, family);
+        let word = |i| {
+            self.nat_filter
+                .get(&i, 0)
+                .map_err(op("lookup", MAP_NAT_FILTER))
+        };
+        let any_v6 = family == lb_common::FAMILY_V6 && word(natsrc::ANY_V6_WORD)? & 1 != 0;
+        if word(w)? & bit == 0 && !any_v6 {
+            return Ok(None);
+        }
+        let key = LpmKey::new(natsrc::LOOKUP_BITS, natsrc::data(service_id, family, addr));
+        match self.nat_src.get(&key, 0) {
+            Ok(len) => Ok(Some(len as u8)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(op("lookup", MAP_NAT_SRC)(e)),
+        }
     }
 
     // --- sampling ------------------------------------------------------------------------

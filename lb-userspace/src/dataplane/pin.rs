@@ -253,6 +253,7 @@ pub fn describe(l: &Layout) -> String {
         MapKind::LruHash,
         MapKind::DevMapHash,
         MapKind::RingBuf,
+        MapKind::LpmTrie,
     ];
     let kind = kinds
         .iter()

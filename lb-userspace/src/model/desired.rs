@@ -94,6 +94,15 @@ impl Desired {
                 address,
                 weight,
             } => self.change_backend(service, *address, |s, a| set(s, a, |b| b.weight = *weight)),
+            Edit::ServiceSet {
+                service,
+                nat_sources,
+            } => self.change_service(service, None, |s| {
+                if let Some(l) = nat_sources {
+                    s.nat_sources = l.clone();
+                }
+                Ok(())
+            }),
         }
     }
 
@@ -200,6 +209,14 @@ impl Desired {
             match base.get(name.as_str()) {
                 Some(b) if b == now => {}
                 Some(b) if b.same_settings(now) => backend_edits(b, now, &mut edits),
+                Some(b) if b.same_but_spread(now) => {
+                    edits.push(Edit::ServiceSet {
+                        service: name.clone(),
+                        nat_sources: (b.nat_sources != now.nat_sources)
+                            .then(|| now.nat_sources.clone()),
+                    });
+                    backend_edits(b, now, &mut edits);
+                }
                 Some(_) => {
                     edits.push(Edit::ServiceRemove { name: name.clone() });
                     edits.push(Edit::ServiceAdd {

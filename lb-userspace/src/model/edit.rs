@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Service,
+    Prefix, Service,
     limits::DEFAULT_WEIGHT,
     validate::{FieldError, check_backend_address, check_weight},
 };
@@ -61,6 +61,14 @@ pub enum Edit {
         address: IpAddr,
         weight: u32,
     },
+    /// Changes the settings that spread a service's load at run time (`xlb service
+    /// set`); an absent field is left as it is.
+    ServiceSet {
+        service: String,
+        /// The whole new list (empty: none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nat_sources: Option<Vec<Prefix>>,
+    },
 }
 
 impl Edit {
@@ -73,7 +81,8 @@ impl Edit {
             | Edit::BackendRemove { service, .. }
             | Edit::BackendDrain { service, .. }
             | Edit::BackendUndrain { service, .. }
-            | Edit::BackendWeight { service, .. } => service,
+            | Edit::BackendWeight { service, .. }
+            | Edit::ServiceSet { service, .. } => service,
         }
     }
 
@@ -131,6 +140,17 @@ impl Edit {
                 address,
                 weight,
             } => format!("backend {address} of service {service}: weight {weight}"),
+            Edit::ServiceSet {
+                service,
+                nat_sources,
+            } => {
+                let mut parts = Vec::new();
+                if let Some(l) = nat_sources {
+                    let list: Vec<String> = l.iter().map(|p| p.to_string()).collect();
+                    parts.push(format!("nat_sources [{}]", list.join(", ")));
+                }
+                format!("service {service}: {}", parts.join(", "))
+            }
         }
     }
 }

@@ -40,6 +40,7 @@ pub struct RawService {
     pub no_backend: Option<String>,
     pub health: Option<RawHealth>,
     pub nat_warn_share: Option<f64>,
+    pub nat_sources: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend: Vec<RawBackend>,
 }
@@ -127,6 +128,12 @@ pub fn service_from_raw(raw: RawService) -> Result<Service, Vec<FieldError>> {
     s.health = health_from_raw(&mut e, raw.health.unwrap_or_default(), port);
     if let Some(x) = raw.nat_warn_share {
         s.nat_warn_share = share(&mut e, "nat_warn_share", x);
+    }
+    for (i, p) in raw.nat_sources.unwrap_or_default().iter().enumerate() {
+        match p.parse() {
+            Ok(p) => s.nat_sources.push(p),
+            Err(why) => e.push(format!("nat_sources[{i}]"), why),
+        }
     }
     s.backends = raw
         .backend
@@ -363,6 +370,7 @@ impl From<&Service> for RawService {
             no_backend: Some(s.no_backend.name().into()),
             health: Some(RawHealth::from(&s.health)),
             nat_warn_share: Some(s.nat_warn_share.get()),
+            nat_sources: Some(s.nat_sources.iter().map(|p| p.to_string()).collect()),
             backend: s
                 .backends
                 .iter()

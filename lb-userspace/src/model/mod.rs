@@ -14,6 +14,7 @@ pub mod edit;
 pub mod encode;
 pub mod limits;
 pub mod names;
+pub mod prefix;
 pub mod validate;
 
 use std::{net::IpAddr, time::Duration};
@@ -25,6 +26,7 @@ pub use desired::Desired;
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use edit::Edit;
 pub use names::Named;
+pub use prefix::Prefix;
 pub use validate::FieldError;
 
 use crate::named_enum;
@@ -147,6 +149,10 @@ pub struct Service {
     /// Warn when one source or prefix carries more than this share of the service's
     /// packets (and it has at least 3 healthy backends).
     pub nat_warn_share: Millionths,
+    /// Clients inside these prefixes (NAT gateways, proxies) are keyed on their whole
+    /// address and source port: each connection is balanced alone. Same family as the
+    /// VIP, no duplicates.
+    pub nat_sources: Vec<Prefix>,
     /// Unique by address, in the order they were given.
     pub backends: Vec<Backend>,
 }
@@ -193,6 +199,7 @@ impl Service {
             no_backend: DEFAULT_NO_BACKEND,
             health: HealthCheck::new(HealthKind::default_for(DEFAULT_CHECK_KIND, port)),
             nat_warn_share: DEFAULT_NAT_WARN_SHARE,
+            nat_sources: Vec::new(),
             backends: Vec::new(),
         }
     }
@@ -211,6 +218,17 @@ impl Service {
 
     pub fn backend_mut(&mut self, address: IpAddr) -> Option<&mut Backend> {
         self.backends.iter_mut().find(|b| b.address == address)
+    }
+
+    /// Everything but the backends and the settings `xlb service set` changes equal: a
+    /// change between the two is a [`Edit::ServiceSet`] and backend changes.
+    pub fn same_but_spread(&self, other: &Service) -> bool {
+        let strip = |s: &Service| Service {
+            backends: Vec::new(),
+            nat_sources: Vec::new(),
+            ..s.clone()
+        };
+        strip(self) == strip(other)
     }
 
     /// Everything but the backends equal: a change between the two is a backend change.

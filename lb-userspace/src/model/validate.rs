@@ -99,9 +99,42 @@ pub fn validate_service(svc: &Service, others: &[&Service]) -> Result<(), Vec<Fi
             ),
         );
     }
+    check_nat_sources(&mut e, svc, others);
     check_backends(&mut e, svc);
     check_health(&mut e, &svc.health);
     e.finish(())
+}
+
+/// Same family as the VIP (other clients never reach it), no duplicates, at most
+/// `MAX_NAT_SOURCES_PER_SERVICE`, and all services together within the data plane's
+/// `MAX_NAT_SOURCES`.
+fn check_nat_sources(e: &mut Errors, svc: &Service, others: &[&Service]) {
+    let max = lb_common::natsrc::MAX_NAT_SOURCES_PER_SERVICE;
+    let total = lb_common::natsrc::MAX_NAT_SOURCES as usize;
+    let all: usize =
+        others.iter().map(|o| o.nat_sources.len()).sum::<usize>() + svc.nat_sources.len();
+    if svc.nat_sources.len() > max {
+        e.push(
+            "nat_sources",
+            format!("{} prefixes: at most {max}", svc.nat_sources.len()),
+        );
+    } else if all > total {
+        e.push(
+            "nat_sources",
+            format!("{all} prefixes over all services: at most {total}"),
+        );
+    }
+    for (i, p) in svc.nat_sources.iter().enumerate() {
+        let field = format!("nat_sources[{i}]");
+        if p.addr.is_ipv4() != svc.vip.is_ipv4() {
+            e.push(
+                field,
+                format!("{p} is not of the family of the VIP {}", svc.vip),
+            );
+        } else if svc.nat_sources[..i].contains(p) {
+            e.push(field, format!("{p} is listed twice"));
+        }
+    }
 }
 
 fn check_name(e: &mut Errors, svc: &Service, others: &[&Service]) {

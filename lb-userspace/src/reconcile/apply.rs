@@ -34,6 +34,7 @@ pub fn apply(plan: &Plan, dp: &mut DataPlane) -> Result<Applied, MapsError> {
             MapOp::Service { key, value } => dp.set_service(key, value)?,
             MapOp::RemoveService { key } => dp.remove_service(key)?,
             MapOp::Vips(vips) => dp.set_vips(vips)?,
+            MapOp::NatSources(list) => dp.set_nat_sources(list)?,
             MapOp::FlushAffinity { service_id } => {
                 done.flushed += dp.affinity_flush(Some(*service_id))?;
             }

@@ -75,6 +75,9 @@ pub struct Explanation {
     /// The backend that slot held before the last table change, when different.
     pub previous_slot_backend: Option<IpAddr>,
     pub key: AffinityKey,
+    /// The `nat_sources` prefix length that lists the client: its key is its whole
+    /// address and source port.
+    pub nat_source: Option<u8>,
 }
 
 /// The affinity key of a client of the service `(value, family)`: what the XDP program
@@ -122,7 +125,17 @@ pub fn explain(
     client: IpAddr,
     port: u16,
 ) -> Result<Explanation, InspectError> {
-    let key = affinity_key(svc, client, port)?;
+    // Listed or not: the data plane's own lookup on its own maps.
+    let (words, family) = addr_words(client);
+    let nat_source = if family == svc.key.family {
+        dp.nat_listed(svc.value.id, family, &words)?
+    } else {
+        None
+    };
+    let key = match nat_source {
+        Some(_) => affinity::key_for(&svc.value, &words, port.to_be(), family, true),
+        None => affinity_key(svc, client, port)?,
+    };
     let slot = maglev_slot(flow_hash(&key), svc.table_size());
     let addr_of = |id: u32| svc.backend_by_id(id).map(|b| b.address);
     let slot_id = svc.table.get(slot as usize).copied().unwrap_or(NO_BACKEND);
@@ -163,6 +176,7 @@ pub fn explain(
         slot_backend,
         previous_slot_backend,
         key,
+        nat_source,
     })
 }
 

@@ -40,11 +40,12 @@ use std::{
 
 use lb_common::{
     Addr, BE_F_DRAINING, BE_F_HEALTHY, Backend as BackendValue, MODE_DSR, SVC_F_AFFINITY_NONE,
-    SVC_F_PASS_NO_BACKEND, ServiceKey, ServiceValue,
+    SVC_F_NAT_SOURCES, SVC_F_PASS_NO_BACKEND, ServiceKey, ServiceValue,
     maglev::{self, MaglevBackend, MaglevError},
     prefix_mask,
 };
 
+pub use crate::dataplane::maps::NatSource;
 use crate::model::{
     Affinity, Desired, Failback, NoBackend, Service, addr_bytes, addr_words,
     limits::{MAX_BACKENDS, MAX_SERVICES},
@@ -71,6 +72,9 @@ pub struct Programmed {
     pub orphans: Vec<u32>,
     /// The VIP set last written; `None` when unknown (adopted).
     pub vips: Option<Vec<(Addr, u8)>>,
+    /// The `nat_sources` entries last written (service id, prefix); `None` when unknown
+    /// (adopted: the first reconcile rewrites them).
+    pub nat_sources: Option<Vec<NatSource>>,
     /// Slots of the Maglev array (all services' tables side by side).
     pub maglev_capacity: u32,
 }
@@ -153,6 +157,7 @@ impl Programmed {
             services: Vec::new(),
             orphans: Vec::new(),
             vips: None,
+            nat_sources: None,
             maglev_capacity,
         }
     }
@@ -205,6 +210,8 @@ pub enum MapOp {
         key: ServiceKey,
     },
     Vips(Vec<(Addr, u8)>),
+    /// Every service's `nat_sources` (the whole set: the trie and its pre-filter).
+    NatSources(Vec<NatSource>),
     FlushAffinity {
         service_id: u32,
     },
@@ -311,6 +318,13 @@ pub fn reconcile(
     for id in &programmed.orphans {
         ops.push(clear_backend(*id));
     }
+    // The lists before the services' flags: a flag never points at a list still empty
+    // for long, and a removed list's entries go only once no flag needs them (both
+    // orders only make a listed client unlisted for an instant).
+    let nat = nat_set(desired, &services);
+    if programmed.nat_sources.as_ref() != Some(&nat) {
+        ops.push(MapOp::NatSources(nat.clone()));
+    }
     ops.extend(service_ops);
     let vips = vip_set(desired);
     if programmed.vips.as_ref() != Some(&vips) {
@@ -320,6 +334,7 @@ pub fn reconcile(
         services,
         orphans: Vec::new(),
         vips: Some(vips),
+        nat_sources: Some(nat),
         maglev_capacity: programmed.maglev_capacity,
     };
     Ok((next, Plan(ops)))
@@ -454,6 +469,9 @@ pub fn service_value(svc: &Service, id: u32, table_offset: u32) -> ServiceValue 
     }
     if svc.no_backend == NoBackend::Pass {
         flags |= SVC_F_PASS_NO_BACKEND;
+    }
+    if !svc.nat_sources.is_empty() {
+        flags |= SVC_F_NAT_SOURCES;
     }
     let idle_timeout_ns = u64::try_from(svc.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
     ServiceValue {
@@ -682,6 +700,27 @@ fn build_table(svc: &Service, members: &[MaglevBackend]) -> Result<Vec<u32>> {
 }
 
 /// Distinct VIPs of the desired services, sorted.
+/// Every listed prefix with its service's id, sorted.
+fn nat_set(desired: &Desired, services: &[ProgrammedService]) -> Vec<NatSource> {
+    let mut out: Vec<NatSource> = desired
+        .services()
+        .zip(services)
+        .flat_map(|(s, ps)| {
+            s.nat_sources.iter().map(|p| {
+                let (addr, family) = addr_words(p.addr);
+                NatSource {
+                    service_id: ps.id,
+                    family,
+                    addr,
+                    len: p.len,
+                }
+            })
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 fn vip_set(desired: &Desired) -> Vec<(Addr, u8)> {
     let mut vips: Vec<(Addr, u8)> = desired.services().map(|s| addr_words(s.vip)).collect();
     vips.sort_unstable();

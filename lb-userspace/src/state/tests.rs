@@ -99,6 +99,42 @@ fn diff_then_replay_round_trips() {
     assert!(Desired::from_services(&base).diff(&base).is_empty());
 }
 
+/// `xlb service set` is stored as itself (not as a replacement of the service, which
+/// would drop and re-add it), and replays to the same state; the saved JSON names it.
+#[test]
+fn service_set_is_stored_as_a_service_set() {
+    let base = base();
+    let mut now = Desired::from_services(&base);
+    let set = Edit::ServiceSet {
+        service: "a".into(),
+        nat_sources: Some(vec!["198.51.100.0/24".parse().unwrap()]),
+    };
+    now.apply(&set).unwrap();
+    now.apply(&Edit::BackendDrain {
+        service: "a".into(),
+        address: ip("10.1.0.2"),
+    })
+    .unwrap();
+    let edits = now.diff(&base);
+    assert_eq!(edits[0], set, "{edits:?}");
+    assert!(matches!(edits[1], Edit::BackendDrain { .. }), "{edits:?}");
+    let (again, w) = Desired::replay(&base, &edits);
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(again, now);
+    let json = serde_json::to_string(&set).unwrap();
+    assert_eq!(
+        json,
+        r#"{"service_set":{"service":"a","nat_sources":["198.51.100.0/24"]}}"#
+    );
+    // The validator refuses a list of the other family.
+    let bad = Edit::ServiceSet {
+        service: "a".into(),
+        nat_sources: Some(vec!["2001:db8::/32".parse().unwrap()]),
+    };
+    let err = now.apply(&bad).unwrap_err();
+    assert!(err[0].field.starts_with("nat_sources"), "{err:?}");
+}
+
 #[test]
 fn edits_that_no_longer_fit_the_config_are_skipped_with_a_warning() {
     let edits = vec![
