@@ -21,6 +21,7 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 pub mod affinity;
+pub mod bound;
 pub mod hash;
 #[cfg(feature = "user")]
 pub mod maglev;
@@ -108,6 +109,9 @@ pub const MAP_SAMPLE_N: &str = "XLB_SAMPLE_N";
 pub const MAP_NAT_SRC: &str = "XLB_NAT_SRC";
 /// ARRAY of `u64`: the pre-filter in front of `XLB_NAT_SRC` (see [`natsrc`]).
 pub const MAP_NAT_FILTER: &str = "XLB_NAT_FILTER";
+/// ARRAY: backend id → `u32` flags of its load ([`bound::OVER_BOUND`]), set by the
+/// controller for services with a balance factor.
+pub const MAP_BE_LOAD: &str = "XLB_BE_LOAD";
 
 // Every map with its type, sizes and adoption rules: the table in [`maps::MAPS`].
 
@@ -183,6 +187,8 @@ pub const SVC_F_PASS_NO_BACKEND: u32 = 1 << 1;
 pub const SVC_F_VIP_MARKER: u32 = 1 << 2;
 /// The service lists `nat_sources`: clients in them are keyed on address and port.
 pub const SVC_F_NAT_SOURCES: u32 = 1 << 3;
+/// The service has a `balance_factor`: new clients avoid backends over the bound.
+pub const SVC_F_BOUNDED: u32 = 1 << 4;
 
 /// Forwarding modes (`ServiceValue::mode`).
 pub const MODE_DSR: u8 = 0;

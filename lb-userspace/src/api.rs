@@ -219,6 +219,9 @@ pub struct ServiceStatus {
     /// Prefixes whose clients are balanced per connection.
     #[serde(default)]
     pub nat_sources: Vec<String>,
+    /// Bounded-load factor for new clients; absent: off.
+    #[serde(default)]
+    pub balance_factor: Option<f64>,
     /// `nat_warn_share` (0..1).
     #[serde(default)]
     pub nat_warn_share: f64,
@@ -278,6 +281,10 @@ pub struct BackendStatus {
     /// none): the share it would carry if load followed the weights.
     #[serde(default)]
     pub weight_share: f64,
+    /// Over the service's load bound (`balance_factor`) in the last second: new clients
+    /// avoid it.
+    #[serde(default)]
+    pub over_bound: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -335,6 +342,10 @@ pub struct Explain {
     /// source port: each connection decided alone).
     #[serde(default)]
     pub nat_source: Option<String>,
+    /// For a new client of a service with `balance_factor`: the Maglev backend it would
+    /// have had, over the load bound right now (`backend` is the next one not over it).
+    #[serde(default)]
+    pub over_bound_backend: Option<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -244,6 +244,21 @@ pub struct ServiceSetArgs {
     /// comma-separated; "none" (or "") empties the list.
     #[arg(long, value_parser = parse_prefix_list)]
     pub nat_sources: Option<PrefixList>,
+    /// Bounded-load hashing for new clients: a factor above 1 (1.25: a backend may carry
+    /// 25% more than its fair share before new clients avoid it), or "off".
+    #[arg(long, value_parser = parse_factor)]
+    pub balance_factor: Option<Millionths>,
+}
+
+/// A `--balance-factor`: a number, or "off" (0). The validator checks the range.
+fn parse_factor(s: &str) -> Result<Millionths, String> {
+    if s == "off" {
+        return Ok(Millionths(0));
+    }
+    s.parse::<f64>()
+        .ok()
+        .and_then(Millionths::from_f64)
+        .ok_or_else(|| format!("{s:?} is not a factor (1.25) or \"off\""))
 }
 
 /// A parsed `--nat-sources` list.
@@ -330,6 +345,10 @@ pub struct ServiceAddArgs {
     /// Warn when one source or prefix carries more than this share of the packets.
     #[arg(long, default_value_t = DEFAULT_NAT_WARN_SHARE.get())]
     pub nat_warn_share: f64,
+    /// Bounded-load hashing for new clients (a factor above 1, e.g. 1.25); off unless
+    /// given.
+    #[arg(long, value_parser = parse_factor)]
+    pub balance_factor: Option<Millionths>,
 }
 
 /// A status or range within the HTTP status codes (the validator checks it again).
@@ -401,6 +420,7 @@ impl ServiceAddArgs {
         }
         // Out of range (or not a number) becomes 0, which the validator refuses.
         s.nat_warn_share = Millionths::from_f64(self.nat_warn_share).unwrap_or(Millionths(0));
+        s.balance_factor = self.balance_factor.filter(|f| f.0 != 0);
         s
     }
 }
@@ -509,12 +529,16 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             Request::Edit(Edit::ServiceRemove { name: name.clone() })
         }
         Command::Service(ServiceCmd::Set(args)) => {
-            if args.nat_sources.is_none() {
-                return Err(UsageError("nothing to set: give --nat-sources".into()).into());
+            if args.nat_sources.is_none() && args.balance_factor.is_none() {
+                return Err(UsageError(
+                    "nothing to set: give --nat-sources and/or --balance-factor".into(),
+                )
+                .into());
             }
             Request::Edit(Edit::ServiceSet {
                 service: args.name.clone(),
                 nat_sources: args.nat_sources.as_ref().map(|l| l.0.clone()),
+                balance_factor: args.balance_factor,
             })
         }
         Command::Explain {

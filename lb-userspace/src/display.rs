@@ -84,6 +84,9 @@ pub fn status(s: &api::Status) -> String {
             "  {:<40} {:>6} {:<10} {:<9} {:>7} {:>8} {:>7} {:>7}  link",
             "backend", "weight", "health", "draining", "table", "pinned", "load", "fair"
         );
+        if !svc.nat_sources.is_empty() {
+            let _ = writeln!(o, "  nat_sources: {}", svc.nat_sources.join(", "));
+        }
         for b in &svc.backends {
             let link = match (&b.mac, &b.interface, &b.note) {
                 (Some(mac), Some(i), _) => format!("{mac} via {i}"),
@@ -101,7 +104,17 @@ pub fn status(s: &api::Status) -> String {
                 b.pinned_clients,
                 pct(b.load_share),
                 pct(b.weight_share),
-                link
+                if b.over_bound {
+                    format!("{link}  OVER BOUND")
+                } else {
+                    link
+                }
+            );
+        }
+        if let Some(f) = svc.balance_factor {
+            let _ = writeln!(
+                o,
+                "  balance_factor {f}: new clients avoid backends above {f} × their fair share"
             );
         }
         if let Some(i) = svc.load_imbalance {
@@ -254,6 +267,13 @@ pub fn explain(e: &api::Explain) -> String {
         let _ = write!(o, " (held {prev} before the last change)");
     }
     let _ = writeln!(o);
+    if let Some(b) = e.over_bound_backend {
+        let _ = writeln!(
+            o,
+            "  load bound: its Maglev backend {b} is over balance_factor × its fair share; \
+             a new client goes to the next backend of its slots that is not"
+        );
+    }
     if let Some(p) = &e.nat_source {
         let _ = writeln!(
             o,

@@ -30,7 +30,7 @@
 //! | `xlb_service_packets_total`, `xlb_service_bytes_total`, `xlb_service_affinity_hits_total`, `xlb_service_affinity_misses_total`, `xlb_service_repins_total`, `xlb_service_expiries_total`, `xlb_service_no_backend_total` | counter | `service` |
 //! | `xlb_service_pinned_clients`, `xlb_service_load_imbalance` (absent without packets), `xlb_service_top_source_share` (0..1), `xlb_service_heavy_source` (0/1) | gauge | `service` |
 //! | `xlb_backend_packets_total`, `xlb_backend_bytes_total`, `xlb_backend_pins_total`, `xlb_backend_health_transitions_total` | counter | `service`, `backend` |
-//! | `xlb_backend_pinned_clients`, `xlb_backend_table_share` (0..1), `xlb_backend_load_share` (0..1), `xlb_backend_weight`, `xlb_backend_healthy`, `xlb_backend_draining`, `xlb_backend_resolved` (0/1), `xlb_backend_last_check_latency_seconds` (absent until a check ran) | gauge | `service`, `backend` |
+//! | `xlb_backend_pinned_clients`, `xlb_backend_table_share` (0..1), `xlb_backend_load_share` (0..1), `xlb_backend_over_bound` (0/1), `xlb_backend_weight`, `xlb_backend_healthy`, `xlb_backend_draining`, `xlb_backend_resolved` (0/1), `xlb_backend_last_check_latency_seconds` (absent until a check ran) | gauge | `service`, `backend` |
 //!
 //! Service names are expected to be unique (the model enforces it), so label sets are.
 
@@ -110,6 +110,8 @@ pub struct BackendSnapshot {
     pub table_share: f64,
     /// Share of the service's packets over the last load interval, 0..1.
     pub load_share: f64,
+    /// Over the service's load bound (balance_factor) now.
+    pub over_bound: bool,
     pub healthy: bool,
     pub draining: bool,
     pub resolved: bool,
@@ -303,6 +305,11 @@ const BACKEND_FAMILIES: &[Family<BackendSnapshot>] = &[
         "xlb_backend_load_share",
         "Share of the service's packets the backend received over the last load interval (0..1).",
         |b| Some(Num::Float(b.load_share)),
+    ),
+    gauge(
+        "xlb_backend_over_bound",
+        "1 while the backend carries more than balance_factor times its fair share (new clients avoid it).",
+        |b| flag(b.over_bound),
     ),
     gauge(
         "xlb_backend_weight",
@@ -663,6 +670,7 @@ mod tests {
                             pinned_clients: 3,
                             table_share: 0.5,
                             load_share: 0.75,
+                            over_bound: true,
                             healthy: true,
                             draining: false,
                             resolved: true,
@@ -727,6 +735,7 @@ mod tests {
             r#"xlb_service_top_source_share{service="web"} 0.4"#,
             r#"xlb_service_heavy_source{service="web"} 1"#,
             r#"xlb_backend_load_share{service="web",backend="10.0.1.1:80"} 0.75"#,
+            r#"xlb_backend_over_bound{service="web",backend="10.0.1.1:80"} 1"#,
             r#"xlb_backend_weight{service="web",backend="10.0.1.2:80"} 2"#,
             r#"xlb_backend_healthy{service="web",backend="10.0.1.1:80"} 1"#,
             r#"xlb_backend_healthy{service="web",backend="10.0.1.2:80"} 0"#,
@@ -776,6 +785,7 @@ mod tests {
             "xlb_backend_pinned_clients",
             "xlb_backend_table_share",
             "xlb_backend_load_share",
+            "xlb_backend_over_bound",
             "xlb_backend_weight",
             "xlb_backend_healthy",
             "xlb_backend_draining",

@@ -9,8 +9,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    AffinityKey, Backend, FAMILY_V4, FAMILY_V6, NO_BACKEND, SVC_F_PASS_NO_BACKEND, ServiceStats,
-    ServiceValue, Stat,
+    AffinityKey, Backend, FAMILY_V4, FAMILY_V6, NO_BACKEND, SVC_F_BOUNDED, SVC_F_PASS_NO_BACKEND,
+    ServiceStats, ServiceValue, Stat,
     affinity::{
         self, Verdict,
         table::{self, Bucket, Found, Place, Written},
@@ -18,6 +18,7 @@ use lb_common::{
 };
 
 use super::{
+    bound,
     maps::{AFF_KEYS, AFFINITY, AFFINITY_BUCKETS, AFFINITY_SEED, BACKENDS, MAGLEV, SVC_IDLE},
     natsrc,
     parse::Flow,
@@ -130,10 +131,16 @@ struct Pin {
 /// that takes new clients.
 #[inline(always)]
 fn hashed(svc: &ServiceValue, key: &AffinityKey, pin: Pin) -> Option<Target> {
-    let slot = svc.table_offset + affinity::slot(key, svc.table_size);
+    let own = affinity::slot(key, svc.table_size);
+    let slot = svc.table_offset + own;
     let id = match MAGLEV.get(slot) {
         Some(id) if *id != NO_BACKEND => *id,
         _ => return None,
+    };
+    let id = if svc.flags & SVC_F_BOUNDED != 0 {
+        bound::under_bound(svc, own, id)
+    } else {
+        id
     };
     let be = match BACKENDS.get(id) {
         Some(be) if affinity::takes_new_clients(be) => be,

@@ -102,6 +102,10 @@ pub static NAT_SRC: LpmTrie<NatSourceData, u32> = LpmTrie::with_max_entries(MAX_
 #[map(name = "XLB_NAT_FILTER")]
 pub static NAT_FILTER: Array<u64> = Array::with_max_entries(NAT_FILTER_WORDS, 0);
 
+/// Backend id → load flags (lb_common::bound::OVER_BOUND), set by the controller.
+#[map(name = "XLB_BE_LOAD")]
+pub static BE_LOAD: Array<u32> = Array::with_max_entries(MAX_BACKENDS, 0);
+
 /// Facts about the pinned state (format, the durable generation counter). Only the
 /// controller uses it; it is declared here so it is created and pinned with the rest.
 #[map(name = "XLB_META")]

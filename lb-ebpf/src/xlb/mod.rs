@@ -9,6 +9,7 @@
 //! nothing.
 
 pub mod balance;
+pub mod bound;
 pub mod forward;
 pub mod maps;
 pub mod natsrc;

@@ -168,6 +168,9 @@ fn bad_inputs_are_rejected_naming_file_line_and_key() {
         ("nat_sources twice", web("nat_sources = [\"198.51.100.0/24\", \"198.51.100.0/24\"]\n"), "service[0].nat_sources[1]", "listed twice", 9),
         ("nat_warn_share 0", web("nat_warn_share = 0.0\n"), "service[0].nat_warn_share", "out of range", 9),
         ("nat_warn_share above 1", web("nat_warn_share = 1.5\n"), "service[0].nat_warn_share", "out of range", 9),
+        ("balance_factor 1", web("balance_factor = 1.0\n"), "service[0].balance_factor", "out of range", 9),
+        ("balance_factor 11", web("balance_factor = 11.0\n"), "service[0].balance_factor", "out of range", 9),
+        ("balance_factor text", web("balance_factor = \"on\"\n"), "service[0].balance_factor", "invalid type", 9),
     ];
     assert!(cases.len() >= 30);
     let mut seen = HashSet::new();

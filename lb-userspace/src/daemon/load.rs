@@ -12,7 +12,7 @@
 //! the figures (crate::load).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -32,6 +32,8 @@ use crate::{
 const WARN_EVERY: Duration = Duration::from_secs(3600);
 /// Sources with at least this share are listed by `top` whatever its limit.
 const ALWAYS_LISTED: f64 = 0.05;
+/// Fewer packets in a second than this flag no backend (the shares say little).
+pub const BOUND_MIN_PACKETS: u64 = 50;
 /// Healthy backends a service needs before a heavy source is worth a warning (with
 /// fewer, spreading would not help much).
 const WARN_MIN_BACKENDS: usize = 3;
@@ -48,12 +50,19 @@ pub struct LoadState {
     heavy: HashMap<String, HeavySource>,
     /// The heaviest source's or prefix's share per service (0..1).
     top_share: HashMap<String, f64>,
+    /// Backends flagged over their service's load bound (`XLB_BE_LOAD`), by id.
+    over: HashSet<u32>,
 }
 
 impl LoadState {
     /// The warning in force for `service`.
     pub fn heavy(&self, service: &str) -> Option<&HeavySource> {
         self.heavy.get(service)
+    }
+
+    /// Backend `id` is over its service's load bound right now.
+    pub fn over_bound(&self, id: u32) -> bool {
+        self.over.contains(&id)
     }
 
     /// The heaviest source's or prefix's share of `service`.
@@ -70,7 +79,16 @@ pub fn tick(st: &mut State) {
     let mut counters = HashMap::new();
     let mut rates = HashMap::new();
     let mut healthy = HashMap::new();
+    let mut bounded = Vec::new();
     for s in &view.services {
+        if let Some(f) = s.svc.balance_factor {
+            let members: Vec<(u32, u32, bool)> = s
+                .backends
+                .iter()
+                .map(|b| (b.b.id, b.b.weight, in_table(b)))
+                .collect();
+            bounded.push((s.ps.id, f.get(), members));
+        }
         let c = load::Counters {
             packets: s.counters.packets,
             bytes: s.counters.bytes,
@@ -88,8 +106,58 @@ pub fn tick(st: &mut State) {
     drop(view);
     st.load.book.close_second(counters);
     set_periods(st, &rates);
+    set_bounds(st, &bounded);
     for (name, (id, up, svc)) in healthy {
         judge(&mut st.load, &name, id, up, &svc);
+    }
+}
+
+/// Takes new clients (what the fair share is shared among).
+fn in_table(b: &views::BackendView<'_>) -> bool {
+    b.up && b.b.usable() && !b.b.draining
+}
+
+/// The backends over their service's bound over the last second: load share above
+/// factor × weight share, with at least [`BOUND_MIN_PACKETS`] packets in that second.
+pub fn over_bound(
+    book: &LoadBook,
+    service_id: u32,
+    factor: f64,
+    members: &[(u32, u32, bool)],
+) -> Vec<u32> {
+    let (total, per) = book.backend_packets(service_id, 1);
+    if total < BOUND_MIN_PACKETS {
+        return Vec::new();
+    }
+    load::shares(members, total, &per)
+        .backends
+        .into_iter()
+        .filter(|(_, load, fair)| *fair > 0.0 && *load > factor * fair)
+        .map(|(id, _, _)| id)
+        .collect()
+}
+
+/// Writes the flags that changed.
+fn set_bounds(st: &mut State, bounded: &[(u32, f64, Vec<(u32, u32, bool)>)]) {
+    let now: HashSet<u32> = bounded
+        .iter()
+        .flat_map(|(id, f, m)| over_bound(&st.load.book, *id, *f, m))
+        .collect();
+    let changed: Vec<(u32, bool)> = now
+        .difference(&st.load.over)
+        .map(|id| (*id, true))
+        .chain(st.load.over.difference(&now).map(|id| (*id, false)))
+        .collect();
+    for (id, over) in changed {
+        match st.ctl.dp.set_over_bound(id, over) {
+            Ok(()) if over => {
+                st.load.over.insert(id);
+            }
+            Ok(()) => {
+                st.load.over.remove(&id);
+            }
+            Err(e) => warn!("load bound of backend id {id}: {e}"),
+        }
     }
 }
 
@@ -235,4 +303,45 @@ pub fn top(st: &State, q: &api::TopQuery) -> Response {
         by: q.by.clone(),
         services,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn second(book: &mut LoadBook, cum: &mut [u64; 3], add: [u64; 3]) {
+        for i in 0..3 {
+            cum[i] += add[i];
+        }
+        let c = load::Counters {
+            packets: cum.iter().sum(),
+            bytes: 0,
+            backends: (0..3).map(|i| (i as u32, cum[i])).collect(),
+        };
+        book.close_second(HashMap::from([(1, c)]));
+    }
+
+    /// The office on backend 0 (half the packets, three equal backends): over 1.25 ×
+    /// its third; once the office goes idle, no longer; too few packets flag nothing.
+    #[test]
+    fn the_bound_follows_the_last_second() {
+        let members = [(0, 1, true), (1, 1, true), (2, 1, true)];
+        let mut book = LoadBook::default();
+        let mut cum = [0u64; 3];
+        second(&mut book, &mut cum, [0, 0, 0]);
+        second(&mut book, &mut cum, [1000, 500, 500]);
+        assert_eq!(over_bound(&book, 1, 1.25, &members), vec![0]);
+        assert!(over_bound(&book, 1, 1.6, &members).is_empty());
+        second(&mut book, &mut cum, [500, 500, 500]);
+        assert!(over_bound(&book, 1, 1.25, &members).is_empty());
+        second(&mut book, &mut cum, [30, 5, 5]);
+        assert!(
+            over_bound(&book, 1, 1.25, &members).is_empty(),
+            "too few packets"
+        );
+        // A backend that takes no new clients has no fair share and is never flagged.
+        second(&mut book, &mut cum, [1000, 500, 500]);
+        let drained = [(0, 1, false), (1, 1, true), (2, 1, true)];
+        assert!(over_bound(&book, 1, 1.25, &drained).is_empty());
+    }
 }

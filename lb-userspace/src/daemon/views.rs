@@ -190,6 +190,7 @@ fn service_status(st: &State, v: &ServiceView<'_>) -> api::ServiceStatus {
         health: s.health.kind.tag().name().into(),
         pinned_clients: v.pinned,
         nat_sources: s.nat_sources.iter().map(|p| p.to_string()).collect(),
+        balance_factor: s.balance_factor.map(|f| f.get()),
         nat_warn_share: s.nat_warn_share.get(),
         load_imbalance: shares.imbalance,
         load_interval_s: DEFAULT_INTERVAL_S as u32,
@@ -202,6 +203,7 @@ fn service_status(st: &State, v: &ServiceView<'_>) -> api::ServiceStatus {
                 api::BackendStatus {
                     load_share: load,
                     weight_share: fair,
+                    over_bound: st.load.over_bound(b.b.id),
                     ..backend_status(st, v.ps, b)
                 }
             })
@@ -237,6 +239,7 @@ fn backend_status(st: &State, ps: &ProgrammedService, v: &BackendView<'_>) -> ap
         last_check_ms: v.check.and_then(|c| c.last_latency).map(|l| l * 1e3),
         load_share: 0.0,
         weight_share: 0.0,
+        over_bound: false,
     }
 }
 
@@ -347,6 +350,7 @@ fn service_snapshot(st: &State, s: &ServiceView<'_>) -> metrics::ServiceSnapshot
                 pinned_clients: b.pinned,
                 table_share: s.ps.table_share(b.b.id),
                 load_share: share_of(&shares, b.b.id).0,
+                over_bound: st.load.over_bound(b.b.id),
                 healthy: b.up,
                 draining: b.b.draining,
                 resolved: b.b.link.is_some(),
@@ -411,6 +415,7 @@ pub fn explain(st: &State, service: &str, client: IpAddr, port: u16) -> Response
         slot_backend: e.slot_backend,
         previous_slot_backend: e.previous_slot_backend,
         nat_source,
+        over_bound_backend: e.bound.map(|(b, _)| b),
     })
 }
 

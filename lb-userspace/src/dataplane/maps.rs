@@ -21,10 +21,10 @@ use aya::{
 };
 use lb_common::{
     Addr, AffinityKey, AffinityValue, Backend, BackendStats, MAP_AFF_KEYS, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_META, MAP_NAT_FILTER, MAP_NAT_SRC, MAP_SAMPLE_N,
-    MAP_SAMPLES, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS,
-    MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICES, PROTO_VIP_MARKER, SVC_F_VIP_MARKER, ServiceKey,
-    ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
+    MAP_BACKENDS, MAP_BE_LOAD, MAP_BE_STATS, MAP_MAGLEV, MAP_META, MAP_NAT_FILTER, MAP_NAT_SRC,
+    MAP_SAMPLE_N, MAP_SAMPLES, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE, MAP_SVC_STATS,
+    MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICES, PROTO_VIP_MARKER, SVC_F_VIP_MARKER,
+    ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
     affinity::{self, Verdict, table},
     maps::Meta,
     natsrc::{self, NatSourceData},
@@ -238,6 +238,8 @@ pub struct DataPlane {
     /// The services' `nat_sources` and their pre-filter (lb_common::natsrc).
     nat_src: LpmTrie<MapData, NatSourceData, u32>,
     nat_filter: Array<MapData, u64>,
+    /// Backend id → load flags (lb_common::bound).
+    be_load: Array<MapData, u32>,
     /// The sampled sources' ring, until a reader takes it ([`DataPlane::take_samples`]).
     samples: Option<SampleRing>,
 }
@@ -379,8 +381,32 @@ impl DataPlane {
             sample_n: typed(ebpf, MAP_SAMPLE_N)?,
             nat_src: typed(ebpf, MAP_NAT_SRC)?,
             nat_filter: typed(ebpf, MAP_NAT_FILTER)?,
+            be_load: typed(ebpf, MAP_BE_LOAD)?,
             samples: Some(SampleRing(typed(ebpf, MAP_SAMPLES)?)),
         })
+    }
+
+    // --- balance_factor ------------------------------------------------------------------
+
+    /// Flags backend `id` over its service's load bound, or clears the flag.
+    pub fn set_over_bound(&mut self, id: u32, over: bool) -> Result<()> {
+        let v = if over {
+            lb_common::bound::OVER_BOUND
+        } else {
+            0
+        };
+        self.be_load
+            .set(id, v, 0)
+            .map_err(op("update", MAP_BE_LOAD))
+    }
+
+    /// Backend `id` is flagged over its service's load bound.
+    pub fn over_bound(&self, id: u32) -> Result<bool> {
+        let v = self
+            .be_load
+            .get(&id, 0)
+            .map_err(op("lookup", MAP_BE_LOAD))?;
+        Ok(v & lb_common::bound::OVER_BOUND != 0)
     }
 
     // --- nat_sources ---------------------------------------------------------------------

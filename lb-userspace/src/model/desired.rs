@@ -97,9 +97,13 @@ impl Desired {
             Edit::ServiceSet {
                 service,
                 nat_sources,
+                balance_factor,
             } => self.change_service(service, None, |s| {
                 if let Some(l) = nat_sources {
                     s.nat_sources = l.clone();
+                }
+                if let Some(f) = balance_factor {
+                    s.balance_factor = (f.0 != 0).then_some(*f);
                 }
                 Ok(())
             }),
@@ -214,6 +218,8 @@ impl Desired {
                         service: name.clone(),
                         nat_sources: (b.nat_sources != now.nat_sources)
                             .then(|| now.nat_sources.clone()),
+                        balance_factor: (b.balance_factor != now.balance_factor)
+                            .then(|| now.balance_factor.unwrap_or(super::Millionths(0))),
                     });
                     backend_edits(b, now, &mut edits);
                 }

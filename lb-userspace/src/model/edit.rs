@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Prefix, Service,
+    Millionths, Prefix, Service,
     limits::DEFAULT_WEIGHT,
     validate::{FieldError, check_backend_address, check_weight},
 };
@@ -68,6 +68,9 @@ pub enum Edit {
         /// The whole new list (empty: none).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         nat_sources: Option<Vec<Prefix>>,
+        /// The new factor; 0 turns it off.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        balance_factor: Option<Millionths>,
     },
 }
 
@@ -143,11 +146,17 @@ impl Edit {
             Edit::ServiceSet {
                 service,
                 nat_sources,
+                balance_factor,
             } => {
                 let mut parts = Vec::new();
                 if let Some(l) = nat_sources {
                     let list: Vec<String> = l.iter().map(|p| p.to_string()).collect();
                     parts.push(format!("nat_sources [{}]", list.join(", ")));
+                }
+                match balance_factor {
+                    Some(Millionths(0)) => parts.push("balance_factor off".into()),
+                    Some(f) => parts.push(format!("balance_factor {f}")),
+                    None => {}
                 }
                 format!("service {service}: {}", parts.join(", "))
             }

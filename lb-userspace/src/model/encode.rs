@@ -41,6 +41,8 @@ pub struct RawService {
     pub health: Option<RawHealth>,
     pub nat_warn_share: Option<f64>,
     pub nat_sources: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance_factor: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend: Vec<RawBackend>,
 }
@@ -128,6 +130,12 @@ pub fn service_from_raw(raw: RawService) -> Result<Service, Vec<FieldError>> {
     s.health = health_from_raw(&mut e, raw.health.unwrap_or_default(), port);
     if let Some(x) = raw.nat_warn_share {
         s.nat_warn_share = share(&mut e, "nat_warn_share", x);
+    }
+    if let Some(x) = raw.balance_factor {
+        s.balance_factor = Some(Millionths::from_f64(x).unwrap_or_else(|| {
+            e.push("balance_factor", format!("{x} is not a factor"));
+            Millionths(0)
+        }));
     }
     for (i, p) in raw.nat_sources.unwrap_or_default().iter().enumerate() {
         match p.parse() {
@@ -371,6 +379,7 @@ impl From<&Service> for RawService {
             health: Some(RawHealth::from(&s.health)),
             nat_warn_share: Some(s.nat_warn_share.get()),
             nat_sources: Some(s.nat_sources.iter().map(|p| p.to_string()).collect()),
+            balance_factor: s.balance_factor.map(Millionths::get),
             backend: s
                 .backends
                 .iter()

@@ -23,6 +23,10 @@ pub const DEFAULT_FAILBACK: Failback = Failback::Sticky;
 pub const DEFAULT_NO_BACKEND: NoBackend = NoBackend::Drop;
 /// `nat_warn_share`: one source (or prefix) carrying more than a fifth of a service.
 pub const DEFAULT_NAT_WARN_SHARE: Millionths = Millionths(200_000);
+/// `balance_factor` range: above 1 (a bound at the fair share itself would flag most
+/// backends every second on noise alone), at most 10.
+pub const MIN_BALANCE_FACTOR: Millionths = Millionths(1_000_000);
+pub const MAX_BALANCE_FACTOR: Millionths = Millionths(10_000_000);
 
 /// Longest IPv4 prefix (and the default: one client per address).
 pub const MAX_PREFIX_V4: u8 = 32;

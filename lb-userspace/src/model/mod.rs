@@ -153,6 +153,10 @@ pub struct Service {
     /// address and source port: each connection is balanced alone. Same family as the
     /// VIP, no duplicates.
     pub nat_sources: Vec<Prefix>,
+    /// Bounded-load hashing for new clients: a new client whose Maglev backend carries
+    /// more than this × its fair share of the packets goes to the next backend of its
+    /// probe sequence that does not. `None`: off.
+    pub balance_factor: Option<Millionths>,
     /// Unique by address, in the order they were given.
     pub backends: Vec<Backend>,
 }
@@ -171,6 +175,20 @@ impl Millionths {
 
     pub fn get(self) -> f64 {
         self.0 as f64 / 1e6
+    }
+}
+
+/// Written as the number it stands for (`1.25`).
+impl serde::Serialize for Millionths {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.get())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Millionths {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let x = f64::deserialize(d)?;
+        Self::from_f64(x).ok_or_else(|| serde::de::Error::custom(format!("{x} is out of range")))
     }
 }
 
@@ -200,6 +218,7 @@ impl Service {
             health: HealthCheck::new(HealthKind::default_for(DEFAULT_CHECK_KIND, port)),
             nat_warn_share: DEFAULT_NAT_WARN_SHARE,
             nat_sources: Vec::new(),
+            balance_factor: None,
             backends: Vec::new(),
         }
     }
@@ -226,6 +245,7 @@ impl Service {
         let strip = |s: &Service| Service {
             backends: Vec::new(),
             nat_sources: Vec::new(),
+            balance_factor: None,
             ..s.clone()
         };
         strip(self) == strip(other)

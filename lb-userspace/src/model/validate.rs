@@ -100,6 +100,16 @@ pub fn validate_service(svc: &Service, others: &[&Service]) -> Result<(), Vec<Fi
         );
     }
     check_nat_sources(&mut e, svc, others);
+    if let Some(f) = svc.balance_factor
+        && (f <= MIN_BALANCE_FACTOR || f > MAX_BALANCE_FACTOR)
+    {
+        e.push(
+            "balance_factor",
+            format!(
+                "{f} is out of range (above {MIN_BALANCE_FACTOR}, at most {MAX_BALANCE_FACTOR})"
+            ),
+        );
+    }
     check_backends(&mut e, svc);
     check_health(&mut e, &svc.health);
     e.finish(())

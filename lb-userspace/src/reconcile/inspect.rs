@@ -12,9 +12,9 @@
 use std::{net::IpAddr, time::Duration};
 
 use lb_common::{
-    AffinityKey, NO_BACKEND, ServiceValue,
+    AffinityKey, NO_BACKEND, SVC_F_BOUNDED, ServiceValue,
     affinity::{self, Verdict},
-    flow_hash, maglev_slot,
+    bound, flow_hash, maglev_slot,
 };
 
 use super::ProgrammedService;
@@ -78,6 +78,9 @@ pub struct Explanation {
     /// The `nat_sources` prefix length that lists the client: its key is its whole
     /// address and source port.
     pub nat_source: Option<u8>,
+    /// When the load bound (`balance_factor`) decides for a new client: its Maglev
+    /// backend (over the bound) and how many slots on the chosen one was found.
+    pub bound: Option<(IpAddr, u32)>,
 }
 
 /// The affinity key of a client of the service `(value, family)`: what the XDP program
@@ -146,11 +149,23 @@ pub fn explain(
         .copied()
         .filter(|p| *p != slot_id && *p != NO_BACKEND)
         .and_then(addr_of);
+    // A new client of a bounded service: the program's probe on the maps' flags.
+    let (placed, steps) = if svc.value.flags & SVC_F_BOUNDED != 0 && slot_id != NO_BACKEND {
+        let at = |s: u32| match svc.table.get(s as usize) {
+            Some(id) if svc.backend_by_id(*id).is_some_and(|b| b.usable()) => *id,
+            _ => NO_BACKEND,
+        };
+        let over = |id: u32| dp.over_bound(id).unwrap_or(false);
+        bound::probe(slot, svc.table_size(), slot_id, at, over)
+    } else {
+        (slot_id, 0)
+    };
+    let bound = (steps > 0).then(|| (slot_backend, steps));
     let hashed = |reason| {
         if slot_id == NO_BACKEND {
             (Decision::NoBackend, None)
         } else {
-            (Decision::Hashed { reason }, slot_backend)
+            (Decision::Hashed { reason }, addr_of(placed))
         }
     };
     // The XDP program's own rules (lb_common::affinity) on the maps' own values.
@@ -177,6 +192,7 @@ pub fn explain(
         previous_slot_backend,
         key,
         nat_source,
+        bound: bound.and_then(|(b, steps)| Some((b?, steps))),
     })
 }
 

@@ -40,7 +40,7 @@ use std::{
 
 use lb_common::{
     Addr, BE_F_DRAINING, BE_F_HEALTHY, Backend as BackendValue, MODE_DSR, SVC_F_AFFINITY_NONE,
-    SVC_F_NAT_SOURCES, SVC_F_PASS_NO_BACKEND, ServiceKey, ServiceValue,
+    SVC_F_BOUNDED, SVC_F_NAT_SOURCES, SVC_F_PASS_NO_BACKEND, ServiceKey, ServiceValue,
     maglev::{self, MaglevBackend, MaglevError},
     prefix_mask,
 };
@@ -472,6 +472,9 @@ pub fn service_value(svc: &Service, id: u32, table_offset: u32) -> ServiceValue 
     }
     if !svc.nat_sources.is_empty() {
         flags |= SVC_F_NAT_SOURCES;
+    }
+    if svc.balance_factor.is_some() {
+        flags |= SVC_F_BOUNDED;
     }
     let idle_timeout_ns = u64::try_from(svc.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
     ServiceValue {

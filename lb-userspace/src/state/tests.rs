@@ -99,6 +99,10 @@ fn diff_then_replay_round_trips() {
     assert!(Desired::from_services(&base).diff(&base).is_empty());
 }
 
+fn xlb_millionths(x: f64) -> crate::model::Millionths {
+    crate::model::Millionths::from_f64(x).unwrap()
+}
+
 /// `xlb service set` is stored as itself (not as a replacement of the service, which
 /// would drop and re-add it), and replays to the same state; the saved JSON names it.
 #[test]
@@ -108,6 +112,7 @@ fn service_set_is_stored_as_a_service_set() {
     let set = Edit::ServiceSet {
         service: "a".into(),
         nat_sources: Some(vec!["198.51.100.0/24".parse().unwrap()]),
+        balance_factor: Some(xlb_millionths(1.25)),
     };
     now.apply(&set).unwrap();
     now.apply(&Edit::BackendDrain {
@@ -124,15 +129,30 @@ fn service_set_is_stored_as_a_service_set() {
     let json = serde_json::to_string(&set).unwrap();
     assert_eq!(
         json,
-        r#"{"service_set":{"service":"a","nat_sources":["198.51.100.0/24"]}}"#
+        r#"{"service_set":{"service":"a","nat_sources":["198.51.100.0/24"],"balance_factor":1.25}}"#
     );
     // The validator refuses a list of the other family.
     let bad = Edit::ServiceSet {
         service: "a".into(),
         nat_sources: Some(vec!["2001:db8::/32".parse().unwrap()]),
+        balance_factor: None,
     };
     let err = now.apply(&bad).unwrap_err();
     assert!(err[0].field.starts_with("nat_sources"), "{err:?}");
+    // A factor of 1 is refused; 0 turns it off and is stored so.
+    let one = Edit::ServiceSet {
+        service: "a".into(),
+        nat_sources: None,
+        balance_factor: Some(xlb_millionths(1.0)),
+    };
+    assert_eq!(now.apply(&one).unwrap_err()[0].field, "balance_factor");
+    let off = Edit::ServiceSet {
+        service: "a".into(),
+        nat_sources: None,
+        balance_factor: Some(xlb_millionths(0.0)),
+    };
+    now.apply(&off).unwrap();
+    assert_eq!(now.service("a").unwrap().balance_factor, None);
 }
 
 #[test]

@@ -144,6 +144,8 @@ pub struct Service {
     pub prefix: u8,
     /// `affinity = "none"`: the source port is part of the key.
     pub per_flow: bool,
+    /// `nat_sources`: a client inside one is keyed on its whole address and port.
+    pub nat: Vec<xlb::model::Prefix>,
     /// `None` when it has healthy backends; otherwise the counter its packets move
     /// (`DropNoBackend` or `PassNoBackend`).
     pub no_backend: Option<Stat>,
@@ -161,7 +163,8 @@ pub struct Topology {
 }
 
 /// An affinity key as the selection rules define it: service, client address masked to
-/// the service's prefix, and the source port only with `affinity = "none"`.
+/// the service's prefix, and the source port only with `affinity = "none"` — or, for a
+/// client inside the service's `nat_sources`, the whole address and the source port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
     pub service: usize,
@@ -202,6 +205,13 @@ impl Topology {
         match src {
             IpAddr::V4(a) => addr[..4].copy_from_slice(&a.octets()),
             IpAddr::V6(a) => addr.copy_from_slice(&a.octets()),
+        }
+        if s.nat.iter().any(|p| p.contains(src)) {
+            return Key {
+                service,
+                addr,
+                port: sport,
+            };
         }
         let prefix = usize::from(s.prefix);
         for (i, b) in addr.iter_mut().enumerate() {
@@ -302,6 +312,7 @@ mod tests {
             proto: 6,
             prefix,
             per_flow: false,
+            nat: Vec::new(),
             no_backend: None,
         };
         let top = |prefix| Topology {

@@ -43,6 +43,8 @@ struct Def {
     /// 0: the whole address (the default).
     prefix: u8,
     per_flow: bool,
+    /// `nat_sources`.
+    nat: &'static [&'static str],
     /// `None`: backends healthy. Otherwise every backend is unhealthy and this is the
     /// counter the service's `no_backend` setting moves (drop or pass).
     unhealthy: Option<Stat>,
@@ -57,6 +59,7 @@ const fn def(name: &'static str, vip: IpAddr, port: u16, proto: u8) -> Def {
         proto,
         prefix: 0,
         per_flow: false,
+        nat: &[],
         unhealthy: None,
         backends: &[],
     }
@@ -66,8 +69,8 @@ fn v6(s: &str) -> IpAddr {
     s.parse().expect("IPv6 literal")
 }
 
-/// IPv4 and IPv6, TCP and UDP, an exact port beside port 0 on one VIP, port 0, a /24 and
-/// a /64 prefix, affinity none, no healthy backend (drop; pass), a backend reached by
+/// IPv4 and IPv6, TCP and UDP, an exact port beside port 0 on one VIP, port 0, a /24
+/// (with nat_sources) and a /64 prefix, affinity none, no healthy backend (drop; pass), a backend reached by
 /// redirect, one behind an interface missing from the redirect map, and one service whose
 /// backends sit behind all three interfaces. VIPs are the packet tier's, so every fixture
 /// frame reaches the service it was written for.
@@ -101,8 +104,12 @@ fn services() -> Vec<Def> {
             def("dns6", fx::VIP6, 53, UDP),
             &[("2001:db8:1::21", Lo), ("2001:db8:1::22", Lo)],
         ),
+        // Half of the fixtures' client /24 in nat_sources: listed clients (the
+        // fixtures' own client among them), and clients the pre-filter sends to the
+        // trie that are not listed.
         Def {
             prefix: 24,
+            nat: &["198.51.100.0/25"],
             ..with(
                 def("net24", fx::VIP_NET24, 80, TCP),
                 &[("192.0.2.41", Lo), ("192.0.2.42", Lo), ("192.0.2.43", Lo)],
@@ -229,6 +236,7 @@ pub fn setup() -> (XlbHarness, Topology) {
         if d.per_flow {
             spec.affinity = Affinity::None;
         }
+        spec.nat_sources = d.nat.iter().map(|p| p.parse().expect("prefix")).collect();
         if d.unhealthy == Some(Stat::PassNoBackend) {
             spec.no_backend = NoBackend::Pass;
         }
@@ -289,6 +297,7 @@ impl Topology {
             proto: d.proto,
             prefix: prefix(d),
             per_flow: d.per_flow,
+            nat: d.nat.iter().map(|p| p.parse().expect("prefix")).collect(),
             no_backend: d.unhealthy,
         });
     }

@@ -33,6 +33,7 @@ use xlb_tests::{
 };
 
 mod adoption;
+mod bound;
 mod natsrc;
 mod sources;
 mod table;

@@ -150,6 +150,7 @@ fn the_list_changes_at_run_time() {
         .edit(Edit::ServiceSet {
             service: "web".into(),
             nat_sources: Some(vec!["198.51.100.0/24".parse::<Prefix>().expect("p")]),
+            balance_factor: None,
         })
         .expect("set");
     let before = lab
@@ -173,6 +174,7 @@ fn the_list_changes_at_run_time() {
         .edit(Edit::ServiceSet {
             service: "web".into(),
             nat_sources: Some(vec![]),
+            balance_factor: None,
         })
         .expect("unset");
     // Keyed on the address again (its old pin is still live).
