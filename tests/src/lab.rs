@@ -241,6 +241,8 @@ pub struct Lab {
     /// A command the daemon is started through, e.g. `setpriv` with a capability set
     /// (empty: started directly).
     pub daemon_wrapper: Vec<String>,
+    /// An office behind a NAT router ([`Lab::add_office`]).
+    pub office: Option<Office>,
     /// XDP_PASS on the switch side of the balancer's veth: a frame sent with XDP_TX into a
     /// veth is only delivered when the peer has an XDP program (DESIGN.md).
     _peer_xdp: Option<Ebpf>,
@@ -280,6 +282,7 @@ impl Lab {
             daemon: None,
             xlb: xlb_bin(),
             daemon_wrapper: Vec::new(),
+            office: None,
             _peer_xdp: None,
             sw,
             id,
@@ -328,10 +331,63 @@ impl Lab {
         lab
     }
 
+    /// An office of `clients` hosts (10.150.0.10, .11, …) behind a router that
+    /// masquerades them to one address on the switch, [`OFFICE_PUBLIC`] (nftables
+    /// masquerade, real conntrack), and routes the VIPs through the balancer. Backends
+    /// answer the router directly (DSR); its conntrack maps the answers back.
+    pub fn add_office(&mut self, clients: usize) {
+        let router = Netns::new(format!("{}-rt", self.id));
+        let office = Netns::new(format!("{}-of", self.id));
+        self.plug(HostRole::Router(&router));
+        router.ip(&format!("addr add {OFFICE_PUBLIC}/16 dev eth0"));
+        let (a, b) = (format!("{}ofa", self.id), format!("{}ofb", self.id));
+        ip(&format!("link add {a} type veth peer name {b}"));
+        ip(&format!("link set {a} netns {}", office.name));
+        ip(&format!("link set {b} netns {}", router.name));
+        office.ip(&format!("link set {a} name eth0"));
+        router.ip(&format!("link set {b} name eth1"));
+        for (ns, dev) in [(&office, "eth0"), (&router, "eth1")] {
+            ns.ip(&format!("link set {dev} up"));
+            run(ns.cmd("ethtool").args(["-K", dev, "tx", "off"]));
+        }
+        router.ip("addr add 10.150.0.1/24 dev eth1");
+        router.sysctl("net.ipv4.ip_forward", "1");
+        router.ip(&format!("route add 10.200.0.0/24 via {LB4} dev eth0"));
+        for rule in [
+            "add table ip nat",
+            "add chain ip nat post { type nat hook postrouting priority 100 ; }",
+            "add rule ip nat post oifname \"eth0\" masquerade",
+        ] {
+            run(router.cmd("nft").arg(rule));
+        }
+        let mut addrs = Vec::new();
+        let mut batch = String::new();
+        for i in 0..clients {
+            let a = Ipv4Addr::new(10, 150, 0, 10 + i as u8);
+            batch.push_str(&format!("addr add {a}/24 dev eth0\n"));
+            addrs.push(IpAddr::V4(a));
+        }
+        let batch_file = self.dir.join("office-addrs.batch");
+        fs::write(&batch_file, batch).expect("write batch");
+        run(Command::new("ip").args([
+            "-n",
+            &office.name,
+            "-batch",
+            batch_file.to_str().expect("utf-8 path"),
+        ]));
+        office.ip("route add default via 10.150.0.1 dev eth0");
+        self.office = Some(Office {
+            clients: addrs,
+            ns: office,
+            router,
+        });
+    }
+
     fn plug(&self, role: HostRole) -> String {
         let (ns, tag) = match role {
             HostRole::Lb => (&self.lb, "lb".to_string()),
             HostRole::Client => (&self.client, "cl".to_string()),
+            HostRole::Router(ns) => (ns, "rt".to_string()),
             HostRole::Backend(i) => (&self.backends[i].ns, format!("b{i}")),
         };
         let (a, b) = (format!("{}{tag}a", self.id), format!("{}{tag}b", self.id));
@@ -867,10 +923,24 @@ pub fn service_block(
     s
 }
 
-enum HostRole {
+enum HostRole<'a> {
     Lb,
     Client,
+    Router(&'a Netns),
     Backend(usize),
+}
+
+/// The address an office's clients share on the switch (the router's).
+pub const OFFICE_PUBLIC: Ipv4Addr = Ipv4Addr::new(10, 100, 9, 1);
+
+/// Clients behind a NAT router ([`Lab::add_office`]).
+pub struct Office {
+    /// The office hosts' own addresses (10.150.0.x), all seen as [`OFFICE_PUBLIC`].
+    pub clients: Vec<IpAddr>,
+    /// The office hosts.
+    pub ns: Netns,
+    /// The router (dropped after the office).
+    pub router: Netns,
 }
 
 const IO_TIMEOUT: Duration = Duration::from_millis(1500);

@@ -77,6 +77,7 @@ fn topology() -> Topology {
             proto: 6,
             prefix: 32,
             per_flow: false,
+            nat: Vec::new(),
             no_backend: None,
         }],
         backends: vec![backend(11, LO), backend(12, LO), backend(13, OTHER_IF)],
