@@ -202,7 +202,8 @@ fn judge(ls: &mut LoadState, name: &str, id: u32, healthy: usize, svc: &Service)
     };
     let note = format!(
         "{} carries {:.0}% of the packets (nat_warn_share {}): if it is a NAT or proxy, \
-         list its prefix in nat_sources so each of its connections is balanced alone",
+         list its prefix in nat_sources so each of its connections is balanced alone; or \
+         set balance_factor so new clients avoid an overloaded backend",
         src.source,
         src.share * 100.0,
         svc.nat_warn_share

@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: xlb working in a network-namespace lab, narrated in six steps.
+//! `cargo xtask demo`: xlb working in a network-namespace lab, narrated in seven steps.
 //! Everything it creates (namespaces, processes, pinned maps) is removed at the end, also
 //! when a step fails.
 
@@ -202,6 +202,8 @@ fn main() {
         println!("  {l}");
     }
     println!();
+
+    office_step(&mut lab, early);
     drop(lab);
     println!(
         "done in {:.1} s; the lab is gone (namespaces, processes, pinned maps).",
@@ -210,6 +212,74 @@ fn main() {
     println!(
         "Next: README.md — running xlb on a real host, config and CLI reference, how decisions are made."
     );
+}
+
+/// Step 7 (issue 12): 40 office hosts behind one NAT address skew the service; `xlb top`
+/// shows it, status warns, and `nat_sources` spreads the office per connection.
+fn office_step(lab: &mut Lab, direct: &[IpAddr]) {
+    step(
+        7,
+        "an office of 40 hosts behind one NAT router (nftables masquerade) joins 150 direct clients",
+    );
+    lab.add_office(40);
+    let office = lab.office.as_ref().expect("office");
+    let hosts = office.clients.clone();
+    let office_round = |lab: &Lab| -> Vec<String> {
+        let of = lab.office.as_ref().expect("office");
+        of.ns.run(|| {
+            hosts
+                .iter()
+                .map(|h| {
+                    xlb_tests::lab::http_get(
+                        *h,
+                        std::net::SocketAddr::new(IpAddr::V4(VIP4), HTTP_PORT),
+                    )
+                    .unwrap_or_else(|e| format!("error: {e}"))
+                })
+                .collect()
+        })
+    };
+    // Three seconds of traffic: the office four times as busy as each direct client.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut office_on = BTreeMap::new();
+    while Instant::now() < until {
+        for _ in 0..4 {
+            for b in office_round(lab) {
+                *office_on.entry(b).or_insert(0usize) += 1;
+            }
+        }
+        let _ = lab.round(direct, IpAddr::V4(VIP4), false);
+    }
+    println!("  office connections per backend: {office_on:?} (one address: one pin, one backend)");
+    println!("$ xlb top {SERVICE} --limit 5");
+    print!("{}", indent(&lab.xlb(&["top", SERVICE, "--limit", "5"])));
+    let status = lab.xlb(&["status"]);
+    for l in status
+        .lines()
+        .filter(|l| l.contains("WARNING") || l.contains("imbalance"))
+    {
+        println!("  {}", l.trim());
+    }
+    println!("$ xlb service set {SERVICE} --nat-sources 10.100.9.0/24");
+    print!(
+        "{}",
+        indent(&lab.xlb(&["service", "set", SERVICE, "--nat-sources", "10.100.9.0/24"]))
+    );
+    let mut spread = BTreeMap::new();
+    for _ in 0..5 {
+        for b in office_round(lab) {
+            *spread.entry(b).or_insert(0usize) += 1;
+        }
+    }
+    println!(
+        "  office connections per backend now: {spread:?} (each connection balanced alone, and kept)"
+    );
+    println!("$ xlb explain {SERVICE} 10.100.9.1 --port 40000");
+    print!(
+        "{}",
+        indent(&lab.xlb(&["explain", SERVICE, "10.100.9.1", "--port", "40000"]))
+    );
+    println!();
 }
 
 fn step(n: u32, what: &str) {
