@@ -100,8 +100,6 @@ pub const MAP_VIP_FILTER: &str = "XLB_VIP_FILTER";
 /// RINGBUF of [`sample::SourceSample`] records: sampled packets' sources, drained by the
 /// controller (see [`sample`]).
 pub const MAP_SAMPLES: &str = "XLB_SAMPLES";
-/// PERCPU_ARRAY: service id → `u32` packets until the next sample on this CPU.
-pub const MAP_SAMPLE_CD: &str = "XLB_SAMPLE_CD";
 /// ARRAY: service id → `u32` sampling period N (one packet in N; 0 = off), set by the
 /// controller from the service's rate.
 pub const MAP_SAMPLE_N: &str = "XLB_SAMPLE_N";
@@ -422,7 +420,10 @@ pub struct ServiceStats {
     pub expiries: u64,
     /// Packets without a healthy backend (dropped or passed per the service flag).
     pub no_backend: u64,
-    pub _reserved: u64,
+    /// Not a counter: this CPU's packets until the next source sample
+    /// ([`sample`]); it sits in the line the program already writes, so counting down
+    /// costs no lookup. (Reserved and zero before sampling existed: the same layout.)
+    pub sample_countdown: u64,
 }
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 64);
 

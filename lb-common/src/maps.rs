@@ -20,10 +20,10 @@
 use crate::{
     AffinityKey, AffinityValue, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY,
     DEFAULT_MAGLEV_SLOTS, FAST_SERVICE_SLOTS, FastService, MAP_AFF_KEYS, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_BE_LOAD, MAP_BE_STATS, MAP_MAGLEV, MAP_NAT_FILTER, MAP_NAT_SRC,
-    MAP_SAMPLE_CD, MAP_SAMPLE_N, MAP_SAMPLES, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE,
-    MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES,
-    MAX_TX_PORTS, ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
+    MAP_BACKENDS, MAP_BE_LOAD, MAP_BE_STATS, MAP_MAGLEV, MAP_NAT_FILTER, MAP_NAT_SRC, MAP_SAMPLE_N,
+    MAP_SAMPLES, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS,
+    MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES, MAX_TX_PORTS, ServiceKey,
+    ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
     affinity::table::{Bucket, ColdBucket, table_entries},
     natsrc::{BPF_F_NO_PREALLOC, MAX_NAT_SOURCES, NAT_FILTER_WORDS, NatSourceData},
     sample::SAMPLES_RING_BYTES,
@@ -344,13 +344,6 @@ pub const MAPS: &[MapDef] = &[
         0,
         0,
         MaxEntries::Fixed(SAMPLES_RING_BYTES),
-    ),
-    def(
-        MAP_SAMPLE_CD,
-        MapKind::PerCpuArray,
-        4,
-        4,
-        MaxEntries::Fixed(MAX_SERVICES),
     ),
     def(
         MAP_SAMPLE_N,

@@ -48,7 +48,7 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, ()> {
     let ss = stats::service(svc.id)?;
     match balance::backend(&svc, ss, &flow)? {
         Some(to) => {
-            sample::packet(ctx, svc.id, &flow, to.id);
+            sample::packet(ctx, ss, svc.id, &flow, to.id);
             forward::dsr(ctx, ss, to)
         }
         None => balance::no_backend(&svc, ss),

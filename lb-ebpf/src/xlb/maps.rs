@@ -86,10 +86,6 @@ pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0)
 #[map(name = "XLB_SAMPLES")]
 pub static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_RING_BYTES, 0);
 
-/// Per CPU and service: packets until the next sample.
-#[map(name = "XLB_SAMPLE_CD")]
-pub static SAMPLE_CD: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
-
 /// Per service: the sampling period N set by the controller (0 = off).
 #[map(name = "XLB_SAMPLE_N")]
 pub static SAMPLE_N: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);

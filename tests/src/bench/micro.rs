@@ -92,6 +92,20 @@ pub fn run() {
     unsampled
         .add_service(Service::new("web", vip, 80, Protocol::Tcp), &backends)
         .expect("service");
+    // nat_sources the measured client is not in: elsewhere (the pre-filter misses), and
+    // in its /16 (the pre-filter hits, the trie misses).
+    let with_nat = |list: &str| {
+        let mut x = XlbHarness::load(&LoadOptions {
+            affinity_capacity: 65_536,
+            maglev_slots: 1 << 20,
+        });
+        let mut svc = Service::new("web", vip, 80, Protocol::Tcp);
+        svc.nat_sources = vec![list.parse().expect("prefix")];
+        x.add_service(svc, &backends).expect("service");
+        x
+    };
+    let nat_far = with_nat("192.0.2.0/24");
+    let nat_near = with_nat("198.51.200.0/24");
     // The default capacity, filled: FULL_CAPACITY clients of 10.0.0.0/8 pinned.
     let mut full = XlbHarness::load(&LoadOptions {
         affinity_capacity: FULL_CAPACITY,
@@ -176,6 +190,8 @@ pub fn run() {
     );
     assert_eq!(run_once(prog("reflector"), &hit_pkt, LO).action, 3);
     assert_eq!(unsampled.run(&hit_pkt, LO).action, 3, "unsampled hit");
+    assert_eq!(nat_far.run(&hit_pkt, LO).action, 3, "nat_far hit");
+    assert_eq!(nat_near.run(&hit_pkt, LO).action, 3, "nat_near hit");
 
     // Misses: one fresh client per run, so one run per BPF_PROG_TEST_RUN call. The
     // kernel's timer then also counts its own entry/exit once per call: measure that
@@ -204,6 +220,16 @@ pub fn run() {
             .push(run_repeat(h.prog(), &hit_pkt, LO, REPEAT));
         s.entry("hit_unsampled_ns").or_default().0.push(run_repeat(
             unsampled.prog(),
+            &hit_pkt,
+            LO,
+            REPEAT,
+        ));
+        s.entry("hit_nat_prefilter_ns")
+            .or_default()
+            .0
+            .push(run_repeat(nat_far.prog(), &hit_pkt, LO, REPEAT));
+        s.entry("hit_nat_trie_ns").or_default().0.push(run_repeat(
+            nat_near.prog(),
             &hit_pkt,
             LO,
             REPEAT,
@@ -365,6 +391,8 @@ pub fn run() {
         ("hit_ns", "xlb, affinity hit"),
         ("hit_unsampled_ns", "  same, sampling left out"),
         ("hit_sample_every_ns", "  same, every packet sampled"),
+        ("hit_nat_prefilter_ns", "  same, nat_sources elsewhere"),
+        ("hit_nat_trie_ns", "  same, nat_sources in its /16"),
         ("miss_ns", "xlb, miss (new client)"),
         ("hit_many_ns", "xlb, 65,536 pinned, rr"),
         ("miss_full_ns", "xlb, new client, full"),
