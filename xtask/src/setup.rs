@@ -8,8 +8,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Debian packages the tests and benches need (`ip`, `ethtool`, `nft`, `curl`, `bpftool`).
-const PACKAGES: &[&str] = &["iproute2", "ethtool", "nftables", "curl", "bpftool"];
+/// Debian packages the tests, benches and labs need (`ip`, `ethtool`, `nft`, `curl`,
+/// `bpftool`; `bird` and `birdc` for the ECMP lab's router and nodes).
+const PACKAGES: &[&str] = &[
+    "iproute2", "ethtool", "nftables", "curl", "bpftool", "bird2",
+];
+/// Another apt run holding the dpkg lock (unattended upgrades, a second setup) is waited
+/// for instead of failing at once.
+const APT_LOCK_WAIT: &[&str] = &["-o", "DPkg::Lock::Timeout=300"];
 /// Useful for debugging only: reported, never installed.
 const OPTIONAL_PACKAGES: &[&str] = &["tcpdump"];
 
@@ -206,7 +212,7 @@ fn packages(setup: &mut Setup) -> Result<()> {
     }
     setup.fix(
         "apt package lists",
-        Command::new("apt-get").args(["update"]),
+        Command::new("apt-get").args(["update"]).args(APT_LOCK_WAIT),
     )?;
     if !setup.dry_run {
         // After `apt-get update`: name packages that no configured repository offers.
@@ -228,6 +234,7 @@ fn packages(setup: &mut Setup) -> Result<()> {
     let mut install = Command::new("apt-get");
     install
         .args(["install", "-y", "--no-install-recommends"])
+        .args(APT_LOCK_WAIT)
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive");
     setup.fix(&format!("packages {}", missing.join(" ")), &mut install)

@@ -5,5 +5,6 @@
 
 mod daemon;
 mod dataplane;
+mod ecmp;
 mod health;
 mod scenarios;
