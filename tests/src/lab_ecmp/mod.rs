@@ -22,7 +22,7 @@ pub mod bird;
 pub mod scenarios;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -209,6 +209,65 @@ impl EcmpLab {
         ] {
             rt.sysctl(k, v);
         }
+        // The router's own record of which next hop each client's packets took (the
+        // ground truth: `ip route get` does not predict the IPv6 hash here).
+        let nft = self.dir.join("router.nft");
+        fs::write(
+            &nft,
+            "table inet xlblab {\n\
+             set carried4 { type ipv4_addr . ipv4_addr; flags dynamic; size 65536; }\n\
+             set carried6 { type ipv6_addr . ipv6_addr; flags dynamic; size 65536; }\n\
+             chain carry { type filter hook forward priority 0; policy accept;\n\
+             ip daddr 10.200.0.0/24 add @carried4 { ip saddr . rt ip nexthop }\n\
+             ip6 daddr fd00:200::/64 add @carried6 { ip6 saddr . rt ip6 nexthop }\n\
+             }\n}\n",
+        )
+        .expect("router nft");
+        run(rt.cmd("nft").arg("-f").arg(&nft));
+    }
+
+    /// Forgets which node carried which client (see [`EcmpLab::carried`]).
+    pub fn reset_carried(&self) {
+        for set in ["carried4", "carried6"] {
+            run(self
+                .router
+                .cmd("nft")
+                .args(["flush", "set", "inet", "xlblab", set]));
+        }
+    }
+
+    /// The nodes the router forwarded each client's packets to since the last
+    /// [`EcmpLab::reset_carried`], read from the router's nftables sets.
+    pub fn carried(&self) -> BTreeMap<IpAddr, BTreeSet<usize>> {
+        let mut out: BTreeMap<IpAddr, BTreeSet<usize>> = BTreeMap::new();
+        for set in ["carried4", "carried6"] {
+            let text = run(self
+                .router
+                .cmd("nft")
+                .args(["-j", "list", "set", "inet", "xlblab", set]));
+            let v: serde_json::Value = serde_json::from_str(&text).expect("nft json");
+            let elems = v["nftables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o["set"]["elem"].as_array())
+                .flatten();
+            for e in elems {
+                // {"concat": [client, next hop]}, or {"elem": {"val": {"concat": …}}}
+                let concat = if e["concat"].is_array() {
+                    &e["concat"]
+                } else {
+                    &e["elem"]["val"]["concat"]
+                };
+                let (Some(c), Some(g)) = (concat[0].as_str(), concat[1].as_str()) else {
+                    continue;
+                };
+                if let (Ok(c), Some(n)) = (c.parse::<IpAddr>(), self.node_of_gateway(g)) {
+                    out.entry(c).or_default().insert(n);
+                }
+            }
+        }
+        out
     }
 
     fn add_node(&mut self, i: usize, announce_from_start: bool) {
@@ -811,6 +870,21 @@ impl Node {
 }
 
 impl EcmpLab {
+    /// Withdraws every VIP of node `i`: its BIRD stops announcing them, the node keeps
+    /// forwarding whatever still arrives.
+    pub fn drain(&self, i: usize) {
+        for v in &self.vips {
+            self.nodes[i].birdc(&format!("disable {}", bird::vip_protocol(*v)));
+        }
+    }
+
+    /// Announces every VIP of node `i` again.
+    pub fn undrain(&self, i: usize) {
+        for v in &self.vips {
+            self.nodes[i].birdc(&format!("enable {}", bird::vip_protocol(*v)));
+        }
+    }
+
     /// [`Node::set_silent`] for node `i`.
     pub fn set_silent(&self, i: usize, silent: bool) {
         self.nodes[i].set_silent(&self.sw, silent);

@@ -1,10 +1,16 @@
 //! The ECMP lab's scenarios, shared by `cargo xtask lab-ecmp` (which narrates their
-//! reports) and the end-to-end test (which asserts on them).
+//! reports) and the end-to-end test (which asserts on them). Each scenario runs its steps
+//! on a started lab and returns what it counted; `Display` narrates it.
 //!
-//! Owns: the services the nodes run and each scenario's steps and counts. Must not
-//! touch: the topology (mod.rs) and BIRD's configuration (bird.rs).
+//! Owns: the services the nodes run, each scenario's steps and counts. Must not touch:
+//! the topology (mod.rs) and BIRD's configuration (bird.rs).
 
-use std::net::IpAddr;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use crate::lab::{HTTP_PORT, UDP_PORT, service_block};
 
@@ -14,49 +20,713 @@ use super::{EcmpLab, vip4, vip6};
 pub const HTTP_HEALTH: &str = "health = { kind = \"http\", port = 80, path = \"/\", interval = \"200ms\", timeout = \"100ms\", rise = 2, fall = 2 }\n";
 pub const UDP_HEALTH: &str = "health = { kind = \"udp\", port = 53, send = \"ping\", interval = \"200ms\", timeout = \"100ms\", rise = 2, fall = 2 }\n";
 
-/// The services every node runs, with backends `be` (indices): web4 and dns4 share VIP 1
-/// (IPv4), web6 and dns6 VIP 1 (IPv6).
+/// The main services: web4 and dns4 share VIP 1 (IPv4), web6 and dns6 VIP 1 (IPv6).
+pub const MAIN: [(&str, bool, bool); 4] = [
+    ("web4", true, false),
+    ("dns4", true, true),
+    ("web6", false, false),
+    ("dns6", false, true),
+];
+
+/// Timeout of one client request in a round.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// The `[[service]]` blocks of the main services, with backends `be` (indices into the
+/// lab's backends).
 pub fn services(lab: &EcmpLab, be: &[usize]) -> String {
-    let v4: Vec<(IpAddr, u32)> = be
-        .iter()
-        .map(|i| (IpAddr::V4(lab.backends[*i].addr4), 1))
-        .collect();
-    let v6: Vec<(IpAddr, u32)> = be
-        .iter()
-        .map(|i| (IpAddr::V6(lab.backends[*i].addr6), 1))
-        .collect();
     let mut s = String::new();
-    s.push_str(&service_block(
-        "web4",
-        &vip4(1).to_string(),
-        HTTP_PORT,
-        "tcp",
-        HTTP_HEALTH,
-        &v4,
-    ));
-    s.push_str(&service_block(
-        "dns4",
-        &vip4(1).to_string(),
-        UDP_PORT,
-        "udp",
-        UDP_HEALTH,
-        &v4,
-    ));
-    s.push_str(&service_block(
-        "web6",
-        &vip6(1).to_string(),
-        HTTP_PORT,
-        "tcp",
-        HTTP_HEALTH,
-        &v6,
-    ));
-    s.push_str(&service_block(
-        "dns6",
-        &vip6(1).to_string(),
-        UDP_PORT,
-        "udp",
-        UDP_HEALTH,
-        &v6,
-    ));
+    for (name, v4, udp) in MAIN {
+        let backends: Vec<(IpAddr, u32)> =
+            be.iter().map(|i| (backend_addr(lab, *i, v4), 1)).collect();
+        let (vip, port, proto, health) = main_target(v4, udp);
+        s.push_str(&service_block(
+            name,
+            &vip.to_string(),
+            port,
+            proto,
+            health,
+            &backends,
+        ));
+    }
     s
+}
+
+fn main_target(v4: bool, udp: bool) -> (IpAddr, u16, &'static str, &'static str) {
+    let vip = if v4 { vip4(1) } else { vip6(1) };
+    if udp {
+        (vip, UDP_PORT, "udp", UDP_HEALTH)
+    } else {
+        (vip, HTTP_PORT, "tcp", HTTP_HEALTH)
+    }
+}
+
+/// Backend `i`'s address of one family.
+pub fn backend_addr(lab: &EcmpLab, i: usize, v4: bool) -> IpAddr {
+    let b = &lab.backends[i];
+    if v4 {
+        IpAddr::V4(b.addr4)
+    } else {
+        IpAddr::V6(b.addr6)
+    }
+}
+
+/// Every client of the lab, IPv4 then IPv6.
+pub fn all_clients(lab: &EcmpLab) -> Vec<IpAddr> {
+    lab.clients4.iter().chain(&lab.clients6).copied().collect()
+}
+
+/// The web service and VIP a client uses (its family's).
+fn web_of(c: IpAddr) -> (&'static str, IpAddr) {
+    if c.is_ipv4() {
+        ("web4", vip4(1))
+    } else {
+        ("web6", vip6(1))
+    }
+}
+
+/// What one round of requests showed.
+pub struct Round {
+    /// Client → the backend name that answered.
+    pub answers: BTreeMap<IpAddr, String>,
+    /// Client → the node the router forwarded its packets to (clients whose packets
+    /// went to several nodes during the round are left out and counted in `split`).
+    pub carriers: BTreeMap<IpAddr, usize>,
+    pub split: usize,
+    pub failed: Vec<String>,
+}
+
+impl Round {
+    /// The clients node `n` carried.
+    pub fn carried_by(&self, n: usize) -> Vec<IpAddr> {
+        self.carriers
+            .iter()
+            .filter(|(_, x)| **x == n)
+            .map(|(c, _)| *c)
+            .collect()
+    }
+}
+
+/// One request from each of `clients` to its family's web (HTTP) or dns (UDP) service;
+/// the router's record says which node carried it.
+pub fn round(lab: &EcmpLab, clients: &[IpAddr], udp: bool) -> Round {
+    lab.reset_carried();
+    let mut answers = BTreeMap::new();
+    let mut failed = Vec::new();
+    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = clients.iter().partition(|c| c.is_ipv4());
+    for (group, vip) in [(v4, vip4(1)), (v6, vip6(1))] {
+        if group.is_empty() {
+            continue;
+        }
+        for (c, r) in lab.round(&group, vip, udp, REQUEST_TIMEOUT) {
+            match r {
+                Ok(b) => {
+                    answers.insert(c, b);
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+    }
+    let (carriers, split) = single_carriers(lab.carried());
+    Round {
+        answers,
+        carriers,
+        split,
+        failed,
+    }
+}
+
+fn single_carriers(m: BTreeMap<IpAddr, BTreeSet<usize>>) -> (BTreeMap<IpAddr, usize>, usize) {
+    let split = m.values().filter(|s| s.len() > 1).count();
+    let one = m
+        .into_iter()
+        .filter(|(_, s)| s.len() == 1)
+        .filter_map(|(c, s)| Some((c, *s.iter().next()?)))
+        .collect();
+    (one, split)
+}
+
+/// Empties every node's affinity table (a fresh baseline for a scenario).
+pub fn flush_all(lab: &EcmpLab) {
+    for n in &lab.nodes {
+        n.api(&xlb::api::Request::AffinityFlush { service: None });
+    }
+}
+
+/// Waits until every node reports every backend of every service healthy (each has
+/// passed its checks; a new one is in the table).
+pub fn wait_all_healthy(lab: &EcmpLab, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    for n in &lab.nodes {
+        loop {
+            let st = n.xlb_json(&["status"]);
+            let all = st["services"].as_array().is_some_and(|s| {
+                s.iter().all(|svc| {
+                    svc["backends"]
+                        .as_array()
+                        .is_some_and(|b| b.iter().all(|b| b["health"] == "healthy"))
+                })
+            });
+            if all {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: not every backend healthy within {timeout:?}:\n{}",
+                n.name,
+                n.xlb(&["status"])
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Adds backend `i` to every main service on node `node` (`xlb backend add`).
+pub fn add_backend(lab: &EcmpLab, node: usize, i: usize, weight: u32) {
+    for (name, v4, _) in MAIN {
+        let addr = backend_addr(lab, i, v4).to_string();
+        lab.nodes[node].xlb(&[
+            "backend",
+            "add",
+            name,
+            &addr,
+            "--weight",
+            &weight.to_string(),
+        ]);
+    }
+}
+
+/// Removes backend `i` from every main service on node `node`.
+pub fn remove_backend(lab: &EcmpLab, node: usize, i: usize) {
+    for (name, v4, _) in MAIN {
+        let addr = backend_addr(lab, i, v4).to_string();
+        lab.nodes[node].xlb(&["backend", "remove", name, &addr]);
+    }
+}
+
+/// Clients per value, e.g. per backend name or per node.
+pub fn tally<V: Ord + Clone>(m: &BTreeMap<IpAddr, V>) -> BTreeMap<V, usize> {
+    let mut t = BTreeMap::new();
+    for v in m.values() {
+        *t.entry(v.clone()).or_default() += 1;
+    }
+    t
+}
+
+fn fmt_tally<V: fmt::Display>(t: &BTreeMap<V, usize>) -> String {
+    t.iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn node_names(lab: &EcmpLab, t: &BTreeMap<usize, usize>) -> BTreeMap<String, usize> {
+    t.iter()
+        .map(|(i, n)| (lab.nodes[*i].name.clone(), *n))
+        .collect()
+}
+
+/// How many clients in `a` reach another backend in `b` (clients missing from `b` count
+/// as changed).
+pub fn changed(a: &BTreeMap<IpAddr, String>, b: &BTreeMap<IpAddr, String>) -> usize {
+    a.iter().filter(|(c, x)| b.get(*c) != Some(*x)).count()
+}
+
+// ---- 1. steady state ------------------------------------------------------------------
+
+/// Scenario 1: every client makes several connections (HTTP and UDP); each reaches one
+/// backend on every one, whichever node carries it.
+pub struct Steady {
+    pub clients: usize,
+    pub rounds: usize,
+    /// Clients that reached one backend per service on every request.
+    pub consistent: usize,
+    /// Clients the router sent to one node on every request.
+    pub one_node: usize,
+    pub failed: usize,
+    pub per_node: BTreeMap<String, usize>,
+    pub per_backend: BTreeMap<String, usize>,
+    /// Clients with a live web pin on exactly the node that carried them, and no other.
+    pub pinned_where_carried: usize,
+    /// Clients whose web backend is the one `xlb explain` names on every node.
+    pub explain_agrees: usize,
+    /// `ip route get VIP from CLIENT iif eth0` on the router named the carrying node:
+    /// (IPv4 agreeing, IPv4 clients, IPv6 agreeing, IPv6 clients).
+    pub predicted: (usize, usize, usize, usize),
+}
+
+pub fn steady(lab: &EcmpLab, rounds: usize) -> Steady {
+    let clients = all_clients(lab);
+    flush_all(lab);
+    let mut seen: BTreeMap<(IpAddr, bool), BTreeSet<String>> = BTreeMap::new();
+    let mut nodes: BTreeMap<IpAddr, BTreeSet<usize>> = BTreeMap::new();
+    let mut failed = 0;
+    for r in 0..rounds {
+        let udp = r % 2 == 1;
+        let got = round(lab, &clients, udp);
+        failed += got.failed.len();
+        for (c, b) in got.answers {
+            seen.entry((c, udp)).or_default().insert(b);
+        }
+        for (c, set) in lab.carried() {
+            nodes.entry(c).or_default().extend(set);
+        }
+    }
+    let consistent = clients
+        .iter()
+        .filter(|c| {
+            [false, true]
+                .iter()
+                .all(|udp| seen.get(&(**c, *udp)).is_some_and(|s| s.len() == 1))
+        })
+        .count();
+    let web: BTreeMap<IpAddr, String> = seen
+        .iter()
+        .filter(|((_, udp), s)| !udp && s.len() == 1)
+        .filter_map(|((c, _), s)| Some((*c, s.iter().next()?.clone())))
+        .collect();
+    let (carriers, _) = single_carriers(nodes);
+    let pinned_on = pinned_nodes(lab);
+    let pinned_where_carried = carriers
+        .iter()
+        .filter(|(c, n)| pinned_on.get(*c).is_some_and(|on| on == &vec![**n]))
+        .count();
+    let explain_agrees = clients
+        .iter()
+        .filter(|c| {
+            let (svc, _) = web_of(**c);
+            lab.nodes.iter().all(|n| {
+                let named = n.explain(svc, &[**c]).get(*c).and_then(|x| x.1);
+                named.map(|b| lab.backend_name(b)) == web.get(*c).cloned()
+            })
+        })
+        .count();
+    let agree = |group: &[IpAddr], vip| {
+        lab.predicted_nodes(group, vip)
+            .iter()
+            .filter(|(c, n)| n.is_some() && carriers.get(*c) == n.as_ref())
+            .count()
+    };
+    let predicted = (
+        agree(&lab.clients4, vip4(1)),
+        lab.clients4.len(),
+        agree(&lab.clients6, vip6(1)),
+        lab.clients6.len(),
+    );
+    Steady {
+        clients: clients.len(),
+        rounds,
+        consistent,
+        one_node: carriers.len(),
+        failed,
+        per_node: node_names(lab, &tally(&carriers)),
+        per_backend: tally(&web),
+        pinned_where_carried,
+        explain_agrees,
+        predicted,
+    }
+}
+
+/// Client → the nodes holding a live web pin for it.
+pub fn pinned_nodes(lab: &EcmpLab) -> BTreeMap<IpAddr, Vec<usize>> {
+    let mut out: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
+    for (i, n) in lab.nodes.iter().enumerate() {
+        for svc in ["web4", "web6"] {
+            for c in n.pins(svc).keys() {
+                out.entry(*c).or_default().push(i);
+            }
+        }
+    }
+    out
+}
+
+impl fmt::Display for Steady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "  {} clients × {} requests (HTTP and UDP alternating): {} reached one backend per service on every request; {} requests failed",
+            self.clients, self.rounds, self.consistent, self.failed
+        )?;
+        writeln!(
+            f,
+            "  the router sent {} of {} clients to one node every time; clients per node: {}",
+            self.one_node,
+            self.clients,
+            fmt_tally(&self.per_node)
+        )?;
+        writeln!(
+            f,
+            "  web clients per backend: {}",
+            fmt_tally(&self.per_backend)
+        )?;
+        writeln!(
+            f,
+            "  pinned on the node that carried them and no other: {} of {}; the backend `xlb explain` names on every node: {} of {}",
+            self.pinned_where_carried, self.clients, self.explain_agrees, self.clients
+        )?;
+        let (a4, n4, a6, n6) = self.predicted;
+        writeln!(
+            f,
+            "  (`ip route get VIP from CLIENT iif eth0` on the router named the carrying node for {a4} of {n4} IPv4 and {a6} of {n6} IPv6 clients)"
+        )
+    }
+}
+
+// ---- determinism across nodes ---------------------------------------------------------
+
+/// The property: with the same config, every node picks the same backend for a client
+/// without a pin, whatever the order in which backends were added at run time.
+pub struct Determinism {
+    pub clients: usize,
+    /// Per node, the runtime changes it got, in order.
+    pub orders: Vec<(String, Vec<String>)>,
+    /// (node, client) explains that said "hashed" (no pin yet).
+    pub explained_hashed: usize,
+    pub explained: usize,
+    /// Clients for which every node's `xlb explain` names the same backend.
+    pub explain_agree: usize,
+    /// Per node: clients whose traffic through that node alone reached the backend the
+    /// explains named.
+    pub traffic_agree: Vec<(String, usize)>,
+    /// Clients whose traffic through every node reached one backend.
+    pub traffic_same_everywhere: usize,
+    pub failed: usize,
+    pub mismatches: Vec<String>,
+}
+
+/// Runs on a lab whose nodes were started with backend 0 only in every main service:
+/// adds backends 1..=3 (backend 2 with weight 2) in a different order on each node (node
+/// 2 also removes backend 0 and adds it back, so its ids and generations differ), waits
+/// until every node has seen each pass its checks, explains every client on every node,
+/// then sends every client's traffic through each node alone in turn.
+pub fn determinism(lab: &EcmpLab) -> Determinism {
+    let orders: [&[(char, usize)]; 3] = [
+        &[('+', 1), ('+', 2), ('+', 3)],
+        &[('+', 3), ('+', 2), ('+', 1)],
+        &[('+', 2), ('-', 0), ('+', 3), ('+', 0), ('+', 1)],
+    ];
+    let mut told = Vec::new();
+    for (node, order) in orders.iter().enumerate().take(lab.nodes.len()) {
+        let mut names = Vec::new();
+        for (op, i) in order.iter() {
+            if *op == '+' {
+                add_backend(lab, node, *i, if *i == 2 { 2 } else { 1 });
+            } else {
+                remove_backend(lab, node, *i);
+            }
+            names.push(format!("{op}{}", lab.backends[*i].name));
+        }
+        told.push((lab.nodes[node].name.clone(), names));
+    }
+    wait_all_healthy(lab, Duration::from_secs(10));
+    flush_all(lab);
+    let clients = all_clients(lab);
+    let mut mismatches = Vec::new();
+
+    // Explain on every node.
+    let mut explained: Vec<BTreeMap<IpAddr, (String, Option<IpAddr>)>> = Vec::new();
+    for n in &lab.nodes {
+        let mut m = n.explain("web4", &lab.clients4);
+        m.extend(n.explain("web6", &lab.clients6));
+        explained.push(m);
+    }
+    let explained_hashed = explained
+        .iter()
+        .flat_map(|m| m.values())
+        .filter(|(d, _)| d == "hashed")
+        .count();
+    let expected: BTreeMap<IpAddr, String> = clients
+        .iter()
+        .filter_map(|c| {
+            let first = explained[0].get(c)?.1?;
+            Some((*c, lab.backend_name(first)))
+        })
+        .collect();
+    let explain_agree = clients
+        .iter()
+        .filter(|c| {
+            let all: BTreeSet<Option<IpAddr>> = explained
+                .iter()
+                .map(|m| m.get(*c).and_then(|x| x.1))
+                .collect();
+            let agree = all.len() == 1 && !all.contains(&None);
+            if !agree && mismatches.len() < 5 {
+                mismatches.push(format!("explain {c}: {all:?}"));
+            }
+            agree
+        })
+        .count();
+
+    // Real traffic through each node alone.
+    let mut traffic_agree = Vec::new();
+    let mut through: Vec<BTreeMap<IpAddr, String>> = Vec::new();
+    let mut failed = 0;
+    let all: Vec<usize> = (0..lab.nodes.len()).collect();
+    for k in 0..lab.nodes.len() {
+        for i in (0..lab.nodes.len()).filter(|i| *i != k) {
+            lab.drain(i);
+        }
+        lab.wait_next_hops(&lab.vips, &[k], Duration::from_secs(5));
+        let got = round(lab, &clients, false);
+        failed += got.failed.len();
+        let agree = got
+            .answers
+            .iter()
+            .filter(|(c, b)| expected.get(*c) == Some(*b) && got.carriers.get(*c) == Some(&k))
+            .count();
+        traffic_agree.push((lab.nodes[k].name.clone(), agree));
+        through.push(got.answers);
+        for i in (0..lab.nodes.len()).filter(|i| *i != k) {
+            lab.undrain(i);
+        }
+        lab.wait_next_hops(&lab.vips, &all, Duration::from_secs(5));
+    }
+    let traffic_same_everywhere = clients
+        .iter()
+        .filter(|c| {
+            let set: BTreeSet<Option<&String>> = through.iter().map(|m| m.get(*c)).collect();
+            set.len() == 1 && !set.contains(&None)
+        })
+        .count();
+    Determinism {
+        clients: clients.len(),
+        orders: told,
+        explained_hashed,
+        explained: explained.iter().map(|m| m.len()).sum(),
+        explain_agree,
+        traffic_agree,
+        traffic_same_everywhere,
+        failed,
+        mismatches,
+    }
+}
+
+impl fmt::Display for Determinism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, o) in &self.orders {
+            writeln!(f, "  {n}: started with be0, then {}", o.join(" "))?;
+        }
+        writeln!(
+            f,
+            "  `xlb explain` for {} clients on every node ({} explains, {} of them \"hashed\": no pin): the same backend on every node for {} of {}",
+            self.clients, self.explained, self.explained_hashed, self.explain_agree, self.clients
+        )?;
+        for (n, agree) in &self.traffic_agree {
+            writeln!(
+                f,
+                "  all traffic through {n} alone (the others withdrawn): {agree} of {} clients reached the explained backend",
+                self.clients
+            )?;
+        }
+        writeln!(
+            f,
+            "  clients that reached one backend through every node: {} of {}; requests failed: {}",
+            self.traffic_same_everywhere, self.clients, self.failed
+        )?;
+        for m in &self.mismatches {
+            writeln!(f, "  mismatch: {m}")?;
+        }
+        Ok(())
+    }
+}
+
+// ---- 3. daemon SIGKILL ----------------------------------------------------------------
+
+/// Scenario 3: one node's daemon is SIGKILLed, then started again.
+pub struct DaemonKill {
+    pub node: String,
+    /// Next-hop sets the router had while the daemon was dead and restarting (one entry
+    /// per change seen).
+    pub routes_seen: Vec<Vec<usize>>,
+    pub clients: usize,
+    pub answered_dead: usize,
+    pub moved_node_dead: usize,
+    pub moved_backend_dead: usize,
+    pub restart_ms: u128,
+    pub answered_after: usize,
+    pub moved_backend_after: usize,
+}
+
+pub fn daemon_kill(lab: &mut EcmpLab, node: usize) -> DaemonKill {
+    let clients = all_clients(lab);
+    let before = round(lab, &clients, false);
+    let watch = RouteWatch::start(lab);
+    lab.nodes[node].kill_daemon();
+    std::thread::sleep(Duration::from_millis(1500));
+    let dead = round(lab, &clients, false);
+    let t = Instant::now();
+    lab.nodes[node].start_daemon();
+    let restart_ms = t.elapsed().as_millis();
+    std::thread::sleep(Duration::from_millis(1000));
+    let after = round(lab, &clients, false);
+    let routes_seen = watch.stop();
+    DaemonKill {
+        node: lab.nodes[node].name.clone(),
+        routes_seen,
+        clients: clients.len(),
+        answered_dead: dead.answers.len(),
+        moved_node_dead: before
+            .carriers
+            .iter()
+            .filter(|(c, n)| dead.carriers.get(*c) != Some(*n))
+            .count(),
+        moved_backend_dead: changed(&before.answers, &dead.answers),
+        restart_ms,
+        answered_after: after.answers.len(),
+        moved_backend_after: changed(&before.answers, &after.answers),
+    }
+}
+
+impl fmt::Display for DaemonKill {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "  {}'s xlb daemon SIGKILLed: for 1.5 s without it {} of {} clients answered, {} moved to another node, {} changed backend",
+            self.node,
+            self.answered_dead,
+            self.clients,
+            self.moved_node_dead,
+            self.moved_backend_dead
+        )?;
+        writeln!(
+            f,
+            "  restarted (ready in {} ms): {} of {} answered, {} changed backend",
+            self.restart_ms, self.answered_after, self.clients, self.moved_backend_after
+        )?;
+        writeln!(
+            f,
+            "  the router's next hops for the VIPs throughout: {}",
+            fmt_routes(&self.routes_seen)
+        )
+    }
+}
+
+fn fmt_routes(r: &[Vec<usize>]) -> String {
+    r.iter()
+        .map(|hops| {
+            let names: Vec<String> = hops.iter().map(|i| format!("n{i}")).collect();
+            format!("[{}]", names.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join(" → ")
+}
+
+/// Polls the router's next hops for the IPv4 VIP every 5 ms on a thread and records
+/// every distinct set it sees, in order.
+struct RouteWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<Vec<usize>>>,
+}
+
+impl RouteWatch {
+    fn start(lab: &EcmpLab) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ns = lab.router.name.clone();
+        let gateways: Vec<String> = lab.nodes.iter().map(|n| n.addr4.to_string()).collect();
+        let vip = vip4(1);
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut seen: Vec<Vec<usize>> = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new("ip")
+                    .args(["-n", &ns, "-4", "route", "show", &vip.to_string()])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let hops: Vec<usize> = gateways
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, g)| out.contains(&format!("via {g} ")))
+                    .map(|(i, _)| i)
+                    .collect();
+                if seen.last() != Some(&hops) {
+                    seen.push(hops);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        });
+        Self { stop, handle }
+    }
+
+    fn stop(self) -> Vec<Vec<usize>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap_or_default()
+    }
+}
+
+// ---- 4. a silent node -----------------------------------------------------------------
+
+/// Scenario 4: a whole node goes silent (its link drops); BFD withdraws it.
+pub struct Silent {
+    pub node: String,
+    pub clients_of_node: usize,
+    pub withdrawn_ms: u128,
+    pub answered: usize,
+    pub changed_backend: usize,
+    pub others_changed_backend: usize,
+    pub back_ms: u128,
+    pub returned: usize,
+    pub returned_changed_backend: usize,
+}
+
+pub fn silent(lab: &EcmpLab, node: usize) -> Silent {
+    let clients = all_clients(lab);
+    let before = round(lab, &clients, false);
+    let theirs = before.carried_by(node);
+    let others: Vec<usize> = (0..lab.nodes.len()).filter(|i| *i != node).collect();
+    let all: Vec<usize> = (0..lab.nodes.len()).collect();
+    lab.set_silent(node, true);
+    let withdrawn = lab.wait_next_hops(&lab.vips, &others, Duration::from_secs(5));
+    let during = round(lab, &clients, false);
+    let answered = theirs
+        .iter()
+        .filter(|c| during.answers.contains_key(*c) && during.carriers.get(*c) != Some(&node))
+        .count();
+    let changed_backend = theirs
+        .iter()
+        .filter(|c| during.answers.get(*c) != before.answers.get(*c))
+        .count();
+    let others_changed_backend = changed(&before.answers, &during.answers) - changed_backend;
+    lab.set_silent(node, false);
+    let back = lab.wait_next_hops(&lab.vips, &all, Duration::from_secs(15));
+    let after = round(lab, &clients, false);
+    let returned: Vec<IpAddr> = theirs
+        .iter()
+        .filter(|c| after.carriers.get(*c) == Some(&node))
+        .copied()
+        .collect();
+    Silent {
+        node: lab.nodes[node].name.clone(),
+        clients_of_node: theirs.len(),
+        withdrawn_ms: withdrawn.as_millis(),
+        answered,
+        changed_backend,
+        others_changed_backend,
+        back_ms: back.as_millis(),
+        returned: returned.len(),
+        returned_changed_backend: returned
+            .iter()
+            .filter(|c| after.answers.get(*c) != before.answers.get(*c))
+            .count(),
+    }
+}
+
+impl fmt::Display for Silent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "  {}'s link dropped: BFD withdrew it from the router after {} ms",
+            self.node, self.withdrawn_ms
+        )?;
+        writeln!(
+            f,
+            "  its {} clients, now through the other nodes: {} answered, {} changed backend (other clients that changed: {})",
+            self.clients_of_node, self.answered, self.changed_backend, self.others_changed_backend
+        )?;
+        writeln!(
+            f,
+            "  link back: BGP re-established and {} announced again after {} ms; {} clients returned to it, {} changed backend",
+            self.node, self.back_ms, self.returned, self.returned_changed_backend
+        )
+    }
 }

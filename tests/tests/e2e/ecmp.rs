@@ -1,28 +1,75 @@
 //! Several xlb nodes behind a router's ECMP (tests/src/lab_ecmp): BIRD on the router and
-//! on every node, BGP with BFD, the real daemon on each node.
+//! on every node, BGP with BFD, the real daemon on each node, shared DSR backends.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
-use xlb_tests::lab_ecmp::{EcmpLab, EcmpOptions, vip4, vip6};
+use xlb_tests::lab_ecmp::{EcmpLab, EcmpOptions, scenarios};
 
+/// A smaller client population than `cargo xtask lab-ecmp` (300 + 150) keeps CI short;
+/// every property is the same.
+fn lab(backends: usize) -> EcmpLab {
+    EcmpLab::new(EcmpOptions {
+        backends,
+        clients_v4: 150,
+        clients_v6: 90,
+        ..EcmpOptions::default()
+    })
+}
+
+/// The same backend for a client without a pin on every node, whatever the order in which
+/// backends were added at run time: `xlb explain` on every node for every client, and real
+/// traffic through each node alone.
 #[test]
-fn ecmp_smoke() {
-    let mut lab = EcmpLab::new(EcmpOptions::default());
-    let services = xlb_tests::lab_ecmp::scenarios::services(&lab, &[0, 1, 2]);
-    lab.write_configs(&services);
-    let t = std::time::Instant::now();
+fn ecmp_every_node_picks_the_same_backend_whatever_the_order_of_adds() {
+    let mut lab = lab(4);
+    lab.write_configs(&scenarios::services(&lab, &[0]));
     lab.start_all();
-    println!("started in {:?}", t.elapsed());
-    lab.wait_next_hops(&[vip4(1), vip6(1)], &[0, 1, 2], Duration::from_secs(10));
-    let pred = lab.predicted_nodes(&lab.clients6, vip6(1));
-    println!("{:?}", pred.values().take(10).collect::<Vec<_>>());
-    let t = std::time::Instant::now();
-    let r = lab.round(&lab.clients4, vip4(1), false, Duration::from_secs(1));
-    println!("round v4 in {:?}: {:?}", t.elapsed(), &r[..3]);
-    let r = lab.round(&lab.clients6, vip6(1), false, Duration::from_secs(1));
-    println!("round v6: {:?}", &r[..3]);
-    for n in &lab.nodes {
-        println!("{}: {} pins", n.name, n.pins("web4").len());
+    lab.wait_next_hops(&lab.vips, &[0, 1, 2], Duration::from_secs(10));
+    let r = scenarios::determinism(&lab);
+    println!("{r}");
+    assert_eq!(r.explained_hashed, r.explained, "no client had a pin yet");
+    assert_eq!(r.explain_agree, r.clients, "{r}");
+    for (n, agree) in &r.traffic_agree {
+        assert_eq!(*agree, r.clients, "through {n}: {r}");
     }
-    let _: IpAddr = vip4(1);
+    assert_eq!(r.traffic_same_everywhere, r.clients, "{r}");
+    assert_eq!(r.failed, 0, "{r}");
+}
+
+/// Steady state, then a daemon SIGKILLed (nothing withdrawn, lost or moved) and a node
+/// made silent (BFD withdraws it within a second; its clients keep their backend).
+#[test]
+fn ecmp_steady_daemon_kill_and_silent_node() {
+    let mut lab = lab(3);
+    lab.write_configs(&scenarios::services(&lab, &[0, 1, 2]));
+    lab.start_all();
+    lab.wait_next_hops(&lab.vips, &[0, 1, 2], Duration::from_secs(10));
+    let s = scenarios::steady(&lab, 4);
+    println!("{s}");
+    assert_eq!(s.failed, 0, "{s}");
+    assert_eq!(s.consistent, s.clients, "{s}");
+    assert_eq!(s.one_node, s.clients, "{s}");
+    assert_eq!(s.pinned_where_carried, s.clients, "{s}");
+    assert_eq!(s.explain_agrees, s.clients, "{s}");
+    assert_eq!(s.per_node.len(), 3, "every node carries clients: {s}");
+    assert_eq!(s.per_backend.len(), 3, "{s}");
+
+    let k = scenarios::daemon_kill(&mut lab, 1);
+    println!("{k}");
+    assert_eq!(k.routes_seen, vec![vec![0, 1, 2]], "nothing withdrawn: {k}");
+    assert_eq!(k.answered_dead, k.clients, "{k}");
+    assert_eq!(k.moved_node_dead, 0, "{k}");
+    assert_eq!(k.moved_backend_dead, 0, "{k}");
+    assert_eq!(k.answered_after, k.clients, "{k}");
+    assert_eq!(k.moved_backend_after, 0, "{k}");
+
+    let q = scenarios::silent(&lab, 2);
+    println!("{q}");
+    assert!(q.clients_of_node > 0, "{q}");
+    assert!(q.withdrawn_ms < 1000, "BFD withdraws within 1 s: {q}");
+    assert_eq!(q.answered, q.clients_of_node, "{q}");
+    assert_eq!(q.changed_backend, 0, "{q}");
+    assert_eq!(q.others_changed_backend, 0, "{q}");
+    assert_eq!(q.returned, q.clients_of_node, "{q}");
+    assert_eq!(q.returned_changed_backend, 0, "{q}");
 }
