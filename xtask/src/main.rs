@@ -1,5 +1,5 @@
 //! `cargo xtask` for the xlb workspace: `setup`, `build`, `lint`, `test`, `fuzz`, `bench`,
-//! `demo`.
+//! `demo`, `lab-ecmp`.
 //!
 //! This crate must compile on a fresh machine, so it depends on nothing in the workspace
 //! and on no eBPF tooling; everything else is driven through `cargo`, `rustup`, `apt-get`.
@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod demo;
 mod fuzz;
+mod lab_ecmp;
 mod lint;
 mod setup;
 mod test;
@@ -42,6 +43,8 @@ enum Command {
     Bench(bench::Args),
     /// The narrated lab demo (root): builds what it needs, cleans up after itself.
     Demo,
+    /// Several xlb nodes behind a router's ECMP with BGP (BIRD), narrated with counts (root).
+    LabEcmp,
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo => demo::run(),
+        Command::LabEcmp => lab_ecmp::run(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -24,7 +24,8 @@ pub mod scenarios;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -35,6 +36,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{Xdp, xdp::XdpMode},
 };
+use socket2::{Domain, Socket, Type};
 use xlb::dataplane::loader::BENCH_OBJECT;
 
 use crate::lab::{
@@ -615,6 +617,21 @@ impl EcmpLab {
         })
     }
 
+    /// Opens one TCP connection to the web VIP of its family from each of `clients` and
+    /// sends nothing yet: the handshake has passed through whichever node carries the
+    /// client now; [`finish_requests`] completes them later.
+    pub fn open_connections(&self, clients: &[IpAddr]) -> Vec<(IpAddr, Result<TcpStream, String>)> {
+        self.client.run(|| {
+            clients
+                .iter()
+                .map(|c| {
+                    let vip = if c.is_ipv4() { vip4(1) } else { vip6(1) };
+                    (*c, connect_from(*c, SocketAddr::new(vip, HTTP_PORT)))
+                })
+                .collect()
+        })
+    }
+
     /// The logs of every process, for a failure message.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -889,6 +906,45 @@ impl EcmpLab {
     pub fn set_silent(&self, i: usize, silent: bool) {
         self.nodes[i].set_silent(&self.sw, silent);
     }
+}
+
+fn connect_from(src: IpAddr, dst: SocketAddr) -> Result<TcpStream, String> {
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, None).map_err(|e| e.to_string())?;
+    s.bind(&SocketAddr::new(src, 0).into())
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    s.connect_timeout(&dst.into(), Duration::from_secs(1))
+        .map_err(|e| format!("connect {dst} from {src}: {e}"))?;
+    Ok(s.into())
+}
+
+/// Sends one HTTP request on each open connection and reads the answer (the backend's
+/// name): a connection whose packets now reach another node still reaches its backend
+/// when that node picks the same one.
+pub fn finish_requests(
+    conns: Vec<(IpAddr, Result<TcpStream, String>)>,
+) -> BTreeMap<IpAddr, Result<String, String>> {
+    conns
+        .into_iter()
+        .map(|(c, s)| (c, s.and_then(|s| request_on(s, c))))
+        .collect()
+}
+
+fn request_on(mut s: TcpStream, c: IpAddr) -> Result<String, String> {
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: xlb\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("{c}: write: {e}"))?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .map_err(|e| format!("{c}: read: {e}"))?;
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .ok_or_else(|| format!("{c}: malformed response {resp:?}"))
 }
 
 fn ip(args: &str) -> String {

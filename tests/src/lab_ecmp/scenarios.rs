@@ -730,3 +730,317 @@ impl fmt::Display for Silent {
         )
     }
 }
+
+// ---- 2. node drain --------------------------------------------------------------------
+
+/// Scenario 2: one node drained; its clients move to the others and keep their backend.
+pub struct Drain {
+    pub node: String,
+    pub clients_of_node: usize,
+    /// From the drain command to the router's route without the node.
+    pub withdrawn_ms: u128,
+    pub moved: usize,
+    pub changed_backend: usize,
+    /// Clients of the other nodes that the router's hash-threshold moved between them
+    /// (a next hop left the group), and how many of those changed backend.
+    pub shuffled: usize,
+    pub shuffled_changed: usize,
+    pub failed: usize,
+    /// Connections opened through the node before the drain and used after it: (still
+    /// answered by the same backend, opened).
+    pub held: (usize, usize),
+}
+
+pub fn drain(lab: &EcmpLab, node: usize) -> Drain {
+    let clients = all_clients(lab);
+    let before = round(lab, &clients, false);
+    let theirs = before.carried_by(node);
+    let held_clients: Vec<IpAddr> = theirs.iter().step_by(4).copied().collect();
+    let conns = lab.open_connections(&held_clients);
+    let others: Vec<usize> = (0..lab.nodes.len()).filter(|i| *i != node).collect();
+    let t = Instant::now();
+    lab.drain(node);
+    lab.wait_next_hops(&lab.vips, &others, Duration::from_secs(5));
+    let withdrawn_ms = t.elapsed().as_millis();
+    let held = super::finish_requests(conns);
+    let after = round(lab, &clients, false);
+    let moves = Moves::between(&before, &after, node);
+    Drain {
+        node: lab.nodes[node].name.clone(),
+        clients_of_node: theirs.len(),
+        withdrawn_ms,
+        moved: moves.off.len(),
+        changed_backend: moves.off_changed,
+        shuffled: moves.shuffled.len(),
+        shuffled_changed: moves.shuffled_changed,
+        failed: after.failed.len(),
+        held: (
+            held.iter()
+                .filter(|(c, r)| r.as_ref().ok() == before.answers.get(*c))
+                .count(),
+            held.len(),
+        ),
+    }
+}
+
+/// Who moved between two rounds around a change of node `node`.
+struct Moves {
+    /// Clients `node` carried before, carried by another node after.
+    off: Vec<IpAddr>,
+    off_changed: usize,
+    /// Clients of the other nodes that changed node.
+    shuffled: Vec<IpAddr>,
+    shuffled_changed: usize,
+    /// Clients that kept their node but changed backend.
+    stayed_changed: usize,
+}
+
+impl Moves {
+    fn between(before: &Round, after: &Round, node: usize) -> Self {
+        let moved = |c: &IpAddr| after.carriers.get(c) != before.carriers.get(c);
+        let changed = |c: &IpAddr| after.answers.get(c) != before.answers.get(c);
+        let off: Vec<IpAddr> = before.carried_by(node).into_iter().filter(moved).collect();
+        let shuffled: Vec<IpAddr> = before
+            .carriers
+            .iter()
+            .filter(|(c, n)| **n != node && moved(c))
+            .map(|(c, _)| *c)
+            .collect();
+        let stayed_changed = before
+            .carriers
+            .keys()
+            .filter(|c| !moved(c) && changed(c))
+            .count();
+        Self {
+            off_changed: off.iter().filter(|c| changed(c)).count(),
+            shuffled_changed: shuffled.iter().filter(|c| changed(c)).count(),
+            off,
+            shuffled,
+            stayed_changed,
+        }
+    }
+}
+
+fn pct(part: usize, whole: usize) -> String {
+    if whole == 0 {
+        "-".into()
+    } else {
+        format!("{:.0}%", 100.0 * part as f64 / whole as f64)
+    }
+}
+
+impl fmt::Display for Drain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "  {} drained: the router dropped it {} ms after the command",
+            self.node, self.withdrawn_ms
+        )?;
+        writeln!(
+            f,
+            "  its {} clients: {} now through the other nodes, {} changed backend; requests failed: {}",
+            self.clients_of_node, self.moved, self.changed_backend, self.failed
+        )?;
+        writeln!(
+            f,
+            "  clients of the other nodes moved between them by the router's hash-threshold ECMP: {}, of which {} changed backend",
+            self.shuffled, self.shuffled_changed
+        )?;
+        writeln!(
+            f,
+            "  connections opened through {} before the drain and used after it: {} of {} answered by the same backend",
+            self.node, self.held.0, self.held.1
+        )
+    }
+}
+
+/// Announces node `node` again and waits for the router to use every node.
+pub fn undrain(lab: &EcmpLab, node: usize) -> u128 {
+    let t = Instant::now();
+    lab.undrain(node);
+    let all: Vec<usize> = (0..lab.nodes.len()).collect();
+    lab.wait_next_hops(&lab.vips, &all, Duration::from_secs(5));
+    t.elapsed().as_millis()
+}
+
+// ---- 6. a backend added, then a node drained ------------------------------------------
+
+/// Scenario 6: a backend added on every node moves no pinned client; a node drained
+/// afterwards sends its clients to nodes where they have no pin, and the new table
+/// decides them: ≈1/(N+1) change backend.
+pub struct AddThenDrain {
+    pub added: String,
+    /// The services' total weight after the add (the new backend has weight 1, so it
+    /// takes ≈1/total of the table).
+    pub total_weight: usize,
+    pub clients: usize,
+    /// Clients that changed backend when the backend was added (on any node).
+    pub changed_by_add: usize,
+    pub node: String,
+    pub moved_off: usize,
+    pub moved_off_changed: usize,
+    pub shuffled: usize,
+    pub shuffled_changed: usize,
+    pub stayed_changed: usize,
+}
+
+/// Starts from empty affinity tables (pins of earlier scenarios would otherwise decide
+/// where clients land), adds backend `add` on every node, drains `node`, undrains it.
+pub fn add_then_drain(lab: &EcmpLab, add: usize, node: usize, total_weight: usize) -> AddThenDrain {
+    let clients = all_clients(lab);
+    flush_all(lab);
+    let base = round(lab, &clients, false);
+    for n in 0..lab.nodes.len() {
+        add_backend(lab, n, add, 1);
+    }
+    wait_all_healthy(lab, Duration::from_secs(10));
+    let added = round(lab, &clients, false);
+    lab.drain(node);
+    let others: Vec<usize> = (0..lab.nodes.len()).filter(|i| *i != node).collect();
+    lab.wait_next_hops(&lab.vips, &others, Duration::from_secs(5));
+    let drained = round(lab, &clients, false);
+    let moves = Moves::between(&added, &drained, node);
+    undrain(lab, node);
+    AddThenDrain {
+        added: lab.backends[add].name.clone(),
+        total_weight,
+        clients: clients.len(),
+        changed_by_add: changed(&base.answers, &added.answers),
+        node: lab.nodes[node].name.clone(),
+        moved_off: moves.off.len(),
+        moved_off_changed: moves.off_changed,
+        shuffled: moves.shuffled.len(),
+        shuffled_changed: moves.shuffled_changed,
+        stayed_changed: moves.stayed_changed,
+    }
+}
+
+impl fmt::Display for AddThenDrain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "  {} added on every node (weight 1 of {} in all): {} of {} pinned clients changed backend",
+            self.added, self.total_weight, self.changed_by_add, self.clients
+        )?;
+        writeln!(
+            f,
+            "  then {} drained: {} of its clients moved to nodes where they had no pin; {} of them changed backend ({}; ≈1/{} = {} expected)",
+            self.node,
+            self.moved_off,
+            self.moved_off_changed,
+            pct(self.moved_off_changed, self.moved_off),
+            self.total_weight,
+            pct(1, self.total_weight)
+        )?;
+        writeln!(
+            f,
+            "  hash-threshold ECMP also moved {} clients between the other nodes: {} of them changed backend ({}); clients that kept their node and changed: {}",
+            self.shuffled,
+            self.shuffled_changed,
+            pct(self.shuffled_changed, self.shuffled),
+            self.stayed_changed
+        )
+    }
+}
+
+// ---- 7. a node returns after a backend was added --------------------------------------
+
+/// Scenario 7: a drained node comes back after a backend was added meanwhile — with its
+/// pinned state (its pins decide the returning clients), and after a restart that lost it
+/// (the new table decides them).
+pub struct Return {
+    pub node: String,
+    pub added: String,
+    /// The services' total weight after the add.
+    pub total_weight: usize,
+    /// While drained: clients of the node that moved, and how many changed backend.
+    pub moved_off: usize,
+    pub moved_off_changed: usize,
+    /// Clients that changed backend when the backend was added.
+    pub changed_by_add: usize,
+    /// Back: clients carried by the node again, and how many changed backend compared
+    /// with where they were served while it was drained.
+    pub returned: usize,
+    pub returned_changed: usize,
+    /// Other clients that changed backend when the node came back.
+    pub others_changed: usize,
+}
+
+/// One return: flush every table, baseline, drain `node`, add backend `add` everywhere,
+/// optionally restart the node losing its pinned state (as after a reboot; it stays
+/// drained), undrain it.
+pub fn drain_add_return(
+    lab: &mut EcmpLab,
+    node: usize,
+    add: usize,
+    lose_state: bool,
+    total_weight: usize,
+) -> Return {
+    let clients = all_clients(lab);
+    flush_all(lab);
+    let base = round(lab, &clients, false);
+    lab.drain(node);
+    let others: Vec<usize> = (0..lab.nodes.len()).filter(|i| *i != node).collect();
+    lab.wait_next_hops(&lab.vips, &others, Duration::from_secs(5));
+    let drained = round(lab, &clients, false);
+    let off = Moves::between(&base, &drained, node);
+    for n in 0..lab.nodes.len() {
+        add_backend(lab, n, add, 1);
+    }
+    wait_all_healthy(lab, Duration::from_secs(10));
+    let added = round(lab, &clients, false);
+    if lose_state {
+        let n = &mut lab.nodes[node];
+        n.lose_pinned_state();
+        n.start_daemon();
+        wait_all_healthy(lab, Duration::from_secs(10));
+    }
+    undrain(lab, node);
+    let back = round(lab, &clients, false);
+    let returned: Vec<IpAddr> = back
+        .carried_by(node)
+        .into_iter()
+        .filter(|c| added.carriers.get(c) != Some(&node))
+        .collect();
+    let returned_changed = returned
+        .iter()
+        .filter(|c| back.answers.get(*c) != added.answers.get(*c))
+        .count();
+    Return {
+        node: lab.nodes[node].name.clone(),
+        added: lab.backends[add].name.clone(),
+        total_weight,
+        moved_off: off.off.len(),
+        moved_off_changed: off.off_changed,
+        changed_by_add: changed(&drained.answers, &added.answers),
+        returned: returned.len(),
+        returned_changed,
+        others_changed: changed(&added.answers, &back.answers) - returned_changed,
+    }
+}
+
+impl fmt::Display for Return {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "  {} drained: {} of its clients moved, {} changed backend; {} added on every node meanwhile (weight 1 of {}): {} pinned clients changed backend",
+            self.node,
+            self.moved_off,
+            self.moved_off_changed,
+            self.added,
+            self.total_weight,
+            self.changed_by_add
+        )?;
+        writeln!(
+            f,
+            "  {} undrained: {} clients returned to it, {} of them changed backend ({}; ≈1/{} = {} if the new table decided them all); other clients that changed: {}",
+            self.node,
+            self.returned,
+            self.returned_changed,
+            pct(self.returned_changed, self.returned),
+            self.total_weight,
+            pct(1, self.total_weight),
+            self.others_changed
+        )
+    }
+}

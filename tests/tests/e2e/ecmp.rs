@@ -73,3 +73,58 @@ fn ecmp_steady_daemon_kill_and_silent_node() {
     assert_eq!(q.returned, q.clients_of_node, "{q}");
     assert_eq!(q.returned_changed_backend, 0, "{q}");
 }
+
+/// Node drain (clients move, keep their backend, open connections survive), a backend
+/// added then a node drained (≈1/(N+1) of the moved clients change backend), and a
+/// drained node returning after a backend was added: with its pinned state nobody
+/// changes backend; after a restart that lost it, some do.
+#[test]
+fn ecmp_drain_add_and_return() {
+    let mut lab = lab(6);
+    lab.write_configs(&scenarios::services(&lab, &[0, 1, 2]));
+    lab.start_all();
+    lab.wait_next_hops(&lab.vips, &[0, 1, 2], Duration::from_secs(10));
+
+    let d = scenarios::drain(&lab, 1);
+    println!("{d}");
+    assert!(d.clients_of_node > 0, "{d}");
+    assert!(d.withdrawn_ms < 1000, "{d}");
+    assert_eq!(d.moved, d.clients_of_node, "{d}");
+    assert_eq!(d.changed_backend, 0, "{d}");
+    assert_eq!(d.shuffled_changed, 0, "{d}");
+    assert_eq!(d.failed, 0, "{d}");
+    assert!(d.held.1 > 0 && d.held.0 == d.held.1, "{d}");
+    scenarios::undrain(&lab, 1);
+
+    let a = scenarios::add_then_drain(&lab, 3, 0, 4);
+    println!("{a}");
+    assert_eq!(a.changed_by_add, 0, "{a}");
+    assert!(a.moved_off > 0, "{a}");
+    // ≈1/4 expected; the bounds only catch "nobody" and "most".
+    assert!(
+        a.moved_off_changed > 0 && a.moved_off_changed * 2 < a.moved_off,
+        "{a}"
+    );
+    assert_eq!(a.stayed_changed, 0, "{a}");
+
+    let r = scenarios::drain_add_return(&mut lab, 2, 4, false, 5);
+    println!("{r}");
+    assert_eq!(r.moved_off_changed, 0, "{r}");
+    assert_eq!(r.changed_by_add, 0, "{r}");
+    assert!(r.returned > 0, "{r}");
+    assert_eq!(
+        r.returned_changed, 0,
+        "pins on the returning node decide: {r}"
+    );
+    assert_eq!(r.others_changed, 0, "{r}");
+
+    let r = scenarios::drain_add_return(&mut lab, 2, 5, true, 6);
+    println!("{r}");
+    assert_eq!(r.moved_off_changed, 0, "{r}");
+    assert!(r.returned > 0, "{r}");
+    assert!(
+        r.returned_changed > 0 && r.returned_changed * 2 < r.returned,
+        "without its pins the node decides with the new table (≈1/6): {r}"
+    );
+    assert_eq!(r.others_changed, 0, "{r}");
+}
