@@ -35,7 +35,7 @@ pub use crate::model::{
     parse_duration,
 };
 use crate::{
-    model::{Service, limits},
+    model::{Announce, Service, limits},
     named_enum,
 };
 
@@ -44,6 +44,8 @@ pub struct Config {
     /// The file it came from (for messages).
     pub path: PathBuf,
     pub daemon: DaemonConfig,
+    /// `[announce]`: how this node announces its VIPs (none when the table is absent).
+    pub announce: Announce,
     pub services: Vec<Service>,
 }
 
@@ -189,6 +191,7 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let top = schema::RawTop {
             daemon: schema::RawDaemon::from(&self.daemon),
+            announce: schema::RawAnnounce::from_model(&self.announce),
             service: self.services.iter().map(Into::into).collect(),
         };
         // Plain strings, integers, tables and arrays: serialization cannot fail.
