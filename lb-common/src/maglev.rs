@@ -396,7 +396,6 @@ pub fn next_prime(n: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     /// Backend `i`: address 10.a.b.c (sequential, like a real pool), id `i`.
     fn v4(i: u32) -> [u8; 16] {
@@ -849,32 +848,5 @@ mod tests {
         assert_eq!(next_prime(100_000), 100_003);
         assert_eq!(next_prime(655_360), 655_373);
         assert_eq!(next_prime(4_294_967_280), 4_294_967_291);
-    }
-
-    /// Build time; run with
-    /// `cargo test -p lb-common --features user --release -- --ignored --nocapture build_timing`.
-    #[test]
-    #[ignore]
-    fn build_timing() {
-        for (label, weight) in [
-            ("equal weights", (|_| 1) as fn(u32) -> u32),
-            ("weights 1..10", |i| i % 10 + 1),
-        ] {
-            let backends = pool(1000, weight);
-            for m in [65_537u32, 655_373] {
-                let mut times = Vec::new();
-                for _ in 0..21 {
-                    let t = Instant::now();
-                    let table = build(&backends, m).unwrap();
-                    times.push(t.elapsed());
-                    assert_eq!(table.len(), m as usize);
-                }
-                times.sort();
-                println!(
-                    "build N=1000 M={m:>6} {label}: median {:?}, min {:?}, max {:?}",
-                    times[10], times[0], times[20]
-                );
-            }
-        }
     }
 }

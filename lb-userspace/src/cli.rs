@@ -34,7 +34,7 @@ pub struct UsageError(pub String);
 #[command(
     name = "xlb",
     version,
-    about = "xlb: an XDP layer-4 load balancer with IP affinity",
+    about = "An XDP layer-4 load balancer with IP affinity",
     after_help = "Exit codes: 0 ok, 1 runtime error, 2 usage or config error."
 )]
 pub struct Cli {
@@ -52,13 +52,21 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Run {
+        /// The config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Validate a config file and print the effective config (defaults filled in).
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        /// The config file (TOML).
+        file: PathBuf,
+        /// Skip the checks against this host (that the interfaces exist): for a config
+        /// written for another machine.
+        #[arg(long)]
+        offline: bool,
+    },
     /// Services and backends: health, draining, weight, table share, pinned clients.
-    Status,
+    Status(StatusArgs),
     /// Packets, bytes and rates per service and backend; drops by reason.
     Stats,
     /// Add, remove, drain, undrain or re-weight a backend.
@@ -81,15 +89,57 @@ pub enum Command {
     /// Detach the program, remove all pinned state and move the runtime changes aside
     /// (no daemon needed).
     Down {
+        /// Take pin_dir, socket and state_file from this config file.
         #[arg(long, conflicts_with = "pin_dir")]
         config: Option<PathBuf>,
+        /// The pinned state to remove (default /sys/fs/bpf/xlb).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+    },
+    /// Print a shell completion script (bash, zsh or fish) on standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the pid of the daemon that holds the pin directory (exit 1 when none does);
+    /// for scripts, e.g. the package's prerm.
+    DaemonPid {
+        /// Take pin_dir from this config file (the interfaces need not exist here).
+        #[arg(long, conflicts_with = "pin_dir")]
+        config: Option<PathBuf>,
+        /// The pin directory (default /sys/fs/bpf/xlb).
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
 }
 
+/// `xlb status` flags.
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// Refresh every --interval: in place on a terminal, as appended snapshots (JSON
+    /// lines with --json) otherwise. Ctrl-C ends it.
+    #[arg(long)]
+    pub watch: bool,
+    /// Time between refreshes with --watch (at least 100ms).
+    #[arg(long, requires = "watch", default_value = "2s", value_parser = parse_interval)]
+    pub interval: HumanDuration,
+    /// With --watch: stop after this many snapshots.
+    #[arg(long, requires = "watch")]
+    pub count: Option<u64>,
+}
+
+/// A `--watch` interval: a duration of at least 100 ms (the daemon answers each one).
+fn parse_interval(s: &str) -> Result<HumanDuration, String> {
+    let d: HumanDuration = s.parse()?;
+    if d.0 < std::time::Duration::from_millis(100) {
+        return Err(format!("{s:?} is shorter than 100ms"));
+    }
+    Ok(d)
+}
+
 #[derive(Subcommand, Debug, Clone)]
 pub enum BackendCmd {
+    /// Add a backend to a service (it takes new clients once healthy).
     Add {
         service: String,
         #[arg(value_parser = parse_address)]
@@ -97,6 +147,7 @@ pub enum BackendCmd {
         #[arg(long, default_value_t = DEFAULT_WEIGHT)]
         weight: u32,
     },
+    /// Remove a backend; its pinned clients are re-decided on their next packet.
     Remove {
         service: String,
         #[arg(value_parser = parse_address)]
@@ -108,6 +159,7 @@ pub enum BackendCmd {
         #[arg(value_parser = parse_address)]
         address: IpAddr,
     },
+    /// Let a drained backend take new clients again.
     Undrain {
         service: String,
         #[arg(value_parser = parse_address)]
@@ -124,21 +176,24 @@ pub enum BackendCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum ServiceCmd {
+    /// Add a service with the fields of a [[service]] table.
     Add(Box<ServiceAddArgs>),
+    /// Remove a service and its affinity entries.
     Remove { name: String },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum AffinityCmd {
+    /// The affinity entries (pinned clients), most recently active first.
     List {
         service: Option<String>,
         /// At most this many entries (most recently active first).
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    Flush {
-        service: Option<String>,
-    },
+    /// Remove the affinity entries (every service's, or SERVICE's): clients are
+    /// re-decided on their next packet.
+    Flush { service: Option<String> },
 }
 
 /// The fields of a `[[service]]` table, as flags; every default is the model's.
@@ -326,16 +381,34 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             crate::daemon::run(config)?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::CheckConfig { file } => {
-            let cfg = config::load(file).map_err(|e| UsageError(e.to_string()))?;
+        Command::CheckConfig { file, offline } => {
+            let host = if *offline {
+                config::HostChecks::Skip
+            } else {
+                config::HostChecks::Run
+            };
+            let cfg = config::load_with(file, host).map_err(|e| UsageError(e.to_string()))?;
             print!("{}", cfg.to_toml());
-            eprintln!("{}: ok", file.display());
+            let skipped = if *offline {
+                " (host checks skipped)"
+            } else {
+                ""
+            };
+            eprintln!("{}: ok{skipped}", file.display());
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Completions { shell } => {
+            crate::docs::completions(*shell, &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::DaemonPid { config, pin_dir } => {
+            return daemon_pid(config.as_deref(), pin_dir.as_deref());
+        }
+        Command::Status(args) if args.watch => return watch_status(cli, args),
         Command::Down { config, pin_dir } => {
             return down(cli, config.as_deref(), pin_dir.as_deref());
         }
-        Command::Status => Request::Status,
+        Command::Status(_) => Request::Status,
         Command::Stats => Request::Stats,
         Command::Backend(b) => Request::Edit(backend_edit(b)),
         Command::Service(ServiceCmd::Add(args)) => {
@@ -413,9 +486,24 @@ fn finish(cli: &Cli, request: &Request, response: Response) -> anyhow::Result<Ex
             ErrorKind::Runtime => Err(anyhow::anyhow!(e.message)),
         };
     }
+    print!("{}", render_response(cli, request, response)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text of a successful response: pretty JSON with `--json`, else the human form.
+/// Errors: a response whose shape does not match the request.
+fn render_response(cli: &Cli, request: &Request, response: Response) -> anyhow::Result<String> {
+    if !response.ok {
+        let message = response
+            .error
+            .map_or_else(|| "the daemon gave no reason".to_string(), |e| e.message);
+        anyhow::bail!(message);
+    }
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&response.result)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&response.result)?
+        ));
     }
     let text = match request {
         Request::Status => crate::display::status(&serde_json::from_value(response.result)?),
@@ -428,8 +516,65 @@ fn finish(cli: &Cli, request: &Request, response: Response) -> anyhow::Result<Ex
         }
         _ => crate::display::done(&response.result),
     };
-    print!("{text}");
-    Ok(ExitCode::SUCCESS)
+    Ok(text)
+}
+
+/// `xlb status --watch`: [`crate::watch`] around the same request and rendering as
+/// `xlb status`.
+fn watch_status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    let mode = match (std::io::stdout().is_terminal(), cli.json) {
+        (true, _) => crate::watch::Mode::Terminal,
+        (false, false) => crate::watch::Mode::Plain,
+        (false, true) => crate::watch::Mode::JsonLines,
+    };
+    let snapshot = || {
+        let response = api::call(&cli.socket, &Request::Status).map_err(|e| e.to_string())?;
+        let text = render_response(cli, &Request::Status, response).map_err(|e| render(&e))?;
+        Ok(text)
+    };
+    let mut out = std::io::stdout().lock();
+    match crate::watch::run(
+        mode,
+        args.interval.0,
+        args.count,
+        snapshot,
+        crate::watch::time_of_day,
+        &mut out,
+    ) {
+        // A reader that went away (`| head`) ends the watch normally.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        r => r.map(|()| ExitCode::SUCCESS).map_err(Into::into),
+    }
+}
+
+/// `xlb daemon-pid`: the holder of the pin-directory lock, from /proc/locks (the lock is
+/// not taken, so a starting daemon is never disturbed). Exit 1 when no daemon holds it.
+fn daemon_pid(config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let pin_dir = match (config, pin_dir) {
+        (Some(c), _) => {
+            config::load_with(c, config::HostChecks::Skip)
+                .map_err(|e| UsageError(e.to_string()))?
+                .daemon
+                .pin_dir
+        }
+        (None, p) => p.map_or_else(|| PathBuf::from(DEFAULT_PIN_DIR), Path::to_path_buf),
+    };
+    match crate::dataplane::lock::holder_of(&pin_dir) {
+        Ok(Some(pid)) => {
+            println!("{pid}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(None) => Err(anyhow::anyhow!(
+            "no xlb daemon holds {} (not running)",
+            pin_dir.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(anyhow::anyhow!(
+            "no xlb daemon holds {}: it does not exist (not running)",
+            pin_dir.display()
+        )),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("inspecting {}", pin_dir.display()))),
+    }
 }
 
 /// `xlb down`: detach, remove the pinned maps, and move the deployment's runtime changes

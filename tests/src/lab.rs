@@ -235,6 +235,12 @@ pub struct Lab {
     pub clients4: Vec<IpAddr>,
     pub clients6: Vec<IpAddr>,
     pub daemon: Option<Proc>,
+    /// The `xlb` binary the daemon and the CLI calls run ([`xlb_bin`] unless a test points
+    /// it elsewhere, e.g. at a package's /usr/bin/xlb).
+    pub xlb: PathBuf,
+    /// A command the daemon is started through, e.g. `setpriv` with a capability set
+    /// (empty: started directly).
+    pub daemon_wrapper: Vec<String>,
     /// XDP_PASS on the switch side of the balancer's veth: a frame sent with XDP_TX into a
     /// veth is only delivered when the peer has an XDP program (DESIGN.md).
     _peer_xdp: Option<Ebpf>,
@@ -272,6 +278,8 @@ impl Lab {
             clients4: Vec::new(),
             clients6: Vec::new(),
             daemon: None,
+            xlb: xlb_bin(),
+            daemon_wrapper: Vec::new(),
             _peer_xdp: None,
             sw,
             id,
@@ -580,9 +588,15 @@ impl Lab {
             .append(true)
             .open(self.dir.join("daemon.log"))
             .expect("daemon log");
-        let child = self
-            .lb
-            .cmd(xlb_bin())
+        let mut cmd = match self.daemon_wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = self.lb.cmd(program);
+                c.args(args).arg(&self.xlb);
+                c
+            }
+            None => self.lb.cmd(&self.xlb),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -647,7 +661,7 @@ impl Lab {
     pub fn try_xlb(&self, args: &[&str]) -> Result<String, (i32, String)> {
         let out = self
             .lb
-            .cmd(xlb_bin())
+            .cmd(&self.xlb)
             .arg("--socket")
             .arg(&self.socket)
             .args(args)

@@ -33,19 +33,25 @@ pub fn run(args: &Args) -> Result<()> {
         .expect("no skipped variants")
         .get_name()
         .to_string();
-    util::run(
-        util::cargo()
-            .args([
-                "run",
-                "--release",
-                "-p",
-                "xlb-tests",
-                "--bin",
-                "xlb-bench",
-                "--",
-            ])
-            .arg(&part)
-            .args(&args.extra),
+    util::phase(
+        "bench",
+        &format!("bench {part} (a line per part and round below)"),
+        || {
+            util::run(
+                util::cargo()
+                    .args([
+                        "run",
+                        "--release",
+                        "-p",
+                        "xlb-tests",
+                        "--bin",
+                        "xlb-bench",
+                        "--",
+                    ])
+                    .arg(&part)
+                    .args(&args.extra),
+            )
+        },
     )
     .with_context(|| {
         format!("benchmark `{part}` failed; run `cargo xtask setup` if the build itself failed")

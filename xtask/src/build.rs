@@ -4,7 +4,12 @@ use crate::util;
 use anyhow::{Context as _, Result};
 
 pub fn run() -> Result<()> {
-    util::run(util::cargo().args(["build", "--release", "-p", "lb-userspace"])).context(
+    util::phase(
+        "build",
+        "release build of xlb (cargo's progress below)",
+        || util::run(util::cargo().args(["build", "--release", "-p", "lb-userspace"])),
+    )
+    .context(
         "building xlb failed; if bpf-linker, the nightly toolchain or its rust-src is \
          missing, run `cargo xtask setup` first",
     )?;

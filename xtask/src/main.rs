@@ -1,5 +1,5 @@
 //! `cargo xtask` for the xlb workspace: `setup`, `build`, `lint`, `test`, `fuzz`, `bench`,
-//! `demo`, `lab-ecmp`.
+//! `demo`, `package`, `lab-ecmp`.
 //!
 //! This crate must compile on a fresh machine, so it depends on nothing in the workspace
 //! and on no eBPF tooling; everything else is driven through `cargo`, `rustup`, `apt-get`.
@@ -9,6 +9,7 @@ mod demo;
 mod fuzz;
 mod lab_ecmp;
 mod lint;
+mod package;
 mod setup;
 mod test;
 mod util;
@@ -43,6 +44,9 @@ enum Command {
     Bench(bench::Args),
     /// The narrated lab demo (root): builds what it needs, cleans up after itself.
     Demo,
+    /// Build the Debian package target/debian/xlb_VERSION_ARCH.deb (binary, systemd unit,
+    /// example config, man pages, completions).
+    Package(package::Args),
     /// Several xlb nodes behind a router's ECMP with BGP (BIRD), narrated with counts (root).
     LabEcmp,
 }
@@ -57,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo => demo::run(),
+        Command::Package(args) => package::run(&args),
         Command::LabEcmp => lab_ecmp::run(),
     };
     match result {

@@ -8,10 +8,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Debian packages the tests, benches and labs need (`ip`, `ethtool`, `nft`, `curl`,
-/// `bpftool`; `bird` and `birdc` for the ECMP lab's router and nodes).
+/// Debian packages the tests and benches need (`ip`, `ethtool`, `nft`, `curl`, `bpftool`),
+/// the package tier: dpkg-dev (`dpkg-shlibdeps`, `strip` from binutils) for
+/// `cargo xtask package`, man-db (`man -l`) and systemd (`systemd-analyze verify`), and
+/// the ECMP lab: bird2 (`bird`, `birdc`) for its router and nodes.
 const PACKAGES: &[&str] = &[
-    "iproute2", "ethtool", "nftables", "curl", "bpftool", "bird2",
+    "iproute2", "ethtool", "nftables", "curl", "bpftool", "dpkg-dev", "man-db", "systemd", "bird2",
 ];
 /// Another apt run holding the dpkg lock (unattended upgrades, a second setup) is waited
 /// for instead of failing at once.
@@ -51,8 +53,10 @@ impl Setup {
             println!("setup: {item}: would run `{}`", util::display(cmd));
             Ok(())
         } else {
-            println!("setup: {item}: fixing");
-            util::run(cmd).with_context(|| format!("setup of {item} failed"))
+            // A phase with its time: the bpf-linker build takes minutes on 2 cores
+            // (cargo's own progress shows in between).
+            util::phase("setup", &format!("{item}: fixing"), || util::run(cmd))
+                .with_context(|| format!("setup of {item} failed"))
         }
     }
 }
@@ -365,6 +369,12 @@ fn bpf_linker(setup: &mut Setup, rebuild: bool) -> Result<()> {
         .args(["install", "bpf-linker", "--locked", "--force"])
         .args(["--no-default-features", "--features"])
         .arg(format!("llvm-{major}"));
+    if !setup.dry_run {
+        println!(
+            "setup: bpf-linker: building it from source against the nightly LLVM \
+             (about 1.5 min on 2 cores; only once per machine)"
+        );
+    }
     setup.fix("bpf-linker", &mut install)?;
     if setup.dry_run {
         return Ok(());

@@ -7,9 +7,17 @@
 //! 3. fuzz (root): `tests/tests/fuzz.rs`, a short fixed-seed run of `cargo xtask fuzz`,
 //!    and the unit tests of the tests crate itself (its oracle, generator, builders).
 //! 4. e2e (root): `tests/tests/e2e/`, network namespaces and the real daemon.
+//! 5. package (root): `tests/tests/package.rs`, the Debian package built by
+//!    `cargo xtask package` (and a newer build of it) installed, upgraded, removed and
+//!    purged on this machine, with a daemon started from the installed binary.
+//!
+//! Unit tests that need root are `#[ignore = "needs root: …"]` in lb-common and
+//! lb-userspace (the unit tier may run without root); the packet tier runs them with
+//! `--ignored`, and a test below keeps every other `#[ignore]` out of the tree, so none
+//! is silently skipped.
 //!
 //! Root tiers run with `--test-threads=1` by default: they share bpffs and network state.
-use crate::util;
+use crate::{package, util};
 use anyhow::{Result, bail};
 use std::fmt;
 
@@ -19,6 +27,7 @@ enum TierArg {
     Packet,
     Fuzz,
     E2e,
+    Package,
     All,
 }
 
@@ -42,10 +51,17 @@ enum Tier {
     Packet,
     Fuzz,
     E2e,
+    Package,
 }
 
 impl Tier {
-    const ALL: [Tier; 4] = [Tier::Unit, Tier::Packet, Tier::Fuzz, Tier::E2e];
+    const ALL: [Tier; 5] = [
+        Tier::Unit,
+        Tier::Packet,
+        Tier::Fuzz,
+        Tier::E2e,
+        Tier::Package,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -53,6 +69,7 @@ impl Tier {
             Tier::Packet => "packet",
             Tier::Fuzz => "fuzz",
             Tier::E2e => "e2e",
+            Tier::Package => "package",
         }
     }
 
@@ -62,6 +79,7 @@ impl Tier {
             Tier::Packet => 2,
             Tier::Fuzz => 3,
             Tier::E2e => 4,
+            Tier::Package => 5,
         }
     }
 
@@ -72,6 +90,7 @@ impl Tier {
             Tier::Packet => Some("packet"),
             Tier::Fuzz => Some("fuzz"),
             Tier::E2e => Some("e2e"),
+            Tier::Package => Some("package"),
         }
     }
 }
@@ -114,6 +133,7 @@ pub fn run(args: &Args) -> Result<()> {
         TierArg::Packet => vec![Tier::Packet],
         TierArg::Fuzz => vec![Tier::Fuzz],
         TierArg::E2e => vec![Tier::E2e],
+        TierArg::Package => vec![Tier::Package],
         TierArg::All => Tier::ALL.to_vec(),
     };
     let explicit = args.tier != TierArg::All;
@@ -122,7 +142,9 @@ pub fn run(args: &Args) -> Result<()> {
     let mut outcomes = Vec::new();
     for tier in tiers {
         println!("\n=== tier {tier} ===");
-        let outcome = run_tier(tier, args.test_threads, cargo_extra, libtest_extra)?;
+        let outcome = util::phase("test", &format!("tier {tier}"), || {
+            run_tier(tier, args.test_threads, cargo_extra, libtest_extra)
+        })?;
         match &outcome.status {
             Status::NotPresent => println!("tier {tier}: not present yet"),
             Status::Failed(why) => eprintln!("tier {tier}: FAILED: {why}"),
@@ -171,31 +193,22 @@ fn run_tier(
     cargo_extra: &[String],
     libtest_extra: &[String],
 ) -> Result<Outcome> {
-    let mut cmd = util::cargo();
-    cmd.arg("test");
-    let mut libtest: Vec<String> = Vec::new();
+    let mut commands = Vec::new();
     match tier.test_target() {
         None => {
-            cmd.args(["-p", "lb-common", "--features", "lb-common/user"])
+            let mut cmd = util::cargo();
+            cmd.args(["test", "-p", "lb-common", "--features", "lb-common/user"])
                 .args(["-p", "lb-userspace", "-p", "xtask"]);
+            commands.push((cmd, Vec::new()));
         }
         Some(target) => {
-            let dir = util::workspace_root().join("tests/tests");
-            // A target is tests/tests/NAME.rs or tests/tests/NAME/main.rs.
-            let file = [
-                dir.join(format!("{target}.rs")),
-                dir.join(target).join("main.rs"),
-            ]
-            .into_iter()
-            .find(|f| f.is_file())
-            .unwrap_or_else(|| dir.join(format!("{target}.rs")));
-            if !file.is_file() {
+            let Some(file) = root_tier_file(target) else {
                 return Ok(Outcome {
                     tier,
                     counts: None,
                     status: Status::NotPresent,
                 });
-            }
+            };
             if !util::is_root() {
                 // Present but unrunnable is a failure, never a silent skip.
                 return Ok(Outcome {
@@ -207,30 +220,39 @@ fn run_tier(
                     )),
                 });
             }
-            // The lab runs the real `xlb` binary: build it (release) first and point the
-            // tests at it, so they never run a stale one.
-            util::run(util::cargo().args(["build", "--release", "-p", "lb-userspace"]))?;
-            cmd.env("XLB_BIN", util::target_dir().join("release").join("xlb"));
-            cmd.args(["--release", "-p", "xlb-tests", "--test", target]);
-            if tier == Tier::Fuzz {
-                // The tests crate's own unit tests (oracle, generator, frame builders).
-                cmd.arg("--lib");
-            }
-            if !libtest_extra
+            let threads = if libtest_extra
                 .iter()
                 .any(|a| a.starts_with("--test-threads"))
             {
-                libtest.push(format!("--test-threads={}", test_threads.unwrap_or(1)));
+                Vec::new()
+            } else {
+                vec![format!("--test-threads={}", test_threads.unwrap_or(1))]
+            };
+            commands.push((root_tier_command(tier, target)?, threads.clone()));
+            if tier == Tier::Packet {
+                // The unit tests that need root (namespaces, veths), `#[ignore]`d for
+                // the unit tier, which may run without root.
+                let mut cmd = util::cargo();
+                cmd.args(["test", "-p", "lb-common", "--features", "lb-common/user"])
+                    .args(["-p", "lb-userspace", "--lib"]);
+                let mut libtest = threads;
+                libtest.push("--ignored".into());
+                commands.push((cmd, libtest));
             }
         }
     }
-    cmd.arg("--no-fail-fast").args(cargo_extra);
-    libtest.extend(libtest_extra.iter().cloned());
-    if !libtest.is_empty() {
-        cmd.arg("--").args(&libtest);
+    let mut success = true;
+    let mut output = String::new();
+    for (mut cmd, mut libtest) in commands {
+        cmd.arg("--no-fail-fast").args(cargo_extra);
+        libtest.extend(libtest_extra.iter().cloned());
+        if !libtest.is_empty() {
+            cmd.arg("--").args(&libtest);
+        }
+        let (ok, out) = util::run_tee(&mut cmd)?;
+        success &= ok;
+        output.push_str(&out);
     }
-
-    let (success, output) = util::run_tee(&mut cmd)?;
     let counts = parse_counts(&output);
     let status = judge(success, &counts);
     Ok(Outcome {
@@ -238,6 +260,42 @@ fn run_tier(
         counts: Some(counts),
         status,
     })
+}
+
+/// tests/tests/NAME.rs or tests/tests/NAME/main.rs, if present.
+fn root_tier_file(target: &str) -> Option<std::path::PathBuf> {
+    let dir = util::workspace_root().join("tests/tests");
+    [
+        dir.join(format!("{target}.rs")),
+        dir.join(target).join("main.rs"),
+    ]
+    .into_iter()
+    .find(|f| f.is_file())
+}
+
+/// `cargo test` of a root tier's target, after building what it runs: the release `xlb`
+/// (the lab runs the real binary; never a stale one), and for the package tier the
+/// package and a newer build of it.
+fn root_tier_command(tier: Tier, target: &str) -> Result<std::process::Command> {
+    util::run(util::cargo().args(["build", "--release", "-p", "lb-userspace"]))?;
+    let mut cmd = util::cargo();
+    cmd.arg("test");
+    cmd.env("XLB_BIN", util::target_dir().join("release").join("xlb"));
+    if tier == Tier::Package {
+        for (var, suffix) in [("XLB_DEB", ""), ("XLB_DEB_NEWER", "+test1")] {
+            let deb = package::build(&package::Args {
+                version_suffix: suffix.into(),
+                no_build: true,
+            })?;
+            cmd.env(var, deb);
+        }
+    }
+    cmd.args(["--release", "-p", "xlb-tests", "--test", target]);
+    if tier == Tier::Fuzz {
+        // The tests crate's own unit tests (oracle, generator, frame builders).
+        cmd.arg("--lib");
+    }
+    Ok(cmd)
 }
 
 fn judge(success: bool, counts: &Counts) -> Status {
@@ -425,6 +483,58 @@ test result: FAILED. 4 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; 
             ..Default::default()
         };
         assert_eq!(judge(true, &filtered), Status::FilteredOut);
+    }
+
+    /// Nothing is silently skipped: every ignored test in the workspace is a root-only
+    /// unit test of lb-common or lb-userspace (`#[ignore = "needs root…"]`), which the
+    /// packet tier runs with `--ignored`. Benchmarks belong to `cargo xtask bench`.
+    #[test]
+    fn every_ignored_test_runs_in_a_root_tier() {
+        let needle = concat!("#[", "ignore");
+        let allowed = concat!("#[", "ignore = \"needs root");
+        let root = util::workspace_root();
+        let mut found = Vec::new();
+        for dir in ["lb-common", "lb-ebpf", "lb-userspace", "tests", "xtask"] {
+            rust_files(&root.join(dir), &mut found);
+        }
+        assert!(found.len() > 50, "found only {} files", found.len());
+        let mut root_only = 0;
+        for file in found {
+            let text = std::fs::read_to_string(&file).expect("read");
+            let rel = file.strip_prefix(&root).expect("in the workspace");
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if !line.starts_with(needle) {
+                    continue;
+                }
+                let ran_by_packet_tier =
+                    rel.starts_with("lb-common/src") || rel.starts_with("lb-userspace/src");
+                assert!(
+                    line.starts_with(allowed) && ran_by_packet_tier,
+                    "{}:{}: `{line}` would never run: make it a root-only unit test of \
+                     lb-common/lb-userspace (`{allowed}: …\"]`, run by the packet tier), \
+                     a test of a root tier, or a benchmark",
+                    rel.display(),
+                    n + 1
+                );
+                root_only += 1;
+            }
+        }
+        assert!(root_only >= 1, "the neighbour test is root-only");
+    }
+
+    fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() && !path.ends_with("target") {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
     }
 
     #[test]

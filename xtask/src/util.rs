@@ -4,6 +4,7 @@ use std::ffi::OsStr;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
@@ -84,6 +85,33 @@ pub fn display(cmd: &Command) -> String {
     parts.push(program.to_string_lossy().into_owned());
     parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
     parts.join(" ")
+}
+
+/// `4.2 s`, `1 min 32 s`: elapsed time for progress lines.
+pub fn elapsed(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 60.0 {
+        format!("{secs:.1} s")
+    } else {
+        let whole = d.as_secs();
+        format!("{} min {:02} s", whole / 60, whole % 60)
+    }
+}
+
+/// Runs one phase of a long task between two progress lines, `[task] what…` and
+/// `[task] what: done in 1 min 32 s` (or `failed after …`), so a slow step is never
+/// silent and its cost is visible. Whatever the phase prints (cargo's own progress)
+/// appears in between.
+pub fn phase<T>(task: &str, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    println!("[{task}] {what}…");
+    let start = Instant::now();
+    let result = f();
+    let took = elapsed(start.elapsed());
+    match &result {
+        Ok(_) => println!("[{task}] {what}: done in {took}"),
+        Err(_) => println!("[{task}] {what}: failed after {took}"),
+    }
+    result
 }
 
 /// Runs a command with inherited stdio; fails if it cannot start or exits non-zero.
@@ -168,4 +196,22 @@ pub fn in_path(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elapsed_reads_naturally() {
+        assert_eq!(elapsed(Duration::from_millis(4_240)), "4.2 s");
+        assert_eq!(elapsed(Duration::from_secs(92)), "1 min 32 s");
+        assert_eq!(elapsed(Duration::from_secs(314)), "5 min 14 s");
+    }
+
+    #[test]
+    fn phase_reports_and_passes_the_result() {
+        assert_eq!(phase("t", "ok", || Ok(7)).unwrap(), 7);
+        assert!(phase::<()>("t", "fails", || bail!("no")).is_err());
+    }
 }

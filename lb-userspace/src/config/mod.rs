@@ -51,7 +51,8 @@ pub struct Config {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonConfig {
-    /// XDP attach points; non-empty, no duplicates, each exists when the config is loaded.
+    /// XDP attach points; non-empty, no duplicates, each exists when the config is loaded
+    /// with [`HostChecks::Run`].
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     /// bpffs directory for pinned maps and the XDP link; absolute. It names the
@@ -165,18 +166,44 @@ impl fmt::Display for InvalidDisplay<'_> {
     }
 }
 
-/// Reads, parses and validates the config file.
+/// Whether a config is also checked against the machine it is read on (the interfaces
+/// exist). Everything else is judged alike on every machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostChecks {
+    /// The daemon's and `check-config`'s default.
+    #[default]
+    Run,
+    /// `check-config --offline`: a config written for another host.
+    Skip,
+}
+
+/// Reads, parses and validates the config file, host checks included.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, HostChecks::Run)
+}
+
+/// [`load`] with the host checks on or off.
+pub fn load_with(path: &Path, host: HostChecks) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_owned(),
         source,
     })?;
-    parse(path, &text)
+    parse_with(path, &text, host)
 }
 
-/// Parses and validates config text; `path_for_messages` only names the file in errors.
+/// Parses and validates config text, host checks included; `path_for_messages` only
+/// names the file in errors.
 pub fn parse(path_for_messages: &Path, text: &str) -> Result<Config, ConfigError> {
-    parse::parse(path_for_messages, text).map_err(|mut errors| {
+    parse_with(path_for_messages, text, HostChecks::Run)
+}
+
+/// [`parse`] with the host checks on or off.
+pub fn parse_with(
+    path_for_messages: &Path,
+    text: &str,
+    host: HostChecks,
+) -> Result<Config, ConfigError> {
+    parse::parse(path_for_messages, text, host).map_err(|mut errors| {
         errors.sort_by_key(|e| (e.line, e.column));
         ConfigError::Invalid {
             path: path_for_messages.to_owned(),

@@ -13,7 +13,7 @@ use toml::{
 };
 
 use super::{
-    Config, DaemonConfig, LocatedError, default_state_file,
+    Config, DaemonConfig, HostChecks, LocatedError, default_state_file,
     locate::Doc,
     schema::{RawAnnounce, RawDaemon},
 };
@@ -24,8 +24,9 @@ use crate::model::{
     validate::{Errors, out_of_range, validate_announce, validate_service},
 };
 
-/// Every error of the text, or the config.
-pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<LocatedError>> {
+/// Every error of the text, or the config. `host` says whether the checks against this
+/// machine run (the last step, [`host_errors`]).
+pub fn parse(path: &Path, text: &str, host: HostChecks) -> Result<Config, Vec<LocatedError>> {
     let (table, syntax_errors) = DeTable::parse_recoverable(text);
     let doc = Doc {
         text,
@@ -36,6 +37,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<LocatedError>> {
     }
     let mut errors = Vec::new();
     let top = split_top(&doc, &mut errors);
+    if host == HostChecks::Run
+        && let Some(raw) = &top.daemon
+    {
+        let found = host_errors(raw.interfaces.as_deref().unwrap_or_default());
+        errors.extend(found.into_iter().map(|e| doc.field_error("daemon", e)));
+    }
     let daemon = top.daemon.and_then(|raw| match daemon_from_raw(raw) {
         Ok(d) => Some(d),
         Err(fe) => {
@@ -193,8 +200,6 @@ fn interfaces(e: &mut Errors, raw: Option<Vec<String>>, d: &mut DaemonConfig) {
                 let field = format!("interfaces[{i}]");
                 if !seen.insert(name) {
                     e.push(field, format!("interface {name:?} is listed twice"));
-                } else if !interface_exists(name) {
-                    e.push(field, format!("interface {name:?} does not exist"));
                 }
             }
             d.interfaces = list;
@@ -227,6 +232,24 @@ fn metrics(e: &mut Errors, raw: Option<String>) -> Option<SocketAddr> {
             }
         },
     }
+}
+
+/// The checks against this machine, the only ones `check-config --offline` skips: every
+/// interface (first mention of each) exists here. Everything else in the file is judged
+/// the same on any machine.
+fn host_errors(interfaces: &[String]) -> Vec<FieldError> {
+    let mut seen = HashSet::new();
+    interfaces
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| seen.insert(*name) && !interface_exists(name))
+        .map(|(i, name)| {
+            FieldError::new(
+                format!("interfaces[{i}]"),
+                format!("interface {name:?} does not exist on this host"),
+            )
+        })
+        .collect()
 }
 
 fn interface_exists(name: &str) -> bool {

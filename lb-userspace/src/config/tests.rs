@@ -223,6 +223,46 @@ fn all_errors_are_reported_in_file_order() {
     assert_eq!((errors[1].line, errors[1].column), (9, 13));
 }
 
+/// `HostChecks::Skip` skips the interface check and nothing else: a config written for
+/// another machine passes, the same file with any other mistake still fails, and the
+/// default (the daemon's) still reports the interfaces.
+#[test]
+fn offline_skips_only_the_checks_against_this_host() {
+    let elsewhere = DESIGN_EXAMPLE.replace("[\"lo\"]", "[\"xlbnosuch0\", \"lo\", \"xlbnosuch1\"]");
+    let cfg = parse_with(Path::new(FILE), &elsewhere, HostChecks::Skip).expect("offline");
+    assert_eq!(cfg.daemon.interfaces, ["xlbnosuch0", "lo", "xlbnosuch1"]);
+
+    let errors = errors_of(&elsewhere);
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "3:15: daemon.interfaces[0]: interface \"xlbnosuch0\" does not exist on this host",
+            "3:35: daemon.interfaces[2]: interface \"xlbnosuch1\" does not exist on this host",
+        ],
+        "{errors:#?}"
+    );
+
+    let also_wrong = elsewhere.replace("prefix_v4 = 32", "prefix_v4 = 33");
+    let Err(ConfigError::Invalid { errors, .. }) =
+        parse_with(Path::new(FILE), &also_wrong, HostChecks::Skip)
+    else {
+        panic!("offline accepted prefix_v4 = 33");
+    };
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["service[0].prefix_v4"]);
+
+    // A duplicate is a mistake on any machine.
+    let twice = DESIGN_EXAMPLE.replace("[\"lo\"]", "[\"xlbnosuch0\", \"xlbnosuch0\"]");
+    let Err(ConfigError::Invalid { errors, .. }) =
+        parse_with(Path::new(FILE), &twice, HostChecks::Skip)
+    else {
+        panic!("offline accepted a duplicate interface");
+    };
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].message.contains("listed twice"), "{errors:#?}");
+}
+
 #[test]
 fn errors_in_one_service_do_not_hide_another() {
     let text = format!(

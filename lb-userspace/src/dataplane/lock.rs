@@ -103,6 +103,15 @@ impl PinDirLock {
     }
 }
 
+/// The pid of the process holding the lock on `pin_dir` (a running daemon), read from
+/// /proc/locks without taking the lock, so probing never makes a starting daemon fail.
+/// `Ok(None)`: the directory exists and nobody holds it (or /proc/locks does not name the
+/// holder). Errors: `pin_dir` cannot be inspected (e.g. does not exist: `NotFound`).
+pub fn holder_of(pin_dir: &Path) -> io::Result<Option<u32>> {
+    let meta = std::fs::metadata(pin_dir)?;
+    Ok(holder_pid(meta.dev(), meta.ino()))
+}
+
 /// The pid holding a `flock` on the inode (`dev`, `ino`), from /proc/locks.
 fn holder_pid(dev: u64, ino: u64) -> Option<u32> {
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
@@ -159,7 +168,9 @@ mod tests {
             )),
             "{msg}"
         );
+        assert_eq!(holder_of(&dir).expect("probe"), Some(std::process::id()));
         drop(first);
+        assert_eq!(holder_of(&dir).expect("probe"), None);
         let again = PinDirLock::acquire_existing(&dir).expect("lock after release");
         assert!(again.is_some());
         drop(again);

@@ -882,7 +882,15 @@ fn run_combo(combo: Combo, tag: &str, cpu: usize) -> ComboResult {
     let mut on_cpu_min = 1.0f64;
     let mut hit_ratio = Samples::default();
     let mut miss_ratio = Samples::default();
+    let started = Instant::now();
     for round in 0..ROUNDS {
+        // Progress: a round of every variant takes tens of seconds.
+        println!(
+            "e2e {}: round {}/{ROUNDS} ({:.0} s so far)",
+            combo.label(),
+            round + 1,
+            started.elapsed().as_secs_f64()
+        );
         // Interleaved, and the order rotated each round.
         for k in 0..Variant::ALL.len() {
             let v = Variant::ALL[(k + round) % Variant::ALL.len()];

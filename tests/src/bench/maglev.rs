@@ -59,7 +59,7 @@ pub fn run() {
         "maglev",
         &json!({
             "build_ms": build,
-            "build_backends": "10.1.0.1 + i (sequential IPv4), weight 1",
+            "build_backends": "10.1.0.1 + i (sequential IPv4), weight 1 or (weights 1..10) i % 10 + 1",
             "build_repetitions": BUILD_REPS,
             "clients": CLIENTS,
             "clients_range": "100.64.0.0 + i, sequential IPv4 from 100.64.0.0/10, /32 affinity keys",
@@ -73,6 +73,17 @@ pub fn run() {
 /// Backend `i`: 10.1.0.1 + i, weight 1, id `i`.
 fn pool(n: u32) -> Vec<MaglevBackend> {
     (0..n).map(backend).collect()
+}
+
+/// [`pool`] with weights 1..=10 (backend `i` weighs `i % 10 + 1`): the weighted build
+/// takes turns by weight, a path equal weights do not exercise.
+fn weighted_pool(n: u32) -> Vec<MaglevBackend> {
+    (0..n)
+        .map(|i| MaglevBackend {
+            weight: i % 10 + 1,
+            ..backend(i)
+        })
+        .collect()
 }
 
 fn backend(i: u32) -> MaglevBackend {
@@ -92,13 +103,21 @@ fn build_time() -> Vec<Value> {
     );
     println!();
     println!(
-        "{:>5} {:>7} {:>9} {:>19} {:>8} {:>8}  verdict",
-        "N", "M", "median", "min – max", "paper", "goal"
+        "{:>5} {:>7} {:>8} {:>9} {:>19} {:>8} {:>8}  verdict",
+        "N", "M", "weights", "median", "min – max", "paper", "goal"
     );
     let mut out = Vec::new();
+    let cases = [10u32, 100, 1000]
+        .map(|n| (n, "1", pool as fn(u32) -> Vec<MaglevBackend>))
+        .into_iter()
+        .chain([(
+            1000,
+            "1..10",
+            weighted_pool as fn(u32) -> Vec<MaglevBackend>,
+        )]);
     for m in [M_SMALL, M_LARGE] {
-        for n in [10u32, 100, 1000] {
-            let backends = pool(n);
+        for (n, weights, make) in cases.clone() {
+            let backends = make(n);
             // One warm-up build (page faults of the first allocation).
             std::hint::black_box(maglev::build(&backends, m).expect("build"));
             let mut s = Samples::default();
@@ -110,14 +129,14 @@ fn build_time() -> Vec<Value> {
                 std::hint::black_box(table);
             }
             let goal = GOAL_MS.iter().find(|g| g.0 == m).expect("goal").1;
-            let paper = if n == 1000 {
+            let paper = if n == 1000 && weights == "1" {
                 PAPER_MS.iter().find(|p| p.0 == m).map(|p| p.1)
             } else {
                 None
             };
             let verdict = if s.median() <= goal { "met" } else { "MISSED" };
             println!(
-                "{n:>5} {m:>7} {:>6.2} ms {:>7.2} – {:>6.2} ms {:>8} {:>5.0} ms  {verdict}",
+                "{n:>5} {m:>7} {weights:>8} {:>6.2} ms {:>7.2} – {:>6.2} ms {:>8} {:>5.0} ms  {verdict}",
                 s.median(),
                 s.min(),
                 s.max(),
@@ -127,6 +146,7 @@ fn build_time() -> Vec<Value> {
             out.push(json!({
                 "n": n,
                 "m": m,
+                "weights": weights,
                 "median": s.median(),
                 "min": s.min(),
                 "max": s.max(),

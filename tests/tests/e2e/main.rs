@@ -8,3 +8,4 @@ mod dataplane;
 mod ecmp;
 mod health;
 mod scenarios;
+mod watch;
