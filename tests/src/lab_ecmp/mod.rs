@@ -864,6 +864,45 @@ impl Node {
             .collect()
     }
 
+    /// Every service's Maglev table as this node's data plane holds it, slot by slot, as
+    /// backend addresses (read from the pinned maps, like any tool would): (VIP, port,
+    /// protocol) → slots.
+    pub fn maglev_tables(&self) -> BTreeMap<(IpAddr, u16, u8), Vec<Option<IpAddr>>> {
+        use lb_common::{
+            Backend, MAP_BACKENDS, MAP_MAGLEV, MAP_SERVICES, ServiceKey, ServiceValue,
+        };
+        let open = |name: &str| {
+            let path = self.pin_dir.join("maps").join(name);
+            aya::maps::MapData::from_pin(&path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+        };
+        let services: aya::maps::HashMap<_, ServiceKey, ServiceValue> =
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(open(MAP_SERVICES)))
+                .expect("hash");
+        let backends: aya::maps::Array<_, Backend> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(open(MAP_BACKENDS))).expect("array");
+        let maglev: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(open(MAP_MAGLEV))).expect("array");
+        let mut out = BTreeMap::new();
+        for (k, v) in services.iter().filter_map(|r| r.ok()) {
+            if v.flags & lb_common::SVC_F_VIP_MARKER != 0 {
+                continue;
+            }
+            let slots = (v.table_offset..v.table_offset + v.table_size)
+                .map(|i| {
+                    let id = maglev.get(&i, 0).expect("slot");
+                    (id != lb_common::NO_BACKEND).then(|| {
+                        let b = backends.get(&id, 0).expect("backend");
+                        xlb::model::addr_from_words(&b.addr, b.family)
+                    })
+                })
+                .collect();
+            let vip = xlb::model::addr_from_words(&k.addr, k.family);
+            out.insert((vip, u16::from_be(k.port_be), k.proto), slots);
+        }
+        out
+    }
+
     /// The live pins of `service` in this node's affinity table: client → backend.
     pub fn pins(&self, service: &str) -> BTreeMap<IpAddr, IpAddr> {
         let v = self.api(&xlb::api::Request::AffinityList {

@@ -379,6 +379,9 @@ pub struct Determinism {
     pub clients: usize,
     /// Per node, the runtime changes it got, in order.
     pub orders: Vec<(String, Vec<String>)>,
+    /// Per service (VIP, port, protocol): slots of the Maglev table in which some node's
+    /// backend differs from node 0's, and the table size.
+    pub table_differences: Vec<(String, usize, usize)>,
     /// (node, client) explains that said "hashed" (no pin yet).
     pub explained_hashed: usize,
     pub explained: usize,
@@ -421,6 +424,7 @@ pub fn determinism(lab: &EcmpLab) -> Determinism {
     flush_all(lab);
     let clients = all_clients(lab);
     let mut mismatches = Vec::new();
+    let table_differences = compare_tables(lab);
 
     // Explain on every node.
     let mut explained: Vec<BTreeMap<IpAddr, (String, Option<IpAddr>)>> = Vec::new();
@@ -490,6 +494,7 @@ pub fn determinism(lab: &EcmpLab) -> Determinism {
     Determinism {
         clients: clients.len(),
         orders: told,
+        table_differences,
         explained_hashed,
         explained: explained.iter().map(|m| m.len()).sum(),
         explain_agree,
@@ -500,11 +505,36 @@ pub fn determinism(lab: &EcmpLab) -> Determinism {
     }
 }
 
+/// Every node's Maglev tables compared slot by slot with node 0's.
+fn compare_tables(lab: &EcmpLab) -> Vec<(String, usize, usize)> {
+    let tables: Vec<_> = lab.nodes.iter().map(|n| n.maglev_tables()).collect();
+    tables[0]
+        .iter()
+        .map(|((vip, port, proto), slots)| {
+            let differing = (0..slots.len())
+                .filter(|i| {
+                    tables[1..].iter().any(|t| {
+                        t.get(&(*vip, *port, *proto)).and_then(|s| s.get(*i)) != Some(&slots[*i])
+                    })
+                })
+                .count();
+            (format!("{vip}:{port}/{proto}"), differing, slots.len())
+        })
+        .collect()
+}
+
 impl fmt::Display for Determinism {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (n, o) in &self.orders {
             writeln!(f, "  {n}: started with be0, then {}", o.join(" "))?;
         }
+        let differing: usize = self.table_differences.iter().map(|t| t.1).sum();
+        let slots: usize = self.table_differences.iter().map(|t| t.2).sum();
+        writeln!(
+            f,
+            "  Maglev tables of {} services compared slot by slot across the nodes: {differing} of {slots} slots differ",
+            self.table_differences.len()
+        )?;
         writeln!(
             f,
             "  `xlb explain` for {} clients on every node ({} explains, {} of them \"hashed\": no pin): the same backend on every node for {} of {}",

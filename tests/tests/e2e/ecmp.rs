@@ -27,6 +27,10 @@ fn ecmp_every_node_picks_the_same_backend_whatever_the_order_of_adds() {
     lab.wait_next_hops(&lab.vips, &[0, 1, 2], Duration::from_secs(10));
     let r = scenarios::determinism(&lab);
     println!("{r}");
+    assert_eq!(r.table_differences.len(), 4, "{r}");
+    for (svc, differing, _) in &r.table_differences {
+        assert_eq!(*differing, 0, "{svc}: {r}");
+    }
     assert_eq!(r.explained_hashed, r.explained, "no client had a pin yet");
     assert_eq!(r.explain_agree, r.clients, "{r}");
     for (n, agree) in &r.traffic_agree {
