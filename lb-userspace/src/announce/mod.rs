@@ -220,3 +220,89 @@ async fn run_if_changed(
     done.insert(vip, up);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(vip: &str, announce: bool) -> Decision {
+        Decision {
+            vip: vip.parse().unwrap(),
+            announce,
+            reason: if announce {
+                Reason::Serving {
+                    services: vec!["web".into()],
+                }
+            } else {
+                Reason::Drained
+            },
+        }
+    }
+
+    /// The command announcer runs a command only when a VIP's outcome changes (every VIP
+    /// at the first sync), retries a failed one, and withdraws a VIP no longer configured.
+    #[tokio::test]
+    async fn commands_run_on_changes_only() {
+        let dir = std::env::temp_dir().join(format!("xlb-announce-cmd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        let fail = dir.join("fail");
+        let script = |verb: &str| {
+            vec![
+                "sh".to_string(),
+                "-c".into(),
+                format!(
+                    "test -e {} && exit 1; echo {verb} $0 >> {}",
+                    fail.display(),
+                    log.display()
+                ),
+                "{prefix}".into(),
+            ]
+        };
+        let mut a = Announcer::new(
+            &Announce::Command {
+                announce: script("announce"),
+                withdraw: script("withdraw"),
+            },
+            Duration::from_secs(5),
+        );
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        let out = a
+            .sync(&[decision("192.0.2.1", true), decision("192.0.2.2", false)])
+            .await;
+        assert_eq!(read(), "announce 192.0.2.1/32\nwithdraw 192.0.2.2/32\n");
+        assert_eq!(out[0].announced, Some(true));
+        assert_eq!(out[1].announced, Some(false));
+        // Nothing changed: nothing runs.
+        a.sync(&[decision("192.0.2.1", true), decision("192.0.2.2", false)])
+            .await;
+        assert_eq!(read().lines().count(), 2);
+        // A failing command is reported and retried.
+        std::fs::write(&fail, "").unwrap();
+        let out = a
+            .sync(&[decision("192.0.2.1", false), decision("192.0.2.2", false)])
+            .await;
+        assert!(
+            out[0]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("failed")),
+            "{out:?}"
+        );
+        assert_eq!(out[0].announced, Some(true), "still announced");
+        std::fs::remove_file(&fail).unwrap();
+        a.sync(&[decision("192.0.2.1", false), decision("192.0.2.2", false)])
+            .await;
+        assert!(read().ends_with("withdraw 192.0.2.1/32\n"), "{}", read());
+        // 192.0.2.2 is announced, then its service goes: withdrawn.
+        a.sync(&[decision("192.0.2.2", true)]).await;
+        a.sync(&[]).await;
+        assert!(
+            read().ends_with("announce 192.0.2.2/32\nwithdraw 192.0.2.2/32\n"),
+            "{}",
+            read()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

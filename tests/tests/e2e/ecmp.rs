@@ -132,3 +132,117 @@ fn ecmp_drain_add_and_return() {
     );
     assert_eq!(r.others_changed, 0, "{r}");
 }
+
+/// xlb's BIRD announcer against a real BIRD: protocols of announced VIPs enabled, of
+/// withdrawn ones disabled, a stale `xlb_*` protocol (its VIP no longer configured)
+/// disabled, a VIP without protocol reported with the block to add, an unreachable BIRD
+/// reported for every VIP.
+#[test]
+fn ecmp_bird_announcer_drives_a_real_bird() {
+    use xlb::announce::{Announcer, Decision, Reason};
+    use xlb::model::{Announce, announce::bird_protocol};
+    use xlb_tests::lab::{Netns, Proc};
+
+    xlb_tests::require_root();
+    let id = format!("xb{:x}", std::process::id() % 0xffff);
+    let ns = Netns::new(format!("{id}-bird"));
+    let dir = std::env::temp_dir().join(format!("xlb-{id}-bird"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (v1, v2, v3, v4): (
+        std::net::IpAddr,
+        std::net::IpAddr,
+        std::net::IpAddr,
+        std::net::IpAddr,
+    ) = (
+        "192.0.2.1".parse().unwrap(),
+        "2001:db8::2".parse().unwrap(),
+        "192.0.2.3".parse().unwrap(),
+        "192.0.2.4".parse().unwrap(),
+    );
+    let conf = dir.join("bird.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "router id 192.0.2.254;\nprotocol device {{}}\n{}\n{}\n\
+             protocol static {} {{ ipv4; route {v3}/32 blackhole; }}\n",
+            xlb::model::announce::bird_protocol_config(v1),
+            xlb::model::announce::bird_protocol_config(v2).replace("disabled; ", ""),
+            bird_protocol(v3),
+        ),
+    )
+    .unwrap();
+    let sock = dir.join("bird.ctl");
+    let mut bird = Proc {
+        child: ns
+            .cmd("bird")
+            .args(["-f", "-c"])
+            .arg(&conf)
+            .arg("-s")
+            .arg(&sock)
+            .spawn()
+            .expect("bird (cargo xtask setup installs it)"),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let states = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(xlb::announce::bird::Bird::new(&sock, Duration::from_secs(2)).protocols("xlb_"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while states(&rt).is_err() {
+        assert!(std::time::Instant::now() < deadline, "BIRD did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut a = Announcer::new(
+        &Announce::Bird {
+            socket: sock.clone(),
+        },
+        Duration::from_secs(2),
+    );
+    let d = |vip, announce| Decision {
+        vip,
+        announce,
+        reason: Reason::Drained,
+    };
+    let out = rt.block_on(a.sync(&[d(v1, true), d(v2, false), d(v4, true)]));
+    let s = states(&rt).unwrap();
+    assert_eq!(s.get(&bird_protocol(v1)), Some(&true), "{s:?}");
+    assert_eq!(s.get(&bird_protocol(v2)), Some(&false), "{s:?}");
+    assert_eq!(
+        s.get(&bird_protocol(v3)),
+        Some(&false),
+        "stale protocol disabled: {s:?}"
+    );
+    assert_eq!(out[0].announced, Some(true));
+    assert_eq!(out[1].announced, Some(false));
+    assert_eq!(out[2].announced, None);
+    let e = out[2].error.clone().unwrap_or_default();
+    assert!(
+        e.contains("BIRD has no protocol xlb_192_0_2_4")
+            && e.contains(
+                "protocol static xlb_192_0_2_4 { disabled; ipv4; route 192.0.2.4/32 blackhole; }"
+            ),
+        "{e}"
+    );
+    // Someone disables an announced VIP by hand (or BIRD restarts): the next sync fixes it.
+    rt.block_on(
+        xlb::announce::bird::Bird::new(&sock, Duration::from_secs(2))
+            .set(&bird_protocol(v1), false),
+    )
+    .unwrap();
+    rt.block_on(a.sync(&[d(v1, true), d(v2, false)]));
+    assert_eq!(states(&rt).unwrap().get(&bird_protocol(v1)), Some(&true));
+    bird.kill();
+    let out = rt.block_on(a.sync(&[d(v1, true)]));
+    assert_eq!(out[0].announced, None);
+    assert!(
+        out[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot reach BIRD")),
+        "{out:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
