@@ -1,5 +1,6 @@
-//! The control API: one JSON request per line on the daemon's Unix socket (mode 0600,
-//! root only), one JSON response per line back. There is no TCP control port.
+//! The control API: one JSON request per line on the daemon's Unix socket (root only, or
+//! root and `daemon.socket_group`; the daemon checks every peer), one JSON response per
+//! line back. There is no TCP control port.
 //!
 //! Owns: the wire types ([`Request`] = an [`Edit`] or a query; [`Response`] and the result
 //! shapes) and the client call. Must not touch: what a request does (the daemon's).
@@ -43,6 +44,8 @@ pub enum Request {
         #[serde(default)]
         service: Option<String>,
     },
+    /// Re-read the config file; the runtime edits stay on top (`xlb reload`, SIGHUP).
+    Reload,
 }
 
 /// Decodes one request line. A rejection names the key path that is wrong
@@ -88,6 +91,11 @@ fn variants<T: serde::de::DeserializeOwned>() -> Option<String> {
     let list = e.split("expected one of ").nth(1)?;
     Some(list.split(" at line").next().unwrap_or(list).to_string())
 }
+
+/// An error that is the caller's: bad arguments, a bad config or request. Exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Why a request failed: decides the CLI's exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,10 +151,25 @@ pub struct Status {
     pub program_id: u32,
     pub attach_mode: String,
     pub interfaces: Vec<String>,
+    /// Per configured interface: attached or not, and why not.
+    #[serde(default)]
+    pub attachments: Vec<InterfaceStatus>,
     /// Seconds since the pinned-client counts were taken (they come from a scan of the
     /// affinity table, repeated in the background).
     pub pinned_counts_age_s: f64,
     pub services: Vec<ServiceStatus>,
+}
+
+/// One configured XDP interface as the daemon sees it now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    /// The interface's index while it exists.
+    pub ifindex: Option<u32>,
+    /// The program is attached to it (through its pinned link).
+    pub attached: bool,
+    /// Why not attached (interface deleted, attach failed: the error).
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -181,7 +204,9 @@ pub struct BackendStatus {
     pub note: Option<String>,
     /// Share of the Maglev table (new clients), 0..1.
     pub table_share: f64,
-    /// Live affinity entries pointing to it.
+    /// Live affinity entries pointing to it: entries that decide their client's next
+    /// packet. 0 while the backend is unusable (unhealthy or unresolved): its entries are
+    /// stale then — each client moves on its next packet — and are not counted.
     pub pinned_clients: u64,
     /// Health state changes seen by this daemon.
     pub health_transitions: u64,
@@ -364,6 +389,7 @@ mod tests {
             assert_eq!(serde_json::to_value(&r).unwrap(), v);
         }
         assert_eq!(decode_request("\"status\"").unwrap(), Request::Status);
+        assert_eq!(decode_request("\"reload\"").unwrap(), Request::Reload);
         let e = decode_request(r#"{"edit":{"backend_add":{"service":"web","address":"x"}}}"#)
             .unwrap_err();
         assert!(e.starts_with("edit.backend_add.address: "), "{e}");

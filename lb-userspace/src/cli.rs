@@ -25,10 +25,7 @@ use crate::{
     state,
 };
 
-/// An error that is the caller's: bad arguments or config. Exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use crate::api::UsageError;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -89,6 +86,9 @@ pub enum Command {
     /// Node maintenance: withdraw or announce again every VIP of this node.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Re-read the daemon's config file (runtime changes stay on top); a config with
+    /// errors is refused whole (exit 2) and nothing changes. SIGHUP does the same.
+    Reload,
     /// Detach the program, remove all pinned state and move the runtime changes aside
     /// (no daemon needed).
     Down {
@@ -421,6 +421,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             return down(cli, config.as_deref(), pin_dir.as_deref());
         }
         Command::Status(_) => Request::Status,
+        Command::Reload => Request::Reload,
         Command::Stats => Request::Stats,
         Command::Backend(b) => Request::Edit(backend_edit(b)),
         Command::Service(ServiceCmd::Add(args)) => {
@@ -927,6 +928,10 @@ mod tests {
 
     #[test]
     fn good_command_lines_parse() {
+        assert!(matches!(
+            parse(&["reload"]).unwrap().command,
+            Command::Reload
+        ));
         let cli = parse(&[
             "--json",
             "--socket",

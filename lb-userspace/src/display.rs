@@ -30,6 +30,23 @@ fn bits(bps: f64) -> String {
     }
 }
 
+/// The configured interfaces, each detached one with why.
+fn interfaces(s: &api::Status) -> String {
+    if s.attachments.is_empty() {
+        return s.interfaces.join(", ");
+    }
+    let shown: Vec<String> = s
+        .attachments
+        .iter()
+        .map(|a| match (&a.note, a.attached) {
+            (_, true) => a.name.clone(),
+            (Some(why), false) => format!("{} (DETACHED: {why})", a.name),
+            (None, false) => format!("{} (DETACHED)", a.name),
+        })
+        .collect();
+    shown.join(", ")
+}
+
 /// `xlb status`.
 pub fn status(s: &api::Status) -> String {
     let mut o = String::new();
@@ -39,7 +56,7 @@ pub fn status(s: &api::Status) -> String {
         s.version,
         s.program_id,
         s.attach_mode,
-        s.interfaces.join(", ")
+        interfaces(s)
     );
     for svc in &s.services {
         let port = if svc.port == 0 {

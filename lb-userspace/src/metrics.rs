@@ -26,6 +26,7 @@
 //! |---|---|---|
 //! | `xlb_info` = 1 | info | `version`, `program_id`, `attach_mode`, `interfaces` |
 //! | `xlb_packets_total` | counter | `reason` |
+//! | `xlb_interface_attached` (0/1) | gauge | `interface` |
 //! | `xlb_service_packets_total`, `xlb_service_bytes_total`, `xlb_service_affinity_hits_total`, `xlb_service_affinity_misses_total`, `xlb_service_repins_total`, `xlb_service_expiries_total`, `xlb_service_no_backend_total` | counter | `service` |
 //! | `xlb_service_pinned_clients` | gauge | `service` |
 //! | `xlb_backend_packets_total`, `xlb_backend_bytes_total`, `xlb_backend_pins_total`, `xlb_backend_health_transitions_total` | counter | `service`, `backend` |
@@ -48,7 +49,7 @@ use log::debug;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text},
-    metrics::{MetricType, TypedMetric, counter::ConstCounter, gauge::ConstGauge},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
 use tokio::{
@@ -64,6 +65,8 @@ pub struct Snapshot {
     pub program_id: u32,
     pub attach_mode: String,
     pub interfaces: Vec<String>,
+    /// Per configured interface: whether the program is attached to it now.
+    pub attachments: Vec<(String, bool)>,
     /// Global per-packet verdict/reason counters, e.g. ("drop_fragment", 3), ("tx", 100):
     /// the `reason` label.
     pub packets: Vec<(String, u64)>,
@@ -131,78 +134,218 @@ fn render(s: Snapshot) -> String {
 #[derive(Debug)]
 struct SnapshotCollector(Snapshot);
 
-type ServiceLabels<'a> = [(&'static str, &'a str); 1];
-type BackendLabels<'a> = [(&'static str, &'a str); 2];
+/// The units xlb's families use (a `prometheus_client::registry::Unit` has a destructor,
+/// which a constant table cannot hold).
+#[derive(Clone, Copy)]
+enum Units {
+    Bytes,
+    Seconds,
+}
 
-/// Writes one metric family: its descriptor, then one sample per label set.
+impl Units {
+    fn unit(self) -> Unit {
+        match self {
+            Units::Bytes => Unit::Bytes,
+            Units::Seconds => Unit::Seconds,
+        }
+    }
+}
+
+/// One sample's value: counters and integer gauges print as integers.
+#[derive(Clone, Copy)]
+enum Num {
+    Int(u64),
+    Float(f64),
+}
+
+/// A family of one sample per service or per backend: name (with the unit suffix when
+/// `unit` is set; counters without `_total`), help, type, and the value of one item
+/// (`None` leaves its sample out).
+struct Family<T> {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Units>,
+    kind: MetricType,
+    get: fn(&T) -> Option<Num>,
+}
+
+const fn counter<T>(
+    name: &'static str,
+    help: &'static str,
+    get: fn(&T) -> Option<Num>,
+) -> Family<T> {
+    Family {
+        name,
+        help,
+        unit: None,
+        kind: MetricType::Counter,
+        get,
+    }
+}
+
+const fn gauge<T>(name: &'static str, help: &'static str, get: fn(&T) -> Option<Num>) -> Family<T> {
+    Family {
+        name,
+        help,
+        unit: None,
+        kind: MetricType::Gauge,
+        get,
+    }
+}
+
+fn int(v: u64) -> Option<Num> {
+    Some(Num::Int(v))
+}
+
+fn flag(v: bool) -> Option<Num> {
+    int(u64::from(v))
+}
+
+const SERVICE_FAMILIES: &[Family<ServiceSnapshot>] = &[
+    counter(
+        "xlb_service_packets",
+        "Packets forwarded for the service.",
+        |x| int(x.packets),
+    ),
+    Family {
+        unit: Some(Units::Bytes),
+        ..counter(
+            "xlb_service_bytes",
+            "Bytes forwarded for the service.",
+            |x| int(x.bytes),
+        )
+    },
+    counter(
+        "xlb_service_affinity_hits",
+        "Packets whose client was already pinned to a usable backend.",
+        |x| int(x.hits),
+    ),
+    counter(
+        "xlb_service_affinity_misses",
+        "Packets of clients without a pin (a backend was chosen by consistent hashing).",
+        |x| int(x.misses),
+    ),
+    counter(
+        "xlb_service_repins",
+        "Clients moved off a pinned backend that became unusable.",
+        |x| int(x.repins),
+    ),
+    counter(
+        "xlb_service_expiries",
+        "Affinity pins that expired after the idle timeout.",
+        |x| int(x.expiries),
+    ),
+    counter(
+        "xlb_service_no_backend",
+        "Packets that found no usable backend.",
+        |x| int(x.no_backend),
+    ),
+    gauge(
+        "xlb_service_pinned_clients",
+        "Clients whose live affinity entry decides their next packet (stale entries of unusable backends are not counted).",
+        |x| int(x.pinned_clients),
+    ),
+];
+
+const BACKEND_FAMILIES: &[Family<BackendSnapshot>] = &[
+    counter(
+        "xlb_backend_packets",
+        "Packets forwarded to the backend.",
+        |b| int(b.packets),
+    ),
+    Family {
+        unit: Some(Units::Bytes),
+        ..counter(
+            "xlb_backend_bytes",
+            "Bytes forwarded to the backend.",
+            |b| int(b.bytes),
+        )
+    },
+    counter(
+        "xlb_backend_pins",
+        "Clients pinned to the backend (new pins and re-pins).",
+        |b| int(b.pins),
+    ),
+    gauge(
+        "xlb_backend_pinned_clients",
+        "Clients whose live affinity entry points to the backend (0 while it is unusable).",
+        |b| int(b.pinned_clients),
+    ),
+    gauge(
+        "xlb_backend_table_share",
+        "Share of the service's consistent-hash table held by the backend (0..1).",
+        |b| Some(Num::Float(b.table_share)),
+    ),
+    gauge(
+        "xlb_backend_weight",
+        "Configured weight of the backend.",
+        |b| int(b.weight.into()),
+    ),
+    gauge(
+        "xlb_backend_healthy",
+        "1 if the backend passes its health checks.",
+        |b| flag(b.healthy),
+    ),
+    gauge(
+        "xlb_backend_draining",
+        "1 if the backend is draining (keeps its pins, takes no new clients).",
+        |b| flag(b.draining),
+    ),
+    gauge(
+        "xlb_backend_resolved",
+        "1 if the backend's link (MAC, egress interface) is resolved.",
+        |b| flag(b.resolved),
+    ),
+    counter(
+        "xlb_backend_health_transitions",
+        "Health state changes of the backend (healthy <-> unhealthy).",
+        |b| int(b.health_transitions),
+    ),
+    Family {
+        unit: Some(Units::Seconds),
+        ..gauge(
+            "xlb_backend_last_check_latency_seconds",
+            "Duration of the backend's last health check.",
+            |b| b.last_check_latency_seconds.map(Num::Float),
+        )
+    },
+];
+
+/// Writes one family: its descriptor, then one sample per (labels, value).
 ///
-/// `name` is the full family name; when `unit` is given it must end in `_<unit>` (the
-/// encoder re-appends the unit and writes a `# UNIT` line).
-fn family<L, M>(
+/// With a unit, `name` must end in `_<unit>` (the encoder re-appends the unit and writes
+/// a `# UNIT` line).
+fn write_family<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    unit: Option<Unit>,
-    samples: impl IntoIterator<Item = (L, M)>,
-) -> fmt::Result
-where
-    L: EncodeLabelSet,
-    M: EncodeMetric + TypedMetric,
-{
-    let base = match &unit {
+    unit: Option<&Unit>,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (L, Num)>,
+) -> fmt::Result {
+    let base = match unit {
         Some(u) => name
             .strip_suffix(u.as_str())
             .and_then(|n| n.strip_suffix('_'))
             .unwrap_or(name),
         None => name,
     };
-    let mut metric = enc.encode_descriptor(base, help, unit.as_ref(), M::TYPE)?;
+    let mut metric = enc.encode_descriptor(base, help, unit, kind)?;
     for (labels, value) in samples {
-        value.encode(metric.encode_family(&labels)?)?;
+        let e = metric.encode_family(&labels)?;
+        match (kind, value) {
+            (MetricType::Counter, Num::Int(v)) => ConstCounter::new(v).encode(e)?,
+            (MetricType::Counter, Num::Float(v)) => ConstCounter::new(v).encode(e)?,
+            (_, Num::Int(v)) => ConstGauge::new(v).encode(e)?,
+            (_, Num::Float(v)) => ConstGauge::new(v).encode(e)?,
+        }
     }
     Ok(())
 }
 
-fn per_service<'a, M>(
-    s: &'a Snapshot,
-    f: impl Fn(&ServiceSnapshot) -> M + 'a,
-) -> impl Iterator<Item = (ServiceLabels<'a>, M)> + 'a {
-    s.services
-        .iter()
-        .map(move |svc| ([("service", svc.name.as_str())], f(svc)))
-}
-
-/// One sample per backend for which `f` returns a value.
-fn per_backend<'a, M>(
-    s: &'a Snapshot,
-    f: impl Fn(&BackendSnapshot) -> Option<M> + 'a,
-) -> impl Iterator<Item = (BackendLabels<'a>, M)> + 'a {
-    s.services
-        .iter()
-        .flat_map(|svc| svc.backends.iter().map(move |b| (svc, b)))
-        .filter_map(move |(svc, b)| {
-            let labels = [
-                ("service", svc.name.as_str()),
-                ("backend", b.address.as_str()),
-            ];
-            f(b).map(|v| (labels, v))
-        })
-}
-
-fn counter(v: u64) -> ConstCounter<u64> {
-    ConstCounter::new(v)
-}
-
-fn flag(v: bool) -> ConstGauge<u32> {
-    ConstGauge::new(u32::from(v))
-}
-
-impl Collector for SnapshotCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+impl SnapshotCollector {
+    fn info(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         let s = &self.0;
-        let enc = &mut enc;
-
-        // Info: family `xlb`, sample `xlb_info{...} 1`.
         let program_id = s.program_id.to_string();
         let interfaces = s.interfaces.join(",");
         let info = [
@@ -211,161 +354,80 @@ impl Collector for SnapshotCollector {
             ("attach_mode", s.attach_mode.as_str()),
             ("interfaces", interfaces.as_str()),
         ];
+        // Family `xlb`, sample `xlb_info{...} 1`.
         enc.encode_descriptor(
             "xlb",
             "xlb daemon: version, XDP program id, attach mode and interfaces.",
             None,
             MetricType::Info,
         )?
-        .encode_info(&info)?;
+        .encode_info(&info)
+    }
 
-        family(
+    fn globals(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let s = &self.0;
+        write_family(
             enc,
             "xlb_packets",
             "Packets seen by the XDP program, by verdict or drop reason.",
             None,
+            MetricType::Counter,
             s.packets
                 .iter()
-                .map(|(reason, v)| ([("reason", reason.as_str())], counter(*v))),
+                .map(|(reason, v)| ([("reason", reason.as_str())], Num::Int(*v))),
         )?;
+        write_family(
+            enc,
+            "xlb_interface_attached",
+            "1 if the XDP program is attached to the configured interface.",
+            None,
+            MetricType::Gauge,
+            s.attachments
+                .iter()
+                .map(|(name, up)| ([("interface", name.as_str())], Num::Int(u64::from(*up)))),
+        )
+    }
 
-        // Per service.
-        family(
-            enc,
-            "xlb_service_packets",
-            "Packets forwarded for the service.",
-            None,
-            per_service(s, |x| counter(x.packets)),
-        )?;
-        family(
-            enc,
-            "xlb_service_bytes",
-            "Bytes forwarded for the service.",
-            Some(Unit::Bytes),
-            per_service(s, |x| counter(x.bytes)),
-        )?;
-        family(
-            enc,
-            "xlb_service_affinity_hits",
-            "Packets whose client was already pinned to a usable backend.",
-            None,
-            per_service(s, |x| counter(x.hits)),
-        )?;
-        family(
-            enc,
-            "xlb_service_affinity_misses",
-            "Packets of clients without a pin (a backend was chosen by consistent hashing).",
-            None,
-            per_service(s, |x| counter(x.misses)),
-        )?;
-        family(
-            enc,
-            "xlb_service_repins",
-            "Clients moved off a pinned backend that became unusable.",
-            None,
-            per_service(s, |x| counter(x.repins)),
-        )?;
-        family(
-            enc,
-            "xlb_service_expiries",
-            "Affinity pins that expired after the idle timeout.",
-            None,
-            per_service(s, |x| counter(x.expiries)),
-        )?;
-        family(
-            enc,
-            "xlb_service_no_backend",
-            "Packets that found no usable backend.",
-            None,
-            per_service(s, |x| counter(x.no_backend)),
-        )?;
-        family(
-            enc,
-            "xlb_service_pinned_clients",
-            "Clients currently pinned in the affinity table.",
-            None,
-            per_service(s, |x| ConstGauge::new(x.pinned_clients)),
-        )?;
-
-        // Per backend.
-        family(
-            enc,
-            "xlb_backend_packets",
-            "Packets forwarded to the backend.",
-            None,
-            per_backend(s, |b| Some(counter(b.packets))),
-        )?;
-        family(
-            enc,
-            "xlb_backend_bytes",
-            "Bytes forwarded to the backend.",
-            Some(Unit::Bytes),
-            per_backend(s, |b| Some(counter(b.bytes))),
-        )?;
-        family(
-            enc,
-            "xlb_backend_pins",
-            "Clients pinned to the backend (new pins and re-pins).",
-            None,
-            per_backend(s, |b| Some(counter(b.pins))),
-        )?;
-        family(
-            enc,
-            "xlb_backend_pinned_clients",
-            "Clients currently pinned to the backend.",
-            None,
-            per_backend(s, |b| Some(ConstGauge::new(b.pinned_clients))),
-        )?;
-        family(
-            enc,
-            "xlb_backend_table_share",
-            "Share of the service's consistent-hash table held by the backend (0..1).",
-            None,
-            per_backend(s, |b| Some(ConstGauge::new(b.table_share))),
-        )?;
-        family(
-            enc,
-            "xlb_backend_weight",
-            "Configured weight of the backend.",
-            None,
-            per_backend(s, |b| Some(ConstGauge::new(b.weight))),
-        )?;
-        family(
-            enc,
-            "xlb_backend_healthy",
-            "1 if the backend passes its health checks.",
-            None,
-            per_backend(s, |b| Some(flag(b.healthy))),
-        )?;
-        family(
-            enc,
-            "xlb_backend_draining",
-            "1 if the backend is draining (keeps its pins, takes no new clients).",
-            None,
-            per_backend(s, |b| Some(flag(b.draining))),
-        )?;
-        family(
-            enc,
-            "xlb_backend_resolved",
-            "1 if the backend's link (MAC, egress interface) is resolved.",
-            None,
-            per_backend(s, |b| Some(flag(b.resolved))),
-        )?;
-        family(
-            enc,
-            "xlb_backend_health_transitions",
-            "Health state changes of the backend (healthy <-> unhealthy).",
-            None,
-            per_backend(s, |b| Some(counter(b.health_transitions))),
-        )?;
-        family(
-            enc,
-            "xlb_backend_last_check_latency_seconds",
-            "Duration of the backend's last health check.",
-            Some(Unit::Seconds),
-            per_backend(s, |b| b.last_check_latency_seconds.map(ConstGauge::new)),
-        )?;
+    fn per_service(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        for f in SERVICE_FAMILIES {
+            let samples = self
+                .0
+                .services
+                .iter()
+                .filter_map(|svc| (f.get)(svc).map(|v| ([("service", svc.name.as_str())], v)));
+            let unit = f.unit.map(Units::unit);
+            write_family(enc, f.name, f.help, unit.as_ref(), f.kind, samples)?;
+        }
         Ok(())
+    }
+
+    fn per_backend(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        for f in BACKEND_FAMILIES {
+            let samples = self
+                .0
+                .services
+                .iter()
+                .flat_map(|svc| svc.backends.iter().map(move |b| (svc, b)))
+                .filter_map(|(svc, b)| {
+                    let labels = [
+                        ("service", svc.name.as_str()),
+                        ("backend", b.address.as_str()),
+                    ];
+                    (f.get)(b).map(|v| (labels, v))
+                });
+            let unit = f.unit.map(Units::unit);
+            write_family(enc, f.name, f.help, unit.as_ref(), f.kind, samples)?;
+        }
+        Ok(())
+    }
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        self.info(&mut enc)?;
+        self.globals(&mut enc)?;
+        self.per_service(&mut enc)?;
+        self.per_backend(&mut enc)
     }
 }
 
@@ -544,6 +606,7 @@ mod tests {
             program_id: 42,
             attach_mode: "driver".into(),
             interfaces: vec!["eth0".into(), "eth1".into()],
+            attachments: vec![("eth0".into(), true), ("eth1".into(), false)],
             packets: vec![("tx".into(), 100), ("drop_fragment".into(), 3)],
             services: vec![
                 ServiceSnapshot {
@@ -607,6 +670,9 @@ mod tests {
             "# TYPE xlb_packets counter",
             r#"xlb_packets_total{reason="tx"} 100"#,
             r#"xlb_packets_total{reason="drop_fragment"} 3"#,
+            "# TYPE xlb_interface_attached gauge",
+            r#"xlb_interface_attached{interface="eth0"} 1"#,
+            r#"xlb_interface_attached{interface="eth1"} 0"#,
             "# TYPE xlb_service_packets counter",
             r#"xlb_service_packets_total{service="web"} 10"#,
             "# TYPE xlb_service_bytes counter",
@@ -656,6 +722,7 @@ mod tests {
         let expected = [
             "xlb_info",
             "xlb_packets_total",
+            "xlb_interface_attached",
             "xlb_service_packets_total",
             "xlb_service_bytes_total",
             "xlb_service_affinity_hits_total",

@@ -168,6 +168,9 @@ pub enum Resolution {
         ifname: String,
         next_hop: IpAddr,
         reason: String,
+        /// The kernel gave up resolving it (`NUD_FAILED`): not a transient. (A missing or
+        /// INCOMPLETE entry is one: the kernel is still asking.)
+        failed: bool,
     },
     /// No usable route (unreachable, local address, a netlink failure...).
     NoRoute { reason: String },
@@ -205,6 +208,7 @@ impl fmt::Display for Resolution {
                 ifname,
                 next_hop,
                 reason,
+                ..
             } => {
                 if ifname.is_empty() {
                     write!(f, "unresolved: via {next_hop} ifindex {ifindex}: {reason}")
@@ -517,18 +521,20 @@ impl Resolver {
                     ifname,
                     next_hop,
                     reason: e.to_string(),
+                    failed: false,
                 };
             }
         };
-        let unresolved = |reason: String| Resolution::Unresolved {
+        let unresolved = |reason: String, failed: bool| Resolution::Unresolved {
             ifindex,
             ifname: link.name.clone(),
             next_hop,
             reason,
+            failed,
         };
         let entry = match self.neighbour_entry(next_hop, ifindex).await {
             Ok(e) => e,
-            Err(e) => return unresolved(e.to_string()),
+            Err(e) => return unresolved(e.to_string(), false),
         };
         match entry
             .as_ref()
@@ -550,6 +556,7 @@ impl Resolver {
             }
             None => {
                 let reason = unresolved_reason(next_hop, entry.as_ref());
+                let failed = entry.as_ref().is_some_and(|e| e.state & NUD_FAILED != 0);
                 // A NOARP or PERMANENT entry with a zero or non-MAC address never
                 // changes through traffic (only an admin fixes it): no datagram for it.
                 // Missing, INCOMPLETE and FAILED entries are (re)resolved by one.
@@ -559,7 +566,7 @@ impl Resolver {
                 {
                     self.trigger_via(next_hop, ifindex).await;
                 }
-                unresolved(reason)
+                unresolved(reason, failed)
             }
         }
     }

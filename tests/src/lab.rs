@@ -475,8 +475,19 @@ impl Lab {
     /// addresses (a new ifindex and MAC), as an operator re-creating a veth would; the
     /// switch side gets its XDP_PASS program again, and every host forgets the old MAC.
     pub fn recreate_lb_interface(&mut self) {
+        self.delete_lb_interface();
+        self.create_lb_interface();
+    }
+
+    /// Deletes the balancer's interface (what an operator removing a veth does).
+    pub fn delete_lb_interface(&mut self) {
         self.lb.ip("link del eth0");
         self._peer_xdp.take();
+    }
+
+    /// Creates the balancer's interface again after [`Lab::delete_lb_interface`]: same
+    /// name and addresses, a new ifindex and MAC; every host forgets the old MAC.
+    pub fn create_lb_interface(&mut self) {
         self.plug(HostRole::Lb);
         self.lb.ip(&format!("addr add {LB4}/16 dev eth0"));
         self.lb.ip(&format!("addr add {LB6}/64 dev eth0 nodad"));
@@ -506,6 +517,11 @@ impl Lab {
             .filter_map(|(i, b)| b.ok().map(|b| (i as u32, b)))
             .filter(|(_, b)| b.generation != 0)
             .collect()
+    }
+
+    /// Sends `sig` to the running daemon.
+    pub fn signal_daemon(&self, sig: i32) {
+        self.daemon.as_ref().expect("daemon running").signal(sig);
     }
 
     /// Kernel ids of every pinned object (maps and links) under the pin dir, by path:
@@ -599,7 +615,10 @@ impl Lab {
         let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("XLB_LAB_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()

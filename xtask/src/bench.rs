@@ -9,6 +9,8 @@ enum Part {
     E2e,
     Maglev,
     Control,
+    /// The daemon's CPU use while nothing changes (not part of `all`).
+    Idle,
 }
 
 #[derive(clap::Args)]

@@ -64,6 +64,9 @@ pub struct DaemonConfig {
     pub metrics: Option<SocketAddr>,
     /// Entries of the affinity LRU, shared by all services.
     pub affinity_capacity: u32,
+    /// The group whose members may use the control socket besides root: the socket is
+    /// then mode 0660 with this group (else 0600), and every peer is checked.
+    pub socket_group: Option<SocketGroup>,
     /// Where the daemon persists runtime changes (JSON, see `state.rs`); absolute. By
     /// default derived from `pin_dir` ([`default_state_file`]), so two deployments never
     /// share one unless configured to.
@@ -80,9 +83,19 @@ impl DaemonConfig {
             socket: DEFAULT_SOCKET.into(),
             metrics: DEFAULT_METRICS.parse().ok(),
             affinity_capacity: DEFAULT_AFFINITY_CAPACITY,
+            socket_group: None,
             state_file: default_state_file(Path::new(DEFAULT_PIN_DIR)),
         }
     }
+}
+
+/// `daemon.socket_group`: a group as named in the config and its id on this host
+/// (resolved when the config is loaded: a group that does not exist is an error of the
+/// host checks, so `gid` is `None` only in a config read with [`HostChecks::Skip`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketGroup {
+    pub name: String,
+    pub gid: Option<u32>,
 }
 
 named_enum! {
@@ -167,7 +180,7 @@ impl fmt::Display for InvalidDisplay<'_> {
 }
 
 /// Whether a config is also checked against the machine it is read on (the interfaces
-/// exist). Everything else is judged alike on every machine.
+/// and `socket_group` exist). Everything else is judged alike on every machine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum HostChecks {
     /// The daemon's and `check-config`'s default.

@@ -13,7 +13,7 @@ use toml::{
 };
 
 use super::{
-    Config, DaemonConfig, HostChecks, LocatedError, default_state_file,
+    Config, DaemonConfig, HostChecks, LocatedError, SocketGroup, default_state_file,
     locate::Doc,
     schema::{RawAnnounce, RawDaemon},
 };
@@ -40,7 +40,7 @@ pub fn parse(path: &Path, text: &str, host: HostChecks) -> Result<Config, Vec<Lo
     if host == HostChecks::Run
         && let Some(raw) = &top.daemon
     {
-        let found = host_errors(raw.interfaces.as_deref().unwrap_or_default());
+        let found = host_errors(raw);
         errors.extend(found.into_iter().map(|e| doc.field_error("daemon", e)));
     }
     let daemon = top.daemon.and_then(|raw| match daemon_from_raw(raw) {
@@ -175,6 +175,14 @@ fn daemon_from_raw(raw: RawDaemon) -> Result<DaemonConfig, Vec<FieldError>> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| default_state_file(&d.pin_dir));
     d.metrics = metrics(&mut e, raw.metrics);
+    // Whether the group exists here is a host check (`host_errors`).
+    d.socket_group = raw
+        .socket_group
+        .filter(|g| !g.is_empty())
+        .map(|name| SocketGroup {
+            gid: group_id(&name),
+            name,
+        });
     if let Some(n) = raw.affinity_capacity {
         match u32::try_from(n) {
             Ok(n) if (1..=MAX_AFFINITY_CAPACITY).contains(&n) => d.affinity_capacity = n,
@@ -237,9 +245,12 @@ fn metrics(e: &mut Errors, raw: Option<String>) -> Option<SocketAddr> {
 /// The checks against this machine, the only ones `check-config --offline` skips: every
 /// interface (first mention of each) exists here. Everything else in the file is judged
 /// the same on any machine.
-fn host_errors(interfaces: &[String]) -> Vec<FieldError> {
+fn host_errors(raw: &RawDaemon) -> Vec<FieldError> {
     let mut seen = HashSet::new();
-    interfaces
+    let mut errors: Vec<FieldError> = raw
+        .interfaces
+        .as_deref()
+        .unwrap_or_default()
         .iter()
         .enumerate()
         .filter(|(_, name)| seen.insert(*name) && !interface_exists(name))
@@ -249,7 +260,16 @@ fn host_errors(interfaces: &[String]) -> Vec<FieldError> {
                 format!("interface {name:?} does not exist on this host"),
             )
         })
-        .collect()
+        .collect();
+    if let Some(g) = raw.socket_group.as_deref().filter(|g| !g.is_empty())
+        && group_id(g).is_none()
+    {
+        errors.push(FieldError::new(
+            "socket_group",
+            format!("group {g:?} does not exist on this host"),
+        ));
+    }
+    errors
 }
 
 fn interface_exists(name: &str) -> bool {
@@ -258,6 +278,29 @@ fn interface_exists(name: &str) -> bool {
     };
     // SAFETY: `c_name` is a valid NUL-terminated string that outlives the call.
     unsafe { libc::if_nametoindex(c_name.as_ptr()) != 0 }
+}
+
+/// The id of group `name` (a name in the group database, or a number).
+fn group_id(name: &str) -> Option<u32> {
+    let c_name = CString::new(name).ok()?;
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives it and its length is
+    // passed; `found` is only read after the call.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c_name.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc == 0 && !found.is_null() {
+        return Some(group.gr_gid);
+    }
+    name.parse().ok()
 }
 
 /// `[announce]`: `kind` is required; each other key belongs to one kind and is refused

@@ -30,6 +30,7 @@ pub struct RawDaemon {
     pub socket: Option<String>,
     pub metrics: Option<String>,
     pub affinity_capacity: Option<i64>,
+    pub socket_group: Option<String>,
     pub state_file: Option<String>,
 }
 
@@ -44,6 +45,7 @@ impl From<&DaemonConfig> for RawDaemon {
             // "" rather than absent: absent means the default address.
             metrics: Some(d.metrics.map_or_else(String::new, |a| a.to_string())),
             affinity_capacity: Some(d.affinity_capacity.into()),
+            socket_group: d.socket_group.as_ref().map(|g| g.name.clone()),
             state_file: path(&d.state_file),
         }
     }

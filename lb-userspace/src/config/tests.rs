@@ -100,6 +100,7 @@ fn bad_inputs_are_rejected_naming_file_line_and_key() {
         ("pin_dir relative", "[daemon]\ninterfaces = [\"lo\"]\npin_dir = \"bpf/xlb\"\n".into(), "daemon.pin_dir", "absolute", 3),
         ("socket relative", "[daemon]\ninterfaces = [\"lo\"]\nsocket = \"xlb.sock\"\n".into(), "daemon.socket", "absolute", 3),
         ("state_file relative", "[daemon]\ninterfaces = [\"lo\"]\nstate_file = \"\"\n".into(), "daemon.state_file", "absolute", 3),
+        ("socket_group unknown", "[daemon]\ninterfaces = [\"lo\"]\nsocket_group = \"xlb-no-such-group\"\n".into(), "daemon.socket_group", "does not exist", 3),
         ("metrics not loopback", "[daemon]\ninterfaces = [\"lo\"]\nmetrics = \"0.0.0.0:9310\"\n".into(), "daemon.metrics", "loopback", 3),
         ("metrics unparsable", "[daemon]\ninterfaces = [\"lo\"]\nmetrics = \"localhost\"\n".into(), "daemon.metrics", "address:port", 3),
         ("affinity_capacity 0", "[daemon]\ninterfaces = [\"lo\"]\naffinity_capacity = 0\n".into(), "daemon.affinity_capacity", "out of range", 3),
@@ -231,6 +232,14 @@ fn offline_skips_only_the_checks_against_this_host() {
     let elsewhere = DESIGN_EXAMPLE.replace("[\"lo\"]", "[\"xlbnosuch0\", \"lo\", \"xlbnosuch1\"]");
     let cfg = parse_with(Path::new(FILE), &elsewhere, HostChecks::Skip).expect("offline");
     assert_eq!(cfg.daemon.interfaces, ["xlbnosuch0", "lo", "xlbnosuch1"]);
+    // A socket group of the other host, too.
+    let grouped = elsewhere.replace(
+        "[daemon]\n",
+        "[daemon]\nsocket_group = \"xlbnosuchgroup\"\n",
+    );
+    let cfg = parse_with(Path::new(FILE), &grouped, HostChecks::Skip).expect("offline group");
+    let g = cfg.daemon.socket_group.expect("kept");
+    assert_eq!((g.name.as_str(), g.gid), ("xlbnosuchgroup", None));
 
     let errors = errors_of(&elsewhere);
     let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -352,6 +361,7 @@ interfaces = ["lo"]
 xdp_mode = "generic"
 metrics = ""
 state_file = "/tmp/xlb-state.json"
+socket_group = "root"
 
 [[service]]
 name = "all"
@@ -399,6 +409,13 @@ draining = true
     let c = parse_str(text).unwrap();
     assert_eq!(c.daemon.xdp_mode, XdpMode::Generic);
     assert_eq!(c.daemon.metrics, None);
+    assert_eq!(
+        c.daemon.socket_group,
+        Some(super::SocketGroup {
+            name: "root".into(),
+            gid: Some(0)
+        })
+    );
     assert_eq!(
         c.services[0].health.kind,
         HealthKind::Http {
@@ -644,6 +661,7 @@ mod props {
             ("daemon", "metrics"),
             ("daemon", "affinity_capacity"),
             ("daemon", "state_file"),
+            ("daemon", "socket_group"),
             ("daemon", "interfaces"),
             ("service", "colour"),
             ("health", "retries"),

@@ -34,6 +34,7 @@ pub fn adopt(dp: &DataPlane) -> Result<Programmed, MapsError> {
             value,
             previous_table: table.clone(),
             table,
+            members: None,
             backends: own,
         });
     }

@@ -88,6 +88,11 @@ pub struct ProgrammedService {
     pub table: Vec<u32>,
     /// The table before the last change that altered it (for `explain`).
     pub previous_table: Vec<u32>,
+    /// The members `table` was built from (in address order), so a reconcile that
+    /// leaves them alone reuses the table instead of rebuilding it (≈1.3 ms per service
+    /// at M = 65,537, on every health or link change of any service). `None` when
+    /// unknown (adopted from the maps, which hold no weights).
+    pub members: Option<Vec<MaglevBackend>>,
     /// In address order.
     pub backends: Vec<ProgrammedBackend>,
 }
@@ -502,7 +507,13 @@ fn reconcile_service(
         };
         decided.push(decide(svc, b, id, bid, generation, old, obs));
     }
-    let table = build_table(svc, &decided)?;
+    let members = table_members(&decided);
+    let table = match prev {
+        Some(p) if p.members.as_ref() == Some(&members) && p.table_size() == svc.table_size => {
+            p.table.clone()
+        }
+        _ => build_table(svc, &members)?,
+    };
     let value = service_value(svc, id, offset);
     let key = service_key(svc);
     write_ops(prev, &decided, &mut ops, |ops| {
@@ -539,6 +550,7 @@ fn reconcile_service(
         value,
         table,
         previous_table,
+        members: Some(members),
         backends: decided.into_iter().map(|d| d.pb).collect(),
     };
     Ok((ps, ops))
@@ -641,8 +653,9 @@ fn decide(
     }
 }
 
-fn build_table(svc: &Service, decided: &[Decided]) -> Result<Vec<u32>> {
-    let members: Vec<MaglevBackend> = decided
+/// The backends in the Maglev table (usable, not draining), as the builder sees them.
+fn table_members(decided: &[Decided]) -> Vec<MaglevBackend> {
+    decided
         .iter()
         .filter(|d| d.in_table)
         .map(|d| MaglevBackend {
@@ -650,8 +663,19 @@ fn build_table(svc: &Service, decided: &[Decided]) -> Result<Vec<u32>> {
             addr: addr_bytes(d.pb.address).0,
             weight: d.pb.weight,
         })
-        .collect();
-    maglev::build(&members, svc.table_size).map_err(|source| ReconcileError::Maglev {
+        .collect()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tables built on this thread (tests check that unchanged members reuse theirs).
+    pub static TABLES_BUILT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn build_table(svc: &Service, members: &[MaglevBackend]) -> Result<Vec<u32>> {
+    #[cfg(test)]
+    TABLES_BUILT.with(|n| n.set(n.get() + 1));
+    maglev::build(members, svc.table_size).map_err(|source| ReconcileError::Maglev {
         service: svc.name.clone(),
         source,
     })

@@ -580,3 +580,33 @@ fn out_of_space_is_an_error() {
         "{e}"
     );
 }
+
+/// A health change of one backend rebuilds only its own service's Maglev table; the
+/// others reuse theirs (their members did not change), and the result is what a build
+/// from scratch gives.
+#[test]
+fn unchanged_members_reuse_their_table() {
+    let d = Desired::from_services(&[
+        svc("a", "10.0.0.1", 80, &["192.0.2.1", "192.0.2.2"]),
+        svc("b", "10.0.0.2", 80, &["192.0.2.3", "192.0.2.4"]),
+        svc("c", "10.0.0.3", 80, &["192.0.2.5", "192.0.2.6"]),
+    ]);
+    let mut obs = all_up(&d);
+    let mut alloc = Generations::starting_at(1);
+    let (p1, _) = reconcile(&d, &obs, &Programmed::empty(CAPACITY), &mut alloc).unwrap();
+    let built = || TABLES_BUILT.with(|n| n.get());
+    let before = built();
+    let (p2, plan) = reconcile(&d, &obs, &p1, &mut alloc).unwrap();
+    assert_eq!(
+        (built() - before, plan.0.len()),
+        (0, 0),
+        "nothing changed: no build"
+    );
+    obs.health
+        .insert(("b".into(), ip("192.0.2.3")), Health::Down);
+    let before = built();
+    let (p3, _) = reconcile(&d, &obs, &p2, &mut alloc).unwrap();
+    assert_eq!(built() - before, 1, "only service b's table is rebuilt");
+    let (fresh, _) = reconcile(&d, &obs, &Programmed::empty(CAPACITY), &mut alloc).unwrap();
+    assert_eq!(view(&p3), view(&fresh));
+}

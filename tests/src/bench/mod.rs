@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod e2e;
+pub mod idle;
 pub mod maglev;
 pub mod micro;
 

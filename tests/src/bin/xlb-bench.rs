@@ -3,7 +3,7 @@
 
 use xlb_tests::{bench, require_root};
 
-const PARTS: &str = "micro, maglev, control, e2e, all";
+const PARTS: &str = "micro, maglev, control, e2e, idle, all";
 
 /// Runs a part on a thread of its own: parts move their thread into private network
 /// namespaces and pin it to a CPU, and the next part must start from neither. A line
@@ -32,6 +32,7 @@ fn main() {
         "maglev" => part("maglev", bench::maglev::run),
         "control" => part("control", bench::control::run),
         "e2e" => part("e2e", bench::e2e::run),
+        "idle" => part("idle", bench::idle::run),
         "all" => {
             part("micro", bench::micro::run);
             part("maglev", bench::maglev::run);

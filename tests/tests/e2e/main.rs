@@ -3,9 +3,11 @@
 //!
 //! Run one test alone: `cargo xtask test --tier e2e -- NAME` (e.g. `failover`).
 
+mod control;
 mod daemon;
 mod dataplane;
 mod ecmp;
 mod health;
 mod scenarios;
+mod transients;
 mod watch;

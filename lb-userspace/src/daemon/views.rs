@@ -1,0 +1,418 @@
+//! What the daemon shows: `xlb status`, `xlb stats` and the metrics all come from ONE
+//! walk over the state ([`walk`]): every desired service with what is programmed for it,
+//! its counters when asked for, rates, pin counts, health-check and neighbour notes. The
+//! three are projections of that walk, so they never disagree. `xlb explain` and
+//! `xlb affinity list` read the affinity table with the data plane's own rules.
+//!
+//! Pinned clients are live pins only: a backend that is not usable (unhealthy,
+//! unresolved) shows 0 whatever the last count said — its entries are stale and move on
+//! their next packet — and a service's count is the sum of its backends' (issue 10,
+//! fault 11).
+//!
+//! Owns: the shapes of status, stats, metrics, explain and affinity list. Must not touch:
+//! any state (read only).
+
+use std::{collections::HashMap, net::IpAddr};
+
+use lb_common::{BackendStats, ServiceStats, Stat, affinity::Verdict};
+
+use super::{
+    owner::{State, control_error, runtime, usage},
+    tasks::{health::Check, neigh::NeighNote, rates::RateKey},
+};
+use crate::{
+    api::{self, Response},
+    dataplane::maps::{MapsError, ktime_coarse_ns},
+    metrics,
+    model::{Health, Named, Service, addr_from_words, format_duration},
+    reconcile::{ProgrammedBackend, ProgrammedService, inspect::Decision},
+};
+
+/// One service in the walk.
+pub struct ServiceView<'a> {
+    pub svc: &'a Service,
+    pub ps: &'a ProgrammedService,
+    /// Zero unless the walk read counters.
+    pub counters: ServiceStats,
+    /// (packets/s, bits/s).
+    pub rate: (f64, f64),
+    pub pinned: u64,
+    pub backends: Vec<BackendView<'a>>,
+}
+
+/// One backend in the walk.
+pub struct BackendView<'a> {
+    pub b: &'a ProgrammedBackend,
+    pub counters: BackendStats,
+    pub rate: (f64, f64),
+    /// Live pins (0 while unusable).
+    pub pinned: u64,
+    pub check: Option<&'a Check>,
+    pub neigh: Option<&'a NeighNote>,
+    /// Its health lets it take clients (the table also needs its link).
+    pub up: bool,
+    /// "unknown" until this daemon's first check of it (the data plane keeps the last
+    /// known state meanwhile).
+    pub shown_health: Health,
+}
+
+/// The walk: every desired service that is programmed, in name order.
+pub struct View<'a> {
+    pub services: Vec<ServiceView<'a>>,
+    /// Global counters (zero unless read).
+    pub global: [u64; Stat::COUNT as usize],
+}
+
+/// Which counters a walk reads from the data plane.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Counters {
+    /// None (status).
+    Nothing,
+    /// Per service and backend (rates).
+    Services,
+    /// Those and the global verdict counters (stats, metrics).
+    All,
+}
+
+/// Walks the state once, reading the data plane's `read` counters.
+pub fn walk(st: &State, read: Counters) -> Result<View<'_>, MapsError> {
+    let dp = &st.ctl.dp;
+    let global = if read == Counters::All {
+        dp.stats()?
+    } else {
+        [0; Stat::COUNT as usize]
+    };
+    let counters = read != Counters::Nothing;
+    let mut services = Vec::new();
+    for svc in st.ctl.desired.services() {
+        let Some(ps) = st.ctl.programmed.service(&svc.name) else {
+            continue;
+        };
+        let mut backends = Vec::new();
+        for b in &ps.backends {
+            backends.push(backend_view(st, svc, b, counters)?);
+        }
+        services.push(ServiceView {
+            svc,
+            ps,
+            counters: if counters {
+                dp.service_stats(ps.id)?
+            } else {
+                ServiceStats::default()
+            },
+            rate: st.rates.get(&svc.name, None),
+            pinned: backends.iter().map(|b| b.pinned).sum(),
+            backends,
+        });
+    }
+    Ok(View { services, global })
+}
+
+fn backend_view<'a>(
+    st: &'a State,
+    svc: &Service,
+    b: &'a ProgrammedBackend,
+    counters: bool,
+) -> Result<BackendView<'a>, MapsError> {
+    let check = st.checks.get(&svc.name, b.address);
+    let up = match b.health {
+        Health::Up => true,
+        Health::Down => false,
+        Health::Unknown => svc.health.unknown_is_up(),
+    };
+    Ok(BackendView {
+        b,
+        counters: if counters {
+            st.ctl.dp.backend_stats(b.id)?
+        } else {
+            BackendStats::default()
+        },
+        rate: st.rates.get(&svc.name, Some(b.address)),
+        pinned: if b.usable() {
+            st.pinned.backend(b.id)
+        } else {
+            0
+        },
+        check,
+        neigh: st.neigh.note(b.address),
+        up,
+        shown_health: if check.is_some_and(|c| c.checked) {
+            b.health
+        } else {
+            Health::Unknown
+        },
+    })
+}
+
+/// `xlb status` (no counters read).
+pub fn status(st: &State) -> api::Status {
+    let view = walk(st, Counters::Nothing).expect("a walk without counters reads no map");
+    api::Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        program_id: st.program_id,
+        attach_mode: st.cfg.daemon.xdp_mode.name().into(),
+        interfaces: st.ifaces.names(),
+        attachments: st.ifaces.statuses(),
+        pinned_counts_age_s: st
+            .pinned
+            .taken
+            .map_or(f64::NAN, |t| t.elapsed().as_secs_f64()),
+        services: view
+            .services
+            .iter()
+            .map(|s| service_status(st, s))
+            .collect(),
+    }
+}
+
+fn service_status(st: &State, v: &ServiceView<'_>) -> api::ServiceStatus {
+    let s = v.svc;
+    api::ServiceStatus {
+        name: s.name.clone(),
+        vip: s.vip,
+        port: s.port,
+        protocol: s.protocol.name().into(),
+        affinity: s.affinity.name().into(),
+        prefix: s.prefix_len(),
+        idle_timeout: format_duration(s.idle_timeout),
+        failback: s.failback.name().into(),
+        table_size: s.table_size,
+        health: s.health.kind.tag().name().into(),
+        pinned_clients: v.pinned,
+        backends: v
+            .backends
+            .iter()
+            .map(|b| backend_status(st, v.ps, b))
+            .collect(),
+    }
+}
+
+fn backend_status(st: &State, ps: &ProgrammedService, v: &BackendView<'_>) -> api::BackendStatus {
+    let b = v.b;
+    let problem = v.neigh.and_then(|n| n.problem.clone());
+    api::BackendStatus {
+        address: b.address,
+        weight: b.weight,
+        health: v.shown_health.name().into(),
+        healthy: v.up,
+        draining: b.draining,
+        resolved: b.link.is_some(),
+        mac: b.link.map(|l| crate::neigh::format_mac(&l.mac)),
+        interface: b
+            .link
+            .and_then(|l| st.ifaces.name_of(l.ifindex).map(str::to_string))
+            .or_else(|| v.neigh.and_then(|n| n.interface.clone())),
+        note: if b.link.is_none() {
+            problem.or_else(|| Some("neighbour not resolved yet".into()))
+        } else if !v.up {
+            v.check.and_then(|c| c.last_failure.clone())
+        } else {
+            problem
+        },
+        table_share: ps.table_share(b.id),
+        pinned_clients: v.pinned,
+        health_transitions: v.check.map_or(0, |c| c.transitions),
+        last_check_ms: v.check.and_then(|c| c.last_latency).map(|l| l * 1e3),
+    }
+}
+
+/// `xlb stats`.
+pub fn stats(st: &State) -> Response {
+    let view = match walk(st, Counters::All) {
+        Ok(v) => v,
+        Err(e) => return runtime(e),
+    };
+    let services = view
+        .services
+        .iter()
+        .map(|s| api::ServiceStats {
+            name: s.svc.name.clone(),
+            packets: s.counters.packets,
+            bytes: s.counters.bytes,
+            packets_per_s: s.rate.0,
+            bits_per_s: s.rate.1,
+            hits: s.counters.hits,
+            misses: s.counters.misses,
+            repins: s.counters.repins,
+            expiries: s.counters.expiries,
+            no_backend: s.counters.no_backend,
+            backends: s
+                .backends
+                .iter()
+                .map(|b| api::BackendStats {
+                    address: b.b.address,
+                    packets: b.counters.packets,
+                    bytes: b.counters.bytes,
+                    packets_per_s: b.rate.0,
+                    bits_per_s: b.rate.1,
+                    pins: b.counters.pins,
+                })
+                .collect(),
+        })
+        .collect();
+    Response::ok(api::Stats {
+        packets: packets(&view.global),
+        services,
+        rate_interval_s: st.rates.interval_s,
+    })
+}
+
+fn packets(global: &[u64; Stat::COUNT as usize]) -> Vec<(String, u64)> {
+    Stat::ALL
+        .iter()
+        .map(|s| (s.name().to_string(), global[*s as usize]))
+        .collect()
+}
+
+/// A metrics scrape. A failed counter read is logged and the scrape carries zeros
+/// rather than failing (a scraper would lose every other value).
+pub fn snapshot(st: &State) -> metrics::Snapshot {
+    let view = walk(st, Counters::All).unwrap_or_else(|e| {
+        log::debug!("metrics: reading counters: {e}");
+        walk(st, Counters::Nothing).expect("a walk without counters reads no map")
+    });
+    let services = view.services.iter().map(service_snapshot).collect();
+    metrics::Snapshot {
+        version: env!("CARGO_PKG_VERSION").into(),
+        program_id: st.program_id,
+        attach_mode: st.cfg.daemon.xdp_mode.name().into(),
+        interfaces: st.ifaces.names(),
+        attachments: st
+            .ifaces
+            .statuses()
+            .into_iter()
+            .map(|i| (i.name, i.attached))
+            .collect(),
+        packets: packets(&view.global),
+        services,
+    }
+}
+
+fn service_snapshot(s: &ServiceView<'_>) -> metrics::ServiceSnapshot {
+    let c = &s.counters;
+    metrics::ServiceSnapshot {
+        name: s.svc.name.clone(),
+        vip: s.svc.vip.to_string(),
+        port: s.svc.port,
+        protocol: s.svc.protocol.name().into(),
+        packets: c.packets,
+        bytes: c.bytes,
+        hits: c.hits,
+        misses: c.misses,
+        repins: c.repins,
+        expiries: c.expiries,
+        no_backend: c.no_backend,
+        pinned_clients: s.pinned,
+        backends: s
+            .backends
+            .iter()
+            .map(|b| metrics::BackendSnapshot {
+                address: b.b.address.to_string(),
+                weight: b.b.weight,
+                packets: b.counters.packets,
+                bytes: b.counters.bytes,
+                pins: b.counters.pins,
+                pinned_clients: b.pinned,
+                table_share: s.ps.table_share(b.b.id),
+                healthy: b.up,
+                draining: b.b.draining,
+                resolved: b.b.link.is_some(),
+                health_transitions: b.check.map_or(0, |c| c.transitions),
+                last_check_latency_seconds: b.check.and_then(|c| c.last_latency),
+            })
+            .collect(),
+    }
+}
+
+/// (packets, bytes) per service and backend, for the rates.
+pub fn rate_samples(st: &State) -> HashMap<RateKey, (u64, u64)> {
+    let Ok(view) = walk(st, Counters::Services) else {
+        return HashMap::new();
+    };
+    let mut out = HashMap::new();
+    for s in &view.services {
+        let name = &s.svc.name;
+        out.insert((name.clone(), None), (s.counters.packets, s.counters.bytes));
+        for b in &s.backends {
+            let c = &b.counters;
+            out.insert((name.clone(), Some(b.b.address)), (c.packets, c.bytes));
+        }
+    }
+    out
+}
+
+/// `xlb explain`.
+pub fn explain(st: &State, service: &str, client: IpAddr, port: u16) -> Response {
+    let e = match st.ctl.explain(service, client, port) {
+        Ok(e) => e,
+        Err(e) => return control_error(e),
+    };
+    let Ok(ps) = st.ctl.service(service) else {
+        return usage(format!("service {service:?} does not exist"));
+    };
+    let key_addr = addr_from_words(&e.key.addr, e.key.family);
+    let (reason, age, idle) = match &e.decision {
+        Decision::Pinned { age, idle } => (None, Some(age.as_secs_f64()), Some(idle.as_secs_f64())),
+        Decision::Hashed { reason } => (Some(reason.name().to_string()), None, None),
+        Decision::NoBackend => (None, None, None),
+    };
+    Response::ok(api::Explain {
+        service: service.to_string(),
+        client,
+        key: format!("{key_addr}/{}", ps.value.prefix_len),
+        decision: e.decision.name().into(),
+        reason,
+        backend: e.backend,
+        pinned_age_s: age,
+        idle_s: idle,
+        slot: e.slot,
+        slot_backend: e.slot_backend,
+        previous_slot_backend: e.previous_slot_backend,
+    })
+}
+
+/// `xlb affinity list`: entries judged like the XDP program judges them
+/// (lb_common::affinity), most recently active first.
+pub fn affinity_list(st: &State, service: Option<&str>, limit: usize) -> Response {
+    let id = match service.map(|s| st.ctl.service(s)) {
+        Some(Ok(s)) => Some(s.id),
+        Some(Err(e)) => return control_error(e),
+        None => None,
+    };
+    let now = ktime_coarse_ns();
+    let entries = match st.ctl.dp.judged_entries(id, now) {
+        Ok(e) => e,
+        Err(e) => return runtime(e),
+    };
+    let total = entries.len();
+    let mut out: Vec<api::AffinityEntry> = entries
+        .into_iter()
+        .filter_map(|p| {
+            let (k, v) = (p.key, p.value);
+            let ps = st.ctl.programmed.service_by_id(k.service_id)?;
+            let backend = p
+                .backend
+                .filter(|_| p.backend_is_its_own())
+                .map(|b| addr_from_words(&b.addr, b.family));
+            Some(api::AffinityEntry {
+                service: ps.name.clone().unwrap_or_default(),
+                client: format!(
+                    "{}/{}",
+                    addr_from_words(&k.addr, k.family),
+                    ps.value.prefix_len
+                ),
+                port: u16::from_be(k.port_be),
+                backend,
+                age_s: now.saturating_sub(v.pinned_ns) as f64 / 1e9,
+                idle_s: now.saturating_sub(v.last_seen_ns) as f64 / 1e9,
+                expired: p.verdict == Verdict::Expired,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.idle_s.total_cmp(&b.idle_s));
+    out.truncate(limit);
+    Response::ok(api::AffinityList {
+        total,
+        entries: out,
+    })
+}

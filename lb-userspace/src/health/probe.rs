@@ -1,0 +1,145 @@
+//! One probe of any kind, bounded by the check's timeout, and the short failure reasons.
+//!
+//! Owns: dispatch by kind, the deadline, the tcp check. Must not touch: hysteresis
+//! (tracker.rs).
+
+use std::{
+    future::Future,
+    io,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use tokio::{net::TcpStream, time::Instant};
+
+use super::{http, udp};
+use crate::model::HealthKind;
+
+/// Outcome of one probe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    pub ok: bool,
+    /// From the start of the probe to its result (about `timeout` for a timeout).
+    pub latency: Duration,
+    /// "ok" on success, else why it failed.
+    pub reason: String,
+}
+
+/// The reason of a probe the balancer could not send: no route to the backend.
+pub const NO_ROUTE: &str = "network unreachable";
+
+impl Probe {
+    /// The balancer itself could not send the probe (it has no route: its interface is
+    /// gone or being re-created). That says nothing about the backend, so the tracker
+    /// does not count it; a backend that stays unroutable is taken out by the neighbour
+    /// rule (no route for longer than its grace).
+    pub fn is_local_failure(&self) -> bool {
+        !self.ok && self.reason == NO_ROUTE
+    }
+}
+
+/// Runs one probe of `kind` against `addr` with `timeout` as a hard bound for the whole
+/// probe (connect + request + response). `HealthKind::None` is ok immediately.
+pub async fn probe(kind: &HealthKind, addr: IpAddr, timeout: Duration) -> Probe {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let checked = match kind {
+        HealthKind::None => {
+            return Probe {
+                ok: true,
+                latency: Duration::ZERO,
+                reason: "no check configured".into(),
+            };
+        }
+        HealthKind::Tcp { port } => {
+            let target = SocketAddr::new(addr, *port);
+            tokio::time::timeout_at(deadline, tcp_probe(target, deadline)).await
+        }
+        HealthKind::Http {
+            port,
+            path,
+            host,
+            expect_status,
+            body,
+        } => {
+            let target = SocketAddr::new(addr, *port);
+            let req = http::HttpCheck {
+                path,
+                host: host.as_deref(),
+                expect_status: *expect_status,
+                body: body.as_deref(),
+            };
+            tokio::time::timeout_at(deadline, http::http_probe(target, &req, deadline)).await
+        }
+        HealthKind::Udp { port, send, expect } => {
+            let target = SocketAddr::new(addr, *port);
+            let check = udp::udp_probe(target, send.as_bytes(), expect.as_deref(), deadline);
+            tokio::time::timeout_at(deadline, check).await
+        }
+    };
+    // The inner steps have their own, more specific, timeouts at the same deadline;
+    // the outer one is only a backstop.
+    let result = checked.unwrap_or_else(|_| Err("timeout".into()));
+    let latency = start.elapsed();
+    match result {
+        Ok(()) => Probe {
+            ok: true,
+            latency,
+            reason: "ok".into(),
+        },
+        Err(reason) => Probe {
+            ok: false,
+            latency,
+            reason,
+        },
+    }
+}
+
+/// One step of a probe, bounded by the probe's deadline; a timeout reads "timeout" plus
+/// `what` (e.g. " (no reply)").
+pub(super) async fn step<T>(
+    deadline: Instant,
+    what: &str,
+    f: impl Future<Output = io::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout_at(deadline, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(io_reason(&e)),
+        Err(_) => Err(format!("timeout{what}")),
+    }
+}
+
+/// A short reason for an I/O error.
+pub(super) fn io_reason(e: &io::Error) -> String {
+    use io::ErrorKind as K;
+    let s = match e.kind() {
+        K::ConnectionRefused => "connection refused",
+        K::HostUnreachable => "host unreachable",
+        K::NetworkUnreachable => NO_ROUTE,
+        K::ConnectionReset => "connection reset",
+        K::ConnectionAborted => "connection aborted",
+        K::BrokenPipe => "connection closed by the backend (broken pipe)",
+        K::TimedOut => "timeout",
+        K::AddrNotAvailable => "address not available",
+        _ => {
+            // "Permission denied (os error 13)" → "permission denied".
+            let text = e.to_string();
+            let text = match text.find(" (os error ") {
+                Some(i) => &text[..i],
+                None => &text[..],
+            };
+            let mut chars = text.chars();
+            return match chars.next() {
+                Some(c) => c.to_lowercase().chain(chars).collect(),
+                None => "I/O error".into(),
+            };
+        }
+    };
+    s.into()
+}
+
+async fn tcp_probe(target: SocketAddr, deadline: Instant) -> Result<(), String> {
+    let stream = step(deadline, "", TcpStream::connect(target)).await?;
+    drop(stream);
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! The UDP check: one datagram (possibly empty), one reply.
+//!
+//! Owns: the exchange. Must not touch: hysteresis.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use tokio::{net::UdpSocket, time::Instant};
+
+use super::{MAX_READ, contains, probe::step};
+
+/// Sends `payload` and waits for one reply (containing `expect` when set).
+pub(super) async fn udp_probe(
+    target: SocketAddr,
+    payload: &[u8],
+    expect: Option<&str>,
+    deadline: Instant,
+) -> Result<(), String> {
+    let local: SocketAddr = match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let refused = |r: String| {
+        if r == "connection refused" {
+            "connection refused (ICMP port unreachable)".to_string()
+        } else {
+            r
+        }
+    };
+    let sock = step(deadline, "", UdpSocket::bind(local)).await?;
+    step(deadline, "", sock.connect(target)).await?;
+    step(deadline, " (sending)", sock.send(payload))
+        .await
+        .map_err(refused)?;
+    let mut buf = vec![0u8; MAX_READ];
+    let n = step(deadline, " (no reply)", sock.recv(&mut buf))
+        .await
+        .map_err(refused)?;
+    match expect {
+        Some(e) if !contains(&buf[..n], e.as_bytes()) => {
+            Err(format!("reply does not contain {e:?}"))
+        }
+        _ => Ok(()),
+    }
+}
