@@ -51,6 +51,19 @@ pub enum Reason {
     },
 }
 
+impl Reason {
+    /// The reason's name in the API (`serving`, `drained`, `not_attached`,
+    /// `no_usable_backend`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reason::Serving { .. } => "serving",
+            Reason::Drained => "drained",
+            Reason::NotAttached => "not_attached",
+            Reason::NoUsableBackend { .. } => "no_usable_backend",
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

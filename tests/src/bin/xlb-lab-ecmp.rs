@@ -13,10 +13,10 @@ fn main() {
     let started = Instant::now();
     xlb_tests::require_root();
     println!(
-        "xlb ECMP lab: a router (BIRD, ECMP), 3 xlb nodes (xlb + BIRD, BGP + BFD), 7 backends, 300 IPv4 + 150 IPv6 clients"
+        "xlb ECMP lab: a router (BIRD, ECMP), 3 xlb nodes (xlb + BIRD, BGP + BFD), 8 backends, 300 IPv4 + 150 IPv6 clients"
     );
     let mut lab = EcmpLab::new(EcmpOptions {
-        backends: 7,
+        backends: 8,
         ..EcmpOptions::default()
     });
     lab.write_configs(&scenarios::services(&lab, &[0]));

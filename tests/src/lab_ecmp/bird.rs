@@ -8,6 +8,8 @@
 //! ≈0.3 s; `error wait time 1, 5` brings a recovered peer back within seconds instead of a
 //! minute; graceful restart is off so a dead node's routes are not kept as stale.
 
+use xlb::model::announce::bird_protocol_config;
+
 use std::{
     io::{BufReader, Write as _},
     net::IpAddr,
@@ -24,18 +26,6 @@ pub const NODE_AS: u32 = 65001;
 /// BGP session options shared by both ends.
 const SESSION: &str = "bfd on; graceful restart off; error wait time 1, 5; \
      connect delay time 1; connect retry time 1; hold time 3; keepalive time 1;";
-
-/// The BIRD static protocol that announces `vip` on a node. Its name is derived from the
-/// address alone (`xlb_10_200_0_1`, `xlb_fd00_200__1`), so every node and every tool
-/// agrees on it.
-pub fn vip_protocol(vip: IpAddr) -> String {
-    let text: String = vip
-        .to_string()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    format!("xlb_{text}")
-}
 
 /// The router: one kernel protocol per family with `merge paths on` (one ECMP route over
 /// every node announcing a VIP), BFD on the node-facing interface, and two BGP sessions
@@ -60,34 +50,24 @@ pub fn router_config(router_id: IpAddr, iface: &str, nodes: &[(String, IpAddr, I
     s
 }
 
-/// A node: one static protocol per VIP (a blackhole route BIRD never installs here — the
-/// node runs no kernel protocol — exported to the router over BGP with the node as next
-/// hop), BFD, and an IPv4 and an IPv6 session to the router. `enabled` says whether the
-/// static protocols start enabled (announced from the start) or disabled (announced only
-/// when someone enables them).
+/// A node: one static protocol per VIP, as xlb's README gives it (disabled: the node's
+/// xlb enables it while it can serve the VIP; a blackhole route BIRD never installs here —
+/// the node runs no kernel protocol — exported to the router over BGP with the node as
+/// next hop), BFD, and an IPv4 and an IPv6 session to the router.
 pub fn node_config(
     router_id: IpAddr,
     iface: &str,
     router: (IpAddr, IpAddr),
     vips: &[IpAddr],
-    enabled: bool,
 ) -> String {
     let mut s = format!(
         "log stderr all;\nrouter id {router_id};\n\
          protocol device {{ scan time 10; }}\n\
          protocol bfd {{ interface \"{iface}\" {{ interval 100 ms; multiplier 3; }}; }}\n"
     );
-    let disabled = if enabled { "" } else { "disabled; " };
     for vip in vips {
-        let (channel, len) = if vip.is_ipv4() {
-            ("ipv4", 32)
-        } else {
-            ("ipv6", 128)
-        };
-        s.push_str(&format!(
-            "protocol static {} {{ {disabled}{channel}; route {vip}/{len} blackhole; }}\n",
-            vip_protocol(*vip)
-        ));
+        s.push_str(&bird_protocol_config(*vip));
+        s.push('\n');
     }
     let (r4, r6) = router;
     s.push_str(&format!(

@@ -58,11 +58,9 @@ pub struct EcmpOptions {
     pub backends: usize,
     pub clients_v4: usize,
     pub clients_v6: usize,
-    /// The VIPs every node's BIRD has a static protocol for (announced by it).
+    /// The VIPs every node's BIRD has a static protocol for (disabled; the node's xlb
+    /// enables each while it can serve it).
     pub vips: Vec<IpAddr>,
-    /// Static protocols start enabled (BIRD announces on its own) or disabled (someone —
-    /// the daemon, a test — enables them).
-    pub announce_from_start: bool,
 }
 
 impl Default for EcmpOptions {
@@ -72,8 +70,7 @@ impl Default for EcmpOptions {
             backends: 4,
             clients_v4: 300,
             clients_v6: 150,
-            vips: vec![vip4(1), vip6(1)],
-            announce_from_start: true,
+            vips: vec![vip4(1), vip6(1), vip4(2)],
         }
     }
 }
@@ -159,7 +156,7 @@ impl EcmpLab {
         };
         lab.build_router();
         for i in 0..opts.nodes {
-            lab.add_node(i, opts.announce_from_start);
+            lab.add_node(i);
         }
         for i in 0..opts.backends {
             lab.add_backend(i);
@@ -272,7 +269,7 @@ impl EcmpLab {
         out
     }
 
-    fn add_node(&mut self, i: usize, announce_from_start: bool) {
+    fn add_node(&mut self, i: usize) {
         let name = format!("n{i}");
         let ns = Netns::new(format!("{}-{name}", self.id));
         let switch_port = self.plug(&ns, &name, "eth0");
@@ -306,7 +303,6 @@ impl EcmpLab {
                 "eth0",
                 (ROUTER4.into(), ROUTER6.into()),
                 &self.vips,
-                announce_from_start,
             ),
         )
         .expect("node BIRD config");
@@ -477,17 +473,17 @@ impl EcmpLab {
         self.dir.join("router-bird.ctl")
     }
 
-    /// Starts everything: servers, every node's daemon and BIRD, the router's BIRD; waits
-    /// until every BGP session is established.
+    /// Starts everything: servers, the router's and every node's BIRD, every node's
+    /// daemon; waits until every BGP session is established.
     pub fn start_all(&mut self) {
         self.start_servers();
-        for n in &mut self.nodes {
-            n.start_daemon();
-        }
+        self.start_router_bird();
         for n in &mut self.nodes {
             n.start_bird();
         }
-        self.start_router_bird();
+        for n in &mut self.nodes {
+            n.start_daemon();
+        }
         self.wait_sessions(Duration::from_secs(15));
     }
 
@@ -675,16 +671,17 @@ impl Drop for EcmpLab {
 }
 
 impl Node {
-    /// Writes this node's config: its own `[daemon]` table, then `rest` (services,
-    /// `[announce]`, …), the same on every node.
+    /// Writes this node's config: its own `[daemon]` table and `[announce]` (its BIRD),
+    /// then `rest` (the services), the same on every node.
     pub fn write_config(&self, rest: &str) {
         let text = format!(
             "[daemon]\ninterfaces = [\"eth0\"]\nxdp_mode = \"native\"\npin_dir = \"{}\"\n\
              socket = \"{}\"\nmetrics = \"127.0.0.1:9310\"\nstate_file = \"{}\"\n\
-             affinity_capacity = 65536\n\n{rest}",
+             affinity_capacity = 65536\n\n[announce]\nkind = \"bird\"\nsocket = \"{}\"\n\n{rest}",
             self.pin_dir.display(),
             self.socket.display(),
             self.state_file.display(),
+            self.bird_socket.display(),
         );
         fs::write(&self.config, text).expect("write node config");
     }
@@ -766,11 +763,15 @@ impl Node {
         }
     }
 
-    /// What a reboot does to the node's xlb: the daemon and bpffs are gone (the XDP
-    /// program with them); the config and the state file with the runtime changes stay.
-    pub fn lose_pinned_state(&mut self) {
+    /// A reboot: BIRD and the daemon die, bpffs is emptied (the XDP program goes with
+    /// it); the config and the state file with the runtime changes stay. Then BIRD (its
+    /// VIP protocols disabled, as configured) and the daemon start again.
+    pub fn reboot(&mut self) {
+        self.kill_bird();
         self.kill_daemon();
         let _ = fs::remove_dir_all(&self.pin_dir);
+        self.start_bird();
+        self.start_daemon();
     }
 
     pub fn start_bird(&mut self) {
@@ -926,19 +927,15 @@ impl Node {
 }
 
 impl EcmpLab {
-    /// Withdraws every VIP of node `i`: its BIRD stops announcing them, the node keeps
-    /// forwarding whatever still arrives.
+    /// `xlb node drain` on node `i`: every VIP withdrawn, the node keeps forwarding
+    /// whatever still arrives.
     pub fn drain(&self, i: usize) {
-        for v in &self.vips {
-            self.nodes[i].birdc(&format!("disable {}", bird::vip_protocol(*v)));
-        }
+        self.nodes[i].xlb(&["node", "drain"]);
     }
 
-    /// Announces every VIP of node `i` again.
+    /// `xlb node undrain` on node `i`.
     pub fn undrain(&self, i: usize) {
-        for v in &self.vips {
-            self.nodes[i].birdc(&format!("enable {}", bird::vip_protocol(*v)));
-        }
+        self.nodes[i].xlb(&["node", "undrain"]);
     }
 
     /// [`Node::set_silent`] for node `i`.

@@ -32,9 +32,10 @@ pub const MAIN: [(&str, bool, bool); 4] = [
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// The `[[service]]` blocks of the main services, with backends `be` (indices into the
-/// lab's backends).
+/// lab's backends), and the app services on VIP 2 (IPv4) with the lab's last backend
+/// alone: app-web (TCP 80) and app-dns (UDP 53).
 pub fn services(lab: &EcmpLab, be: &[usize]) -> String {
-    let mut s = String::new();
+    let mut s = app_services(lab);
     for (name, v4, udp) in MAIN {
         let backends: Vec<(IpAddr, u32)> =
             be.iter().map(|i| (backend_addr(lab, *i, v4), 1)).collect();
@@ -49,6 +50,15 @@ pub fn services(lab: &EcmpLab, be: &[usize]) -> String {
         ));
     }
     s
+}
+
+/// The services of VIP 2: one backend (the lab's last), two services sharing the VIP.
+fn app_services(lab: &EcmpLab) -> String {
+    let last = lab.backends.len() - 1;
+    let be = [(backend_addr(lab, last, true), 1)];
+    let vip = vip4(2).to_string();
+    service_block("app-web", &vip, HTTP_PORT, "tcp", HTTP_HEALTH, &be)
+        + &service_block("app-dns", &vip, UDP_PORT, "udp", UDP_HEALTH, &be)
 }
 
 fn main_target(v4: bool, udp: bool) -> (IpAddr, u16, &'static str, &'static str) {
@@ -1020,9 +1030,7 @@ pub fn drain_add_return(
     wait_all_healthy(lab, Duration::from_secs(10));
     let added = round(lab, &clients, false);
     if lose_state {
-        let n = &mut lab.nodes[node];
-        n.lose_pinned_state();
-        n.start_daemon();
+        lab.nodes[node].reboot();
         wait_all_healthy(lab, Duration::from_secs(10));
     }
     undrain(lab, node);
