@@ -53,6 +53,9 @@ fn main() {
     step(4, "a whole node made silent (its link dropped)");
     print!("{}", scenarios::silent(&lab, 2));
 
+    step(5, "a service's last backend goes unhealthy on every node");
+    print!("{}", scenarios::last_backend(&mut lab));
+
     // Weights now: be0 1, be1 1, be2 2, be3 1 (from step 0).
     step(6, "a backend added on every node, then a node drained");
     print!("{}", scenarios::add_then_drain(&lab, 4, 0, 6));

@@ -1082,3 +1082,168 @@ impl fmt::Display for Return {
         )
     }
 }
+
+// ---- 5. a service's last backend unhealthy on every node -------------------------------
+
+/// Scenario 5: VIP 2 carries app-web (TCP) and app-dns (UDP), one backend each, the same
+/// one. Its HTTP check failing alone leaves the VIP announced (app-dns still serves); its
+/// server stopping withdraws the VIP on every node; its recovery announces it again.
+pub struct LastBackend {
+    pub vip: IpAddr,
+    /// Nodes announcing the VIP after app-web lost its backend (app-dns still serving).
+    pub nodes_one_service_down: Vec<usize>,
+    /// What a node's `xlb status` said about the VIP then.
+    pub why_one_service_down: String,
+    /// From the server's stop to the router having no route for the VIP.
+    pub withdrawn_ms: u128,
+    pub why_withdrawn: String,
+    /// Requests to the VIP while withdrawn that were answered (of `asked`).
+    pub answered_withdrawn: usize,
+    pub asked: usize,
+    /// From the server's restart to the VIP announced by every node again.
+    pub back_ms: u128,
+    pub answered_back: usize,
+    /// The router's next hops for VIP 1 throughout.
+    pub main_routes: Vec<Vec<usize>>,
+}
+
+pub fn last_backend(lab: &mut EcmpLab) -> LastBackend {
+    let vip = vip4(2);
+    let last = lab.backends.len() - 1;
+    let all: Vec<usize> = (0..lab.nodes.len()).collect();
+    let sample: Vec<IpAddr> = lab.clients4.iter().take(30).copied().collect();
+    let watch = RouteWatch::start(lab);
+    lab.wait_next_hops(&[vip], &all, Duration::from_secs(5));
+    // The HTTP check fails: app-web has no healthy backend, app-dns has one.
+    let ns = &lab.backends[last].ns;
+    run_ok(
+        ns.cmd("nft").args(["-f", "-"]),
+        "table inet xlbblock {\n chain block {\n  type filter hook input priority 0;\n  tcp dport 80 drop\n }\n}\n",
+    );
+    wait_status(lab, "app-web", "unhealthy");
+    let nodes_one_service_down = lab.next_hops(vip);
+    let why_one_service_down = vip_why(lab, 0, vip);
+    // The server stops: no service of the VIP can serve.
+    let t = Instant::now();
+    lab.stop_server(last);
+    lab.wait_next_hops(&[vip], &[], Duration::from_secs(5));
+    let withdrawn_ms = t.elapsed().as_millis();
+    let why_withdrawn = vip_why(lab, 0, vip);
+    let answered_withdrawn = lab
+        .round(&sample, vip, true, Duration::from_millis(200))
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .count();
+    // It recovers.
+    let _ = lab.backends[last]
+        .ns
+        .cmd("nft")
+        .args(["delete", "table", "inet", "xlbblock"])
+        .status();
+    let t = Instant::now();
+    lab.start_server(last);
+    lab.wait_next_hops(&[vip], &all, Duration::from_secs(10));
+    let back_ms = t.elapsed().as_millis();
+    let answered_back = lab
+        .round(&sample, vip, false, REQUEST_TIMEOUT)
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .count();
+    LastBackend {
+        vip,
+        nodes_one_service_down,
+        why_one_service_down,
+        withdrawn_ms,
+        why_withdrawn,
+        answered_withdrawn,
+        asked: sample.len(),
+        back_ms,
+        answered_back,
+        main_routes: watch.stop(),
+    }
+}
+
+/// Runs `cmd` with `input` on its stdin; panics when it fails.
+fn run_ok(cmd: &mut std::process::Command, input: &str) {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).expect("stdin");
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{cmd:?} failed: {status}");
+}
+
+/// Waits until every node's `xlb status` shows every backend of `service` with `health`.
+fn wait_status(lab: &EcmpLab, service: &str, health: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for n in &lab.nodes {
+        loop {
+            let st = n.xlb_json(&["status"]);
+            let done = st["services"].as_array().into_iter().flatten().any(|s| {
+                s["name"] == service
+                    && s["backends"]
+                        .as_array()
+                        .is_some_and(|b| b.iter().all(|b| b["health"] == health))
+            });
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {service} not {health}",
+                n.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `state: reason` of `vip` in node `i`'s `xlb status --json`.
+pub fn vip_why(lab: &EcmpLab, i: usize, vip: IpAddr) -> String {
+    let st = lab.nodes[i].xlb_json(&["status"]);
+    st["announce"]["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["vip"] == vip.to_string())
+        .map(|v| {
+            format!(
+                "{}: {}",
+                v["state"].as_str().unwrap_or("?"),
+                v["reason"].as_str().unwrap_or("?")
+            )
+        })
+        .unwrap_or_default()
+}
+
+impl fmt::Display for LastBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "  {}: app-web's only backend fails its HTTP check on every node: still announced by {} nodes (n0 says \"{}\")",
+            self.vip,
+            self.nodes_one_service_down.len(),
+            self.why_one_service_down
+        )?;
+        writeln!(
+            f,
+            "  its server stops (app-dns loses it too): withdrawn by every node after {} ms (n0 says \"{}\"); {} of {} requests answered meanwhile",
+            self.withdrawn_ms, self.why_withdrawn, self.answered_withdrawn, self.asked
+        )?;
+        writeln!(
+            f,
+            "  server back: announced by every node again after {} ms; {} of {} requests answered",
+            self.back_ms, self.answered_back, self.asked
+        )?;
+        writeln!(
+            f,
+            "  the router's next hops for {} throughout: {}",
+            vip4(1),
+            fmt_routes(&self.main_routes)
+        )
+    }
+}

@@ -41,10 +41,12 @@ fn ecmp_every_node_picks_the_same_backend_whatever_the_order_of_adds() {
     assert_eq!(r.failed, 0, "{r}");
 }
 
-/// Steady state, then a daemon SIGKILLed (nothing withdrawn, lost or moved) and a node
-/// made silent (BFD withdraws it within a second; its clients keep their backend).
+/// Steady state, then a daemon SIGKILLed (nothing withdrawn, lost or moved), a node made
+/// silent (BFD withdraws it within a second; its clients keep their backend), and a VIP
+/// whose services lose their last backend (withdrawn by every node only when none of its
+/// services can serve; back on recovery).
 #[test]
-fn ecmp_steady_daemon_kill_and_silent_node() {
+fn ecmp_steady_daemon_kill_silent_node_and_last_backend() {
     let mut lab = lab(3);
     lab.write_configs(&scenarios::services(&lab, &[0, 1, 2]));
     lab.start_all();
@@ -77,6 +79,23 @@ fn ecmp_steady_daemon_kill_and_silent_node() {
     assert_eq!(q.others_changed_backend, 0, "{q}");
     assert_eq!(q.returned, q.clients_of_node, "{q}");
     assert_eq!(q.returned_changed_backend, 0, "{q}");
+
+    let l = scenarios::last_backend(&mut lab);
+    println!("{l}");
+    assert_eq!(l.nodes_one_service_down, vec![0, 1, 2], "{l}");
+    assert!(
+        l.why_one_service_down
+            .starts_with("announced: served by app-dns"),
+        "{l}"
+    );
+    assert!(
+        l.why_withdrawn
+            .starts_with("withdrawn: no service has a healthy backend (app-dns 0/1, app-web 0/1)"),
+        "{l}"
+    );
+    assert_eq!(l.answered_withdrawn, 0, "{l}");
+    assert_eq!(l.answered_back, l.asked, "{l}");
+    assert_eq!(l.main_routes, vec![vec![0, 1, 2]], "VIP 1 untouched: {l}");
 }
 
 /// Node drain (clients move, keep their backend, open connections survive), a backend
@@ -99,6 +118,19 @@ fn ecmp_drain_add_and_return() {
     assert_eq!(d.shuffled_changed, 0, "{d}");
     assert_eq!(d.failed, 0, "{d}");
     assert!(d.held.1 > 0 && d.held.0 == d.held.1, "{d}");
+    // Persisted: a restarted daemon keeps the node drained; status says why.
+    let why = scenarios::vip_why(&lab, 1, lab.vips[0]);
+    assert!(why.starts_with("withdrawn: node drained"), "{why}");
+    lab.nodes[1].kill_daemon();
+    lab.nodes[1].start_daemon();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        lab.next_hops(lab.vips[0]),
+        vec![0, 2],
+        "still drained after a restart"
+    );
+    let text = lab.nodes[1].xlb(&["status"]);
+    assert!(text.contains("node drained"), "{text}");
     scenarios::undrain(&lab, 1);
 
     let a = scenarios::add_then_drain(&lab, 3, 0, 4);
