@@ -236,6 +236,30 @@ impl Config {
         };
         // Plain strings, integers, tables and arrays: serialization cannot fail.
         let body = toml::to_string(&top).expect("config serializes to TOML");
-        format!("# effective config of {}\n{body}", self.path.display())
+        format!(
+            "# effective config of {}\n{body}{}",
+            self.path.display(),
+            self.bird_protocols()
+        )
+    }
+
+    /// With `kind = "bird"`: the static protocols BIRD's config needs for this config's
+    /// VIPs, as TOML comments (empty otherwise).
+    fn bird_protocols(&self) -> String {
+        if !matches!(self.announce, Announce::Bird { .. }) {
+            return String::new();
+        }
+        let mut vips: Vec<std::net::IpAddr> = self.services.iter().map(|s| s.vip).collect();
+        vips.sort_unstable();
+        vips.dedup();
+        let mut out =
+            String::from("\n# [announce] kind = \"bird\": BIRD's config needs, for these VIPs:\n");
+        for v in vips {
+            out.push_str(&format!(
+                "# {}\n",
+                crate::model::announce::bird_protocol_config(v)
+            ));
+        }
+        out
     }
 }

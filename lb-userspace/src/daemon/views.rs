@@ -323,6 +323,18 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
             .into_iter()
             .map(|i| (i.name, i.attached))
             .collect(),
+        vips: announce_status(st)
+            .vips
+            .into_iter()
+            .map(|v| {
+                let announced = match v.state.as_str() {
+                    "announced" => Some(true),
+                    "withdrawn" => Some(false),
+                    _ => None,
+                };
+                (v.vip.to_string(), v.want, announced)
+            })
+            .collect(),
         packets: packets(&view.global),
         services,
     }
