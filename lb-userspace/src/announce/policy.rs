@@ -68,7 +68,7 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::Serving { services } => write!(f, "served by {}", services.join(", ")),
-            Reason::Drained => f.write_str("node drained (`xlb node undrain` to announce again)"),
+            Reason::Drained => f.write_str("node drained"),
             Reason::NotAttached => f.write_str("the XDP program is not attached"),
             Reason::NoUsableBackend { services } => {
                 let each: Vec<String> = services

@@ -70,6 +70,16 @@ fn main() {
     );
     print!("{}", scenarios::drain_add_return(&mut lab, 2, 6, true, 8));
 
+    step(8, "what an operator sees on a drained node");
+    lab.drain(1);
+    println!("$ xlb node drain   (on n1)\n$ xlb status   (its announce part)");
+    let status = lab.nodes[1].xlb(&["status"]);
+    let part = status.split("\nannounce:").nth(1).unwrap_or_default();
+    for l in format!("announce:{part}").lines() {
+        println!("  {l}");
+    }
+    lab.undrain(1);
+
     drop(lab);
     println!(
         "\ndone in {:.1} s; the lab is gone (namespaces, processes, pinned maps).",
