@@ -164,6 +164,19 @@ fn ecmp_drain_add_and_return() {
         "without its pins the node decides with the new table (≈1/6): {r}"
     );
     assert_eq!(r.others_changed, 0, "{r}");
+
+    // `xlb down --config` withdraws the node's VIPs before removing its data plane (a
+    // stopped daemon alone withdraws nothing).
+    lab.nodes[0].kill_daemon();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(lab.next_hops(lab.vips[0]), vec![0, 1, 2]);
+    let config = lab.nodes[0].config.display().to_string();
+    let out = lab.nodes[0].xlb(&["down", "--config", &config]);
+    assert!(out.contains("withdrew 10.200.0.1, 10.200.0.2, fd00:200::1"), "{out}");
+    let others = [1, 2];
+    lab.wait_next_hops(&lab.vips, &others, Duration::from_millis(500));
+    lab.nodes[0].start_daemon();
+    lab.wait_next_hops(&lab.vips, &[0, 1, 2], Duration::from_secs(5));
 }
 
 /// xlb's BIRD announcer against a real BIRD: protocols of announced VIPs enabled, of
