@@ -14,6 +14,11 @@
 //! The flow hash and the Maglev slot selection live here too, so that the XDP program,
 //! the unit tests and `xlb explain` all run the same code.
 #![cfg_attr(not(any(feature = "user", test)), no_std)]
+// The affinity table's compare-and-swap: the BPF target has no `AtomicU64::compare_exchange`
+// (rustc's target spec says no CAS), but LLVM emits BPF_ATOMIC | BPF_CMPXCHG for the
+// intrinsic, which the kernel's verifier and JIT support (≥ 5.12).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 pub mod affinity;
 pub mod hash;
@@ -64,8 +69,20 @@ pub const MAP_SERVICES: &str = "XLB_SERVICES";
 pub const MAP_MAGLEV: &str = "XLB_MAGLEV";
 /// ARRAY: backend id → [`Backend`].
 pub const MAP_BACKENDS: &str = "XLB_BACKENDS";
-/// LRU_HASH (shared by all CPUs): [`AffinityKey`] → [`AffinityValue`].
+/// ARRAY (mmapable) of [`affinity::table::Bucket`]: the affinity table, value 0 its
+/// [`affinity::table::Header`]. (Releases before it: an LRU_HASH [`AffinityKey`] →
+/// [`AffinityValue`] of the same name, migrated on adoption.)
 pub const MAP_AFFINITY: &str = "XLB_AFFINITY";
+/// ARRAY (mmapable) of [`affinity::table::ColdBucket`], indexed like `XLB_AFFINITY`: the
+/// whole key and creation time of each pin.
+pub const MAP_AFF_KEYS: &str = "XLB_AFF_KEYS";
+/// ARRAY (mmapable) of [`FastService`]: a direct-mapped copy of the services map in front
+/// of it (see [`fast_slot`]); a miss there falls back to `XLB_SERVICES`.
+pub const MAP_SVC_FAST: &str = "XLB_SVC_FAST";
+/// ARRAY: service id → its `idle_timeout` in affinity-table units (`u32`,
+/// [`affinity::table::timeout_units`]): lets a writer tell whether another service's
+/// entry has expired.
+pub const MAP_SVC_IDLE: &str = "XLB_SVC_IDLE";
 /// PERCPU_ARRAY: [`Stat`] index → `u64` packet count.
 pub const MAP_STATS: &str = "XLB_STATS";
 /// PERCPU_ARRAY: service id → [`ServiceStats`].
@@ -93,10 +110,12 @@ pub const MAX_SERVICES: u32 = 256;
 pub const MAX_BACKENDS: u32 = 4096;
 /// Entries in the services hash: every service plus one VIP marker per distinct address.
 pub const MAX_SERVICE_KEYS: u32 = 2 * MAX_SERVICES;
+/// Slots of `XLB_SVC_FAST` (a power of two, twice the services: few collisions).
+pub const FAST_SERVICE_SLOTS: u32 = 512;
 /// Default size of the Maglev array (all services' tables side by side); the controller
 /// may resize it at load time.
 pub const DEFAULT_MAGLEV_SLOTS: u32 = 1 << 21;
-/// Default capacity of the affinity LRU (entries, shared by all services).
+/// Default capacity of the affinity table (clients, shared by all services).
 pub const DEFAULT_AFFINITY_CAPACITY: u32 = 1 << 20;
 /// Egress interfaces in the redirect map.
 pub const MAX_TX_PORTS: u32 = 64;
@@ -184,6 +203,38 @@ pub struct ServiceValue {
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 48);
 const _: () = assert!(core::mem::offset_of!(ServiceValue, refresh_ns) == 44);
 
+/// One slot of `XLB_SVC_FAST`: a service entry copied whole, under a sequence word.
+///
+/// Why: a hash lookup of the 20-byte key is the most expensive step of a pinned client's
+/// packet; this array is indexed by a hash the program computes itself. Its entries are
+/// written in place, so a reader could see half of an update: the controller (the only
+/// writer, through the mmapped map) makes `seq` odd, writes the key and value, makes it
+/// even again; the program reads `seq`, copies key and value, reads `seq` again, and uses
+/// the copy only when both reads are equal and even — otherwise it asks `XLB_SERVICES`
+/// (always complete: the controller writes it first). A slot holds at most one key; a
+/// service whose slot another holds lives only in the hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FastService {
+    /// Even: stable; odd: being written.
+    pub seq: u32,
+    /// The service key (`family == 0`: an empty slot).
+    pub key: ServiceKey,
+    pub value: ServiceValue,
+}
+const _: () = assert!(core::mem::size_of::<FastService>() == 72);
+const _: () = assert!(FAST_SERVICE_SLOTS.is_power_of_two());
+
+/// The `XLB_SVC_FAST` slot of a service key.
+#[inline(always)]
+pub fn fast_slot(key: &ServiceKey) -> u32 {
+    let w = (key.addr[0] ^ key.addr[1] ^ key.addr[2] ^ key.addr[3]) as u64
+        | ((key.port_be as u64) << 32)
+        | ((key.proto as u64) << 48)
+        | ((key.family as u64) << 56);
+    (hash::fmix64(w) as u32) & (FAST_SERVICE_SLOTS - 1)
+}
+
 // ---------------------------------------------------------------------------------------
 // Backends.
 // ---------------------------------------------------------------------------------------
@@ -226,7 +277,9 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 48);
 // Affinity.
 // ---------------------------------------------------------------------------------------
 
-/// Key of the affinity LRU.
+/// An affinity key: what a pin is for. The table stores it as a tag (and a cold copy),
+/// see [`affinity::table`]; this is also the key layout of the LRU table of earlier
+/// releases.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct AffinityKey {
@@ -242,8 +295,10 @@ pub struct AffinityKey {
 }
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 24);
 
-/// Value of the affinity LRU. Times are `bpf_ktime_get_coarse_ns()`, i.e.
-/// `CLOCK_MONOTONIC_COARSE` in nanoseconds.
+/// An affinity entry as userspace sees it (and the value layout of the LRU table of
+/// earlier releases). Times are `bpf_ktime_get_coarse_ns()`, i.e.
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds; read from the table they have its resolution
+/// (2^20 ns for `last_seen_ns`, 2^30 ns for `pinned_ns`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct AffinityValue {
@@ -420,6 +475,9 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::BackendStats {}
     unsafe impl aya::Pod for super::maps::Meta {}
+    unsafe impl aya::Pod for super::affinity::table::Bucket {}
+    unsafe impl aya::Pod for super::FastService {}
+    unsafe impl aya::Pod for super::affinity::table::ColdBucket {}
 }
 
 #[cfg(test)]

@@ -19,10 +19,16 @@
 
 use crate::{
     AffinityKey, AffinityValue, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY,
-    DEFAULT_MAGLEV_SLOTS, MAP_AFFINITY, MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_SERVICES,
-    MAP_STATS, MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICE_KEYS,
-    MAX_SERVICES, MAX_TX_PORTS, ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
+    DEFAULT_MAGLEV_SLOTS, FAST_SERVICE_SLOTS, FastService, MAP_AFF_KEYS, MAP_AFFINITY,
+    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE,
+    MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES,
+    MAX_TX_PORTS, ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
+    affinity::table::{Bucket, ColdBucket, table_entries},
 };
+
+/// `BPF_F_MMAPABLE`: the array's memory can be mmapped (and its values start page-aligned,
+/// so 64-byte values are whole cache lines).
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// ARRAY of one [`Meta`]: facts about the pinned state as a whole.
 pub const MAP_META: &str = "XLB_META";
@@ -59,7 +65,7 @@ impl MapKind {
 /// Sizes chosen when the object is loaded (the rest of the table is fixed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sizes {
-    /// `daemon.affinity_capacity`: entries of the affinity table.
+    /// `daemon.affinity_capacity`: clients the affinity table is sized for.
     pub affinity_capacity: u32,
     /// Slots of the Maglev array (all services' tables side by side).
     pub maglev_slots: u32,
@@ -77,8 +83,8 @@ impl Sizes {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MaxEntries {
     Fixed(u32),
-    /// [`Sizes::affinity_capacity`].
-    AffinityCapacity,
+    /// [`table_entries`] of [`Sizes::affinity_capacity`] (buckets of the affinity table).
+    AffinityTable,
     /// [`Sizes::maglev_slots`].
     MaglevSlots,
 }
@@ -87,7 +93,7 @@ impl MaxEntries {
     pub const fn resolve(self, sizes: &Sizes) -> u32 {
         match self {
             MaxEntries::Fixed(n) => n,
-            MaxEntries::AffinityCapacity => sizes.affinity_capacity,
+            MaxEntries::AffinityTable => table_entries(sizes.affinity_capacity),
             MaxEntries::MaglevSlots => sizes.maglev_slots,
         }
     }
@@ -97,10 +103,17 @@ impl MaxEntries {
 /// converter function in lb-userspace (`dataplane::migrate`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Conversion {
-    /// Affinity entries, same key and value layout: copied least recently seen first, so
-    /// a smaller table keeps the most recent clients; an entry already in the new map
+    /// The LRU hash of earlier releases ([`AffinityKey`] → [`AffinityValue`]) into the
+    /// bucketed table (and its keys): every entry copied, least recently seen first, so
+    /// a full bucket keeps the most recent clients; a key the new table already holds
     /// (written by the new program) is kept.
-    AffinityByRecency,
+    AffinityFromLru,
+    /// The bucketed table into one of another size: the same, reading the old table's
+    /// keys from its `XLB_AFF_KEYS` (set aside with it).
+    AffinityTable,
+    /// `XLB_AFF_KEYS` of another size: carried over by the conversion of `XLB_AFFINITY`
+    /// (which reads the old keys); nothing of its own.
+    AffinityKeys,
 }
 
 /// What adoption does with a pinned map whose only difference is `max_entries`.
@@ -243,15 +256,44 @@ pub const MAPS: &[MapDef] = &[
         MaxEntries::Fixed(MAX_BACKENDS),
     ),
     MapDef {
-        on_resize: OnResize::Migrate(Conversion::AffinityByRecency),
+        flags: BPF_F_MMAPABLE,
+        on_resize: OnResize::Migrate(Conversion::AffinityTable),
         ..def(
             MAP_AFFINITY,
-            MapKind::LruHash,
-            size::<AffinityKey>(),
-            size::<AffinityValue>(),
-            MaxEntries::AffinityCapacity,
+            MapKind::Array,
+            4,
+            size::<Bucket>(),
+            MaxEntries::AffinityTable,
         )
     },
+    MapDef {
+        flags: BPF_F_MMAPABLE,
+        on_resize: OnResize::Migrate(Conversion::AffinityKeys),
+        ..def(
+            MAP_AFF_KEYS,
+            MapKind::Array,
+            4,
+            size::<ColdBucket>(),
+            MaxEntries::AffinityTable,
+        )
+    },
+    MapDef {
+        flags: BPF_F_MMAPABLE,
+        ..def(
+            MAP_SVC_FAST,
+            MapKind::Array,
+            4,
+            size::<FastService>(),
+            MaxEntries::Fixed(FAST_SERVICE_SLOTS),
+        )
+    },
+    def(
+        MAP_SVC_IDLE,
+        MapKind::Array,
+        4,
+        4,
+        MaxEntries::Fixed(MAX_SERVICES),
+    ),
     def(
         MAP_STATS,
         MapKind::PerCpuArray,
@@ -299,9 +341,18 @@ pub const MAPS: &[MapDef] = &[
 /// Maps earlier releases pinned and this one no longer has: removed on adoption.
 pub const RETIRED_MAPS: &[&str] = &[];
 
-/// Layouts earlier releases pinned that this one converts (none yet: every map of this
-/// release has the layout it had when it was introduced).
-pub const OLD_LAYOUTS: &[OldLayout] = &[];
+/// Layouts earlier releases pinned that this one converts.
+pub const OLD_LAYOUTS: &[OldLayout] = &[
+    // The affinity LRU of releases up to the bucketed table (shared LRU lists).
+    OldLayout {
+        name: MAP_AFFINITY,
+        map_type: MapKind::LruHash.bpf_type(),
+        key_size: size::<AffinityKey>(),
+        value_size: size::<AffinityValue>(),
+        flags: 0,
+        conversion: Conversion::AffinityFromLru,
+    },
+];
 
 /// The three lists adoption works from, together so tests can describe other releases.
 #[derive(Clone, Copy, Debug)]
@@ -384,7 +435,15 @@ mod tests {
             maglev_slots: 11,
         };
         let affinity = CATALOG.map(MAP_AFFINITY).expect("affinity");
-        assert_eq!(affinity.layout(&s).max_entries, 7);
+        assert_eq!(affinity.layout(&s).max_entries, table_entries(7));
+        assert_eq!(
+            CATALOG
+                .map(MAP_AFF_KEYS)
+                .expect("keys")
+                .layout(&s)
+                .max_entries,
+            table_entries(7)
+        );
         assert_eq!(
             CATALOG
                 .map(MAP_MAGLEV)
@@ -408,7 +467,7 @@ mod tests {
             key_size: 24,
             value_size: 24,
             flags: 0,
-            conversion: Conversion::AffinityByRecency,
+            conversion: Conversion::AffinityFromLru,
         };
         let l = Layout {
             map_type: MapKind::Hash.bpf_type(),
@@ -426,5 +485,20 @@ mod tests {
                 ..l
             }
         ));
+    }
+
+    #[test]
+    fn the_lru_table_of_earlier_releases_is_a_known_old_layout() {
+        let lru = Layout {
+            map_type: MapKind::LruHash.bpf_type(),
+            key_size: 24,
+            value_size: 24,
+            max_entries: 1 << 20,
+            flags: 0,
+        };
+        assert_eq!(
+            CATALOG.old_layout(MAP_AFFINITY, &lru).map(|o| o.conversion),
+            Some(Conversion::AffinityFromLru)
+        );
     }
 }

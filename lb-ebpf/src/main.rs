@@ -1,7 +1,8 @@
-//! The xlb XDP balancer: IP affinity with an LRU affinity table in front of Maglev.
+//! The xlb XDP balancer: IP affinity with a bucketed affinity table in front of Maglev.
 //!
-//! Per packet: parse → VIP pre-filter → service lookup → affinity lookup → (miss) Maglev
-//! slot → backend → rewrite MACs (DSR) → XDP_TX or XDP_REDIRECT. Everything not owned by
+//! Per packet: parse → VIP pre-filter → service lookup → affinity lookup (one 64-byte
+//! bucket) → (miss) Maglev slot → backend → pin written → rewrite MACs (DSR) → XDP_TX or
+//! XDP_REDIRECT. Everything not owned by
 //! a service leaves with XDP_PASS, unchanged. Every packet increments exactly one counter
 //! of `XLB_STATS` (its verdict and reason).
 //!
@@ -13,19 +14,24 @@
 #![no_main]
 
 use aya_ebpf::{
+    Global,
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
-    Addr, AffinityKey, AffinityValue, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY,
-    DEFAULT_MAGLEV_SLOTS, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES,
-    MAX_TX_PORTS, NO_BACKEND, PROTO_TCP, PROTO_UDP, PROTO_VIP_MARKER, SVC_F_PASS_NO_BACKEND,
-    ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
-    affinity::{self, Verdict},
-    maps::Meta,
+    Addr, AffinityKey, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY, DEFAULT_MAGLEV_SLOTS,
+    FAMILY_V4, FAMILY_V6, FAST_SERVICE_SLOTS, FastService, MAX_BACKENDS, MAX_SERVICE_KEYS,
+    MAX_SERVICES, MAX_TX_PORTS, NO_BACKEND, PROTO_TCP, PROTO_UDP, PROTO_VIP_MARKER,
+    SVC_F_PASS_NO_BACKEND, ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
+    affinity::{
+        self, Verdict,
+        table::{self, Bucket, ColdBucket, Found, Place, Written, table_entries},
+    },
+    fast_slot,
+    maps::{BPF_F_MMAPABLE, Meta},
     vip_filter_bit_folded,
 };
 use lb_ebpf::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, load_u32, ptr_at, store_u32};
@@ -43,20 +49,39 @@ use network_types::{
 #[map(name = "XLB_SERVICES")]
 static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICE_KEYS, 0);
 
+/// The services map's direct-mapped copy, looked at first (lb_common::FastService).
+#[map(name = "XLB_SVC_FAST")]
+static SVC_FAST: Array<FastService> = Array::with_max_entries(FAST_SERVICE_SLOTS, BPF_F_MMAPABLE);
+
 #[map(name = "XLB_MAGLEV")]
 static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAGLEV_SLOTS, 0);
 
 #[map(name = "XLB_BACKENDS")]
 static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// One hash table shared by all CPUs: a client's connections arrive on several RX queues
-/// and must all see the same pin. Its LRU lists are common too. BPF_F_NO_COMMON_LRU
-/// (per-CPU lists) makes a miss ~150 ns cheaper here, but splits the capacity per CPU:
-/// with traffic on one queue only capacity / CPUs clients stay pinned, so an
-/// `affinity_capacity` sized for the client count would silently evict pins.
+/// The affinity table, shared by all CPUs (a client's connections arrive on several RX
+/// queues and must all see the same pin): one 64-byte bucket per lookup, expiry by
+/// timestamp, no lists and no locks on the read path (lb_common::affinity::table).
 #[map(name = "XLB_AFFINITY")]
-static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
-    LruHashMap::with_max_entries(DEFAULT_AFFINITY_CAPACITY, 0);
+static AFFINITY: Array<Bucket> =
+    Array::with_max_entries(table_entries(DEFAULT_AFFINITY_CAPACITY), BPF_F_MMAPABLE);
+
+/// The whole key and creation time of every pin, indexed like `XLB_AFFINITY`.
+#[map(name = "XLB_AFF_KEYS")]
+static AFF_KEYS: Array<ColdBucket> =
+    Array::with_max_entries(table_entries(DEFAULT_AFFINITY_CAPACITY), BPF_F_MMAPABLE);
+
+/// Each service's `idle_timeout` in table units: whether another service's entry in a
+/// full bucket is free space.
+#[map(name = "XLB_SVC_IDLE")]
+static SVC_IDLE: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// The affinity table's hash seed and data bucket count, from its header: set by the
+/// loader (read-only data, so the verifier folds them into constants).
+#[unsafe(no_mangle)]
+static AFFINITY_SEED: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static AFFINITY_BUCKETS: Global<u32> = Global::new(1);
 
 #[map(name = "XLB_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
@@ -285,19 +310,39 @@ fn l4(ctx: &XdpContext, flow: &Flow) -> Result<u32, ()> {
         proto: flow.proto,
         family: flow.family,
     };
-    // SAFETY: hash map values are replaced whole (RCU), never written in place, so the
-    // reference stays consistent for this run of the program.
-    let svc: &ServiceValue = match unsafe { SERVICES.get(key) } {
+    // The exact port first, then a service of every port (port 0).
+    let svc = match service(&key) {
         Some(s) => s,
         None => {
             key.port_be = 0;
-            match unsafe { SERVICES.get(key) } {
+            match service(&key) {
                 Some(s) => s,
                 None => return pass(Stat::PassNotService),
             }
         }
     };
-    balance(ctx, svc, flow, sport)
+    balance(ctx, &svc, flow, sport)
+}
+
+/// The service of `key`: from `XLB_SVC_FAST` when its slot holds the key and was not
+/// being written, else from the services hash.
+#[inline(always)]
+fn service(key: &ServiceKey) -> Option<ServiceValue> {
+    if let Some(e) = SVC_FAST.get_ptr(fast_slot(key)) {
+        // SAFETY: a live slot; the sequence word tells a torn copy (FastService docs).
+        let (s1, k, v, s2) = unsafe {
+            let seq = core::ptr::addr_of!((*e).seq);
+            let s1 = core::ptr::read_volatile(seq);
+            let k = core::ptr::read_volatile(core::ptr::addr_of!((*e).key));
+            let v = core::ptr::read_volatile(core::ptr::addr_of!((*e).value));
+            (s1, k, v, core::ptr::read_volatile(seq))
+        };
+        if s1 & 1 == 0 && s1 == s2 && k == *key {
+            return Some(v);
+        }
+    }
+    // SAFETY: hash map values are replaced whole (RCU), never written in place.
+    unsafe { SERVICES.get(*key) }.copied()
 }
 
 #[inline(always)]
@@ -309,30 +354,94 @@ fn balance(ctx: &XdpContext, svc: &ServiceValue, flow: &Flow, sport: u16) -> Res
     let ss = unsafe { &mut *ss };
     let key = affinity::key(svc, &flow.saddr, sport, flow.family);
     // SAFETY: a helper without side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = table::units(now_ns);
+    let place = table::place(&key, AFFINITY_SEED.load(), AFFINITY_BUCKETS.load());
+    let Some(bucket) = AFFINITY.get_ptr_mut(place.bucket) else {
+        return Err(());
+    };
 
     // The rules live in lb_common::affinity (shared with explain, affinity list, counts).
-    if let Some(entry) = AFFINITY.get_ptr_mut(key) {
-        // SAFETY: a pointer into the map value; concurrent writers only store whole
-        // aligned u64/u32 fields, and a torn `last_seen` read is harmless.
-        let entry = unsafe { &mut *entry };
-        let backend_id = entry.backend_id;
-        let be = BACKENDS.get(backend_id);
-        match (affinity::judge(svc, &key, entry, be, now), be) {
-            (Verdict::Live { refresh }, Some(be)) => {
-                if refresh {
-                    entry.last_seen_ns = now;
+    // SAFETY: a live bucket of the table.
+    let write = match unsafe { table::find(bucket, place.tag) } {
+        Found::Hit { slot, val } => {
+            let backend_id = table::backend_of(val);
+            let be = BACKENDS.get(backend_id);
+            match (affinity::judge_word(svc, key.service_id, val, be, now), be) {
+                (Verdict::Live { refresh }, Some(be)) => {
+                    if refresh {
+                        refresh_pin(&key, bucket, &place, slot, val, now_ns);
+                    }
+                    ss.hits += 1;
+                    return forward(ctx, ss, be, backend_id);
                 }
-                ss.hits += 1;
-                return forward(ctx, ss, be, backend_id);
+                (Verdict::Expired, _) => ss.expiries += 1,
+                _ => ss.repins += 1,
             }
-            (Verdict::Expired, _) => ss.expiries += 1,
-            _ => ss.repins += 1,
+            true
         }
+        Found::None => {
+            ss.misses += 1;
+            true
+        }
+        // Another CPU is writing the client's slot: Maglev decides this packet alone.
+        Found::Busy => {
+            ss.misses += 1;
+            false
+        }
+    };
+    hashed(
+        ctx,
+        svc,
+        ss,
+        &key,
+        Pin {
+            place,
+            bucket,
+            now,
+            now_ns,
+            write,
+        },
+    )
+}
+
+/// Refreshes a live pin; when this hit establishes an IPv4 client, its cold key (whole
+/// key and creation second) is written now, its first second later than its pin.
+#[inline(always)]
+fn refresh_pin(
+    key: &AffinityKey,
+    bucket: *mut Bucket,
+    place: &Place,
+    slot: usize,
+    val: u64,
+    now_ns: u64,
+) {
+    let now = table::units(now_ns);
+    if key.family == FAMILY_V4
+        && table::becomes_established(val, now)
+        && let Some(cold) = AFF_KEYS.get_ptr_mut(place.bucket)
+    {
+        let c = table::ColdKey {
+            pinned_s: table::first_second(val, now_ns),
+            ..table::cold_of(key, now_ns)
+        };
+        // SAFETY: the same live bucket of the table and of its keys; a lost race only
+        // skips this write (the next hit tries again).
+        unsafe { table::establish(bucket, cold, slot, val, now, &c) };
     } else {
-        ss.misses += 1;
+        // SAFETY: a live bucket of the table; a lost race only skips this refresh.
+        unsafe { table::refresh(bucket, slot, val, now) };
     }
-    hashed(ctx, svc, ss, &key, now)
+}
+
+/// Where and when [`hashed`] writes the pin.
+struct Pin {
+    place: Place,
+    bucket: *mut Bucket,
+    now: u32,
+    now_ns: u64,
+    /// False when the slot was busy: decide without writing.
+    write: bool,
 }
 
 /// The Maglev slot decides; the entry is (re)written.
@@ -342,7 +451,7 @@ fn hashed(
     svc: &ServiceValue,
     ss: &mut ServiceStats,
     key: &AffinityKey,
-    now: u64,
+    pin: Pin,
 ) -> Result<u32, ()> {
     let slot = svc.table_offset + affinity::slot(key, svc.table_size);
     let backend_id = match MAGLEV.get(slot) {
@@ -355,11 +464,33 @@ fn hashed(
         // bit, so this is only a transient of a concurrent update.
         _ => return no_backend(svc, ss),
     };
-    // A failed insert (never expected for an LRU) only costs the next packet a miss.
-    let _ = AFFINITY.insert(key, affinity::pin(backend_id, be, now), 0);
-    if let Some(bs) = BE_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: per-CPU slot.
-        unsafe { (*bs).pins += 1 };
+    if pin.write
+        && let Some(cold) = AFF_KEYS.get_ptr_mut(pin.place.bucket)
+    {
+        let idle_of = |service: u32| SVC_IDLE.get(service).copied().unwrap_or(0);
+        // IPv6 tags are fingerprints: the whole key goes into the cold keys at once.
+        // IPv4 tags are the whole key: nothing more until the client is established.
+        let c = table::cold_of(key, pin.now_ns);
+        let c = (key.family == FAMILY_V6).then_some(&c);
+        // SAFETY: the same live bucket of the table and of its keys. A busy bucket only
+        // costs the next packet a miss.
+        let w = unsafe {
+            table::write(
+                pin.bucket,
+                cold,
+                pin.place.tag,
+                c,
+                table::pack(backend_id, be.generation, false, pin.now),
+                pin.now,
+                idle_of,
+            )
+        };
+        if matches!(w, Written::Pinned { .. })
+            && let Some(bs) = BE_STATS.get_ptr_mut(backend_id)
+        {
+            // SAFETY: per-CPU slot.
+            unsafe { (*bs).pins += 1 };
+        }
     }
     forward(ctx, ss, be, backend_id)
 }

@@ -756,12 +756,8 @@ impl Lab {
 
     /// The affinity table as pinned (read through its own handle, like any tool would).
     pub fn pinned_affinity(&self) -> Vec<(lb_common::AffinityKey, lb_common::AffinityValue)> {
-        let path = self.pin_dir.join("maps").join(lb_common::MAP_AFFINITY);
-        let map = aya::maps::MapData::from_pin(&path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        let map: aya::maps::HashMap<_, lb_common::AffinityKey, lb_common::AffinityValue> =
-            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("LRU hash");
-        let mut out: Vec<_> = map.iter().filter_map(|r| r.ok()).collect();
+        let mut out = xlb::dataplane::maps::pinned_affinity_entries(&self.pin_dir)
+            .unwrap_or_else(|e| panic!("reading the pinned affinity table: {e}"));
         out.sort_by_key(|(k, _)| (k.service_id, k.addr, k.port_be));
         out
     }

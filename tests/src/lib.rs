@@ -8,6 +8,7 @@ pub mod harness;
 pub mod lab;
 pub mod lab_ecmp;
 pub mod packet;
+pub mod soak;
 
 use std::process::Command;
 

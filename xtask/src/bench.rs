@@ -9,6 +9,10 @@ enum Part {
     E2e,
     Maglev,
     Control,
+    /// Established clients against a flood of spoofed sources (issue 11).
+    Flood,
+    /// The daemon's CPU over a minute with the default affinity capacity filled.
+    Daemon,
     /// The daemon's CPU use while nothing changes (not part of `all`).
     Idle,
 }

@@ -1,5 +1,5 @@
-//! `cargo xtask` for the xlb workspace: `setup`, `build`, `lint`, `test`, `fuzz`, `bench`,
-//! `demo`, `package`, `lab-ecmp`.
+//! `cargo xtask` for the xlb workspace: `setup`, `build`, `lint`, `test`, `fuzz`, `soak`,
+//! `bench`, `demo`, `package`, `lab-ecmp`.
 //!
 //! This crate must compile on a fresh machine, so it depends on nothing in the workspace
 //! and on no eBPF tooling; everything else is driven through `cargo`, `rustup`, `apt-get`.
@@ -11,6 +11,7 @@ mod lab_ecmp;
 mod lint;
 mod package;
 mod setup;
+mod soak;
 mod test;
 mod util;
 
@@ -36,10 +37,13 @@ enum Command {
     Build,
     /// cargo fmt --check and clippy -D warnings, the eBPF crate for its own target.
     Lint,
-    /// Run the test tiers: unit (no root), packet, fuzz and e2e (root).
+    /// Run the test tiers: unit (no root), packet, fuzz, e2e, a 30 s soak and package (root).
     Test(test::Args),
     /// Fuzz the XDP program (root): default 10 million frames, checked one by one.
     Fuzz(fuzz::Args),
+    /// The long soak in the lab (root): 2,000 clients, a random operation every 100 ms,
+    /// SIGKILL + restart every 30 s, checked continuously.
+    Soak(soak::Args),
     /// Run the benchmarks (root).
     Bench(bench::Args),
     /// The narrated lab demo (root): builds what it needs, cleans up after itself.
@@ -59,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Lint => lint::run(),
         Command::Test(args) => test::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Soak(args) => soak::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo => demo::run(),
         Command::Package(args) => package::run(&args),

@@ -7,7 +7,9 @@
 //! 3. fuzz (root): `tests/tests/fuzz.rs`, a short fixed-seed run of `cargo xtask fuzz`,
 //!    and the unit tests of the tests crate itself (its oracle, generator, builders).
 //! 4. e2e (root): `tests/tests/e2e/`, network namespaces and the real daemon.
-//! 5. package (root): `tests/tests/package.rs`, the Debian package built by
+//! 5. soak (root): `tests/tests/soak.rs`, 30 s of the lab soak with every operation (the
+//!    long one is `cargo xtask soak`), and its checks proven on made-up data.
+//! 6. package (root): `tests/tests/package.rs`, the Debian package built by
 //!    `cargo xtask package` (and a newer build of it) installed, upgraded, removed and
 //!    purged on this machine, with a daemon started from the installed binary.
 //!
@@ -27,6 +29,7 @@ enum TierArg {
     Packet,
     Fuzz,
     E2e,
+    Soak,
     Package,
     All,
 }
@@ -51,15 +54,17 @@ enum Tier {
     Packet,
     Fuzz,
     E2e,
+    Soak,
     Package,
 }
 
 impl Tier {
-    const ALL: [Tier; 5] = [
+    const ALL: [Tier; 6] = [
         Tier::Unit,
         Tier::Packet,
         Tier::Fuzz,
         Tier::E2e,
+        Tier::Soak,
         Tier::Package,
     ];
 
@@ -69,6 +74,7 @@ impl Tier {
             Tier::Packet => "packet",
             Tier::Fuzz => "fuzz",
             Tier::E2e => "e2e",
+            Tier::Soak => "soak",
             Tier::Package => "package",
         }
     }
@@ -79,7 +85,8 @@ impl Tier {
             Tier::Packet => 2,
             Tier::Fuzz => 3,
             Tier::E2e => 4,
-            Tier::Package => 5,
+            Tier::Soak => 5,
+            Tier::Package => 6,
         }
     }
 
@@ -90,6 +97,7 @@ impl Tier {
             Tier::Packet => Some("packet"),
             Tier::Fuzz => Some("fuzz"),
             Tier::E2e => Some("e2e"),
+            Tier::Soak => Some("soak"),
             Tier::Package => Some("package"),
         }
     }
@@ -133,6 +141,7 @@ pub fn run(args: &Args) -> Result<()> {
         TierArg::Packet => vec![Tier::Packet],
         TierArg::Fuzz => vec![Tier::Fuzz],
         TierArg::E2e => vec![Tier::E2e],
+        TierArg::Soak => vec![Tier::Soak],
         TierArg::Package => vec![Tier::Package],
         TierArg::All => Tier::ALL.to_vec(),
     };

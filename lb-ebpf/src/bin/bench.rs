@@ -9,16 +9,33 @@
 //! - `mac_fwd`: the baseline forwarder: parse like `reflector`, rewrite both MACs,
 //!   redirect through a DEVMAP: the forwarding limit of the setup.
 //! - `count_sink`: counts every frame in a per-CPU counter and drops it.
+//!
+//! For the affinity table's two-CPU test (tests/tests/packet/table.rs):
+//! - `table_hammer`: gives each run another client's IPv4 source address and tail-calls
+//!   the real xlb program, so a `repeat` run feeds xlb a new client per packet at full
+//!   speed (one BPF_PROG_TEST_RUN call per packet would leave the CPUs mostly in the
+//!   syscall, rarely inside the table's write window together).
+//!
+//! For `bench micro` (the table's cost without a syscall per packet):
+//! - `src_rotator`: gives run k of a `repeat` call the IPv4 source `base + ((k & mask) <<
+//!   shift)` and tail-calls slot `slot` of `ROTATE_NEXT` (xlb, or `xdp_pass` to measure
+//!   the rotation itself).
+//!
+//! For `bench flood` (live frames through xlb to a sink):
+//! - `src_rotator` with `random` set: sources spread by a hash of k (a spoofed flood),
+//!   with one run in `1 << est_shift` from the established clients instead.
+//! - `class_sink`: counts frames per class (established client or not) and drops them.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::bpf_get_smp_processor_id,
     macros::{map, xdp},
-    maps::{Array, DevMap, PerCpuArray},
+    maps::{Array, DevMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use lb_ebpf::{ETH_P_IP, ETH_P_IPV6, ptr_at, store_u32};
+use lb_ebpf::{ETH_P_IP, ETH_P_IPV6, load_u32, ptr_at, store_u32};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -209,6 +226,154 @@ static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[xdp]
 pub fn count_sink(_ctx: XdpContext) -> u32 {
     if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+    XDP_DROP
+}
+
+/// What `table_hammer` sends. Mirrored by `HammerConfig` in tests/tests/packet/table.rs.
+#[repr(C)]
+pub struct HammerConfig {
+    /// IPv4 source addresses (network-order bytes as a native word).
+    pub clients: [u32; HAMMER_CLIENTS],
+    /// Clients in use: a power of two, 1..=16.
+    pub n: u32,
+    /// CPU c starts its rotation `c * stride` clients on.
+    pub stride: u32,
+}
+
+const HAMMER_CLIENTS: usize = 16;
+
+#[map(name = "HAMMER_CFG")]
+static HAMMER_CFG: Array<HammerConfig> = Array::with_max_entries(1, 0);
+
+/// Runs per CPU: run k of CPU c is client `(k + c * stride) & (n - 1)`.
+#[map(name = "HAMMER_COUNT")]
+static HAMMER_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slot 0: the xlb program.
+#[map(name = "HAMMER_NEXT")]
+static HAMMER_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn table_hammer(ctx: XdpContext) -> u32 {
+    let Some(cfg) = HAMMER_CFG.get(0) else {
+        return XDP_ABORTED;
+    };
+    let Some(count) = HAMMER_COUNT.get_ptr_mut(0) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let k = unsafe {
+        let k = *count;
+        *count = k + 1;
+        k
+    };
+    // SAFETY: a helper without side effects.
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
+    // A mask, not `%`: a division could panic (and the verifier refuses the handler).
+    let mask = (cfg.n as u64).wrapping_sub(1) & (HAMMER_CLIENTS as u64 - 1);
+    let i = ((k + cpu * cfg.stride as u64) & mask) as usize;
+    let Some(src) = cfg.clients.get(i & (HAMMER_CLIENTS - 1)) else {
+        return XDP_ABORTED;
+    };
+    let Some(ip) = ptr_at::<Ipv4Hdr>(&ctx, ETH_LEN) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: the source address lies in the IPv4 header checked above (xlb does not
+    // verify checksums).
+    unsafe { store_u32(ip as *mut u8, 12, *src) };
+    // SAFETY: tail call into xlb; on failure the run is aborted (and counted so).
+    unsafe { HAMMER_NEXT.tail_call(&ctx, 0) };
+    XDP_ABORTED
+}
+
+/// What `src_rotator` sends. Mirrored by `RotateConfig` in tests/src/bench/mod.rs.
+#[repr(C)]
+pub struct RotateConfig {
+    /// First source address, host order.
+    pub base: u32,
+    pub mask: u32,
+    pub shift: u32,
+    /// Slot of `ROTATE_NEXT` to tail-call.
+    pub slot: u32,
+    /// Non-zero: source `base + (hash(k) & mask)` (a flood of spoofed sources).
+    pub random: u32,
+    /// Clients `est_base + i`, `i < est_count`, send run k when `k & ((1 << est_shift)
+    /// - 1) == 0` (0 clients: never).
+    pub est_base: u32,
+    pub est_count: u32,
+    pub est_shift: u32,
+}
+
+#[map(name = "ROTATE_CFG")]
+static ROTATE_CFG: Array<RotateConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "ROTATE_COUNT")]
+static ROTATE_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "ROTATE_NEXT")]
+static ROTATE_NEXT: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+#[xdp]
+pub fn src_rotator(ctx: XdpContext) -> u32 {
+    let Some(cfg) = ROTATE_CFG.get(0) else {
+        return XDP_ABORTED;
+    };
+    let Some(count) = ROTATE_COUNT.get_ptr_mut(0) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let k = unsafe {
+        let k = *count;
+        *count = k + 1;
+        k
+    };
+    let est_mask = (1u64 << (cfg.est_shift & 31)) - 1;
+    let src = if cfg.est_count != 0 && k & est_mask == 0 {
+        // The established clients in turn (no division: a wrap of at most one count).
+        let mut i = ((k >> (cfg.est_shift & 31)) as u32) & 0xffff;
+        if i >= cfg.est_count {
+            i -= cfg.est_count;
+        }
+        cfg.est_base.wrapping_add(i)
+    } else if cfg.random != 0 {
+        cfg.base
+            .wrapping_add(lb_common::hash::fmix64(k) as u32 & cfg.mask)
+    } else {
+        cfg.base
+            .wrapping_add(((k as u32) & cfg.mask) << (cfg.shift & 31))
+    };
+    let Some(ip) = ptr_at::<Ipv4Hdr>(&ctx, ETH_LEN) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: the source address lies in the IPv4 header checked above.
+    unsafe { store_u32(ip as *mut u8, 12, src.to_be()) };
+    // SAFETY: tail call; on failure the run is aborted.
+    unsafe { ROTATE_NEXT.tail_call(&ctx, cfg.slot) };
+    XDP_ABORTED
+}
+
+/// Per class (0: other sources, 1: `CLASS_BASE`/16), per CPU: frames that reached the sink.
+#[map(name = "CLASS_COUNT")]
+static CLASS_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// `bench flood`'s established clients: 100.64.0.0/16 (the flood avoids it).
+const CLASS_BASE: u32 = 0x6440_0000;
+
+/// The flood's receiver: counts every IPv4 frame by the class of its source, drops it.
+#[xdp]
+pub fn class_sink(ctx: XdpContext) -> u32 {
+    let class = match ptr_at::<Ipv4Hdr>(&ctx, ETH_LEN) {
+        // SAFETY: the source address lies in the header checked.
+        Some(ip) => {
+            (u32::from_be(unsafe { load_u32(ip as *const u8, 12) }) >> 16 == CLASS_BASE >> 16)
+                as u32
+        }
+        None => 0,
+    };
+    if let Some(c) = CLASS_COUNT.get_ptr_mut(class) {
         // SAFETY: per-CPU slot.
         unsafe { *c += 1 };
     }

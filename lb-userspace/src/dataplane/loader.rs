@@ -1,9 +1,16 @@
 //! The embedded XDP objects and how they are loaded: the map sizes chosen at load time
-//! come from the table in `lb_common::maps` (every map whose `max_entries` is not fixed).
-//! Pinning is [`super::pin`]'s business; this module only configures the loader.
+//! come from the table in `lb_common::maps` (every map whose `max_entries` is not fixed),
+//! and the affinity table's seed and bucket count are set as the program's read-only
+//! globals. Pinning is [`super::pin`]'s business; this module only configures the loader.
 
-use aya::{Ebpf, EbpfError, EbpfLoader};
-use lb_common::maps::{CATALOG, MaxEntries, Sizes};
+use aya::{Ebpf, EbpfError, EbpfLoader, maps::Map};
+use lb_common::{
+    MAP_AFFINITY,
+    affinity::table::{data_buckets, table_entries},
+    maps::{CATALOG, MaxEntries, Sizes},
+};
+
+use super::affinity::{self, TableError};
 
 /// The xlb balancer object, built by build.rs from lb-ebpf.
 pub static XLB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb"));
@@ -45,8 +52,27 @@ impl LoadOptions {
     }
 }
 
-/// A loader with every load-time size of the table applied.
-pub fn loader(opts: &LoadOptions) -> EbpfLoader<'static> {
+/// The program's read-only globals: what it needs to find keys in the affinity table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Globals {
+    /// `AFFINITY_SEED`: the table header's seed.
+    pub seed: u64,
+    /// `AFFINITY_BUCKETS`: the table's data buckets.
+    pub buckets: u32,
+}
+
+impl Globals {
+    /// The globals for a table sized by `opts` with `seed`.
+    pub fn new(opts: &LoadOptions, seed: u64) -> Self {
+        Self {
+            seed,
+            buckets: data_buckets(table_entries(opts.affinity_capacity)),
+        }
+    }
+}
+
+/// A loader with every load-time size of the table applied, and the globals.
+pub fn loader<'a>(opts: &LoadOptions, globals: &'a Globals) -> EbpfLoader<'a> {
     let sizes = opts.sizes();
     let mut loader = EbpfLoader::new();
     for def in CATALOG.maps {
@@ -54,13 +80,49 @@ pub fn loader(opts: &LoadOptions) -> EbpfLoader<'static> {
             loader.map_max_entries(def.name, def.max_entries.resolve(&sizes));
         }
     }
+    loader.override_global("AFFINITY_SEED", &globals.seed, true);
+    loader.override_global("AFFINITY_BUCKETS", &globals.buckets, true);
     loader
 }
 
+/// A failure loading the balancer object.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Load(#[from] EbpfError),
+    #[error("the object has no map {0}")]
+    Missing(&'static str),
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error(
+        "the affinity table's seed is {found:#x} but the program was loaded with {expected:#x}"
+    )]
+    SeedMismatch { found: u64, expected: u64 },
+}
+
+/// Writes the header of the affinity table of a loaded object (seed `seed`), unless it
+/// has one; fails unless the seed in force is `seed` (the program's `AFFINITY_SEED`).
+pub fn initialise_table(ebpf: &Ebpf, seed: u64) -> Result<(), LoadError> {
+    let found = match ebpf.map(MAP_AFFINITY) {
+        Some(Map::Array(data)) => affinity::initialise(data, seed)?,
+        _ => return Err(LoadError::Missing(MAP_AFFINITY)),
+    };
+    if found != seed {
+        return Err(LoadError::SeedMismatch {
+            found,
+            expected: seed,
+        });
+    }
+    Ok(())
+}
+
 /// Loads the balancer object into the kernel, unpinned (maps created, programs not yet
-/// loaded): what the packet tests and benchmarks use.
-pub fn load_xlb(opts: &LoadOptions) -> Result<Ebpf, EbpfError> {
-    loader(opts).load(XLB_OBJECT)
+/// loaded), with a fresh affinity table: what the packet tests and benchmarks use.
+pub fn load_xlb(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
+    let globals = Globals::new(opts, affinity::random_seed());
+    let ebpf = loader(opts, &globals).load(XLB_OBJECT)?;
+    initialise_table(&ebpf, globals.seed)?;
+    Ok(ebpf)
 }
 
 #[cfg(test)]

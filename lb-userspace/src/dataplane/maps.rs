@@ -4,7 +4,8 @@
 //! The controller, `xlb explain`, the packet tests and the benchmarks all go through this
 //! API, so what the tests exercise is what the daemon does. Affinity entries are judged
 //! here with `lb_common::affinity`, the XDP program's own rules, against the maps' own
-//! services and backends — never against a copy of them.
+//! services and backends — never against a copy of them. The affinity table itself is
+//! mmapped and read and written with the data plane's protocol ([`super::affinity`]).
 //!
 //! It does not decide anything (which backend, which slot: the controller's), and it
 //! does not create, pin or remove maps ([`super::pin`]'s).
@@ -16,13 +17,20 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, xdp::DevMapHash},
 };
 use lb_common::{
-    Addr, AffinityKey, AffinityValue, Backend, BackendStats, MAP_AFFINITY, MAP_BACKENDS,
-    MAP_BE_STATS, MAP_MAGLEV, MAP_META, MAP_SERVICES, MAP_STATS, MAP_SVC_STATS, MAP_TX_PORTS,
-    MAP_VIP_FILTER, MAX_BACKENDS, PROTO_VIP_MARKER, SVC_F_VIP_MARKER, ServiceKey, ServiceStats,
-    ServiceValue, Stat, VIP_FILTER_WORDS,
-    affinity::{self, Verdict},
+    Addr, AffinityKey, AffinityValue, Backend, BackendStats, MAP_AFF_KEYS, MAP_AFFINITY,
+    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_META, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST,
+    MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICES,
+    PROTO_VIP_MARKER, SVC_F_VIP_MARKER, ServiceKey, ServiceStats, ServiceValue, Stat,
+    VIP_FILTER_WORDS,
+    affinity::{self, Verdict, table},
     maps::Meta,
     vip_filter_bit,
+};
+
+pub use super::affinity::LivePins;
+use super::{
+    affinity::{AffinityTable, Entry, PinCounter, TableError},
+    fastpath::FastServices,
 };
 
 /// A failure reading or writing one of the program's maps.
@@ -62,6 +70,10 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error("the affinity table's bucket stayed busy (the data plane kept writing it)")]
+    Busy,
 }
 
 type Result<T> = std::result::Result<T, MapsError>;
@@ -197,13 +209,18 @@ fn update_batch(fd: &std::os::fd::OwnedFd, keys: &[u32], values: &[u32]) -> std:
 /// Every map of the xlb program, typed.
 pub struct DataPlane {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    /// The direct-mapped copy of `services` the program looks at first.
+    svc_fast: FastServices,
     pub maglev: Array<MapData, u32>,
     /// A second handle on the Maglev array for batched updates (aya has none).
     maglev_fd: std::os::fd::OwnedFd,
     pub backends: Array<MapData, Backend>,
     /// A second handle on the backends array for batched reads.
     backends_fd: std::os::fd::OwnedFd,
-    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    /// The affinity table and its keys, mmapped.
+    pub affinity: AffinityTable,
+    /// Service id → `idle_timeout` in table units (kept by [`DataPlane::set_service`]).
+    pub svc_idle: Array<MapData, u32>,
     pub stats: PerCpuArray<MapData, u64>,
     pub svc_stats: PerCpuArray<MapData, ServiceStats>,
     pub be_stats: PerCpuArray<MapData, BackendStats>,
@@ -219,6 +236,14 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
 
 fn typed<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T> {
     T::try_from(take(ebpf, name)?).map_err(|source| MapsError::Layout { map: name, source })
+}
+
+/// The raw map of an array (the affinity table is mmapped, not typed).
+fn array_data(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData> {
+    match take(ebpf, name)? {
+        Map::Array(data) => Ok(data),
+        _ => Err(MapsError::Missing(name)),
+    }
 }
 
 /// A second fd on an array map of `ebpf`, for the batch syscalls aya does not have.
@@ -249,9 +274,14 @@ impl DataPlane {
             maglev_fd: dup_array_fd(ebpf, MAP_MAGLEV)?,
             backends_fd: dup_array_fd(ebpf, MAP_BACKENDS)?,
             services: typed(ebpf, MAP_SERVICES)?,
+            svc_fast: FastServices::new(&array_data(ebpf, MAP_SVC_FAST)?)?,
             maglev: typed(ebpf, MAP_MAGLEV)?,
             backends: typed(ebpf, MAP_BACKENDS)?,
-            affinity: typed(ebpf, MAP_AFFINITY)?,
+            affinity: AffinityTable::new(
+                &array_data(ebpf, MAP_AFFINITY)?,
+                &array_data(ebpf, MAP_AFF_KEYS)?,
+            )?,
+            svc_idle: typed(ebpf, MAP_SVC_IDLE)?,
             stats: typed(ebpf, MAP_STATS)?,
             svc_stats: typed(ebpf, MAP_SVC_STATS)?,
             be_stats: typed(ebpf, MAP_BE_STATS)?,
@@ -285,13 +315,33 @@ impl DataPlane {
 
     // --- services ------------------------------------------------------------------
 
+    /// Writes a service entry; a service's (not a VIP marker's) `idle_timeout` also goes
+    /// into `XLB_SVC_IDLE` first, so the data plane judges its entries' expiry right, and
+    /// the entry into `XLB_SVC_FAST` last (after the hash, which is always complete).
     pub fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        if value.flags & SVC_F_VIP_MARKER == 0 && value.id < MAX_SERVICES {
+            self.svc_idle
+                .set(value.id, table::timeout_units(value.idle_timeout_ns), 0)
+                .map_err(op("update", MAP_SVC_IDLE))?;
+        }
         self.services
             .insert(key, value, 0)
-            .map_err(op("insert", MAP_SERVICES))
+            .map_err(op("insert", MAP_SERVICES))?;
+        self.svc_fast.set(key, value);
+        Ok(())
     }
 
+    /// Service id → `idle_timeout` in table units, as `XLB_SVC_IDLE` holds them.
+    fn idle_units(&self) -> Result<Vec<u32>> {
+        (0..MAX_SERVICES)
+            .map(|i| self.svc_idle.get(&i, 0).map_err(op("lookup", MAP_SVC_IDLE)))
+            .collect()
+    }
+
+    /// Removes a service entry: from `XLB_SVC_FAST` first, so a packet that misses there
+    /// still finds the hash's until it goes too.
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        self.svc_fast.remove(key);
         match self.services.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(op("remove", MAP_SERVICES)(e)),
@@ -462,28 +512,57 @@ impl DataPlane {
     // --- affinity ------------------------------------------------------------------------
 
     pub fn affinity_get(&self, key: &AffinityKey) -> Result<Option<AffinityValue>> {
-        match self.affinity.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(op("lookup", MAP_AFFINITY)(e)),
+        Ok(self.affinity.get(key, ktime_coarse_ns()).map(|e| e.value))
+    }
+
+    /// Writes `key → value` into the table as the data plane would (the same slot choice,
+    /// so it may evict another client of a full bucket); `established` marks the client
+    /// as seen in two distinct seconds. For tests, migrations and tools.
+    pub fn affinity_set(
+        &mut self,
+        key: &AffinityKey,
+        value: &AffinityValue,
+        established: bool,
+    ) -> Result<()> {
+        let idle = self.idle_units()?;
+        let idle_of = |s: u32| idle.get(s as usize).copied().unwrap_or(0);
+        if self
+            .affinity
+            .set(key, value, established, ktime_coarse_ns(), idle_of)
+        {
+            Ok(())
+        } else {
+            Err(MapsError::Busy)
         }
     }
 
-    /// Every entry, optionally of one service. Entries the data plane evicts or adds
-    /// while we iterate may be missed or seen twice: this is a snapshot, not a lock.
+    /// Ages `key`'s entry: its last packet becomes `last_seen_ns` (for tests and tools:
+    /// the data plane's stamps only move forward). Whether the entry exists.
+    pub fn affinity_restamp(&mut self, key: &AffinityKey, last_seen_ns: u64) -> Result<bool> {
+        self.affinity
+            .restamp(key, last_seen_ns)
+            .ok_or(MapsError::Busy)
+    }
+
+    /// Every entry, optionally of one service, each read consistently. Entries the data
+    /// plane writes while we scan may be missed or seen twice: a snapshot, not a lock.
     pub fn affinity_entries(
         &self,
         service_id: Option<u32>,
     ) -> Result<Vec<(AffinityKey, AffinityValue)>> {
-        let mut out = Vec::new();
-        for item in self.affinity.iter() {
-            match item {
-                Ok((k, v)) if service_id.is_none_or(|s| s == k.service_id) => out.push((k, v)),
-                Ok(_) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(op("iterate", MAP_AFFINITY)(e)),
-            }
-        }
-        Ok(out)
+        Ok(self
+            .table_entries(service_id)
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect())
+    }
+
+    fn table_entries(&self, service_id: Option<u32>) -> Vec<Entry> {
+        self.affinity.scan(
+            1..self.affinity.buckets() + 1,
+            service_id,
+            ktime_coarse_ns(),
+        )
     }
 
     /// What the data plane would decide from `key`'s entry of service `svc` at `now`
@@ -495,20 +574,21 @@ impl DataPlane {
         key: &AffinityKey,
         now: u64,
     ) -> Result<Option<JudgedPin>> {
-        let Some(value) = self.affinity_get(key)? else {
+        let Some(e) = self.affinity.get(key, now) else {
             return Ok(None);
         };
-        let backend = match self.backends.get(&value.backend_id, 0) {
+        let backend = match self.backends.get(&e.value.backend_id, 0) {
             Ok(b) => Some(b),
             Err(MapError::OutOfBounds { .. }) => None,
             Err(e) => return Err(op("lookup", MAP_BACKENDS)(e)),
         };
-        let verdict = affinity::judge(svc, key, &value, backend.as_ref(), now);
+        let verdict = affinity::judge(svc, key, &e.value, backend.as_ref(), now);
         Ok(Some(JudgedPin {
             key: *key,
-            value,
+            value: e.value,
             backend,
             verdict,
+            established: e.established,
         }))
     }
 
@@ -519,14 +599,14 @@ impl DataPlane {
         let services = self.service_values()?;
         let backends = self.backend_table()?;
         Ok(judge_all(
-            self.affinity_entries(service_id)?,
+            self.table_entries(service_id),
             &services,
             &backends,
             now,
         ))
     }
 
-    /// Live pins per service and backend at `now` (see [`LivePins`]).
+    /// Live pins per service and backend at `now` (see [`LivePins`]): one whole pass.
     pub fn live_pins(&self, now: u64) -> Result<LivePins> {
         Ok(LivePins::count(&self.judged_entries(None, now)?))
     }
@@ -540,27 +620,24 @@ impl DataPlane {
             .collect())
     }
 
-    /// Removes one entry (absent is fine: the LRU may have evicted it).
+    /// Removes one entry (absent is fine: it may have been evicted).
     pub fn affinity_remove(&mut self, key: &AffinityKey) -> Result<()> {
-        match self.affinity.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(op("remove", MAP_AFFINITY)(e)),
-        }
+        self.affinity
+            .remove(key, ktime_coarse_ns())
+            .map(|_| ())
+            .ok_or(MapsError::Busy)
     }
 
     /// Removes the entries of one service (or all); returns how many.
     pub fn affinity_flush(&mut self, service_id: Option<u32>) -> Result<usize> {
-        let keys: Vec<AffinityKey> = self
-            .affinity_entries(service_id)?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
         let mut n = 0;
-        for k in keys {
-            match self.affinity.remove(&k) {
-                Ok(()) => n += 1,
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(op("remove", MAP_AFFINITY)(e)),
+        for e in self.table_entries(service_id) {
+            if self
+                .affinity
+                .remove(&e.key, ktime_coarse_ns())
+                .ok_or(MapsError::Busy)?
+            {
+                n += 1;
             }
         }
         Ok(n)
@@ -648,6 +725,8 @@ pub struct JudgedPin {
     /// The backend entry the pin's id points to now (`None`: out of range).
     pub backend: Option<Backend>,
     pub verdict: Verdict,
+    /// The client was seen in two distinct seconds (admission: kept before newcomers).
+    pub established: bool,
 }
 
 impl JudgedPin {
@@ -662,36 +741,28 @@ impl JudgedPin {
 }
 
 fn judge_all(
-    entries: Vec<(AffinityKey, AffinityValue)>,
+    entries: Vec<Entry>,
     services: &StdHashMap<u32, ServiceValue>,
     backends: &[Backend],
     now: u64,
 ) -> Vec<JudgedPin> {
     entries
         .into_iter()
-        .filter_map(|(key, value)| {
-            let svc = services.get(&key.service_id)?;
-            let backend = backends.get(value.backend_id as usize).copied();
-            let verdict = affinity::judge(svc, &key, &value, backend.as_ref(), now);
+        .filter_map(|e| {
+            let (verdict, backend) = super::affinity::judge_entry(&e, services, backends, now)?;
             Some(JudgedPin {
-                key,
-                value,
+                key: e.key,
+                value: e.value,
                 backend,
                 verdict,
+                established: e.established,
             })
         })
         .collect()
 }
 
-/// Entries whose next packet would be decided by them ([`Verdict::Live`]), per service id
-/// and per backend id: the pinned-client counts of `status` and the metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LivePins {
-    pub per_service: StdHashMap<u32, u64>,
-    pub per_backend: StdHashMap<u32, u64>,
-}
-
 impl LivePins {
+    /// Counts the live ones of `judged`.
     pub fn count(judged: &[JudgedPin]) -> Self {
         let mut c = LivePins::default();
         for p in judged {
@@ -715,9 +786,9 @@ fn read_backend_table(fd: std::os::fd::BorrowedFd<'_>) -> Result<Vec<Backend>> {
     })
 }
 
-/// [`LivePins`] at `now` read through the pins under `pin_dir` (own handles, no
-/// `DataPlane` needed): what the daemon's background scan uses.
-pub fn live_pins_pinned(pin_dir: &Path, now: u64) -> Result<LivePins> {
+/// The services (by id) and backends the maps pinned under `pin_dir` hold: what live pins
+/// are judged against.
+pub fn pinned_lookup(pin_dir: &Path) -> Result<(StdHashMap<u32, ServiceValue>, Vec<Backend>)> {
     let dir = super::pin::maps_dir(pin_dir);
     let open = |name: &str| {
         let path = dir.join(name);
@@ -740,15 +811,38 @@ pub fn live_pins_pinned(pin_dir: &Path, now: u64) -> Result<LivePins> {
         use std::os::fd::AsFd as _;
         read_backend_table(open(MAP_BACKENDS)?.fd().as_fd())?
     };
-    let affinity: HashMap<MapData, AffinityKey, AffinityValue> =
-        HashMap::try_from(Map::LruHashMap(open(MAP_AFFINITY)?)).map_err(|source| {
-            MapsError::Layout {
-                map: MAP_AFFINITY,
-                source,
-            }
-        })?;
-    let entries = affinity.iter().filter_map(|r| r.ok()).collect();
-    Ok(LivePins::count(&judge_all(
-        entries, &services, &backends, now,
-    )))
+    Ok((services, backends))
+}
+
+/// The affinity table pinned under `pin_dir`, mapped through its own handles.
+pub fn pinned_table(pin_dir: &Path) -> Result<AffinityTable> {
+    let dir = super::pin::maps_dir(pin_dir);
+    Ok(AffinityTable::open_pinned(
+        &dir.join(MAP_AFFINITY),
+        &dir.join(MAP_AFF_KEYS),
+    )?)
+}
+
+/// A bounded-slice counter of live pins over the table pinned under `pin_dir` (the
+/// daemon's background counts; see [`PinCounter`]).
+pub fn pin_counter_pinned(pin_dir: &Path) -> Result<PinCounter> {
+    Ok(PinCounter::new(pinned_table(pin_dir)?))
+}
+
+/// [`LivePins`] at `now` read through the pins under `pin_dir` (own handles, no
+/// `DataPlane` needed), in one whole pass.
+pub fn live_pins_pinned(pin_dir: &Path, now: u64) -> Result<LivePins> {
+    let mut c = pin_counter_pinned(pin_dir)?;
+    let counts = c.step(now, std::time::Duration::MAX, || pinned_lookup(pin_dir))?;
+    Ok(counts.unwrap_or_default())
+}
+
+/// Every affinity entry of the table pinned under `pin_dir`, read through its own
+/// handles (what a tool or a test sees without the daemon).
+pub fn pinned_affinity_entries(pin_dir: &Path) -> Result<Vec<(AffinityKey, AffinityValue)>> {
+    let t = pinned_table(pin_dir)?;
+    Ok(t.scan(1..t.buckets() + 1, None, ktime_coarse_ns())
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect())
 }

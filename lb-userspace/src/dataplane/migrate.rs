@@ -8,14 +8,21 @@
 //! repeats it, and adoption repeats it once after the new program took over to catch the
 //! entries the old program wrote meanwhile): it never overwrites an entry the new map
 //! already has, because that one is at least as recent.
+//!
+//! The affinity table's converters write through the table's own protocol
+//! ([`super::affinity`]), so they are safe while the new program runs on the table.
 
 use std::path::Path;
 
 use aya::maps::{HashMap, Map, MapData, MapError};
 use lb_common::{
-    AffinityKey, AffinityValue,
+    AffinityKey, AffinityValue, MAP_AFF_KEYS, MAP_SERVICES, MAX_SERVICES, SVC_F_VIP_MARKER,
+    ServiceKey, ServiceValue,
+    affinity::table,
     maps::{Conversion, KERNEL_ADDED_FLAGS, Layout},
 };
+
+use super::affinity::{AffinityTable, TableError};
 
 /// A failure converting one map.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +39,12 @@ pub enum MigrateError {
         path: std::path::PathBuf,
         #[source]
         source: MapError,
+    },
+    #[error("affinity table {path}: {source}")]
+    Table {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<TableError>,
     },
 }
 
@@ -83,7 +96,10 @@ pub fn layout_of(path: &Path) -> Result<Layout> {
 /// Converts the contents of the pinned map `old` into the pinned map `new`.
 pub fn convert(conversion: Conversion, old: &Path, new: &Path) -> Result<Converted> {
     match conversion {
-        Conversion::AffinityByRecency => affinity_by_recency(old, new),
+        Conversion::AffinityFromLru => affinity_from_lru(old, new),
+        Conversion::AffinityTable => affinity_table(old, new),
+        // Its contents travel with XLB_AFFINITY's conversion, which reads them.
+        Conversion::AffinityKeys => Ok(Converted::default()),
     }
 }
 
@@ -91,7 +107,7 @@ type AffinityMap = HashMap<MapData, AffinityKey, AffinityValue>;
 
 fn affinity_map(path: &Path) -> Result<AffinityMap> {
     let err = |source| MigrateError::Op {
-        op: "open as an affinity table",
+        op: "open as an affinity LRU",
         path: path.to_path_buf(),
         source,
     };
@@ -99,38 +115,85 @@ fn affinity_map(path: &Path) -> Result<AffinityMap> {
     AffinityMap::try_from(map).map_err(err)
 }
 
-/// Affinity entries, least recently seen first, inserted only where the new table has
-/// none (`BPF_NOEXIST`): into a smaller LRU the most recently seen clients are the ones
-/// that stay, and an entry the new program already wrote wins.
-fn affinity_by_recency(old: &Path, new: &Path) -> Result<Converted> {
-    const BPF_NOEXIST: u64 = 1;
-    let from = affinity_map(old)?;
-    let mut to = affinity_map(new)?;
-    let mut entries: Vec<(AffinityKey, AffinityValue)> =
-        from.iter().filter_map(|r| r.ok()).collect();
-    entries.sort_by_key(|(_, v)| v.last_seen_ns);
+/// The table pinned at `path` with its keys pinned beside it.
+fn table_at(path: &Path) -> Result<AffinityTable> {
+    AffinityTable::open_pinned(path, &path.with_file_name(MAP_AFF_KEYS)).map_err(|source| {
+        MigrateError::Table {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        }
+    })
+}
+
+/// Each service's `idle_timeout` in table units, from the services map pinned beside
+/// `path` (what the data plane's slot choice needs). An id without a service counts as
+/// never expiring: a migration keeps what it copies.
+fn idle_units_beside(path: &Path) -> Vec<u32> {
+    let mut out = vec![table::MAX_IDLE_UNITS; MAX_SERVICES as usize];
+    let Ok(data) = MapData::from_pin(path.with_file_name(MAP_SERVICES)) else {
+        return out;
+    };
+    let Ok(services) = HashMap::<MapData, ServiceKey, ServiceValue>::try_from(Map::HashMap(data))
+    else {
+        return out;
+    };
+    for (_, v) in services.iter().filter_map(|r| r.ok()) {
+        if v.flags & SVC_F_VIP_MARKER == 0
+            && let Some(o) = out.get_mut(v.id as usize)
+        {
+            *o = table::timeout_units(v.idle_timeout_ns);
+        }
+    }
+    out
+}
+
+/// Writes `entries` (key, value, established), least recently seen first, into the table
+/// pinned at `new` where it has no entry for the key: in a full bucket the most recent
+/// clients stay, and an entry the new program already wrote wins.
+fn fill(new: &Path, mut entries: Vec<(AffinityKey, AffinityValue, bool)>) -> Result<Converted> {
+    let to = table_at(new)?;
+    let idle = idle_units_beside(new);
+    let idle_of = |s: u32| idle.get(s as usize).copied().unwrap_or(0);
+    let now = super::maps::ktime_coarse_ns();
+    entries.sort_by_key(|(_, v, _)| v.last_seen_ns);
     let mut done = Converted {
         read: entries.len(),
         ..Converted::default()
     };
-    for (k, v) in &entries {
-        match to.insert(k, v, BPF_NOEXIST) {
-            Ok(()) => done.written += 1,
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
-                done.already += 1
-            }
-            Err(source) => {
-                return Err(MigrateError::Op {
-                    op: "insert into",
-                    path: new.to_path_buf(),
-                    source,
-                });
-            }
+    for (k, v, est) in &entries {
+        if to.get(k, now).is_some() {
+            done.already += 1;
+        } else if to.set(k, v, *est, now, idle_of) {
+            done.written += 1;
         }
     }
     done.lost = entries
         .iter()
-        .filter(|(k, _)| to.get(k, 0).is_err())
+        .filter(|(k, _, _)| to.get(k, now).is_none())
         .count();
     Ok(done)
+}
+
+/// The LRU of earlier releases into the bucketed table. An entry whose creation and last
+/// packet fall in different seconds is established (the admission rule's evidence).
+fn affinity_from_lru(old: &Path, new: &Path) -> Result<Converted> {
+    let from = affinity_map(old)?;
+    let entries = from
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(k, v)| (k, v, v.pinned_ns >> 30 != v.last_seen_ns >> 30))
+        .collect();
+    fill(new, entries)
+}
+
+/// A bucketed table into one of another size, with the keys set aside beside it.
+fn affinity_table(old: &Path, new: &Path) -> Result<Converted> {
+    let from = table_at(old)?;
+    let now = super::maps::ktime_coarse_ns();
+    let entries = from
+        .scan(1..from.buckets() + 1, None, now)
+        .into_iter()
+        .map(|e| (e.key, e.value, e.established))
+        .collect();
+    fill(new, entries)
 }

@@ -49,14 +49,16 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, MAP_AFFINITY, MAP_BACKENDS, MAP_MAGLEV, MAP_META, PROG_XLB,
+    Backend, MAP_AFFINITY, MAP_BACKENDS, MAP_MAGLEV, MAP_META, MAP_SERVICES, MAP_SVC_IDLE,
+    MAX_SERVICES, PROG_XLB, SVC_F_VIP_MARKER, ServiceKey, ServiceValue,
+    affinity::table::timeout_units,
     maps::{CATALOG, Catalog, Conversion, Layout, META_FORMAT, MapDef, MapKind, Meta, OnResize},
 };
 use log::info;
 
 use super::{
-    attach,
-    loader::{self, LoadOptions, XLB_OBJECT},
+    affinity, attach,
+    loader::{self, Globals, LoadError, LoadOptions, XLB_OBJECT},
     migrate::{self, Converted, MigrateError},
 };
 
@@ -113,6 +115,8 @@ pub enum PinError {
     },
     #[error("loading the xlb object: {0}")]
     Load(#[source] Box<aya::EbpfError>),
+    #[error("preparing the affinity table: {0}")]
+    Table(#[source] Box<LoadError>),
     #[error("the verifier rejected the xlb program: {0}")]
     Verify(#[source] Box<aya::programs::ProgramError>),
     #[error("attaching XDP to {ifname} in {mode} mode failed: {detail}{hint}")]
@@ -288,6 +292,10 @@ fn layout_at(path: &Path) -> Result<Layout> {
         MigrateError::Open { path, source } | MigrateError::Op { path, source, .. } => {
             PinError::Map { path, source }
         }
+        e @ MigrateError::Table { .. } => PinError::Migrate {
+            name: MAP_AFFINITY,
+            source: Box::new(e),
+        },
     })
 }
 
@@ -406,7 +414,9 @@ fn unknown_layout(
 ) -> PinError {
     let hint = match def.name {
         MAP_MAGLEV if found.same_but_size(want) => " (the Maglev array size changed)",
-        MAP_AFFINITY if found.same_but_size(want) => " (daemon.affinity_capacity changed)",
+        MAP_AFFINITY | lb_common::MAP_AFF_KEYS if found.same_but_size(want) => {
+            " (daemon.affinity_capacity changed)"
+        }
         _ => "",
     };
     PinError::UnknownLayout {
@@ -458,7 +468,12 @@ pub fn load_pinned(pin_dir: &Path, opts: &LoadOptions, survey: &Survey) -> Resul
         .filter(|m| !m.resumed)
         .map(|m| m.name)
         .collect();
-    let mut loader = loader::loader(opts);
+    // The table's seed: the one its pinned entries were placed with (a kept table, the
+    // new table of an interrupted migration, or the old table of a capacity change —
+    // any seed suits an empty table), else a fresh one.
+    let seed = affinity::pinned_seed(&dir.join(MAP_AFFINITY)).unwrap_or_else(affinity::random_seed);
+    let globals = Globals::new(opts, seed);
+    let mut loader = loader::loader(opts, &globals);
     for def in CATALOG.maps {
         if !fresh_migrations.contains(&def.name) {
             loader.map_pin_path(def.name, dir.join(def.name));
@@ -467,21 +482,58 @@ pub fn load_pinned(pin_dir: &Path, opts: &LoadOptions, survey: &Survey) -> Resul
     let mut ebpf = loader
         .load(XLB_OBJECT)
         .map_err(|e| PinError::Load(Box::new(e)))?;
+    loader::initialise_table(&ebpf, seed).map_err(|e| PinError::Table(Box::new(e)))?;
     xdp_program(&mut ebpf)
         .load()
         .map_err(|e| PinError::Verify(Box::new(e)))?;
+    init_meta(&mut ebpf, survey)?;
+    sync_service_idle(&mut ebpf)?;
+    // Every old map aside first: a conversion may read several (the table and its keys).
+    for m in survey.migrations.iter().filter(|m| !m.resumed) {
+        set_aside(pin_dir, &ebpf, m.name)?;
+    }
     for m in &survey.migrations {
-        if !m.resumed {
-            set_aside(pin_dir, &ebpf, m.name)?;
-        }
         let done = convert(pin_dir, m)?;
         info!("migrated pinned map {}: {}", m.name, summary(&done));
     }
-    init_meta(&mut ebpf, survey)?;
     Ok(Loaded {
         ebpf,
         pending: survey.migrations.clone(),
     })
+}
+
+/// `XLB_SVC_IDLE` and `XLB_SVC_FAST` from the services map: state pinned before they
+/// existed (or written by a controller that did not keep them) gets every service's
+/// timeout and fast-path copy before the program runs.
+fn sync_service_idle(ebpf: &mut Ebpf) -> Result<()> {
+    let err = |source| PinError::Map {
+        path: PathBuf::from(MAP_SVC_IDLE),
+        source,
+    };
+    let services: Vec<(ServiceKey, ServiceValue)> = {
+        let map = ebpf.map(MAP_SERVICES).expect("services map");
+        let services: aya::maps::HashMap<&MapData, ServiceKey, ServiceValue> =
+            aya::maps::HashMap::try_from(map).map_err(err)?;
+        services
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| v.flags & SVC_F_VIP_MARKER == 0 && v.id < MAX_SERVICES)
+            .collect()
+    };
+    if let Some(aya::maps::Map::Array(data)) = ebpf.map(lb_common::MAP_SVC_FAST) {
+        let mut fast = super::fastpath::FastServices::new(data)
+            .map_err(|e| PinError::Table(Box::new(LoadError::Table(e))))?;
+        for (k, v) in &services {
+            fast.set(k, v);
+        }
+    }
+    let map = ebpf.map_mut(MAP_SVC_IDLE).expect("service idle map");
+    let mut idle: Array<&mut MapData, u32> = Array::try_from(map).map_err(err)?;
+    for (_, v) in services {
+        idle.set(v.id, timeout_units(v.idle_timeout_ns), 0)
+            .map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Renames the old pin of `name` into `migrating/` and pins the new map in its place.

@@ -63,15 +63,14 @@ const WARMUP: u32 = 2 * CLIENTS;
 const BATCH: u32 = 64;
 /// Distinct client addresses of the steady-state pattern.
 const CLIENTS: u32 = 65_536;
-/// Affinity capacity for the hit variant: the LRU keeps per-CPU lists
-/// (BPF_F_NO_COMMON_LRU), each CPU owning capacity / possible CPUs entries, so this
-/// must exceed 65,536 × CPUs for all clients to stay pinned on one CPU.
+/// Affinity capacity for the hit variant: room for the 65,536 clients with buckets to
+/// spare (at 1/8 of capacity no bucket overflows in practice: every client stays pinned).
 const HIT_CAPACITY: u32 = 1 << 19;
 /// Affinity capacity for the miss variant: far below the client space.
 const MISS_CAPACITY: u32 = 65_536;
 /// Client index masks of the miss pattern: 100.64.0.0/10 (4,194,304 sources) and the
 /// last 32 bits of an IPv6 /96. A source recurs only after that many miss-pattern
-/// packets, long after the LRU (65,536 entries) has evicted it.
+/// packets, long after the table (65,536 clients) has evicted it.
 const MISS_MASK_V4: u32 = (1 << 22) - 1;
 const MISS_MASK_V6: u32 = u32::MAX;
 const BACKENDS: u16 = 4;
@@ -1014,6 +1013,11 @@ pub fn run() {
         },
     ];
     let started = Instant::now();
+    let load_start = super::load_average();
+    println!(
+        "CPU: {}; load average {load_start:.2} at the start",
+        super::cpu_model()
+    );
     let mut results = Vec::new();
     for (i, combo) in combos.into_iter().enumerate() {
         // One thread per topology: the thread moves between its namespaces, and its
@@ -1116,6 +1120,13 @@ fn ns_per_packet_source(r: &ComboResult, p: &Profile) -> f64 {
 
 fn report(results: &[ComboResult], cpu: usize, elapsed: Duration) {
     let mut json = serde_json::Map::new();
+    json.insert("cpu_model".into(), serde_json::json!(super::cpu_model()));
+    json.insert("load_end".into(), serde_json::json!(super::load_average()));
+    println!(
+        "CPU: {}; load average {:.2} at the end",
+        super::cpu_model(),
+        super::load_average()
+    );
     let mut goals = Vec::new();
     println!();
     println!("goals");
@@ -1133,13 +1144,26 @@ fn report(results: &[ComboResult], cpu: usize, elapsed: Duration) {
                 serde_json::json!(r.loss[v.key()].median()),
             );
         }
+        // Issue 11's goals (the pinned/baseline goal is 0.75 on AMD EPYC guests, 0.60 on
+        // Intel Xeon ones, where the forwarder's whole path is shorter).
+        let hit_goal = if super::cpu_model().contains("AMD") {
+            0.75
+        } else {
+            0.60
+        };
         for (name, a, b, want) in [
-            ("xlb_hit / baseline", "xlb_hit", "baseline", 0.85),
-            ("xlb_hit / nft_stateless", "xlb_hit", "nft_stateless", 3.0),
-            ("xlb_miss / baseline", "xlb_miss", "baseline", 0.6),
+            ("xlb_miss / xlb_hit", "xlb_miss", "xlb_hit", 0.8),
+            ("xlb_hit / nft_stateless", "xlb_hit", "nft_stateless", 4.0),
+            ("xlb_hit / baseline", "xlb_hit", "baseline", hit_goal),
+            ("xlb_miss / baseline", "xlb_miss", "baseline", 0.0),
         ] {
             let got = ratio(r, a, b);
             let met = got >= want;
+            if want == 0.0 {
+                // Reported, no goal of its own any more.
+                json.insert(format!("ratio_{a}_to_{b}{sfx}"), serde_json::json!(got));
+                continue;
+            }
             println!(
                 "{:<16} {name:<26} {got:>6.2}   goal ≥ {want:<4}  {}",
                 r.combo.label().split(',').next().unwrap_or(""),

@@ -421,8 +421,8 @@ fn memory() -> Value {
         opts.affinity_capacity, opts.maglev_slots
     );
     println!(
-        "(per-CPU maps are charged for every possible CPU: {}; the LRU hash is preallocated, so \
-         its memory is the full capacity's whether used or not)",
+        "(per-CPU maps are charged for every possible CPU: {}; the affinity table is an array \
+         sized for the capacity, so its memory is the full capacity's whether used or not)",
         cpus.trim()
     );
     println!();
@@ -468,26 +468,45 @@ fn memory() -> Value {
         "program xlb", "xdp", prog_mem
     );
 
-    let aff = &maps[MAP_AFFINITY];
-    let (aff_mem, aff_cap) = (aff.num("memlock"), aff.num("max_entries"));
-    // Second load with a small LRU: the difference is the per-entry cost alone.
+    // Per configured client (`affinity_capacity`): the hot table (the buckets a lookup
+    // reads) and the cold keys (whole keys and creation times), each from the kernel's
+    // own charge; a second load with a small capacity separates the per-client cost from
+    // the fixed part (page-aligned array header).
+    let cap = opts.affinity_capacity as u64;
     let small_opts = LoadOptions {
         affinity_capacity: SMALL_CAPACITY,
         ..opts
     };
     let (small, _) = load_and_measure(&small_opts);
-    let small_mem = small[MAP_AFFINITY].num("memlock");
-    let marginal = (aff_mem - small_mem) as f64 / (aff_cap - SMALL_CAPACITY as u64) as f64;
-    let fixed = small_mem as f64 - marginal * SMALL_CAPACITY as f64;
+    let per_client = |name: &str| {
+        let (mem, small_mem) = (maps[name].num("memlock"), small[name].num("memlock"));
+        let marginal = (mem - small_mem) as f64 / (cap - SMALL_CAPACITY as u64) as f64;
+        (
+            mem,
+            mem as f64 / cap as f64,
+            marginal,
+            small_mem as f64 - marginal * SMALL_CAPACITY as f64,
+        )
+    };
+    let (hot_mem, hot, hot_marginal, hot_fixed) = per_client(MAP_AFFINITY);
+    let (cold_mem, cold, cold_marginal, _) = per_client(lb_common::MAP_AFF_KEYS);
     println!();
     println!(
-        "affinity entry: {:.1} B each at the default capacity ({aff_mem} B / {aff_cap}); \
-         marginal {marginal:.1} B per entry (loads at {aff_cap} and {SMALL_CAPACITY} entries), \
-         fixed part ≈ {:.0} KiB; key {} B + value {} B of that is payload",
-        aff_mem as f64 / aff_cap as f64,
-        fixed / 1024.0,
-        aff.num("key_size"),
-        aff.num("value_size"),
+        "affinity table (hot: what a lookup reads): {hot:.3} B per configured client \
+         ({hot_mem} B / {cap}); marginal {hot_marginal:.2} B per client (loads at {cap} and \
+         {SMALL_CAPACITY}), fixed ≈ {:.0} KiB — goal ≤ 32 B per pinned client: {}",
+        hot_fixed / 1024.0,
+        if hot_marginal <= 32.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    println!(
+        "affinity keys (cold: whole keys and creation times, read by views and migrations): \
+         {cold:.3} B per client ({cold_mem} B), marginal {cold_marginal:.2} B; hot + cold \
+         {:.1} B per client (the LRU of earlier releases: 112 B)",
+        hot + cold
     );
     println!(
         "total pinned map memory for the default config: {total} B = {:.1} MiB",
@@ -508,10 +527,15 @@ fn memory() -> Value {
         "maps": json_maps,
         "total_bytes": total,
         "program_bytes": prog_mem,
-        "affinity_bytes_per_entry": aff_mem as f64 / aff_cap as f64,
-        "affinity_marginal_bytes_per_entry": marginal,
-        "affinity_fixed_bytes": fixed,
-        "affinity_capacity": aff_cap,
+        "affinity_bytes_per_entry": hot,
+        "affinity_marginal_bytes_per_entry": hot_marginal,
+        "affinity_fixed_bytes": hot_fixed,
+        "affinity_capacity": cap,
+        "affinity_hot_bytes_per_client": hot,
+        "affinity_hot_marginal_bytes_per_client": hot_marginal,
+        "affinity_keys_bytes_per_client": cold,
+        "affinity_keys_marginal_bytes_per_client": cold_marginal,
+        "affinity_total_bytes_per_client": hot + cold,
         "maglev_slots": opts.maglev_slots,
         "possible_cpus": cpus.trim(),
         "source": "memlock in /proc/self/fdinfo of each map fd",

@@ -1,15 +1,34 @@
 //! `bench micro`: ns per packet through BPF_PROG_TEST_RUN for xlb's paths against two
 //! reference programs, all in one run.
+//!
+//! Two tables: the miss of earlier releases (`miss_ns`: a fresh client per packet in a
+//! table of 65,536) and, on the default capacity (1,048,576) filled with as many
+//! clients, `hit_many_ns` (65,536 of them round robin) and `miss_full_ns` (a client the
+//! table has never seen, per packet: each one evicts).
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
-use aya::{EbpfLoader, programs::Xdp};
+use aya::{
+    EbpfLoader,
+    maps::{Array, ProgramArray},
+    programs::Xdp,
+};
 use xlb::{
     dataplane::loader::{BENCH_OBJECT, LoadOptions},
     model::{Link, Protocol, Service},
+    reconcile::inspect::affinity_key,
 };
 
 use super::{Samples, pin_to_cpu};
+use aya::maps::MapData;
+
+/// The rotator and its maps.
+struct Rotator<'a> {
+    next: &'a mut ProgramArray<MapData>,
+    cfg: &'a mut Array<MapData, RotateConfig>,
+    prog: &'a Xdp,
+    pass: &'a Xdp,
+}
 use crate::{
     enter_private_netns,
     harness::{XlbHarness, run_once, run_repeat},
@@ -20,10 +39,17 @@ const ROUNDS: usize = 7;
 const REPEAT: u32 = 2_000_000;
 const MISS_CLIENTS: u32 = 200_000;
 const LO: u32 = 1;
+/// The default `affinity_capacity`, filled for `hit_many_ns` and `miss_full_ns`.
+const FULL_CAPACITY: u32 = lb_common::DEFAULT_AFFINITY_CAPACITY;
+/// Clients of `hit_many_ns`, round robin.
+const MANY: u32 = 65_536;
+
+use super::RotateConfig;
 
 pub fn run() {
     enter_private_netns();
     pin_to_cpu(0);
+    let load_start = super::load_average();
 
     let mut h = XlbHarness::load(&LoadOptions {
         affinity_capacity: std::env::var("XLB_BENCH_LRU")
@@ -46,11 +72,46 @@ pub fn run() {
     let vip = v4("203.0.113.10");
     h.add_service(Service::new("web", vip, 80, Protocol::Tcp), &backends)
         .expect("service");
+    // The default capacity, filled: FULL_CAPACITY clients of 10.0.0.0/8 pinned.
+    let mut full = XlbHarness::load(&LoadOptions {
+        affinity_capacity: FULL_CAPACITY,
+        maglev_slots: 1 << 20,
+    });
+    full.add_service(Service::new("web", vip, 80, Protocol::Tcp), &backends)
+        .expect("service");
+    let many_client = |i: u32| IpAddr::from((0x0a00_0000u32 + i).to_be_bytes());
+    for i in 0..FULL_CAPACITY {
+        assert_eq!(
+            full.run(&tcp_frame(many_client(i), vip, 40000, 80), LO)
+                .action,
+            3
+        );
+    }
+    let full_id = full.service_id("web");
+    let pinned = full
+        .dp()
+        .affinity_entries(Some(full_id))
+        .expect("entries")
+        .len();
+    println!(
+        "default capacity filled: {pinned} of {FULL_CAPACITY} clients pinned ({:.2}% lost to full buckets)",
+        100.0 * (1.0 - pinned as f64 / FULL_CAPACITY as f64)
+    );
+    // The round-robin clients: MANY pinned ones, spread over the filled table.
+    let many: Vec<Vec<u8>> = (0..FULL_CAPACITY)
+        .step_by((FULL_CAPACITY / MANY) as usize)
+        .map(many_client)
+        .filter(|c| {
+            let key = affinity_key(full.ctl.service("web").expect("web"), *c, 0).expect("key");
+            full.dp().affinity_get(&key).expect("lookup").is_some()
+        })
+        .map(|c| tcp_frame(c, vip, 40000, 80))
+        .collect();
 
     let mut bench = EbpfLoader::new()
         .load(BENCH_OBJECT)
         .expect("load bench object");
-    for name in ["xdp_pass", "reflector"] {
+    for name in ["xdp_pass", "reflector", "src_rotator"] {
         let p: &mut Xdp = bench
             .program_mut(name)
             .expect("bench program")
@@ -58,6 +119,23 @@ pub fn run() {
             .expect("XDP");
         p.load().expect("verifier");
     }
+    // The rotator's tail-call targets: the filled table's xlb, and XDP_PASS (what the
+    // rotation and the tail call cost by themselves).
+    let mut next = ProgramArray::try_from(bench.take_map("ROTATE_NEXT").expect("rotate next"))
+        .expect("prog array");
+    next.set(0, full.prog().fd().expect("xlb fd"), 0)
+        .expect("slot 0");
+    {
+        let p: &Xdp = bench
+            .program("xdp_pass")
+            .expect("xdp_pass")
+            .try_into()
+            .expect("XDP");
+        next.set(1, p.fd().expect("fd"), 0).expect("slot 1");
+    }
+    let mut rotate: Array<_, RotateConfig> =
+        Array::try_from(bench.take_map("ROTATE_CFG").expect("rotate cfg")).expect("array");
+
     let prog = |name| -> &Xdp {
         bench
             .program(name)
@@ -148,11 +226,82 @@ pub fn run() {
             .or_default()
             .0
             .push(miss_raw - call_overhead + pass_repeat);
+        // The filled default-capacity table: pinned clients round robin, then clients it
+        // has never seen (11.0.0.0/8 onwards), one per call, each evicting one.
+        let before = full.dp().service_stats(full_id).expect("stats");
+        let many_raw = per_call(full.prog(), &many);
+        let fresh: Vec<Vec<u8>> = (0..MISS_CLIENTS)
+            .map(|i| {
+                let c = 0x0b00_0000u32 + round as u32 * MISS_CLIENTS + i;
+                tcp_frame(IpAddr::from(c.to_be_bytes()), vip, 40000, 80)
+            })
+            .collect();
+        let full_raw = per_call(full.prog(), &fresh);
+        let after = full.dp().service_stats(full_id).expect("stats");
+        // The fresh clients of the rounds evict the least recently seen: a few of the
+        // round-robin clients, in buckets the fresh ones filled, are re-pinned.
+        assert!(
+            (after.hits - before.hits) as f64 >= 0.99 * many.len() as f64,
+            "round {round}: the round-robin clients were not hits: {} hits, {} misses, {} repins, {} expiries of {}",
+            after.hits - before.hits,
+            after.misses - before.misses,
+            after.repins - before.repins,
+            after.expiries - before.expiries,
+            many.len()
+        );
+        assert!(
+            after.misses - before.misses >= MISS_CLIENTS as u64,
+            "round {round}: not every fresh client was a miss"
+        );
+        s.entry("hit_many_ns")
+            .or_default()
+            .0
+            .push(many_raw - call_overhead + pass_repeat);
+        // The same two cases without a syscall per packet: the rotator feeds the filled
+        // table's xlb a new source on every run of one long call.
+        let mut rotated = |cfg: RotateConfig| {
+            rotate.set(0, cfg, 0).expect("rotate cfg");
+            run_repeat(prog("src_rotator"), &hit_pkt, LO, REPEAT)
+        };
+        let many_cfg = RotateConfig {
+            base: 0x0a00_0000,
+            mask: MANY - 1,
+            shift: (FULL_CAPACITY / MANY).trailing_zeros(),
+            ..RotateConfig::default()
+        };
+        let rot_pass = rotated(RotateConfig {
+            slot: 1,
+            ..many_cfg
+        });
+        let rot_many = rotated(many_cfg);
+        let rot_full = rotated(RotateConfig {
+            base: 0x0c00_0000,
+            mask: (1 << 24) - 1,
+            ..RotateConfig::default()
+        });
+        s.entry("rotate_pass_ns").or_default().0.push(rot_pass);
+        s.entry("hit_many_rotated_ns")
+            .or_default()
+            .0
+            .push(rot_many - rot_pass + pass_repeat);
+        s.entry("miss_full_rotated_ns")
+            .or_default()
+            .0
+            .push(rot_full - rot_pass + pass_repeat);
+        s.entry("miss_full_ns")
+            .or_default()
+            .0
+            .push(full_raw - call_overhead + pass_repeat);
         std::thread::sleep(Duration::from_millis(50));
     }
 
     let m = |k: &str| s[k].median();
+    let load_end = super::load_average();
     println!("xlb micro benchmark: BPF_PROG_TEST_RUN, 64-byte TCP/IPv4 frames, one CPU");
+    println!(
+        "CPU: {}; load average {load_start:.2} at the start, {load_end:.2} at the end",
+        super::cpu_model()
+    );
     println!(
         "{} rounds, interleaved; median [min – max] ns per packet",
         ROUNDS
@@ -165,6 +314,10 @@ pub fn run() {
         ("pass_through_ns", "xlb, non-service packet"),
         ("hit_ns", "xlb, affinity hit"),
         ("miss_ns", "xlb, miss (new client)"),
+        ("hit_many_ns", "xlb, 65,536 pinned, rr"),
+        ("miss_full_ns", "xlb, new client, full"),
+        ("hit_many_rotated_ns", "  same, rotated, repeat"),
+        ("miss_full_rotated_ns", "  same, rotated, repeat"),
     ] {
         let v = &s[k];
         println!(
@@ -175,17 +328,10 @@ pub fn run() {
         );
     }
     println!();
+    let net = |k: &str| m(k) - m("reflector_ns");
     let goals = [
-        (
-            "hit_ns - reflector_ns",
-            m("hit_ns") - m("reflector_ns"),
-            25.0,
-        ),
-        (
-            "miss_ns - reflector_ns",
-            m("miss_ns") - m("reflector_ns"),
-            60.0,
-        ),
+        ("hit_ns - reflector_ns", net("hit_ns"), 25.0),
+        ("miss_ns - reflector_ns", net("miss_ns"), 60.0),
         (
             "pass_through_ns - xdp_pass_ns",
             m("pass_through_ns") - m("xdp_pass_ns"),
@@ -195,6 +341,33 @@ pub fn run() {
     for (name, v, goal) in goals {
         let verdict = if v <= goal { "met" } else { "MISSED" };
         println!("{name:<32} {v:>7.1} ns   goal ≤ {goal:>4.0} ns   {verdict}");
+    }
+    // Ratios of net costs (over the reflector), measured in this run.
+    let ratios = [
+        (
+            "hit_many / hit (net)",
+            net("hit_many_ns") / net("hit_ns"),
+            1.5,
+        ),
+        (
+            "miss_full / hit_many (net)",
+            net("miss_full_ns") / net("hit_many_ns"),
+            1.5,
+        ),
+        (
+            "  rotated: hit_many / hit",
+            net("hit_many_rotated_ns") / net("hit_ns"),
+            1.5,
+        ),
+        (
+            "  rotated: miss_full / hit_many",
+            net("miss_full_rotated_ns") / net("hit_many_rotated_ns"),
+            1.5,
+        ),
+    ];
+    for (name, v, goal) in ratios {
+        let verdict = if v <= goal { "met" } else { "MISSED" };
+        println!("{name:<32} {v:>7.2}      goal ≤ {goal:>4.1}      {verdict}");
     }
     println!(
         "miss: {MISS_CLIENTS} distinct clients per round, one run per call; the per-call timer \
@@ -208,7 +381,27 @@ pub fn run() {
         m("hit_ns")
     );
 
+    let sweep = if std::env::var_os("XLB_BENCH_SWEEP").is_some() {
+        table_size_sweep(
+            Rotator {
+                next: &mut next,
+                cfg: &mut rotate,
+                prog: prog("src_rotator"),
+                pass: prog("xdp_pass"),
+            },
+            &backends,
+            vip,
+            &hit_pkt,
+            m("xdp_pass_ns"),
+        )
+    } else {
+        Vec::new()
+    };
+
     let mut json = serde_json::Map::new();
+    if !sweep.is_empty() {
+        json.insert("table_size_sweep".into(), serde_json::json!(sweep));
+    }
     for (k, v) in &s {
         json.insert((*k).to_string(), serde_json::json!(v.median()));
         json.insert(format!("{k}_min"), serde_json::json!(v.min()));
@@ -217,5 +410,66 @@ pub fn run() {
     json.insert("rounds".into(), serde_json::json!(ROUNDS));
     json.insert("repeat".into(), serde_json::json!(REPEAT));
     json.insert("miss_clients".into(), serde_json::json!(MISS_CLIENTS));
+    json.insert("full_capacity".into(), serde_json::json!(FULL_CAPACITY));
+    json.insert("load_start".into(), serde_json::json!(load_start));
+    json.insert("load_end".into(), serde_json::json!(load_end));
+    json.insert("full_pinned".into(), serde_json::json!(pinned));
+    json.insert("many_clients".into(), serde_json::json!(many.len()));
+    json.insert("cpu".into(), serde_json::json!(super::cpu_model()));
     super::write_json("micro", &serde_json::Value::Object(json));
+}
+
+/// Diagnostic (`XLB_BENCH_SWEEP=1`): the same 65,536 clients round robin (rotated, repeat
+/// mode) in tables of growing size. The lines they touch stay 65,536; the pages those lines
+/// sit on grow with the table (the kernel maps BPF arrays with 4 KiB pages): when the cost
+/// grows with the table, page walks, not the one cache line, are what a lookup pays.
+fn table_size_sweep(
+    r: Rotator<'_>,
+    backends: &[(IpAddr, Option<Link>)],
+    vip: IpAddr,
+    frame: &[u8],
+    xdp_pass_ns: f64,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    println!();
+    println!("table-size sweep: 65,536 clients round robin, rotated (repeat mode)");
+    println!(
+        "{:>12} {:>10} {:>8} {:>10}",
+        "capacity", "hot MiB", "pages", "ns/packet"
+    );
+    for capacity in [131_072u32, 262_144, 1 << 20, 1 << 22] {
+        let mut h = XlbHarness::load(&LoadOptions {
+            affinity_capacity: capacity,
+            maglev_slots: 1 << 20,
+        });
+        h.add_service(Service::new("web", vip, 80, Protocol::Tcp), backends)
+            .expect("service");
+        r.next
+            .set(0, h.prog().fd().expect("fd"), 0)
+            .expect("slot 0");
+        r.next.set(1, r.pass.fd().expect("fd"), 0).expect("slot 1");
+        let cfg = RotateConfig {
+            base: 0x0d00_0000,
+            mask: MANY - 1,
+            ..RotateConfig::default()
+        };
+        let mut run = |cfg: RotateConfig| {
+            r.cfg.set(0, cfg, 0).expect("cfg");
+            run_repeat(r.prog, frame, LO, REPEAT)
+        };
+        run(cfg); // pins the clients
+        let mut v: Vec<f64> = (0..5)
+            .map(|_| run(cfg) - run(RotateConfig { slot: 1, ..cfg }) + xdp_pass_ns)
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let bytes = lb_common::affinity::table::table_entries(capacity) as u64 * 64;
+        println!(
+            "{capacity:>12} {:>10.1} {:>8} {:>10.1}",
+            bytes as f64 / (1 << 20) as f64,
+            bytes / 4096,
+            v[2]
+        );
+        out.push(serde_json::json!({"capacity": capacity, "hot_bytes": bytes, "ns": v[2]}));
+    }
+    out
 }

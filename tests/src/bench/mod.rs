@@ -3,7 +3,9 @@
 //! target/bench/<part>.json.
 
 pub mod control;
+pub mod daemon;
 pub mod e2e;
+pub mod flood;
 pub mod idle;
 pub mod maglev;
 pub mod micro;
@@ -22,6 +24,45 @@ pub fn pin_to_cpu(cpu: usize) {
         }
     }
 }
+
+/// The CPU's model name (`/proc/cpuinfo`), for the report: numbers are only comparable
+/// on the same kind of machine.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The 1-minute load average (`/proc/loadavg`): numbers taken while other work runs are
+/// noise, so every report says what it was.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+/// `RotateConfig` of lb-ebpf/src/bin/bench.rs (`src_rotator`), same layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RotateConfig {
+    pub base: u32,
+    pub mask: u32,
+    pub shift: u32,
+    pub slot: u32,
+    pub random: u32,
+    pub est_base: u32,
+    pub est_count: u32,
+    pub est_shift: u32,
+}
+// SAFETY: repr(C), eight u32, no padding.
+unsafe impl aya::Pod for RotateConfig {}
 
 /// Samples of one measurement over rounds.
 #[derive(Default, Clone, Debug)]

@@ -3,7 +3,7 @@
 
 use xlb_tests::{bench, require_root};
 
-const PARTS: &str = "micro, maglev, control, e2e, idle, all";
+const PARTS: &str = "micro, maglev, control, e2e, flood, daemon, idle, all";
 
 /// Runs a part on a thread of its own: parts move their thread into private network
 /// namespaces and pin it to a CPU, and the next part must start from neither. A line
@@ -32,12 +32,16 @@ fn main() {
         "maglev" => part("maglev", bench::maglev::run),
         "control" => part("control", bench::control::run),
         "e2e" => part("e2e", bench::e2e::run),
+        "flood" => part("flood", bench::flood::run),
+        "daemon" => part("daemon", bench::daemon::run),
         "idle" => part("idle", bench::idle::run),
         "all" => {
             part("micro", bench::micro::run);
             part("maglev", bench::maglev::run);
             part("control", bench::control::run);
             part("e2e", bench::e2e::run);
+            part("flood", bench::flood::run);
+            part("daemon", bench::daemon::run);
         }
         other => {
             eprintln!("xlb-bench: unknown part {other:?}; parts: {PARTS}");

@@ -6,12 +6,20 @@
 //! UDP sockets are bound per address (not the wildcard) so that each reply leaves from the
 //! address the datagram was sent to — the VIP for balanced traffic (DSR), the backend's own
 //! address for health checks.
+//!
+//! A soak request (`xlb_tests::soak::wire`) gets a structured answer instead: the request's
+//! client and sequence number, the VIP it was sent to, the backend's name and the kernel's
+//! receive timestamp (SO_TIMESTAMPNS), so the soak learns which backend saw which client,
+//! and when, from the answers alone.
 
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    os::fd::AsRawFd as _,
     time::Duration,
 };
+
+use xlb_tests::soak::wire;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -41,14 +49,7 @@ fn main() {
         let sock = UdpSocket::bind(SocketAddr::new(addr, udp_port))
             .unwrap_or_else(|e| panic!("bind udp {addr}:{udp_port}: {e}"));
         let name = name.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            loop {
-                if let Ok((_, from)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(name.as_bytes(), from);
-                }
-            }
-        });
+        std::thread::spawn(move || serve_udp(&sock, addr, &name));
     }
 
     // [::] with IPV6_V6ONLY off (the Linux default) takes IPv4 too.
@@ -82,5 +83,99 @@ fn main() {
             );
             let _ = s.write_all(resp.as_bytes());
         });
+    }
+}
+
+/// Answers every datagram on `sock` (bound to `local`): a soak request with a soak answer,
+/// anything else with the name.
+fn serve_udp(sock: &UdpSocket, local: IpAddr, name: &str) {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and option value; failure only loses kernel stamps.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    let mut buf = [0u8; 2048];
+    loop {
+        let Some((n, from, stamp)) = recv_stamped(sock, &mut buf) else {
+            continue;
+        };
+        let reply = match wire::Request::decode(&buf[..n]) {
+            Some(request) => wire::Answer {
+                request,
+                rx_ns: stamp.unwrap_or_else(wire::now_ns),
+                kernel_stamp: stamp.is_some(),
+                dst: local,
+                backend: name.to_string(),
+            }
+            .encode(),
+            None => name.as_bytes().to_vec(),
+        };
+        let _ = sock.send_to(&reply, from);
+    }
+}
+
+/// One datagram with its sender and the kernel's receive time (ns, CLOCK_REALTIME).
+fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr, Option<u64>)> {
+    // SAFETY: zeroed sockaddr_storage, iovec and msghdr are valid initial values.
+    let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 16];
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: msg points at buffers that live for the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return None;
+    }
+    let mut stamp = None;
+    // SAFETY: walking the control buffer the kernel filled, with the libc CMSG helpers.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                stamp = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Some((n as usize, sockaddr_to_std(&from)?, stamp))
+}
+
+fn sockaddr_to_std(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match s.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says this is a sockaddr_in.
+            let a: &libc::sockaddr_in = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
+            Some(SocketAddr::new(
+                IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()),
+                u16::from_be(a.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this is a sockaddr_in6.
+            let a: &libc::sockaddr_in6 = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                a.sin6_addr.s6_addr.into(),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
     }
 }

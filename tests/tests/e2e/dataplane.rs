@@ -206,7 +206,11 @@ fn an_affinity_capacity_change_migrates_every_pin() {
         .expect("pinned affinity table")
         .info()
         .expect("info");
-    assert_eq!(info.max_entries(), 131_072, "the table was not resized");
+    assert_eq!(
+        info.max_entries(),
+        lb_common::affinity::table::table_entries(131_072),
+        "the table was not resized"
+    );
     let log = lab.daemon_log();
     assert!(log.contains("migrated pinned map XLB_AFFINITY"), "{log}");
     assert!(
@@ -215,6 +219,149 @@ fn an_affinity_capacity_change_migrates_every_pin() {
     );
     assert_eq!(moved_pins(&pins, &lab.pinned_affinity()), 0, "pins moved");
     assert_no_client_moved(&lab, &first, "across the capacity change");
+}
+
+/// Issue 11: 10,000 pins (the lab's real clients and pins written into the pinned table
+/// as the data plane writes them) survive a SIGKILL of the daemon and its restart: not
+/// one moves, and the real clients reach the same backends. (The default capacity: in the
+/// lab's small table 10,000 pins would overflow a bucket now and then, as documented.)
+#[test]
+fn ten_thousand_pins_survive_sigkill_and_restart() {
+    let mut lab = Lab::new(LabOptions {
+        clients_v4: 100,
+        clients_v6: 1,
+        ..LabOptions::default()
+    });
+    lab.affinity_capacity = lb_common::DEFAULT_AFFINITY_CAPACITY;
+    lab.write_config(&lab.default_services());
+    lab.start_servers();
+    lab.start_daemon();
+    let first = answers(&lab, &lab.clients4.clone(), IpAddr::V4(VIP4));
+    let real = lab.pinned_affinity();
+    let service_id = real.first().expect("a real pin").0.service_id;
+    let backends: Vec<(u32, u32)> = lab
+        .pinned_backends()
+        .into_iter()
+        .filter(|(_, b)| b.service_id == service_id)
+        .map(|(id, b)| (id, b.generation))
+        .collect();
+    let table = xlb::dataplane::maps::pinned_table(&lab.pin_dir).expect("pinned table");
+    let now = xlb::dataplane::maps::ktime_coarse_ns();
+    let extra = 10_000 - real.len() as u32;
+    for i in 0..extra {
+        let key = AffinityKey {
+            service_id,
+            addr: [
+                u32::from_ne_bytes([100, 64, (i >> 8) as u8, i as u8]),
+                0,
+                0,
+                0,
+            ],
+            port_be: 0,
+            family: lb_common::FAMILY_V4,
+            _pad: 0,
+        };
+        let (id, generation) = backends[i as usize % backends.len()];
+        let v = AffinityValue {
+            backend_id: id,
+            backend_gen: generation,
+            pinned_ns: now,
+            last_seen_ns: now,
+        };
+        assert!(table.set(&key, &v, true, now, |_| u32::MAX >> 1), "pin {i}");
+    }
+    drop(table);
+    let pins = lab.pinned_affinity();
+    assert!(
+        pins.len() >= 10_000,
+        "{} pins ({} real, {extra} written)",
+        pins.len(),
+        real.len()
+    );
+    lab.kill_daemon();
+    lab.start_daemon();
+    let after = lab.pinned_affinity();
+    assert_eq!(
+        moved_pins(&pins, &after),
+        0,
+        "pins moved across SIGKILL + restart"
+    );
+    assert!(after.len() >= pins.len());
+    assert_no_client_moved(&lab, &first, "across SIGKILL + restart");
+}
+
+/// Issue 11: pins made by the affinity LRU of the releases before the bucketed table are
+/// migrated into the table at the first start of this build — every pin copied, the old
+/// map removed — so the upgrade moves no client. The earlier release's state is written
+/// through its layout description: an LRU of (key → value) holding the pins the clients'
+/// traffic made, without the table's companion maps.
+#[test]
+fn pins_of_the_lru_layout_survive_the_upgrade() {
+    let mut lab = Lab::new(LabOptions {
+        clients_v4: 150,
+        clients_v6: 20,
+        ..LabOptions::default()
+    });
+    lab.start_servers();
+    lab.start_daemon();
+    let first = answers(&lab, &lab.clients4.clone(), IpAddr::V4(VIP4));
+    let _ = answers(
+        &lab,
+        &lab.clients6.clone(),
+        IpAddr::V6(xlb_tests::lab::VIP6),
+    );
+    let pins = lab.pinned_affinity();
+    assert!(
+        pins.iter().any(|(k, _)| k.family == lb_common::FAMILY_V6),
+        "IPv6 pins too"
+    );
+    lab.kill_daemon();
+    let maps = lab.pin_dir.join("maps");
+    for name in [
+        lb_common::MAP_AFFINITY,
+        lb_common::MAP_AFF_KEYS,
+        lb_common::MAP_SVC_IDLE,
+    ] {
+        std::fs::remove_file(maps.join(name)).expect("unpin");
+    }
+    let lru = aya::maps::MapData::create(
+        aya_obj::Map::new_from_params(
+            lb_common::maps::MapKind::LruHash.bpf_type(),
+            24,
+            24,
+            65_536,
+            0,
+        ),
+        lb_common::MAP_AFFINITY,
+        None,
+    )
+    .expect("create the LRU");
+    lru.pin(maps.join(lb_common::MAP_AFFINITY)).expect("pin");
+    let mut lru: aya::maps::HashMap<_, AffinityKey, AffinityValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(lru)).expect("LRU");
+    for (k, v) in &pins {
+        lru.insert(k, v, 0).expect("insert");
+    }
+    drop(lru);
+
+    lab.start_daemon();
+    let log = lab.daemon_log();
+    assert!(
+        log.contains("migrated pinned map XLB_AFFINITY") && log.contains("AffinityFromLru"),
+        "{log}"
+    );
+    let info = aya::maps::MapData::from_pin(maps.join(lb_common::MAP_AFFINITY))
+        .expect("pinned table")
+        .info()
+        .expect("info");
+    assert_eq!(info.map_type().expect("type"), aya::maps::MapType::Array);
+    assert!(
+        !lab.pin_dir.join("migrating").exists(),
+        "the old map was left aside"
+    );
+    let after = lab.pinned_affinity();
+    assert_eq!(moved_pins(&pins, &after), 0, "pins moved in the upgrade");
+    assert_no_client_moved(&lab, &first, "across the upgrade");
 }
 
 /// Fault 2 (issue 10): a second `xlb run` on the same pin_dir and socket exits at once,

@@ -13,7 +13,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use lb_common::{AffinityKey, AffinityValue, ServiceStats, Stat};
+use lb_common::{AffinityKey, AffinityValue, ServiceStats, Stat, affinity::table::units};
 use xlb::{
     dataplane::{loader::LoadOptions, maps::ktime_coarse_ns},
     model::{Affinity, Desired, HealthCheck, Link, NoBackend, Protocol, Service},
@@ -33,6 +33,7 @@ use xlb_tests::{
 };
 
 mod adoption;
+mod table;
 
 const LO: u32 = 1;
 const LB_SRC_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x01];
@@ -1039,11 +1040,18 @@ fn every_frame_is_a_fuzz_seed(sent: &[Vec<u8>]) {
     }
 }
 
-/// Regression: with per-CPU LRU lists (BPF_F_NO_COMMON_LRU) a table fed from one CPU
-/// kept only capacity / CPUs clients, so pins were evicted long before the configured
-/// capacity. All traffic of this test runs on one CPU.
+/// Fill levels of the capacity test and the most clients each may leave unpinned: the
+/// README's figures (a bucket of 4 slots, 2 slots per configured client, clients spread
+/// by a hash: Poisson overflow 0.43%, 1.96%, 3.25%, 3.75%) plus room for the sampling
+/// noise of 16,384 clients.
+const CAPACITY_LOSS: [(f64, f64); 4] = [(0.5, 0.009), (0.8, 0.025), (0.95, 0.038), (1.0, 0.043)];
+
+/// `affinity_capacity` clients, fed from one CPU, stay pinned but for the documented share
+/// lost to full buckets — at 50%, 80%, 95% and 100% of capacity. (The regression it
+/// replaces: per-CPU LRU lists kept only capacity / CPUs clients when traffic came on one
+/// queue; the bucketed table is shared by all CPUs by construction.)
 #[test]
-fn affinity_capacity_holds_that_many_clients_from_one_cpu() {
+fn affinity_capacity_keeps_all_but_the_documented_share_of_clients() {
     require_root();
     enter_private_netns();
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
@@ -1055,7 +1063,7 @@ fn affinity_capacity_holds_that_many_clients_from_one_cpu() {
             0
         );
     }
-    let capacity = 4096u32;
+    let capacity = 16_384u32;
     let mut h = XlbHarness::load(&LoadOptions {
         affinity_capacity: capacity,
         maglev_slots: 1 << 16,
@@ -1064,30 +1072,36 @@ fn affinity_capacity_holds_that_many_clients_from_one_cpu() {
     s.table_size = 1021;
     h.add_service(s, &backends(&["192.0.2.11", "192.0.2.12"], LO))
         .expect("service");
-    let clients = capacity - 256; // the other CPU's local free list may hold up to 128 nodes
+    let id = h.service_id("web");
     let frame_of = |i: u32| {
         tcp_frame(
-            IpAddr::from([10, 50, (i >> 8) as u8, i as u8]),
+            IpAddr::from([10, 50 + (i >> 16) as u8, (i >> 8) as u8, i as u8]),
             v4("203.0.113.10"),
             1000,
             80,
         )
     };
-    for i in 0..clients {
-        assert_eq!(h.run(&frame_of(i), LO).action, XdpAction::Tx as u32);
+    for (fill, most) in CAPACITY_LOSS {
+        h.dp_mut().affinity_flush(None).expect("flush");
+        let clients = (capacity as f64 * fill) as u32;
+        for i in 0..clients {
+            assert_eq!(h.run(&frame_of(i), LO).action, XdpAction::Tx as u32);
+        }
+        let pinned = h.dp().affinity_entries(Some(id)).expect("entries").len() as u32;
+        let lost = 1.0 - pinned as f64 / clients as f64;
+        println!(
+            "{:.0}% of capacity: {pinned} of {clients} clients pinned, {:.2}% lost to full buckets",
+            fill * 100.0,
+            lost * 100.0
+        );
+        assert!(
+            lost <= most,
+            "{:.0}% of capacity: {:.2}% of the clients lost their pin, documented ≤ {:.1}%",
+            fill * 100.0,
+            lost * 100.0,
+            most * 100.0
+        );
     }
-    let id = h.service_id("web");
-    let before = h.dp().service_stats(id).expect("stats");
-    for i in 0..clients {
-        assert_eq!(h.run(&frame_of(i), LO).action, XdpAction::Tx as u32);
-    }
-    let after = h.dp().service_stats(id).expect("stats");
-    assert_eq!(
-        after.hits - before.hits,
-        clients as u64,
-        "{} of {clients} clients lost their pin in a table of {capacity}",
-        after.misses - before.misses
-    );
 }
 
 /// The batched Maglev reads and writes (raw BPF_MAP_*_BATCH syscalls) agree with
@@ -1163,22 +1177,36 @@ fn coarse_tick_ns() -> u64 {
 }
 
 impl Lab {
-    /// Rewrites `client`'s entry in `svc` as if its last packet was `idle_ns` ago.
+    /// Ages `client`'s entry in `svc` as if its last packet was `idle_ns` ago; its value
+    /// as the table now holds it.
     fn age_entry(&mut self, svc: &str, client: IpAddr, idle_ns: u64) -> AffinityValue {
         let key = self.key(svc, client);
-        let mut v = self
-            .h
-            .dp()
-            .affinity_get(&key)
-            .expect("lookup")
-            .expect("client has an entry");
-        v.last_seen_ns = ktime_coarse_ns() - idle_ns;
+        assert!(
+            self.h
+                .dp_mut()
+                .affinity_restamp(&key, ktime_coarse_ns() - idle_ns)
+                .expect("restamp"),
+            "client has an entry"
+        );
+        self.entry(svc, client)
+    }
+
+    /// Marks `client`'s entry in `svc` established (as if seen in two distinct seconds).
+    fn establish(&mut self, svc: &str, client: IpAddr) {
+        let key = self.key(svc, client);
+        let v = self.entry(svc, client);
         self.h
             .dp_mut()
-            .affinity
-            .insert(key, v, 0)
+            .affinity_set(&key, &v, true)
             .expect("write entry");
-        v
+        let value = self.h.ctl.service(svc).expect("svc").value;
+        let judged = self
+            .h
+            .dp()
+            .judge(&value, &key, ktime_coarse_ns())
+            .expect("judge")
+            .expect("entry");
+        assert!(judged.established);
     }
 
     fn key(&self, svc: &str, client: IpAddr) -> AffinityKey {
@@ -1223,6 +1251,9 @@ fn fixtures_refresh_and_expiry_follow_a_short_idle_timeout() {
             .svc("short", Svc::Miss),
         )
         .expect("forwarded");
+    // Established already, so no hit below writes for the admission rule (a packet in a
+    // new second establishes a client), only for the refresh period.
+    lab.establish("short", c);
     // The program's clock reads at most one tick after ours: 2 ticks of margin before.
     let before = lab.age_entry("short", c, refresh - 2 * tick);
     lab.check(
@@ -1252,11 +1283,13 @@ fn fixtures_refresh_and_expiry_follow_a_short_idle_timeout() {
         .out(Out::To(first))
         .svc("short", Svc::Hit),
     );
-    let after = lab.entry("short", c).last_seen_ns;
+    // The table keeps time in units of 2^20 ns: compare at that resolution.
+    let after = units(lab.entry("short", c).last_seen_ns);
     assert!(
-        after > before.last_seen_ns && after >= asked,
-        "last_seen not refreshed past the refresh period ({} → {after}, now {asked})",
-        before.last_seen_ns
+        after > units(before.last_seen_ns) && after >= units(asked),
+        "last_seen not refreshed past the refresh period ({} → {after}, now {}, in units)",
+        units(before.last_seen_ns),
+        units(asked)
     );
     lab.age_entry("short", c, timeout - 2 * tick);
     lab.check(
@@ -1307,8 +1340,7 @@ fn fixtures_a_pin_never_crosses_services() {
     v.backend_gen = remote.generation;
     lab.h
         .dp_mut()
-        .affinity
-        .insert(key, v, 0)
+        .affinity_set(&key, &v, false)
         .expect("forge entry");
     let e = lab.h.explain("web4", c, 0).expect("explain");
     assert_eq!(

@@ -7,8 +7,15 @@
 //! packet — and are never shown as pinned clients (issue 10, fault 11): the scan leaves
 //! them out, and between scans a backend that became unusable shows 0 at once.
 //!
-//! Owns: when the table is scanned. Must not touch: the table's contents, the judging
-//! rules (lb_common::affinity through dataplane::maps).
+//! The table is never walked whole on a timer (issue 11): a pass advances a bounded
+//! slice per tick ([`BUDGET`] of scanning every [`TICK`]), so a full 1M-client table costs
+//! the daemon well under 1% of a core; counts are published when a pass ends, stamped
+//! with the time the pass started (it judged against the services and backends of that
+//! moment). The passes also remove entries expired for an hour, because the table's time
+//! wraps after 52 days.
+//!
+//! Owns: when and how fast the table is counted. Must not touch: the judging rules
+//! (lb_common::affinity through dataplane), the daemon's state (it only reports).
 
 use std::{
     collections::HashMap,
@@ -23,19 +30,26 @@ use tokio::sync::{Notify, mpsc::UnboundedSender};
 use super::Task;
 use crate::{
     daemon::command::{Observation, PinReport},
-    dataplane::maps::{self, ktime_coarse_ns},
+    dataplane::{
+        affinity::PinCounter,
+        maps::{self, ktime_coarse_ns},
+    },
 };
 
-/// A scan this quick runs whenever a status asks for fresh counts.
-const CHEAP: Duration = Duration::from_millis(50);
-/// Scans run at least this far apart (longer for large tables: ten times a scan).
-const PERIOD: Duration = Duration::from_secs(2);
+/// A pass this quick runs whole whenever a status asks for fresh counts.
+const CHEAP: Duration = Duration::from_millis(20);
+/// One slice of a pass every this long.
+const TICK: Duration = Duration::from_millis(250);
+/// Scanning time of one slice.
+const BUDGET: Duration = Duration::from_millis(1);
+/// Entries expired for longer than this are removed by the passes.
+const SWEEP_AFTER: Duration = Duration::from_secs(3600);
 
 /// The last count the owner received.
 #[derive(Clone, Debug, Default)]
 pub struct PinnedCounts {
     pub taken: Option<Instant>,
-    /// Scans are cheap: a status may ask for a fresh one.
+    /// Passes are cheap: a status may ask for a fresh one.
     pub cheap: bool,
     per_backend: HashMap<u32, u64>,
 }
@@ -61,36 +75,55 @@ impl PinnedCounts {
     }
 }
 
-/// Scans every [`PERIOD`] (or ten times the last scan's duration), and at once when
-/// `now` is notified and scans are cheap.
+/// Counts a slice every [`TICK`]; a whole pass at once when `now` is notified and passes
+/// are cheap (and the first pass after a start, so counts exist right away).
 pub fn spawn(pin_dir: PathBuf, now: Arc<Notify>, tx: UnboundedSender<Observation>) -> Task {
     Task::spawn(async move {
+        let mut counter: Option<PinCounter> = None;
+        let mut pass_started = Instant::now();
+        let mut budget = Duration::MAX;
         loop {
-            let started = Instant::now();
             let dir = pin_dir.clone();
-            let scan = tokio::task::spawn_blocking(move || {
-                maps::live_pins_pinned(&dir, ktime_coarse_ns())
-            })
-            .await;
-            let took = started.elapsed();
-            match scan {
-                Ok(Ok(counts)) => {
-                    // Stamped with the scan's start: a change after it may be missing.
-                    let report = PinReport {
-                        counts,
-                        taken: started,
-                        cheap: took < CHEAP,
-                    };
-                    if tx.send(Observation::Pins(report)).is_err() {
-                        return;
+            let c = counter.take();
+            let step = tokio::task::spawn_blocking(move || {
+                let mut c = match c {
+                    Some(c) => c,
+                    None => maps::pin_counter_pinned(&dir)?.sweeping(SWEEP_AFTER),
+                };
+                let starts = c.at_pass_start();
+                let counts = c.step(ktime_coarse_ns(), budget, || maps::pinned_lookup(&dir))?;
+                Ok::<_, maps::MapsError>((c, starts, counts))
+            });
+            let begun = Instant::now();
+            match step.await {
+                Ok(Ok((c, starts, counts))) => {
+                    if starts {
+                        pass_started = begun;
+                    }
+                    let cheap = c.last_pass.is_some_and(|d| d < CHEAP);
+                    counter = Some(c);
+                    if let Some(counts) = counts {
+                        let report = PinReport {
+                            counts,
+                            taken: pass_started,
+                            cheap,
+                        };
+                        if tx.send(Observation::Pins(report)).is_err() {
+                            return;
+                        }
                     }
                 }
-                Ok(Err(e)) => warn!("scanning the affinity table: {e:#}"),
-                Err(e) => warn!("affinity scan task: {e}"),
+                Ok(Err(e)) => warn!("counting the affinity table's pins: {e:#}"),
+                Err(e) => warn!("affinity count task: {e}"),
             }
+            let cheap = counter
+                .as_ref()
+                .and_then(|c| c.last_pass)
+                .is_some_and(|d| d < CHEAP);
+            budget = BUDGET;
             tokio::select! {
-                _ = tokio::time::sleep((took * 10).max(PERIOD)) => {}
-                _ = now.notified(), if took < CHEAP => {}
+                _ = tokio::time::sleep(TICK) => {}
+                _ = now.notified(), if cheap => budget = Duration::MAX,
             }
         }
     })

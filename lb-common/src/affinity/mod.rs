@@ -15,6 +15,10 @@
 //!    backend was the reason, an *expiry* when idleness was);
 //! 4. a live entry's `last_seen` is refreshed when it is older than the service's
 //!    refresh period ([`refresh_period_ns`]), not on every packet.
+//!
+//! Where entries live and how they are read and written concurrently: [`table`].
+
+pub mod table;
 
 use crate::{
     Addr, AffinityKey, AffinityValue, BE_F_HEALTHY, Backend, SVC_F_AFFINITY_NONE, ServiceValue,
@@ -108,16 +112,9 @@ pub enum Verdict {
 }
 
 /// Judges `entry` (found under `key`) against the backend entry its `backend_id` points
-/// to (`None` when out of range) at time `now` (`bpf_ktime_get_coarse_ns` clock).
-///
-/// Two checks guard the identity of the backend, on purpose (defence in depth):
-/// - the generation: backend ids index a fixed array and are reused; each use carries a
-///   generation that is never issued twice while the pinned state lives (the durable
-///   counter in `XLB_META`), so a pin never follows an id to its next backend;
-/// - the service: a pin never crosses services even on a path that reissues a
-///   generation — state adopted from a release that predates the durable counter
-///   re-derived generations from the backends array and could reissue a removed
-///   backend's (id, generation) to another service; this check makes that harmless.
+/// to (`None` when out of range) at time `now` (`bpf_ktime_get_coarse_ns` clock): the
+/// same rule as [`judge_word`] on the table's value word, which keeps the generation's
+/// low [`table::GEN_BITS`] bits and time in [`table::units`].
 #[inline(always)]
 pub fn judge(
     svc: &ServiceValue,
@@ -126,25 +123,56 @@ pub fn judge(
     backend: Option<&Backend>,
     now: u64,
 ) -> Verdict {
+    let word = table::pack(
+        entry.backend_id,
+        entry.backend_gen,
+        false,
+        table::units(entry.last_seen_ns),
+    );
+    judge_word(svc, key.service_id, word, backend, table::units(now))
+}
+
+/// Judges the table's value `word` of a key of service `service_id` against the backend
+/// entry its backend id points to, at `now` (table units).
+///
+/// Two checks guard the identity of the backend, on purpose (defence in depth):
+/// - the generation: backend ids index a fixed array and are reused; each use carries a
+///   generation that is never issued twice while the pinned state lives (the durable
+///   counter in `XLB_META`), so a pin never follows an id to its next backend. The entry
+///   keeps the generation's low 18 bits: an id would have to be reused exactly 2^18
+///   (262,144) generations later, within the same service, while the entry stayed live;
+/// - the service: a pin never crosses services even on a path that reissues a
+///   generation — state adopted from a release that predates the durable counter
+///   re-derived generations from the backends array and could reissue a removed
+///   backend's (id, generation) to another service; this check makes that harmless.
+#[inline(always)]
+pub fn judge_word(
+    svc: &ServiceValue,
+    service_id: u32,
+    word: u64,
+    backend: Option<&Backend>,
+    now: u32,
+) -> Verdict {
     let be = match backend {
         Some(be) if be.generation != 0 => be,
         _ => return Verdict::Repin(Repin::Gone),
     };
-    if be.service_id != key.service_id {
+    if be.service_id != service_id {
         return Verdict::Repin(Repin::OtherService);
     }
-    if be.generation != entry.backend_gen {
+    if be.generation & table::GEN_MASK != table::generation_of(word) {
         return Verdict::Repin(Repin::Generation);
     }
     if be.flags & BE_F_HEALTHY == 0 {
         return Verdict::Repin(Repin::Unusable);
     }
-    let idle = now.saturating_sub(entry.last_seen_ns);
-    if idle > svc.idle_timeout_ns {
+    let idle = table::idle_units(now, table::time_of(word));
+    if idle > table::timeout_units(svc.idle_timeout_ns) {
         return Verdict::Expired;
     }
     Verdict::Live {
-        refresh: idle > svc.refresh_ns as u64,
+        refresh: idle > svc.refresh_ns >> table::TIME_SHIFT
+            || table::becomes_established(word, now),
     }
 }
 
@@ -219,7 +247,9 @@ mod tests {
     fn every_verdict() {
         let s = svc(500_000_000);
         let k = key(&s, &[1, 0, 0, 0], 0, FAMILY_V4);
-        let now = 10 * SEC;
+        // Within one 2^30 ns "second" of the admission rule, so no verdict below is a
+        // refresh for becoming established.
+        let now = 10 * (1 << 30) + 600_000_000;
         let ok = backend(3, 7, BE_F_HEALTHY);
         let fresh = entry(7, now - 1_000_000);
         assert_eq!(
@@ -252,10 +282,17 @@ mod tests {
             assert_eq!(judge(&s, &k, &fresh, be.as_ref(), now), want, "{be:?}");
         }
         let idle = |ns| judge(&s, &k, &entry(7, now - ns), Some(&ok), now);
-        assert_eq!(idle(125_000_000), Verdict::Live { refresh: false });
-        assert_eq!(idle(125_000_001), Verdict::Live { refresh: true });
-        assert_eq!(idle(500_000_000), Verdict::Live { refresh: true });
-        assert_eq!(idle(500_000_001), Verdict::Expired);
+        // Table time units are 2^20 ns: each boundary holds within one unit (≈1 ms).
+        assert_eq!(idle(120_000_000), Verdict::Live { refresh: false });
+        assert_eq!(idle(128_000_000), Verdict::Live { refresh: true });
+        assert_eq!(idle(498_000_000), Verdict::Live { refresh: true });
+        assert_eq!(idle(503_000_000), Verdict::Expired);
+        // Generations compare on the bits the table keeps.
+        let big = backend(3, 7 + (1 << 18), BE_F_HEALTHY);
+        assert_eq!(
+            judge(&s, &k, &fresh, Some(&big), now),
+            Verdict::Live { refresh: false }
+        );
     }
 
     #[test]
