@@ -47,7 +47,10 @@ fn main() {
     let ms = scenarios::undrain(&lab, 0);
     println!("  n0 undrained: announced again after {ms} ms");
 
-    step(3, "a node's xlb daemon SIGKILLed, then started again");
+    step(
+        3,
+        "a node's xlb daemon SIGKILLed and started again, then stopped (SIGTERM) and started again",
+    );
     print!("{}", scenarios::daemon_kill(&mut lab, 1));
 
     step(4, "a whole node made silent (its link dropped)");

@@ -753,6 +753,39 @@ impl Node {
         }
     }
 
+    /// Waits (up to `timeout`) until the daemon's announcer has synced once since it
+    /// started: from then on, whatever it decided at start is in BIRD.
+    pub fn wait_announce_synced(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.xlb_json(&["status"])["announce"]["synced_age_s"].is_null() {
+            assert!(
+                Instant::now() < deadline,
+                "{}: the announcer did not sync within {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, as a service manager stops it, and waits (up to 10 s) until it has
+    /// exited; panics if it has not.
+    pub fn stop_daemon(&mut self) {
+        let Some(mut d) = self.daemon.take() else {
+            return;
+        };
+        d.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while d.alive() {
+            assert!(
+                Instant::now() < deadline,
+                "{}: xlb did not exit within 10 s of SIGTERM:\n{}",
+                self.name,
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Removes the pinned state (`xlb down`); the daemon must not run.
     pub fn down(&self) {
         if self.pin_dir.exists() {
@@ -774,9 +807,27 @@ impl Node {
         self.start_daemon();
     }
 
+    fn bird_log_path(&self) -> PathBuf {
+        self.dir.join(format!("{}-bird.log", self.name))
+    }
+
+    /// How many times this node's BIRD has enabled and disabled one of xlb's VIP
+    /// protocols so far: (enables, disables), from its log (`Enabling protocol xlb_…`;
+    /// BIRD logs only real state changes, not a command that changes nothing). Exact where
+    /// watching the router's routes could miss a withdrawal undone within milliseconds.
+    pub fn bird_vip_changes(&self) -> (usize, usize) {
+        let log = fs::read_to_string(self.bird_log_path()).unwrap_or_default();
+        let count = |what: &str| {
+            log.lines()
+                .filter(|l| l.contains(&format!("{what} protocol xlb_")))
+                .count()
+        };
+        (count("Enabling"), count("Disabling"))
+    }
+
     pub fn start_bird(&mut self) {
         assert!(self.bird.is_none(), "{}: BIRD already running", self.name);
-        let log = self.dir.join(format!("{}-bird.log", self.name));
+        let log = self.bird_log_path();
         self.bird = Some(start_bird(
             &self.ns,
             &self.bird_config,
@@ -990,7 +1041,12 @@ fn ip(args: &str) -> String {
 /// Starts `bird -f -c CONF -s SOCK` in `ns` and waits until its control socket answers.
 fn start_bird(ns: &Netns, conf: &Path, sock: &Path, log: &Path) -> Proc {
     let _ = fs::remove_file(sock);
-    let log = fs::File::create(log).expect("bird log");
+    // Appended to across restarts: counts read from it never go back.
+    let log = fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("bird log");
     let child = ns
         .cmd("bird")
         .arg("-f")
