@@ -1102,6 +1102,10 @@ pub struct Return {
     pub returned_changed: usize,
     /// Other clients that changed backend when the node came back.
     pub others_changed: usize,
+    /// After the restart that lost the pinned state (none without one): VIP protocols
+    /// the node's BIRD enabled before the undrain (from its log; the drain was saved with
+    /// the runtime changes, so none).
+    pub enabled_while_drained: Option<usize>,
 }
 
 /// One return: flush every table, baseline, drain `node`, add backend `add` everywhere,
@@ -1127,9 +1131,13 @@ pub fn drain_add_return(
     }
     wait_all_healthy(lab, Duration::from_secs(10));
     let added = round(lab, &clients, false);
+    let mut enabled_while_drained = None;
     if lose_state {
+        let (enables, _) = lab.nodes[node].bird_vip_changes();
         lab.nodes[node].reboot();
         wait_all_healthy(lab, Duration::from_secs(10));
+        lab.nodes[node].wait_announce_synced(Duration::from_secs(5));
+        enabled_while_drained = Some(lab.nodes[node].bird_vip_changes().0 - enables);
     }
     undrain(lab, node);
     let back = round(lab, &clients, false);
@@ -1152,6 +1160,7 @@ pub fn drain_add_return(
         returned: returned.len(),
         returned_changed,
         others_changed: changed(&added.answers, &back.answers) - returned_changed,
+        enabled_while_drained,
     }
 }
 
@@ -1167,6 +1176,13 @@ impl fmt::Display for Return {
             self.total_weight,
             self.changed_by_add
         )?;
+        if let Some(n) = self.enabled_while_drained {
+            writeln!(
+                f,
+                "  {} restarted while drained, its pinned state lost: still drained ({n} VIP protocols enabled by its BIRD before the undrain)",
+                self.node
+            )?;
+        }
         writeln!(
             f,
             "  {} undrained: {} clients returned to it, {} of them changed backend ({}; ≈1/{} = {} if the new table decided them all); other clients that changed: {}",

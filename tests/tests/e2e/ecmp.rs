@@ -182,6 +182,11 @@ fn ecmp_drain_add_and_return() {
         "without its pins the node decides with the new table (≈1/6): {r}"
     );
     assert_eq!(r.others_changed, 0, "{r}");
+    assert_eq!(
+        r.enabled_while_drained,
+        Some(0),
+        "a reboot keeps the node drained: {r}"
+    );
 
     // `xlb down --config` withdraws the node's VIPs before removing its data plane (a
     // stopped daemon alone withdraws nothing).
