@@ -232,6 +232,21 @@ pub fn wait_all_healthy(lab: &EcmpLab, timeout: Duration) {
     }
 }
 
+/// Backends of every service that node `i` does not count healthy now, and how many there
+/// are.
+fn unhealthy(lab: &EcmpLab, i: usize) -> (usize, usize) {
+    let st = lab.nodes[i].xlb_json(&["status"]);
+    let backends: Vec<&serde_json::Value> = st["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["backends"].as_array())
+        .flatten()
+        .collect();
+    let down = backends.iter().filter(|b| b["health"] != "healthy").count();
+    (down, backends.len())
+}
+
 /// Adds backend `i` to every main service on node `node` (`xlb backend add`).
 pub fn add_backend(lab: &EcmpLab, node: usize, i: usize, weight: u32) {
     for (name, v4, _) in MAIN {
@@ -785,6 +800,11 @@ pub struct Silent {
     pub changed_backend: usize,
     pub others_changed_backend: usize,
     pub back_ms: u128,
+    /// Backends (per service) the node did not yet count healthy when the router sent it
+    /// traffic again, of how many: cut off from the backends too, it marked them down,
+    /// and it announces as soon as one service can serve. The round after its return
+    /// waits until they are all healthy (see the README's limits).
+    pub unhealthy_on_return: (usize, usize),
     pub returned: usize,
     pub returned_changed_backend: usize,
 }
@@ -817,6 +837,8 @@ pub fn silent(lab: &EcmpLab, node: usize) -> Silent {
     let others_changed_backend = changed(&before.answers, &during.answers) - changed_backend;
     lab.set_silent(node, false);
     let back = lab.wait_next_hops(&lab.vips, &all, Duration::from_secs(15));
+    let unhealthy_on_return = unhealthy(lab, node);
+    wait_all_healthy(lab, Duration::from_secs(10));
     let after = round(lab, &clients, false);
     let returned: Vec<IpAddr> = theirs
         .iter()
@@ -831,6 +853,7 @@ pub fn silent(lab: &EcmpLab, node: usize) -> Silent {
         changed_backend,
         others_changed_backend,
         back_ms: back.as_millis(),
+        unhealthy_on_return,
         returned: returned.len(),
         returned_changed_backend: returned
             .iter()
@@ -854,8 +877,13 @@ impl fmt::Display for Silent {
         )?;
         writeln!(
             f,
-            "  link back: BGP re-established and {} announced again after {} ms; {} clients returned to it, {} changed backend",
-            self.node, self.back_ms, self.returned, self.returned_changed_backend
+            "  link back: BGP re-established and {} announced again after {} ms ({} of {} backends not yet healthy there again); once all were, {} clients returned to it, {} changed backend",
+            self.node,
+            self.back_ms,
+            self.unhealthy_on_return.0,
+            self.unhealthy_on_return.1,
+            self.returned,
+            self.returned_changed_backend
         )
     }
 }
