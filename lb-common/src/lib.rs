@@ -29,7 +29,7 @@ pub mod maps;
 pub mod natsrc;
 pub mod sample;
 
-pub use affinity::MIN_IDLE_TIMEOUT_NS;
+pub use affinity::{MAX_IDLE_TIMEOUT_NS, MIN_IDLE_TIMEOUT_NS};
 pub use hash::{flow_hash, maglev_slot};
 pub use maps::MAP_META;
 

@@ -36,7 +36,12 @@ use super::{
     server::{Access, MetricsServer},
     startup::Started,
     tasks::{
-        health::Checks, links::Interfaces, neigh::NeighBook, rates::Rates, scan::PinnedCounts,
+        announce::{self, AnnounceBook, AnnounceInput},
+        health::Checks,
+        links::Interfaces,
+        neigh::NeighBook,
+        rates::Rates,
+        scan::PinnedCounts,
     },
     views,
 };
@@ -71,6 +76,8 @@ pub struct State {
     pub rates: Rates,
     /// Sampled sources, load shares, the heavy-source warning.
     pub load: LoadState,
+    /// The announcer's last outcome per VIP.
+    pub announced: AnnounceBook,
     /// When the programmed state last changed: pin counts taken before are not fresh.
     pub changed_at: Instant,
     /// One daemon per pin_dir: held as long as the state.
@@ -90,6 +97,8 @@ pub struct Lines {
     /// Who may use the control socket.
     pub access: watch::Sender<Access>,
     pub metrics: MetricsServer,
+    /// What the announce task acts on: `[announce]` and the facts of the state.
+    pub announce: watch::Sender<AnnounceInput>,
 }
 
 pub struct Owner {
@@ -130,6 +139,7 @@ impl Owner {
             pinned: PinnedCounts::default(),
             rates: Rates::default(),
             load: LoadState::default(),
+            announced: AnnounceBook::default(),
             changed_at: Instant::now(),
             _lock: s.lock,
         };
@@ -148,12 +158,29 @@ impl Owner {
     ) {
         self.after_change();
         loop {
+            self.publish_announce_facts();
             tokio::select! {
                 Some(c) = commands.recv() => self.command(c),
                 Some(o) = observations.recv() => self.observe(o),
                 else => return,
             }
         }
+    }
+
+    /// Tells the announce task what it acts on when that changed (after every message:
+    /// edits, health transitions, links, reloads all change it).
+    fn publish_announce_facts(&self) {
+        let input = AnnounceInput {
+            announce: self.st.cfg.announce.clone(),
+            facts: Some(announce::facts(&self.st)),
+        };
+        self.io.announce.send_if_modified(|current| {
+            let changed = *current != input;
+            if changed {
+                *current = input;
+            }
+            changed
+        });
     }
 
     fn command(&mut self, c: Command) {
@@ -222,6 +249,7 @@ impl Owner {
             Observation::Samples(s) => self.st.load.book.add(&s),
             Observation::Looked(l) => self.looked(*l),
             Observation::CountsDeadline => self.answer_waiting(true),
+            Observation::Announced(outcomes) => self.st.announced.record(outcomes),
         }
     }
 

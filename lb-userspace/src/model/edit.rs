@@ -72,20 +72,26 @@ pub enum Edit {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         balance_factor: Option<Millionths>,
     },
+    /// Maintenance: withdraw every VIP of this node (the data plane keeps forwarding
+    /// what still arrives).
+    NodeDrain,
+    /// Back in service: announce the VIPs this node can serve.
+    NodeUndrain,
 }
 
 impl Edit {
-    /// The service the edit changes.
-    pub fn service_name(&self) -> &str {
+    /// The service the edit changes (none for the node's own edits).
+    pub fn service_name(&self) -> Option<&str> {
         match self {
-            Edit::ServiceAdd { service } => &service.name,
-            Edit::ServiceRemove { name } => name,
+            Edit::ServiceAdd { service } => Some(&service.name),
+            Edit::ServiceRemove { name } => Some(name),
             Edit::BackendAdd { service, .. }
             | Edit::BackendRemove { service, .. }
             | Edit::BackendDrain { service, .. }
             | Edit::BackendUndrain { service, .. }
             | Edit::BackendWeight { service, .. }
-            | Edit::ServiceSet { service, .. } => service,
+            | Edit::ServiceSet { service, .. } => Some(service),
+            Edit::NodeDrain | Edit::NodeUndrain => None,
         }
     }
 
@@ -160,6 +166,8 @@ impl Edit {
                 }
                 format!("service {service}: {}", parts.join(", "))
             }
+            Edit::NodeDrain => "node drained: every VIP withdrawn".into(),
+            Edit::NodeUndrain => "node undrained: VIPs announced while they can be served".into(),
         }
     }
 }
