@@ -88,7 +88,7 @@ mod tests {
     #[test]
     fn v4_sources_fall_on_their_slash_16() {
         let (w, b) = filter_bit(&v4([203, 0, 113, 7]), FAMILY_V4);
-        let idx = (203u32 << 8) | 0;
+        let idx = 203u32 << 8; // 203.0 as the /16 index
         assert_eq!((w, b), (idx >> 6, 1 << (idx & 63)));
         assert_eq!(filter_bit(&v4([203, 0, 200, 1]), FAMILY_V4), (w, b));
         assert_ne!(filter_bit(&v4([203, 1, 113, 7]), FAMILY_V4), (w, b));

@@ -67,7 +67,8 @@ pub fn next_countdown(period: u32, r: u32) -> u32 {
 /// The period a controller sets for a service forwarding `pps` packets per second
 /// when it aims for `target` samples per second: every packet below the target.
 pub fn period_for(pps: f64, target: u64) -> u32 {
-    if !(pps > target as f64) {
+    // NaN and every rate up to the target: every packet.
+    if pps.is_nan() || pps <= target as f64 {
         return 1;
     }
     let q = pps / target as f64;

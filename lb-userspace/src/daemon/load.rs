@@ -112,6 +112,10 @@ pub fn tick(st: &mut State) {
     }
 }
 
+/// A service with a balance factor: (service id, factor, its backends as (id, weight,
+/// takes new clients)).
+type Bounded = (u32, f64, Vec<(u32, u32, bool)>);
+
 /// Takes new clients (what the fair share is shared among).
 fn in_table(b: &views::BackendView<'_>) -> bool {
     b.up && b.b.usable() && !b.b.draining
@@ -138,7 +142,7 @@ pub fn over_bound(
 }
 
 /// Writes the flags that changed.
-fn set_bounds(st: &mut State, bounded: &[(u32, f64, Vec<(u32, u32, bool)>)]) {
+fn set_bounds(st: &mut State, bounded: &[Bounded]) {
     let now: HashSet<u32> = bounded
         .iter()
         .flat_map(|(id, f, m)| over_bound(&st.load.book, *id, *f, m))

@@ -173,7 +173,7 @@ impl Millionths {
     /// `x` rounded to millionths; `None` when it is not a finite number in `0..=4294`.
     pub fn from_f64(x: f64) -> Option<Self> {
         let m = (x * 1e6).round();
-        (x.is_finite() && (0.0..=u32::MAX as f64).contains(&m)).then(|| Self(m as u32))
+        (x.is_finite() && (0.0..=u32::MAX as f64).contains(&m)).then_some(Self(m as u32))
     }
 
     pub fn get(self) -> f64 {

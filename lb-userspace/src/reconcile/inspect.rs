@@ -160,7 +160,7 @@ pub fn explain(
     } else {
         (slot_id, 0)
     };
-    let bound = (steps > 0).then(|| (slot_backend, steps));
+    let bound = (steps > 0).then_some((slot_backend, steps));
     let hashed = |reason| {
         if slot_id == NO_BACKEND {
             (Decision::NoBackend, None)

@@ -95,7 +95,7 @@ fn flood(groups: &[&[UdpSocket]], pps: u64, stop: &AtomicBool) -> u64 {
     sent
 }
 
-fn dns4<'a>(status: &'a serde_json::Value) -> &'a serde_json::Value {
+fn dns4(status: &serde_json::Value) -> &serde_json::Value {
     status["services"]
         .as_array()
         .expect("services")
