@@ -158,12 +158,17 @@ impl LoadBook {
 
     /// Ends the current second with each service's cumulative `counters` (by service
     /// id): the exact totals the samples are scaled by. A service whose counters went
-    /// backwards (its id was reused) counts from zero.
+    /// backwards (its id was reused) counts from zero; one seen for the first time (a
+    /// new service, a daemon start on counters that ran before it) only sets the
+    /// baseline: its whole history is not one second's load.
     pub fn close_second(&mut self, counters: HashMap<u32, Counters>) {
         let mut closed = std::mem::take(&mut self.current);
         for (id, c) in &counters {
-            let prev = self.prev.get(id);
             let ss = closed.entry(*id).or_default();
+            let Some(prev) = self.prev.get(id) else {
+                continue;
+            };
+            let prev = Some(prev);
             ss.packets = c.packets.saturating_sub(prev.map_or(0, |p| p.packets));
             ss.exact_bytes = c.bytes.saturating_sub(prev.map_or(0, |p| p.bytes));
             ss.backend_packets = c
@@ -382,6 +387,17 @@ mod tests {
         let s = shares(&[(1, 1, true), (2, 1, true), (3, 1, true)], 1000, &per);
         assert!((s.imbalance.unwrap() - 1.8).abs() < 1e-9);
         assert_eq!(shares(&[(1, 1, true)], 0, &HashMap::new()).imbalance, None);
+    }
+
+    /// A daemon starting on counters that ran before it: the first second is a
+    /// baseline, not a second carrying the whole history.
+    #[test]
+    fn the_first_second_of_a_service_is_a_baseline() {
+        let mut b = LoadBook::default();
+        b.close_second(counters(1_000_000, 9, &[(7, 1_000_000)]));
+        assert_eq!(b.backend_packets(1, 1), (0, HashMap::from([])));
+        b.close_second(counters(1_000_100, 9, &[(7, 1_000_100)]));
+        assert_eq!(b.backend_packets(1, 1).0, 100);
     }
 
     #[test]

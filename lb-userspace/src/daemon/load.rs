@@ -52,6 +52,8 @@ pub struct LoadState {
     top_share: HashMap<String, f64>,
     /// Backends flagged over their service's load bound (`XLB_BE_LOAD`), by id.
     over: HashSet<u32>,
+    /// The flags a previous daemon left in the pinned map were cleared.
+    swept: bool,
 }
 
 impl LoadState {
@@ -147,6 +149,7 @@ fn set_bounds(st: &mut State, bounded: &[Bounded]) {
         .iter()
         .flat_map(|(id, f, m)| over_bound(&st.load.book, *id, *f, m))
         .collect();
+    sweep_stale(st, &now);
     let changed: Vec<(u32, bool)> = now
         .difference(&st.load.over)
         .map(|id| (*id, true))
@@ -161,6 +164,24 @@ fn set_bounds(st: &mut State, bounded: &[Bounded]) {
                 st.load.over.remove(&id);
             }
             Err(e) => warn!("load bound of backend id {id}: {e}"),
+        }
+    }
+}
+
+/// The flags survive the daemon in the pinned map, but `over` starts empty: once, clear
+/// every flag that is set and not wanted now (else a backend flagged by the previous
+/// daemon would stay avoided by new clients for good).
+fn sweep_stale(st: &mut State, now: &HashSet<u32>) {
+    if st.load.swept {
+        return;
+    }
+    st.load.swept = true;
+    for id in 0..lb_common::MAX_BACKENDS {
+        if now.contains(&id) || !st.ctl.dp.over_bound(id).unwrap_or(false) {
+            continue;
+        }
+        if let Err(e) = st.ctl.dp.set_over_bound(id, false) {
+            warn!("clearing the load bound of backend id {id}: {e}");
         }
     }
 }
