@@ -46,6 +46,12 @@ pub enum Request {
     },
     /// Re-read the config file; the runtime edits stay on top (`xlb reload`, SIGHUP).
     Reload,
+    /// How far a drained backend is from holding no live pinned client (what
+    /// `xlb backend drain --wait` polls).
+    DrainStatus {
+        service: String,
+        address: IpAddr,
+    },
 }
 
 /// Decodes one request line. A rejection names the key path that is wrong
@@ -279,6 +285,31 @@ pub struct AffinityEntry {
     pub expired: bool,
 }
 
+/// A draining backend's remaining live pins (`drain_status`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DrainStatus {
+    pub service: String,
+    pub address: IpAddr,
+    /// The backend is draining (takes no new client).
+    pub draining: bool,
+    /// Live pinned clients at the last count of the affinity table.
+    pub pinned_clients: u64,
+    /// That count comes from a scan that started after the backend was drained: only
+    /// such a count can say that no pin is left.
+    pub counted_since_drain: bool,
+    /// Seconds since that count's scan started (`None`: no count yet).
+    pub counted_age_s: Option<f64>,
+    /// Seconds since the most recently active of the pinned clients was last seen, and
+    /// the least recently active (`None` without pins). Each stamp lags its client's last
+    /// packet by up to the refresh period (a quarter of idle_timeout, at most 1 s).
+    pub newest_seen_s: Option<f64>,
+    pub oldest_seen_s: Option<f64>,
+    /// The service's idle_timeout: a pin lives until its client is silent that long.
+    pub idle_timeout: String,
+    /// Draining, counted since the drain, and no live pin left: safe to remove or stop.
+    pub drained: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AffinityList {
     pub total: usize,
@@ -376,6 +407,10 @@ mod tests {
                 limit: 10,
             },
             Request::AffinityFlush { service: None },
+            Request::DrainStatus {
+                service: "web".into(),
+                address: "192.0.2.11".parse().unwrap(),
+            },
         ];
         reqs.iter()
             .map(|r| serde_json::to_value(r).unwrap())

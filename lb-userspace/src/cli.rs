@@ -158,6 +158,14 @@ pub enum BackendCmd {
         service: String,
         #[arg(value_parser = parse_address)]
         address: IpAddr,
+        /// Then wait until it holds no live pinned client (exit 0), so that removing it
+        /// or stopping its server cuts no session.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (exit 1, saying how many clients remain
+        /// and when they were last seen). Default: wait as long as it takes.
+        #[arg(long, requires = "wait")]
+        timeout: Option<HumanDuration>,
     },
     /// Let a drained backend take new clients again.
     Undrain {
@@ -447,7 +455,90 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
     }
     let response = api::call(&cli.socket, &request)?;
-    finish(cli, &request, response)
+    let code = finish(cli, &request, response)?;
+    match &cli.command {
+        Command::Backend(BackendCmd::Drain {
+            service,
+            address,
+            wait: true,
+            timeout,
+        }) => drain_wait(cli, service, *address, timeout.map(|t| t.0)),
+        _ => Ok(code),
+    }
+}
+
+/// `xlb backend drain --wait`: polls `drain_status` ([`crate::drain`]); progress on
+/// stderr (one line per change), the result on stdout (`--json`: the last answer).
+fn drain_wait(
+    cli: &Cli,
+    service: &str,
+    address: IpAddr,
+    timeout: Option<std::time::Duration>,
+) -> anyhow::Result<ExitCode> {
+    use crate::drain::{Outcome, PollError};
+    let request = Request::DrainStatus {
+        service: service.to_string(),
+        address,
+    };
+    let poll = || -> Result<api::DrainStatus, PollError> {
+        let r = match api::call(&cli.socket, &request) {
+            Ok(r) => r,
+            Err(e @ api::ClientError::Protocol(_)) => return Err(PollError::Fatal(e.into())),
+            Err(e) => return Err(PollError::Unreachable(e.to_string())),
+        };
+        if !r.ok {
+            let why = r
+                .error
+                .map_or_else(|| "no reason given".into(), |e| e.message);
+            return Err(PollError::Fatal(anyhow::anyhow!(
+                "waiting for the drain: {why}"
+            )));
+        }
+        serde_json::from_value(r.result).map_err(|e| PollError::Fatal(e.into()))
+    };
+    let mut shown = String::new();
+    let progress = |d: Result<&api::DrainStatus, &str>| {
+        let line = d.map_or_else(
+            |why| format!("daemon unreachable: {why}"),
+            crate::drain::progress_line,
+        );
+        // One line per change of the count, not per poll (the ages move on every poll).
+        let key = line
+            .split(", last seen")
+            .next()
+            .unwrap_or(&line)
+            .to_string();
+        if key != shown {
+            eprintln!("{line}");
+            shown = key;
+        }
+    };
+    let start = std::time::Instant::now();
+    let outcome = crate::drain::wait(poll, timeout, crate::drain::POLL, progress)?;
+    let last = match &outcome {
+        Outcome::Drained(d) | Outcome::Undrained(d) | Outcome::TimedOut(Some(d)) => Some(d),
+        Outcome::TimedOut(None) => None,
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&last)?);
+    }
+    match outcome {
+        Outcome::Drained(d) => {
+            if !cli.json {
+                println!("{}", crate::drain::drained_line(&d));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Undrained(_) => Err(anyhow::anyhow!(
+            "backend {address} of {service} was undrained while waiting"
+        )),
+        Outcome::TimedOut(d) => Err(anyhow::anyhow!(crate::drain::timed_out_message(
+            service,
+            address,
+            timeout.unwrap_or_else(|| start.elapsed()),
+            d.as_ref()
+        ))),
+    }
 }
 
 fn backend_edit(b: &BackendCmd) -> Edit {
@@ -462,7 +553,9 @@ fn backend_edit(b: &BackendCmd) -> Edit {
             weight,
         },
         BackendCmd::Remove { service, address } => Edit::BackendRemove { service, address },
-        BackendCmd::Drain { service, address } => Edit::BackendDrain { service, address },
+        BackendCmd::Drain {
+            service, address, ..
+        } => Edit::BackendDrain { service, address },
         BackendCmd::Undrain { service, address } => Edit::BackendUndrain { service, address },
         BackendCmd::Weight {
             service,
@@ -686,6 +779,22 @@ mod tests {
                 "host.example",
             ),
             (&["backend", "drain", "web"], "<ADDRESS>"),
+            (
+                &["backend", "drain", "web", "10.0.0.1", "--timeout", "2s"],
+                "--wait",
+            ),
+            (
+                &[
+                    "backend",
+                    "drain",
+                    "web",
+                    "10.0.0.1",
+                    "--wait",
+                    "--timeout",
+                    "5x",
+                ],
+                "5x",
+            ),
             (&["backend", "undrain"], "<SERVICE>"),
             (&["backend", "pause", "web", "10.0.0.1"], "pause"),
             (&["explain", "web"], "<CLIENT>"),
@@ -866,6 +975,24 @@ mod tests {
 
     #[test]
     fn good_command_lines_parse() {
+        let cli = parse(&[
+            "backend",
+            "drain",
+            "web",
+            "10.0.0.1",
+            "--wait",
+            "--timeout",
+            "2s",
+        ])
+        .expect("parses");
+        let Command::Backend(BackendCmd::Drain { wait, timeout, .. }) = cli.command else {
+            panic!("not drain");
+        };
+        assert!(wait);
+        assert_eq!(
+            timeout.map(|t| t.0),
+            Some(std::time::Duration::from_secs(2))
+        );
         assert!(matches!(
             parse(&["reload"]).unwrap().command,
             Command::Reload

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod display;
 pub mod docs;
+pub mod drain;
 pub mod health;
 pub mod metrics;
 pub mod model;

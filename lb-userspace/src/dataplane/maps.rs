@@ -27,7 +27,7 @@ use lb_common::{
     vip_filter_bit,
 };
 
-pub use super::affinity::LivePins;
+pub use super::affinity::{LivePins, Seen};
 use super::{
     affinity::{AffinityTable, Entry, PinCounter, TableError},
     fastpath::FastServices,
@@ -767,8 +767,7 @@ impl LivePins {
         let mut c = LivePins::default();
         for p in judged {
             if matches!(p.verdict, Verdict::Live { .. }) {
-                *c.per_service.entry(p.key.service_id).or_default() += 1;
-                *c.per_backend.entry(p.value.backend_id).or_default() += 1;
+                c.add(p.key.service_id, p.value.backend_id, p.value.last_seen_ns);
             }
         }
         c
