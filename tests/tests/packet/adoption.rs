@@ -481,7 +481,8 @@ fn a_smaller_table_keeps_the_most_recent_clients() {
 
 /// The daemon's counting passes remove entries expired for longer than the grace; live and
 /// recently expired ones stay, and so do entries of a service the pass does not know (its
-/// list of services may predate it); only live ones are counted.
+/// list of services may predate it); only live ones are counted, with when each backend's
+/// were last seen.
 #[test]
 fn counting_passes_sweep_long_expired_entries() {
     use lb_common::{FAMILY_V4 as V4, ServiceKey, ServiceValue};
@@ -515,8 +516,8 @@ fn counting_passes_sweep_long_expired_entries() {
     .expect("backend");
     let now = ktime_coarse_ns();
     let sec = 1_000_000_000u64;
-    // Live, expired within the grace, expired past it, and of an unknown service.
-    let idle = [1, 15, 100, 1];
+    // Live, expired within the grace, expired past it, of an unknown service, live.
+    let idle = [1, 15, 100, 1, 3];
     let mut keys = Vec::new();
     for (i, idle) in idle.iter().enumerate() {
         let (mut k, mut v) = entry(i as u32 * 5);
@@ -538,11 +539,18 @@ fn counting_passes_sweep_long_expired_entries() {
         })
         .expect("step")
         .expect("a whole pass");
-    assert_eq!(counts.per_service.get(&SERVICE), Some(&1), "one live pin");
+    assert_eq!(counts.per_service.get(&SERVICE), Some(&2), "two live pins");
+    assert_eq!(counts.per_backend.get(&3), Some(&2));
+    // When the backend's live pins were last seen (drain --wait): the expired ones and
+    // the other service's do not count. (Stamps have the table's ≈1 ms resolution.)
+    let seen = counts.seen[&3];
+    let near = |got: u64, want: u64| got.abs_diff(want) < 5_000_000;
+    assert!(near(seen.newest_ns, now - sec), "{seen:?}");
+    assert!(near(seen.oldest_ns, now - 3 * sec), "{seen:?}");
     assert_eq!(c.swept, 1);
     let present: Vec<bool> = keys
         .iter()
         .map(|k| dp.affinity_get(k).expect("get").is_some())
         .collect();
-    assert_eq!(present, [true, true, false, true]);
+    assert_eq!(present, [true, true, false, true, true]);
 }
