@@ -69,6 +69,24 @@ fn drain_wait_returns_when_no_session_is_left_then_remove_moves_nobody_active() 
     let (on_be0, others) = split(&first, "be0");
     assert!(!on_be0.is_empty() && !others.is_empty(), "{first:?}");
 
+    // Mistakes are usage errors (exit 2) naming what is wrong, and drain nothing.
+    let wait = ["--wait", "--timeout", "1s"];
+    for (args, want) in [
+        (["backend", "drain", "mail", BE0], "\"mail\""),
+        (["backend", "drain", "web", "10.100.0.99"], "no backend 10.100.0.99"),
+    ] {
+        let all: Vec<&str> = args.iter().chain(&wait).copied().collect();
+        let (code, err) = lab.try_xlb(&all).expect_err("a mistake");
+        assert_eq!(code, 2, "{all:?}: {err}");
+        assert!(err.contains(want), "{all:?}: {err}");
+    }
+    let bad = ["backend", "drain", "web", BE0, "--wait", "--timeout", "soon"];
+    let (code, err) = lab.try_xlb(&bad).expect_err("a bad duration");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("soon"), "{err}");
+    let st = backend_status(&lab, "web", BE0).expect("listed");
+    assert_eq!(st["draining"], false, "a rejected command drained: {st}");
+
     // Active clients: the wait times out, naming their count and last-seen.
     let (result, waited) = std::thread::scope(|s| {
         let start = Instant::now();
