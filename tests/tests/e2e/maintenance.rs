@@ -73,14 +73,25 @@ fn drain_wait_returns_when_no_session_is_left_then_remove_moves_nobody_active() 
     let wait = ["--wait", "--timeout", "1s"];
     for (args, want) in [
         (["backend", "drain", "mail", BE0], "\"mail\""),
-        (["backend", "drain", "web", "10.100.0.99"], "no backend 10.100.0.99"),
+        (
+            ["backend", "drain", "web", "10.100.0.99"],
+            "no backend 10.100.0.99",
+        ),
     ] {
         let all: Vec<&str> = args.iter().chain(&wait).copied().collect();
         let (code, err) = lab.try_xlb(&all).expect_err("a mistake");
         assert_eq!(code, 2, "{all:?}: {err}");
         assert!(err.contains(want), "{all:?}: {err}");
     }
-    let bad = ["backend", "drain", "web", BE0, "--wait", "--timeout", "soon"];
+    let bad = [
+        "backend",
+        "drain",
+        "web",
+        BE0,
+        "--wait",
+        "--timeout",
+        "soon",
+    ];
     let (code, err) = lab.try_xlb(&bad).expect_err("a bad duration");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("soon"), "{err}");
