@@ -13,9 +13,9 @@
 //!   says how; otherwise the start is refused;
 //! - any other pinned map was written by a newer release: the start is refused.
 //!
-//! Adding a map: one row here, one static in lb-ebpf with the same name, one typed field
-//! in lb-userspace's `DataPlane`. Changing a layout: the new row here, the old one into
-//! [`OLD_LAYOUTS`] with a [`Conversion`] (and its converter in lb-userspace).
+//! Adding a map: one row here, one static in lb-ebpf/src/xlb/maps.rs with the same name,
+//! one typed field in lb-userspace's `DataPlane`. Changing a layout: the new row here, the
+//! old one into [`OLD_LAYOUTS`] with a [`Conversion`] (and its converter in lb-userspace).
 
 use crate::{
     AffinityKey, AffinityValue, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY,
