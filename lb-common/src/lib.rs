@@ -22,6 +22,7 @@
 
 pub mod affinity;
 pub mod hash;
+pub mod log_gate;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod maps;

@@ -42,6 +42,7 @@ pub enum MapKind {
     PerCpuArray = 6,
     LruHash = 9,
     DevMapHash = 25,
+    RingBuf = 27,
 }
 
 impl MapKind {
@@ -58,6 +59,7 @@ impl MapKind {
             MapKind::PerCpuArray => "percpu_array",
             MapKind::LruHash => "lru_hash",
             MapKind::DevMapHash => "devmap_hash",
+            MapKind::RingBuf => "ringbuf",
         }
     }
 }
@@ -337,6 +339,36 @@ pub const MAPS: &[MapDef] = &[
         MaxEntries::Fixed(1),
     ),
 ];
+
+/// The maps of one loaded program, never pinned: every load creates them afresh and
+/// they go with the program (the daemon that loaded it reads them). They are outside
+/// adoption, so pinned state of any release is adopted as before, and a program the
+/// daemon replaces at a restart takes its own with it. Both exist only in the build with
+/// data-plane diagnostics (lb-ebpf's `log` feature, the default).
+pub const PROGRAM_MAPS: &[MapDef] = &[
+    // aya-log's ring buffer (its name and size are aya-log-ebpf's: 128 KiB).
+    def(
+        MAP_AYA_LOGS,
+        MapKind::RingBuf,
+        0,
+        0,
+        MaxEntries::Fixed(1 << 17),
+    ),
+    // When each rare event was last reported ([`crate::log_gate`]): shared, one
+    // compare-and-swap per report.
+    def(
+        MAP_LOG_GATE,
+        MapKind::Array,
+        4,
+        8,
+        MaxEntries::Fixed(crate::log_gate::GATES),
+    ),
+];
+
+/// aya-log's ring buffer of records (the name aya-log-ebpf gives it).
+pub const MAP_AYA_LOGS: &str = "AYA_LOGS";
+/// ARRAY of `u64`: when each rare event was last reported ([`crate::log_gate`]).
+pub const MAP_LOG_GATE: &str = "XLB_LOG_GATE";
 
 /// Maps earlier releases pinned and this one no longer has: removed on adoption.
 pub const RETIRED_MAPS: &[&str] = &[];

@@ -10,7 +10,7 @@ use aya::{
 };
 use lb_common::PROG_XLB;
 use xlb::{
-    dataplane::loader::{LoadOptions, load_xlb},
+    dataplane::loader::{LoadOptions, XLB_OBJECT, load_object},
     dataplane::maps::DataPlane,
     model::{Backend, Desired, Edit, Health, Link, Service},
     reconcile::{
@@ -44,7 +44,13 @@ fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
 
 impl XlbHarness {
     pub fn load(opts: &LoadOptions) -> Self {
-        let mut ebpf = load_xlb(opts).unwrap_or_else(|e| panic!("loading the xlb object: {e:#}"));
+        Self::load_object(opts, XLB_OBJECT)
+    }
+
+    /// [`Self::load`] of another build of the balancer (`XLB_NOLOG_OBJECT`).
+    pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Self {
+        let mut ebpf =
+            load_object(opts, object).unwrap_or_else(|e| panic!("loading the xlb object: {e:#}"));
         {
             let prog: &mut Xdp = ebpf
                 .program_mut(PROG_XLB)

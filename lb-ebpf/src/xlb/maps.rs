@@ -84,3 +84,9 @@ pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0)
 /// controller uses it; it is declared here so it is created and pinned with the rest.
 #[map(name = "XLB_META")]
 pub static META: Array<Meta> = Array::with_max_entries(1, 0);
+
+/// When each rare event was last reported (`lb_common::log_gate`); never pinned: it
+/// belongs to this loaded program (`lb_common::maps::PROGRAM_MAPS`).
+#[cfg(feature = "log")]
+#[map(name = "XLB_LOG_GATE")]
+pub static LOG_GATE: Array<u64> = Array::with_max_entries(lb_common::log_gate::GATES, 0);

@@ -9,6 +9,7 @@ use lb_common::{
 };
 
 use super::{
+    log,
     maps::{SERVICES, SVC_FAST, VIP_FILTER},
     parse::Flow,
     stats,
@@ -43,6 +44,7 @@ fn is_vip(addr: &Addr, family: u8) -> bool {
 #[inline(always)]
 pub fn not_balanceable(daddr: &Addr, family: u8, reason: Stat) -> Result<u32, ()> {
     if is_vip(daddr, family) {
+        log::unbalanceable(reason);
         stats::drop(reason)
     } else {
         stats::pass(Stat::PassNotService)

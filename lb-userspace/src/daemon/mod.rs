@@ -81,7 +81,7 @@ fn raise_open_files() {
 }
 
 /// Starts the socket, the owner and the tasks; runs until SIGTERM/SIGINT.
-async fn serve(started: Started) -> anyhow::Result<()> {
+async fn serve(mut started: Started) -> anyhow::Result<()> {
     let d = started.cfg.daemon.clone();
     let access = Access::of(&d);
     let bound =
@@ -122,6 +122,7 @@ async fn serve(started: Started) -> anyhow::Result<()> {
         tasks::rates::spawn(observations.clone()),
         server::spawn(listener, access_rx, commands.clone()),
     ];
+    let _events = started.events.take().map(tasks::events::spawn);
     let lines = Lines {
         observations,
         resolver: started.resolver.clone(),

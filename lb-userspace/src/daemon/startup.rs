@@ -24,7 +24,13 @@ use super::{
 };
 use crate::{
     config::{Config, XdpMode},
-    dataplane::{loader::LoadOptions, lock::PinDirLock, maps::DataPlane, pin},
+    dataplane::{
+        events::{self, EventReader},
+        loader::LoadOptions,
+        lock::PinDirLock,
+        maps::DataPlane,
+        pin,
+    },
     model::{Desired, Health},
     neigh::Resolver,
     reconcile::{Programmed, ProgrammedService, control::Controller},
@@ -39,6 +45,8 @@ pub struct Started {
     /// attaches it anew to a re-created interface.
     pub ebpf: Ebpf,
     pub program_id: u32,
+    /// The reader of this program's rare events (taken before it was attached).
+    pub events: Option<EventReader>,
     pub ifaces: Interfaces,
     pub neigh: NeighBook,
     pub resolver: Arc<Resolver>,
@@ -98,6 +106,10 @@ async fn load(
         pending: migrations,
     } = pin::load_pinned(&d.pin_dir, &opts, survey)?;
     let program_id = program_id(&mut ebpf);
+    let events = events::reader(&mut ebpf);
+    if events.is_none() {
+        warn!("this build's XDP program has no event ring buffer: its rare events are not logged");
+    }
     let mut dp = DataPlane::from_ebpf(&mut ebpf)?;
     let mut ifaces = Interfaces::new(d.pin_dir.clone(), d.xdp_mode == XdpMode::Generic);
     for name in &d.interfaces {
@@ -131,6 +143,7 @@ async fn load(
         ctl,
         ebpf,
         program_id,
+        events,
         ifaces,
         neigh,
         resolver,
