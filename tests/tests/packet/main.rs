@@ -33,6 +33,7 @@ use xlb_tests::{
 };
 
 mod adoption;
+mod events;
 mod table;
 
 const LO: u32 = 1;
