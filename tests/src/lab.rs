@@ -241,6 +241,8 @@ pub struct Lab {
     /// A command the daemon is started through, e.g. `setpriv` with a capability set
     /// (empty: started directly).
     pub daemon_wrapper: Vec<String>,
+    /// The daemon's `RUST_LOG` (`XLB_LAB_LOG`, else `info`).
+    pub log_filter: String,
     /// XDP_PASS on the switch side of the balancer's veth: a frame sent with XDP_TX into a
     /// veth is only delivered when the peer has an XDP program (DESIGN.md).
     _peer_xdp: Option<Ebpf>,
@@ -280,6 +282,7 @@ impl Lab {
             daemon: None,
             xlb: xlb_bin(),
             daemon_wrapper: Vec::new(),
+            log_filter: std::env::var("XLB_LAB_LOG").unwrap_or_else(|_| "info".into()),
             _peer_xdp: None,
             sw,
             id,
@@ -615,10 +618,7 @@ impl Lab {
         let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
-            .env(
-                "RUST_LOG",
-                std::env::var("XLB_LAB_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", &self.log_filter)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
