@@ -5,6 +5,11 @@
 //! table of 65,536) and, on the default capacity (1,048,576) filled with as many
 //! clients, `hit_many_ns` (65,536 of them round robin) and `miss_full_ns` (a client the
 //! table has never seen, per packet: each one evicts).
+//!
+//! The data plane's diagnostics (aya-log, lb-ebpf `xlb/log.rs`) are measured against the
+//! object built without them (`XLB_NOLOG_OBJECT`), interleaved in the same rounds: the
+//! hit and the pass-through (which never reach the reporting code) and a flood of one
+//! drop reason (which passes the once-a-second gate on every packet).
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
@@ -14,7 +19,7 @@ use aya::{
     programs::Xdp,
 };
 use xlb::{
-    dataplane::loader::{BENCH_OBJECT, LoadOptions},
+    dataplane::loader::{BENCH_OBJECT, LoadOptions, XLB_NOLOG_OBJECT},
     model::{Link, Protocol, Service},
     reconcile::inspect::affinity_key,
 };
@@ -31,6 +36,7 @@ struct Rotator<'a> {
 }
 use crate::{
     enter_private_netns,
+    fixtures::v4_fragment,
     harness::{XlbHarness, run_once, run_repeat},
     packet::{tcp_frame, v4},
 };
@@ -71,6 +77,17 @@ pub fn run() {
         .collect();
     let vip = v4("203.0.113.10");
     h.add_service(Service::new("web", vip, 80, Protocol::Tcp), &backends)
+        .expect("service");
+    // The same, built without diagnostics.
+    let mut nolog = XlbHarness::load_object(
+        &LoadOptions {
+            affinity_capacity: 65_536,
+            maglev_slots: 1 << 20,
+        },
+        XLB_NOLOG_OBJECT,
+    );
+    nolog
+        .add_service(Service::new("web", vip, 80, Protocol::Tcp), &backends)
         .expect("service");
     // The default capacity, filled: FULL_CAPACITY clients of 10.0.0.0/8 pinned.
     let mut full = XlbHarness::load(&LoadOptions {
@@ -155,6 +172,16 @@ pub fn run() {
         "non-service packet not passed"
     );
     assert_eq!(run_once(prog("reflector"), &hit_pkt, LO).action, 3);
+    let drop_pkt = v4_fragment(vip, 0x2000);
+    for x in [&h, &nolog] {
+        assert_eq!(x.run(&hit_pkt, LO).action, 3, "hit packet not forwarded");
+        assert_eq!(x.run(&other_pkt, LO).action, 2, "non-service not passed");
+        assert_eq!(
+            x.run(&drop_pkt, LO).action,
+            1,
+            "fragment to a VIP not dropped"
+        );
+    }
 
     // Misses: one fresh client per run, so one run per BPF_PROG_TEST_RUN call. The
     // kernel's timer then also counts its own entry/exit once per call: measure that
@@ -188,6 +215,25 @@ pub fn run() {
             LO,
             REPEAT,
         ));
+        // Diagnostics against none; which goes first alternates with the round.
+        for with_log in [round % 2 == 0, round % 2 != 0] {
+            let (x, tag) = if with_log {
+                (&h, "")
+            } else {
+                (&nolog, "_nolog")
+            };
+            for (case, pkt) in [
+                ("hit", &hit_pkt),
+                ("pass_through", &other_pkt),
+                ("drop", &drop_pkt),
+            ] {
+                let ns = run_repeat(x.prog(), pkt, LO, REPEAT);
+                s.entry(leak(format!("{case}_{tag}_ns")))
+                    .or_default()
+                    .0
+                    .push(ns);
+            }
+        }
         s.entry("xdp_pass_ns").or_default().0.push(run_repeat(
             prog("xdp_pass"),
             &hit_pkt,
@@ -325,6 +371,29 @@ pub fn run() {
             v.median(),
             v.min(),
             v.max()
+        );
+    }
+    println!();
+    println!("diagnostics (aya-log) against the object built without them (same rounds):");
+    for case in ["hit", "pass_through", "drop"] {
+        let (with, without) = (
+            &s[format!("{case}_log_ns").as_str()],
+            &s[format!("{case}_nolog_ns").as_str()],
+        );
+        let within = with.median() >= without.min() && with.median() <= without.max();
+        println!(
+            "  {case:<13} {:>6.1} [{:.1} – {:.1}] ns, without {:>6.1} [{:.1} – {:.1}] ns: {}",
+            with.median(),
+            with.min(),
+            with.max(),
+            without.median(),
+            without.min(),
+            without.max(),
+            if within {
+                "within the run's min – max"
+            } else {
+                "OUTSIDE the run's min – max"
+            }
         );
     }
     println!();
@@ -472,4 +541,9 @@ fn table_size_sweep(
         out.push(serde_json::json!({"capacity": capacity, "hot_bytes": bytes, "ns": v[2]}));
     }
     out
+}
+
+/// A sample name made at run time, for the map of samples (a handful per run).
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
 }
