@@ -79,8 +79,19 @@ pub const fn due(last_ns: u64, now_ns: u64) -> bool {
 pub unsafe fn take(p: *mut u64, now_ns: u64) -> bool {
     // SAFETY: see the function contract.
     let last = unsafe { crate::affinity::table::load(p) };
+    // SAFETY: see the function contract.
+    due(last, now_ns) && unsafe { claim(p, last, now_ns) }
+}
+
+/// The second half of [`take`], for a caller that read `last_ns` from `p` and found the
+/// event [`due`] at `now_ns`: true for the one caller whose compare-and-swap wins.
+///
+/// # Safety
+/// As [`take`].
+#[inline(always)]
+pub unsafe fn claim(p: *mut u64, last_ns: u64, now_ns: u64) -> bool {
     // SAFETY: see the function contract; the compare-and-swap picks one reporter.
-    due(last, now_ns) && unsafe { crate::affinity::table::cas(p, last, now_ns) }
+    unsafe { crate::affinity::table::cas(p, last_ns, now_ns) }
 }
 
 #[cfg(test)]

@@ -46,30 +46,40 @@ pub fn insert_failed(service: u32, backend: u32) {
     report(log_gate::INSERT_FAILED, service, backend);
 }
 
-/// The one record site: event `gate` with its two words, unless this second's record of
-/// it is out already.
+/// Event `gate` with its two words, unless this second's record of it is out already.
+/// The gate is read here, inline (a flood of one drop reason pays a read and the clock,
+/// no call); only a due event calls the record site.
 #[cfg(feature = "log")]
 #[inline(always)]
 fn report(gate: u32, a: u32, b: u32) {
-    xlb_report(gate, a, b);
+    let Some(p) = super::maps::LOG_GATE.get_ptr(gate) else {
+        return;
+    };
+    // SAFETY: a helper without side effects; a live 8-aligned slot of the array, shared
+    // with other CPUs (a stale read only delays or repeats the compare-and-swap's check).
+    let (now, last) = unsafe {
+        (
+            aya_ebpf::helpers::bpf_ktime_get_coarse_ns(),
+            core::ptr::read_volatile(p),
+        )
+    };
+    if log_gate::due(last, now) {
+        xlb_report(gate, a, b, last, now);
+    }
 }
 
-/// [`report`] as a global BPF function: the verifier checks it once, on its own,
+/// The one record site, a global BPF function: the verifier checks it once, on its own,
 /// instead of once per call site (it takes and returns only scalars, as global
-/// functions must).
+/// functions must). The event is recorded when this caller claims the gate.
 #[cfg(feature = "log")]
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn xlb_report(gate: u32, a: u32, b: u32) -> u32 {
-    use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-
-    use super::maps::LOG_GATE;
-
-    let Some(p) = LOG_GATE.get_ptr_mut(gate) else {
+pub extern "C" fn xlb_report(gate: u32, a: u32, b: u32, last: u64, now: u64) -> u32 {
+    let Some(p) = super::maps::LOG_GATE.get_ptr_mut(gate) else {
         return 0;
     };
-    // SAFETY: a helper without side effects; a live 8-aligned slot of the array.
-    if unsafe { log_gate::take(p, bpf_ktime_get_coarse_ns()) } {
+    // SAFETY: a live 8-aligned slot of the array.
+    if unsafe { log_gate::claim(p, last, now) } {
         aya_log_ebpf::debug!((), "xlb event {} {} {}", gate, a, b);
     }
     0
