@@ -27,7 +27,7 @@ pub mod log_gate;
 pub mod maglev;
 pub mod maps;
 
-pub use affinity::MIN_IDLE_TIMEOUT_NS;
+pub use affinity::{MAX_IDLE_TIMEOUT_NS, MIN_IDLE_TIMEOUT_NS};
 pub use hash::{flow_hash, maglev_slot};
 pub use maps::MAP_META;
 

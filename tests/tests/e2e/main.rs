@@ -6,6 +6,7 @@
 mod control;
 mod daemon;
 mod dataplane;
+mod ecmp;
 mod events;
 mod health;
 mod maintenance;
