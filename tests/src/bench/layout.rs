@@ -38,9 +38,12 @@ const BIG: u32 = 524_288;
 const INNER: u32 = 507;
 /// ⌈524,288 / 507⌉ inner arrays: the same 32 MiB. Must equal the bench object's.
 const INNER_MAPS: u32 = 1035;
+/// Wide inner arrays (one value of 507 × 64 bytes holding 505 line-aligned buckets).
+const WIDE_MAPS: u32 = 1039;
+const WIDE_WORDS: usize = 4056;
 
 /// The probe programs, in the order of the table (see the module docs).
-const PROBES: [&str; 12] = [
+const PROBES: [&str; 14] = [
     "probe_none",
     "probe_big",
     "probe_big_plain",
@@ -53,6 +56,8 @@ const PROBES: [&str; 12] = [
     "probe_packed_dep",
     "probe_spread_dep",
     "probe_mim_spread_dep",
+    "probe_mim_wide_dep",
+    "probe_mim_wide_spread_dep",
 ];
 
 /// The filled default table's xlb behind `src_rotator` (slot 0 of its `ROTATE_NEXT`;
@@ -68,6 +73,7 @@ pub struct RotatedXlb<'a> {
 struct Probes {
     ebpf: Ebpf,
     _inners: Vec<Array<MapData, [u64; 8]>>,
+    _wide: Vec<Array<MapData, [u64; WIDE_WORDS]>>,
 }
 
 impl Probes {
@@ -97,9 +103,25 @@ impl Probes {
                 inner
             })
             .collect();
+        let mut outer: ArrayOfMaps<MapData, Array<MapData, [u64; WIDE_WORDS]>> =
+            ArrayOfMaps::try_from(ebpf.take_map("PROBE_OUTER_WIDE").expect("outer"))
+                .expect("outer");
+        assert_eq!(outer.len(), WIDE_MAPS, "bench object's PROBE_OUTER_WIDE");
+        let wide: Vec<_> = (0..WIDE_MAPS)
+            .map(|i| {
+                let inner = Array::<MapData, [u64; WIDE_WORDS]>::create(1, 0).expect("wide map");
+                outer.set(i, &inner, 0).expect("outer set");
+                inner
+            })
+            .collect();
+        // The probes read the buckets at byte 8 + 64 i of the value: right only if the
+        // kernel's header before it is 56 bytes past a line (312 bytes on 6.18).
+        let header = memlock(aya::maps::IterableMap::map(&wide[0]).fd()) - (WIDE_WORDS as u64 * 8);
+        assert_eq!(header % 64, 56, "struct bpf_array is {header} bytes here");
         Probes {
             ebpf,
             _inners: inners,
+            _wide: wide,
         }
     }
 
@@ -225,6 +247,16 @@ fn report(s: &BTreeMap<&str, Samples>, load_start: f64) {
             "map_in_map_spread_dep",
             "distinct lines, spread, (b)",
             net("probe_mim_spread_dep", "probe_none_spread_dep"),
+        ),
+        (
+            "map_in_map_wide_dep",
+            "(b) with line-aligned buckets",
+            net("probe_mim_wide_dep", "probe_none_dep"),
+        ),
+        (
+            "map_in_map_wide_spread_dep",
+            "distinct lines, spread, (b) line-aligned",
+            net("probe_mim_wide_spread_dep", "probe_none_spread_dep"),
         ),
         (
             "user_4k_dep",
@@ -370,6 +402,18 @@ impl Drop for UserBuffer {
         // SAFETY: the mapping made in `new`.
         unsafe { libc::munmap(self.raw, self.len) };
     }
+}
+
+/// A map's `memlock` (bytes the kernel charges for it), from its fdinfo.
+fn memlock(fd: &aya::maps::MapFd) -> u64 {
+    use std::os::fd::{AsFd, AsRawFd};
+    let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+    std::fs::read_to_string(&path)
+        .expect("fdinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("memlock in fdinfo")
 }
 
 /// This thread's CPU time, ns.
