@@ -33,8 +33,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// The shortest `idle_timeout` the data plane keeps (its per-service refresh period is
 /// derived from the timeout; idleness is measured with the kernel's coarse clock).
 pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_nanos(lb_common::MIN_IDLE_TIMEOUT_NS);
-/// The data plane keeps idle timeouts in nanoseconds in a `u64` (about 584 years).
-pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_nanos(u64::MAX);
+/// The longest `idle_timeout` the affinity table can measure (≈26 days; see
+/// [`lb_common::MAX_IDLE_TIMEOUT_NS`]).
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_nanos(lb_common::MAX_IDLE_TIMEOUT_NS);
 
 /// Maglev table size M (a prime) by default.
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
@@ -87,3 +88,13 @@ pub const STATE_DIR: &str = "/var/lib/xlb/deployments";
 pub const DEFAULT_AFFINITY_CAPACITY: u32 = lb_common::DEFAULT_AFFINITY_CAPACITY;
 /// The affinity LRU is preallocated by the kernel; 2^26 entries is already gigabytes.
 pub const MAX_AFFINITY_CAPACITY: u32 = 1 << 26;
+
+// --- announce ---------------------------------------------------------------------------
+
+/// BIRD's control socket on Debian (`bird -s` changes it).
+pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
+/// How often the announcer checks that the BGP daemon announces what it should (a
+/// restarted BIRD, a protocol someone disabled by hand), besides every change.
+pub const ANNOUNCE_SYNC_PERIOD: Duration = Duration::from_secs(1);
+/// How long one talk with BIRD, or one announce/withdraw command, may take.
+pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(5);
