@@ -474,7 +474,7 @@ fn probe<const CHAIN: bool>(read: impl FnOnce(u64, u64) -> Option<u64>) -> u32 {
 /// `h`'s 32 bits at `shift` scaled onto `0..n` (the affinity table's own split).
 #[inline(always)]
 fn scale(h: u64, shift: u32, n: u64) -> u32 {
-    (((h >> shift) & 0xffff_ffff) * n >> 32) as u32
+    ((((h >> shift) & 0xffff_ffff) * n) >> 32) as u32
 }
 
 /// The 8 words of a bucket XORed, read as a lookup reads them.
