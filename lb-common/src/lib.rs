@@ -134,6 +134,8 @@ pub const FAMILY_V6: u8 = 10;
 /// IP protocol numbers (`IPPROTO_*`).
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 /// Protocol value of a VIP marker key (see [`SVC_F_VIP_MARKER`]).
 pub const PROTO_VIP_MARKER: u8 = 0;
 
@@ -167,6 +169,9 @@ pub const SVC_F_AFFINITY_NONE: u32 = 1 << 0;
 pub const SVC_F_PASS_NO_BACKEND: u32 = 1 << 1;
 /// The entry is a VIP marker, not a service.
 pub const SVC_F_VIP_MARKER: u32 = 1 << 2;
+/// On a VIP marker: ICMP/ICMPv6 echo requests to this VIP are answered by the program
+/// (`daemon.icmp_echo = "reply"`); without it they are passed to the local stack.
+pub const SVC_F_ECHO_REPLY: u32 = 1 << 3;
 
 /// Forwarding modes (`ServiceValue::mode`).
 pub const MODE_DSR: u8 = 0;
@@ -346,10 +351,13 @@ pub enum Stat {
     Tx = 9,
     /// Forwarded with XDP_REDIRECT to another interface.
     Redirect = 10,
+    /// ICMP or ICMPv6 echo request to a VIP answered by the program (XDP_TX), with
+    /// `daemon.icmp_echo = "reply"`.
+    IcmpEchoReply = 11,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::PassNonIp,
         Stat::PassNotService,
@@ -362,6 +370,7 @@ impl Stat {
         Stat::DropNoTxPort,
         Stat::Tx,
         Stat::Redirect,
+        Stat::IcmpEchoReply,
     ];
 
     /// Stable snake_case name, used in metrics and JSON.
@@ -378,6 +387,7 @@ impl Stat {
             Stat::DropNoTxPort => "drop_no_tx_port",
             Stat::Tx => "tx",
             Stat::Redirect => "redirect",
+            Stat::IcmpEchoReply => "icmp_echo_reply",
         }
     }
 }
@@ -400,7 +410,11 @@ pub struct ServiceStats {
     pub expiries: u64,
     /// Packets without a healthy backend (dropped or passed per the service flag).
     pub no_backend: u64,
-    pub _reserved: u64,
+    /// ICMP errors about the service's packets (inner source = the VIP and the service
+    /// port) sent on to the client's backend; they are in `packets` too, never in
+    /// `hits`/`misses` (they are looked up, never pinned). Was padding before: 0 in
+    /// state written by earlier releases.
+    pub icmp_errors: u64,
 }
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 64);
 

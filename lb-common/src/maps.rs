@@ -114,6 +114,11 @@ pub enum Conversion {
     /// `XLB_AFF_KEYS` of another size: carried over by the conversion of `XLB_AFFINITY`
     /// (which reads the old keys); nothing of its own.
     AffinityKeys,
+    /// A per-CPU array of `u64` counters with another number of entries (`XLB_STATS`
+    /// when a release adds a verdict): every index both have is carried over, per CPU
+    /// the larger of the old and the new value (counters only grow, and the conversion
+    /// runs twice: before and after the new program is attached).
+    Counters,
 }
 
 /// What adoption does with a pinned map whose only difference is `max_entries`.
@@ -294,13 +299,17 @@ pub const MAPS: &[MapDef] = &[
         4,
         MaxEntries::Fixed(MAX_SERVICES),
     ),
-    def(
-        MAP_STATS,
-        MapKind::PerCpuArray,
-        4,
-        8,
-        MaxEntries::Fixed(Stat::COUNT),
-    ),
+    // A release that adds a verdict adds an entry: the counters are carried over.
+    MapDef {
+        on_resize: OnResize::Migrate(Conversion::Counters),
+        ..def(
+            MAP_STATS,
+            MapKind::PerCpuArray,
+            4,
+            8,
+            MaxEntries::Fixed(Stat::COUNT),
+        )
+    },
     def(
         MAP_SVC_STATS,
         MapKind::PerCpuArray,

@@ -17,7 +17,7 @@ mod xlb;
 use aya_ebpf::{bindings::xdp_action::XDP_ABORTED, macros::xdp, programs::XdpContext};
 use lb_common::Stat;
 use xlb::{
-    balance, forward,
+    balance, forward, icmp,
     parse::{self, Parsed},
     service, stats,
 };
@@ -36,6 +36,7 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, ()> {
     let flow = match parse::packet(ctx) {
         Parsed::Flow(flow) => flow,
         Parsed::Pass(stat) => return stats::pass(stat),
+        Parsed::Icmp(at) => return icmp::handle(ctx, &at),
         Parsed::Unbalanceable {
             daddr,
             family,

@@ -8,8 +8,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::packet::{
-    ETH_8021AD, ETH_8021Q, ETH_LLDP, IPPROTO_TCP, L4, V4Opts, arp_request, eth, frame, icmp_echo,
-    ip, layout, raw, tcp, tcp_frame, udp_frame,
+    ETH_8021AD, ETH_8021Q, ETH_LLDP, IPPROTO_TCP, L4, V4Opts, arp_request, eth, frame, icmp,
+    icmp_echo, ip, layout, raw, tcp, tcp_frame, udp_frame,
 };
 
 /// The VIP of the IPv4 services on ports 80 (TCP) and 53 (UDP).
@@ -33,6 +33,12 @@ pub const VIP_NOPORT: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 61));
 pub const VIP_ANYPORT: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 70));
 pub const CLIENT4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
 pub const CLIENT6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 7));
+/// A client no fixture pins: ICMP errors about it go where its Maglev slot says.
+pub const HASHED4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 99));
+pub const HASHED6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x99));
+/// The router on the way to the clients that sends ICMP errors to the VIPs.
+pub const ROUTER4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 254));
+pub const ROUTER6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1));
 /// Addresses no service has.
 pub const OTHER4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9));
 pub const OTHER6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1));
@@ -69,6 +75,58 @@ pub fn v6_ext(next: u8, dst: IpAddr) -> Vec<u8> {
     let mut body = vec![IPPROTO_TCP, 0, 0, 0, 0, 0, 0, 0];
     body.extend_from_slice(&[0x9c, 0x40, 0, 80, 0, 0, 0, 0]);
     frame(CLIENT6, dst, &raw(next, &body))
+}
+
+/// An ICMP error from [`ROUTER4`]/[`ROUTER6`] to `vip` about a packet the service sent
+/// from `vip`:`sport` to `client`:`cport` (TCP unless `udp`), quoting its IP header and
+/// the first 8 bytes of its layer 4, as routers do at least. `rest`: the word after the
+/// checksum (the next-hop MTU of fragmentation needed, the MTU of packet too big).
+pub fn icmp_error(
+    ty: u8,
+    code: u8,
+    mtu: u32,
+    vip: IpAddr,
+    client: IpAddr,
+    ports: (u16, u16),
+    udp: bool,
+) -> Vec<u8> {
+    icmp_error_to(vip, ty, code, mtu, vip, client, ports, udp)
+}
+
+/// [`icmp_error`] addressed to `to` rather than to the quoted packet's source.
+#[allow(clippy::too_many_arguments)]
+pub fn icmp_error_to(
+    to: IpAddr,
+    ty: u8,
+    code: u8,
+    mtu: u32,
+    vip: IpAddr,
+    client: IpAddr,
+    ports: (u16, u16),
+    udp: bool,
+) -> Vec<u8> {
+    let v6 = vip.is_ipv6();
+    let inner_l4 = if udp {
+        crate::packet::udp(ports.0, ports.1, b"a DNS answer")
+    } else {
+        tcp(ports.0, ports.1, b"HTTP/1.1 200 OK\r\n")
+    };
+    let (_, inner) = ip(vip, client, &inner_l4, &V4Opts::default());
+    let quoted = &inner[..if v6 { 40 } else { 20 } + 8];
+    let router = if v6 { ROUTER6 } else { ROUTER4 };
+    frame(router, to, &icmp(v6, ty, code, mtu.to_be_bytes(), quoted))
+}
+
+/// ICMPv4 fragmentation needed (type 3, code 4) with next-hop MTU 1400 about TCP from
+/// `vip`:80 to `client`:`cport`.
+pub fn frag_needed(vip: IpAddr, client: IpAddr, cport: u16) -> Vec<u8> {
+    icmp_error(3, 4, 1400, vip, client, (80, cport), false)
+}
+
+/// ICMPv6 packet too big (type 2) with MTU 1280 about TCP from `vip`:80 to
+/// `client`:`cport`.
+pub fn packet_too_big(vip: IpAddr, client: IpAddr, cport: u16) -> Vec<u8> {
+    icmp_error(2, 0, 1280, vip, client, (80, cport), false)
 }
 
 /// A fixture's frame and the name of its row.
@@ -135,6 +193,7 @@ pub fn all() -> Vec<Named> {
         frame(CLIENT6, VIP6, &icmp_echo(true)),
     );
     add("LLDP", eth(ETH_LLDP, &[0u8; 46], &[]));
+    add_icmp(&mut add);
     add_tags_and_options(&mut add);
     add_truncations(&mut add);
     add("IPv4 first fragment (MF)", v4_fragment(VIP4, 0x2000));
@@ -147,6 +206,77 @@ pub fn all() -> Vec<Named> {
     add("IPv6 experimental extension header 254", v6_ext(254, VIP6));
     add("IPv6 routing header to a non-VIP", v6_ext(43, OTHER6));
     v
+}
+
+fn add_icmp(add: &mut impl FnMut(&'static str, Vec<u8>)) {
+    add(
+        "ICMP echo to a non-VIP",
+        frame(CLIENT4, OTHER4, &icmp_echo(false)),
+    );
+    add(
+        "ICMP echo to the VIP (VLAN)",
+        tagged(CLIENT4, VIP4, &icmp_echo(false), &[(ETH_8021Q, 10)]),
+    );
+    for client in [CLIENT4, HASHED4] {
+        add("v4 fragmentation needed", frag_needed(VIP4, client, 40000));
+        add(
+            "v4 time exceeded",
+            icmp_error(11, 0, 0, VIP4, client, (80, 40000), false),
+        );
+        add(
+            "v4 port unreachable, UDP",
+            icmp_error(3, 3, 0, VIP4, client, (53, 5353), true),
+        );
+    }
+    add(
+        "v4 fragmentation needed, redirect service",
+        frag_needed(VIP_REMOTE, CLIENT4, 1000),
+    );
+    add(
+        "v4 fragmentation needed, affinity none",
+        frag_needed(VIP_FLOWS, CLIENT4, 1000),
+    );
+    add(
+        "v4 fragmentation needed, no_backend pass",
+        frag_needed(VIP_PASSING, CLIENT4, 1000),
+    );
+    add(
+        "v4 fragmentation needed, inner port of no service",
+        icmp_error(3, 4, 1400, VIP4, CLIENT4, (8080, 40000), false),
+    );
+    add(
+        "v4 fragmentation needed, inner source another VIP",
+        icmp_error_to(VIP4, 3, 4, 1400, VIP_NET24, CLIENT4, (80, 40000), false),
+    );
+    add(
+        "v4 redirect (type 5) to the VIP",
+        icmp_error(5, 1, 0, VIP4, CLIENT4, (80, 40000), false),
+    );
+    let mut cut = frag_needed(VIP4, CLIENT4, 40000);
+    cut.truncate(cut.len() - 4);
+    add(
+        "v4 fragmentation needed, quote cut before 8 bytes of L4",
+        cut,
+    );
+    for client in [CLIENT6, HASHED6] {
+        add("v6 packet too big", packet_too_big(VIP6, client, 40000));
+        add(
+            "v6 time exceeded",
+            icmp_error(3, 0, 0, VIP6, client, (80, 40000), false),
+        );
+        add(
+            "v6 port unreachable, UDP",
+            icmp_error(1, 4, 0, VIP6, client, (53, 5353), true),
+        );
+    }
+    add(
+        "v6 packet too big, inner port of no service",
+        icmp_error(2, 0, 1280, VIP6, CLIENT6, (8080, 40000), false),
+    );
+    add(
+        "v6 neighbour solicitation to the VIP",
+        frame(CLIENT6, VIP6, &icmp(true, 135, 0, [0; 4], &[0; 16])),
+    );
 }
 
 fn add_tags_and_options(add: &mut impl FnMut(&'static str, Vec<u8>)) {
@@ -216,11 +346,15 @@ pub fn shape(f: &[u8]) -> Vec<u8> {
         zero(l.l3 + 12, 4);
     }
     if let Some(l4) = l.l4 {
-        zero(l4, 2);
         match l.proto {
             Some(6) => zero(l4 + 16, 2),
             Some(17) => zero(l4 + 6, 2),
+            Some(1 | 58) => zero(l4 + 2, 2),
             _ => {}
+        }
+        // An ICMP message's type and code are its shape.
+        if !matches!(l.proto, Some(1 | 58)) {
+            zero(l4, 2);
         }
     }
     s

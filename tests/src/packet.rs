@@ -77,13 +77,28 @@ pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> L4 {
     }
 }
 
-pub fn icmp_echo(v6: bool) -> L4 {
-    let b = vec![if v6 { 128 } else { 8 }, 0, 0, 0, 0, 1, 0, 1];
+/// An ICMP (IPv4) or ICMPv6 message: type, code, the four bytes after the checksum
+/// (`rest`: an echo's id and sequence, an error's unused word or MTU) and the body; the
+/// checksum is filled in by [`ip`] (ICMPv6 with the pseudo-header, ICMPv4 without).
+pub fn icmp(v6: bool, ty: u8, code: u8, rest: [u8; 4], body: &[u8]) -> L4 {
+    let mut b = vec![ty, code, 0, 0];
+    b.extend_from_slice(&rest);
+    b.extend_from_slice(body);
     L4 {
         proto: if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP },
         bytes: b,
-        csum_at: None,
+        csum_at: Some(2),
     }
+}
+
+/// An echo request (id 1, sequence 1) with a few bytes of payload.
+pub fn icmp_echo(v6: bool) -> L4 {
+    icmp(v6, if v6 { 128 } else { 8 }, 0, [0, 1, 0, 1], b"xlb-ping")
+}
+
+/// The echo reply to [`icmp_echo`].
+pub fn icmp_echo_reply(v6: bool) -> L4 {
+    icmp(v6, if v6 { 129 } else { 0 }, 0, [0, 1, 0, 1], b"xlb-ping")
 }
 
 /// Raw bytes after the IP header with an arbitrary protocol number (extension headers).
@@ -110,9 +125,13 @@ pub fn ip(src: IpAddr, dst: IpAddr, l4: &L4, v4: &V4Opts) -> (u16, Vec<u8>) {
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             if let Some(at) = l4.csum_at {
-                let mut sum = csum_add(0, &s.octets());
-                sum = csum_add(sum, &d.octets());
-                sum += l4.proto as u32 + seg.len() as u32;
+                // ICMPv4's checksum covers the message alone.
+                let mut sum = 0;
+                if l4.proto != IPPROTO_ICMP {
+                    sum = csum_add(sum, &s.octets());
+                    sum = csum_add(sum, &d.octets());
+                    sum += l4.proto as u32 + seg.len() as u32;
+                }
                 sum = csum_add(sum, &seg);
                 seg[at..at + 2].copy_from_slice(&csum_fold(sum).to_be_bytes());
             }

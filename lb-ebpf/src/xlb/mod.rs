@@ -1,13 +1,17 @@
 //! The xlb program's modules, one per concern, in the order a packet meets them (the
 //! path itself is `try_xlb` in main.rs): [`parse`] → [`service`] → [`balance`] →
-//! [`forward`], with [`stats`] counting every verdict and [`maps`] declaring every map.
+//! [`forward`], with [`stats`] counting every verdict and [`maps`] declaring every map;
+//! [`icmp`] takes ICMP to a VIP off that path (errors join it again at `forward`), with
+//! [`csum`] for the checksums it updates.
 //!
 //! Dependencies point one way: `parse` and `service` know nothing of balancing or
 //! forwarding, `balance` nothing of packets, `forward` nothing of services or pins; only
 //! `maps` and `stats` are shared.
 
 pub mod balance;
+pub mod csum;
 pub mod forward;
+pub mod icmp;
 pub mod maps;
 pub mod parse;
 pub mod service;

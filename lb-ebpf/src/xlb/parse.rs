@@ -1,6 +1,6 @@
-//! Headers to a [`Flow`]: Ethernet, at most one VLAN tag, IPv4 or IPv6, TCP or UDP ports.
-//! The place where ICMP errors, fragments and IPv6 extension headers are (and will be)
-//! told apart.
+//! Headers to a [`Flow`]: Ethernet, at most one VLAN tag, IPv4 or IPv6, TCP or UDP ports;
+//! ICMP and ICMPv6 to a possible VIP are handed to `icmp` ([`Parsed::Icmp`]). The place
+//! where fragments and IPv6 extension headers are told apart.
 //!
 //! Rules for bad input: a frame whose Ethernet, VLAN or IP header is truncated or invalid
 //! is [`Parsed::Pass`]ed as `PassMalformed`, because before the destination address is
@@ -13,7 +13,7 @@
 //! is known, so that traffic for no service pays one lookup and nothing more.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Addr, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, Stat};
+use lb_common::{Addr, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Stat};
 use lb_ebpf::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, load_u32, ptr_at};
 use network_types::{
     eth::EthHdr,
@@ -23,7 +23,7 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use super::service::vip_filter_hit;
+use super::{icmp::IcmpAt, service::vip_filter_hit};
 
 /// IPv4 flags/fragment-offset bits that mark a fragment: MF and the 13-bit offset.
 const IPV4_FRAG_MASK: u16 = 0x3fff;
@@ -51,6 +51,9 @@ pub enum Parsed {
     Flow(Flow),
     /// Not xlb's: passed untouched and counted as the given reason.
     Pass(Stat),
+    /// ICMP (IPv4) or ICMPv6 to an address that passed the VIP pre-filter: for
+    /// `icmp::handle`.
+    Icmp(IcmpAt),
     /// Cannot be balanced: dropped as `reason` if `daddr` is a VIP, else passed.
     Unbalanceable {
         daddr: Addr,
@@ -108,6 +111,9 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
         return unbalanceable(daddr, FAMILY_V4, Stat::DropFragment);
     }
     let saddr = [unsafe { load_u32(base, 12) }, 0, 0, 0];
+    if ip.proto == PROTO_ICMP {
+        return icmp(l3, l3 + ihl, daddr, FAMILY_V4);
+    }
     l4(ctx, l3 + ihl, daddr, saddr, FAMILY_V4, ip.proto)
 }
 
@@ -150,7 +156,20 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
             load_u32(base, 20),
         ]
     };
+    if proto == PROTO_ICMPV6 {
+        return icmp(l3, l3 + Ipv6Hdr::LEN, d, FAMILY_V6);
+    }
     l4(ctx, l3 + Ipv6Hdr::LEN, d, saddr, FAMILY_V6, proto)
+}
+
+#[inline(always)]
+fn icmp(l3: usize, l4: usize, daddr: Addr, family: u8) -> Parsed {
+    Parsed::Icmp(IcmpAt {
+        l3,
+        l4,
+        family,
+        daddr,
+    })
 }
 
 #[inline(always)]

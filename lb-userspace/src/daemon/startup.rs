@@ -23,7 +23,7 @@ use super::{
     tasks::{links::Interfaces, neigh::NeighBook},
 };
 use crate::{
-    config::{Config, XdpMode},
+    config::{Config, IcmpEcho, XdpMode},
     dataplane::{loader::LoadOptions, lock::PinDirLock, maps::DataPlane, pin},
     model::{Desired, Health},
     neigh::Resolver,
@@ -99,6 +99,7 @@ async fn load(
     } = pin::load_pinned(&d.pin_dir, &opts, survey)?;
     let program_id = program_id(&mut ebpf);
     let mut dp = DataPlane::from_ebpf(&mut ebpf)?;
+    dp.set_icmp_echo(d.icmp_echo == IcmpEcho::Reply)?;
     let mut ifaces = Interfaces::new(d.pin_dir.clone(), d.xdp_mode == XdpMode::Generic);
     for name in &d.interfaces {
         let index = super::tasks::links::ifindex(name)

@@ -20,8 +20,8 @@ use lb_common::{
     Addr, AffinityKey, AffinityValue, Backend, BackendStats, MAP_AFF_KEYS, MAP_AFFINITY,
     MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_META, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST,
     MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICES,
-    PROTO_VIP_MARKER, SVC_F_VIP_MARKER, ServiceKey, ServiceStats, ServiceValue, Stat,
-    VIP_FILTER_WORDS,
+    PROTO_VIP_MARKER, SVC_F_ECHO_REPLY, SVC_F_VIP_MARKER, ServiceKey, ServiceStats, ServiceValue,
+    Stat, VIP_FILTER_WORDS,
     affinity::{self, Verdict, table},
     maps::Meta,
     vip_filter_bit,
@@ -228,6 +228,9 @@ pub struct DataPlane {
     pub vip_filter: Array<MapData, u64>,
     /// The pinned state's [`Meta`] (one entry): format and the durable generation counter.
     pub meta: Array<MapData, Meta>,
+    /// `daemon.icmp_echo = "reply"`: VIP markers carry `SVC_F_ECHO_REPLY` (see
+    /// [`DataPlane::set_icmp_echo`]). True until told otherwise, as the config's default.
+    echo_reply: bool,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
@@ -288,6 +291,7 @@ impl DataPlane {
             tx_ports: typed(ebpf, MAP_TX_PORTS)?,
             vip_filter: typed(ebpf, MAP_VIP_FILTER)?,
             meta: typed(ebpf, MAP_META)?,
+            echo_reply: true,
         })
     }
 
@@ -348,6 +352,32 @@ impl DataPlane {
         }
     }
 
+    /// `daemon.icmp_echo`: whether echo requests to the VIPs are answered by the program
+    /// (`reply`) or passed; rewrites the markers already there (later ones follow it).
+    pub fn set_icmp_echo(&mut self, reply: bool) -> Result<()> {
+        self.echo_reply = reply;
+        let markers: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.proto == PROTO_VIP_MARKER)
+            .collect();
+        for key in markers {
+            self.set_service(&key, &self.marker_value())?;
+        }
+        Ok(())
+    }
+
+    /// The value of every VIP marker.
+    fn marker_value(&self) -> ServiceValue {
+        let echo = if self.echo_reply { SVC_F_ECHO_REPLY } else { 0 };
+        ServiceValue {
+            id: u32::MAX,
+            flags: SVC_F_VIP_MARKER | echo,
+            ..Default::default()
+        }
+    }
+
     /// Makes the VIP set exactly `vips` (address, family): their marker entries exist
     /// and the pre-filter has their bits. Markers first, filter last, so a packet that
     /// passes the filter always finds its marker.
@@ -359,12 +389,7 @@ impl DataPlane {
             family,
         };
         for &(addr, family) in vips {
-            let value = ServiceValue {
-                id: u32::MAX,
-                flags: SVC_F_VIP_MARKER,
-                ..Default::default()
-            };
-            self.set_service(&marker(addr, family), &value)?;
+            self.set_service(&marker(addr, family), &self.marker_value())?;
         }
         let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
         for (addr, _) in vips {
@@ -671,6 +696,7 @@ impl DataPlane {
             a.repins += s.repins;
             a.expiries += s.expiries;
             a.no_backend += s.no_backend;
+            a.icmp_errors += s.icmp_errors;
             a
         }))
     }

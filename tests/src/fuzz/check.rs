@@ -117,6 +117,26 @@ pub fn judge(top: &Topology, mem: &mut Memory, case: &Case, obs: &Observed) -> V
             quiet_services(top, obs, Some(*service))?;
             balance(top, mem, case, obs, counted, *service, *key)?;
         }
+        Expect::IcmpError { service, key } => {
+            quiet_services(top, obs, Some(*service))?;
+            icmp_error(top, mem, case, obs, counted, *service, *key)?;
+        }
+        Expect::EchoReply(want) => {
+            ensure!(
+                obs.action == XdpAction::Tx as u32 && counted == Stat::IcmpEchoReply,
+                "got {} with counter {}",
+                action_name(obs.action),
+                counted.name()
+            );
+            if obs.output != want.as_slice() {
+                return Err(format!(
+                    "echo reply differs: {}",
+                    unchanged(want, obs.output).unwrap_err()
+                ));
+            }
+            quiet_services(top, obs, None)?;
+            quiet_backends(obs, &[])?;
+        }
     }
     Ok(counted)
 }
@@ -230,6 +250,59 @@ fn balance(
     }
     let remembered = chosen.or(known.flatten());
     mem.pins.insert(key, remembered);
+    Ok(())
+}
+
+/// An ICMP error: forwarded as a packet of the client would be, to its pin when the
+/// checker knows one, without a hit, miss or pin; `icmp_errors` counts what left.
+fn icmp_error(
+    top: &Topology,
+    mem: &Memory,
+    case: &Case,
+    obs: &Observed,
+    counted: Stat,
+    service: usize,
+    key: Key,
+) -> Result<(), String> {
+    let d = obs.services[service];
+    ensure!(
+        d.hits == 0 && d.misses == 0 && d.repins == 0 && d.expiries == 0,
+        "an ICMP error moved affinity counters: {d:?}"
+    );
+    if let Some(nb) = top.services[service].no_backend {
+        ensure!(
+            d.icmp_errors == 0,
+            "icmp_errors moved without a backend: {d:?}"
+        );
+        return no_backend(case, obs, counted, nb, d);
+    }
+    let chosen = match obs.action {
+        a if a == XdpAction::Tx as u32 || a == XdpAction::Redirect as u32 => {
+            ensure!(d.icmp_errors == 1, "icmp_errors did not move by one: {d:?}");
+            forwarded(top, case, obs, counted, service)?
+        }
+        a if a == XdpAction::Drop as u32 => {
+            ensure!(d.icmp_errors == 0, "icmp_errors moved for a drop: {d:?}");
+            no_tx_port(top, case, obs, counted, service)?
+        }
+        a => {
+            return Err(format!(
+                "got {} with counter {}",
+                action_name(a),
+                counted.name()
+            ));
+        }
+    };
+    if let (Some(Some(pinned)), true, Some(now)) =
+        (mem.pins.get(&key).copied(), mem.exact(), chosen)
+    {
+        ensure!(
+            pinned == now,
+            "ICMP error went to {}, but the client is pinned to {}",
+            top.backends[now].address,
+            top.backends[pinned].address
+        );
+    }
     Ok(())
 }
 

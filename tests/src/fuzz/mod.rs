@@ -80,6 +80,8 @@ pub struct Report {
     pub exact_hits: bool,
     pub hits: u64,
     pub misses: u64,
+    /// Frames judged as ICMP errors sent on to a backend (they count as tx/redirect).
+    pub icmp_errors: u64,
 }
 
 /// At most this many failure classes are kept with an example.
@@ -209,6 +211,7 @@ impl Run {
                 exact_hits: true,
                 hits: 0,
                 misses: 0,
+                icmp_errors: 0,
             },
             top,
         }
@@ -217,7 +220,7 @@ impl Run {
     fn one(&mut self, prog: &aya::programs::Xdp, index: u64, case: Case) {
         *self.report.origins.entry(case.origin).or_default() += 1;
         let expect = oracle::expect(&self.top, &case.frame);
-        let balance = matches!(expect, Expect::Balance { .. });
+        let balance = matches!(expect, Expect::Balance { .. } | Expect::IcmpError { .. });
         if balance || self.pending.len() >= MAX_PENDING {
             self.settle();
         }
@@ -287,7 +290,14 @@ impl Run {
             expect,
         };
         match check::judge(&self.top, &mut self.mem, &judged, &obs) {
-            Ok(stat) => *self.report.outcomes.entry(stat.name()).or_default() += 1,
+            Ok(stat) => {
+                *self.report.outcomes.entry(stat.name()).or_default() += 1;
+                if matches!(expect, Expect::IcmpError { .. })
+                    && matches!(stat, Stat::Tx | Stat::Redirect)
+                {
+                    self.report.icmp_errors += 1;
+                }
+            }
             Err(problem) => {
                 let class = format!(
                     "{} / {}",
@@ -370,6 +380,13 @@ fn expect_label(top: &Topology, e: &Expect) -> String {
         Expect::Balance { service, .. } => {
             format!("expected service {}", top.services[*service].name)
         }
+        Expect::IcmpError { service, .. } => {
+            format!(
+                "expected ICMP error to service {}",
+                top.services[*service].name
+            )
+        }
+        Expect::EchoReply(_) => "expected echo reply".into(),
     }
 }
 
@@ -425,6 +442,7 @@ impl fmt::Display for Report {
             let n = self.origins.get(&o).copied().unwrap_or(0);
             writeln!(f, "  {:<26} {n:>12}", o.name())?;
         }
+        writeln!(f, "ICMP errors sent on to a backend: {}", self.icmp_errors)?;
         writeln!(
             f,
             "affinity: {} hits, {} misses, {} keys (hit/miss predicted exactly: {})",

@@ -34,6 +34,8 @@ pub struct IpHeader {
     pub proto: u8,
     /// IPv4 MF flag or fragment offset set; IPv6 next header = fragment.
     pub fragment: bool,
+    /// Offset of the IP header.
+    pub l3: usize,
     /// Offset of the layer-4 header: IPv4 l3 + IHL × 4, IPv6 l3 + 40.
     pub l4: usize,
 }
@@ -89,6 +91,7 @@ fn parse_v4(f: &[u8], l3: usize) -> Parsed {
         proto: h[9],
         // MF (0x2000) or a fragment offset; DF and the reserved bit do not make a fragment.
         fragment: frag & 0x3fff != 0,
+        l3,
         l4: l3 + ihl,
     })
 }
@@ -109,6 +112,7 @@ fn parse_v6(f: &[u8], l3: usize) -> Parsed {
         dst: addr(24),
         proto: h[6],
         fragment: h[6] == IPV6_FRAGMENT,
+        l3,
         l4: l3 + 40,
     })
 }
@@ -158,6 +162,8 @@ pub struct Topology {
     pub tx_ports: Vec<u32>,
     /// Ingress interfaces the fuzzer sends on, with names for messages.
     pub ingresses: Vec<(u32, &'static str)>,
+    /// `daemon.icmp_echo = "reply"`.
+    pub echo_reply: bool,
 }
 
 /// An affinity key as the selection rules define it: service, client address masked to
@@ -226,6 +232,13 @@ pub enum Expect {
     /// The frame reaches `service`'s balancing with this affinity key: forwarded to one of
     /// its backends, or its no-backend verdict, or dropped for a missing redirect port.
     Balance { service: usize, key: Key },
+    /// An ICMP error about a packet `service` sent to the client of `key`: forwarded like
+    /// a packet of that client (to its pinned backend when it has one, else any of the
+    /// service's), but no pin is read as a hit or miss, written, or counted; the
+    /// service's `icmp_errors` moves.
+    IcmpError { service: usize, key: Key },
+    /// An echo request to a VIP answered with XDP_TX: exactly these bytes.
+    EchoReply(Vec<u8>),
 }
 
 /// The README's table, in order, for one frame.
@@ -244,6 +257,9 @@ pub fn expect(top: &Topology, f: &[u8]) -> Expect {
     if ip.dst.is_ipv6() && IPV6_EXT_HEADERS.contains(&ip.proto) {
         return Expect::Drop(Stat::DropIpv6ExtHeader);
     }
+    if (ip.proto == 1 && ip.dst.is_ipv4()) || (ip.proto == 58 && ip.dst.is_ipv6()) {
+        return icmp(top, f, &ip);
+    }
     let header = match ip.proto {
         6 => 20,
         17 => 8,
@@ -261,6 +277,85 @@ pub fn expect(top: &Topology, f: &[u8]) -> Expect {
         },
         None => Expect::Pass(Stat::PassNotService),
     }
+}
+
+/// ICMP to a VIP (README, "ICMP"): an echo request is answered (or passed); an error
+/// whose quoted packet came from this VIP and a service's port goes to the client's
+/// backend; anything else passes.
+fn icmp(top: &Topology, f: &[u8], ip: &IpHeader) -> Expect {
+    let pass = Expect::Pass(Stat::PassNotService);
+    let Some(&ty) = f.get(ip.l4).filter(|_| f.len() >= ip.l4 + 8) else {
+        return pass;
+    };
+    let v6 = ip.dst.is_ipv6();
+    match (v6, ty) {
+        (false, 8) | (true, 128) if top.echo_reply => Expect::EchoReply(echo_reply(f, ip)),
+        (false, 3 | 11) | (true, 1..=3) => icmp_error(top, f, ip).unwrap_or(pass),
+        _ => pass,
+    }
+}
+
+/// The quoted packet of an ICMP error as (service, client's key), if a service sent it.
+fn icmp_error(top: &Topology, f: &[u8], ip: &IpHeader) -> Option<Expect> {
+    let inner = quoted(f, ip.l4 + 8, ip.dst.is_ipv6())?;
+    if inner.src != ip.dst || !matches!(inner.proto, 6 | 17) || f.len() < inner.l4 + 8 {
+        return None;
+    }
+    let sport = be16(f, inner.l4)?;
+    let dport = be16(f, inner.l4 + 2)?;
+    let service = top.service_for(inner.src, inner.proto, sport)?;
+    Some(Expect::IcmpError {
+        service,
+        key: top.key(service, inner.dst, dport),
+    })
+}
+
+/// The IP header an ICMP error quotes at `at` (of the same family as the error).
+fn quoted(f: &[u8], at: usize, v6: bool) -> Option<IpHeader> {
+    match if v6 { parse_v6(f, at) } else { parse_v4(f, at) } {
+        Parsed::Ip(h) => Some(h),
+        _ => None,
+    }
+}
+
+/// One's-complement sum of two 16-bit words.
+fn ones_add(a: u16, b: u16) -> u16 {
+    let s = u32::from(a) + u32::from(b);
+    ((s & 0xffff) + (s >> 16)) as u16
+}
+
+/// The checksum at `at` after a word it covers went from `old` to `new` (RFC 1624).
+fn update_csum(out: &mut [u8], at: usize, old: u16, new: u16) {
+    let c = u16::from_be_bytes([out[at], out[at + 1]]);
+    let c = !ones_add(ones_add(!c, !old), new);
+    out[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The echo reply to the request `f`: MACs and addresses swapped, TTL / hop limit 64,
+/// type echo reply, checksums updated incrementally (a wrong one stays wrong).
+fn echo_reply(f: &[u8], ip: &IpHeader) -> Vec<u8> {
+    let mut out = f.to_vec();
+    out[..6].copy_from_slice(&f[6..12]);
+    out[6..12].copy_from_slice(&f[..6]);
+    let (l3, l4) = (ip.l3, ip.l4);
+    let v6 = ip.dst.is_ipv6();
+    if v6 {
+        out[l3 + 8..l3 + 24].copy_from_slice(&f[l3 + 24..l3 + 40]);
+        out[l3 + 24..l3 + 40].copy_from_slice(&f[l3 + 8..l3 + 24]);
+        out[l3 + 7] = 64;
+    } else {
+        out[l3 + 12..l3 + 16].copy_from_slice(&f[l3 + 16..l3 + 20]);
+        out[l3 + 16..l3 + 20].copy_from_slice(&f[l3 + 12..l3 + 16]);
+        let old = u16::from_be_bytes([f[l3 + 8], f[l3 + 9]]);
+        out[l3 + 8] = 64;
+        let new = u16::from_be_bytes([out[l3 + 8], out[l3 + 9]]);
+        update_csum(&mut out, l3 + 10, old, new);
+    }
+    let old = u16::from_be_bytes([f[l4], f[l4 + 1]]);
+    out[l4] = if v6 { 129 } else { 0 };
+    let new = u16::from_be_bytes([out[l4], out[l4 + 1]]);
+    update_csum(&mut out, l4 + 2, old, new);
+    out
 }
 
 /// `Expect` with the topology's names, for messages.
@@ -284,6 +379,12 @@ impl fmt::Display for Described<'_> {
                 }?;
                 write!(f, " (affinity key {key:?})")
             }
+            Expect::IcmpError { service, key } => write!(
+                f,
+                "ICMP error about service {}: to the backend of affinity key {key:?}, nothing pinned",
+                self.0.services[*service].name
+            ),
+            Expect::EchoReply(_) => write!(f, "echo reply, XDP_TX, counter icmp_echo_reply"),
         }
     }
 }
@@ -309,6 +410,7 @@ mod tests {
             backends: vec![],
             tx_ports: vec![],
             ingresses: vec![],
+            echo_reply: true,
         };
         let src: IpAddr = "198.51.100.255".parse().expect("ip");
         assert_eq!(top(24).key(0, src, 1).addr[..4], [198, 51, 100, 0]);

@@ -26,13 +26,14 @@ use xlb_tests::{
     harness::{XdpAction, XlbHarness},
     ifindex,
     packet::{
-        ETH_8021AD, ETH_8021Q, ETH_IPV4, ETH_IPV6, ETH_LLDP, arp_request, eth, frame, icmp_echo,
-        tcp, tcp_frame, udp_frame, v4, v6,
+        ETH_8021AD, ETH_8021Q, ETH_IPV4, ETH_IPV6, ETH_LLDP, arp_request, eth, frame, tcp,
+        tcp_frame, udp_frame, v4, v6,
     },
     require_root, sh,
 };
 
 mod adoption;
+mod icmp;
 mod table;
 
 const LO: u32 = 1;
@@ -74,6 +75,7 @@ enum Svc {
     Repin,
     Expiry,
     NoBackend,
+    IcmpError,
 }
 
 impl Svc {
@@ -84,6 +86,7 @@ impl Svc {
             Svc::Repin => s.repins,
             Svc::Expiry => s.expiries,
             Svc::NoBackend => s.no_backend,
+            Svc::IcmpError => s.icmp_errors,
         }
     }
 }
@@ -95,6 +98,8 @@ enum Out {
     Unchanged,
     /// The input with dst MAC := this backend's, src MAC := the egress interface's.
     To(IpAddr),
+    /// Exactly these bytes (an answer the program wrote itself).
+    Exact(Vec<u8>),
     /// Forwarded to whatever `xlb explain` predicted before the packet was sent, which
     /// must not be this address (used after a backend went away).
     PredictedNot(Option<IpAddr>),
@@ -323,6 +328,14 @@ impl Lab {
                 );
                 Some(*b)
             }
+            Out::Exact(want) => {
+                assert_eq!(
+                    hex(&r.output),
+                    hex(want),
+                    "[{d}] output bytes differ from the expected answer"
+                );
+                None
+            }
             Out::PredictedNot(not) => {
                 let p = predicted.as_ref().expect("fixture with an expected pin");
                 let b = p
@@ -506,16 +519,7 @@ fn fixtures() {
         ),
         Stat::PassNonIp,
     ));
-    lab.check(Fx::pass(
-        "ICMP echo to the VIP",
-        frame(c4, vip4, &icmp_echo(false)),
-        Stat::PassNotService,
-    ));
-    lab.check(Fx::pass(
-        "ICMPv6 echo to the VIP",
-        frame(c6, vip6, &icmp_echo(true)),
-        Stat::PassNotService,
-    ));
+    // ICMP to a VIP (echo, errors): icmp.rs.
     lab.check(Fx::pass(
         "LLDP frame",
         eth(ETH_LLDP, &[0u8; 46], &[]),
