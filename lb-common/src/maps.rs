@@ -19,10 +19,11 @@
 
 use crate::{
     AffinityKey, AffinityValue, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY,
-    DEFAULT_MAGLEV_SLOTS, FAST_SERVICE_SLOTS, FastService, MAP_AFF_KEYS, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE,
-    MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES,
-    MAX_TX_PORTS, ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
+    DEFAULT_MAGLEV_SLOTS, FAST_SERVICE_SLOTS, FastService, FragKey, FragValue, MAP_AFF_KEYS,
+    MAP_AFFINITY, MAP_BACKENDS, MAP_BE_STATS, MAP_FRAGS, MAP_MAGLEV, MAP_SERVICES, MAP_STATS,
+    MAP_SVC_FAST, MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS,
+    MAX_SERVICE_KEYS, MAX_SERVICES, MAX_TRACKED_FRAGMENTS, MAX_TX_PORTS, ServiceKey, ServiceStats,
+    ServiceValue, Stat, VIP_FILTER_WORDS,
     affinity::table::{Bucket, ColdBucket, table_entries},
 };
 
@@ -323,6 +324,13 @@ pub const MAPS: &[MapDef] = &[
         4,
         size::<BackendStats>(),
         MaxEntries::Fixed(MAX_BACKENDS),
+    ),
+    def(
+        MAP_FRAGS,
+        MapKind::LruHash,
+        size::<FragKey>(),
+        size::<FragValue>(),
+        MaxEntries::Fixed(MAX_TRACKED_FRAGMENTS),
     ),
     def(
         MAP_TX_PORTS,

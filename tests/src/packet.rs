@@ -117,6 +117,8 @@ pub struct V4Opts {
     pub options: Vec<u8>,
     /// Flags + fragment offset field (host order), e.g. 0x2000 = MF.
     pub frag: u16,
+    /// Identification; `None`: 0x1234.
+    pub id: Option<u16>,
 }
 
 /// An IP packet (no Ethernet) carrying `l4`; the family follows the addresses.
@@ -144,7 +146,7 @@ pub fn ip(src: IpAddr, dst: IpAddr, l4: &L4, v4: &V4Opts) -> (u16, Vec<u8>) {
             h.push(0x40 | (ihl / 4) as u8);
             h.push(0);
             h.extend_from_slice(&((ihl + seg.len()) as u16).to_be_bytes());
-            h.extend_from_slice(&0x1234u16.to_be_bytes());
+            h.extend_from_slice(&v4.id.unwrap_or(0x1234).to_be_bytes());
             h.extend_from_slice(&v4.frag.to_be_bytes());
             h.push(64);
             h.push(l4.proto);
@@ -177,6 +179,51 @@ pub fn ip(src: IpAddr, dst: IpAddr, l4: &L4, v4: &V4Opts) -> (u16, Vec<u8>) {
         }
         _ => panic!("mixed address families: {src} → {dst}"),
     }
+}
+
+/// An IPv6 extension header for [`v6_chain`].
+#[derive(Clone, Copy, Debug)]
+pub enum Ext {
+    /// Hop-by-hop (0), routing (43), destination options (60), or any header of that
+    /// shape (AH 51 is counted in 4-byte units by the RFC, but xlb drops it unread): the
+    /// kind and the length field (the header is (len + 1) × 8 bytes, padded with zeros).
+    Opt(u8, u8),
+    /// A fragment header: offset in 8-byte units, the M flag, the identification.
+    Frag { offset: u16, more: bool, id: u32 },
+}
+
+/// An IPv6 frame from `src` to `dst` with these extension headers before `l4` (its
+/// checksum as without them: xlb does not read it).
+pub fn v6_chain(src: IpAddr, dst: IpAddr, exts: &[Ext], l4: &L4) -> Vec<u8> {
+    let (_, plain) = ip(src, dst, l4, &V4Opts::default());
+    let seg = &plain[40..];
+    let kind = |e: &Ext| match e {
+        Ext::Opt(k, _) => *k,
+        Ext::Frag { .. } => 44,
+    };
+    let mut body = Vec::new();
+    for (i, e) in exts.iter().enumerate() {
+        let next = exts.get(i + 1).map_or(l4.proto, kind);
+        match *e {
+            Ext::Opt(_, len) => {
+                let mut h = vec![0u8; (usize::from(len) + 1) * 8];
+                h[0] = next;
+                h[1] = len;
+                // A PadN option filling the rest (RFC 8200 §4.2).
+                h[2] = 1;
+                h[3] = (h.len() - 4).min(255) as u8;
+                body.extend_from_slice(&h);
+            }
+            Ext::Frag { offset, more, id } => {
+                body.extend_from_slice(&[next, 0]);
+                body.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+                body.extend_from_slice(&id.to_be_bytes());
+            }
+        }
+    }
+    body.extend_from_slice(seg);
+    let first = exts.first().map_or(l4.proto, kind);
+    frame(src, dst, &raw(first, &body))
 }
 
 /// An Ethernet frame from the client to the balancer, with optional VLAN tags

@@ -53,6 +53,10 @@ fn short_run_finds_no_new_fault() {
         "affinity not exercised"
     );
     assert!(report.icmp_errors > 0, "no ICMP error reached a backend");
+    assert!(
+        report.later_fragments > 0,
+        "no later fragment reached a backend"
+    );
 }
 
 // --- the checker catches what it must -----------------------------------------------
@@ -246,7 +250,14 @@ fn oracle_follows_the_readme_table_order() {
     let f = tcp_frame(CLIENT4, VIP4, 1000, 80);
     let mut cut = f[..14 + 20 + 10].to_vec();
     assert_eq!(expect(&top, &cut), Expect::Drop(Stat::DropMalformed));
-    cut[14 + 6] = 0x20; // MF: a fragment is a fragment before its ports are looked at
+    cut[14 + 6] = 0x20; // MF: a first fragment needs its TCP header as any packet
+    assert_eq!(expect(&top, &cut), Expect::Drop(Stat::DropMalformed));
+    cut[14 + 7] = 1; // an offset: a later fragment has no ports to look at
+    assert!(matches!(
+        expect(&top, &cut),
+        Expect::Later { sole: Some(0), .. }
+    ));
+    cut[14 + 9] = 1; // ICMP: fragments of neither TCP nor UDP are dropped
     assert_eq!(expect(&top, &cut), Expect::Drop(Stat::DropFragment));
     let mut g = f.clone();
     g[14] = 0x44;
@@ -318,4 +329,38 @@ fn checker_rejects_wrong_icmp_outcomes() {
         ..topology()
     };
     assert_eq!(expect(&no_echo, &ping), Expect::Pass(Stat::PassNotService));
+}
+
+#[test]
+fn checker_sends_later_fragments_after_their_first() {
+    use xlb_tests::{
+        fixtures::{v4_first, v4_later},
+        packet::{IPPROTO_TCP, tcp},
+    };
+    let top = topology();
+    let mut mem = Memory::new(1000);
+    let first = v4_first(CLIENT4, VIP4, &tcp(40000, 80, &[0; 100]), 7);
+    Fake::forward(&top, &first, 0, false)
+        .judge(&top, &mut mem, &first)
+        .expect("first fragment pins .11");
+    let later = v4_later(CLIENT4, VIP4, IPPROTO_TCP, 7);
+    assert_eq!(
+        Fake::forward(&top, &later, 0, true).judge(&top, &mut mem, &later),
+        Ok(Stat::Tx)
+    );
+    rejects(
+        Fake::forward(&top, &later, 1, true).judge(&top, &mut mem, &later),
+        "affinity broken",
+    );
+    // No sole service (web4 with a sibling on the VIP): an untracked later fragment drops.
+    let mut two = topology();
+    let mut other = two.services[0].clone();
+    other.port = 443;
+    other.name = "web443";
+    two.services.push(other);
+    let untracked = v4_later(CLIENT4, VIP4, IPPROTO_TCP, 8);
+    assert!(matches!(
+        expect(&two, &untracked),
+        Expect::Later { sole: None, .. }
+    ));
 }

@@ -137,6 +137,7 @@ fn inner_v4(ctx: &XdpContext, at: &IcmpAt) -> Option<Flow> {
         proto,
         sport: dport,
         dport: sport,
+        first_fragment: None,
     })
 }
 
@@ -164,6 +165,7 @@ fn inner_v6(ctx: &XdpContext, at: &IcmpAt) -> Option<Flow> {
         proto,
         sport: dport,
         dport: sport,
+        first_fragment: None,
     })
 }
 

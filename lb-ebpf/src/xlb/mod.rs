@@ -2,7 +2,8 @@
 //! path itself is `try_xlb` in main.rs): [`parse`] → [`service`] → [`balance`] →
 //! [`forward`], with [`stats`] counting every verdict and [`maps`] declaring every map;
 //! [`icmp`] takes ICMP to a VIP off that path (errors join it again at `forward`), with
-//! [`csum`] for the checksums it updates.
+//! [`csum`] for the checksums it updates; [`frag`] gives a later fragment the ports
+//! (and service) it lacks, and remembers a first fragment's.
 //!
 //! Dependencies point one way: `parse` and `service` know nothing of balancing or
 //! forwarding, `balance` nothing of packets, `forward` nothing of services or pins; only
@@ -11,6 +12,7 @@
 pub mod balance;
 pub mod csum;
 pub mod forward;
+pub mod frag;
 pub mod icmp;
 pub mod maps;
 pub mod parse;

@@ -35,6 +35,13 @@ fn is_vip(addr: &Addr, family: u8) -> bool {
 /// `SVC_F_ECHO_REPLY`); `None` when `addr` is no VIP.
 #[inline(always)]
 pub fn vip_flags(addr: &Addr, family: u8) -> Option<u32> {
+    vip_marker(addr, family).map(|v| v.flags)
+}
+
+/// `addr`'s VIP marker (its flags and `lb_common::MARKER_SOLE` ports); `None` when
+/// `addr` is no VIP.
+#[inline(always)]
+pub fn vip_marker(addr: &Addr, family: u8) -> Option<ServiceValue> {
     let key = ServiceKey {
         addr: *addr,
         port_be: 0,
@@ -42,7 +49,7 @@ pub fn vip_flags(addr: &Addr, family: u8) -> Option<u32> {
         family,
     };
     // SAFETY: hash map values are replaced whole (RCU), never written in place.
-    unsafe { SERVICES.get(key) }.map(|v| v.flags)
+    unsafe { SERVICES.get(key) }.copied()
 }
 
 /// A packet xlb cannot balance: dropped (and counted as `reason`) when it is addressed

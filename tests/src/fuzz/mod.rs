@@ -82,6 +82,8 @@ pub struct Report {
     pub misses: u64,
     /// Frames judged as ICMP errors sent on to a backend (they count as tx/redirect).
     pub icmp_errors: u64,
+    /// Later fragments sent on to a backend.
+    pub later_fragments: u64,
 }
 
 /// At most this many failure classes are kept with an example.
@@ -212,6 +214,7 @@ impl Run {
                 hits: 0,
                 misses: 0,
                 icmp_errors: 0,
+                later_fragments: 0,
             },
             top,
         }
@@ -220,7 +223,10 @@ impl Run {
     fn one(&mut self, prog: &aya::programs::Xdp, index: u64, case: Case) {
         *self.report.origins.entry(case.origin).or_default() += 1;
         let expect = oracle::expect(&self.top, &case.frame);
-        let balance = matches!(expect, Expect::Balance { .. } | Expect::IcmpError { .. });
+        let balance = matches!(
+            expect,
+            Expect::Balance { .. } | Expect::IcmpError { .. } | Expect::Later { .. }
+        );
         if balance || self.pending.len() >= MAX_PENDING {
             self.settle();
         }
@@ -292,10 +298,12 @@ impl Run {
         match check::judge(&self.top, &mut self.mem, &judged, &obs) {
             Ok(stat) => {
                 *self.report.outcomes.entry(stat.name()).or_default() += 1;
-                if matches!(expect, Expect::IcmpError { .. })
-                    && matches!(stat, Stat::Tx | Stat::Redirect)
-                {
-                    self.report.icmp_errors += 1;
+                if matches!(stat, Stat::Tx | Stat::Redirect) {
+                    match expect {
+                        Expect::IcmpError { .. } => self.report.icmp_errors += 1,
+                        Expect::Later { .. } => self.report.later_fragments += 1,
+                        _ => {}
+                    }
                 }
             }
             Err(problem) => {
@@ -380,6 +388,10 @@ fn expect_label(top: &Topology, e: &Expect) -> String {
         Expect::Balance { service, .. } => {
             format!("expected service {}", top.services[*service].name)
         }
+        Expect::Later { sole, .. } => match sole {
+            Some(s) => format!("expected later fragment to {}", top.services[*s].name),
+            None => "expected later fragment, tracked or dropped".into(),
+        },
         Expect::IcmpError { service, .. } => {
             format!(
                 "expected ICMP error to service {}",
@@ -443,6 +455,11 @@ impl fmt::Display for Report {
             writeln!(f, "  {:<26} {n:>12}", o.name())?;
         }
         writeln!(f, "ICMP errors sent on to a backend: {}", self.icmp_errors)?;
+        writeln!(
+            f,
+            "later fragments sent on to a backend: {}",
+            self.later_fragments
+        )?;
         writeln!(
             f,
             "affinity: {} hits, {} misses, {} keys (hit/miss predicted exactly: {})",

@@ -16,27 +16,43 @@ use lb_common::Stat;
 /// Ethernet header length; BPF_PROG_TEST_RUN refuses shorter frames.
 pub const ETH_HLEN: usize = 14;
 
-/// IPv6 next-header values of extension headers that may precede TCP/UDP (IANA "IPv6
-/// Extension Header Types", RFC 7045), fragment (44) apart: hop-by-hop, routing,
-/// destination options, authentication, mobility, HIP, shim6 and the two experimental
-/// values. ESP (50) is not here: what follows it is encrypted, so like IPv4's protocol 50
-/// it is a protocol xlb does not balance (passed).
-pub const IPV6_EXT_HEADERS: [u8; 9] = [0, 43, 60, 51, 135, 139, 140, 253, 254];
+/// IPv6 extension headers xlb walks: hop-by-hop, routing, destination options (the
+/// length byte counts 8-byte units after the first 8), and the fragment header (8 bytes).
+pub const IPV6_WALKED: [u8; 3] = [0, 43, 60];
 /// IPv6 fragment header.
 pub const IPV6_FRAGMENT: u8 = 44;
+/// IPv6 extension headers xlb drops unread: AH, ESP, mobility, HIP, shim6, and the two
+/// experimental values of RFC 4727.
+pub const IPV6_DROPPED: [u8; 7] = [51, 50, 135, 139, 140, 253, 254];
+/// Extension headers walked, at most (README).
+pub const MAX_EXT_HEADERS: usize = 6;
+
+/// Where a packet stands as to fragmentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frag {
+    Whole,
+    /// The first fragment (offset 0) with this identification (IPv4's 16 bits or the
+    /// IPv6 fragment header's 32).
+    First(u32),
+    /// A later fragment: no ports.
+    Later(u32),
+}
 
 /// The fixed IP header of a frame, as far as the README's rules read it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpHeader {
     pub src: IpAddr,
     pub dst: IpAddr,
-    /// IPv4 protocol or IPv6 next header.
+    /// IPv4 protocol, or the IPv6 next header after the extension headers walked.
     pub proto: u8,
-    /// IPv4 MF flag or fragment offset set; IPv6 next header = fragment.
-    pub fragment: bool,
+    pub frag: Frag,
+    /// A verdict the IP layer already decides for a packet to a VIP: a fragment of
+    /// neither TCP nor UDP (`DropFragment`), an extension header cut short
+    /// (`DropMalformed`), one not walked or one too many (`DropIpv6ExtHeader`).
+    pub verdict: Option<Stat>,
     /// Offset of the IP header.
     pub l3: usize,
-    /// Offset of the layer-4 header: IPv4 l3 + IHL × 4, IPv6 l3 + 40.
+    /// Offset of the layer-4 header: IPv4 l3 + IHL × 4, IPv6 after the walked headers.
     pub l4: usize,
 }
 
@@ -84,13 +100,22 @@ fn parse_v4(f: &[u8], l3: usize) -> Parsed {
         return Parsed::Malformed;
     }
     let addr = |i: usize| IpAddr::V4(Ipv4Addr::new(h[i], h[i + 1], h[i + 2], h[i + 3]));
-    let frag = u16::from_be_bytes([h[6], h[7]]);
+    let bits = u16::from_be_bytes([h[6], h[7]]);
+    let id = u32::from(u16::from_be_bytes([h[4], h[5]]));
+    let proto = h[9];
+    // MF (0x2000) or a fragment offset; DF and the reserved bit do not make a fragment.
+    let (frag, verdict) = match (bits & 0x3fff != 0, bits & 0x1fff != 0) {
+        (false, _) => (Frag::Whole, None),
+        _ if !matches!(proto, 6 | 17) => (Frag::Whole, Some(Stat::DropFragment)),
+        (true, false) => (Frag::First(id), None),
+        (true, true) => (Frag::Later(id), None),
+    };
     Parsed::Ip(IpHeader {
         src: addr(12),
         dst: addr(16),
-        proto: h[9],
-        // MF (0x2000) or a fragment offset; DF and the reserved bit do not make a fragment.
-        fragment: frag & 0x3fff != 0,
+        proto,
+        frag,
+        verdict,
         l3,
         l4: l3 + ihl,
     })
@@ -107,14 +132,58 @@ fn parse_v6(f: &[u8], l3: usize) -> Parsed {
         let o: [u8; 16] = h[i..i + 16].try_into().expect("16 bytes");
         IpAddr::V6(Ipv6Addr::from(o))
     };
-    Parsed::Ip(IpHeader {
+    let mut ip = IpHeader {
         src: addr(8),
         dst: addr(24),
         proto: h[6],
-        fragment: h[6] == IPV6_FRAGMENT,
+        frag: Frag::Whole,
+        verdict: None,
         l3,
         l4: l3 + 40,
-    })
+    };
+    walk(f, &mut ip);
+    Parsed::Ip(ip)
+}
+
+/// The IPv6 extension headers, at most [`MAX_EXT_HEADERS`]: `ip.proto` and `ip.l4` end
+/// at the upper layer, or `ip.verdict`/`ip.frag` say why the walk stopped.
+fn walk(f: &[u8], ip: &mut IpHeader) {
+    for _ in 0..MAX_EXT_HEADERS {
+        let at = ip.l4;
+        if ip.proto == IPV6_FRAGMENT {
+            let Some(h) = f.get(at..at + 8) else {
+                ip.verdict = Some(Stat::DropMalformed);
+                return;
+            };
+            ip.proto = h[0];
+            ip.l4 += 8;
+            if !matches!(ip.proto, 6 | 17) {
+                ip.verdict = Some(Stat::DropFragment);
+                return;
+            }
+            let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                ip.frag = Frag::Later(id);
+                return;
+            }
+            ip.frag = Frag::First(id);
+        } else if IPV6_WALKED.contains(&ip.proto) {
+            let Some(h) = f.get(at..at + 2) else {
+                ip.verdict = Some(Stat::DropMalformed);
+                return;
+            };
+            ip.proto = h[0];
+            ip.l4 += (usize::from(h[1]) + 1) * 8;
+        } else {
+            break;
+        }
+    }
+    if ip.proto == IPV6_FRAGMENT
+        || IPV6_WALKED.contains(&ip.proto)
+        || IPV6_DROPPED.contains(&ip.proto)
+    {
+        ip.verdict = Some(Stat::DropIpv6ExtHeader);
+    }
 }
 
 /// A backend as the checker recognises it on the wire.
@@ -180,6 +249,17 @@ impl Topology {
         self.services.iter().any(|s| s.vip == dst)
     }
 
+    /// The VIP's only service of `proto`, when it has exactly one and it routes by
+    /// source address alone: where a later fragment without a tracked first goes.
+    pub fn sole_service(&self, dst: IpAddr, proto: u8) -> Option<usize> {
+        let mut of = (0..self.services.len())
+            .filter(|&i| self.services[i].vip == dst && self.services[i].proto == proto);
+        match (of.next(), of.next()) {
+            (Some(i), None) if !self.services[i].per_flow => Some(i),
+            _ => None,
+        }
+    }
+
     /// The service for (destination, protocol, port): an exact port wins over port 0.
     fn service_for(&self, dst: IpAddr, proto: u8, dport: u16) -> Option<usize> {
         let find = |port: u16| {
@@ -202,7 +282,8 @@ impl Topology {
             .map_or("?", |(_, n)| n)
     }
 
-    fn key(&self, service: usize, src: IpAddr, sport: u16) -> Key {
+    /// The affinity key of a packet from `src`:`sport` to `service`.
+    pub fn key(&self, service: usize, src: IpAddr, sport: u16) -> Key {
         let s = &self.services[service];
         let mut addr = [0u8; 16];
         match src {
@@ -222,6 +303,15 @@ impl Topology {
     }
 }
 
+/// A fragmented packet: source, destination, identification, protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragId {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub id: u32,
+    pub proto: u8,
+}
+
 /// What must happen to a frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expect {
@@ -231,7 +321,17 @@ pub enum Expect {
     Drop(Stat),
     /// The frame reaches `service`'s balancing with this affinity key: forwarded to one of
     /// its backends, or its no-backend verdict, or dropped for a missing redirect port.
-    Balance { service: usize, key: Key },
+    /// A first fragment's ports are remembered under `track` for its later fragments.
+    Balance {
+        service: usize,
+        key: Key,
+        track: Option<FragId>,
+    },
+    /// A later fragment (no ports): balanced as its first fragment was when that is
+    /// remembered (the checker's memory), else as a packet from its source to `sole`
+    /// (the VIP's only source-address service of its protocol), else dropped as
+    /// `drop_fragment`.
+    Later { id: FragId, sole: Option<usize> },
     /// An ICMP error about a packet `service` sent to the client of `key`: forwarded like
     /// a packet of that client (to its pinned backend when it has one, else any of the
     /// service's), but no pin is read as a hit or miss, written, or counted; the
@@ -251,11 +351,20 @@ pub fn expect(top: &Topology, f: &[u8]) -> Expect {
     if !top.is_vip(ip.dst) {
         return Expect::Pass(Stat::PassNotService);
     }
-    if ip.fragment {
-        return Expect::Drop(Stat::DropFragment);
+    if let Some(stat) = ip.verdict {
+        return Expect::Drop(stat);
     }
-    if ip.dst.is_ipv6() && IPV6_EXT_HEADERS.contains(&ip.proto) {
-        return Expect::Drop(Stat::DropIpv6ExtHeader);
+    if let Frag::Later(id) = ip.frag {
+        let id = FragId {
+            src: ip.src,
+            dst: ip.dst,
+            id,
+            proto: ip.proto,
+        };
+        return Expect::Later {
+            id,
+            sole: top.sole_service(ip.dst, ip.proto),
+        };
     }
     if (ip.proto == 1 && ip.dst.is_ipv4()) || (ip.proto == 58 && ip.dst.is_ipv6()) {
         return icmp(top, f, &ip);
@@ -274,6 +383,15 @@ pub fn expect(top: &Topology, f: &[u8]) -> Expect {
         Some(service) => Expect::Balance {
             service,
             key: top.key(service, ip.src, sport),
+            track: match ip.frag {
+                Frag::First(id) => Some(FragId {
+                    src: ip.src,
+                    dst: ip.dst,
+                    id,
+                    proto: ip.proto,
+                }),
+                _ => None,
+            },
         },
         None => Expect::Pass(Stat::PassNotService),
     }
@@ -366,7 +484,12 @@ impl fmt::Display for Described<'_> {
         match self.1 {
             Expect::Pass(s) => write!(f, "XDP_PASS unchanged, counter {}", s.name()),
             Expect::Drop(s) => write!(f, "XDP_DROP, counter {}", s.name()),
-            Expect::Balance { service, key } => {
+            Expect::Later { id, sole } => write!(
+                f,
+                "later fragment {id:?}: as its first fragment, else to {}",
+                sole.map_or("nothing (drop_fragment)", |s| self.0.services[s].name)
+            ),
+            Expect::Balance { service, key, .. } => {
                 let s = &self.0.services[*service];
                 match s.no_backend {
                     Some(nb) => write!(

@@ -21,7 +21,7 @@ use xlb::{
 };
 use xlb_tests::{
     enter_private_netns, fixtures,
-    fixtures::{tagged, v4_fragment, v4_with_options, v6_ext},
+    fixtures::{tagged, v4_with_options},
     fuzz::hex,
     harness::{XdpAction, XlbHarness},
     ifindex,
@@ -33,6 +33,7 @@ use xlb_tests::{
 };
 
 mod adoption;
+mod frag;
 mod icmp;
 mod table;
 
@@ -653,50 +654,7 @@ fn fixtures() {
         Stat::PassNotService,
     ));
 
-    // --- fragments and IPv6 extension headers --------------------------------------------
-    lab.check(Fx::drop(
-        "IPv4 first fragment (MF) to VIP",
-        v4_fragment(vip4, 0x2000),
-        Stat::DropFragment,
-    ));
-    lab.check(Fx::drop(
-        "IPv4 later fragment (offset 185) to VIP",
-        v4_fragment(vip4, 185),
-        Stat::DropFragment,
-    ));
-    lab.check(Fx::pass(
-        "IPv4 fragment to a non-VIP",
-        v4_fragment(other4, 0x2000),
-        Stat::PassNotService,
-    ));
-    lab.check(Fx::drop(
-        "IPv6 fragment header to VIP",
-        v6_ext(44, vip6),
-        Stat::DropFragment,
-    ));
-    lab.check(Fx::drop(
-        "IPv6 hop-by-hop header to VIP",
-        v6_ext(0, vip6),
-        Stat::DropIpv6ExtHeader,
-    ));
-    lab.check(Fx::drop(
-        "IPv6 routing header to VIP",
-        v6_ext(43, vip6),
-        Stat::DropIpv6ExtHeader,
-    ));
-    // Found by the fuzzer: the experimental extension headers (RFC 4727) were passed.
-    for next in [253, 254] {
-        lab.check(Fx::drop(
-            "IPv6 experimental extension header (253/254) to VIP",
-            v6_ext(next, vip6),
-            Stat::DropIpv6ExtHeader,
-        ));
-    }
-    lab.check(Fx::pass(
-        "IPv6 routing header to a non-VIP",
-        v6_ext(43, other6),
-        Stat::PassNotService,
-    ));
+    // --- fragments and IPv6 extension headers: frag.rs ----------------------------------
 
     // --- affinity across backend changes ---------------------------------------------------
     // A pinned client keeps its backend when a backend is added, even if its slot moved.
