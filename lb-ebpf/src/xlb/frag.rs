@@ -50,7 +50,7 @@ pub fn track(flow: &Flow, id: u32) {
     };
     // A full map evicts its least recently used entry; a failure only costs the later
     // fragments the fallback.
-    let _ = FRAGS.insert(&k, &v, 0);
+    let _ = FRAGS.insert(k, v, 0);
 }
 
 /// The flow (with its first fragment's ports, or the only service's) and the service of
@@ -60,7 +60,7 @@ pub fn later(f: &Later) -> Option<(Flow, ServiceValue)> {
     let k = key(&f.saddr, &f.daddr, f.id, f.proto, f.family);
     // SAFETY: the value is copied at once; a concurrent update only changes which
     // fragment's ports are read, both of the same packet.
-    if let Some(v) = unsafe { FRAGS.get(&k) }.copied() {
+    if let Some(v) = unsafe { FRAGS.get(k) }.copied() {
         // SAFETY: a helper without side effects.
         let now = unsafe { bpf_ktime_get_coarse_ns() };
         if now.wrapping_sub(v.seen_ns) <= FRAG_TIMEOUT_NS {
