@@ -7,6 +7,7 @@ mod control;
 mod daemon;
 mod dataplane;
 mod health;
+mod realnet;
 mod scenarios;
 mod transients;
 mod watch;
