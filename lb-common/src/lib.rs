@@ -26,7 +26,7 @@ pub mod hash;
 pub mod maglev;
 pub mod maps;
 
-pub use affinity::MIN_IDLE_TIMEOUT_NS;
+pub use affinity::{MAX_IDLE_TIMEOUT_NS, MIN_IDLE_TIMEOUT_NS};
 pub use hash::{flow_hash, maglev_slot};
 pub use maps::MAP_META;
 

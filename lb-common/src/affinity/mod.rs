@@ -40,6 +40,15 @@ pub const MAX_REFRESH_NS: u64 = 1_000_000_000;
 /// timeout. Below it the tick dominates and the timeout would not mean what it says.
 pub const MIN_IDLE_TIMEOUT_NS: u64 = 100_000_000;
 
+/// The longest `idle_timeout` a service may have, for the validator: the affinity table
+/// stamps entries in units of 2^20 ns ([`table::TIME_SHIFT`]) and compares idle times as
+/// 31-bit differences ([`table::MAX_IDLE_UNITS`]), so (2^31 − 1) · 2^20 ns ≈ 26.06 days is
+/// the longest idleness it can tell from a wrapped clock; a longer timeout would silently
+/// act as that. The limit is the whole hours below it: 625 h (26 days and 1 hour).
+pub const MAX_IDLE_TIMEOUT_NS: u64 = 625 * 3_600 * 1_000_000_000;
+const _: () = assert!(MAX_IDLE_TIMEOUT_NS <= (table::MAX_IDLE_UNITS as u64) << table::TIME_SHIFT);
+const _: () = assert!(table::timeout_units(MAX_IDLE_TIMEOUT_NS) < table::MAX_IDLE_UNITS);
+
 /// How often a live entry's `last_seen_ns` is refreshed for a service with this
 /// `idle_timeout`: a quarter of it, at most [`MAX_REFRESH_NS`]. The controller stores it
 /// in [`ServiceValue::refresh_ns`].

@@ -154,6 +154,7 @@ fn bad_inputs_are_rejected_naming_file_line_and_key() {
         // Issue 10, fault 3: an idle timeout the data plane's refresh cannot keep.
         ("idle_timeout below the minimum", web("idle_timeout = \"50ms\"\n"), "service[0].idle_timeout", "at least 100ms", 9),
         ("idle_timeout below the minimum, 99ms", web("idle_timeout = \"99ms\"\n"), "service[0].idle_timeout", "at least 100ms", 9),
+        ("idle_timeout above the table's clock, 27 days", web("idle_timeout = \"648h\"\n"), "service[0].idle_timeout", "at most 625h", 9),
         ("health interval too short", web("health = { interval = \"5ms\", timeout = \"1ms\" }\n"), "service[0].health.interval", "outside 10ms", 9),
         ("health initial", web("health = { initial = \"maybe\" }\n"), "service[0].health.initial", "\"checked\", \"up\"", 9),
         ("backend draining not a bool", web("[[service.backend]]\naddress = \"192.0.2.1\"\ndraining = \"yes\"\n"), "service[0].backend[0].draining", "invalid type", 11),

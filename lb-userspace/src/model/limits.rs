@@ -33,8 +33,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// The shortest `idle_timeout` the data plane keeps (its per-service refresh period is
 /// derived from the timeout; idleness is measured with the kernel's coarse clock).
 pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_nanos(lb_common::MIN_IDLE_TIMEOUT_NS);
-/// The data plane keeps idle timeouts in nanoseconds in a `u64` (about 584 years).
-pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_nanos(u64::MAX);
+/// The longest `idle_timeout` the affinity table can measure (≈26 days; see
+/// [`lb_common::MAX_IDLE_TIMEOUT_NS`]).
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_nanos(lb_common::MAX_IDLE_TIMEOUT_NS);
 
 /// Maglev table size M (a prime) by default.
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;

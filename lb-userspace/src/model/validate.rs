@@ -152,8 +152,13 @@ pub fn check_idle_timeout(t: Duration) -> Option<String> {
             format_duration(MIN_IDLE_TIMEOUT)
         ))
     } else if t > MAX_IDLE_TIMEOUT {
-        // The data plane keeps it in nanoseconds in a u64.
-        Some("is too long (at most about 584 years)".into())
+        Some(format!(
+            "{} is too long: must be at most {} (26 days): the affinity table stamps \
+             entries with a 31-bit clock of 2^20 ns units and cannot measure a longer \
+             idleness",
+            format_duration(t),
+            format_duration(MAX_IDLE_TIMEOUT)
+        ))
     } else {
         None
     }
