@@ -21,6 +21,7 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 pub mod affinity;
+pub mod decap;
 pub mod hash;
 #[cfg(feature = "user")]
 pub mod maglev;

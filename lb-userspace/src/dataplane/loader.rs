@@ -14,6 +14,9 @@ use super::affinity::{self, TableError};
 
 /// The xlb balancer object, built by build.rs from lb-ebpf.
 pub static XLB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb"));
+/// The tunnel decapsulation program for backends (`xlb decap`), its own object.
+pub static DECAP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-decap"));
 /// Programs used only by benchmarks and tests (trivial pass, reflector).
 pub static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-bench-progs"));

@@ -33,6 +33,7 @@ use xlb_tests::{
 };
 
 mod adoption;
+mod decap;
 mod frag;
 mod icmp;
 mod table;
