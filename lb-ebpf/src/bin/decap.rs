@@ -95,7 +95,7 @@ fn ipv4(ctx: &XdpContext) -> Result<Tunnel, DecapStat> {
         return Err(DecapStat::PassNotLocal);
     }
     let src = unsafe { [*ip.add(12), *ip.add(13), *ip.add(14), *ip.add(15)] };
-    if FROM4.get(&Key::new(32, src)).is_none() {
+    if FROM4.get(Key::new(32, src)).is_none() {
         return Err(DecapStat::PassSourceNotAllowed);
     }
     if u16::from_be_bytes(frags) & 0x3fff != 0 || !inner_is(ctx, ETH_HLEN + ihl, 4) {
@@ -130,7 +130,7 @@ fn ipv6(ctx: &XdpContext) -> Result<Tunnel, DecapStat> {
     for (i, b) in src.iter_mut().enumerate() {
         *b = unsafe { *ip.add(8 + i) };
     }
-    if FROM6.get(&Key::new(128, src)).is_none() {
+    if FROM6.get(Key::new(128, src)).is_none() {
         return Err(DecapStat::PassSourceNotAllowed);
     }
     if !inner_is(ctx, ETH_HLEN + 40, inner_version) {
@@ -151,7 +151,7 @@ fn local(addr: &Addr, family: u8) -> bool {
         family: family as u32,
     };
     // SAFETY: the value is only tested for presence.
-    unsafe { LOCAL.get(&k).is_some() }
+    unsafe { LOCAL.get(k).is_some() }
 }
 
 /// The inner IP header at `at` is there (its fixed part) and of `version`.

@@ -3,6 +3,8 @@
 //! Path-MTU discovery works through the balancer (the router's "fragmentation needed" /
 //! "packet too big", addressed to the VIP, reach the backend that sent the reply), and
 //! datagrams larger than the path, fragmented by the client, reach one backend per client.
+//! And `xlb decap` on a backend: tunnel packets from the allowed sources reach its
+//! server as the inner packets, those from anyone else do not.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,8 +12,13 @@ use std::{
     time::Duration,
 };
 
-use xlb_tests::lab::{
-    HTTP_PORT, Lab, LabOptions, UDP_PORT, VIP4, VIP6, http_request, udp_request_sized,
+use socket2::{Domain, Protocol, Socket, Type};
+use xlb_tests::{
+    lab::{
+        HTTP_PORT, LB4, LB6, Lab, LabOptions, UDP_PORT, VIP4, VIP6, http_request, run,
+        udp_request_sized, xlb_bin,
+    },
+    packet::{V4Opts, ip, udp},
 };
 
 const MTU: u32 = 1400;
@@ -137,4 +144,148 @@ fn fragmented_udp_reaches_one_backend_per_client_in_dsr() {
         .and_then(|p| p[1].as_u64())
         .expect("drop_fragment counted");
     assert_eq!(drops, 0, "fragments were dropped: {v}");
+}
+
+/// The decapsulation state of a test, removed from bpffs however the test ends.
+struct DecapRoot(String);
+
+impl Drop for DecapRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `inner` (an IP packet) sent from `ns` through a raw socket of protocol `proto` (4: IPv4
+/// inside, 41: IPv6 inside) to `to`: the kernel puts the outer header on, as a balancer
+/// in tunnel mode would.
+fn send_tunneled(lab: &Lab, from_client: bool, to: IpAddr, proto: i32, inner: &[u8]) {
+    let ns = if from_client { &lab.client } else { &lab.lb };
+    ns.run(|| {
+        let domain = if to.is_ipv4() {
+            Domain::IPV4
+        } else {
+            Domain::IPV6
+        };
+        let s = Socket::new(domain, Type::RAW, Some(Protocol::from(proto))).expect("raw socket");
+        s.send_to(inner, &SocketAddr::new(to, 0).into())
+            .expect("send the tunnel packet");
+    });
+}
+
+/// Waits on the client's `sock` for the backend's answer to the inner datagram.
+fn answer(sock: &std::net::UdpSocket) -> Option<String> {
+    let mut buf = [0u8; 256];
+    sock.recv(&mut buf)
+        .ok()
+        .map(|n| String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+#[test]
+fn decap_on_a_backend_delivers_tunnels_from_the_balancers_only() {
+    let mut lab = Lab::new(LabOptions {
+        backends: 1,
+        clients_v4: 1,
+        clients_v6: 1,
+    });
+    lab.start_servers();
+    let root = DecapRoot(format!("/sys/fs/bpf/xlb-decap-{}", lab.id));
+    let be = &lab.backends[0];
+    let xlb = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--pin-dir", &root.0]);
+        run(be.ns.cmd(xlb_bin()).arg("decap").args(&all))
+    };
+    xlb(&[
+        "attach",
+        "eth0",
+        "--from",
+        &format!("{LB4}/32"),
+        "--from",
+        &format!("{LB6}/128"),
+    ]);
+    let (c4, c6) = (lab.clients4[0], lab.clients6[0]);
+    let cases = [
+        (
+            "IPIP",
+            false,
+            IpAddr::V4(be.addr4),
+            4,
+            c4,
+            IpAddr::V4(VIP4),
+            true,
+        ),
+        (
+            "IP6IP6",
+            false,
+            IpAddr::V6(be.addr6),
+            41,
+            c6,
+            IpAddr::V6(VIP6),
+            true,
+        ),
+        (
+            "4in6",
+            false,
+            IpAddr::V6(be.addr6),
+            4,
+            c4,
+            IpAddr::V4(VIP4),
+            true,
+        ),
+        (
+            "IPIP from a client",
+            true,
+            IpAddr::V4(be.addr4),
+            4,
+            c4,
+            IpAddr::V4(VIP4),
+            false,
+        ),
+    ];
+    for (what, from_client, to, proto, client, vip, delivered) in cases {
+        // The client waits for the answer on the inner packet's source address and port.
+        let sock = lab.client.run(|| {
+            let s = std::net::UdpSocket::bind(SocketAddr::new(client, 0)).expect("bind");
+            s.connect(SocketAddr::new(vip, UDP_PORT)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_millis(800)))
+                .expect("timeout");
+            s
+        });
+        let port = sock.local_addr().expect("port").port();
+        let (_, inner) = ip(
+            client,
+            vip,
+            &udp(port, UDP_PORT, b"who"),
+            &V4Opts::default(),
+        );
+        send_tunneled(&lab, from_client, to, proto, &inner);
+        let got = answer(&sock);
+        if delivered {
+            assert_eq!(
+                got.as_deref(),
+                Some(be.name.as_str()),
+                "{what}: not delivered"
+            );
+        } else {
+            assert_eq!(got, None, "{what}: a source outside --from got through");
+        }
+    }
+    let stats: serde_json::Value =
+        serde_json::from_str(&xlb(&["stats", "eth0", "--json"])).expect("stats json");
+    for key in [
+        "decap_ipip",
+        "decap_ip6ip6",
+        "decap_4in6",
+        "pass_source_not_allowed",
+    ] {
+        assert!(
+            stats[key].as_u64().unwrap_or(0) >= 1,
+            "{key} did not count: {stats}"
+        );
+    }
+    xlb(&["detach", "eth0"]);
+    assert!(
+        !std::path::Path::new(&root.0).exists(),
+        "detach left pinned state"
+    );
 }

@@ -44,6 +44,9 @@ fn inner6() -> (u16, Vec<u8>) {
     ip(CLIENT6, VIP6, &udp(5353, 53, b"who"), &V4Opts::default())
 }
 
+/// (description, input frame, output frame when not the input, the counter that moves)
+type Row = (&'static str, Vec<u8>, Option<Vec<u8>>, DecapStat);
+
 struct Iface(PathBuf, String);
 
 impl Drop for Iface {
@@ -89,7 +92,7 @@ fn decap_strips_allowed_tunnels_and_passes_the_rest_untouched() {
         .expect("program")
         .try_into()
         .expect("xdp");
-    let rows: Vec<(&str, Vec<u8>, Option<Vec<u8>>, DecapStat)> = vec![
+    let rows: Vec<Row> = vec![
         (
             "IPIP: the inner IPv4 packet",
             tunneled(a(LB4), a(HOST4), &inner4()),
