@@ -158,6 +158,43 @@ pub struct Status {
     /// affinity table, repeated in the background).
     pub pinned_counts_age_s: f64,
     pub services: Vec<ServiceStatus>,
+    /// How this node announces its VIPs (`[announce]`) and each VIP's state.
+    #[serde(default)]
+    pub announce: AnnounceStatus,
+}
+
+/// `[announce]` in `xlb status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnnounceStatus {
+    /// "none", "bird" or "command".
+    pub kind: String,
+    /// BIRD's control socket, or the announce command line (none for kind none).
+    pub target: Option<String>,
+    /// `xlb node drain` is in force: every VIP withdrawn.
+    pub node_drained: bool,
+    /// Seconds since the announcer last synced (none before its first sync).
+    pub synced_age_s: Option<f64>,
+    /// Every VIP of the node's services, in address order.
+    pub vips: Vec<VipStatus>,
+}
+
+/// One VIP's announcement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub vip: IpAddr,
+    /// "announced" or "withdrawn" (as the announcer has it at its last sync), "unknown"
+    /// (the announcer could not be asked), or "none" (kind none: xlb announces nothing).
+    pub state: String,
+    /// What the policy wants now: announce (true) or withdraw.
+    pub want: bool,
+    /// Why: "serving", "drained", "not_attached" or "no_usable_backend".
+    pub why: String,
+    /// The same in words, with the services: `served by web, dns`, `no service has a
+    /// healthy backend (web 0/3)`.
+    pub reason: String,
+    /// Why the announcer does not do what the policy wants (BIRD unreachable, its
+    /// protocol missing, a failed command).
+    pub error: Option<String>,
 }
 
 /// One configured XDP interface as the daemon sees it now.

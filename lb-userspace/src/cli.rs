@@ -83,6 +83,9 @@ pub enum Command {
     /// List or flush affinity entries.
     #[command(subcommand)]
     Affinity(AffinityCmd),
+    /// Node maintenance: withdraw or announce again every VIP of this node.
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Re-read the daemon's config file (runtime changes stay on top); a config with
     /// errors is refused whole (exit 2) and nothing changes. SIGHUP does the same.
     Reload,
@@ -237,6 +240,15 @@ pub enum AffinityCmd {
     /// Remove the affinity entries (every service's, or SERVICE's): clients are
     /// re-decided on their next packet.
     Flush { service: Option<String> },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Withdraw every VIP of this node (the router sends the traffic to the other nodes;
+    /// what still arrives is forwarded); kept across restarts until `undrain`.
+    Drain,
+    /// Announce the VIPs again (each while one of its services has a healthy backend).
+    Undrain,
 }
 
 /// The fields of a `[[service]]` table, as flags; every default is the model's.
@@ -483,6 +495,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Affinity(AffinityCmd::Flush { service }) => Request::AffinityFlush {
             service: service.clone(),
         },
+        Command::Node(NodeCmd::Drain) => Request::Edit(Edit::NodeDrain),
+        Command::Node(NodeCmd::Undrain) => Request::Edit(Edit::NodeUndrain),
     };
     if let Request::Edit(edit) = &request {
         let errors = edit.check_fields();
@@ -675,11 +689,15 @@ fn decap(cli: &Cli, cmd: &DecapCmd) -> anyhow::Result<ExitCode> {
 /// `xlb down`: detach, remove the pinned maps, and move the deployment's runtime changes
 /// aside (its state file to FILE.bak), so the next fresh start begins from the config.
 fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let (pin_dir, socket, state_file) = match (config, pin_dir) {
-        (Some(c), _) => {
-            let cfg = config::load(c).map_err(|e| UsageError(e.to_string()))?;
-            (cfg.daemon.pin_dir, cfg.daemon.socket, cfg.daemon.state_file)
-        }
+    let cfg = config
+        .map(|c| config::load(c).map_err(|e| UsageError(e.to_string())))
+        .transpose()?;
+    let (pin_dir, socket, state_file) = match (&cfg, pin_dir) {
+        (Some(cfg), _) => (
+            cfg.daemon.pin_dir.clone(),
+            cfg.daemon.socket.clone(),
+            cfg.daemon.state_file.clone(),
+        ),
         (None, p) => {
             let p = p.map_or_else(|| PathBuf::from(DEFAULT_PIN_DIR), Path::to_path_buf);
             let state_file = config::default_state_file(&p);
@@ -694,6 +712,9 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
             socket.display()
         );
     }
+    // The VIPs go before the data plane that serves them, or the router keeps sending
+    // their traffic here.
+    let withdrawn = cfg.as_ref().map(withdraw_before_down).unwrap_or_default();
     let removed = pin::down(&pin_dir)?;
     let moved = state::move_aside(&state_file, &pin_dir)?;
     if cli.json {
@@ -703,11 +724,15 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
         };
         println!(
             "{}",
-            serde_json::json!({ "pin_dir": pin_dir, "detached": removed.links,
+            serde_json::json!({ "pin_dir": pin_dir, "vips_withdrawn": withdrawn, "detached": removed.links,
                 "maps_removed": removed.maps, "unknown_maps_removed": removed.unknown,
                 "state_file_moved_to": moved_to })
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    if !withdrawn.is_empty() {
+        let list: Vec<String> = withdrawn.iter().map(ToString::to_string).collect();
+        println!("withdrew {}", list.join(", "));
     }
     if removed.links.is_empty() && removed.maps.is_empty() && removed.unknown.is_empty() {
         println!("nothing pinned under {}", pin_dir.display());
@@ -742,6 +767,40 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `[announce]` before `down`: every VIP of the deployment (the config's services and
+/// those added at run time) withdrawn; the ones withdrawn. A failure is a warning: the
+/// data plane goes anyway.
+fn withdraw_before_down(cfg: &config::Config) -> Vec<IpAddr> {
+    if cfg.announce == crate::model::Announce::None {
+        return Vec::new();
+    }
+    let edits = match state::load(&cfg.daemon.state_file, &cfg.daemon.pin_dir) {
+        Ok(state::Saved {
+            content: state::Content::Edits(e),
+            ..
+        }) => e,
+        _ => Vec::new(),
+    };
+    let (desired, _) = crate::model::Desired::replay(&cfg.services, &edits);
+    let mut vips: Vec<IpAddr> = desired.services().map(|s| s.vip).collect();
+    vips.sort_unstable();
+    vips.dedup();
+    let mut announcer =
+        crate::announce::Announcer::new(&cfg.announce, crate::model::limits::ANNOUNCE_TIMEOUT);
+    let errors = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(announcer.withdraw_all(&vips)),
+        Err(e) => vec![format!("starting a runtime: {e}")],
+    };
+    for e in &errors {
+        eprintln!("warning: withdrawing before down: {e}");
+    }
+    vips.retain(|v| !errors.iter().any(|e| e.starts_with(&format!("{v}: "))));
+    vips
 }
 
 #[cfg(test)]
@@ -941,6 +1000,9 @@ mod tests {
                 "--pin-dir",
             ),
             (&["status", "--verbose"], "--verbose"),
+            (&["node"], "drain"),
+            (&["node", "drain", "now"], "now"),
+            (&["node", "pause"], "pause"),
         ];
         for (args, needle) in cases {
             let err = match parse(args) {
@@ -990,6 +1052,17 @@ mod tests {
                 );
             }
             other => panic!("{other:?}"),
+        }
+        for (word, edit) in [("drain", Edit::NodeDrain), ("undrain", Edit::NodeUndrain)] {
+            let cli = parse(&["node", word]).expect("parses");
+            let Command::Node(cmd) = cli.command else {
+                panic!("not node");
+            };
+            let got = match cmd {
+                NodeCmd::Drain => Edit::NodeDrain,
+                NodeCmd::Undrain => Edit::NodeUndrain,
+            };
+            assert_eq!(got, edit);
         }
         let cli = parse(&[
             "service",

@@ -106,7 +106,52 @@ pub fn status(s: &api::Status) -> String {
     if s.services.is_empty() {
         let _ = writeln!(o, "\nno services");
     }
+    announce(&mut o, &s.announce);
     o
+}
+
+/// The `[announce]` part of `xlb status`: one line per VIP, with why.
+fn announce(o: &mut String, a: &api::AnnounceStatus) {
+    let node = if a.node_drained {
+        "node drained (`xlb node undrain` to announce again)"
+    } else {
+        "node in service"
+    };
+    if a.kind == "none" || a.kind.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nannounce: none (no [announce] table: xlb announces no VIP); {node}"
+        );
+        return;
+    }
+    let synced = a.synced_age_s.map_or_else(
+        || "not synced yet".to_string(),
+        |s| format!("synced {s:.1} s ago"),
+    );
+    let _ = writeln!(
+        o,
+        "\nannounce: {} {}; {node}; {synced}",
+        a.kind,
+        a.target.as_deref().unwrap_or("")
+    );
+    let _ = writeln!(o, "  {:<40} {:<10} why", "vip", "state");
+    for v in &a.vips {
+        let pending = match (v.state.as_str(), v.want) {
+            ("announced", false) => " (withdrawing)",
+            ("withdrawn", true) => " (announcing)",
+            _ => "",
+        };
+        let _ = writeln!(
+            o,
+            "  {:<40} {:<10} {}{pending}",
+            v.vip.to_string(),
+            v.state,
+            v.reason
+        );
+        if let Some(e) = &v.error {
+            let _ = writeln!(o, "  {:<40} error: {e}", "");
+        }
+    }
 }
 
 /// `xlb stats`.

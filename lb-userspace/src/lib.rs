@@ -1,5 +1,6 @@
 //! The xlb controller: the domain model, config, state file, reconcile (intent → map
 //! writes), the maps API and pinned state, the control API, daemon and CLI.
+pub mod announce;
 pub mod api;
 pub mod cli;
 pub mod config;

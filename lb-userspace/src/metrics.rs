@@ -27,6 +27,7 @@
 //! | `xlb_info` = 1 | info | `version`, `program_id`, `attach_mode`, `interfaces` |
 //! | `xlb_packets_total` | counter | `reason` |
 //! | `xlb_interface_attached` (0/1) | gauge | `interface` |
+//! | `xlb_vip_serving` (0/1: the node can serve it and is not drained), `xlb_vip_announced` (0/1, as the announcer has it; absent when unknown or nothing announces) | gauge | `vip` |
 //! | `xlb_service_packets_total`, `xlb_service_bytes_total`, `xlb_service_affinity_hits_total`, `xlb_service_affinity_misses_total`, `xlb_service_repins_total`, `xlb_service_expiries_total`, `xlb_service_no_backend_total`, `xlb_service_icmp_errors_total` | counter | `service` |
 //! | `xlb_service_pinned_clients` | gauge | `service` |
 //! | `xlb_backend_packets_total`, `xlb_backend_bytes_total`, `xlb_backend_pins_total`, `xlb_backend_health_transitions_total` | counter | `service`, `backend` |
@@ -67,6 +68,9 @@ pub struct Snapshot {
     pub interfaces: Vec<String>,
     /// Per configured interface: whether the program is attached to it now.
     pub attachments: Vec<(String, bool)>,
+    /// Per VIP: the announce policy wants it announced, and whether the announcer has it
+    /// announced (`None`: unknown, or nothing announces).
+    pub vips: Vec<(String, bool, Option<bool>)>,
     /// Global per-packet verdict/reason counters, e.g. ("drop_fragment", 3), ("tx", 100):
     /// the `reason` label.
     pub packets: Vec<(String, u64)>,
@@ -391,6 +395,26 @@ impl SnapshotCollector {
             s.attachments
                 .iter()
                 .map(|(name, up)| ([("interface", name.as_str())], Num::Int(u64::from(*up)))),
+        )?;
+        write_family(
+            enc,
+            "xlb_vip_serving",
+            "1 if this node can serve the VIP (one of its services has a usable backend, the node is not drained, the program is attached).",
+            None,
+            MetricType::Gauge,
+            s.vips
+                .iter()
+                .map(|(vip, want, _)| ([("vip", vip.as_str())], Num::Int(u64::from(*want)))),
+        )?;
+        write_family(
+            enc,
+            "xlb_vip_announced",
+            "1 if the announcer ([announce]) announces the VIP, as of its last sync.",
+            None,
+            MetricType::Gauge,
+            s.vips.iter().filter_map(|(vip, _, announced)| {
+                announced.map(|a| ([("vip", vip.as_str())], Num::Int(u64::from(a))))
+            }),
         )
     }
 
@@ -613,6 +637,10 @@ mod tests {
             attach_mode: "driver".into(),
             interfaces: vec!["eth0".into(), "eth1".into()],
             attachments: vec![("eth0".into(), true), ("eth1".into(), false)],
+            vips: vec![
+                ("10.0.0.10".into(), true, Some(true)),
+                ("10.0.0.11".into(), false, None),
+            ],
             packets: vec![("tx".into(), 100), ("drop_fragment".into(), 3)],
             services: vec![
                 ServiceSnapshot {
@@ -680,6 +708,11 @@ mod tests {
             "# TYPE xlb_interface_attached gauge",
             r#"xlb_interface_attached{interface="eth0"} 1"#,
             r#"xlb_interface_attached{interface="eth1"} 0"#,
+            "# TYPE xlb_vip_serving gauge",
+            r#"xlb_vip_serving{vip="10.0.0.10"} 1"#,
+            r#"xlb_vip_serving{vip="10.0.0.11"} 0"#,
+            "# TYPE xlb_vip_announced gauge",
+            r#"xlb_vip_announced{vip="10.0.0.10"} 1"#,
             "# TYPE xlb_service_packets counter",
             r#"xlb_service_packets_total{service="web"} 10"#,
             "# TYPE xlb_service_bytes counter",
@@ -714,6 +747,8 @@ mod tests {
         ] {
             assert!(l.contains(&want), "missing line {want:?} in:\n{text}");
         }
+        // No announced sample for a VIP whose announcement is unknown.
+        assert!(!text.contains(r#"xlb_vip_announced{vip="10.0.0.11"}"#));
         // No latency sample for a backend that was never checked.
         assert!(!text.contains(
             r#"xlb_backend_last_check_latency_seconds{service="web",backend="10.0.1.2:80"}"#
@@ -731,6 +766,8 @@ mod tests {
             "xlb_info",
             "xlb_packets_total",
             "xlb_interface_attached",
+            "xlb_vip_serving",
+            "xlb_vip_announced",
             "xlb_service_packets_total",
             "xlb_service_bytes_total",
             "xlb_service_affinity_hits_total",

@@ -6,6 +6,7 @@ pub mod fixtures;
 pub mod fuzz;
 pub mod harness;
 pub mod lab;
+pub mod lab_ecmp;
 pub mod packet;
 pub mod soak;
 

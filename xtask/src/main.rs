@@ -1,5 +1,5 @@
 //! `cargo xtask` for the xlb workspace: `setup`, `build`, `lint`, `test`, `fuzz`, `soak`,
-//! `bench`, `demo`, `package`.
+//! `bench`, `demo`, `package`, `lab-ecmp`.
 //!
 //! This crate must compile on a fresh machine, so it depends on nothing in the workspace
 //! and on no eBPF tooling; everything else is driven through `cargo`, `rustup`, `apt-get`.
@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod demo;
 mod fuzz;
+mod lab_ecmp;
 mod lint;
 mod package;
 mod setup;
@@ -50,6 +51,8 @@ enum Command {
     /// Build the Debian package target/debian/xlb_VERSION_ARCH.deb (binary, systemd unit,
     /// example config, man pages, completions).
     Package(package::Args),
+    /// Several xlb nodes behind a router's ECMP with BGP (BIRD), narrated with counts (root).
+    LabEcmp,
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Demo => demo::run(),
         Command::Package(args) => package::run(&args),
+        Command::LabEcmp => lab_ecmp::run(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -9,11 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Debian packages the tests and benches need (`ip`, `ethtool`, `nft`, `curl`, `bpftool`),
-/// and the package tier: dpkg-dev (`dpkg-shlibdeps`, `strip` from binutils) for
-/// `cargo xtask package`, man-db (`man -l`) and systemd (`systemd-analyze verify`).
+/// the package tier: dpkg-dev (`dpkg-shlibdeps`, `strip` from binutils) for
+/// `cargo xtask package`, man-db (`man -l`) and systemd (`systemd-analyze verify`), and
+/// the ECMP lab: bird2 (`bird`, `birdc`) for its router and nodes.
 const PACKAGES: &[&str] = &[
-    "iproute2", "ethtool", "nftables", "curl", "bpftool", "dpkg-dev", "man-db", "systemd",
+    "iproute2", "ethtool", "nftables", "curl", "bpftool", "dpkg-dev", "man-db", "systemd", "bird2",
 ];
+/// Another apt run holding the dpkg lock (unattended upgrades, a second setup) is waited
+/// for instead of failing at once.
+const APT_LOCK_WAIT: &[&str] = &["-o", "DPkg::Lock::Timeout=300"];
 /// Useful for debugging only: reported, never installed.
 const OPTIONAL_PACKAGES: &[&str] = &["tcpdump"];
 
@@ -212,7 +216,7 @@ fn packages(setup: &mut Setup) -> Result<()> {
     }
     setup.fix(
         "apt package lists",
-        Command::new("apt-get").args(["update"]),
+        Command::new("apt-get").args(["update"]).args(APT_LOCK_WAIT),
     )?;
     if !setup.dry_run {
         // After `apt-get update`: name packages that no configured repository offers.
@@ -234,6 +238,7 @@ fn packages(setup: &mut Setup) -> Result<()> {
     let mut install = Command::new("apt-get");
     install
         .args(["install", "-y", "--no-install-recommends"])
+        .args(APT_LOCK_WAIT)
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive");
     setup.fix(&format!("packages {}", missing.join(" ")), &mut install)

@@ -35,7 +35,7 @@ pub use crate::model::{
     parse_duration,
 };
 use crate::{
-    model::{Service, limits},
+    model::{Announce, Service, limits},
     named_enum,
 };
 
@@ -44,6 +44,8 @@ pub struct Config {
     /// The file it came from (for messages).
     pub path: PathBuf,
     pub daemon: DaemonConfig,
+    /// `[announce]`: how this node announces its VIPs (none when the table is absent).
+    pub announce: Announce,
     pub services: Vec<Service>,
 }
 
@@ -245,10 +247,35 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let top = schema::RawTop {
             daemon: schema::RawDaemon::from(&self.daemon),
+            announce: schema::RawAnnounce::from_model(&self.announce),
             service: self.services.iter().map(Into::into).collect(),
         };
         // Plain strings, integers, tables and arrays: serialization cannot fail.
         let body = toml::to_string(&top).expect("config serializes to TOML");
-        format!("# effective config of {}\n{body}", self.path.display())
+        format!(
+            "# effective config of {}\n{body}{}",
+            self.path.display(),
+            self.bird_protocols()
+        )
+    }
+
+    /// With `kind = "bird"`: the static protocols BIRD's config needs for this config's
+    /// VIPs, as TOML comments (empty otherwise).
+    fn bird_protocols(&self) -> String {
+        if !matches!(self.announce, Announce::Bird { .. }) {
+            return String::new();
+        }
+        let mut vips: Vec<std::net::IpAddr> = self.services.iter().map(|s| s.vip).collect();
+        vips.sort_unstable();
+        vips.dedup();
+        let mut out =
+            String::from("\n# [announce] kind = \"bird\": BIRD's config needs, for these VIPs:\n");
+        for v in vips {
+            out.push_str(&format!(
+                "# {}\n",
+                crate::model::announce::bird_protocol_config(v)
+            ));
+        }
+        out
     }
 }

@@ -1,7 +1,8 @@
-//! Config text → [`Config`]: the document tree, the `[daemon]` table, and each
-//! `[[service]]` through `model::encode` and the validator.
+//! Config text → [`Config`]: the document tree, the `[daemon]` and `[announce]` tables,
+//! and each `[[service]]` through `model::encode` and the validator.
 //!
-//! Owns: the order of the steps and the `[daemon]` rules. Must not touch: a service's
+//! Owns: the order of the steps, the `[daemon]` rules and the shape of `[announce]`
+//! (which keys go with which kind; its values are the validator's). Must not touch: a service's
 //! rules (the validator's) or the key → line lookup (locate.rs).
 
 use std::{collections::HashSet, ffi::CString, net::SocketAddr, path::Path};
@@ -12,14 +13,15 @@ use toml::{
 };
 
 use super::{
-    Config, DaemonConfig, HostChecks, LocatedError, SocketGroup, default_state_file, locate::Doc,
-    schema::RawDaemon,
+    Config, DaemonConfig, HostChecks, LocatedError, SocketGroup, default_state_file,
+    locate::Doc,
+    schema::{RawAnnounce, RawDaemon},
 };
 use crate::model::{
-    FieldError, Service,
+    Announce, AnnounceKind, FieldError, Named, Service,
     encode::{RawService, named, service_from_raw},
-    limits::MAX_AFFINITY_CAPACITY,
-    validate::{Errors, out_of_range, validate_service},
+    limits::{DEFAULT_BIRD_SOCKET, MAX_AFFINITY_CAPACITY},
+    validate::{Errors, out_of_range, validate_announce, validate_service},
 };
 
 /// Every error of the text, or the config. `host` says whether the checks against this
@@ -34,25 +36,34 @@ pub fn parse(path: &Path, text: &str, host: HostChecks) -> Result<Config, Vec<Lo
         return Err(syntax_errors.iter().map(|e| doc.toml_error(e)).collect());
     }
     let mut errors = Vec::new();
-    let (raw_daemon, raw_services) = split_top(&doc, &mut errors);
+    let top = split_top(&doc, &mut errors);
     if host == HostChecks::Run
-        && let Some(raw) = &raw_daemon
+        && let Some(raw) = &top.daemon
     {
         let found = host_errors(raw);
         errors.extend(found.into_iter().map(|e| doc.field_error("daemon", e)));
     }
-    let daemon = raw_daemon.and_then(|raw| match daemon_from_raw(raw) {
+    let daemon = top.daemon.and_then(|raw| match daemon_from_raw(raw) {
         Ok(d) => Some(d),
         Err(fe) => {
             errors.extend(fe.into_iter().map(|e| doc.field_error("daemon", e)));
             None
         }
     });
-    let services = services(&doc, raw_services, &mut errors);
-    match daemon {
-        Some(daemon) if errors.is_empty() => Ok(Config {
+    let announce = match top.announce.map(announce_from_raw) {
+        None => Some(Announce::None),
+        Some(Ok(a)) => Some(a),
+        Some(Err(fe)) => {
+            errors.extend(fe.into_iter().map(|e| doc.field_error("announce", e)));
+            None
+        }
+    };
+    let services = services(&doc, top.services, &mut errors);
+    match (daemon, announce) {
+        (Some(daemon), Some(announce)) if errors.is_empty() => Ok(Config {
             path: path.to_owned(),
             daemon,
+            announce,
             services,
         }),
         _ => Err(errors),
@@ -61,16 +72,33 @@ pub fn parse(path: &Path, text: &str, host: HostChecks) -> Result<Config, Vec<Lo
 
 type RawServices = Vec<(usize, Option<RawService>)>;
 
-/// The `[daemon]` table (all defaults when absent) and the `[[service]]` tables.
-fn split_top(doc: &Doc<'_>, errors: &mut Vec<LocatedError>) -> (Option<RawDaemon>, RawServices) {
+/// The top-level tables as written (`daemon` is `None` when it did not deserialize).
+struct RawTables {
+    daemon: Option<RawDaemon>,
+    announce: Option<RawAnnounce>,
+    services: RawServices,
+}
+
+/// The `[daemon]` table (all defaults when absent), the `[announce]` table (absent: nothing
+/// is announced) and the `[[service]]` tables.
+fn split_top(doc: &Doc<'_>, errors: &mut Vec<LocatedError>) -> RawTables {
     let mut raw_daemon = Some(RawDaemon::default());
+    let mut raw_announce = None;
     let mut raw_services = Vec::new();
     let DeValue::Table(top) = doc.root.get_ref() else {
-        return (raw_daemon, raw_services);
+        return RawTables {
+            daemon: raw_daemon,
+            announce: raw_announce,
+            services: raw_services,
+        };
     };
     for (key, value) in top.iter() {
         match key.get_ref().as_ref() {
             "daemon" => raw_daemon = doc.deserialize(value, errors),
+            // A table that does not deserialize was reported; nothing is announced.
+            "announce" => {
+                raw_announce = Some(doc.deserialize(value, errors).unwrap_or_default());
+            }
             "service" => match value.get_ref() {
                 DeValue::Array(items) => {
                     for (i, item) in items.iter().enumerate() {
@@ -86,11 +114,15 @@ fn split_top(doc: &Doc<'_>, errors: &mut Vec<LocatedError>) -> (Option<RawDaemon
             other => errors.push(doc.error(
                 key.span(),
                 other,
-                "unknown key (expected [daemon] or [[service]])",
+                "unknown key (expected [daemon], [announce] or [[service]])",
             )),
         }
     }
-    (raw_daemon, raw_services)
+    RawTables {
+        daemon: raw_daemon,
+        announce: raw_announce,
+        services: raw_services,
+    }
 }
 
 /// Each service parsed and validated against the ones before it.
@@ -270,4 +302,46 @@ fn group_id(name: &str) -> Option<u32> {
         return Some(group.gr_gid);
     }
     name.parse().ok()
+}
+
+/// `[announce]`: `kind` is required; each other key belongs to one kind and is refused
+/// with any other.
+fn announce_from_raw(raw: RawAnnounce) -> Result<Announce, Vec<FieldError>> {
+    let mut e = Errors::default();
+    let Some(kind) = raw.kind else {
+        e.push(
+            "kind",
+            format!(
+                "is required (one of {}; without an [announce] table nothing is announced)",
+                AnnounceKind::expected()
+            ),
+        );
+        return e.finish(Announce::None);
+    };
+    let kind = named(&mut e, "kind", Some(kind), AnnounceKind::None);
+    let mut foreign = |field: &str, present: bool, owner: AnnounceKind| {
+        if present && kind != owner {
+            e.push(field, format!("applies to kind = \"{owner}\" only"));
+        }
+    };
+    foreign("socket", raw.socket.is_some(), AnnounceKind::Bird);
+    foreign("announce", raw.announce.is_some(), AnnounceKind::Command);
+    foreign("withdraw", raw.withdraw.is_some(), AnnounceKind::Command);
+    let a = match kind {
+        AnnounceKind::None => Announce::None,
+        AnnounceKind::Bird => Announce::Bird {
+            socket: raw
+                .socket
+                .unwrap_or_else(|| DEFAULT_BIRD_SOCKET.into())
+                .into(),
+        },
+        AnnounceKind::Command => Announce::Command {
+            announce: raw.announce.unwrap_or_default(),
+            withdraw: raw.withdraw.unwrap_or_default(),
+        },
+    };
+    if let Err(fe) = validate_announce(&a) {
+        e.0.extend(fe);
+    }
+    e.finish(a)
 }

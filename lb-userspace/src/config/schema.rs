@@ -1,4 +1,4 @@
-//! The config file's top-level shape and its `[daemon]` table, as written. A
+//! The config file's top-level shape, its `[daemon]` and `[announce]` tables, as written. A
 //! `[[service]]` table's shape is `model::encode::RawService` (shared with the control
 //! API and the state file).
 //!
@@ -9,11 +9,13 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::DaemonConfig;
-use crate::model::{Named, encode::RawService};
+use crate::model::{Announce, Named, encode::RawService};
 
 #[derive(Serialize)]
 pub struct RawTop {
     pub daemon: RawDaemon,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announce: Option<RawAnnounce>,
     pub service: Vec<RawService>,
 }
 
@@ -47,6 +49,39 @@ impl From<&DaemonConfig> for RawDaemon {
             socket_group: d.socket_group.as_ref().map(|g| g.name.clone()),
             state_file: path(&d.state_file),
             icmp_echo: Some(d.icmp_echo.name().into()),
+        }
+    }
+}
+
+/// `[announce]`: `kind` and the keys of that kind.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawAnnounce {
+    pub kind: Option<String>,
+    /// bird
+    pub socket: Option<String>,
+    /// command
+    pub announce: Option<Vec<String>>,
+    pub withdraw: Option<Vec<String>>,
+}
+
+impl RawAnnounce {
+    /// The table for the effective config; none when nothing is announced.
+    pub fn from_model(a: &Announce) -> Option<Self> {
+        let kind = Some(a.kind().name().to_string());
+        match a {
+            Announce::None => None,
+            Announce::Bird { socket } => Some(Self {
+                kind,
+                socket: Some(socket.to_string_lossy().into_owned()),
+                ..Self::default()
+            }),
+            Announce::Command { announce, withdraw } => Some(Self {
+                kind,
+                announce: Some(announce.clone()),
+                withdraw: Some(withdraw.clone()),
+                ..Self::default()
+            }),
         }
     }
 }

@@ -4,8 +4,8 @@ use std::{collections::HashSet, net::IpAddr, path::Path, time::Duration};
 
 use super::*;
 use crate::model::{
-    Affinity, Backend, Failback, Forwarding, HealthCheck, HealthKind, NoBackend, Protocol, Service,
-    validate::validate_service,
+    Affinity, Announce, Backend, Failback, Forwarding, HealthCheck, HealthKind, NoBackend,
+    Protocol, Service, validate::validate_service,
 };
 
 const FILE: &str = "/etc/xlb/test.toml";
@@ -75,6 +75,8 @@ fn bad_inputs_are_rejected_naming_file_line_and_key() {
         ))
     };
     let be = |addr: &str| format!("[[service.backend]]\naddress = \"{addr}\"\n");
+    // `[announce]` on line 3, `body` from line 4.
+    let ann = |body: &str| format!("[daemon]\ninterfaces = [\"lo\"]\n[announce]\n{body}");
     // (what, text, key substring, message substring, line)
     #[rustfmt::skip]
     let cases: Vec<(&str, String, &str, &str, usize)> = vec![
@@ -162,6 +164,16 @@ fn bad_inputs_are_rejected_naming_file_line_and_key() {
         ("key of another kind", web("health = { kind = \"tcp\", path = \"/\" }\n"), "service[0].health.path", "does not apply", 9),
         ("port 0 without health.port", service("name = \"all\"\nvip = \"203.0.113.10\"\nport = 0\nprotocol = \"tcp\"\n"), "service[0].health.port", "required", 4),
         ("health port 0", web("health = { port = 0 }\n"), "service[0].health.port", "1..=65535", 9),
+        ("announce without kind", ann("socket = \"/run/bird/bird.ctl\"\n"), "announce.kind", "required", 3),
+        ("announce kind ospf", ann("kind = \"ospf\"\n"), "announce.kind", "\"none\", \"bird\", \"command\"", 4),
+        ("announce unknown key", ann("kind = \"bird\"\nsokcet = \"/x\"\n"), "announce.sokcet", "unknown field", 5),
+        ("announce not a table", "announce = 5\n[daemon]\ninterfaces = [\"lo\"]\n".into(), "announce", "expected a table", 1),
+        ("announce bird socket relative", ann("kind = \"bird\"\nsocket = \"bird.ctl\"\n"), "announce.socket", "absolute", 5),
+        ("announce socket with kind command", ann("kind = \"command\"\nannounce = [\"/bin/a\", \"{vip}\"]\nwithdraw = [\"/bin/w\", \"{vip}\"]\nsocket = \"/x\"\n"), "announce.socket", "applies to kind = \"bird\" only", 7),
+        ("announce command with kind bird", ann("kind = \"bird\"\nwithdraw = [\"/bin/w\", \"{vip}\"]\n"), "announce.withdraw", "applies to kind = \"command\" only", 5),
+        ("announce command without a placeholder", ann("kind = \"command\"\nannounce = [\"/bin/a\"]\nwithdraw = [\"/bin/w\", \"{prefix}\"]\n"), "announce.announce", "must contain {vip} or {prefix}", 5),
+        ("announce command missing", ann("kind = \"command\"\nannounce = [\"/bin/a\", \"{vip}\"]\n"), "announce.withdraw", "must name a program", 3),
+        ("announce command empty program", ann("kind = \"command\"\nannounce = [\"\", \"{vip}\"]\nwithdraw = [\"/bin/w\", \"{vip}\"]\n"), "announce.announce", "must name a program", 5),
     ];
     assert!(cases.len() >= 30);
     let mut seen = HashSet::new();
@@ -312,6 +324,35 @@ fn design_example_parses_with_defaults() {
 }
 
 #[test]
+fn announce_table() {
+    let c = parse_str(&web("")).unwrap();
+    assert_eq!(c.announce, Announce::None, "no table: nothing announced");
+    let c = parse_str(&web("").replace("[[service]]", "[announce]\nkind = \"bird\"\n[[service]]"))
+        .unwrap();
+    assert_eq!(
+        c.announce,
+        Announce::Bird {
+            socket: "/run/bird/bird.ctl".into()
+        }
+    );
+    let c = parse_str(&web("").replace(
+        "[[service]]",
+        "[announce]\nkind = \"bird\"\nsocket = \"/run/b.ctl\"\n[[service]]",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.announce,
+        Announce::Bird {
+            socket: "/run/b.ctl".into()
+        }
+    );
+    let c = parse_str(&web("").replace("[[service]]", "[announce]\nkind = \"none\"\n[[service]]"))
+        .unwrap();
+    assert_eq!(c.announce, Announce::None);
+    assert!(!c.to_toml().contains("[announce]"));
+}
+
+#[test]
 fn valid_variants() {
     // Zero backends, a port-0 service beside a port-80 one on the same VIP, health
     // kinds, metrics disabled, generic mode.
@@ -418,6 +459,11 @@ fn to_toml_round_trips() {
         web("health = { kind = \"http\", path = \"/healthz\", expect = \"200-299\" }\n").replace(
             "[\"lo\"]",
             "[\"lo\"]\nmetrics = \"\"\nxdp_mode = \"generic\"",
+        ),
+        web("").replace("[[service]]", "[announce]\nkind = \"bird\"\n\n[[service]]"),
+        web("").replace(
+            "[[service]]",
+            "[announce]\nkind = \"command\"\nannounce = [\"/bin/a\", \"{prefix}\"]\nwithdraw = [\"/bin/w\", \"{vip}\"]\n[[service]]",
         ),
         service(
             "name = \"dns\"\nvip = \"2001:db8::53\"\nport = 0\nprotocol = \"udp\"\n\

@@ -77,6 +77,8 @@ pub enum Observation {
     Looked(Box<Looked>),
     /// Status requests waiting for fresh pin counts have waited long enough.
     CountsDeadline,
+    /// The announcer synced: the outcome per VIP.
+    Announced(Vec<crate::announce::VipAnnouncement>),
 }
 
 /// One probe result of the health task of (`service`, `address`).

@@ -7,7 +7,7 @@
 //! - `server.rs`: the control socket (and the metrics server's task);
 //! - `views.rs`: status, stats and metrics from one walk;
 //! - `look.rs`: the first look at new backends; `reload.rs`: `xlb reload` and SIGHUP;
-//! - `tasks/`: health checks, neighbours, links, pin counts, rates.
+//! - `tasks/`: health checks, neighbours, links, pin counts, rates, announcing the VIPs.
 //!
 //! Owns: the runtime, the channels, the signals. Must not touch: any state (the owner's),
 //! the CLI (the daemon never imports it).
@@ -107,6 +107,10 @@ async fn serve(started: Started) -> anyhow::Result<()> {
     let (access_tx, access_rx) = watch::channel(access);
     let (targets, targets_rx) = watch::channel(Arc::new(Vec::new()));
     let (names, names_rx) = watch::channel(Arc::new(started.ifaces.names()));
+    let (announce, announce_rx) = watch::channel(tasks::announce::AnnounceInput {
+        announce: started.cfg.announce.clone(),
+        facts: None,
+    });
     let resolve_now = Arc::new(Notify::new());
     let scan_now = Arc::new(Notify::new());
     let _tasks = [
@@ -120,6 +124,7 @@ async fn serve(started: Started) -> anyhow::Result<()> {
         tasks::links::spawn(names_rx, observations.clone()),
         tasks::scan::spawn(d.pin_dir.clone(), scan_now.clone(), observations.clone()),
         tasks::rates::spawn(observations.clone()),
+        tasks::announce::spawn(announce_rx, observations.clone()),
         server::spawn(listener, access_rx, commands.clone()),
     ];
     let lines = Lines {
@@ -131,6 +136,7 @@ async fn serve(started: Started) -> anyhow::Result<()> {
         names,
         access: access_tx,
         metrics,
+        announce,
     };
     let owner = Owner::new(started, lines);
     // Persist the adopted state's diff right away, so a config edit plus restart keeps

@@ -35,7 +35,12 @@ use super::{
     server::{Access, MetricsServer},
     startup::Started,
     tasks::{
-        health::Checks, links::Interfaces, neigh::NeighBook, rates::Rates, scan::PinnedCounts,
+        announce::{self, AnnounceBook, AnnounceInput},
+        health::Checks,
+        links::Interfaces,
+        neigh::NeighBook,
+        rates::Rates,
+        scan::PinnedCounts,
     },
     views,
 };
@@ -68,6 +73,8 @@ pub struct State {
     pub checks: Checks,
     pub pinned: PinnedCounts,
     pub rates: Rates,
+    /// The announcer's last outcome per VIP.
+    pub announced: AnnounceBook,
     /// When the programmed state last changed: pin counts taken before are not fresh.
     pub changed_at: Instant,
     /// One daemon per pin_dir: held as long as the state.
@@ -87,6 +94,8 @@ pub struct Lines {
     /// Who may use the control socket.
     pub access: watch::Sender<Access>,
     pub metrics: MetricsServer,
+    /// What the announce task acts on: `[announce]` and the facts of the state.
+    pub announce: watch::Sender<AnnounceInput>,
 }
 
 pub struct Owner {
@@ -126,6 +135,7 @@ impl Owner {
             checks: Checks::default(),
             pinned: PinnedCounts::default(),
             rates: Rates::default(),
+            announced: AnnounceBook::default(),
             changed_at: Instant::now(),
             _lock: s.lock,
         };
@@ -144,12 +154,29 @@ impl Owner {
     ) {
         self.after_change();
         loop {
+            self.publish_announce_facts();
             tokio::select! {
                 Some(c) = commands.recv() => self.command(c),
                 Some(o) = observations.recv() => self.observe(o),
                 else => return,
             }
         }
+    }
+
+    /// Tells the announce task what it acts on when that changed (after every message:
+    /// edits, health transitions, links, reloads all change it).
+    fn publish_announce_facts(&self) {
+        let input = AnnounceInput {
+            announce: self.st.cfg.announce.clone(),
+            facts: Some(announce::facts(&self.st)),
+        };
+        self.io.announce.send_if_modified(|current| {
+            let changed = *current != input;
+            if changed {
+                *current = input;
+            }
+            changed
+        });
     }
 
     fn command(&mut self, c: Command) {
@@ -215,6 +242,7 @@ impl Owner {
             }
             Observation::Looked(l) => self.looked(*l),
             Observation::CountsDeadline => self.answer_waiting(true),
+            Observation::Announced(outcomes) => self.st.announced.record(outcomes),
         }
     }
 

@@ -352,14 +352,20 @@ mod tests {
             weight: 3,
         };
         running.apply(&add).unwrap();
+        running.apply(&Edit::NodeDrain).unwrap();
         let edits = running.diff(&old);
         let mut cfg = Config {
             path: "/x.toml".into(),
             daemon: daemon(),
+            announce: crate::model::Announce::None,
             services: vec![web(&["192.0.2.1", "192.0.2.3"])],
         };
         let (next, warnings) = replay(&cfg, &edits);
         assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(
+            next.node_drained(),
+            "a drained node stays drained across a reload"
+        );
         let s = next.service("web").unwrap();
         let addrs: Vec<String> = s.backends.iter().map(|b| b.address.to_string()).collect();
         assert_eq!(addrs, ["192.0.2.1", "192.0.2.3", "192.0.2.9"]);

@@ -162,6 +162,46 @@ pub fn status(st: &State) -> api::Status {
             .iter()
             .map(|s| service_status(st, s))
             .collect(),
+        announce: announce_status(st),
+    }
+}
+
+/// The policy's decision now (fresh right after a change), with what the announcer did
+/// at its last sync.
+fn announce_status(st: &State) -> api::AnnounceStatus {
+    use crate::model::Announce;
+    let book = &st.announced;
+    let kind = st.cfg.announce.kind();
+    let vips = crate::announce::decide(&super::tasks::announce::facts(st))
+        .into_iter()
+        .map(|d| {
+            let last = book.outcomes.iter().find(|o| o.vip == d.vip);
+            let state = match (kind, last.and_then(|o| o.announced)) {
+                (crate::model::AnnounceKind::None, _) => "none",
+                (_, Some(true)) => "announced",
+                (_, Some(false)) => "withdrawn",
+                (_, None) => "unknown",
+            };
+            api::VipStatus {
+                vip: d.vip,
+                state: state.into(),
+                want: d.announce,
+                why: d.reason.code().into(),
+                reason: d.reason.to_string(),
+                error: last.and_then(|o| o.error.clone()),
+            }
+        })
+        .collect();
+    api::AnnounceStatus {
+        kind: kind.name().into(),
+        target: match &st.cfg.announce {
+            Announce::None => None,
+            Announce::Bird { socket } => Some(socket.display().to_string()),
+            Announce::Command { announce, .. } => Some(announce.join(" ")),
+        },
+        node_drained: st.ctl.desired.node_drained(),
+        synced_age_s: book.synced.map(|t| t.elapsed().as_secs_f64()),
+        vips,
     }
 }
 
@@ -283,6 +323,18 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
             .statuses()
             .into_iter()
             .map(|i| (i.name, i.attached))
+            .collect(),
+        vips: announce_status(st)
+            .vips
+            .into_iter()
+            .map(|v| {
+                let announced = match v.state.as_str() {
+                    "announced" => Some(true),
+                    "withdrawn" => Some(false),
+                    _ => None,
+                };
+                (v.vip.to_string(), v.want, announced)
+            })
             .collect(),
         packets: packets(&view.global),
         services,

@@ -13,12 +13,14 @@ use super::{
     validate::{FieldError, validate_service},
 };
 
-/// The services xlb should run, by name. Each service's backends are kept in address
-/// order (the Maglev table does not depend on order, and a normal form makes
-/// `replay(diff)` give back exactly what was saved).
+/// The services xlb should run, by name, and whether the node is in maintenance. Each
+/// service's backends are kept in address order (the Maglev table does not depend on
+/// order, and a normal form makes `replay(diff)` give back exactly what was saved).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     services: BTreeMap<String, Service>,
+    /// `xlb node drain`: every VIP withdrawn, whatever the services can serve.
+    node_drained: bool,
 }
 
 impl Desired {
@@ -29,7 +31,13 @@ impl Desired {
                 .iter()
                 .map(|s| (s.name.clone(), normalized(s)))
                 .collect(),
+            node_drained: false,
         }
+    }
+
+    /// The node is in maintenance (`xlb node drain`).
+    pub fn node_drained(&self) -> bool {
+        self.node_drained
     }
 
     /// In name order.
@@ -94,6 +102,15 @@ impl Desired {
                 address,
                 weight,
             } => self.change_backend(service, *address, |s, a| set(s, a, |b| b.weight = *weight)),
+            // Idempotent, like draining a backend twice.
+            Edit::NodeDrain => {
+                self.node_drained = true;
+                Ok(())
+            }
+            Edit::NodeUndrain => {
+                self.node_drained = false;
+                Ok(())
+            }
         }
     }
 
@@ -183,7 +200,8 @@ impl Desired {
 
     /// The edits that turn the config's `base` into `self`, in normal form: removals of
     /// config services, then per service either backend edits (same settings) or a
-    /// replacement (remove + add). `replay(base, &diff(base))` gives `self` back.
+    /// replacement (remove + add), then the node's maintenance. `replay(base,
+    /// &diff(base))` gives `self` back.
     pub fn diff(&self, base: &[Service]) -> Vec<Edit> {
         let base: BTreeMap<&str, Service> = base
             .iter()
@@ -210,6 +228,9 @@ impl Desired {
                     service: Box::new(now.clone()),
                 }),
             }
+        }
+        if self.node_drained {
+            edits.push(Edit::NodeDrain);
         }
         edits
     }

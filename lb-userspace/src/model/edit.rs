@@ -61,19 +61,25 @@ pub enum Edit {
         address: IpAddr,
         weight: u32,
     },
+    /// Maintenance: withdraw every VIP of this node (the data plane keeps forwarding
+    /// what still arrives).
+    NodeDrain,
+    /// Back in service: announce the VIPs this node can serve.
+    NodeUndrain,
 }
 
 impl Edit {
-    /// The service the edit changes.
-    pub fn service_name(&self) -> &str {
+    /// The service the edit changes (none for the node's own edits).
+    pub fn service_name(&self) -> Option<&str> {
         match self {
-            Edit::ServiceAdd { service } => &service.name,
-            Edit::ServiceRemove { name } => name,
+            Edit::ServiceAdd { service } => Some(&service.name),
+            Edit::ServiceRemove { name } => Some(name),
             Edit::BackendAdd { service, .. }
             | Edit::BackendRemove { service, .. }
             | Edit::BackendDrain { service, .. }
             | Edit::BackendUndrain { service, .. }
-            | Edit::BackendWeight { service, .. } => service,
+            | Edit::BackendWeight { service, .. } => Some(service),
+            Edit::NodeDrain | Edit::NodeUndrain => None,
         }
     }
 
@@ -131,6 +137,8 @@ impl Edit {
                 address,
                 weight,
             } => format!("backend {address} of service {service}: weight {weight}"),
+            Edit::NodeDrain => "node drained: every VIP withdrawn".into(),
+            Edit::NodeUndrain => "node undrained: VIPs announced while they can be served".into(),
         }
     }
 }

@@ -88,3 +88,13 @@ pub const STATE_DIR: &str = "/var/lib/xlb/deployments";
 pub const DEFAULT_AFFINITY_CAPACITY: u32 = lb_common::DEFAULT_AFFINITY_CAPACITY;
 /// The affinity LRU is preallocated by the kernel; 2^26 entries is already gigabytes.
 pub const MAX_AFFINITY_CAPACITY: u32 = 1 << 26;
+
+// --- announce ---------------------------------------------------------------------------
+
+/// BIRD's control socket on Debian (`bird -s` changes it).
+pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
+/// How often the announcer checks that the BGP daemon announces what it should (a
+/// restarted BIRD, a protocol someone disabled by hand), besides every change.
+pub const ANNOUNCE_SYNC_PERIOD: Duration = Duration::from_secs(1);
+/// How long one talk with BIRD, or one announce/withdraw command, may take.
+pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(5);

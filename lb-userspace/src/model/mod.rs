@@ -4,10 +4,12 @@
 //!
 //! Owns: the types ([`Service`], [`Backend`], [`HealthCheck`], …), their name tables
 //! ([`names`]), limits and defaults ([`limits`]), the one validator ([`validate`]), the
-//! runtime change ([`edit::Edit`]) and the intent ([`desired::Desired`]).
+//! runtime change ([`edit::Edit`]), the intent ([`desired::Desired`]) and how the node
+//! announces its VIPs ([`announce::Announce`]).
 //! Must not touch: maps, sockets, files; nothing here does I/O.
 
 pub mod addr;
+pub mod announce;
 pub mod desired;
 pub mod duration;
 pub mod edit;
@@ -21,6 +23,7 @@ use std::{net::IpAddr, time::Duration};
 pub use addr::{
     Link, addr_bytes, addr_from_bytes, addr_from_words, addr_words, is_ipv6_link_local,
 };
+pub use announce::{Announce, AnnounceKind};
 pub use desired::Desired;
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use edit::Edit;

@@ -15,8 +15,8 @@ use std::{collections::HashSet, fmt, net::IpAddr, net::SocketAddr, time::Duratio
 use lb_common::maglev::{is_prime, next_prime};
 
 use super::{
-    Forwarding, HealthCheck, HealthKind, Service, format_duration, is_ipv6_link_local, limits::*,
-    status_range,
+    Announce, Forwarding, HealthCheck, HealthKind, Service, announce::PLACEHOLDERS,
+    format_duration, is_ipv6_link_local, limits::*, status_range,
 };
 
 /// A problem with one field, named relative to its service (or to the edit that
@@ -333,4 +333,42 @@ fn check_timing(e: &mut Errors, h: &HealthCheck) {
             ),
         );
     }
+}
+
+/// Checks the `[announce]` table's values: BIRD's socket is an absolute path; each
+/// command names a program and says which VIP it is about (every VIP is announced and
+/// withdrawn on its own, so a command without `{vip}` or `{prefix}` would do the same
+/// for all of them).
+pub fn validate_announce(a: &Announce) -> Result<(), Vec<FieldError>> {
+    let mut e = Errors::default();
+    match a {
+        Announce::None => {}
+        Announce::Bird { socket } => {
+            if !socket.is_absolute() {
+                e.push("socket", format!("{:?} must be an absolute path", socket));
+            }
+        }
+        Announce::Command { announce, withdraw } => {
+            for (field, argv) in [("announce", announce), ("withdraw", withdraw)] {
+                if argv.first().is_none_or(|p| p.is_empty()) {
+                    e.push(
+                        field,
+                        "must name a program, e.g. [\"/usr/local/bin/vip\", \"add\", \"{prefix}\"]",
+                    );
+                } else if !argv
+                    .iter()
+                    .any(|a| PLACEHOLDERS.iter().any(|p| a.contains(p)))
+                {
+                    e.push(
+                        field,
+                        format!(
+                            "must contain {} or {} (it runs once per VIP)",
+                            PLACEHOLDERS[0], PLACEHOLDERS[1]
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    e.finish(())
 }

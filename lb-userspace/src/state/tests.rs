@@ -75,13 +75,19 @@ fn diff_then_replay_round_trips() {
         Edit::ServiceAdd {
             service: Box::new(svc("c", "10.0.0.3", &["10.1.0.4"])),
         },
+        Edit::NodeDrain,
     ] {
         now.apply(&e).unwrap_or_else(|err| panic!("{e:?}: {err:?}"));
     }
     let edits = now.diff(&base);
+    assert_eq!(edits.last(), Some(&Edit::NodeDrain));
     let (again, w) = Desired::replay(&base, &edits);
     assert!(w.is_empty(), "{w:?}");
     assert_eq!(again, now);
+    assert!(again.node_drained());
+    // Undrained: nothing about the node is stored.
+    now.apply(&Edit::NodeUndrain).unwrap();
+    assert!(!now.diff(&base).contains(&Edit::NodeDrain));
     // A changed service setting is a replacement; nothing changed: nothing stored.
     let mut changed = Desired::from_services(&base);
     let mut a = changed.service("a").unwrap().clone();

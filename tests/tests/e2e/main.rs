@@ -6,6 +6,7 @@
 mod control;
 mod daemon;
 mod dataplane;
+mod ecmp;
 mod health;
 mod realnet;
 mod scenarios;

@@ -249,13 +249,17 @@ fn a_retired_map_is_removed_an_unknown_one_refused_and_the_rest_kept() {
 /// removed only then.
 #[test]
 fn the_lru_of_earlier_releases_is_migrated_with_every_entry() {
+    // Roomy, so that no bucket of the new table can overflow (at 500 clients in a
+    // 4,096-client table, a random seed overflows a bucket in about 1% of runs, and the
+    // test would lose an entry the migration was right to drop).
+    const CAP: u32 = 65_536;
     let dir = PinDir::new();
-    fresh_state(&dir, 4096, 0);
+    fresh_state(&dir, CAP, 0);
     // What the earlier release left: an LRU, and neither of the table's companions.
     for name in [MAP_AFFINITY, MAP_AFF_KEYS, MAP_SVC_IDLE] {
         std::fs::remove_file(dir.map(name)).expect("unpin");
     }
-    pin_map(&dir.map(MAP_AFFINITY), MapKind::LruHash, 24, 24, 4096, 0);
+    pin_map(&dir.map(MAP_AFFINITY), MapKind::LruHash, 24, 24, CAP, 0);
     let mut old = lru_at(&dir.map(MAP_AFFINITY));
     for i in 0..500 {
         let (k, v) = entry(i);
@@ -271,12 +275,12 @@ fn the_lru_of_earlier_releases_is_migrated_with_every_entry() {
     };
     assert!(
         matches!(
-            pin::survey_with(&dir.0, &opts(4096), &unknowing),
+            pin::survey_with(&dir.0, &opts(CAP), &unknowing),
             Err(PinError::UnknownLayout { .. })
         ),
         "an unknown layout must be refused"
     );
-    let (s, loaded, _dp) = adopt(&dir.0, 4096, &CATALOG);
+    let (s, loaded, _dp) = adopt(&dir.0, CAP, &CATALOG);
     assert_eq!(s.migrations.len(), 1, "{s:?}");
     assert_eq!(s.migrations[0].conversion, Conversion::AffinityFromLru);
     assert!(s.created.contains(&MAP_AFF_KEYS) && s.created.contains(&MAP_SVC_IDLE));
@@ -307,7 +311,7 @@ fn the_lru_of_earlier_releases_is_migrated_with_every_entry() {
         .info()
         .expect("info");
     assert_eq!(info.map_type().expect("type"), aya::maps::MapType::Array);
-    assert_eq!(info.max_entries(), table_entries(4096));
+    assert_eq!(info.max_entries(), table_entries(CAP));
 }
 
 /// A capacity change interrupted after the old table was set aside but not its keys

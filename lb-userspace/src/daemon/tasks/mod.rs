@@ -6,6 +6,7 @@
 //! Owns: nothing shared — every task talks to the owner through its channel. Must not
 //! touch: the controller or the maps' contents (the owner's).
 
+pub mod announce;
 pub mod health;
 pub mod links;
 pub mod neigh;
