@@ -2,7 +2,9 @@
 //! them has MTU 1400 (`Lab::with_router`), backends answering them through it in DSR.
 //! Path-MTU discovery works through the balancer (the router's "fragmentation needed" /
 //! "packet too big", addressed to the VIP, reach the backend that sent the reply), and
-//! datagrams larger than the path, fragmented by the client, reach one backend per client.
+//! datagrams larger than the path, fragmented by the client, reach one backend per client
+//! (with a second UDP service on each VIP, so the later fragments follow their first
+//! one's tracking).
 //! And `xlb decap` on a backend: tunnel packets from the allowed sources reach its
 //! server as the inner packets, those from anyone else do not.
 
@@ -16,7 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use xlb_tests::{
     lab::{
         HTTP_PORT, LB4, LB6, Lab, LabOptions, UDP_PORT, VIP4, VIP6, http_request, run,
-        udp_request_sized, xlb_bin,
+        service_block, udp_request_sized, xlb_bin,
     },
     packet::{V4Opts, ip, udp},
 };
@@ -28,7 +30,7 @@ const DOWNLOAD: usize = 1 << 20;
 /// A datagram the client must cut into three fragments.
 const DATAGRAM: usize = 4000;
 
-fn routed_lab(clients: usize) -> Lab {
+fn routed_lab(clients: usize, extra_services: &str) -> Lab {
     let mut lab = Lab::with_router(
         LabOptions {
             backends: 3,
@@ -37,9 +39,34 @@ fn routed_lab(clients: usize) -> Lab {
         },
         MTU,
     );
+    lab.write_config(&format!("{}{extra_services}", lab.default_services()));
     lab.start_servers();
     lab.start_daemon();
     lab
+}
+
+/// A second UDP service on each VIP (port 54, not served, health none): later fragments
+/// to port 53 can no longer go to the VIP's only UDP service and need the tracking of
+/// their first fragment.
+fn second_udp_services(lab_backends: &[IpAddr]) -> String {
+    [("dns4b", IpAddr::V4(VIP4)), ("dns6b", IpAddr::V6(VIP6))]
+        .iter()
+        .map(|(name, vip)| {
+            let backends: Vec<(IpAddr, u32)> = lab_backends
+                .iter()
+                .filter(|a| a.is_ipv4() == vip.is_ipv4())
+                .map(|a| (*a, 1))
+                .collect();
+            service_block(
+                name,
+                &vip.to_string(),
+                54,
+                "udp",
+                "health = { kind = \"none\" }",
+                &backends,
+            )
+        })
+        .collect()
 }
 
 /// The service counter `name` of every service, by service name.
@@ -60,7 +87,7 @@ fn service_counter(lab: &Lab, name: &str) -> BTreeMap<String, u64> {
 
 #[test]
 fn path_mtu_discovery_works_through_the_balancer_in_dsr() {
-    let lab = routed_lab(2);
+    let lab = routed_lab(2, "");
     for (client, vip) in [
         (lab.clients4[0], IpAddr::V4(VIP4)),
         (lab.clients6[0], IpAddr::V6(VIP6)),
@@ -97,7 +124,26 @@ fn path_mtu_discovery_works_through_the_balancer_in_dsr() {
 
 #[test]
 fn fragmented_udp_reaches_one_backend_per_client_in_dsr() {
-    let lab = routed_lab(24);
+    // The backends' addresses are the lab's fixed ones (10.100.0.11.., fd00:100::11..).
+    let backends: Vec<IpAddr> = (0..3u8)
+        .flat_map(|i| {
+            [
+                IpAddr::V4(std::net::Ipv4Addr::new(10, 100, 0, 11 + i)),
+                IpAddr::V6(std::net::Ipv6Addr::new(
+                    0xfd00,
+                    0x100,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0x11 + u16::from(i),
+                )),
+            ]
+        })
+        .collect();
+    let extra = second_udp_services(&backends);
+    let lab = routed_lab(24, &extra);
     let mut seen = BTreeSet::new();
     for (clients, vip) in [
         (&lab.clients4, IpAddr::V4(VIP4)),
