@@ -146,6 +146,23 @@ pub fn run() {
 
     let client = v4("198.51.100.7");
     let hit_pkt = tcp_frame(client, vip, 40000, 80);
+    // Opt-in experiment: where the table's buckets live (bench/layout.rs).
+    if let Ok(mode) = std::env::var("XLB_BENCH_LAYOUT") {
+        let rotated = super::layout::RotatedXlb {
+            cfg: &mut rotate,
+            rotator: prog("src_rotator"),
+            clients: RotateConfig {
+                base: 0x0a00_0000,
+                mask: MANY - 1,
+                shift: (FULL_CAPACITY / MANY).trailing_zeros(),
+                ..RotateConfig::default()
+            },
+        };
+        super::layout::run(rotated, prog("xdp_pass"), &hit_pkt, load_start);
+        if mode == "only" {
+            return;
+        }
+    }
     let other_pkt = tcp_frame(client, v4("10.9.9.9"), 40000, 80);
     // Pin the client once so every measured run is an affinity hit.
     assert_eq!(h.run(&hit_pkt, LO).action, 3, "hit packet not forwarded");
