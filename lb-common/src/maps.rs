@@ -19,10 +19,11 @@
 
 use crate::{
     AffinityKey, AffinityValue, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY,
-    DEFAULT_MAGLEV_SLOTS, FAST_SERVICE_SLOTS, FastService, MAP_AFF_KEYS, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_BE_STATS, MAP_MAGLEV, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE,
-    MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES,
-    MAX_TX_PORTS, ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
+    DEFAULT_MAGLEV_SLOTS, FAST_SERVICE_SLOTS, FastService, FragKey, FragValue, MAP_AFF_KEYS,
+    MAP_AFFINITY, MAP_BACKENDS, MAP_BE_STATS, MAP_FRAGS, MAP_MAGLEV, MAP_SERVICES, MAP_STATS,
+    MAP_SVC_FAST, MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS,
+    MAX_SERVICE_KEYS, MAX_SERVICES, MAX_TRACKED_FRAGMENTS, MAX_TX_PORTS, ServiceKey, ServiceStats,
+    ServiceValue, Stat, VIP_FILTER_WORDS,
     affinity::table::{Bucket, ColdBucket, table_entries},
 };
 
@@ -116,6 +117,11 @@ pub enum Conversion {
     /// `XLB_AFF_KEYS` of another size: carried over by the conversion of `XLB_AFFINITY`
     /// (which reads the old keys); nothing of its own.
     AffinityKeys,
+    /// A per-CPU array of `u64` counters with another number of entries (`XLB_STATS`
+    /// when a release adds a verdict): every index both have is carried over, per CPU
+    /// the larger of the old and the new value (counters only grow, and the conversion
+    /// runs twice: before and after the new program is attached).
+    Counters,
 }
 
 /// What adoption does with a pinned map whose only difference is `max_entries`.
@@ -296,13 +302,17 @@ pub const MAPS: &[MapDef] = &[
         4,
         MaxEntries::Fixed(MAX_SERVICES),
     ),
-    def(
-        MAP_STATS,
-        MapKind::PerCpuArray,
-        4,
-        8,
-        MaxEntries::Fixed(Stat::COUNT),
-    ),
+    // A release that adds a verdict adds an entry: the counters are carried over.
+    MapDef {
+        on_resize: OnResize::Migrate(Conversion::Counters),
+        ..def(
+            MAP_STATS,
+            MapKind::PerCpuArray,
+            4,
+            8,
+            MaxEntries::Fixed(Stat::COUNT),
+        )
+    },
     def(
         MAP_SVC_STATS,
         MapKind::PerCpuArray,
@@ -316,6 +326,13 @@ pub const MAPS: &[MapDef] = &[
         4,
         size::<BackendStats>(),
         MaxEntries::Fixed(MAX_BACKENDS),
+    ),
+    def(
+        MAP_FRAGS,
+        MapKind::LruHash,
+        size::<FragKey>(),
+        size::<FragValue>(),
+        MaxEntries::Fixed(MAX_TRACKED_FRAGMENTS),
     ),
     def(
         MAP_TX_PORTS,

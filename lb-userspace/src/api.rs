@@ -278,6 +278,9 @@ pub struct ServiceStats {
     pub repins: u64,
     pub expiries: u64,
     pub no_backend: u64,
+    /// ICMP errors about the service's packets sent on to the clients' backends.
+    #[serde(default)]
+    pub icmp_errors: u64,
     pub backends: Vec<BackendStats>,
 }
 

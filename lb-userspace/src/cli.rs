@@ -99,6 +99,10 @@ pub enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+    /// Tunnel decapsulation on a backend (no daemon needed): strip the outer header of
+    /// IPIP, IP6IP6 and 4in6 packets from the balancers, pass the inner packet on.
+    #[command(subcommand)]
+    Decap(DecapCmd),
     /// Print a shell completion script (bash, zsh or fish) on standard output.
     Completions {
         #[arg(value_enum)]
@@ -114,6 +118,45 @@ pub enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum DecapCmd {
+    /// Attach to IFACE (again: replace the allowed prefixes, re-read the host's
+    /// addresses). Pinned under /sys/fs/bpf/xlb-decap/IFACE; a reboot needs it again.
+    Attach {
+        iface: String,
+        /// Outer sources allowed to tunnel to this host (the balancers), ADDRESS/LEN or
+        /// ADDRESS; anything else passes untouched.
+        #[arg(long = "from", required = true, num_args = 1..)]
+        from: Vec<crate::decap::Prefix>,
+        /// Attach in generic (skb) mode, for drivers without native XDP.
+        #[arg(long)]
+        generic: bool,
+        #[command(flatten)]
+        pins: DecapPins,
+    },
+    /// Detach from IFACE and remove its pinned state.
+    Detach {
+        iface: String,
+        #[command(flatten)]
+        pins: DecapPins,
+    },
+    /// Packets decapsulated per tunnel kind and passed untouched per reason.
+    Stats {
+        iface: String,
+        #[command(flatten)]
+        pins: DecapPins,
+    },
+}
+
+/// Where `xlb decap` pins its state.
+#[derive(Args, Debug, Clone)]
+pub struct DecapPins {
+    /// The directory holding one directory per interface (one per network namespace
+    /// that uses decap: interface names repeat across namespaces).
+    #[arg(long, default_value = crate::decap::DECAP_PIN_ROOT)]
+    pub pin_dir: PathBuf,
 }
 
 /// `xlb status` flags.
@@ -428,6 +471,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Down { config, pin_dir } => {
             return down(cli, config.as_deref(), pin_dir.as_deref());
         }
+        Command::Decap(cmd) => return decap(cli, cmd),
         Command::Status(_) => Request::Status,
         Command::Reload => Request::Reload,
         Command::Stats => Request::Stats,
@@ -683,6 +727,56 @@ fn daemon_pid(config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Result<E
         )),
         Err(e) => Err(anyhow::Error::new(e).context(format!("inspecting {}", pin_dir.display()))),
     }
+}
+
+/// `xlb decap …`: works on this host's bpffs alone.
+fn decap(cli: &Cli, cmd: &DecapCmd) -> anyhow::Result<ExitCode> {
+    use crate::decap::{self, Attached};
+    match cmd {
+        DecapCmd::Attach {
+            iface,
+            from,
+            generic,
+            pins,
+        } => {
+            let done = decap::attach(&pins.pin_dir, iface, from, *generic)?;
+            let list: Vec<String> = from.iter().map(ToString::to_string).collect();
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "interface": iface, "from": list,
+                        "updated": done == Attached::Updated })
+                );
+            } else {
+                let verb = match done {
+                    Attached::New => "attached to",
+                    Attached::Updated => "updated on",
+                };
+                println!("xlb decap {verb} {iface}: tunnels from {}", list.join(", "));
+            }
+        }
+        DecapCmd::Detach { iface, pins } => {
+            decap::detach(&pins.pin_dir, iface)?;
+            if !cli.json {
+                println!("xlb decap detached from {iface}");
+            }
+        }
+        DecapCmd::Stats { iface, pins } => {
+            let stats = decap::stats(&pins.pin_dir, iface)?;
+            if cli.json {
+                let m: serde_json::Map<String, serde_json::Value> = stats
+                    .iter()
+                    .map(|(s, n)| (s.name().to_string(), (*n).into()))
+                    .collect();
+                println!("{}", serde_json::Value::Object(m));
+            } else {
+                for (s, n) in stats {
+                    println!("{:<24} {n}", s.name());
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `xlb down`: detach, remove the pinned maps, and move the deployment's runtime changes

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod decap;
 pub mod display;
 pub mod docs;
 pub mod drain;

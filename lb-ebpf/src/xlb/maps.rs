@@ -7,12 +7,13 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY, DEFAULT_MAGLEV_SLOTS, FAST_SERVICE_SLOTS,
-    FastService, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES, MAX_TX_PORTS, ServiceKey,
-    ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
+    FastService, FragKey, FragValue, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES,
+    MAX_TRACKED_FRAGMENTS, MAX_TX_PORTS, ServiceKey, ServiceStats, ServiceValue, Stat,
+    VIP_FILTER_WORDS,
     affinity::table::{Bucket, ColdBucket, table_entries},
     maps::{BPF_F_MMAPABLE, Meta},
 };
@@ -90,3 +91,9 @@ pub static META: Array<Meta> = Array::with_max_entries(1, 0);
 #[cfg(feature = "log")]
 #[map(name = "XLB_LOG_GATE")]
 pub static LOG_GATE: Array<u64> = Array::with_max_entries(lb_common::log_gate::GATES, 0);
+
+/// Fragmented packets whose first fragment was balanced: their ports, for the later
+/// fragments (lb_common::FragKey).
+#[map(name = "XLB_FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragValue> =
+    LruHashMap::with_max_entries(MAX_TRACKED_FRAGMENTS, 0);

@@ -23,7 +23,7 @@ use super::{
     tasks::{links::Interfaces, neigh::NeighBook},
 };
 use crate::{
-    config::{Config, XdpMode},
+    config::{Config, IcmpEcho, XdpMode},
     dataplane::{
         events::{self, EventReader},
         loader::LoadOptions,
@@ -111,6 +111,7 @@ async fn load(
         warn!("this build's XDP program has no event ring buffer: its rare events are not logged");
     }
     let mut dp = DataPlane::from_ebpf(&mut ebpf)?;
+    dp.set_icmp_echo(d.icmp_echo == IcmpEcho::Reply)?;
     let mut ifaces = Interfaces::new(d.pin_dir.clone(), d.xdp_mode == XdpMode::Generic);
     for name in &d.interfaces {
         let index = super::tasks::links::ifindex(name)

@@ -276,6 +276,7 @@ pub fn stats(st: &State) -> Response {
             repins: s.counters.repins,
             expiries: s.counters.expiries,
             no_backend: s.counters.no_backend,
+            icmp_errors: s.counters.icmp_errors,
             backends: s
                 .backends
                 .iter()
@@ -354,6 +355,7 @@ fn service_snapshot(s: &ServiceView<'_>) -> metrics::ServiceSnapshot {
         repins: c.repins,
         expiries: c.expiries,
         no_backend: c.no_backend,
+        icmp_errors: c.icmp_errors,
         pinned_clients: s.pinned,
         backends: s
             .backends

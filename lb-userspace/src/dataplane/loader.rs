@@ -19,6 +19,10 @@ pub static XLB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// instruction counts that compare the hot path with and without them.
 pub static XLB_NOLOG_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-nolog"));
+
+/// The tunnel decapsulation program for backends (`xlb decap`), its own object.
+pub static DECAP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-decap"));
 /// Programs used only by benchmarks and tests (trivial pass, reflector).
 pub static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-bench-progs"));

@@ -10,6 +10,7 @@ mod ecmp;
 mod events;
 mod health;
 mod maintenance;
+mod realnet;
 mod scenarios;
 mod transients;
 mod watch;

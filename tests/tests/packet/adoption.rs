@@ -558,3 +558,47 @@ fn counting_passes_sweep_long_expired_entries() {
         .collect();
     assert_eq!(present, [true, true, false, true, true]);
 }
+
+/// `XLB_STATS` pinned by a release with fewer verdicts (11 before ICMP echo replies) is
+/// resized, not refused: every counter it had is carried over, the new ones start at 0,
+/// and the old map's pin goes once the new program runs.
+#[test]
+fn counters_of_a_release_with_fewer_verdicts_are_carried_over() {
+    use aya::maps::{PerCpuArray, PerCpuValues};
+    use lb_common::{MAP_STATS, Stat};
+    let dir = PinDir::new();
+    fresh_state(&dir, 4096, 0);
+    let path = dir.map(MAP_STATS);
+    std::fs::remove_file(&path).expect("unpin");
+    let old_count = Stat::COUNT - 1;
+    let m = pin_map(&path, MapKind::PerCpuArray, 4, 8, old_count, 0);
+    let mut old: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(m)).expect("per-CPU array");
+    let cpus = aya::util::nr_cpus().expect("cpus");
+    for i in 0..old_count {
+        let v: Vec<u64> = (0..cpus).map(|c| u64::from(i) * 100 + c as u64).collect();
+        old.set(i, PerCpuValues::try_from(v).expect("values"), 0)
+            .expect("set");
+    }
+    let want: Vec<u64> = (0..old_count)
+        .map(|i| (0..cpus).map(|c| u64::from(i) * 100 + c as u64).sum())
+        .collect();
+
+    let (s, loaded, dp) = adopt(&dir.0, 4096, &CATALOG);
+    assert_eq!(s.migrations.len(), 1, "{s:?}");
+    assert_eq!(s.migrations[0].conversion, Conversion::Counters);
+    let stats = dp.stats().expect("stats");
+    assert_eq!(
+        &stats[..old_count as usize],
+        &want[..],
+        "counters not carried over"
+    );
+    assert_eq!(stats[old_count as usize], 0, "a new verdict starts at 0");
+    pin::finish_migrations(&dir.0, &loaded.pending).expect("finish");
+    let stats = dp.stats().expect("stats");
+    assert_eq!(
+        &stats[..old_count as usize],
+        &want[..],
+        "a second pass changed them"
+    );
+}
