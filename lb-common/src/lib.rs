@@ -22,7 +22,9 @@
 
 pub mod affinity;
 pub mod bound;
+pub mod decap;
 pub mod hash;
+pub mod log_gate;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod maps;
@@ -92,6 +94,9 @@ pub const MAP_STATS: &str = "XLB_STATS";
 pub const MAP_SVC_STATS: &str = "XLB_SVC_STATS";
 /// PERCPU_ARRAY: backend id → [`BackendStats`].
 pub const MAP_BE_STATS: &str = "XLB_BE_STATS";
+/// LRU_HASH: [`FragKey`] → [`FragValue`]: the ports of each fragmented packet whose
+/// first fragment was balanced, so its later fragments (no ports) follow it.
+pub const MAP_FRAGS: &str = "XLB_FRAGS";
 /// DEVMAP_HASH: egress ifindex → ifindex, for `bpf_redirect_map`.
 pub const MAP_TX_PORTS: &str = "XLB_TX_PORTS";
 /// ARRAY: word index → `u64` bit set; a cheap pre-filter on destination addresses
@@ -103,6 +108,9 @@ pub const MAP_SAMPLES: &str = "XLB_SAMPLES";
 /// ARRAY: service id → `u32` sampling period N (one packet in N; 0 = off), set by the
 /// controller from the service's rate.
 pub const MAP_SAMPLE_N: &str = "XLB_SAMPLE_N";
+/// PERCPU_ARRAY: service id → `u32` packets until the next sample on this CPU. (Its own
+/// map: the service's per-CPU counters have no free word left.)
+pub const MAP_SAMPLE_CD: &str = "XLB_SAMPLE_CD";
 /// LPM_TRIE: the services' `nat_sources` prefixes (see [`natsrc`]).
 pub const MAP_NAT_SRC: &str = "XLB_NAT_SRC";
 /// ARRAY of `u64`: the pre-filter in front of `XLB_NAT_SRC` (see [`natsrc`]).
@@ -135,6 +143,15 @@ pub const DEFAULT_MAGLEV_SLOTS: u32 = 1 << 21;
 pub const DEFAULT_AFFINITY_CAPACITY: u32 = 1 << 20;
 /// Egress interfaces in the redirect map.
 pub const MAX_TX_PORTS: u32 = 64;
+/// Fragmented packets tracked at once (`XLB_FRAGS`, least recently used evicted).
+pub const MAX_TRACKED_FRAGMENTS: u32 = 65536;
+/// A tracked fragmented packet is forgotten this long after its first fragment (the
+/// kernel's own reassembly timeout, `net.ipv4.ipfrag_time`, is 30 s).
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+/// IPv6 extension headers walked before the upper-layer header, at most (hop-by-hop,
+/// destination options, routing, fragment, destination options again: RFC 8200's order
+/// has five; one more for slack). A chain longer than this is dropped and counted.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 /// Bits in the VIP pre-filter.
 pub const VIP_FILTER_BITS: u32 = 1 << 16;
 /// `u64` words in the VIP pre-filter array.
@@ -150,6 +167,8 @@ pub const FAMILY_V6: u8 = 10;
 /// IP protocol numbers (`IPPROTO_*`).
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 /// Protocol value of a VIP marker key (see [`SVC_F_VIP_MARKER`]).
 pub const PROTO_VIP_MARKER: u8 = 0;
 
@@ -184,9 +203,38 @@ pub const SVC_F_PASS_NO_BACKEND: u32 = 1 << 1;
 /// The entry is a VIP marker, not a service.
 pub const SVC_F_VIP_MARKER: u32 = 1 << 2;
 /// The service lists `nat_sources`: clients in them are keyed on address and port.
-pub const SVC_F_NAT_SOURCES: u32 = 1 << 3;
+pub const SVC_F_NAT_SOURCES: u32 = 1 << 4;
 /// The service has a `balance_factor`: new clients avoid backends over the bound.
-pub const SVC_F_BOUNDED: u32 = 1 << 4;
+pub const SVC_F_BOUNDED: u32 = 1 << 5;
+
+/// On a VIP marker: ICMP/ICMPv6 echo requests to this VIP are answered by the program
+/// (`daemon.icmp_echo = "reply"`); without it they are passed to the local stack.
+pub const SVC_F_ECHO_REPLY: u32 = 1 << 3;
+
+/// A VIP marker's `table_offset` (TCP) and `table_size` (UDP): this bit set means the
+/// VIP has exactly one service of that protocol that routes by source address alone
+/// (not `affinity = "none"`), whose port (network order, 0 = every port) is the low 16
+/// bits. A later fragment (no ports) untracked in `XLB_FRAGS` goes to that service.
+pub const MARKER_SOLE: u32 = 1 << 16;
+
+/// The port (network order) of the only service of `proto` on a VIP, from its marker's
+/// value (see [`MARKER_SOLE`]); `None` when it has none, several, or one with
+/// `affinity = "none"`.
+#[inline(always)]
+pub fn marker_sole_port(marker: &ServiceValue, proto: u8) -> Option<u16> {
+    let w = if proto == PROTO_TCP {
+        marker.table_offset
+    } else if proto == PROTO_UDP {
+        marker.table_size
+    } else {
+        0
+    };
+    if w & MARKER_SOLE != 0 {
+        Some(w as u16)
+    } else {
+        None
+    }
+}
 
 /// Forwarding modes (`ServiceValue::mode`).
 pub const MODE_DSR: u8 = 0;
@@ -254,6 +302,43 @@ pub fn fast_slot(key: &ServiceKey) -> u32 {
         | ((key.family as u64) << 56);
     (hash::fmix64(w) as u32) & (FAST_SERVICE_SLOTS - 1)
 }
+
+// ---------------------------------------------------------------------------------------
+// Fragments.
+// ---------------------------------------------------------------------------------------
+
+/// Key of `XLB_FRAGS`: one fragmented packet (RFC 791 / 8200: source, destination,
+/// identification and protocol name it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    /// Source and destination, network order ([`Addr`]).
+    pub saddr: Addr,
+    pub daddr: Addr,
+    /// Identification: IPv4's 16 bits (network order, zero-extended) or the IPv6
+    /// fragment header's 32 (network order).
+    pub id: u32,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+
+/// Value of `XLB_FRAGS`: the first fragment's ports and when it was seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragValue {
+    /// Ports of the first fragment, network order.
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub _pad: u32,
+    /// `bpf_ktime_get_coarse_ns()` of the first fragment; the entry is ignored after
+    /// [`FRAG_TIMEOUT_NS`].
+    pub seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FragValue>() == 16);
 
 // ---------------------------------------------------------------------------------------
 // Backends.
@@ -352,11 +437,14 @@ pub enum Stat {
     PassMalformed = 2,
     /// Service without a healthy backend, configured to pass to the local stack.
     PassNoBackend = 3,
-    /// Fragment addressed to a VIP: dropped (not balanced yet).
+    /// A later fragment (no ports) addressed to a VIP whose packet is not tracked and
+    /// whose VIP has no single source-address service of its protocol, or a fragment of
+    /// neither TCP nor UDP: dropped.
     DropFragment = 4,
     /// Addressed to a VIP but the TCP/UDP header is truncated: dropped.
     DropMalformed = 5,
-    /// IPv6 to a VIP with an extension header before TCP/UDP: dropped (unsupported).
+    /// IPv6 to a VIP with more extension headers than [`MAX_IPV6_EXT_HEADERS`], or with
+    /// AH, ESP, mobility, HIP, shim6 or an experimental one (253, 254): dropped.
     DropIpv6ExtHeader = 6,
     /// Service without a healthy backend: dropped.
     DropNoBackend = 7,
@@ -366,10 +454,13 @@ pub enum Stat {
     Tx = 9,
     /// Forwarded with XDP_REDIRECT to another interface.
     Redirect = 10,
+    /// ICMP or ICMPv6 echo request to a VIP answered by the program (XDP_TX), with
+    /// `daemon.icmp_echo = "reply"`.
+    IcmpEchoReply = 11,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::PassNonIp,
         Stat::PassNotService,
@@ -382,6 +473,7 @@ impl Stat {
         Stat::DropNoTxPort,
         Stat::Tx,
         Stat::Redirect,
+        Stat::IcmpEchoReply,
     ];
 
     /// Stable snake_case name, used in metrics and JSON.
@@ -398,6 +490,7 @@ impl Stat {
             Stat::DropNoTxPort => "drop_no_tx_port",
             Stat::Tx => "tx",
             Stat::Redirect => "redirect",
+            Stat::IcmpEchoReply => "icmp_echo_reply",
         }
     }
 }
@@ -420,10 +513,11 @@ pub struct ServiceStats {
     pub expiries: u64,
     /// Packets without a healthy backend (dropped or passed per the service flag).
     pub no_backend: u64,
-    /// Not a counter: this CPU's packets until the next source sample
-    /// ([`sample`]); it sits in the line the program already writes, so counting down
-    /// costs no lookup. (Reserved and zero before sampling existed: the same layout.)
-    pub sample_countdown: u64,
+    /// ICMP errors about the service's packets (inner source = the VIP and the service
+    /// port) sent on to the client's backend; they are in `packets` too, never in
+    /// `hits`/`misses` (they are looked up, never pinned). Was padding before: 0 in
+    /// state written by earlier releases.
+    pub icmp_errors: u64,
 }
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 64);
 
@@ -500,6 +594,8 @@ mod pod {
     unsafe impl aya::Pod for super::maps::Meta {}
     unsafe impl aya::Pod for super::affinity::table::Bucket {}
     unsafe impl aya::Pod for super::FastService {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragValue {}
     unsafe impl aya::Pod for super::affinity::table::ColdBucket {}
     unsafe impl aya::Pod for super::sample::SourceSample {}
     unsafe impl aya::Pod for super::natsrc::NatSourceData {}

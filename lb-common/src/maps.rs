@@ -19,11 +19,12 @@
 
 use crate::{
     AffinityKey, AffinityValue, Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY,
-    DEFAULT_MAGLEV_SLOTS, FAST_SERVICE_SLOTS, FastService, MAP_AFF_KEYS, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_BE_LOAD, MAP_BE_STATS, MAP_MAGLEV, MAP_NAT_FILTER, MAP_NAT_SRC, MAP_SAMPLE_N,
-    MAP_SAMPLES, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS,
-    MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES, MAX_TX_PORTS, ServiceKey,
-    ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
+    DEFAULT_MAGLEV_SLOTS, FAST_SERVICE_SLOTS, FastService, FragKey, FragValue, MAP_AFF_KEYS,
+    MAP_AFFINITY, MAP_BACKENDS, MAP_BE_LOAD, MAP_BE_STATS, MAP_FRAGS, MAP_MAGLEV, MAP_NAT_FILTER,
+    MAP_NAT_SRC, MAP_SAMPLE_CD, MAP_SAMPLE_N, MAP_SAMPLES, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST,
+    MAP_SVC_IDLE, MAP_SVC_STATS, MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICE_KEYS,
+    MAX_SERVICES, MAX_TRACKED_FRAGMENTS, MAX_TX_PORTS, ServiceKey, ServiceStats, ServiceValue,
+    Stat, VIP_FILTER_WORDS,
     affinity::table::{Bucket, ColdBucket, table_entries},
     natsrc::{BPF_F_NO_PREALLOC, MAX_NAT_SOURCES, NAT_FILTER_WORDS, NatSourceData},
     sample::SAMPLES_RING_BYTES,
@@ -121,6 +122,11 @@ pub enum Conversion {
     /// `XLB_AFF_KEYS` of another size: carried over by the conversion of `XLB_AFFINITY`
     /// (which reads the old keys); nothing of its own.
     AffinityKeys,
+    /// A per-CPU array of `u64` counters with another number of entries (`XLB_STATS`
+    /// when a release adds a verdict): every index both have is carried over, per CPU
+    /// the larger of the old and the new value (counters only grow, and the conversion
+    /// runs twice: before and after the new program is attached).
+    Counters,
 }
 
 /// What adoption does with a pinned map whose only difference is `max_entries`.
@@ -301,13 +307,17 @@ pub const MAPS: &[MapDef] = &[
         4,
         MaxEntries::Fixed(MAX_SERVICES),
     ),
-    def(
-        MAP_STATS,
-        MapKind::PerCpuArray,
-        4,
-        8,
-        MaxEntries::Fixed(Stat::COUNT),
-    ),
+    // A release that adds a verdict adds an entry: the counters are carried over.
+    MapDef {
+        on_resize: OnResize::Migrate(Conversion::Counters),
+        ..def(
+            MAP_STATS,
+            MapKind::PerCpuArray,
+            4,
+            8,
+            MaxEntries::Fixed(Stat::COUNT),
+        )
+    },
     def(
         MAP_SVC_STATS,
         MapKind::PerCpuArray,
@@ -321,6 +331,13 @@ pub const MAPS: &[MapDef] = &[
         4,
         size::<BackendStats>(),
         MaxEntries::Fixed(MAX_BACKENDS),
+    ),
+    def(
+        MAP_FRAGS,
+        MapKind::LruHash,
+        size::<FragKey>(),
+        size::<FragValue>(),
+        MaxEntries::Fixed(MAX_TRACKED_FRAGMENTS),
     ),
     def(
         MAP_TX_PORTS,
@@ -344,6 +361,13 @@ pub const MAPS: &[MapDef] = &[
         0,
         0,
         MaxEntries::Fixed(SAMPLES_RING_BYTES),
+    ),
+    def(
+        MAP_SAMPLE_CD,
+        MapKind::PerCpuArray,
+        4,
+        4,
+        MaxEntries::Fixed(MAX_SERVICES),
     ),
     def(
         MAP_SAMPLE_N,
@@ -386,6 +410,36 @@ pub const MAPS: &[MapDef] = &[
         MaxEntries::Fixed(1),
     ),
 ];
+
+/// The maps of one loaded program, never pinned: every load creates them afresh and
+/// they go with the program (the daemon that loaded it reads them). They are outside
+/// adoption, so pinned state of any release is adopted as before, and a program the
+/// daemon replaces at a restart takes its own with it. Both exist only in the build with
+/// data-plane diagnostics (lb-ebpf's `log` feature, the default).
+pub const PROGRAM_MAPS: &[MapDef] = &[
+    // aya-log's ring buffer (its name and size are aya-log-ebpf's: 128 KiB).
+    def(
+        MAP_AYA_LOGS,
+        MapKind::RingBuf,
+        0,
+        0,
+        MaxEntries::Fixed(1 << 17),
+    ),
+    // When each rare event was last reported ([`crate::log_gate`]): shared, one
+    // compare-and-swap per report.
+    def(
+        MAP_LOG_GATE,
+        MapKind::Array,
+        4,
+        8,
+        MaxEntries::Fixed(crate::log_gate::GATES),
+    ),
+];
+
+/// aya-log's ring buffer of records (the name aya-log-ebpf gives it).
+pub const MAP_AYA_LOGS: &str = "AYA_LOGS";
+/// ARRAY of `u64`: when each rare event was last reported ([`crate::log_gate`]).
+pub const MAP_LOG_GATE: &str = "XLB_LOG_GATE";
 
 /// Maps earlier releases pinned and this one no longer has: removed on adoption.
 pub const RETIRED_MAPS: &[&str] = &[];

@@ -2,8 +2,7 @@
 //! packets of a service (issue 12, "see it").
 //!
 //! After a packet of a service is forwarded, a per-CPU countdown of the service
-//! (`ServiceStats::sample_countdown`, in the per-CPU line the program writes anyway) is
-//! decremented; when it runs out, the packet is *sampled*: one
+//! (`XLB_SAMPLE_CD`) is decremented; when it runs out, the packet is *sampled*: one
 //! [`SourceSample`] goes to the ring buffer `XLB_SAMPLES` and the countdown restarts
 //! from the service's period N (`XLB_SAMPLE_N`, written by the controller), jittered by
 //! [`next_countdown`] so that traffic with a period of its own (round-robin clients)

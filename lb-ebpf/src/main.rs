@@ -17,7 +17,7 @@ mod xlb;
 use aya_ebpf::{bindings::xdp_action::XDP_ABORTED, macros::xdp, programs::XdpContext};
 use lb_common::Stat;
 use xlb::{
-    balance, forward,
+    balance, forward, frag, icmp,
     parse::{self, Parsed},
     sample, service, stats,
 };
@@ -33,22 +33,32 @@ pub fn xlb(ctx: XdpContext) -> u32 {
 /// The path of a packet, one module per step; nothing climbs back up. `Err` only for a
 /// map index out of range (XDP_ABORTED), which the loader and controller rule out.
 fn try_xlb(ctx: &XdpContext) -> Result<u32, ()> {
-    let flow = match parse::packet(ctx) {
-        Parsed::Flow(flow) => flow,
+    let (flow, svc) = match parse::packet(ctx) {
+        Parsed::Flow(flow) => match service::of(&flow) {
+            Some(svc) => (flow, svc),
+            None => return stats::pass(Stat::PassNotService),
+        },
+        Parsed::Fragment(later) => match frag::later(&later) {
+            Some(found) => found,
+            None => {
+                return service::not_balanceable(&later.daddr, later.family, Stat::DropFragment);
+            }
+        },
         Parsed::Pass(stat) => return stats::pass(stat),
+        Parsed::Icmp(at) => return icmp::handle(ctx, &at),
         Parsed::Unbalanceable {
             daddr,
             family,
             reason,
         } => return service::not_balanceable(&daddr, family, reason),
     };
-    let Some(svc) = service::of(&flow) else {
-        return stats::pass(Stat::PassNotService);
-    };
+    if let Some(id) = flow.first_fragment {
+        frag::track(&flow, id);
+    }
     let ss = stats::service(svc.id)?;
     match balance::backend(&svc, ss, &flow)? {
         Some(to) => {
-            sample::packet(ctx, ss, svc.id, &flow, to.id);
+            sample::packet(ctx, svc.id, &flow, to.id);
             forward::dsr(ctx, ss, to)
         }
         None => balance::no_backend(&svc, ss),

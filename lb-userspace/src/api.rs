@@ -48,6 +48,12 @@ pub enum Request {
     Reload,
     /// The heaviest sources of one service or all (`xlb top`).
     Top(TopQuery),
+    /// How far a drained backend is from holding no live pinned client (what
+    /// `xlb backend drain --wait` polls).
+    DrainStatus {
+        service: String,
+        address: IpAddr,
+    },
 }
 
 /// What `xlb top` asks for.
@@ -345,6 +351,9 @@ pub struct ServiceStats {
     pub repins: u64,
     pub expiries: u64,
     pub no_backend: u64,
+    /// ICMP errors about the service's packets sent on to the clients' backends.
+    #[serde(default)]
+    pub icmp_errors: u64,
     pub backends: Vec<BackendStats>,
 }
 
@@ -395,6 +404,31 @@ pub struct AffinityEntry {
     pub idle_s: f64,
     /// Idle longer than the service's idle_timeout: the next packet re-decides.
     pub expired: bool,
+}
+
+/// A draining backend's remaining live pins (`drain_status`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DrainStatus {
+    pub service: String,
+    pub address: IpAddr,
+    /// The backend is draining (takes no new client).
+    pub draining: bool,
+    /// Live pinned clients at the last count of the affinity table.
+    pub pinned_clients: u64,
+    /// That count comes from a scan that started after the backend was drained: only
+    /// such a count can say that no pin is left.
+    pub counted_since_drain: bool,
+    /// Seconds since that count's scan started (`None`: no count yet).
+    pub counted_age_s: Option<f64>,
+    /// Seconds since the most recently active of the pinned clients was last seen, and
+    /// the least recently active (`None` without pins). Each stamp lags its client's last
+    /// packet by up to the refresh period (a quarter of idle_timeout, at most 1 s).
+    pub newest_seen_s: Option<f64>,
+    pub oldest_seen_s: Option<f64>,
+    /// The service's idle_timeout: a pin lives until its client is silent that long.
+    pub idle_timeout: String,
+    /// Draining, counted since the drain, and no live pin left: safe to remove or stop.
+    pub drained: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -529,6 +563,10 @@ mod tests {
                 limit: 10,
             },
             Request::AffinityFlush { service: None },
+            Request::DrainStatus {
+                service: "web".into(),
+                address: "192.0.2.11".parse().unwrap(),
+            },
         ];
         reqs.iter()
             .map(|r| serde_json::to_value(r).unwrap())

@@ -103,6 +103,10 @@ pub enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+    /// Tunnel decapsulation on a backend (no daemon needed): strip the outer header of
+    /// IPIP, IP6IP6 and 4in6 packets from the balancers, pass the inner packet on.
+    #[command(subcommand)]
+    Decap(DecapCmd),
     /// Print a shell completion script (bash, zsh or fish) on standard output.
     Completions {
         #[arg(value_enum)]
@@ -118,6 +122,45 @@ pub enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum DecapCmd {
+    /// Attach to IFACE (again: replace the allowed prefixes, re-read the host's
+    /// addresses). Pinned under /sys/fs/bpf/xlb-decap/IFACE; a reboot needs it again.
+    Attach {
+        iface: String,
+        /// Outer sources allowed to tunnel to this host (the balancers), ADDRESS/LEN or
+        /// ADDRESS; anything else passes untouched.
+        #[arg(long = "from", required = true, num_args = 1..)]
+        from: Vec<crate::decap::Prefix>,
+        /// Attach in generic (skb) mode, for drivers without native XDP.
+        #[arg(long)]
+        generic: bool,
+        #[command(flatten)]
+        pins: DecapPins,
+    },
+    /// Detach from IFACE and remove its pinned state.
+    Detach {
+        iface: String,
+        #[command(flatten)]
+        pins: DecapPins,
+    },
+    /// Packets decapsulated per tunnel kind and passed untouched per reason.
+    Stats {
+        iface: String,
+        #[command(flatten)]
+        pins: DecapPins,
+    },
+}
+
+/// Where `xlb decap` pins its state.
+#[derive(Args, Debug, Clone)]
+pub struct DecapPins {
+    /// The directory holding one directory per interface (one per network namespace
+    /// that uses decap: interface names repeat across namespaces).
+    #[arg(long, default_value = crate::decap::DECAP_PIN_ROOT)]
+    pub pin_dir: PathBuf,
 }
 
 /// `xlb status` flags.
@@ -212,6 +255,14 @@ pub enum BackendCmd {
         service: String,
         #[arg(value_parser = parse_address)]
         address: IpAddr,
+        /// Then wait until it holds no live pinned client (exit 0), so that removing it
+        /// or stopping its server cuts no session.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (exit 1, saying how many clients remain
+        /// and when they were last seen). Default: wait as long as it takes.
+        #[arg(long, requires = "wait")]
+        timeout: Option<HumanDuration>,
     },
     /// Let a drained backend take new clients again.
     Undrain {
@@ -525,6 +576,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Down { config, pin_dir } => {
             return down(cli, config.as_deref(), pin_dir.as_deref());
         }
+        Command::Decap(cmd) => return decap(cli, cmd),
         Command::Status(_) => Request::Status,
         Command::Reload => Request::Reload,
         Command::Stats => Request::Stats,
@@ -579,7 +631,90 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
     }
     let response = api::call(&cli.socket, &request)?;
-    finish(cli, &request, response)
+    let code = finish(cli, &request, response)?;
+    match &cli.command {
+        Command::Backend(BackendCmd::Drain {
+            service,
+            address,
+            wait: true,
+            timeout,
+        }) => drain_wait(cli, service, *address, timeout.map(|t| t.0)),
+        _ => Ok(code),
+    }
+}
+
+/// `xlb backend drain --wait`: polls `drain_status` ([`crate::drain`]); progress on
+/// stderr (one line per change), the result on stdout (`--json`: the last answer).
+fn drain_wait(
+    cli: &Cli,
+    service: &str,
+    address: IpAddr,
+    timeout: Option<std::time::Duration>,
+) -> anyhow::Result<ExitCode> {
+    use crate::drain::{Outcome, PollError};
+    let request = Request::DrainStatus {
+        service: service.to_string(),
+        address,
+    };
+    let poll = || -> Result<api::DrainStatus, PollError> {
+        let r = match api::call(&cli.socket, &request) {
+            Ok(r) => r,
+            Err(e @ api::ClientError::Protocol(_)) => return Err(PollError::Fatal(e.into())),
+            Err(e) => return Err(PollError::Unreachable(e.to_string())),
+        };
+        if !r.ok {
+            let why = r
+                .error
+                .map_or_else(|| "no reason given".into(), |e| e.message);
+            return Err(PollError::Fatal(anyhow::anyhow!(
+                "waiting for the drain: {why}"
+            )));
+        }
+        serde_json::from_value(r.result).map_err(|e| PollError::Fatal(e.into()))
+    };
+    let mut shown = String::new();
+    let progress = |d: Result<&api::DrainStatus, &str>| {
+        let line = d.map_or_else(
+            |why| format!("daemon unreachable: {why}"),
+            crate::drain::progress_line,
+        );
+        // One line per change of the count, not per poll (the ages move on every poll).
+        let key = line
+            .split(", last seen")
+            .next()
+            .unwrap_or(&line)
+            .to_string();
+        if key != shown {
+            eprintln!("{line}");
+            shown = key;
+        }
+    };
+    let start = std::time::Instant::now();
+    let outcome = crate::drain::wait(poll, timeout, crate::drain::POLL, progress)?;
+    let last = match &outcome {
+        Outcome::Drained(d) | Outcome::Undrained(d) | Outcome::TimedOut(Some(d)) => Some(d),
+        Outcome::TimedOut(None) => None,
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&last)?);
+    }
+    match outcome {
+        Outcome::Drained(d) => {
+            if !cli.json {
+                println!("{}", crate::drain::drained_line(&d));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Undrained(_) => Err(anyhow::anyhow!(
+            "backend {address} of {service} was undrained while waiting"
+        )),
+        Outcome::TimedOut(d) => Err(anyhow::anyhow!(crate::drain::timed_out_message(
+            service,
+            address,
+            timeout.unwrap_or_else(|| start.elapsed()),
+            d.as_ref()
+        ))),
+    }
 }
 
 fn backend_edit(b: &BackendCmd) -> Edit {
@@ -594,7 +729,9 @@ fn backend_edit(b: &BackendCmd) -> Edit {
             weight,
         },
         BackendCmd::Remove { service, address } => Edit::BackendRemove { service, address },
-        BackendCmd::Drain { service, address } => Edit::BackendDrain { service, address },
+        BackendCmd::Drain {
+            service, address, ..
+        } => Edit::BackendDrain { service, address },
         BackendCmd::Undrain { service, address } => Edit::BackendUndrain { service, address },
         BackendCmd::Weight {
             service,
@@ -741,6 +878,56 @@ fn daemon_pid(config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Result<E
         )),
         Err(e) => Err(anyhow::Error::new(e).context(format!("inspecting {}", pin_dir.display()))),
     }
+}
+
+/// `xlb decap …`: works on this host's bpffs alone.
+fn decap(cli: &Cli, cmd: &DecapCmd) -> anyhow::Result<ExitCode> {
+    use crate::decap::{self, Attached};
+    match cmd {
+        DecapCmd::Attach {
+            iface,
+            from,
+            generic,
+            pins,
+        } => {
+            let done = decap::attach(&pins.pin_dir, iface, from, *generic)?;
+            let list: Vec<String> = from.iter().map(ToString::to_string).collect();
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "interface": iface, "from": list,
+                        "updated": done == Attached::Updated })
+                );
+            } else {
+                let verb = match done {
+                    Attached::New => "attached to",
+                    Attached::Updated => "updated on",
+                };
+                println!("xlb decap {verb} {iface}: tunnels from {}", list.join(", "));
+            }
+        }
+        DecapCmd::Detach { iface, pins } => {
+            decap::detach(&pins.pin_dir, iface)?;
+            if !cli.json {
+                println!("xlb decap detached from {iface}");
+            }
+        }
+        DecapCmd::Stats { iface, pins } => {
+            let stats = decap::stats(&pins.pin_dir, iface)?;
+            if cli.json {
+                let m: serde_json::Map<String, serde_json::Value> = stats
+                    .iter()
+                    .map(|(s, n)| (s.name().to_string(), (*n).into()))
+                    .collect();
+                println!("{}", serde_json::Value::Object(m));
+            } else {
+                for (s, n) in stats {
+                    println!("{:<24} {n}", s.name());
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `xlb down`: detach, remove the pinned maps, and move the deployment's runtime changes
@@ -896,6 +1083,22 @@ mod tests {
                 "host.example",
             ),
             (&["backend", "drain", "web"], "<ADDRESS>"),
+            (
+                &["backend", "drain", "web", "10.0.0.1", "--timeout", "2s"],
+                "--wait",
+            ),
+            (
+                &[
+                    "backend",
+                    "drain",
+                    "web",
+                    "10.0.0.1",
+                    "--wait",
+                    "--timeout",
+                    "5x",
+                ],
+                "5x",
+            ),
             (&["backend", "undrain"], "<SERVICE>"),
             (&["backend", "pause", "web", "10.0.0.1"], "pause"),
             (&["explain", "web"], "<CLIENT>"),
@@ -1079,6 +1282,24 @@ mod tests {
 
     #[test]
     fn good_command_lines_parse() {
+        let cli = parse(&[
+            "backend",
+            "drain",
+            "web",
+            "10.0.0.1",
+            "--wait",
+            "--timeout",
+            "2s",
+        ])
+        .expect("parses");
+        let Command::Backend(BackendCmd::Drain { wait, timeout, .. }) = cli.command else {
+            panic!("not drain");
+        };
+        assert!(wait);
+        assert_eq!(
+            timeout.map(|t| t.0),
+            Some(std::time::Duration::from_secs(2))
+        );
         assert!(matches!(
             parse(&["reload"]).unwrap().command,
             Command::Reload

@@ -230,7 +230,7 @@ pub fn stats(s: &api::Stats) -> String {
     for svc in &s.services {
         let _ = writeln!(
             o,
-            "service {}: {} packets, {} bytes, {} pkt/s, {}; hits {}, misses {}, re-pins {}, expiries {}, no backend {}",
+            "service {}: {} packets, {} bytes, {} pkt/s, {}; hits {}, misses {}, re-pins {}, expiries {}, no backend {}, ICMP errors {}",
             svc.name,
             svc.packets,
             svc.bytes,
@@ -240,7 +240,8 @@ pub fn stats(s: &api::Stats) -> String {
             svc.misses,
             svc.repins,
             svc.expiries,
-            svc.no_backend
+            svc.no_backend,
+            svc.icmp_errors
         );
         let _ = writeln!(
             o,

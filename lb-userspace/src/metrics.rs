@@ -28,7 +28,7 @@
 //! | `xlb_packets_total` | counter | `reason` |
 //! | `xlb_interface_attached` (0/1) | gauge | `interface` |
 //! | `xlb_vip_serving` (0/1: the node can serve it and is not drained), `xlb_vip_announced` (0/1, as the announcer has it; absent when unknown or nothing announces) | gauge | `vip` |
-//! | `xlb_service_packets_total`, `xlb_service_bytes_total`, `xlb_service_affinity_hits_total`, `xlb_service_affinity_misses_total`, `xlb_service_repins_total`, `xlb_service_expiries_total`, `xlb_service_no_backend_total` | counter | `service` |
+//! | `xlb_service_packets_total`, `xlb_service_bytes_total`, `xlb_service_affinity_hits_total`, `xlb_service_affinity_misses_total`, `xlb_service_repins_total`, `xlb_service_expiries_total`, `xlb_service_no_backend_total`, `xlb_service_icmp_errors_total` | counter | `service` |
 //! | `xlb_service_pinned_clients`, `xlb_service_load_imbalance` (absent without packets), `xlb_service_top_source_share` (0..1), `xlb_service_heavy_source` (0/1) | gauge | `service` |
 //! | `xlb_backend_packets_total`, `xlb_backend_bytes_total`, `xlb_backend_pins_total`, `xlb_backend_health_transitions_total` | counter | `service`, `backend` |
 //! | `xlb_backend_pinned_clients`, `xlb_backend_table_share` (0..1), `xlb_backend_load_share` (0..1), `xlb_backend_over_bound` (0/1), `xlb_backend_weight`, `xlb_backend_healthy`, `xlb_backend_draining`, `xlb_backend_resolved` (0/1), `xlb_backend_last_check_latency_seconds` (absent until a check ran) | gauge | `service`, `backend` |
@@ -91,6 +91,7 @@ pub struct ServiceSnapshot {
     pub repins: u64,
     pub expiries: u64,
     pub no_backend: u64,
+    pub icmp_errors: u64,
     pub pinned_clients: u64,
     /// Largest packet share ÷ weight share of a backend; `None` without packets.
     pub load_imbalance: Option<f64>,
@@ -253,6 +254,11 @@ const SERVICE_FAMILIES: &[Family<ServiceSnapshot>] = &[
         "xlb_service_no_backend",
         "Packets that found no usable backend.",
         |x| int(x.no_backend),
+    ),
+    counter(
+        "xlb_service_icmp_errors",
+        "ICMP errors about the service's packets (e.g. fragmentation needed) sent on to the client's backend.",
+        |x| int(x.icmp_errors),
     ),
     gauge(
         "xlb_service_pinned_clients",
@@ -684,6 +690,7 @@ mod tests {
                     repins: 1,
                     expiries: 2,
                     no_backend: 0,
+                    icmp_errors: 4,
                     pinned_clients: 5,
                     load_imbalance: Some(1.5),
                     top_source_share: 0.4,
@@ -756,6 +763,7 @@ mod tests {
             r#"xlb_service_repins_total{service="web"} 1"#,
             r#"xlb_service_expiries_total{service="web"} 2"#,
             r#"xlb_service_no_backend_total{service="web"} 0"#,
+            r#"xlb_service_icmp_errors_total{service="web"} 4"#,
             "# TYPE xlb_service_pinned_clients gauge",
             r#"xlb_service_pinned_clients{service="web"} 5"#,
             r#"xlb_backend_packets_total{service="web",backend="10.0.1.1:80"} 6"#,
@@ -812,6 +820,7 @@ mod tests {
             "xlb_service_repins_total",
             "xlb_service_expiries_total",
             "xlb_service_no_backend_total",
+            "xlb_service_icmp_errors_total",
             "xlb_service_pinned_clients",
             "xlb_service_load_imbalance",
             "xlb_service_top_source_share",

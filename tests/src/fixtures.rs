@@ -8,8 +8,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::packet::{
-    ETH_8021AD, ETH_8021Q, ETH_LLDP, IPPROTO_TCP, L4, V4Opts, arp_request, eth, frame, icmp_echo,
-    ip, layout, raw, tcp, tcp_frame, udp_frame,
+    ETH_8021AD, ETH_8021Q, ETH_LLDP, Ext, IPPROTO_TCP, IPPROTO_UDP, L4, V4Opts, arp_request, eth,
+    frame, icmp, icmp_echo, ip, layout, raw, tcp, tcp_frame, udp, udp_frame, v6_chain,
 };
 
 /// The VIP of the IPv4 services on ports 80 (TCP) and 53 (UDP).
@@ -33,6 +33,14 @@ pub const VIP_NOPORT: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 61));
 pub const VIP_ANYPORT: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 70));
 pub const CLIENT4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
 pub const CLIENT6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 7));
+/// A VIP with two TCP services (80, 443): later fragments need tracking.
+pub const VIP_TWO: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 80));
+/// A client no fixture pins: ICMP errors about it go where its Maglev slot says.
+pub const HASHED4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 99));
+pub const HASHED6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x99));
+/// The router on the way to the clients that sends ICMP errors to the VIPs.
+pub const ROUTER4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 254));
+pub const ROUTER6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1));
 /// Addresses no service has.
 pub const OTHER4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9));
 pub const OTHER6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1));
@@ -47,7 +55,7 @@ pub fn tagged(src: IpAddr, dst: IpAddr, l4: &L4, tags: &[(u16, u16)]) -> Vec<u8>
 pub fn v4_with_options(src: IpAddr, dst: IpAddr, l4: &L4, options: &[u8]) -> Vec<u8> {
     let opts = V4Opts {
         options: options.to_vec(),
-        frag: 0,
+        ..Default::default()
     };
     let (et, p) = ip(src, dst, l4, &opts);
     eth(et, &p, &[])
@@ -57,11 +65,54 @@ pub fn v4_with_options(src: IpAddr, dst: IpAddr, l4: &L4, options: &[u8]) -> Vec
 /// offset field (host order), e.g. 0x2000 = MF, 185 = offset 1480.
 pub fn v4_fragment(dst: IpAddr, frag: u16) -> Vec<u8> {
     let opts = V4Opts {
-        options: vec![],
         frag,
+        ..Default::default()
     };
     let (et, p) = ip(CLIENT4, dst, &tcp(40012, 80, &[0u8; 16]), &opts);
     eth(et, &p, &[])
+}
+
+/// An IPv4 first fragment (MF, offset 0) of `l4` with identification `id`.
+pub fn v4_first(src: IpAddr, dst: IpAddr, l4: &L4, id: u16) -> Vec<u8> {
+    let opts = V4Opts {
+        frag: 0x2000,
+        id: Some(id),
+        ..Default::default()
+    };
+    let (et, p) = ip(src, dst, l4, &opts);
+    eth(et, &p, &[])
+}
+
+/// An IPv4 later fragment (offset 1480 bytes, last) of protocol `proto` with
+/// identification `id`: payload bytes only, no ports.
+pub fn v4_later(src: IpAddr, dst: IpAddr, proto: u8, id: u16) -> Vec<u8> {
+    let opts = V4Opts {
+        frag: 185,
+        id: Some(id),
+        ..Default::default()
+    };
+    let (et, p) = ip(src, dst, &raw(proto, &[0x5a; 64]), &opts);
+    eth(et, &p, &[])
+}
+
+/// An IPv6 first fragment (offset 0, M) of `l4` with identification `id`.
+pub fn v6_first(src: IpAddr, dst: IpAddr, l4: &L4, id: u32) -> Vec<u8> {
+    let f = Ext::Frag {
+        offset: 0,
+        more: true,
+        id,
+    };
+    v6_chain(src, dst, &[f], l4)
+}
+
+/// An IPv6 later fragment (offset 1448 bytes, last) of protocol `proto`.
+pub fn v6_later(src: IpAddr, dst: IpAddr, proto: u8, id: u32) -> Vec<u8> {
+    let f = Ext::Frag {
+        offset: 181,
+        more: false,
+        id,
+    };
+    v6_chain(src, dst, &[f], &raw(proto, &[0x5a; 64]))
 }
 
 /// IPv6 with one 8-byte extension header `next` (TCP after it) and a TCP header to port 80.
@@ -69,6 +120,58 @@ pub fn v6_ext(next: u8, dst: IpAddr) -> Vec<u8> {
     let mut body = vec![IPPROTO_TCP, 0, 0, 0, 0, 0, 0, 0];
     body.extend_from_slice(&[0x9c, 0x40, 0, 80, 0, 0, 0, 0]);
     frame(CLIENT6, dst, &raw(next, &body))
+}
+
+/// An ICMP error from [`ROUTER4`]/[`ROUTER6`] to `vip` about a packet the service sent
+/// from `vip`:`sport` to `client`:`cport` (TCP unless `udp`), quoting its IP header and
+/// the first 8 bytes of its layer 4, as routers do at least. `rest`: the word after the
+/// checksum (the next-hop MTU of fragmentation needed, the MTU of packet too big).
+pub fn icmp_error(
+    ty: u8,
+    code: u8,
+    mtu: u32,
+    vip: IpAddr,
+    client: IpAddr,
+    ports: (u16, u16),
+    udp: bool,
+) -> Vec<u8> {
+    icmp_error_to(vip, ty, code, mtu, vip, client, ports, udp)
+}
+
+/// [`icmp_error`] addressed to `to` rather than to the quoted packet's source.
+#[allow(clippy::too_many_arguments)]
+pub fn icmp_error_to(
+    to: IpAddr,
+    ty: u8,
+    code: u8,
+    mtu: u32,
+    vip: IpAddr,
+    client: IpAddr,
+    ports: (u16, u16),
+    udp: bool,
+) -> Vec<u8> {
+    let v6 = vip.is_ipv6();
+    let inner_l4 = if udp {
+        crate::packet::udp(ports.0, ports.1, b"a DNS answer")
+    } else {
+        tcp(ports.0, ports.1, b"HTTP/1.1 200 OK\r\n")
+    };
+    let (_, inner) = ip(vip, client, &inner_l4, &V4Opts::default());
+    let quoted = &inner[..if v6 { 40 } else { 20 } + 8];
+    let router = if v6 { ROUTER6 } else { ROUTER4 };
+    frame(router, to, &icmp(v6, ty, code, mtu.to_be_bytes(), quoted))
+}
+
+/// ICMPv4 fragmentation needed (type 3, code 4) with next-hop MTU 1400 about TCP from
+/// `vip`:80 to `client`:`cport`.
+pub fn frag_needed(vip: IpAddr, client: IpAddr, cport: u16) -> Vec<u8> {
+    icmp_error(3, 4, 1400, vip, client, (80, cport), false)
+}
+
+/// ICMPv6 packet too big (type 2) with MTU 1280 about TCP from `vip`:80 to
+/// `client`:`cport`.
+pub fn packet_too_big(vip: IpAddr, client: IpAddr, cport: u16) -> Vec<u8> {
+    icmp_error(2, 0, 1280, vip, client, (80, cport), false)
 }
 
 /// A fixture's frame and the name of its row.
@@ -135,6 +238,9 @@ pub fn all() -> Vec<Named> {
         frame(CLIENT6, VIP6, &icmp_echo(true)),
     );
     add("LLDP", eth(ETH_LLDP, &[0u8; 46], &[]));
+    add_icmp(&mut add);
+    add_fragments(&mut add);
+    add_ext_headers(&mut add);
     add_tags_and_options(&mut add);
     add_truncations(&mut add);
     add("IPv4 first fragment (MF)", v4_fragment(VIP4, 0x2000));
@@ -147,6 +253,182 @@ pub fn all() -> Vec<Named> {
     add("IPv6 experimental extension header 254", v6_ext(254, VIP6));
     add("IPv6 routing header to a non-VIP", v6_ext(43, OTHER6));
     v
+}
+
+fn add_icmp(add: &mut impl FnMut(&'static str, Vec<u8>)) {
+    add(
+        "ICMP echo to a non-VIP",
+        frame(CLIENT4, OTHER4, &icmp_echo(false)),
+    );
+    add(
+        "ICMP echo to the VIP (VLAN)",
+        tagged(CLIENT4, VIP4, &icmp_echo(false), &[(ETH_8021Q, 10)]),
+    );
+    for client in [CLIENT4, HASHED4] {
+        add("v4 fragmentation needed", frag_needed(VIP4, client, 40000));
+        add(
+            "v4 time exceeded",
+            icmp_error(11, 0, 0, VIP4, client, (80, 40000), false),
+        );
+        add(
+            "v4 port unreachable, UDP",
+            icmp_error(3, 3, 0, VIP4, client, (53, 5353), true),
+        );
+    }
+    add(
+        "v4 fragmentation needed, redirect service",
+        frag_needed(VIP_REMOTE, CLIENT4, 1000),
+    );
+    add(
+        "v4 fragmentation needed, affinity none",
+        frag_needed(VIP_FLOWS, CLIENT4, 1000),
+    );
+    add(
+        "v4 fragmentation needed, no_backend pass",
+        frag_needed(VIP_PASSING, CLIENT4, 1000),
+    );
+    add(
+        "v4 fragmentation needed, inner port of no service",
+        icmp_error(3, 4, 1400, VIP4, CLIENT4, (8080, 40000), false),
+    );
+    add(
+        "v4 fragmentation needed, inner source another VIP",
+        icmp_error_to(VIP4, 3, 4, 1400, VIP_NET24, CLIENT4, (80, 40000), false),
+    );
+    add(
+        "v4 redirect (type 5) to the VIP",
+        icmp_error(5, 1, 0, VIP4, CLIENT4, (80, 40000), false),
+    );
+    let mut cut = frag_needed(VIP4, CLIENT4, 40000);
+    cut.truncate(cut.len() - 4);
+    add(
+        "v4 fragmentation needed, quote cut before 8 bytes of L4",
+        cut,
+    );
+    for client in [CLIENT6, HASHED6] {
+        add("v6 packet too big", packet_too_big(VIP6, client, 40000));
+        add(
+            "v6 time exceeded",
+            icmp_error(3, 0, 0, VIP6, client, (80, 40000), false),
+        );
+        add(
+            "v6 port unreachable, UDP",
+            icmp_error(1, 4, 0, VIP6, client, (53, 5353), true),
+        );
+    }
+    add(
+        "v6 packet too big, inner port of no service",
+        icmp_error(2, 0, 1280, VIP6, CLIENT6, (8080, 40000), false),
+    );
+    add(
+        "v6 neighbour solicitation to the VIP",
+        frame(CLIENT6, VIP6, &icmp(true, 135, 0, [0; 4], &[0; 16])),
+    );
+}
+
+fn add_fragments(add: &mut impl FnMut(&'static str, Vec<u8>)) {
+    let big = tcp(40000, 80, &[0x42; 1400]);
+    let dgram = udp(5353, 53, &[0x44; 1400]);
+    let to443 = tcp(40001, 443, &[0x42; 1400]);
+    let flows = tcp(1000, 80, &[0x42; 1400]);
+    let (t, u) = (IPPROTO_TCP, IPPROTO_UDP);
+    add("v4 first fragment", v4_first(CLIENT4, VIP4, &big, 0x1111));
+    add(
+        "v4 UDP first fragment",
+        v4_first(CLIENT4, VIP4, &dgram, 0x1113),
+    );
+    add(
+        "v4 first fragment, two services",
+        v4_first(CLIENT4, VIP_TWO, &to443, 0x2222),
+    );
+    add(
+        "v4 first fragment, affinity none",
+        v4_first(CLIENT4, VIP_FLOWS, &flows, 0x5555),
+    );
+    add(
+        "v4 ICMP first fragment",
+        v4_first(CLIENT4, VIP4, &icmp_echo(false), 0x6666),
+    );
+    for (vip, proto, id) in [
+        (VIP4, t, 0x1111),
+        (VIP4, t, 0x1112),
+        (VIP4, u, 0x1113),
+        (VIP_TWO, t, 0x2222),
+        (VIP_TWO, t, 0x3333),
+        (VIP_TWO, u, 0x2222),
+        (VIP_FLOWS, t, 0x5555),
+        (VIP_FLOWS, t, 0x5556),
+        (OTHER4, t, 0x1111),
+    ] {
+        add("v4 later fragment", v4_later(CLIENT4, vip, proto, id));
+    }
+    add(
+        "v6 first fragment",
+        v6_first(CLIENT6, VIP6, &big, 0xabcd_0001),
+    );
+    add("v6 UDP first fragment", v6_first(CLIENT6, VIP6, &dgram, 7));
+    for (dst, proto, id) in [
+        (VIP6, t, 0xabcd_0001),
+        (VIP6, t, 0xabcd_0002),
+        (VIP6, u, 7),
+        (OTHER6, t, 1),
+    ] {
+        add("v6 later fragment", v6_later(CLIENT6, dst, proto, id));
+    }
+    let f = Ext::Frag {
+        offset: 0,
+        more: true,
+        id: 9,
+    };
+    add(
+        "v6 ICMPv6 first fragment",
+        v6_chain(CLIENT6, VIP6, &[f], &icmp_echo(true)),
+    );
+}
+
+fn add_ext_headers(add: &mut impl FnMut(&'static str, Vec<u8>)) {
+    let seg = tcp(40000, 80, b"");
+    let frag = |id, more| Ext::Frag {
+        offset: 0,
+        more,
+        id,
+    };
+    let o = Ext::Opt;
+    let chains: Vec<Vec<Ext>> = vec![
+        vec![o(0, 0)],
+        vec![o(43, 0)],
+        vec![o(60, 0)],
+        vec![o(0, 2)],
+        vec![o(60, 255)],
+        vec![frag(3, false)],
+        vec![o(0, 0), o(60, 0), o(43, 1), frag(4, true)],
+        vec![o(0, 0), o(60, 0), o(43, 0), o(60, 0), o(60, 0), o(60, 0)],
+        vec![o(60, 0); 7],
+        vec![o(0, 0), o(51, 0)],
+    ];
+    for exts in chains {
+        add("v6 extension headers", v6_chain(CLIENT6, VIP6, &exts, &seg));
+    }
+    for kind in [51, 50, 135, 139, 140, 253, 254] {
+        add(
+            "v6 dropped extension header",
+            v6_chain(CLIENT6, VIP6, &[o(kind, 0)], &seg),
+        );
+    }
+    let mut cut = v6_chain(CLIENT6, VIP6, &[o(0, 0), o(60, 4)], &seg);
+    cut.truncate(14 + 40 + 8 + 16);
+    add("v6 extension header cut short", cut);
+    let mut cut = v6_chain(CLIENT6, VIP6, &[o(0, 0)], &seg);
+    cut.truncate(14 + 40 + 8 + 10);
+    add("v6 TCP cut short after hop-by-hop", cut);
+    add(
+        "v6 routing header to a non-VIP",
+        v6_chain(CLIENT6, OTHER6, &[o(43, 0)], &seg),
+    );
+    add(
+        "v6 AH to a non-VIP",
+        v6_chain(CLIENT6, OTHER6, &[o(51, 0)], &seg),
+    );
 }
 
 fn add_tags_and_options(add: &mut impl FnMut(&'static str, Vec<u8>)) {
@@ -216,11 +498,15 @@ pub fn shape(f: &[u8]) -> Vec<u8> {
         zero(l.l3 + 12, 4);
     }
     if let Some(l4) = l.l4 {
-        zero(l4, 2);
         match l.proto {
             Some(6) => zero(l4 + 16, 2),
             Some(17) => zero(l4 + 6, 2),
+            Some(1 | 58) => zero(l4 + 2, 2),
             _ => {}
+        }
+        // An ICMP message's type and code are its shape.
+        if !matches!(l.proto, Some(1 | 58)) {
+            zero(l4, 2);
         }
     }
     s

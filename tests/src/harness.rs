@@ -10,7 +10,7 @@ use aya::{
 };
 use lb_common::PROG_XLB;
 use xlb::{
-    dataplane::loader::{LoadOptions, load_xlb_sampling},
+    dataplane::loader::{LoadOptions, XLB_OBJECT, load_object_sampling},
     dataplane::maps::DataPlane,
     model::{Backend, Desired, Edit, Health, Link, Service},
     reconcile::{
@@ -44,12 +44,21 @@ fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
 
 impl XlbHarness {
     pub fn load(opts: &LoadOptions) -> Self {
-        Self::load_sampling(opts, true)
+        Self::load_object(opts, XLB_OBJECT)
     }
 
     /// [`XlbHarness::load`] with source sampling compiled in or out (benchmarks).
     pub fn load_sampling(opts: &LoadOptions, sampling: bool) -> Self {
-        let mut ebpf = load_xlb_sampling(opts, sampling)
+        Self::load_object_sampling(opts, XLB_OBJECT, sampling)
+    }
+
+    /// [`Self::load`] of another build of the balancer (`XLB_NOLOG_OBJECT`).
+    pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Self {
+        Self::load_object_sampling(opts, object, true)
+    }
+
+    fn load_object_sampling(opts: &LoadOptions, object: &[u8], sampling: bool) -> Self {
+        let mut ebpf = load_object_sampling(opts, object, sampling)
             .unwrap_or_else(|e| panic!("loading the xlb object: {e:#}"));
         {
             let prog: &mut Xdp = ebpf

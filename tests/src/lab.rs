@@ -243,15 +243,45 @@ pub struct Lab {
     pub daemon_wrapper: Vec<String>,
     /// An office behind a NAT router ([`Lab::add_office`]).
     pub office: Option<Office>,
+    /// The daemon's `RUST_LOG` (`XLB_LAB_LOG`, else `info`).
+    pub log_filter: String,
     /// XDP_PASS on the switch side of the balancer's veth: a frame sent with XDP_TX into a
     /// veth is only delivered when the peer has an XDP program (DESIGN.md).
     _peer_xdp: Option<Ebpf>,
+    /// The router of [`Lab::with_router`].
+    pub router: Option<Netns>,
     // Dropped last: the switch owns the bridge.
     sw: Netns,
 }
 
+/// The client network of a lab built with [`Lab::with_router`]: clients sit behind a
+/// router namespace, two L3 hops from the backends' return path.
+pub const ROUTED_CLIENTS4: &str = "10.150.0.0/16";
+pub const ROUTED_CLIENTS6: &str = "fd00:150::/64";
+/// The router's address on the switch, the next hop of the backends' replies.
+pub const ROUTER4: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 254);
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0xfe);
+
 impl Lab {
     pub fn new(opts: LabOptions) -> Self {
+        Self::build(opts, None)
+    }
+
+    /// A lab whose client sits behind a router namespace: the client's link to the router
+    /// has MTU `mtu` on both ends, while the client advertises the TCP MSS of a 1500-byte
+    /// path (route `advmss`), as a client behind a smaller link further away would. The
+    /// backends' replies to the clients go through the router (not the balancer), so a
+    /// reply larger than `mtu` with DF set makes the router send "fragmentation needed" /
+    /// "packet too big" to the reply's source: the VIP, which routes to the balancer.
+    ///
+    /// ```text
+    ///   client (10.150.1.x) ── mtu ── router (10.150.0.1 | 10.100.0.254) ── br0 ── lb, backends
+    /// ```
+    pub fn with_router(opts: LabOptions, mtu: u32) -> Self {
+        Self::build(opts, Some(mtu))
+    }
+
+    fn build(opts: LabOptions, router_mtu: Option<u32>) -> Self {
         crate::require_root();
         let id = format!(
             "x{:x}{:x}",
@@ -283,12 +313,18 @@ impl Lab {
             xlb: xlb_bin(),
             daemon_wrapper: Vec::new(),
             office: None,
+            log_filter: std::env::var("XLB_LAB_LOG").unwrap_or_else(|_| "info".into()),
             _peer_xdp: None,
+            router: None,
             sw,
             id,
         };
         lab.plug(HostRole::Lb);
-        lab.plug(HostRole::Client);
+        if let Some(mtu) = router_mtu {
+            lab.add_router(mtu);
+        } else {
+            lab.plug(HostRole::Client);
+        }
         for i in 0..opts.backends {
             lab.add_backend_host(i);
         }
@@ -298,12 +334,18 @@ impl Lab {
         lab.lb.ip(&format!("addr add {LB6}/64 dev eth0 nodad"));
 
         // Client: many source addresses, VIPs routed through the balancer.
+        // Behind the router the clients are in 10.150/16 and fd00:150::/64.
+        let (net4, net6) = if router_mtu.is_some() {
+            (150, 0x150)
+        } else {
+            (100, 0x100)
+        };
         for i in 0..opts.clients_v4 {
-            let a = Ipv4Addr::new(10, 100, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
+            let a = Ipv4Addr::new(10, net4, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
             lab.clients4.push(IpAddr::V4(a));
         }
         for i in 0..opts.clients_v6 {
-            let a = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 1, 1 + i as u16);
+            let a = Ipv6Addr::new(0xfd00, net6, 0, 0, 0, 0, 1, 1 + i as u16);
             lab.clients6.push(IpAddr::V6(a));
         }
         let mut batch = String::new();
@@ -321,10 +363,18 @@ impl Lab {
             "-batch",
             batch_file.to_str().expect("utf-8 path"),
         ]));
-        lab.client
-            .ip(&format!("route add 10.200.0.0/24 via {LB4} dev eth0"));
-        lab.client
-            .ip(&format!("route add fd00:200::/64 via {LB6} dev eth0"));
+        if router_mtu.is_some() {
+            // The MSS of a 1500-byte path: the replies are larger than this link.
+            lab.client
+                .ip("route add 10.200.0.0/24 via 10.150.0.1 dev eth0 advmss 1460");
+            lab.client
+                .ip("route add fd00:200::/64 via fd00:150::1 dev eth0 advmss 1440");
+        } else {
+            lab.client
+                .ip(&format!("route add 10.200.0.0/24 via {LB4} dev eth0"));
+            lab.client
+                .ip(&format!("route add fd00:200::/64 via {LB6} dev eth0"));
+        }
 
         lab.attach_peer_xdp();
         lab.write_config(&lab.default_services());
@@ -403,6 +453,43 @@ impl Lab {
         b
     }
 
+    /// The router between the client and the switch (see [`Lab::with_router`]).
+    fn add_router(&mut self, mtu: u32) {
+        let rt = Netns::new(format!("{}-rt", self.id));
+        for (k, v) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ] {
+            rt.sysctl(k, v);
+        }
+        let (a, b) = (format!("{}rta", self.id), format!("{}rtb", self.id));
+        ip(&format!("link add {a} type veth peer name {b}"));
+        ip(&format!("link set {a} netns {}", rt.name));
+        ip(&format!("link set {b} netns {}", self.sw.name));
+        rt.ip(&format!("link set {a} name eth0"));
+        rt.ip("link set eth0 up");
+        self.sw.ip(&format!("link set {b} master br0"));
+        self.sw.ip(&format!("link set {b} up"));
+        let (c, d) = (format!("{}rtc", self.id), format!("{}rtd", self.id));
+        ip(&format!("link add {c} type veth peer name {d}"));
+        ip(&format!("link set {c} netns {}", rt.name));
+        ip(&format!("link set {d} netns {}", self.client.name));
+        rt.ip(&format!("link set {c} name eth1"));
+        rt.ip(&format!("link set eth1 mtu {mtu} up"));
+        self.client.ip(&format!("link set {d} name eth0"));
+        self.client.ip(&format!("link set eth0 mtu {mtu} up"));
+        run(self.client.cmd("ethtool").args(["-K", "eth0", "tx", "off"]));
+        rt.ip(&format!("addr add {ROUTER4}/16 dev eth0"));
+        rt.ip(&format!("addr add {ROUTER6}/64 dev eth0 nodad"));
+        rt.ip("addr add 10.150.0.1/16 dev eth1");
+        rt.ip("addr add fd00:150::1/64 dev eth1 nodad");
+        rt.ip(&format!("route add 10.200.0.0/24 via {LB4} dev eth0"));
+        rt.ip(&format!("route add fd00:200::/64 via {LB6} dev eth0"));
+        self.router = Some(rt);
+    }
+
     fn add_backend_host(&mut self, i: usize) {
         let name = format!("be{i}");
         let ns = Netns::new(format!("{}-{name}", self.id));
@@ -429,6 +516,13 @@ impl Lab {
         }
         b.ns.ip(&format!("addr add {addr4}/16 dev eth0"));
         b.ns.ip(&format!("addr add {addr6}/64 dev eth0 nodad"));
+        // Replies to routed clients (Lab::with_router) go through the router.
+        b.ns.ip(&format!(
+            "route add {ROUTED_CLIENTS4} via {ROUTER4} dev eth0"
+        ));
+        b.ns.ip(&format!(
+            "route add {ROUTED_CLIENTS6} via {ROUTER6} dev eth0"
+        ));
         for v in 1..=VIPS_PER_FAMILY {
             b.ns.ip(&format!("addr add 10.200.0.{v}/32 dev lo"));
             b.ns.ip(&format!("addr add fd00:200::{v}/128 dev lo nodad"));
@@ -671,10 +765,7 @@ impl Lab {
         let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
-            .env(
-                "RUST_LOG",
-                std::env::var("XLB_LAB_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", &self.log_filter)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -993,6 +1084,29 @@ pub fn http_request(
 /// One datagram from `src`; returns the reply (the backend's name).
 pub fn udp_ask(src: IpAddr, dst: SocketAddr) -> Result<String, String> {
     udp_request(src, dst, IO_TIMEOUT)
+}
+
+/// A datagram of `size` bytes from `src` (larger than the path's MTU: the client's
+/// kernel fragments it), waiting `timeout` for the reply (the backend's name).
+pub fn udp_request_sized(
+    src: IpAddr,
+    dst: SocketAddr,
+    size: usize,
+    timeout: Duration,
+) -> Result<String, String> {
+    let s = std::net::UdpSocket::bind(SocketAddr::new(src, 0))
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    s.connect(dst).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut payload = b"who".to_vec();
+    payload.resize(size, b'.');
+    s.send(&payload).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 256];
+    let n = s
+        .recv(&mut buf)
+        .map_err(|e| format!("no UDP reply from {dst} (client {src}): {e}"))?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }
 
 /// One datagram from `src`, waiting `timeout` for the reply.

@@ -77,13 +77,28 @@ pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> L4 {
     }
 }
 
-pub fn icmp_echo(v6: bool) -> L4 {
-    let b = vec![if v6 { 128 } else { 8 }, 0, 0, 0, 0, 1, 0, 1];
+/// An ICMP (IPv4) or ICMPv6 message: type, code, the four bytes after the checksum
+/// (`rest`: an echo's id and sequence, an error's unused word or MTU) and the body; the
+/// checksum is filled in by [`ip`] (ICMPv6 with the pseudo-header, ICMPv4 without).
+pub fn icmp(v6: bool, ty: u8, code: u8, rest: [u8; 4], body: &[u8]) -> L4 {
+    let mut b = vec![ty, code, 0, 0];
+    b.extend_from_slice(&rest);
+    b.extend_from_slice(body);
     L4 {
         proto: if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP },
         bytes: b,
-        csum_at: None,
+        csum_at: Some(2),
     }
+}
+
+/// An echo request (id 1, sequence 1) with a few bytes of payload.
+pub fn icmp_echo(v6: bool) -> L4 {
+    icmp(v6, if v6 { 128 } else { 8 }, 0, [0, 1, 0, 1], b"xlb-ping")
+}
+
+/// The echo reply to [`icmp_echo`].
+pub fn icmp_echo_reply(v6: bool) -> L4 {
+    icmp(v6, if v6 { 129 } else { 0 }, 0, [0, 1, 0, 1], b"xlb-ping")
 }
 
 /// Raw bytes after the IP header with an arbitrary protocol number (extension headers).
@@ -102,6 +117,8 @@ pub struct V4Opts {
     pub options: Vec<u8>,
     /// Flags + fragment offset field (host order), e.g. 0x2000 = MF.
     pub frag: u16,
+    /// Identification; `None`: 0x1234.
+    pub id: Option<u16>,
 }
 
 /// An IP packet (no Ethernet) carrying `l4`; the family follows the addresses.
@@ -110,9 +127,13 @@ pub fn ip(src: IpAddr, dst: IpAddr, l4: &L4, v4: &V4Opts) -> (u16, Vec<u8>) {
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             if let Some(at) = l4.csum_at {
-                let mut sum = csum_add(0, &s.octets());
-                sum = csum_add(sum, &d.octets());
-                sum += l4.proto as u32 + seg.len() as u32;
+                // ICMPv4's checksum covers the message alone.
+                let mut sum = 0;
+                if l4.proto != IPPROTO_ICMP {
+                    sum = csum_add(sum, &s.octets());
+                    sum = csum_add(sum, &d.octets());
+                    sum += l4.proto as u32 + seg.len() as u32;
+                }
                 sum = csum_add(sum, &seg);
                 seg[at..at + 2].copy_from_slice(&csum_fold(sum).to_be_bytes());
             }
@@ -125,7 +146,7 @@ pub fn ip(src: IpAddr, dst: IpAddr, l4: &L4, v4: &V4Opts) -> (u16, Vec<u8>) {
             h.push(0x40 | (ihl / 4) as u8);
             h.push(0);
             h.extend_from_slice(&((ihl + seg.len()) as u16).to_be_bytes());
-            h.extend_from_slice(&0x1234u16.to_be_bytes());
+            h.extend_from_slice(&v4.id.unwrap_or(0x1234).to_be_bytes());
             h.extend_from_slice(&v4.frag.to_be_bytes());
             h.push(64);
             h.push(l4.proto);
@@ -158,6 +179,51 @@ pub fn ip(src: IpAddr, dst: IpAddr, l4: &L4, v4: &V4Opts) -> (u16, Vec<u8>) {
         }
         _ => panic!("mixed address families: {src} → {dst}"),
     }
+}
+
+/// An IPv6 extension header for [`v6_chain`].
+#[derive(Clone, Copy, Debug)]
+pub enum Ext {
+    /// Hop-by-hop (0), routing (43), destination options (60), or any header of that
+    /// shape (AH 51 is counted in 4-byte units by the RFC, but xlb drops it unread): the
+    /// kind and the length field (the header is (len + 1) × 8 bytes, padded with zeros).
+    Opt(u8, u8),
+    /// A fragment header: offset in 8-byte units, the M flag, the identification.
+    Frag { offset: u16, more: bool, id: u32 },
+}
+
+/// An IPv6 frame from `src` to `dst` with these extension headers before `l4` (its
+/// checksum as without them: xlb does not read it).
+pub fn v6_chain(src: IpAddr, dst: IpAddr, exts: &[Ext], l4: &L4) -> Vec<u8> {
+    let (_, plain) = ip(src, dst, l4, &V4Opts::default());
+    let seg = &plain[40..];
+    let kind = |e: &Ext| match e {
+        Ext::Opt(k, _) => *k,
+        Ext::Frag { .. } => 44,
+    };
+    let mut body = Vec::new();
+    for (i, e) in exts.iter().enumerate() {
+        let next = exts.get(i + 1).map_or(l4.proto, kind);
+        match *e {
+            Ext::Opt(_, len) => {
+                let mut h = vec![0u8; (usize::from(len) + 1) * 8];
+                h[0] = next;
+                h[1] = len;
+                // A PadN option filling the rest (RFC 8200 §4.2).
+                h[2] = 1;
+                h[3] = (h.len() - 4).min(255) as u8;
+                body.extend_from_slice(&h);
+            }
+            Ext::Frag { offset, more, id } => {
+                body.extend_from_slice(&[next, 0]);
+                body.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+                body.extend_from_slice(&id.to_be_bytes());
+            }
+        }
+    }
+    body.extend_from_slice(seg);
+    let first = exts.first().map_or(l4.proto, kind);
+    frame(src, dst, &raw(first, &body))
 }
 
 /// An Ethernet frame from the client to the balancer, with optional VLAN tags

@@ -4,14 +4,14 @@
 
 use lb_common::{BackendStats, ServiceStats, Stat};
 use xlb_tests::{
-    fixtures::{CLIENT4, OTHER4, VIP4},
+    fixtures::{CLIENT4, OTHER4, VIP4, frag_needed},
     fuzz::{
         self,
         check::{Case, Memory, Observed, judge},
         oracle::{Backend, Expect, Service, Topology, expect},
     },
     harness::XdpAction,
-    packet::tcp_frame,
+    packet::{CLIENT_MAC, LB_MAC, frame, icmp_echo, tcp_frame},
     require_root,
 };
 
@@ -52,6 +52,11 @@ fn short_run_finds_no_new_fault() {
         report.hits > 0 && report.misses > 0,
         "affinity not exercised"
     );
+    assert!(report.icmp_errors > 0, "no ICMP error reached a backend");
+    assert!(
+        report.later_fragments > 0,
+        "no later fragment reached a backend"
+    );
 }
 
 // --- the checker catches what it must -----------------------------------------------
@@ -83,6 +88,7 @@ fn topology() -> Topology {
         backends: vec![backend(11, LO), backend(12, LO), backend(13, OTHER_IF)],
         tx_ports: vec![],
         ingresses: vec![(LO, "lo")],
+        echo_reply: true,
     }
 }
 
@@ -245,7 +251,14 @@ fn oracle_follows_the_readme_table_order() {
     let f = tcp_frame(CLIENT4, VIP4, 1000, 80);
     let mut cut = f[..14 + 20 + 10].to_vec();
     assert_eq!(expect(&top, &cut), Expect::Drop(Stat::DropMalformed));
-    cut[14 + 6] = 0x20; // MF: a fragment is a fragment before its ports are looked at
+    cut[14 + 6] = 0x20; // MF: a first fragment needs its TCP header as any packet
+    assert_eq!(expect(&top, &cut), Expect::Drop(Stat::DropMalformed));
+    cut[14 + 7] = 1; // an offset: a later fragment has no ports to look at
+    assert!(matches!(
+        expect(&top, &cut),
+        Expect::Later { sole: Some(0), .. }
+    ));
+    cut[14 + 9] = 1; // ICMP: fragments of neither TCP nor UDP are dropped
     assert_eq!(expect(&top, &cut), Expect::Drop(Stat::DropFragment));
     let mut g = f.clone();
     g[14] = 0x44;
@@ -258,5 +271,97 @@ fn oracle_follows_the_readme_table_order() {
     assert!(matches!(
         expect(&top, &f),
         Expect::Balance { service: 0, .. }
+    ));
+}
+
+#[test]
+fn checker_rejects_wrong_icmp_outcomes() {
+    let top = topology();
+    let mut mem = Memory::new(1000);
+    let f = tcp_frame(CLIENT4, VIP4, 40000, 80);
+    Fake::forward(&top, &f, 0, false)
+        .judge(&top, &mut mem, &f)
+        .expect("the client's first packet pins it to .11");
+    let e = frag_needed(VIP4, CLIENT4, 40000);
+    assert!(matches!(
+        expect(&top, &e),
+        Expect::IcmpError { service: 0, .. }
+    ));
+    let icmp_to = |to: usize| {
+        let mut x = Fake::forward(&top, &e, to, false);
+        x.services[0].misses = 0;
+        x.services[0].icmp_errors = 1;
+        x.backends[to].pins = 0;
+        x
+    };
+    assert_eq!(icmp_to(0).judge(&top, &mut mem, &e), Ok(Stat::Tx));
+    rejects(icmp_to(1).judge(&top, &mut mem, &e), "pinned to 192.0.2.11");
+    let mut x = icmp_to(0);
+    x.services[0].misses = 1;
+    x.backends[0].pins = 1;
+    rejects(x.judge(&top, &mut mem, &e), "moved affinity counters");
+    let mut x = icmp_to(0);
+    x.services[0].icmp_errors = 0;
+    rejects(x.judge(&top, &mut mem, &e), "icmp_errors did not move");
+
+    let ping = frame(CLIENT4, VIP4, &icmp_echo(false));
+    let Expect::EchoReply(reply) = expect(&top, &ping) else {
+        panic!("an echo request to a VIP is answered");
+    };
+    assert_eq!(&reply[..12], &[CLIENT_MAC, LB_MAC].concat()[..]);
+    let answered = |out: Vec<u8>| {
+        let mut x = Fake::pass(&ping, Stat::IcmpEchoReply);
+        x.action = XdpAction::Tx as u32;
+        x.output = out;
+        x
+    };
+    assert_eq!(
+        answered(reply.clone()).judge(&top, &mut mem, &ping),
+        Ok(Stat::IcmpEchoReply)
+    );
+    let mut bad = reply.clone();
+    bad[14 + 10] ^= 1; // the IPv4 header checksum
+    rejects(
+        answered(bad).judge(&top, &mut mem, &ping),
+        "echo reply differs",
+    );
+    let no_echo = Topology {
+        echo_reply: false,
+        ..topology()
+    };
+    assert_eq!(expect(&no_echo, &ping), Expect::Pass(Stat::PassNotService));
+}
+
+#[test]
+fn checker_sends_later_fragments_after_their_first() {
+    use xlb_tests::{
+        fixtures::{v4_first, v4_later},
+        packet::{IPPROTO_TCP, tcp},
+    };
+    let top = topology();
+    let mut mem = Memory::new(1000);
+    let first = v4_first(CLIENT4, VIP4, &tcp(40000, 80, &[0; 100]), 7);
+    Fake::forward(&top, &first, 0, false)
+        .judge(&top, &mut mem, &first)
+        .expect("first fragment pins .11");
+    let later = v4_later(CLIENT4, VIP4, IPPROTO_TCP, 7);
+    assert_eq!(
+        Fake::forward(&top, &later, 0, true).judge(&top, &mut mem, &later),
+        Ok(Stat::Tx)
+    );
+    rejects(
+        Fake::forward(&top, &later, 1, true).judge(&top, &mut mem, &later),
+        "affinity broken",
+    );
+    // No sole service (web4 with a sibling on the VIP): an untracked later fragment drops.
+    let mut two = topology();
+    let mut other = two.services[0].clone();
+    other.port = 443;
+    other.name = "web443";
+    two.services.push(other);
+    let untracked = v4_later(CLIENT4, VIP4, IPPROTO_TCP, 8);
+    assert!(matches!(
+        expect(&two, &untracked),
+        Expect::Later { sole: None, .. }
     ));
 }

@@ -401,7 +401,7 @@ pub const fn becomes_established(v: u64, now: u32) -> bool {
 /// # Safety
 /// `p` points to a live, 8-aligned word of a table.
 #[inline(always)]
-unsafe fn load(p: *const u64) -> u64 {
+pub(crate) unsafe fn load(p: *const u64) -> u64 {
     #[cfg(target_arch = "bpf")]
     {
         // SAFETY: see the function contract.
@@ -437,7 +437,7 @@ unsafe fn store(p: *mut u64, v: u64) {
 /// # Safety
 /// As [`load`].
 #[inline(always)]
-unsafe fn cas(p: *mut u64, old: u64, new: u64) -> bool {
+pub(crate) unsafe fn cas(p: *mut u64, old: u64, new: u64) -> bool {
     #[cfg(target_arch = "bpf")]
     {
         use core::intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg};

@@ -25,13 +25,34 @@
 //! - `src_rotator` with `random` set: sources spread by a hash of k (a spoofed flood),
 //!   with one run in `1 << est_shift` from the established clients instead.
 //! - `class_sink`: counts frames per class (established client or not) and drops them.
+//!
+//! For `bench micro`'s layout experiment (`XLB_BENCH_LAYOUT=1`, tests/src/bench/layout.rs):
+//! does the memory a 32 MiB table lives in decide what a random bucket costs? Run k reads the 64-byte line of client
+//! `k & 65535` (a fixed hash of it picks the line), as a lookup would (all 8 words);
+//! each also as `*_dep`, where the next run waits for the line (latency, not overlap):
+//! - `probe_none`: the same hash and index arithmetic, no memory read (subtracted).
+//! - `probe_big`: one ARRAY of `PROBE_BIG_BUCKETS` buckets, `BPF_F_MMAPABLE` like the
+//!   affinity table (vmalloc'd, 4 KiB pages).
+//! - `probe_big_plain`: the same without `BPF_F_MMAPABLE` (still vmalloc'd: too large).
+//! - `probe_{packed,spread,mim_spread}_dep` (and `probe_none_spread_dep`): exactly 65,536
+//!   distinct lines (4 MiB of lines whatever the table), packed into the first 4 MiB of
+//!   `PROBE_BIG` (1,024 pages), one per 512 bytes of it (8,192 pages), and the latter
+//!   through the inner arrays: the pages' share of the cost, apart from the caches'.
+//! - `probe_mim_wide{,_spread}_dep`: as `probe_mim{,_spread}_dep` through
+//!   `PROBE_OUTER_WIDE`, whose inner arrays hold one 32,448-byte value each with 505
+//!   line-aligned buckets in it (a 64-byte value after the kernel's header straddles two
+//!   lines).
+//! - `probe_mim`: an ARRAY_OF_MAPS of `PROBE_INNER_MAPS` plain arrays of
+//!   `PROBE_INNER_BUCKETS` buckets each — small enough (≤ 32 KiB with the kernel's
+//!   header) that the kernel kmallocs them, in its huge-page-mapped direct map.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+    btf_maps,
     helpers::bpf_get_smp_processor_id,
-    macros::{map, xdp},
+    macros::{btf_map, map, xdp},
     maps::{Array, DevMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
@@ -378,6 +399,271 @@ pub fn class_sink(ctx: XdpContext) -> u32 {
         unsafe { *c += 1 };
     }
     XDP_DROP
+}
+
+/// Buckets of `PROBE_BIG` (declared with 1: the experiment sets the size at load, so
+/// other users of this object do not allocate 32 MiB). 524,288 × 64 B = 32 MiB, the
+/// default capacity's table.
+const PROBE_BIG_BUCKETS: u64 = 524_288;
+/// Buckets per inner map: 507 × 64 B + the kernel's 312-byte `struct bpf_array` = 32,760
+/// B, the largest array the kernel still kmallocs (`bpf_map_area_alloc`: ≤ 32 KiB).
+const PROBE_INNER_BUCKETS: u64 = 507;
+/// Inner maps: ⌈524,288 / 507⌉, the same 32 MiB.
+const PROBE_INNER_MAPS: u64 = 1035;
+/// Clients round robin (`hit_many`'s 65,536).
+const PROBE_CLIENTS: u64 = 65_536;
+
+#[map(name = "PROBE_BIG")]
+static PROBE_BIG: Array<[u64; 8]> = Array::with_max_entries(1, lb_common::maps::BPF_F_MMAPABLE);
+
+#[map(name = "PROBE_PLAIN")]
+static PROBE_PLAIN: Array<[u64; 8]> = Array::with_max_entries(1, 0);
+
+#[btf_map]
+static PROBE_OUTER: btf_maps::ArrayOfMaps<
+    btf_maps::Array<[u64; 8], { PROBE_INNER_BUCKETS as usize }, 0>,
+    { PROBE_INNER_MAPS as usize },
+> = btf_maps::ArrayOfMaps::new();
+
+/// Words of a wide inner array's one value: 507 × 64 bytes, in which 506 whole cache lines
+/// start at byte 8 — the kernel's 312-byte header puts the value at 56 bytes past a line
+/// (checked by the experiment), so the 64-byte values of `PROBE_OUTER`'s arrays each
+/// straddle two lines.
+const PROBE_WIDE_WORDS: usize = 4056;
+/// Aligned buckets used per wide inner array (506 fit; the verifier's bounds want one spare).
+const PROBE_WIDE_BUCKETS: u64 = 505;
+/// Wide inner arrays: ⌈524,288 / 505⌉.
+const PROBE_WIDE_MAPS: u64 = 1039;
+
+#[btf_map]
+static PROBE_OUTER_WIDE: btf_maps::ArrayOfMaps<
+    btf_maps::Array<[u64; PROBE_WIDE_WORDS], 1, 0>,
+    { PROBE_WIDE_MAPS as usize },
+> = btf_maps::ArrayOfMaps::new();
+
+#[map(name = "PROBE_COUNT")]
+static PROBE_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Which line run k reads: client `k & (PROBE_CLIENTS - 1)` of a per-CPU counter, through
+/// `read` (`None` aborts). With `CHAIN` the counter's next value waits for the line (the
+/// words XOR to 0 in every line the experiment writes, so the sequence is the same): one
+/// access at a time, its full latency. Without, the CPU may overlap the misses of
+/// consecutive runs.
+#[inline(always)]
+fn probe<const CHAIN: bool>(read: impl FnOnce(u64, u64) -> Option<u64>) -> u32 {
+    let Some(count) = PROBE_COUNT.get_ptr_mut(0) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let k = unsafe { *count };
+    let j = k & (PROBE_CLIENTS - 1);
+    let h = lb_common::hash::fmix64(j ^ 0x9e37_79b9_7f4a_7c15);
+    let Some(x) = read(j, h) else {
+        return XDP_ABORTED;
+    };
+    let next = if CHAIN { k + 1 + x } else { k + 1 };
+    // SAFETY: as above.
+    unsafe { *count = next };
+    if x == 0x5a5a_5a5a_5a5a_5a5a {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    }
+}
+
+/// `h`'s 32 bits at `shift` scaled onto `0..n` (the affinity table's own split).
+#[inline(always)]
+fn scale(h: u64, shift: u32, n: u64) -> u32 {
+    ((((h >> shift) & 0xffff_ffff) * n) >> 32) as u32
+}
+
+/// The 8 words of a bucket XORed, read as a lookup reads them.
+#[inline(always)]
+fn touch(b: *const [u64; 8]) -> u64 {
+    let mut x = 0u64;
+    for i in 0..8 {
+        // SAFETY: a map value of 8 words; volatile so every load is kept.
+        x ^= unsafe { core::ptr::read_volatile((b as *const u64).add(i)) };
+    }
+    x
+}
+
+#[inline(always)]
+fn none(_j: u64, h: u64) -> Option<u64> {
+    // The index arithmetic of both layouts, without a read.
+    let i = scale(h, 32, PROBE_BIG_BUCKETS) ^ scale(h, 0, PROBE_INNER_BUCKETS);
+    Some((i >> 31) as u64)
+}
+
+#[inline(always)]
+fn big(_j: u64, h: u64) -> Option<u64> {
+    PROBE_BIG
+        .get_ptr(scale(h, 32, PROBE_BIG_BUCKETS))
+        .map(touch)
+}
+
+/// A bijection of 0..65,536 without stride (xorshifts and odd multipliers mod 2^16):
+/// distinct lines in an order no prefetcher follows.
+#[inline(always)]
+fn perm16(j: u64) -> u64 {
+    let mut x = j & 0xffff;
+    x ^= x >> 8;
+    x = (x * 0x6b4b) & 0xffff;
+    x ^= x >> 7;
+    x = (x * 0x2c1b) & 0xffff;
+    x ^ (x >> 8)
+}
+
+/// Client j's line when every client has its own: one per 512 bytes of the 32 MiB, so
+/// 65,536 distinct lines (4 MiB) on all 8,192 pages.
+#[inline(always)]
+fn spread_line(j: u64, h: u64) -> u32 {
+    (perm16(j) * 8 + (h & 7)) as u32
+}
+
+/// The index arithmetic of the `spread` probes, without a read.
+#[inline(always)]
+fn none_spread(j: u64, h: u64) -> Option<u64> {
+    let b = spread_line(j, h);
+    Some(((b / PROBE_INNER_BUCKETS as u32) ^ (b % PROBE_INNER_BUCKETS as u32)) as u64 >> 31)
+}
+
+/// The same 65,536 distinct lines packed into the first 4 MiB (1,024 pages).
+#[inline(always)]
+fn packed(j: u64, _h: u64) -> Option<u64> {
+    PROBE_BIG.get_ptr(perm16(j) as u32).map(touch)
+}
+
+#[inline(always)]
+fn spread(j: u64, h: u64) -> Option<u64> {
+    PROBE_BIG.get_ptr(spread_line(j, h)).map(touch)
+}
+
+/// `spread`'s lines through the inner arrays (bucket b: array b / 507, index b % 507).
+#[inline(always)]
+fn mim_spread(j: u64, h: u64) -> Option<u64> {
+    let b = spread_line(j, h);
+    let n = PROBE_INNER_BUCKETS as u32;
+    PROBE_OUTER
+        .get_value_ptr_mut(b / n, &(b % n))
+        .map(|b| touch(b))
+}
+
+#[inline(always)]
+fn plain(_j: u64, h: u64) -> Option<u64> {
+    PROBE_PLAIN
+        .get_ptr(scale(h, 32, PROBE_BIG_BUCKETS))
+        .map(touch)
+}
+
+#[inline(always)]
+fn mim(_j: u64, h: u64) -> Option<u64> {
+    let outer = scale(h, 32, PROBE_INNER_MAPS);
+    let inner = scale(h, 0, PROBE_INNER_BUCKETS);
+    PROBE_OUTER
+        .get_value_ptr_mut(outer, &inner)
+        .map(|b| touch(b))
+}
+
+/// Bucket `i` (< 505) of wide inner array `m`: the line at byte `8 + 64 i` of its value.
+#[inline(always)]
+fn wide(m: u32, i: u32) -> Option<u64> {
+    // Opaque to LLVM, so the check stays for the verifier (LLVM would drop it after a `%`,
+    // which the verifier cannot bound).
+    let i = core::hint::black_box(i);
+    if i as u64 >= PROBE_WIDE_BUCKETS {
+        return None;
+    }
+    let v = PROBE_OUTER_WIDE.get_value_ptr_mut(m, &0)?;
+    // SAFETY: words 1 + 8 i .. 9 + 8 i < 4,056 lie inside the value.
+    Some(touch(
+        unsafe { (v as *const u64).add(1 + 8 * i as usize) } as *const [u64; 8]
+    ))
+}
+
+#[inline(always)]
+fn mim_wide(_j: u64, h: u64) -> Option<u64> {
+    wide(
+        scale(h, 32, PROBE_WIDE_MAPS - 1),
+        scale(h, 0, PROBE_WIDE_BUCKETS),
+    )
+}
+
+#[inline(always)]
+fn mim_wide_spread(j: u64, h: u64) -> Option<u64> {
+    let b = spread_line(j, h);
+    let n = PROBE_WIDE_BUCKETS as u32;
+    wide(b / n, b % n)
+}
+
+#[xdp]
+pub fn probe_mim_wide_dep(_ctx: XdpContext) -> u32 {
+    probe::<true>(mim_wide)
+}
+
+#[xdp]
+pub fn probe_mim_wide_spread_dep(_ctx: XdpContext) -> u32 {
+    probe::<true>(mim_wide_spread)
+}
+
+#[xdp]
+pub fn probe_none(_ctx: XdpContext) -> u32 {
+    probe::<false>(none)
+}
+
+#[xdp]
+pub fn probe_big(_ctx: XdpContext) -> u32 {
+    probe::<false>(big)
+}
+
+#[xdp]
+pub fn probe_big_plain(_ctx: XdpContext) -> u32 {
+    probe::<false>(plain)
+}
+
+#[xdp]
+pub fn probe_mim(_ctx: XdpContext) -> u32 {
+    probe::<false>(mim)
+}
+
+#[xdp]
+pub fn probe_none_dep(_ctx: XdpContext) -> u32 {
+    probe::<true>(none)
+}
+
+#[xdp]
+pub fn probe_big_dep(_ctx: XdpContext) -> u32 {
+    probe::<true>(big)
+}
+
+#[xdp]
+pub fn probe_big_plain_dep(_ctx: XdpContext) -> u32 {
+    probe::<true>(plain)
+}
+
+#[xdp]
+pub fn probe_none_spread_dep(_ctx: XdpContext) -> u32 {
+    probe::<true>(none_spread)
+}
+
+#[xdp]
+pub fn probe_packed_dep(_ctx: XdpContext) -> u32 {
+    probe::<true>(packed)
+}
+
+#[xdp]
+pub fn probe_spread_dep(_ctx: XdpContext) -> u32 {
+    probe::<true>(spread)
+}
+
+#[xdp]
+pub fn probe_mim_spread_dep(_ctx: XdpContext) -> u32 {
+    probe::<true>(mim_spread)
+}
+
+#[xdp]
+pub fn probe_mim_dep(_ctx: XdpContext) -> u32 {
+    probe::<true>(mim)
 }
 
 #[cfg(not(test))]

@@ -18,7 +18,7 @@ use lb_common::{
 };
 
 use super::{
-    bound,
+    bound, log,
     maps::{AFF_KEYS, AFFINITY, AFFINITY_BUCKETS, AFFINITY_SEED, BACKENDS, MAGLEV, SVC_IDLE},
     natsrc,
     parse::Flow,
@@ -178,8 +178,9 @@ fn write_pin(key: &AffinityKey, pin: &Pin, id: u32, be: &Backend) {
             idle_of,
         )
     };
-    if matches!(w, Written::Pinned { .. }) {
-        stats::backend_pinned(id);
+    match w {
+        Written::Pinned { .. } => stats::backend_pinned(id),
+        Written::Busy => log::insert_failed(key.service_id, id),
     }
 }
 
@@ -190,6 +191,7 @@ pub fn no_backend(svc: &ServiceValue, ss: &mut ServiceStats) -> Result<u32, ()> 
     if svc.flags & SVC_F_PASS_NO_BACKEND != 0 {
         stats::pass(Stat::PassNoBackend)
     } else {
+        log::no_backend(svc.id);
         stats::drop(Stat::DropNoBackend)
     }
 }

@@ -13,7 +13,7 @@ use lb_common::{Backend, ServiceStats, Stat};
 use lb_ebpf::{load_u32, ptr_at, store_u32};
 use network_types::eth::EthHdr;
 
-use super::{balance::Target, maps::TX_PORTS, stats};
+use super::{balance::Target, log, maps::TX_PORTS, stats};
 
 const BACKEND_MACS_OFFSET: usize = core::mem::offset_of!(Backend, mac);
 const _: () = assert!(core::mem::offset_of!(Backend, src_mac) == BACKEND_MACS_OFFSET + 6);
@@ -29,7 +29,10 @@ pub fn dsr(ctx: &XdpContext, ss: &mut ServiceStats, to: Target) -> Result<u32, (
     } else {
         match TX_PORTS.redirect(to.be.ifindex, XDP_DROP as u64) {
             Ok(action) => (action, Stat::Redirect),
-            Err(_) => return stats::drop(Stat::DropNoTxPort),
+            Err(_) => {
+                log::no_tx_port(to.id, to.be.ifindex);
+                return stats::drop(Stat::DropNoTxPort);
+            }
         }
     };
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {

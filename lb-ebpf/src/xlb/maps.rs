@@ -7,12 +7,13 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
     Backend, BackendStats, DEFAULT_AFFINITY_CAPACITY, DEFAULT_MAGLEV_SLOTS, FAST_SERVICE_SLOTS,
-    FastService, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES, MAX_TX_PORTS, ServiceKey,
-    ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
+    FastService, FragKey, FragValue, MAX_BACKENDS, MAX_SERVICE_KEYS, MAX_SERVICES,
+    MAX_TRACKED_FRAGMENTS, MAX_TX_PORTS, ServiceKey, ServiceStats, ServiceValue, Stat,
+    VIP_FILTER_WORDS,
     affinity::table::{Bucket, ColdBucket, table_entries},
     maps::{BPF_F_MMAPABLE, Meta},
     natsrc::{MAX_NAT_SOURCES, NAT_FILTER_WORDS, NatSourceData},
@@ -86,6 +87,10 @@ pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0)
 #[map(name = "XLB_SAMPLES")]
 pub static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_RING_BYTES, 0);
 
+/// Per CPU and service: packets until the next sample.
+#[map(name = "XLB_SAMPLE_CD")]
+pub static SAMPLE_CD: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
 /// Per service: the sampling period N set by the controller (0 = off).
 #[map(name = "XLB_SAMPLE_N")]
 pub static SAMPLE_N: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
@@ -106,3 +111,15 @@ pub static BE_LOAD: Array<u32> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// controller uses it; it is declared here so it is created and pinned with the rest.
 #[map(name = "XLB_META")]
 pub static META: Array<Meta> = Array::with_max_entries(1, 0);
+
+/// When each rare event was last reported (`lb_common::log_gate`); never pinned: it
+/// belongs to this loaded program (`lb_common::maps::PROGRAM_MAPS`).
+#[cfg(feature = "log")]
+#[map(name = "XLB_LOG_GATE")]
+pub static LOG_GATE: Array<u64> = Array::with_max_entries(lb_common::log_gate::GATES, 0);
+
+/// Fragmented packets whose first fragment was balanced: their ports, for the later
+/// fragments (lb_common::FragKey).
+#[map(name = "XLB_FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragValue> =
+    LruHashMap::with_max_entries(MAX_TRACKED_FRAGMENTS, 0);

@@ -1,6 +1,10 @@
 //! The xlb program's modules, one per concern, in the order a packet meets them (the
 //! path itself is `try_xlb` in main.rs): [`parse`] → [`service`] → [`balance`] →
-//! [`forward`], with [`stats`] counting every verdict and [`maps`] declaring every map.
+//! [`forward`], with [`stats`] counting every verdict, [`maps`] declaring every map and
+//! [`log`] reporting rare events (never on a hit or a pass-through); [`icmp`] takes ICMP
+//! to a VIP off that path (errors join it again at `forward`), with [`csum`] for the
+//! checksums it updates; [`frag`] gives a later fragment the ports (and service) it
+//! lacks, and remembers a first fragment's.
 //!
 //! Dependencies point one way: `parse` and `service` know nothing of balancing or
 //! forwarding, `balance` nothing of packets, `forward` nothing of services or pins; only
@@ -10,7 +14,11 @@
 
 pub mod balance;
 pub mod bound;
+pub mod csum;
 pub mod forward;
+pub mod frag;
+pub mod icmp;
+pub mod log;
 pub mod maps;
 pub mod natsrc;
 pub mod parse;

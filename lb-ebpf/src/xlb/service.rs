@@ -9,6 +9,7 @@ use lb_common::{
 };
 
 use super::{
+    log,
     maps::{SERVICES, SVC_FAST, VIP_FILTER},
     parse::Flow,
     stats,
@@ -28,14 +29,28 @@ pub fn vip_filter_hit(folded: u32) -> bool {
 /// Is `addr` a configured VIP? The pre-filter bit must already be known set.
 #[inline(always)]
 fn is_vip(addr: &Addr, family: u8) -> bool {
+    vip_flags(addr, family).is_some()
+}
+
+/// The flags of `addr`'s VIP marker (`SVC_F_VIP_MARKER` and the per-VIP bits such as
+/// `SVC_F_ECHO_REPLY`); `None` when `addr` is no VIP.
+#[inline(always)]
+pub fn vip_flags(addr: &Addr, family: u8) -> Option<u32> {
+    vip_marker(addr, family).map(|v| v.flags)
+}
+
+/// `addr`'s VIP marker (its flags and `lb_common::MARKER_SOLE` ports); `None` when
+/// `addr` is no VIP.
+#[inline(always)]
+pub fn vip_marker(addr: &Addr, family: u8) -> Option<ServiceValue> {
     let key = ServiceKey {
         addr: *addr,
         port_be: 0,
         proto: PROTO_VIP_MARKER,
         family,
     };
-    // SAFETY: the value is only tested for presence.
-    unsafe { SERVICES.get(key).is_some() }
+    // SAFETY: hash map values are replaced whole (RCU), never written in place.
+    unsafe { SERVICES.get(key) }.copied()
 }
 
 /// A packet xlb cannot balance: dropped (and counted as `reason`) when it is addressed
@@ -43,6 +58,7 @@ fn is_vip(addr: &Addr, family: u8) -> bool {
 #[inline(always)]
 pub fn not_balanceable(daddr: &Addr, family: u8, reason: Stat) -> Result<u32, ()> {
     if is_vip(daddr, family) {
+        log::unbalanceable(reason);
         stats::drop(reason)
     } else {
         stats::pass(Stat::PassNotService)

@@ -71,6 +71,9 @@ pub struct DaemonConfig {
     /// default derived from `pin_dir` ([`default_state_file`]), so two deployments never
     /// share one unless configured to.
     pub state_file: PathBuf,
+    /// What happens to ICMP/ICMPv6 echo requests addressed to a VIP (one setting for
+    /// the daemon: services share VIPs).
+    pub icmp_echo: IcmpEcho,
 }
 
 impl DaemonConfig {
@@ -85,6 +88,7 @@ impl DaemonConfig {
             affinity_capacity: DEFAULT_AFFINITY_CAPACITY,
             socket_group: None,
             state_file: default_state_file(Path::new(DEFAULT_PIN_DIR)),
+            icmp_echo: IcmpEcho::Reply,
         }
     }
 }
@@ -96,6 +100,18 @@ impl DaemonConfig {
 pub struct SocketGroup {
     pub name: String,
     pub gid: Option<u32>,
+}
+
+named_enum! {
+    /// `daemon.icmp_echo`: echo requests to a VIP.
+    #[derive(Default)]
+    pub enum IcmpEcho {
+        /// Answered by the XDP program (XDP_TX), whatever the host's stack would do.
+        #[default]
+        Reply = "reply",
+        /// Passed to the local stack (which answers if the VIP is one of its addresses).
+        Pass = "pass",
+    }
 }
 
 named_enum! {

@@ -153,6 +153,7 @@ fn daemon_from_raw(raw: RawDaemon) -> Result<DaemonConfig, Vec<FieldError>> {
     let mut d = DaemonConfig::new(Vec::new());
     interfaces(&mut e, raw.interfaces, &mut d);
     d.xdp_mode = named(&mut e, "xdp_mode", raw.xdp_mode, d.xdp_mode);
+    d.icmp_echo = named(&mut e, "icmp_echo", raw.icmp_echo, d.icmp_echo);
     let mut state_file = None;
     for (field, value, target) in [
         ("pin_dir", raw.pin_dir, &mut d.pin_dir),

@@ -32,6 +32,7 @@ pub struct RawDaemon {
     pub affinity_capacity: Option<i64>,
     pub socket_group: Option<String>,
     pub state_file: Option<String>,
+    pub icmp_echo: Option<String>,
 }
 
 impl From<&DaemonConfig> for RawDaemon {
@@ -47,6 +48,7 @@ impl From<&DaemonConfig> for RawDaemon {
             affinity_capacity: Some(d.affinity_capacity.into()),
             socket_group: d.socket_group.as_ref().map(|g| g.name.clone()),
             state_file: path(&d.state_file),
+            icmp_echo: Some(d.icmp_echo.name().into()),
         }
     }
 }

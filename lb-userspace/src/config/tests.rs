@@ -673,6 +673,7 @@ mod props {
             ("daemon", "affinity_capacity"),
             ("daemon", "state_file"),
             ("daemon", "socket_group"),
+            ("daemon", "icmp_echo"),
             ("daemon", "interfaces"),
             ("service", "colour"),
             ("health", "retries"),

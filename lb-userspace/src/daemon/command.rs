@@ -49,6 +49,12 @@ pub enum Command {
         service: Option<String>,
         reply: Reply,
     },
+    /// A draining backend's remaining live pins (one poll of `backend drain --wait`).
+    DrainStatus {
+        service: String,
+        address: IpAddr,
+        reply: Reply,
+    },
     /// A runtime change: first look at the backends it adds, validate, reconcile, save.
     Edit {
         edit: Edit,

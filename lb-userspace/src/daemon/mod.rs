@@ -136,6 +136,7 @@ async fn serve(mut started: Started) -> anyhow::Result<()> {
         tasks::announce::spawn(announce_rx, observations.clone()),
         server::spawn(listener, access_rx, commands.clone()),
     ];
+    let _events = started.events.take().map(tasks::events::spawn);
     let lines = Lines {
         observations,
         resolver: started.resolver.clone(),

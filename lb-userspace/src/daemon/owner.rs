@@ -15,7 +15,7 @@
 //! (server.rs), the rules of reconcile, what each background task does.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -80,6 +80,10 @@ pub struct State {
     pub announced: AnnounceBook,
     /// When the programmed state last changed: pin counts taken before are not fresh.
     pub changed_at: Instant,
+    /// (service, backend address) → when it was programmed draining (this daemon's run;
+    /// the start for one adopted or configured draining): only pin counts of passes
+    /// started after it speak for `drain --wait`.
+    pub drained_at: HashMap<(String, IpAddr), Instant>,
     /// One daemon per pin_dir: held as long as the state.
     _lock: PinDirLock,
 }
@@ -141,6 +145,7 @@ impl Owner {
             load: LoadState::default(),
             announced: AnnounceBook::default(),
             changed_at: Instant::now(),
+            drained_at: HashMap::new(),
             _lock: s.lock,
         };
         Self {
@@ -203,6 +208,11 @@ impl Owner {
             Command::AffinityFlush { service, reply } => {
                 answer(reply, self.affinity_flush(service.as_deref()))
             }
+            Command::DrainStatus {
+                service,
+                address,
+                reply,
+            } => self.drain_status(&service, address, reply),
             Command::Edit { edit, reply } => self.edit(edit, reply),
             Command::Reload(reply) => self.reload(reply),
             Command::Metrics(tx) => {
@@ -296,6 +306,21 @@ impl Owner {
         }
     }
 
+    /// One poll of `drain --wait`, answered at once from the last count; when that count
+    /// predates the drain and passes are cheap, a fresh pass is asked for (the next poll
+    /// sees it). A large table's passes come at their own pace.
+    fn drain_status(&mut self, service: &str, address: IpAddr, reply: Reply) {
+        match views::drain_status(&self.st, service, address) {
+            Ok(d) => {
+                if d.draining && !d.counted_since_drain && self.st.pinned.cheap {
+                    self.io.scan_now.notify_one();
+                }
+                answer(reply, Response::ok(d));
+            }
+            Err(r) => answer(reply, r),
+        }
+    }
+
     // --- changes ------------------------------------------------------------------------
 
     /// An edit: a first look at the backends it adds (in its own task: up to a second),
@@ -375,15 +400,22 @@ impl Owner {
         st.changed_at = Instant::now();
         let mut wanted = Vec::new();
         let mut addresses = HashSet::new();
+        let mut draining = HashMap::new();
         for svc in st.ctl.desired.services() {
             let Some(ps) = st.ctl.programmed.service(&svc.name) else {
                 continue;
             };
             for b in &ps.backends {
+                if b.draining {
+                    let key = (svc.name.clone(), b.address);
+                    let since = st.drained_at.get(&key).copied();
+                    draining.insert(key, since.unwrap_or(st.changed_at));
+                }
                 addresses.insert(b.address);
                 wanted.push(((svc.name.clone(), b.address), svc.health.clone(), b.health));
             }
         }
+        st.drained_at = draining;
         st.checks.sync(wanted, &self.io.observations);
         st.neigh.retain(&addresses);
         let mut targets: Vec<IpAddr> = addresses.into_iter().collect();

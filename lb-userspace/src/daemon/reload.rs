@@ -6,7 +6,7 @@
 //! Daemon settings, key by key:
 //! - applied: `interfaces` (attach to new ones, detach from removed ones), `metrics`
 //!   (the server moves to the new address, or stops), `socket_group` (the socket's group
-//!   and mode, and the peer check);
+//!   and mode, and the peer check), `icmp_echo` (the VIP markers rewritten);
 //! - refused with "restart needed": `socket`, `affinity_capacity` (a restart migrates
 //!   the table), `state_file`;
 //! - refused for good: `pin_dir` (it names the deployment: another one is another
@@ -182,6 +182,7 @@ impl Owner {
             self.io.metrics.start(listener);
         }
         self.regroup(&old, &r.cfg.daemon);
+        self.echo(&old, &r.cfg.daemon);
         let what = summary(&before, &self.st.ctl.desired);
         self.st.cfg = r.cfg;
         if let Err(e) = self.persist() {
@@ -251,6 +252,20 @@ impl Owner {
         }
         let names = std::sync::Arc::new(self.st.ifaces.names());
         self.io.names.send_replace(names);
+    }
+
+    /// A changed `icmp_echo`: the VIP markers say the new answer.
+    fn echo(&mut self, old: &DaemonConfig, new: &DaemonConfig) {
+        if old.icmp_echo == new.icmp_echo {
+            return;
+        }
+        let reply = new.icmp_echo == config::IcmpEcho::Reply;
+        if let Err(e) = self.st.ctl.dp.set_icmp_echo(reply) {
+            warn!(
+                "reload: setting icmp_echo = {:?}: {e}",
+                crate::model::Named::name(new.icmp_echo)
+            );
+        }
     }
 
     /// A changed `socket_group`: the socket's group and mode, then the peer check.

@@ -337,6 +337,11 @@ async fn forward(owner: &mpsc::Sender<Command>, req: Request) -> Response {
         Request::AffinityFlush { service } => Command::AffinityFlush { service, reply },
         Request::Reload => Command::Reload(reply),
         Request::Top(query) => Command::Top { query, reply },
+        Request::DrainStatus { service, address } => Command::DrainStatus {
+            service,
+            address,
+            reply,
+        },
     };
     if owner.send(command).await.is_err() {
         return error(ErrorKind::Runtime, "the daemon is stopping");

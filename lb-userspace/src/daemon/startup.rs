@@ -23,8 +23,14 @@ use super::{
     tasks::{links::Interfaces, neigh::NeighBook},
 };
 use crate::{
-    config::{Config, XdpMode},
-    dataplane::{loader::LoadOptions, lock::PinDirLock, maps::DataPlane, pin},
+    config::{Config, IcmpEcho, XdpMode},
+    dataplane::{
+        events::{self, EventReader},
+        loader::LoadOptions,
+        lock::PinDirLock,
+        maps::DataPlane,
+        pin,
+    },
     model::{Desired, Health},
     neigh::Resolver,
     reconcile::{Programmed, ProgrammedService, control::Controller},
@@ -39,6 +45,8 @@ pub struct Started {
     /// attaches it anew to a re-created interface.
     pub ebpf: Ebpf,
     pub program_id: u32,
+    /// The reader of this program's rare events (taken before it was attached).
+    pub events: Option<EventReader>,
     pub ifaces: Interfaces,
     pub neigh: NeighBook,
     pub resolver: Arc<Resolver>,
@@ -98,7 +106,12 @@ async fn load(
         pending: migrations,
     } = pin::load_pinned(&d.pin_dir, &opts, survey)?;
     let program_id = program_id(&mut ebpf);
+    let events = events::reader(&mut ebpf);
+    if events.is_none() {
+        warn!("this build's XDP program has no event ring buffer: its rare events are not logged");
+    }
     let mut dp = DataPlane::from_ebpf(&mut ebpf)?;
+    dp.set_icmp_echo(d.icmp_echo == IcmpEcho::Reply)?;
     let mut ifaces = Interfaces::new(d.pin_dir.clone(), d.xdp_mode == XdpMode::Generic);
     for name in &d.interfaces {
         let index = super::tasks::links::ifindex(name)
@@ -131,6 +144,7 @@ async fn load(
         ctl,
         ebpf,
         program_id,
+        events,
         ifaces,
         neigh,
         resolver,

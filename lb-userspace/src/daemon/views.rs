@@ -303,6 +303,7 @@ pub fn stats(st: &State) -> Response {
             repins: s.counters.repins,
             expiries: s.counters.expiries,
             no_backend: s.counters.no_backend,
+            icmp_errors: s.counters.icmp_errors,
             backends: s
                 .backends
                 .iter()
@@ -386,6 +387,7 @@ fn service_snapshot(st: &State, s: &ServiceView<'_>) -> metrics::ServiceSnapshot
         repins: c.repins,
         expiries: c.expiries,
         no_backend: c.no_backend,
+        icmp_errors: c.icmp_errors,
         pinned_clients: s.pinned,
         load_imbalance: shares.imbalance,
         top_source_share: st.load.top_share(&s.svc.name),
@@ -468,6 +470,50 @@ pub fn explain(st: &State, service: &str, client: IpAddr, port: u16) -> Response
         previous_slot_backend: e.previous_slot_backend,
         nat_source,
         over_bound_backend: e.bound.map(|(b, _)| b),
+    })
+}
+
+/// One poll of `xlb backend drain --wait`: the backend's live pins at the last count and
+/// whether that count can speak for the drain (see daemon/tasks/scan.rs). An unusable
+/// backend counts no pin, as in status: its clients move on their next packet anyway.
+pub fn drain_status(
+    st: &State,
+    service: &str,
+    address: IpAddr,
+) -> Result<api::DrainStatus, Response> {
+    let ps = st.ctl.service(service).map_err(control_error)?;
+    let Some(b) = ps.backend(address) else {
+        return Err(usage(format!(
+            "service {service:?} has no backend {address}"
+        )));
+    };
+    let idle = st
+        .ctl
+        .desired
+        .service(service)
+        .map_or_else(String::new, |s| format_duration(s.idle_timeout));
+    let p = &st.pinned;
+    let since = st.drained_at.get(&(service.to_string(), address));
+    let counted_since_drain =
+        b.draining && since.is_some_and(|t| p.taken.is_some_and(|at| at >= *t));
+    let (pinned, seen) = if b.usable() {
+        (p.backend(b.id), p.backend_seen(b.id))
+    } else {
+        (0, None)
+    };
+    let now = ktime_coarse_ns();
+    let ago = |ns: u64| now.saturating_sub(ns) as f64 / 1e9;
+    Ok(api::DrainStatus {
+        service: service.to_string(),
+        address,
+        draining: b.draining,
+        pinned_clients: pinned,
+        counted_since_drain,
+        counted_age_s: p.taken.map(|t| t.elapsed().as_secs_f64()),
+        newest_seen_s: seen.map(|s| ago(s.newest_ns)),
+        oldest_seen_s: seen.map(|s| ago(s.oldest_ns)),
+        idle_timeout: idle,
+        drained: counted_since_drain && pinned == 0,
     })
 }
 

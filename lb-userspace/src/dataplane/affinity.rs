@@ -398,12 +398,34 @@ const XLB_AFF_KEYS: &str = lb_common::MAP_AFF_KEYS;
 pub struct LivePins {
     pub per_service: StdHashMap<u32, u64>,
     pub per_backend: StdHashMap<u32, u64>,
+    /// When the live pins of each backend were last seen (for `backend drain --wait`).
+    pub seen: StdHashMap<u32, Seen>,
+}
+
+/// The last-seen stamps (`bpf_ktime_get_coarse_ns` clock, ns) of a backend's live pins:
+/// the least and the most recently active. A stamp lags its client's last packet by up
+/// to the service's refresh period (a quarter of `idle_timeout`, at most 1 s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub oldest_ns: u64,
+    pub newest_ns: u64,
 }
 
 impl LivePins {
-    fn add(&mut self, service: u32, backend: u32) {
+    /// Counts one live pin of `backend` (of `service`) last seen at `last_seen_ns`.
+    pub fn add(&mut self, service: u32, backend: u32, last_seen_ns: u64) {
         *self.per_service.entry(service).or_default() += 1;
         *self.per_backend.entry(backend).or_default() += 1;
+        self.seen
+            .entry(backend)
+            .and_modify(|s| {
+                s.oldest_ns = s.oldest_ns.min(last_seen_ns);
+                s.newest_ns = s.newest_ns.max(last_seen_ns);
+            })
+            .or_insert(Seen {
+                oldest_ns: last_seen_ns,
+                newest_ns: last_seen_ns,
+            });
     }
 }
 
@@ -500,7 +522,7 @@ impl PinCounter {
             self.table.for_each(self.cursor..to, now, |e| {
                 match judge_entry(&e, services, backends, now) {
                     Some((Verdict::Live { .. }, _)) => {
-                        partial.add(e.key.service_id, e.value.backend_id)
+                        partial.add(e.key.service_id, e.value.backend_id, e.value.last_seen_ns)
                     }
                     Some((Verdict::Expired, _)) => {
                         let timeout = services[&e.key.service_id].idle_timeout_ns;

@@ -14,6 +14,15 @@ use super::affinity::{self, TableError};
 
 /// The xlb balancer object, built by build.rs from lb-ebpf.
 pub static XLB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb"));
+/// The balancer object built without its diagnostics (lb-ebpf without the `log`
+/// feature: no aya-log records, no `AYA_LOGS` or `XLB_LOG_GATE`), for benchmarks and
+/// instruction counts that compare the hot path with and without them.
+pub static XLB_NOLOG_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-nolog"));
+
+/// The tunnel decapsulation program for backends (`xlb decap`), its own object.
+pub static DECAP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-decap"));
 /// Programs used only by benchmarks and tests (trivial pass, reflector).
 pub static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-bench-progs"));
@@ -124,17 +133,26 @@ pub fn initialise_table(ebpf: &Ebpf, seed: u64) -> Result<(), LoadError> {
 /// Loads the balancer object into the kernel, unpinned (maps created, programs not yet
 /// loaded), with a fresh affinity table: what the packet tests and benchmarks use.
 pub fn load_xlb(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
-    load_xlb_sampling(opts, true)
+    load_object(opts, XLB_OBJECT)
 }
 
-/// [`load_xlb`], with source sampling compiled in or left out (`SAMPLING`): the
+/// [`load_xlb`] of another build of the balancer ([`XLB_OBJECT`] or [`XLB_NOLOG_OBJECT`]).
+pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf, LoadError> {
+    load_object_sampling(opts, object, true)
+}
+
+/// [`load_object`], with source sampling compiled in or left out (`SAMPLING`): the
 /// benchmarks measure what sampling costs this way.
-pub fn load_xlb_sampling(opts: &LoadOptions, sampling: bool) -> Result<Ebpf, LoadError> {
+pub fn load_object_sampling(
+    opts: &LoadOptions,
+    object: &[u8],
+    sampling: bool,
+) -> Result<Ebpf, LoadError> {
     let globals = Globals {
         sampling: sampling.into(),
         ..Globals::new(opts, affinity::random_seed())
     };
-    let ebpf = loader(opts, &globals).load(XLB_OBJECT)?;
+    let ebpf = loader(opts, &globals).load(object)?;
     initialise_table(&ebpf, globals.seed)?;
     Ok(ebpf)
 }
@@ -142,14 +160,22 @@ pub fn load_xlb_sampling(opts: &LoadOptions, sampling: bool) -> Result<Ebpf, Loa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::maps::KERNEL_ADDED_FLAGS;
+    use lb_common::maps::{KERNEL_ADDED_FLAGS, MapDef, PROGRAM_MAPS};
 
-    /// The maps of the embedded object are exactly the table's: same names, types, key
-    /// and value sizes, default sizes and flags. The eBPF statics repeat the table by
-    /// hand (aya's `#[map(name = ...)]` wants literals); this fails when they drift.
+    /// The maps of the embedded object are exactly the table's (the pinned ones and the
+    /// program's own): same names, types, key and value sizes, default sizes and flags.
+    /// The eBPF statics repeat the table by hand (aya's `#[map(name = ...)]` wants
+    /// literals); this fails when they drift. The object without diagnostics has exactly
+    /// the pinned ones: it differs in nothing adoption sees.
     #[test]
     fn object_maps_equal_the_table() {
-        let obj = aya_obj::Object::parse(XLB_OBJECT).expect("the embedded object parses");
+        let all: Vec<&MapDef> = CATALOG.maps.iter().chain(PROGRAM_MAPS).collect();
+        object_maps_are(XLB_OBJECT, &all);
+        object_maps_are(XLB_NOLOG_OBJECT, &CATALOG.maps.iter().collect::<Vec<_>>());
+    }
+
+    fn object_maps_are(object: &[u8], defs: &[&MapDef]) {
+        let obj = aya_obj::Object::parse(object).expect("the embedded object parses");
         let sizes = Sizes::DEFAULT;
         let mut in_object: Vec<&str> = obj
             .maps
@@ -158,13 +184,13 @@ mod tests {
             .filter(|n| !n.starts_with('.'))
             .collect();
         in_object.sort();
-        let mut in_table: Vec<&str> = CATALOG.maps.iter().map(|d| d.name).collect();
+        let mut in_table: Vec<&str> = defs.iter().map(|d| d.name).collect();
         in_table.sort();
         assert_eq!(
             in_object, in_table,
             "map names: object vs lb_common::maps::MAPS"
         );
-        for def in CATALOG.maps {
+        for def in defs {
             let m = &obj.maps[def.name];
             let want = def.layout(&sizes);
             let got = (

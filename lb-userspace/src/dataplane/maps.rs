@@ -23,8 +23,9 @@ use lb_common::{
     Addr, AffinityKey, AffinityValue, Backend, BackendStats, MAP_AFF_KEYS, MAP_AFFINITY,
     MAP_BACKENDS, MAP_BE_LOAD, MAP_BE_STATS, MAP_MAGLEV, MAP_META, MAP_NAT_FILTER, MAP_NAT_SRC,
     MAP_SAMPLE_N, MAP_SAMPLES, MAP_SERVICES, MAP_STATS, MAP_SVC_FAST, MAP_SVC_IDLE, MAP_SVC_STATS,
-    MAP_TX_PORTS, MAP_VIP_FILTER, MAX_BACKENDS, MAX_SERVICES, PROTO_VIP_MARKER, SVC_F_VIP_MARKER,
-    ServiceKey, ServiceStats, ServiceValue, Stat, VIP_FILTER_WORDS,
+    MAP_TX_PORTS, MAP_VIP_FILTER, MARKER_SOLE, MAX_BACKENDS, MAX_SERVICES, PROTO_VIP_MARKER,
+    SVC_F_ECHO_REPLY, SVC_F_VIP_MARKER, ServiceKey, ServiceStats, ServiceValue, Stat,
+    VIP_FILTER_WORDS,
     affinity::{self, Verdict, table},
     maps::Meta,
     natsrc::{self, NatSourceData},
@@ -32,7 +33,7 @@ use lb_common::{
     vip_filter_bit,
 };
 
-pub use super::affinity::LivePins;
+pub use super::affinity::{LivePins, Seen};
 use super::{
     affinity::{AffinityTable, Entry, PinCounter, TableError},
     fastpath::FastServices,
@@ -212,6 +213,20 @@ fn update_batch(fd: &std::os::fd::OwnedFd, keys: &[u32], values: &[u32]) -> std:
 }
 
 /// Every map of the xlb program, typed.
+/// A VIP as its marker entry says it (see [`DataPlane::set_vips`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Vip {
+    /// Network order ([`Addr`]).
+    pub addr: Addr,
+    pub family: u8,
+    /// The port (network order, 0 = every port) of the VIP's only TCP service, when it
+    /// has exactly one and it routes by source address alone: later fragments without
+    /// a tracked first fragment go to it (lb_common::MARKER_SOLE).
+    pub sole_tcp: Option<u16>,
+    /// The same for UDP.
+    pub sole_udp: Option<u16>,
+}
+
 pub struct DataPlane {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     /// The direct-mapped copy of `services` the program looks at first.
@@ -242,6 +257,9 @@ pub struct DataPlane {
     be_load: Array<MapData, u32>,
     /// The sampled sources' ring, until a reader takes it ([`DataPlane::take_samples`]).
     samples: Option<SampleRing>,
+    /// `daemon.icmp_echo = "reply"`: VIP markers carry `SVC_F_ECHO_REPLY` (see
+    /// [`DataPlane::set_icmp_echo`]). True until told otherwise, as the config's default.
+    echo_reply: bool,
 }
 
 /// One `nat_sources` prefix of a service, as the trie holds it.
@@ -383,6 +401,7 @@ impl DataPlane {
             nat_filter: typed(ebpf, MAP_NAT_FILTER)?,
             be_load: typed(ebpf, MAP_BE_LOAD)?,
             samples: Some(SampleRing(typed(ebpf, MAP_SAMPLES)?)),
+            echo_reply: true,
         })
     }
 
@@ -546,27 +565,56 @@ impl DataPlane {
         }
     }
 
-    /// Makes the VIP set exactly `vips` (address, family): their marker entries exist
-    /// and the pre-filter has their bits. Markers first, filter last, so a packet that
-    /// passes the filter always finds its marker.
-    pub fn set_vips(&mut self, vips: &[(Addr, u8)]) -> Result<()> {
+    /// `daemon.icmp_echo`: whether echo requests to the VIPs are answered by the program
+    /// (`reply`) or passed; rewrites the markers already there (later ones follow it).
+    pub fn set_icmp_echo(&mut self, reply: bool) -> Result<()> {
+        self.echo_reply = reply;
+        let markers: Vec<(ServiceKey, ServiceValue)> = self
+            .services
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(k, _)| k.proto == PROTO_VIP_MARKER)
+            .collect();
+        for (key, mut value) in markers {
+            value.flags &= !SVC_F_ECHO_REPLY;
+            if reply {
+                value.flags |= SVC_F_ECHO_REPLY;
+            }
+            self.set_service(&key, &value)?;
+        }
+        Ok(())
+    }
+
+    /// The value of a VIP marker: the daemon's echo setting and the VIP's only services
+    /// (lb_common::MARKER_SOLE).
+    fn marker_value(&self, vip: &Vip) -> ServiceValue {
+        let echo = if self.echo_reply { SVC_F_ECHO_REPLY } else { 0 };
+        let sole = |p: Option<u16>| p.map_or(0, |port_be| MARKER_SOLE | u32::from(port_be));
+        ServiceValue {
+            id: u32::MAX,
+            flags: SVC_F_VIP_MARKER | echo,
+            table_offset: sole(vip.sole_tcp),
+            table_size: sole(vip.sole_udp),
+            ..Default::default()
+        }
+    }
+
+    /// Makes the VIP set exactly `vips`: their marker entries exist (with their only
+    /// services) and the pre-filter has their bits. Markers first, filter last, so a
+    /// packet that passes the filter always finds its marker.
+    pub fn set_vips(&mut self, vips: &[Vip]) -> Result<()> {
         let marker = |addr: Addr, family: u8| ServiceKey {
             addr,
             port_be: 0,
             proto: PROTO_VIP_MARKER,
             family,
         };
-        for &(addr, family) in vips {
-            let value = ServiceValue {
-                id: u32::MAX,
-                flags: SVC_F_VIP_MARKER,
-                ..Default::default()
-            };
-            self.set_service(&marker(addr, family), &value)?;
+        for vip in vips {
+            self.set_service(&marker(vip.addr, vip.family), &self.marker_value(vip))?;
         }
         let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
-        for (addr, _) in vips {
-            let (w, bit) = vip_filter_bit(addr);
+        for vip in vips {
+            let (w, bit) = vip_filter_bit(&vip.addr);
             words[w as usize] |= bit;
         }
         for (i, w) in words.iter().enumerate() {
@@ -586,7 +634,12 @@ impl DataPlane {
             .services
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| k.proto == PROTO_VIP_MARKER && !vips.contains(&(k.addr, k.family)))
+            .filter(|k| {
+                k.proto == PROTO_VIP_MARKER
+                    && !vips
+                        .iter()
+                        .any(|v| (v.addr, v.family) == (k.addr, k.family))
+            })
             .collect();
         for k in stale {
             self.remove_service(&k)?;
@@ -869,6 +922,7 @@ impl DataPlane {
             a.repins += s.repins;
             a.expiries += s.expiries;
             a.no_backend += s.no_backend;
+            a.icmp_errors += s.icmp_errors;
             a
         }))
     }
@@ -965,8 +1019,7 @@ impl LivePins {
         let mut c = LivePins::default();
         for p in judged {
             if matches!(p.verdict, Verdict::Live { .. }) {
-                *c.per_service.entry(p.key.service_id).or_default() += 1;
-                *c.per_backend.entry(p.value.backend_id).or_default() += 1;
+                c.add(p.key.service_id, p.value.backend_id, p.value.last_seen_ns);
             }
         }
         c

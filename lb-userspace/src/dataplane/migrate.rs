@@ -7,14 +7,14 @@
 //! Every converter may run more than once on the same pair (a restart after a crash
 //! repeats it, and adoption repeats it once after the new program took over to catch the
 //! entries the old program wrote meanwhile): it never overwrites an entry the new map
-//! already has, because that one is at least as recent.
+//! already has, because that one is at least as recent (counters: the larger value).
 //!
 //! The affinity table's converters write through the table's own protocol
 //! ([`super::affinity`]), so they are safe while the new program runs on the table.
 
 use std::path::Path;
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::{
     AffinityKey, AffinityValue, MAP_AFF_KEYS, MAP_SERVICES, MAX_SERVICES, SVC_F_VIP_MARKER,
     ServiceKey, ServiceValue,
@@ -100,7 +100,34 @@ pub fn convert(conversion: Conversion, old: &Path, new: &Path) -> Result<Convert
         Conversion::AffinityTable => affinity_table(old, new),
         // Its contents travel with XLB_AFFINITY's conversion, which reads them.
         Conversion::AffinityKeys => Ok(Converted::default()),
+        Conversion::Counters => counters(old, new),
     }
+}
+
+/// [`Conversion::Counters`]: every index both arrays have, per CPU the larger value.
+fn counters(old: &Path, new: &Path) -> Result<Converted> {
+    let err = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MigrateError::Op { op, path, source }
+    };
+    let from: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(old)?))
+        .map_err(err("open as counters", old))?;
+    let mut to: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(new)?))
+        .map_err(err("open as counters", new))?;
+    let n = from.len().min(to.len());
+    let mut c = Converted::default();
+    for i in 0..n {
+        let a = from.get(&i, 0).map_err(err("lookup", old))?;
+        let b = to.get(&i, 0).map_err(err("lookup", new))?;
+        c.read += 1;
+        let merged: Vec<u64> = a.iter().zip(b.iter()).map(|(x, y)| *x.max(y)).collect();
+        // One value per possible CPU, as the lookups returned.
+        let values = PerCpuValues::try_from(merged).expect("one value per CPU");
+        to.set(i, values, 0).map_err(err("update", new))?;
+        c.written += 1;
+    }
+    c.lost = from.len().saturating_sub(n) as usize;
+    Ok(c)
 }
 
 type AffinityMap = HashMap<MapData, AffinityKey, AffinityValue>;

@@ -46,8 +46,9 @@ use lb_common::{
 };
 
 pub use crate::dataplane::maps::NatSource;
+pub use crate::dataplane::maps::Vip;
 use crate::model::{
-    Affinity, Desired, Failback, NoBackend, Service, addr_bytes, addr_words,
+    Affinity, Desired, Failback, NoBackend, Protocol, Service, addr_bytes, addr_words,
     limits::{MAX_BACKENDS, MAX_SERVICES},
 };
 pub use crate::model::{Health, Link};
@@ -71,7 +72,7 @@ pub struct Programmed {
     /// Backend ids live in the backends map that no service owns (left by a crash).
     pub orphans: Vec<u32>,
     /// The VIP set last written; `None` when unknown (adopted).
-    pub vips: Option<Vec<(Addr, u8)>>,
+    pub vips: Option<Vec<Vip>>,
     /// The `nat_sources` entries last written (service id, prefix); `None` when unknown
     /// (adopted: the first reconcile rewrites them).
     pub nat_sources: Option<Vec<NatSource>>,
@@ -209,7 +210,7 @@ pub enum MapOp {
     RemoveService {
         key: ServiceKey,
     },
-    Vips(Vec<(Addr, u8)>),
+    Vips(Vec<Vip>),
     /// Every service's `nat_sources` (the whole set: the trie and its pre-filter).
     NatSources(Vec<NatSource>),
     FlushAffinity {
@@ -702,7 +703,6 @@ fn build_table(svc: &Service, members: &[MaglevBackend]) -> Result<Vec<u32>> {
     })
 }
 
-/// Distinct VIPs of the desired services, sorted.
 /// Every listed prefix with its service's id, sorted.
 fn nat_set(desired: &Desired, services: &[ProgrammedService]) -> Vec<NatSource> {
     let mut out: Vec<NatSource> = desired
@@ -724,9 +724,27 @@ fn nat_set(desired: &Desired, services: &[ProgrammedService]) -> Vec<NatSource> 
     out
 }
 
-fn vip_set(desired: &Desired) -> Vec<(Addr, u8)> {
+/// Distinct VIPs of the desired services, sorted, each with its only TCP and UDP
+/// service when it has exactly one that routes by source address alone.
+fn vip_set(desired: &Desired) -> Vec<Vip> {
     let mut vips: Vec<(Addr, u8)> = desired.services().map(|s| addr_words(s.vip)).collect();
     vips.sort_unstable();
     vips.dedup();
-    vips
+    let sole = |addr: Addr, family: u8, proto: Protocol| {
+        let mut of = desired
+            .services()
+            .filter(|s| s.protocol == proto && addr_words(s.vip) == (addr, family));
+        match (of.next(), of.next()) {
+            (Some(s), None) if s.affinity != Affinity::None => Some(s.port.to_be()),
+            _ => None,
+        }
+    };
+    vips.into_iter()
+        .map(|(addr, family)| Vip {
+            addr,
+            family,
+            sole_tcp: sole(addr, family, Protocol::Tcp),
+            sole_udp: sole(addr, family, Protocol::Udp),
+        })
+        .collect()
 }

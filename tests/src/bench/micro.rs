@@ -5,6 +5,11 @@
 //! table of 65,536) and, on the default capacity (1,048,576) filled with as many
 //! clients, `hit_many_ns` (65,536 of them round robin) and `miss_full_ns` (a client the
 //! table has never seen, per packet: each one evicts).
+//!
+//! The data plane's diagnostics (aya-log, lb-ebpf `xlb/log.rs`) are measured against the
+//! object built without them (`XLB_NOLOG_OBJECT`), interleaved in the same rounds: the
+//! hit and the pass-through (which never reach the reporting code) and a flood of one
+//! drop reason (which passes the once-a-second gate on every packet).
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
@@ -14,7 +19,7 @@ use aya::{
     programs::Xdp,
 };
 use xlb::{
-    dataplane::loader::{BENCH_OBJECT, LoadOptions},
+    dataplane::loader::{BENCH_OBJECT, LoadOptions, XLB_NOLOG_OBJECT},
     model::{Link, Protocol, Service},
     reconcile::inspect::affinity_key,
 };
@@ -31,6 +36,7 @@ struct Rotator<'a> {
 }
 use crate::{
     enter_private_netns,
+    fixtures::v4_fragment,
     harness::{XlbHarness, run_once, run_repeat},
     packet::{tcp_frame, v4},
 };
@@ -74,6 +80,17 @@ pub fn run() {
         .collect();
     let vip = v4("203.0.113.10");
     h.add_service(Service::new("web", vip, 80, Protocol::Tcp), &backends)
+        .expect("service");
+    // The same, built without diagnostics.
+    let mut nolog = XlbHarness::load_object(
+        &LoadOptions {
+            affinity_capacity: 65_536,
+            maglev_slots: 1 << 20,
+        },
+        XLB_NOLOG_OBJECT,
+    );
+    nolog
+        .add_service(Service::new("web", vip, 80, Protocol::Tcp), &backends)
         .expect("service");
     // Sampling: on at a high rate's period in `h`; compiled out in `unsampled` (the
     // verifier drops the code), on for every packet in `h` for one case.
@@ -180,6 +197,23 @@ pub fn run() {
 
     let client = v4("198.51.100.7");
     let hit_pkt = tcp_frame(client, vip, 40000, 80);
+    // Opt-in experiment: where the table's buckets live (bench/layout.rs).
+    if let Ok(mode) = std::env::var("XLB_BENCH_LAYOUT") {
+        let rotated = super::layout::RotatedXlb {
+            cfg: &mut rotate,
+            rotator: prog("src_rotator"),
+            clients: RotateConfig {
+                base: 0x0a00_0000,
+                mask: MANY - 1,
+                shift: (FULL_CAPACITY / MANY).trailing_zeros(),
+                ..RotateConfig::default()
+            },
+        };
+        super::layout::run(rotated, prog("xdp_pass"), &hit_pkt, load_start);
+        if mode == "only" {
+            return;
+        }
+    }
     let other_pkt = tcp_frame(client, v4("10.9.9.9"), 40000, 80);
     // Pin the client once so every measured run is an affinity hit.
     assert_eq!(h.run(&hit_pkt, LO).action, 3, "hit packet not forwarded");
@@ -189,9 +223,16 @@ pub fn run() {
         "non-service packet not passed"
     );
     assert_eq!(run_once(prog("reflector"), &hit_pkt, LO).action, 3);
-    assert_eq!(unsampled.run(&hit_pkt, LO).action, 3, "unsampled hit");
-    assert_eq!(nat_far.run(&hit_pkt, LO).action, 3, "nat_far hit");
-    assert_eq!(nat_near.run(&hit_pkt, LO).action, 3, "nat_near hit");
+    let drop_pkt = v4_fragment(vip, 0x2000);
+    for x in [&h, &nolog] {
+        assert_eq!(x.run(&hit_pkt, LO).action, 3, "hit packet not forwarded");
+        assert_eq!(x.run(&other_pkt, LO).action, 2, "non-service not passed");
+        assert_eq!(
+            x.run(&drop_pkt, LO).action,
+            1,
+            "fragment to a VIP not dropped"
+        );
+    }
 
     // Misses: one fresh client per run, so one run per BPF_PROG_TEST_RUN call. The
     // kernel's timer then also counts its own entry/exit once per call: measure that
@@ -211,29 +252,26 @@ pub fn run() {
         total as f64 / pkts.len() as f64
     };
 
+    for x in [&unsampled, &nat_far, &nat_near] {
+        assert_eq!(x.run(&hit_pkt, LO).action, 3, "hit packet not forwarded");
+    }
     let mut s: BTreeMap<&str, Samples> = BTreeMap::new();
     for round in 0..ROUNDS {
+        for (k, x) in [
+            ("hit_unsampled_ns", &unsampled),
+            ("hit_nat_prefilter_ns", &nat_far),
+            ("hit_nat_trie_ns", &nat_near),
+        ] {
+            s.entry(k)
+                .or_default()
+                .0
+                .push(run_repeat(x.prog(), &hit_pkt, LO, REPEAT));
+        }
         // Interleaved, round by round.
         s.entry("hit_ns")
             .or_default()
             .0
             .push(run_repeat(h.prog(), &hit_pkt, LO, REPEAT));
-        s.entry("hit_unsampled_ns").or_default().0.push(run_repeat(
-            unsampled.prog(),
-            &hit_pkt,
-            LO,
-            REPEAT,
-        ));
-        s.entry("hit_nat_prefilter_ns")
-            .or_default()
-            .0
-            .push(run_repeat(nat_far.prog(), &hit_pkt, LO, REPEAT));
-        s.entry("hit_nat_trie_ns").or_default().0.push(run_repeat(
-            nat_near.prog(),
-            &hit_pkt,
-            LO,
-            REPEAT,
-        ));
         let sampled = ring.drain(usize::MAX).len();
         assert!(
             sampled as f64 >= 0.9 * (REPEAT / SAMPLE_PERIOD) as f64,
@@ -254,6 +292,25 @@ pub fn run() {
             LO,
             REPEAT,
         ));
+        // Diagnostics against none; which goes first alternates with the round.
+        for with_log in [round % 2 == 0, round % 2 != 0] {
+            let (x, tag) = if with_log {
+                (&h, "log")
+            } else {
+                (&nolog, "nolog")
+            };
+            for (case, pkt) in [
+                ("hit", &hit_pkt),
+                ("pass_through", &other_pkt),
+                ("drop", &drop_pkt),
+            ] {
+                let ns = run_repeat(x.prog(), pkt, LO, REPEAT);
+                s.entry(leak(format!("{case}_{tag}_ns")))
+                    .or_default()
+                    .0
+                    .push(ns);
+            }
+        }
         s.entry("xdp_pass_ns").or_default().0.push(run_repeat(
             prog("xdp_pass"),
             &hit_pkt,
@@ -405,6 +462,31 @@ pub fn run() {
             v.median(),
             v.min(),
             v.max()
+        );
+    }
+    println!();
+    println!("diagnostics (aya-log) against the object built without them (same rounds):");
+    for case in ["hit", "pass_through", "drop"] {
+        let (with, without) = (
+            &s[format!("{case}_log_ns").as_str()],
+            &s[format!("{case}_nolog_ns").as_str()],
+        );
+        let verdict = if with.median() > without.max() {
+            "ABOVE the build without's min – max (slower)"
+        } else if with.median() < without.min() {
+            "below the build without's min – max (faster: code layout)"
+        } else {
+            "within the build without's min – max"
+        };
+        println!(
+            "  {case:<13} {:>6.1} [{:.1} – {:.1}] ns, without {:>6.1} [{:.1} – {:.1}] ns: {}",
+            with.median(),
+            with.min(),
+            with.max(),
+            without.median(),
+            without.min(),
+            without.max(),
+            verdict
         );
     }
     println!();
@@ -564,4 +646,9 @@ fn table_size_sweep(
         out.push(serde_json::json!({"capacity": capacity, "hot_bytes": bytes, "ns": v[2]}));
     }
     out
+}
+
+/// A sample name made at run time, for the map of samples (a handful per run).
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
 }

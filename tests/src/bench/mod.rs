@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod e2e;
 pub mod flood;
 pub mod idle;
+pub mod layout;
 pub mod maglev;
 pub mod micro;
 

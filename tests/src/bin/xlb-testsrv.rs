@@ -76,7 +76,15 @@ fn main() {
                     return;
                 }
             }
-            let body = format!("{name}\n");
+            // `GET /bytes/N`: N bytes, then the name (a download larger than any MTU).
+            let size = std::str::from_utf8(&req)
+                .ok()
+                .and_then(|r| r.strip_prefix("GET /bytes/"))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0)
+                .min(64 << 20);
+            let body = format!("{}{name}\n", ".".repeat(size));
             let resp = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -100,7 +108,8 @@ fn serve_udp(sock: &UdpSocket, local: IpAddr, name: &str) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
-    let mut buf = [0u8; 2048];
+    // A datagram up to the largest UDP payload (clients send fragmented ones).
+    let mut buf = vec![0u8; 65536];
     loop {
         let Some((n, from, stamp)) = recv_stamped(sock, &mut buf) else {
             continue;

@@ -5,18 +5,23 @@
 //! Pure: it reads what the runner observed and updates [`Memory`]; it never touches the
 //! kernel, so its own tests need no root.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use lb_common::{BackendStats, ServiceStats, Stat};
 
-use super::oracle::{Expect, Key, Topology};
+use super::oracle::{Expect, FragId, Key, Topology};
 use crate::harness::XdpAction;
 
 /// What earlier frames decided: every affinity key that has an entry in the kernel, and
 /// the backend (index into `Topology::backends`) it went to when the output showed it.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Memory {
     pins: HashMap<Key, Option<usize>>,
+    /// First fragments balanced: where their later fragments go, and when.
+    frags: HashMap<FragId, (usize, Key, Instant)>,
     /// Up to this many keys the affinity table cannot have evicted any (it holds four
     /// times as many), so a known key must hit; past it a known key may miss.
     exact_up_to: usize,
@@ -29,6 +34,7 @@ impl Memory {
     pub fn new(exact_up_to: usize) -> Self {
         Self {
             pins: HashMap::new(),
+            frags: HashMap::new(),
             exact_up_to,
             hits: 0,
             misses: 0,
@@ -113,12 +119,118 @@ pub fn judge(top: &Topology, mem: &mut Memory, case: &Case, obs: &Observed) -> V
             quiet_services(top, obs, None)?;
             quiet_backends(obs, &[])?;
         }
-        Expect::Balance { service, key } => {
+        Expect::Balance {
+            service,
+            key,
+            track,
+        } => {
+            if let Some(id) = track {
+                mem.frags.insert(*id, (*service, *key, Instant::now()));
+            }
             quiet_services(top, obs, Some(*service))?;
             balance(top, mem, case, obs, counted, *service, *key)?;
         }
+        Expect::Later { id, sole } => return later(top, mem, case, obs, *id, *sole),
+        Expect::IcmpError { service, key } => {
+            quiet_services(top, obs, Some(*service))?;
+            icmp_error(top, mem, case, obs, counted, *service, *key)?;
+        }
+        Expect::EchoReply(want) => {
+            ensure!(
+                obs.action == XdpAction::Tx as u32 && counted == Stat::IcmpEchoReply,
+                "got {} with counter {}",
+                action_name(obs.action),
+                counted.name()
+            );
+            if obs.output != want.as_slice() {
+                return Err(format!(
+                    "echo reply differs: {}",
+                    unchanged(want, obs.output).unwrap_err()
+                ));
+            }
+            quiet_services(top, obs, None)?;
+            quiet_backends(obs, &[])?;
+        }
     }
     Ok(counted)
+}
+
+/// Tracked first fragments are certain to be in `XLB_FRAGS` while younger than this (its
+/// timeout is 30 s) and while there are no more than [`FRAGS_EXACT`] of them (it holds
+/// 65,536, least recently used evicted); past either a later fragment may also take the
+/// untracked way.
+const FRAG_SURE: Duration = Duration::from_secs(25);
+const FRAGS_EXACT: usize = 16_384;
+
+/// A later fragment: judged as its first fragment's packet when tracked, else as its
+/// source's packet to the VIP's only service, else `drop_fragment`.
+fn later(
+    top: &Topology,
+    mem: &mut Memory,
+    case: &Case,
+    obs: &Observed,
+    id: FragId,
+    sole: Option<usize>,
+) -> Verdict {
+    let untracked = match sole {
+        Some(service) => Expect::Balance {
+            service,
+            key: top.key(service, id.src, 0),
+            track: None,
+        },
+        None => Expect::Drop(Stat::DropFragment),
+    };
+    let Some(&(service, key, when)) = mem.frags.get(&id) else {
+        return judge(
+            top,
+            mem,
+            &Case {
+                expect: &untracked,
+                ..*case
+            },
+            obs,
+        );
+    };
+    let tracked = Expect::Balance {
+        service,
+        key,
+        track: None,
+    };
+    if when.elapsed() < FRAG_SURE && mem.frags.len() <= FRAGS_EXACT {
+        return judge(
+            top,
+            mem,
+            &Case {
+                expect: &tracked,
+                ..*case
+            },
+            obs,
+        );
+    }
+    let mut trial = mem.clone();
+    match judge(
+        top,
+        &mut trial,
+        &Case {
+            expect: &tracked,
+            ..*case
+        },
+        obs,
+    ) {
+        Ok(stat) => {
+            *mem = trial;
+            Ok(stat)
+        }
+        Err(_) => judge(
+            top,
+            mem,
+            &Case {
+                expect: &untracked,
+                ..*case
+            },
+            obs,
+        ),
+    }
 }
 
 /// Exactly one global counter moved, by exactly one: which.
@@ -230,6 +342,59 @@ fn balance(
     }
     let remembered = chosen.or(known.flatten());
     mem.pins.insert(key, remembered);
+    Ok(())
+}
+
+/// An ICMP error: forwarded as a packet of the client would be, to its pin when the
+/// checker knows one, without a hit, miss or pin; `icmp_errors` counts what left.
+fn icmp_error(
+    top: &Topology,
+    mem: &Memory,
+    case: &Case,
+    obs: &Observed,
+    counted: Stat,
+    service: usize,
+    key: Key,
+) -> Result<(), String> {
+    let d = obs.services[service];
+    ensure!(
+        d.hits == 0 && d.misses == 0 && d.repins == 0 && d.expiries == 0,
+        "an ICMP error moved affinity counters: {d:?}"
+    );
+    if let Some(nb) = top.services[service].no_backend {
+        ensure!(
+            d.icmp_errors == 0,
+            "icmp_errors moved without a backend: {d:?}"
+        );
+        return no_backend(case, obs, counted, nb, d);
+    }
+    let chosen = match obs.action {
+        a if a == XdpAction::Tx as u32 || a == XdpAction::Redirect as u32 => {
+            ensure!(d.icmp_errors == 1, "icmp_errors did not move by one: {d:?}");
+            forwarded(top, case, obs, counted, service)?
+        }
+        a if a == XdpAction::Drop as u32 => {
+            ensure!(d.icmp_errors == 0, "icmp_errors moved for a drop: {d:?}");
+            no_tx_port(top, case, obs, counted, service)?
+        }
+        a => {
+            return Err(format!(
+                "got {} with counter {}",
+                action_name(a),
+                counted.name()
+            ));
+        }
+    };
+    if let (Some(Some(pinned)), true, Some(now)) =
+        (mem.pins.get(&key).copied(), mem.exact(), chosen)
+    {
+        ensure!(
+            pinned == now,
+            "ICMP error went to {}, but the client is pinned to {}",
+            top.backends[now].address,
+            top.backends[pinned].address
+        );
+    }
     Ok(())
 }
 

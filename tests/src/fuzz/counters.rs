@@ -139,13 +139,9 @@ fn from_words<T: Copy>(w: &[u64]) -> T {
     unsafe { std::ptr::read_unaligned(w.as_ptr() as *const T) }
 }
 
-/// The counters of service `id` in `words`. `sample_countdown` is not a counter (the
-/// sampler's per-CPU state, lb_common::sample): left out, as zero.
+/// The counters of service `id` in `words`.
 pub fn service_stats(words: &[u64], id: u32) -> ServiceStats {
-    ServiceStats {
-        sample_countdown: 0,
-        ..from_words(&words[id as usize * SVC_WORDS..][..SVC_WORDS])
-    }
+    from_words(&words[id as usize * SVC_WORDS..][..SVC_WORDS])
 }
 
 /// The counters of backend `id` in `words`.

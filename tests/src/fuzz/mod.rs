@@ -80,6 +80,10 @@ pub struct Report {
     pub exact_hits: bool,
     pub hits: u64,
     pub misses: u64,
+    /// Frames judged as ICMP errors sent on to a backend (they count as tx/redirect).
+    pub icmp_errors: u64,
+    /// Later fragments sent on to a backend.
+    pub later_fragments: u64,
 }
 
 /// At most this many failure classes are kept with an example.
@@ -209,6 +213,8 @@ impl Run {
                 exact_hits: true,
                 hits: 0,
                 misses: 0,
+                icmp_errors: 0,
+                later_fragments: 0,
             },
             top,
         }
@@ -217,7 +223,10 @@ impl Run {
     fn one(&mut self, prog: &aya::programs::Xdp, index: u64, case: Case) {
         *self.report.origins.entry(case.origin).or_default() += 1;
         let expect = oracle::expect(&self.top, &case.frame);
-        let balance = matches!(expect, Expect::Balance { .. });
+        let balance = matches!(
+            expect,
+            Expect::Balance { .. } | Expect::IcmpError { .. } | Expect::Later { .. }
+        );
         if balance || self.pending.len() >= MAX_PENDING {
             self.settle();
         }
@@ -287,7 +296,16 @@ impl Run {
             expect,
         };
         match check::judge(&self.top, &mut self.mem, &judged, &obs) {
-            Ok(stat) => *self.report.outcomes.entry(stat.name()).or_default() += 1,
+            Ok(stat) => {
+                *self.report.outcomes.entry(stat.name()).or_default() += 1;
+                if matches!(stat, Stat::Tx | Stat::Redirect) {
+                    match expect {
+                        Expect::IcmpError { .. } => self.report.icmp_errors += 1,
+                        Expect::Later { .. } => self.report.later_fragments += 1,
+                        _ => {}
+                    }
+                }
+            }
             Err(problem) => {
                 let class = format!(
                     "{} / {}",
@@ -370,6 +388,17 @@ fn expect_label(top: &Topology, e: &Expect) -> String {
         Expect::Balance { service, .. } => {
             format!("expected service {}", top.services[*service].name)
         }
+        Expect::Later { sole, .. } => match sole {
+            Some(s) => format!("expected later fragment to {}", top.services[*s].name),
+            None => "expected later fragment, tracked or dropped".into(),
+        },
+        Expect::IcmpError { service, .. } => {
+            format!(
+                "expected ICMP error to service {}",
+                top.services[*service].name
+            )
+        }
+        Expect::EchoReply(_) => "expected echo reply".into(),
     }
 }
 
@@ -425,6 +454,12 @@ impl fmt::Display for Report {
             let n = self.origins.get(&o).copied().unwrap_or(0);
             writeln!(f, "  {:<26} {n:>12}", o.name())?;
         }
+        writeln!(f, "ICMP errors sent on to a backend: {}", self.icmp_errors)?;
+        writeln!(
+            f,
+            "later fragments sent on to a backend: {}",
+            self.later_fragments
+        )?;
         writeln!(
             f,
             "affinity: {} hits, {} misses, {} keys (hit/miss predicted exactly: {})",

@@ -222,6 +222,8 @@ pub fn setup() -> (XlbHarness, Topology) {
         backends: Vec::new(),
         tx_ports: vec![redirect],
         ingresses: vec![(LO, "lo"), (redirect, "xlbf0"), (no_tx_port, "xlbf2")],
+        // The data plane's default, as the config's.
+        echo_reply: true,
     };
     for d in services() {
         let mut spec = model::Service::new(d.name, d.vip, d.port, protocol(d.proto));

@@ -49,8 +49,6 @@ pub struct DriverOptions {
     /// Kill and restart the daemon every this many ticks (the first at half of it).
     pub kill_every: Option<u64>,
     pub tick: Duration,
-    /// This build's CLI has `xlb backend weight`.
-    pub weight_cli: bool,
 }
 
 /// Applies the operations; see the module docs.

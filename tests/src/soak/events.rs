@@ -25,7 +25,7 @@ pub enum OpKind {
     Drain,
     /// `xlb backend undrain`
     Undrain,
-    /// `xlb backend weight` (only when this build's CLI has it)
+    /// `xlb backend weight`
     Weight,
     /// A backend's server killed, started again 0.5–3 s later.
     Server,

@@ -1,6 +1,6 @@
 //! `cargo xtask soak`: thousands of UDP clients send continuously through the lab to two
 //! services while a driver applies a seeded random operation every 100 ms through the real
-//! CLI (backend add, remove, drain, undrain, weight when the CLI has it, a backend's server
+//! CLI (backend add, remove, drain, undrain, weight, a backend's server
 //! stopped and started, a neighbour entry deleted or flushed on the balancer) and SIGKILLs
 //! and restarts the daemon on a fixed period. Checked continuously under sticky failback
 //! (see [`check`]): no unexcused change of backend, no request at a removed backend more
@@ -153,8 +153,6 @@ pub fn run(opts: &Options) -> Report {
     crate::require_root();
     let cpu0 = report::Cpu::now();
     let (mut lab, topo, model) = build_lab(opts);
-    // clap answers `--help` of a subcommand it knows without asking the daemon.
-    let weight_cli = lab.try_xlb(&["backend", "weight", "--help"]).is_ok();
     let ctl = Ctl {
         lb_netns: lab.lb.path(),
         socket: lab.socket.clone(),
@@ -164,7 +162,7 @@ pub fn run(opts: &Options) -> Report {
     let members = model.member.clone();
     let client_netns = lab.client.path();
     let t_start = wire::now_ns();
-    let drv_opts = driver_options(opts, weight_cli);
+    let drv_opts = driver_options(opts);
     let mut drv = Driver::new(&mut lab, &topo, model, opts.seed, drv_opts, shared.clone());
     drv.restart(None, "xlb run (first start)");
     let started = shared
@@ -190,7 +188,6 @@ pub fn run(opts: &Options) -> Report {
     let samples = shared.observer.samples.lock().expect("samples").clone();
     let mut report = report::render(&report::Inputs {
         opts,
-        weight_cli,
         topo: &topo,
         t_start,
         events: &out.events,
@@ -359,21 +356,20 @@ fn save(
     }
 }
 
-fn driver_options(opts: &Options, weight_cli: bool) -> DriverOptions {
+fn driver_options(opts: &Options) -> DriverOptions {
     let ticks = |d: Duration| (d.as_nanos() / opts.tick.as_nanos().max(1)).max(2) as u64;
     DriverOptions {
         drawn: opts
             .ops
             .iter()
             .copied()
-            .filter(|k| *k != OpKind::Kill && (*k != OpKind::Weight || weight_cli))
+            .filter(|k| *k != OpKind::Kill)
             .collect(),
         kill_every: opts
             .ops
             .contains(&OpKind::Kill)
             .then(|| ticks(opts.kill_every)),
         tick: opts.tick,
-        weight_cli,
     }
 }
 

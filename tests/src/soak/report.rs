@@ -13,7 +13,6 @@ use super::{Options, Report, mem, replay_command};
 /// Everything the report is made of.
 pub struct Inputs<'a> {
     pub opts: &'a Options,
-    pub weight_cli: bool,
     pub topo: &'a Topology,
     pub t_start: Ns,
     pub events: &'a [Event],
@@ -80,13 +79,6 @@ fn header_lines(out: &mut String, i: &Inputs) {
     };
     let names: Vec<&str> = o.ops.iter().map(|k| k.name()).collect();
     let _ = writeln!(out, "operations: {}{kill}", names.join(","));
-    if o.ops.contains(&super::OpKind::Weight) && !i.weight_cli {
-        let _ = writeln!(
-            out,
-            "  weight: not drawn — this build's CLI has no `xlb backend weight` (the hook is \
-             OpKind::Weight; it is drawn as soon as the CLI answers `xlb backend weight --help`)"
-        );
-    }
 }
 
 fn check_lines(out: &mut String, i: &Inputs, failed_ops: usize) {

@@ -485,7 +485,8 @@ fn a_smaller_table_keeps_the_most_recent_clients() {
 
 /// The daemon's counting passes remove entries expired for longer than the grace; live and
 /// recently expired ones stay, and so do entries of a service the pass does not know (its
-/// list of services may predate it); only live ones are counted.
+/// list of services may predate it); only live ones are counted, with when each backend's
+/// were last seen.
 #[test]
 fn counting_passes_sweep_long_expired_entries() {
     use lb_common::{FAMILY_V4 as V4, ServiceKey, ServiceValue};
@@ -519,8 +520,8 @@ fn counting_passes_sweep_long_expired_entries() {
     .expect("backend");
     let now = ktime_coarse_ns();
     let sec = 1_000_000_000u64;
-    // Live, expired within the grace, expired past it, and of an unknown service.
-    let idle = [1, 15, 100, 1];
+    // Live, expired within the grace, expired past it, of an unknown service, live.
+    let idle = [1, 15, 100, 1, 3];
     let mut keys = Vec::new();
     for (i, idle) in idle.iter().enumerate() {
         let (mut k, mut v) = entry(i as u32 * 5);
@@ -542,11 +543,62 @@ fn counting_passes_sweep_long_expired_entries() {
         })
         .expect("step")
         .expect("a whole pass");
-    assert_eq!(counts.per_service.get(&SERVICE), Some(&1), "one live pin");
+    assert_eq!(counts.per_service.get(&SERVICE), Some(&2), "two live pins");
+    assert_eq!(counts.per_backend.get(&3), Some(&2));
+    // When the backend's live pins were last seen (drain --wait): the expired ones and
+    // the other service's do not count. (Stamps have the table's ≈1 ms resolution.)
+    let seen = counts.seen[&3];
+    let near = |got: u64, want: u64| got.abs_diff(want) < 5_000_000;
+    assert!(near(seen.newest_ns, now - sec), "{seen:?}");
+    assert!(near(seen.oldest_ns, now - 3 * sec), "{seen:?}");
     assert_eq!(c.swept, 1);
     let present: Vec<bool> = keys
         .iter()
         .map(|k| dp.affinity_get(k).expect("get").is_some())
         .collect();
-    assert_eq!(present, [true, true, false, true]);
+    assert_eq!(present, [true, true, false, true, true]);
+}
+
+/// `XLB_STATS` pinned by a release with fewer verdicts (11 before ICMP echo replies) is
+/// resized, not refused: every counter it had is carried over, the new ones start at 0,
+/// and the old map's pin goes once the new program runs.
+#[test]
+fn counters_of_a_release_with_fewer_verdicts_are_carried_over() {
+    use aya::maps::{PerCpuArray, PerCpuValues};
+    use lb_common::{MAP_STATS, Stat};
+    let dir = PinDir::new();
+    fresh_state(&dir, 4096, 0);
+    let path = dir.map(MAP_STATS);
+    std::fs::remove_file(&path).expect("unpin");
+    let old_count = Stat::COUNT - 1;
+    let m = pin_map(&path, MapKind::PerCpuArray, 4, 8, old_count, 0);
+    let mut old: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(m)).expect("per-CPU array");
+    let cpus = aya::util::nr_cpus().expect("cpus");
+    for i in 0..old_count {
+        let v: Vec<u64> = (0..cpus).map(|c| u64::from(i) * 100 + c as u64).collect();
+        old.set(i, PerCpuValues::try_from(v).expect("values"), 0)
+            .expect("set");
+    }
+    let want: Vec<u64> = (0..old_count)
+        .map(|i| (0..cpus).map(|c| u64::from(i) * 100 + c as u64).sum())
+        .collect();
+
+    let (s, loaded, dp) = adopt(&dir.0, 4096, &CATALOG);
+    assert_eq!(s.migrations.len(), 1, "{s:?}");
+    assert_eq!(s.migrations[0].conversion, Conversion::Counters);
+    let stats = dp.stats().expect("stats");
+    assert_eq!(
+        &stats[..old_count as usize],
+        &want[..],
+        "counters not carried over"
+    );
+    assert_eq!(stats[old_count as usize], 0, "a new verdict starts at 0");
+    pin::finish_migrations(&dir.0, &loaded.pending).expect("finish");
+    let stats = dp.stats().expect("stats");
+    assert_eq!(
+        &stats[..old_count as usize],
+        &want[..],
+        "a second pass changed them"
+    );
 }

@@ -3,18 +3,16 @@
 //! balanced alone and kept — whatever the service's prefix; everyone else keeps
 //! source-address affinity, including clients next to a listed prefix (the pre-filter
 //! hits, the trie does not). `explain` names the prefix; `xlb service set` changes the
-//! list at run time; fragments of listed clients are dropped and counted.
+//! list at run time; a listed client's later fragments follow their first fragment.
 
 use std::{collections::HashMap, net::IpAddr};
 
-use lb_common::Stat;
 use xlb::{
     dataplane::loader::LoadOptions,
     model::{Edit, Prefix, Protocol, Service},
 };
 use xlb_tests::{
     enter_private_netns,
-    fixtures::v4_fragment,
     harness::{XdpAction, XlbHarness},
     packet::{tcp_frame, v4, v6},
     require_root,
@@ -181,19 +179,32 @@ fn the_list_changes_at_run_time() {
     assert_eq!(shares(&lab.connections(office, 60)).len(), 1);
 }
 
+/// A listed client's fragmented datagrams: each later fragment follows its first
+/// fragment (the fragment-tracking map holds the first one's ports, so the later one is
+/// keyed like it): never one datagram over two backends, while its datagrams of
+/// different ports spread like its connections.
 #[test]
-fn fragments_of_listed_clients_are_dropped_and_counted() {
-    // fixtures::v4_fragment comes from CLIENT4; list it.
-    let client = xlb_tests::fixtures::CLIENT4;
-    let listed = format!("{client}/32");
-    let lab = Lab::new(v4("203.0.113.10"), &V4_BACKENDS, &[listed.as_str()], 32);
-    let drops = |h: &XlbHarness| h.dp().stats().expect("stats")[Stat::DropFragment as usize];
-    let before = drops(&lab.h);
-    for frag in [0x2000u16, 185] {
-        let r = lab.h.run(&v4_fragment(lab.vip, frag), LO);
-        assert_eq!(r.action, XdpAction::Drop as u32, "fragment {frag:#x}");
+fn fragments_of_listed_clients_follow_their_first_fragment() {
+    use xlb_tests::fixtures::{v4_first, v4_later};
+    let lab = Lab::new(v4("203.0.113.10"), &V4_BACKENDS, &["198.51.100.0/24"], 32);
+    let client = v4("198.51.100.9");
+    let mut seen = std::collections::BTreeSet::new();
+    for n in 0..60u16 {
+        let first = lab
+            .h
+            .run(&v4_first(client, lab.vip, &tcp_l4(20_000 + n), 100 + n), LO);
+        let later = lab.h.run(&v4_later(client, lab.vip, 6, 100 + n), LO);
+        assert_eq!(first.action, XdpAction::Tx as u32, "first fragment {n}");
+        assert_eq!(later.action, XdpAction::Tx as u32, "later fragment {n}");
+        let (a, b) = (&first.output[..6], &later.output[..6]);
+        assert_eq!(a, b, "datagram {n} split over two backends");
+        seen.insert(lab.by_mac[&<[u8; 6]>::try_from(a).expect("mac")]);
     }
-    assert_eq!(drops(&lab.h) - before, 2);
+    assert_eq!(seen.len(), 3, "datagrams of 60 ports on {seen:?}");
+}
+
+fn tcp_l4(sport: u16) -> xlb_tests::packet::L4 {
+    xlb_tests::packet::tcp(sport, 80, &[0u8; 16])
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! touch: the controller or the maps' contents (the owner's).
 
 pub mod announce;
+pub mod events;
 pub mod health;
 pub mod links;
 pub mod neigh;

@@ -14,6 +14,20 @@
 //! moment). The passes also remove entries expired for an hour, because the table's time
 //! wraps after 52 days.
 //!
+//! `xlb backend drain --wait` is answered from these passes too, at no extra walk. A
+//! backend's entries are spread over the whole table by the hash (there is no per-backend
+//! index to walk instead), so any count of one backend's pins costs a whole pass whether
+//! it is asked for or not; the passes already make one, and also record when each
+//! backend's live pins were last seen ([`Seen`]). A drain poll is then a lookup in the
+//! last count (O(1)), and the waiting costs the daemon nothing beyond the usual upkeep.
+//! What makes such a count valid for a drain: it must come from a pass that *started*
+//! after the drain was programmed (the owner keeps when, per backend). Once a backend is
+//! draining it takes no new client, and a pin that expired or was re-decided never comes
+//! back to it, so its live pins only fall; a pass started after the drain that finds none
+//! proves there are none. (With a small table passes are cheap and a poll asks for one
+//! at once, as status does; with a full 1M-entry table a pass takes a few seconds of
+//! wall time at its bounded pace — small next to any idle_timeout a drain waits for.)
+//!
 //! Owns: when and how fast the table is counted. Must not touch: the judging rules
 //! (lb_common::affinity through dataplane), the daemon's state (it only reports).
 
@@ -31,7 +45,7 @@ use super::Task;
 use crate::{
     daemon::command::{Observation, PinReport},
     dataplane::{
-        affinity::PinCounter,
+        affinity::{PinCounter, Seen},
         maps::{self, ktime_coarse_ns},
     },
 };
@@ -52,6 +66,7 @@ pub struct PinnedCounts {
     /// Passes are cheap: a status may ask for a fresh one.
     pub cheap: bool,
     per_backend: HashMap<u32, u64>,
+    seen: HashMap<u32, Seen>,
 }
 
 impl PinnedCounts {
@@ -60,7 +75,14 @@ impl PinnedCounts {
             taken: Some(r.taken),
             cheap: r.cheap,
             per_backend: r.counts.per_backend,
+            seen: r.counts.seen,
         };
+    }
+
+    /// When backend `id`'s live pins were last seen, at the last count (`None`: it had
+    /// none).
+    pub fn backend_seen(&self, id: u32) -> Option<Seen> {
+        self.seen.get(&id).copied()
     }
 
     /// Live pins of backend `id` at the last count.
@@ -85,6 +107,9 @@ pub fn spawn(pin_dir: PathBuf, now: Arc<Notify>, tx: UnboundedSender<Observation
         loop {
             let dir = pin_dir.clone();
             let c = counter.take();
+            // Stamped before the step can read the maps: a pass is never dated later than
+            // the services and backends it judges against (drain --wait relies on it).
+            let begun = Instant::now();
             let step = tokio::task::spawn_blocking(move || {
                 let mut c = match c {
                     Some(c) => c,
@@ -94,7 +119,6 @@ pub fn spawn(pin_dir: PathBuf, now: Arc<Notify>, tx: UnboundedSender<Observation
                 let counts = c.step(ktime_coarse_ns(), budget, || maps::pinned_lookup(&dir))?;
                 Ok::<_, maps::MapsError>((c, starts, counts))
             });
-            let begun = Instant::now();
             match step.await {
                 Ok(Ok((c, starts, counts))) => {
                     if starts {
