@@ -65,11 +65,11 @@ pub fn describe(text: &str) -> String {
             e.a, e.b
         ),
         Some(Stat::DropFragment) => {
-            "drop_fragment: a fragment addressed to a VIP was dropped (fragments are not balanced)"
+            "drop_fragment: a fragment addressed to a VIP was dropped (a later fragment whose first was not seen, and no single service of its protocol on the VIP)"
                 .into()
         }
         Some(Stat::DropIpv6ExtHeader) => {
-            "drop_ipv6_ext_header: an IPv6 packet to a VIP with an extension header was dropped"
+            "drop_ipv6_ext_header: an IPv6 packet to a VIP with an extension header xlb does not walk (AH, ESP, mobility, HIP, shim6, 253/254, or more than six) was dropped"
                 .into()
         }
         Some(Stat::DropMalformed) => {

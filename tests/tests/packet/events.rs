@@ -26,7 +26,7 @@ use xlb::{
 };
 use xlb_tests::{
     enter_private_netns,
-    fixtures::v4_fragment,
+    fixtures::v4_later,
     harness::{XdpAction, XlbHarness},
     ifindex,
     packet::{arp_request, tcp_frame, v4},
@@ -173,7 +173,9 @@ fn each_event_is_reported_once_a_second_not_per_packet() {
     ];
     let burst = |ev: &Events| {
         let start = Instant::now();
-        ev.send(&v4_fragment(v4(WEB), 0x2000), 1000, XdpAction::Drop);
+        // A later UDP fragment to a VIP without a UDP service: no first fragment
+        // tracked, no sole service of its protocol.
+        ev.send(&v4_later(client, v4(WEB), 17, 7), 1000, XdpAction::Drop);
         ev.send(
             &tcp_frame(client, v4(NOPORT), 1000, 80),
             1000,
@@ -244,7 +246,11 @@ fn hits_misses_and_pass_throughs_report_nothing() {
     );
     assert_eq!(ev.take(), Vec::<String>::new());
     // The check can fail: one drop takes its gate.
-    ev.send(&v4_fragment(v4(WEB), 0x2000), 1, XdpAction::Drop);
+    ev.send(
+        &v4_later(v4("198.51.100.9"), v4(WEB), 17, 7),
+        1,
+        XdpAction::Drop,
+    );
     assert_ne!(ev.gates()[log_gate::gate(Stat::DropFragment) as usize], 0);
     assert_eq!(ev.take().len(), 1);
 }
