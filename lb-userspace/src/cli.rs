@@ -495,7 +495,7 @@ pub fn flag_for_field(field: &str) -> String {
         return format!("--backend (#{idx})");
     }
     match field {
-        "address" | "service" | "name" => field.to_uppercase(),
+        "address" | "service" | "name" | "WEIGHT" => field.to_uppercase(),
         _ => format!("--{}", field.replace(['.', '_'], "-")),
     }
 }
@@ -625,7 +625,13 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Node(NodeCmd::Undrain) => Request::Edit(Edit::NodeUndrain),
     };
     if let Request::Edit(edit) = &request {
-        let errors = edit.check_fields();
+        let mut errors = edit.check_fields();
+        if let Edit::BackendWeight { .. } = edit {
+            // `backend weight` takes the weight as its WEIGHT argument, not a flag.
+            for e in errors.iter_mut().filter(|e| e.field == "weight") {
+                e.field = "WEIGHT".into();
+            }
+        }
         if !errors.is_empty() {
             return Err(usage_of(&errors).into());
         }
@@ -1056,6 +1062,32 @@ mod tests {
         let mut v = vec!["xlb"];
         v.extend_from_slice(args);
         Cli::try_parse_from(v)
+    }
+
+    /// A weight the validator refuses is blamed on the argument the user typed: the
+    /// `WEIGHT` of `backend weight`, the `--weight` of `backend add` (both before any
+    /// request is sent: no daemon runs here).
+    #[test]
+    fn a_bad_weight_names_the_argument_that_carried_it() {
+        for (args, want) in [
+            (
+                &["backend", "weight", "web", "10.0.0.1", "0"][..],
+                "WEIGHT: ",
+            ),
+            (
+                &["backend", "weight", "web", "10.0.0.1", "65536"][..],
+                "WEIGHT: ",
+            ),
+            (
+                &["backend", "add", "web", "10.0.0.1", "--weight", "0"][..],
+                "--weight: ",
+            ),
+        ] {
+            let cli = parse(args).expect("parses");
+            let err = dispatch(&cli).expect_err("refused");
+            assert!(err.downcast_ref::<UsageError>().is_some(), "{err}");
+            assert!(err.to_string().starts_with(want), "{args:?}: {err}");
+        }
     }
 
     /// Every bad command line fails before anything is sent, with clap's usage exit code

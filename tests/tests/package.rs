@@ -175,6 +175,13 @@ fn installed_package_contents() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("[[service]]") && err.contains("host checks skipped"));
 
+    // The example's pointer to the key reference leads somewhere that has it.
+    let example = fs::read_to_string(CONFIG).expect("example");
+    let readme = "/usr/share/doc/xlb/README.md";
+    assert!(example.contains(readme), "the example names {readme}");
+    let text = fs::read_to_string(readme).expect("the README is installed");
+    assert!(text.contains("idle_timeout") && text.contains("affinity_capacity"));
+
     man_pages_render();
     completions_are_the_binarys();
     unit_verifies();

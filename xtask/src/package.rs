@@ -13,7 +13,7 @@
 //! - /lib/systemd/system/xlb.service
 //! - /etc/xlb/xlb.toml (conffile: kept on upgrade and remove, deleted on purge)
 //! - /usr/share/man/man1/xlb*.1.gz (one page per command)
-//! - bash, zsh and fish completions; /usr/share/doc/xlb/copyright
+//! - bash, zsh and fish completions; /usr/share/doc/xlb/copyright and README.md
 //! - maintainer scripts postinst, prerm, postrm (what they do: in each file)
 //!
 //! Must not touch: the installed system (it only builds the file).
@@ -128,6 +128,12 @@ fn stage(release: &Path, staging: &Path) -> Result<()> {
     copy(
         &assets.join("copyright"),
         &staging.join("usr/share/doc/xlb/copyright"),
+        0o644,
+    )?;
+    // The configuration reference lives in the README (the man pages cover the CLI).
+    copy(
+        &util::workspace_root().join("README.md"),
+        &staging.join("usr/share/doc/xlb/README.md"),
         0o644,
     )?;
     for script in SCRIPTS {

@@ -64,6 +64,20 @@ fn errors_of(text: &str) -> Vec<LocatedError> {
     }
 }
 
+/// A port out of range is one error, under `port`; it does not also make `health.port`
+/// "required" as if the service listened on every port (seen by a new user).
+#[test]
+fn a_bad_port_is_one_error() {
+    for port in ["70000", "-1"] {
+        let text = service(&format!(
+            "name = \"web\"\nvip = \"203.0.113.10\"\nport = {port}\nprotocol = \"tcp\"\n"
+        ));
+        let errors = errors_of(&text);
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["service[0].port"], "{errors:#?}");
+    }
+}
+
 #[test]
 fn bad_inputs_are_rejected_naming_file_line_and_key() {
     let two = |a: &str, b: &str| {
@@ -111,6 +125,8 @@ fn bad_inputs_are_rejected_naming_file_line_and_key() {
         ("vip missing", service("name = \"web\"\nport = 80\nprotocol = \"tcp\"\n"), "service[0].vip", "required", 4),
         ("vip unparsable", service("name = \"web\"\nvip = \"203.0.113\"\nport = 80\nprotocol = \"tcp\"\n"), "service[0].vip", "not an IPv4 or IPv6", 6),
         ("vip multicast", service("name = \"web\"\nvip = \"224.0.0.1\"\nport = 80\nprotocol = \"tcp\"\n"), "service[0].vip", "multicast", 6),
+        ("vip loopback", service("name = \"web\"\nvip = \"127.0.0.1\"\nport = 80\nprotocol = \"tcp\"\n"), "service[0].vip", "loopback", 6),
+        ("vip loopback v6", service("name = \"web\"\nvip = \"::1\"\nport = 80\nprotocol = \"tcp\"\n"), "service[0].vip", "loopback", 6),
         ("port too large", service("name = \"web\"\nvip = \"203.0.113.10\"\nport = 70000\nprotocol = \"tcp\"\n"), "service[0].port", "0..=65535", 7),
         ("protocol sctp", service("name = \"web\"\nvip = \"203.0.113.10\"\nport = 80\nprotocol = \"sctp\"\n"), "service[0].protocol", "\"tcp\", \"udp\"", 8),
         ("forwarding nat", web("forwarding = \"nat\"\n"), "service[0].forwarding", "not supported yet", 9),

@@ -368,7 +368,21 @@ impl Owner {
     /// saving fails the edit is undone.
     fn change(&mut self, edit: &Edit) -> Response {
         let before = self.st.ctl.desired.clone();
-        let what = edit.describe();
+        let mut what = edit.describe();
+        let node_edit = matches!(edit, Edit::NodeDrain | Edit::NodeUndrain);
+        if node_edit && self.st.cfg.announce.kind() == crate::model::AnnounceKind::None {
+            // Without an announcer nothing is announced or withdrawn: say so, not what
+            // an announcer would do.
+            what = format!(
+                "{} — but no [announce] is configured, so this node announces nothing: the \
+                 router's routes are unchanged (the state is kept for when [announce] is set)",
+                if matches!(edit, Edit::NodeDrain) {
+                    "node drained"
+                } else {
+                    "node undrained"
+                }
+            );
+        }
         let applied = match self.st.ctl.edit(edit) {
             Ok(a) => a,
             Err(e) => return control_error(e),

@@ -60,7 +60,9 @@ pub struct Started {
 /// without a program, no program without a daemon that configured it).
 pub async fn start(cfg: Config) -> anyhow::Result<Started> {
     let d = &cfg.daemon;
-    pin::ensure_bpffs(&d.pin_dir).context("mounting bpffs at /sys/fs/bpf")?;
+    if pin::ensure_bpffs(&d.pin_dir).context("mounting bpffs at /sys/fs/bpf")? {
+        info!("mounted bpffs at /sys/fs/bpf (it was not mounted)");
+    }
     // First: one daemon per pin_dir. Nothing (maps, program, state file, socket) is
     // touched before this.
     let lock = PinDirLock::acquire(&d.pin_dir)?;

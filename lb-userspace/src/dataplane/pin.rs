@@ -828,19 +828,34 @@ pub fn down(pin_dir: &Path) -> Result<Removed> {
     Ok(removed)
 }
 
-/// Mounts bpffs on `pin_dir`'s bpffs root (/sys/fs/bpf) when it is not mounted; a fresh
-/// machine has no bpffs there.
-pub fn ensure_bpffs(pin_dir: &Path) -> io::Result<()> {
+/// Mounts bpffs on `pin_dir`'s bpffs root (/sys/fs/bpf) when it is not mounted (a fresh
+/// machine has no bpffs there); `Ok(true)` when it did.
+///
+/// Errors: the mount fails; or bpffs is missing in a mount namespace other than PID 1's.
+/// That is what `ip netns exec` gives (it remounts /sys in a namespace of its own): a
+/// bpffs mounted there dies with this process, and with it every pin, the restart safety
+/// and the one-daemon-per-pin_dir lock — so it is refused, saying how to run instead.
+pub fn ensure_bpffs(pin_dir: &Path) -> io::Result<bool> {
     let root = Path::new("/sys/fs/bpf");
     if !pin_dir.starts_with(root) {
-        return Ok(());
+        return Ok(false);
     }
     let mounts = fs::read_to_string("/proc/self/mounts")?;
     if mounts
         .lines()
         .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
     {
-        return Ok(());
+        return Ok(false);
+    }
+    let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    if ns("self") != ns("1") {
+        return Err(io::Error::other(
+            "bpffs is not mounted at /sys/fs/bpf in this mount namespace, which is not the \
+             host's (PID 1's) — as under `ip netns exec`, which remounts /sys: pins there would \
+             vanish with this process (no restart safety, no lock against a second daemon). \
+             Run xlb in the host's mount namespace and enter only the network namespace: \
+             `nsenter --net=/var/run/netns/NAME xlb ...`",
+        ));
     }
     fs::create_dir_all(root)?;
     let src = c"bpf";
@@ -858,5 +873,5 @@ pub fn ensure_bpffs(pin_dir: &Path) -> io::Result<()> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(true)
 }

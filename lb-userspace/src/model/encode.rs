@@ -104,6 +104,9 @@ pub fn service_from_raw(raw: RawService) -> Result<Service, Vec<FieldError>> {
     let vip = required(&mut e, "vip", raw.vip)
         .and_then(|s| address(&mut e, "vip", &s))
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    // Only a valid port can make health.port required (port = 0); a missing or bad one
+    // is reported once, under `port`.
+    let port_known = raw.port.is_some_and(|p| u16::try_from(p).is_ok());
     let port =
         required(&mut e, "port", raw.port).map_or(0, |p| int(&mut e, "port", p, 0, u16::MAX));
     let protocol = match required(&mut e, "protocol", raw.protocol) {
@@ -127,7 +130,7 @@ pub fn service_from_raw(raw: RawService) -> Result<Service, Vec<FieldError>> {
     if let Some(m) = raw.table_size {
         s.table_size = int(&mut e, "table_size", m, MIN_TABLE_SIZE, MAX_TABLE_SIZE);
     }
-    s.health = health_from_raw(&mut e, raw.health.unwrap_or_default(), port);
+    s.health = health_from_raw(&mut e, raw.health.unwrap_or_default(), port, port_known);
     if let Some(x) = raw.nat_warn_share {
         s.nat_warn_share = share(&mut e, "nat_warn_share", x);
     }
@@ -183,7 +186,12 @@ fn backend_from_raw(e: &mut Errors, i: usize, b: RawBackend) -> Backend {
     }
 }
 
-fn health_from_raw(e: &mut Errors, raw: RawHealth, service_port: u16) -> HealthCheck {
+fn health_from_raw(
+    e: &mut Errors,
+    raw: RawHealth,
+    service_port: u16,
+    port_known: bool,
+) -> HealthCheck {
     let known = raw
         .kind
         .as_deref()
@@ -192,7 +200,7 @@ fn health_from_raw(e: &mut Errors, raw: RawHealth, service_port: u16) -> HealthC
     check_keys_apply(e, &raw, kind, known);
     let port = match raw.port {
         Some(p) => int(e, "health.port", p, 1, u16::MAX),
-        None if service_port != 0 || kind == CheckKind::None => service_port,
+        None if service_port != 0 || kind == CheckKind::None || !port_known => service_port,
         None => {
             e.push(
                 "health.port",

@@ -167,10 +167,14 @@ fn check_name(e: &mut Errors, svc: &Service, others: &[&Service]) {
 }
 
 fn check_listener(e: &mut Errors, svc: &Service, others: &[&Service]) {
-    if svc.vip.is_unspecified() || svc.vip.is_multicast() {
+    // A loopback address never arrives on a NIC, so XDP never sees its packets.
+    if svc.vip.is_unspecified() || svc.vip.is_multicast() || svc.vip.is_loopback() {
         e.push(
             "vip",
-            format!("{} cannot be a VIP (unspecified or multicast)", svc.vip),
+            format!(
+                "{} cannot be a VIP (unspecified, multicast or loopback)",
+                svc.vip
+            ),
         );
     }
     // A port-0 service and a port-80 service on one VIP coexist (the specific one wins).

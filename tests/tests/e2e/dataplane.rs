@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::Path,
-    process::Stdio,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -408,6 +408,27 @@ fn a_second_daemon_on_the_same_pin_dir_exits_at_once_and_changes_nothing() {
     assert!(
         before == snapshot(&lab),
         "the second instance changed the state"
+    );
+
+    // The same through `ip netns exec`, whose private /sys has no bpffs: a bpffs mounted
+    // there would hide the running daemon's pins and lock (the old code mounted one,
+    // created fresh state in it and failed only at attach). Refused before anything.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.lb.name])
+        .arg(xlb_bin())
+        .args(["run", "--config"])
+        .arg(&other)
+        .output()
+        .expect("ip netns exec xlb run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not the host's") && err.contains("nsenter --net"),
+        "{err}"
+    );
+    assert!(
+        before == snapshot(&lab),
+        "the instance under ip netns exec changed the state"
     );
 
     let cfg = lab.config.to_str().expect("utf-8").to_string();
