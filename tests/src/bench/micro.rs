@@ -36,7 +36,7 @@ struct Rotator<'a> {
 }
 use crate::{
     enter_private_netns,
-    fixtures::v4_fragment,
+    fixtures::v4_later,
     harness::{XlbHarness, run_once, run_repeat},
     packet::{tcp_frame, v4},
 };
@@ -223,7 +223,9 @@ pub fn run() {
         "non-service packet not passed"
     );
     assert_eq!(run_once(prog("reflector"), &hit_pkt, LO).action, 3);
-    let drop_pkt = v4_fragment(vip, 0x2000);
+    // A later UDP fragment to the (TCP) VIP: no first fragment seen, no UDP service on
+    // the VIP, so dropped (a first fragment would be balanced).
+    let drop_pkt = v4_later(client, vip, 17, 7);
     for x in [&h, &nolog] {
         assert_eq!(x.run(&hit_pkt, LO).action, 3, "hit packet not forwarded");
         assert_eq!(x.run(&other_pkt, LO).action, 2, "non-service not passed");
