@@ -70,6 +70,32 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// One request per client to `vip` (HTTP, or UDP), all from one thread in this
+    /// namespace: `(client, backend name or error)`.
+    pub fn round(
+        &self,
+        clients: &[IpAddr],
+        vip: IpAddr,
+        udp: bool,
+        timeout: Duration,
+    ) -> Vec<(IpAddr, Result<String, String>)> {
+        self.run(|| {
+            clients
+                .iter()
+                .map(|c| {
+                    let r = if udp {
+                        udp_request(*c, SocketAddr::new(vip, UDP_PORT), timeout)
+                    } else {
+                        http_request(*c, SocketAddr::new(vip, HTTP_PORT), "/", timeout)
+                    };
+                    (*c, r)
+                })
+                .collect()
+        })
+    }
+}
+
+impl Netns {
     pub fn new(name: String) -> Self {
         ip(&format!("netns add {name}"));
         let ns = Self { name };
@@ -886,19 +912,19 @@ impl Lab {
         udp: bool,
         timeout: Duration,
     ) -> Vec<(IpAddr, Result<String, String>)> {
-        self.client.run(|| {
-            clients
-                .iter()
-                .map(|c| {
-                    let r = if udp {
-                        udp_request(*c, SocketAddr::new(vip, UDP_PORT), timeout)
-                    } else {
-                        http_request(*c, SocketAddr::new(vip, HTTP_PORT), "/", timeout)
-                    };
-                    (*c, r)
-                })
-                .collect()
-        })
+        self.client.round(clients, vip, udp, timeout)
+    }
+
+    /// [`Lab::round`] where every client must be answered: client → backend name; panics
+    /// naming the client, the VIP, the error and the daemon's log otherwise.
+    pub fn answers(&self, clients: &[IpAddr], vip: IpAddr, udp: bool) -> BTreeMap<IpAddr, String> {
+        self.round(clients, vip, udp)
+            .into_iter()
+            .map(|(c, r)| {
+                let b = r.unwrap_or_else(|e| panic!("{c} → {vip}: {e}\n{}", self.daemon_log()));
+                (c, b)
+            })
+            .collect()
     }
 
     /// The affinity table as pinned (read through its own handle, like any tool would).

@@ -40,8 +40,7 @@ use socket2::{Domain, Socket, Type};
 use xlb::dataplane::loader::BENCH_OBJECT;
 
 use crate::lab::{
-    BackendHost, HTTP_PORT, Netns, Proc, UDP_PORT, VIPS_PER_FAMILY, http_request, run, testsrv_bin,
-    udp_request, xlb_bin,
+    BackendHost, HTTP_PORT, Netns, Proc, UDP_PORT, VIPS_PER_FAMILY, run, testsrv_bin, xlb_bin,
 };
 
 /// The router's address on the node segment and on the client link.
@@ -598,19 +597,7 @@ impl EcmpLab {
         udp: bool,
         timeout: Duration,
     ) -> Vec<(IpAddr, Result<String, String>)> {
-        self.client.run(|| {
-            clients
-                .iter()
-                .map(|c| {
-                    let r = if udp {
-                        udp_request(*c, SocketAddr::new(vip, UDP_PORT), timeout)
-                    } else {
-                        http_request(*c, SocketAddr::new(vip, HTTP_PORT), "/", timeout)
-                    };
-                    (*c, r)
-                })
-                .collect()
-        })
+        self.client.round(clients, vip, udp, timeout)
     }
 
     /// Opens one TCP connection to the web VIP of its family from each of `clients` and

@@ -2,7 +2,6 @@
 //! socket under abuse and against strangers (issue 10).
 
 use std::{
-    collections::BTreeMap,
     io::{Read as _, Write as _},
     net::IpAddr,
     os::unix::{fs::MetadataExt as _, net::UnixStream, process::CommandExt as _},
@@ -25,18 +24,6 @@ fn web(lab: &Lab, backends: &[(usize, bool)]) -> String {
         ));
     }
     s
-}
-
-fn answers(lab: &Lab, clients: &[IpAddr]) -> BTreeMap<IpAddr, String> {
-    lab.round(clients, IpAddr::V4(VIP4), false)
-        .into_iter()
-        .map(|(c, r)| {
-            (
-                c,
-                r.unwrap_or_else(|e| panic!("{c}: {e}\n{}", lab.daemon_log())),
-            )
-        })
-        .collect()
 }
 
 /// What must not change when a reload is refused: the maps' tables, each backend's
@@ -75,7 +62,7 @@ fn reload_applies_a_config_edit_and_refuses_a_broken_one() {
     lab.start_servers();
     lab.start_daemon();
     let (old, new) = lab.clients4.split_at(60);
-    let first = answers(&lab, old);
+    let first = lab.answers(old, IpAddr::V4(VIP4), false);
     lab.xlb(&[
         "backend",
         "weight",
@@ -120,10 +107,10 @@ fn reload_applies_a_config_edit_and_refuses_a_broken_one() {
         "be3 takes new clients"
     );
     assert_eq!(lab.pinned_affinity().len(), pins.len());
-    for (c, b) in answers(&lab, old) {
+    for (c, b) in lab.answers(old, IpAddr::V4(VIP4), false) {
         assert_eq!(first[&c], b, "client {c} moved");
     }
-    let fresh = answers(&lab, new);
+    let fresh = lab.answers(new, IpAddr::V4(VIP4), false);
     assert!(fresh.values().any(|b| b == "be3"), "{fresh:?}");
     assert!(
         !fresh.values().any(|b| b == "be0"),

@@ -247,11 +247,7 @@ fn sigkill_and_restart_move_nobody_and_keep_runtime_changes() {
     lab.start_daemon();
     let vip = IpAddr::V4(VIP4);
     let clients = lab.clients4.clone();
-    let first: BTreeMap<IpAddr, String> = lab
-        .round(&clients, vip, false)
-        .into_iter()
-        .map(|(c, r)| (c, r.expect("answer")))
-        .collect();
+    let first = lab.answers(&clients, vip, false);
     // A runtime change that must survive: drain be1 for new clients of web4.
     lab.xlb(&["backend", "drain", "web4", "10.100.0.12"]);
     let pins_before = lab.pinned_affinity();

@@ -15,14 +15,6 @@ use xlb_tests::lab::{Lab, LabOptions, VIP4, service_block, xlb_bin};
 
 const NO_HEALTH: &str = "health = { kind = \"none\" }\n";
 
-/// Each client's answer (backend name) over TCP.
-fn answers(lab: &Lab, clients: &[IpAddr], vip: IpAddr) -> BTreeMap<IpAddr, String> {
-    lab.round(clients, vip, false)
-        .into_iter()
-        .map(|(c, r)| (c, r.unwrap_or_else(|e| panic!("{c} → {vip}: {e}"))))
-        .collect()
-}
-
 /// Every affinity entry of `before` is in `after` with the same backend id and
 /// generation; returns how many moved (must be 0).
 fn moved_pins(
@@ -46,7 +38,7 @@ fn moved_pins(
 
 fn assert_no_client_moved(lab: &Lab, first: &BTreeMap<IpAddr, String>, when: &str) {
     let clients: Vec<IpAddr> = first.keys().copied().collect();
-    let now = answers(lab, &clients, IpAddr::V4(VIP4));
+    let now = lab.answers(&clients, IpAddr::V4(VIP4), false);
     let moved: Vec<_> = first
         .iter()
         .filter(|(c, b)| now.get(c) != Some(b))
@@ -104,7 +96,7 @@ fn adoption_creates_a_missing_map_and_moves_no_pin() {
     });
     lab.start_servers();
     lab.start_daemon();
-    let first = answers(&lab, &lab.clients4.clone(), IpAddr::V4(VIP4));
+    let first = lab.answers(&lab.clients4.clone(), IpAddr::V4(VIP4), false);
     let pins = lab.pinned_affinity();
     assert!(pins.len() >= first.len(), "{} pins", pins.len());
     let prog = lab.attached_prog_id().expect("attached");
@@ -146,7 +138,7 @@ fn an_unknown_pinned_map_is_refused_and_nothing_is_touched() {
     });
     lab.start_servers();
     lab.start_daemon();
-    let first = answers(&lab, &lab.clients4.clone(), IpAddr::V4(VIP4));
+    let first = lab.answers(&lab.clients4.clone(), IpAddr::V4(VIP4), false);
     lab.stop_daemon();
     let future = lab.pin_dir.join("maps").join("XLB_FUTURE");
     let map = aya::maps::MapData::create(
@@ -195,7 +187,7 @@ fn an_affinity_capacity_change_migrates_every_pin() {
     });
     lab.start_servers();
     lab.start_daemon();
-    let first = answers(&lab, &lab.clients4.clone(), IpAddr::V4(VIP4));
+    let first = lab.answers(&lab.clients4.clone(), IpAddr::V4(VIP4), false);
     let pins = lab.pinned_affinity();
     lab.stop_daemon();
     lab.affinity_capacity = 131_072;
@@ -236,7 +228,7 @@ fn ten_thousand_pins_survive_sigkill_and_restart() {
     lab.write_config(&lab.default_services());
     lab.start_servers();
     lab.start_daemon();
-    let first = answers(&lab, &lab.clients4.clone(), IpAddr::V4(VIP4));
+    let first = lab.answers(&lab.clients4.clone(), IpAddr::V4(VIP4), false);
     let real = lab.pinned_affinity();
     let service_id = real.first().expect("a real pin").0.service_id;
     let backends: Vec<(u32, u32)> = lab
@@ -304,11 +296,11 @@ fn pins_of_the_lru_layout_survive_the_upgrade() {
     });
     lab.start_servers();
     lab.start_daemon();
-    let first = answers(&lab, &lab.clients4.clone(), IpAddr::V4(VIP4));
-    let _ = answers(
-        &lab,
+    let first = lab.answers(&lab.clients4.clone(), IpAddr::V4(VIP4), false);
+    let _ = lab.answers(
         &lab.clients6.clone(),
         IpAddr::V6(xlb_tests::lab::VIP6),
+        false,
     );
     let pins = lab.pinned_affinity();
     assert!(
@@ -375,7 +367,7 @@ fn a_second_daemon_on_the_same_pin_dir_exits_at_once_and_changes_nothing() {
     });
     lab.start_servers();
     lab.start_daemon();
-    let first = answers(&lab, &lab.clients4.clone(), IpAddr::V4(VIP4));
+    let first = lab.answers(&lab.clients4.clone(), IpAddr::V4(VIP4), false);
     // A runtime change the second instance must not erase.
     lab.xlb(&["backend", "drain", "web4", "10.100.0.12"]);
     let pid = lab.daemon.as_ref().expect("daemon").child.id();
@@ -456,7 +448,7 @@ fn a_recreated_interface_gets_a_new_attachment_and_keeps_every_pin() {
     });
     lab.start_servers();
     lab.start_daemon();
-    let first = answers(&lab, &lab.clients4.clone(), IpAddr::V4(VIP4));
+    let first = lab.answers(&lab.clients4.clone(), IpAddr::V4(VIP4), false);
     let pins = lab.pinned_affinity();
     lab.stop_daemon();
     lab.recreate_lb_interface();

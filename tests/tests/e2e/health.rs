@@ -21,17 +21,6 @@ fn http_health(failback: &str, idle: &str) -> String {
     )
 }
 
-/// Answers of one HTTP round; panics on any failure.
-fn answers(lab: &Lab, clients: &[IpAddr], vip: IpAddr) -> BTreeMap<IpAddr, String> {
-    lab.round(clients, vip, false)
-        .into_iter()
-        .map(|(c, r)| {
-            let b = r.unwrap_or_else(|e| panic!("{c} → {vip}: {e}\n{}", lab.daemon_log()));
-            (c, b)
-        })
-        .collect()
-}
-
 /// A lab with one HTTP-checked service `web` on VIP 1, running.
 fn web_lab(clients: usize, backends: usize) -> Lab {
     let mut lab = Lab::new(LabOptions {
@@ -114,8 +103,8 @@ fn failover_moves_only_the_dead_backends_clients_then_sticky_or_rebalance_failba
     // 150 clients take part from the start; 50 stay fresh for after the recovery.
     let (old, fresh) = lab.clients4.split_at(150);
     let (old, fresh) = (old.to_vec(), fresh.to_vec());
-    let before_s = answers(&lab, &old, sticky);
-    let before_r = answers(&lab, &old, rebalance);
+    let before_s = lab.answers(&old, sticky, false);
+    let before_r = lab.answers(&old, rebalance, false);
     let clients6 = lab.clients6.clone();
     let before_6 = udp_answers(&lab, &clients6, dns6);
     let victim = "be1";
@@ -193,8 +182,8 @@ fn failover_moves_only_the_dead_backends_clients_then_sticky_or_rebalance_failba
     }
 
     // Nobody else moved, in either service.
-    let during_s = answers(&lab, &old, sticky);
-    let during_r = answers(&lab, &old, rebalance);
+    let during_s = lab.answers(&old, sticky, false);
+    let during_r = lab.answers(&old, rebalance, false);
     for (c, b) in &before_s {
         if b != victim {
             assert_eq!(&during_s[c], b, "client {c} of a healthy backend moved");
@@ -213,16 +202,16 @@ fn failover_moves_only_the_dead_backends_clients_then_sticky_or_rebalance_failba
             && health_of(&lab, "rebalance", "10.100.0.12") == "healthy"
     });
     // Sticky: nobody moves back; the recovered backend takes only new clients.
-    let after_s = answers(&lab, &old, sticky);
+    let after_s = lab.answers(&old, sticky, false);
     assert_eq!(after_s, during_s, "sticky failback moved clients");
-    let new_s = answers(&lab, &fresh, sticky);
+    let new_s = lab.answers(&fresh, sticky, false);
     let to_victim = new_s.values().filter(|b| *b == victim).count();
     assert!(
         to_victim > 0,
         "the recovered backend got none of 50 new clients: {new_s:?}"
     );
     // Rebalance: its former clients return to it, nobody else moves.
-    let after_r = answers(&lab, &old, rebalance);
+    let after_r = lab.answers(&old, rebalance, false);
     for (c, b) in &before_r {
         assert_eq!(
             &after_r[c], b,
@@ -255,7 +244,7 @@ fn drain_keeps_pinned_clients_takes_no_new_ones_and_pinned_count_falls() {
     lab.start_daemon();
     let (old, fresh) = lab.clients4.split_at(120);
     let (old, fresh) = (old.to_vec(), fresh.to_vec());
-    let first = answers(&lab, &old, vip);
+    let first = lab.answers(&old, vip, false);
     let pinned: BTreeSet<IpAddr> = first
         .iter()
         .filter(|(_, b)| *b == "be0")
@@ -264,9 +253,9 @@ fn drain_keeps_pinned_clients_takes_no_new_ones_and_pinned_count_falls() {
     assert!(!pinned.is_empty());
 
     lab.xlb(&["backend", "drain", "short", "10.100.0.11"]);
-    let again = answers(&lab, &old, vip);
+    let again = lab.answers(&old, vip, false);
     assert_eq!(again, first, "draining moved pinned clients");
-    let new = answers(&lab, &fresh, vip);
+    let new = lab.answers(&fresh, vip, false);
     assert!(
         new.values().all(|b| b != "be0"),
         "a new client reached the drained backend: {new:?}"
@@ -378,7 +367,7 @@ fn hanging_backends_are_detected_by_timeout_without_slowing_the_others() {
     );
     assert!(line("xlb_backend_last_check_latency_seconds", "10.100.0.12") >= 0.09);
     // Every client is served by the healthy one.
-    let got = answers(&lab, &lab.clients4.clone(), Lab::vip4(1));
+    let got = lab.answers(&lab.clients4.clone(), Lab::vip4(1), false);
     assert!(got.values().all(|b| b == "be0"), "{got:?}");
     lab.backends[1]
         .server
@@ -391,7 +380,7 @@ fn hanging_backends_are_detected_by_timeout_without_slowing_the_others() {
 fn all_backends_down_drops_and_counts_then_recovers_by_itself() {
     let mut lab = web_lab(20, 2);
     let clients = lab.clients4.clone();
-    answers(&lab, &clients, Lab::vip4(1));
+    lab.answers(&clients, Lab::vip4(1), false);
     lab.stop_server(0);
     lab.stop_server(1);
     wait_for("all backends unhealthy", Duration::from_secs(3), || {
@@ -459,7 +448,7 @@ fn a_new_backend_takes_clients_only_after_its_first_passed_check() {
     lab.xlb(&["backend", "add", "web", &new_backend]);
     let clients = lab.clients4.clone();
     let (early, late) = clients.split_at(60);
-    let got = answers(&lab, early, vip);
+    let got = lab.answers(early, vip, false);
     let on_new = got.values().filter(|b| *b == "be3").count();
     assert_eq!(
         on_new, 0,
@@ -473,7 +462,7 @@ fn a_new_backend_takes_clients_only_after_its_first_passed_check() {
         Duration::from_secs(3),
         || health_of(&lab, "web", &new_backend) == "healthy",
     );
-    let got = answers(&lab, late, vip);
+    let got = lab.answers(late, vip, false);
     assert!(
         got.values().any(|b| b == "be3"),
         "no new client reached the checked backend: {got:?}"

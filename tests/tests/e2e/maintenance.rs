@@ -37,16 +37,6 @@ fn web_lab(clients: usize, idle: &str) -> Lab {
     lab
 }
 
-fn answers(lab: &Lab, clients: &[IpAddr]) -> BTreeMap<IpAddr, String> {
-    lab.round(clients, Lab::vip4(1), false)
-        .into_iter()
-        .map(|(c, r)| {
-            let b = r.unwrap_or_else(|e| panic!("{c}: {e}\n{}", lab.daemon_log()));
-            (c, b)
-        })
-        .collect()
-}
-
 /// The clients of `first` that reached `backend`, and the others.
 fn split(first: &BTreeMap<IpAddr, String>, backend: &str) -> (Vec<IpAddr>, Vec<IpAddr>) {
     let (on, off): (Vec<_>, Vec<_>) = first.iter().partition(|(_, b)| *b == backend);
@@ -65,7 +55,7 @@ fn drain_wait_returns_when_no_session_is_left_then_remove_moves_nobody_active() 
     const IDLE: Duration = Duration::from_secs(4);
     let lab = web_lab(90, "4s");
     let clients = lab.clients4.clone();
-    let first = answers(&lab, &clients);
+    let first = lab.answers(&clients, Lab::vip4(1), false);
     let (on_be0, others) = split(&first, "be0");
     assert!(!on_be0.is_empty() && !others.is_empty(), "{first:?}");
 
@@ -104,7 +94,7 @@ fn drain_wait_returns_when_no_session_is_left_then_remove_moves_nobody_active() 
         let h =
             s.spawn(|| lab.try_xlb(&["backend", "drain", "web", BE0, "--wait", "--timeout", "2s"]));
         while !h.is_finished() {
-            for (c, b) in answers(&lab, &on_be0) {
+            for (c, b) in lab.answers(&on_be0, Lab::vip4(1), false) {
                 assert_eq!(b, "be0", "drained client {c} moved");
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -130,7 +120,7 @@ fn drain_wait_returns_when_no_session_is_left_then_remove_moves_nobody_active() 
     let (result, waited) = std::thread::scope(|s| {
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                for (c, b) in answers(&lab, &others) {
+                for (c, b) in lab.answers(&others, Lab::vip4(1), false) {
                     assert_eq!(b, first[&c], "client {c} of another backend moved");
                 }
                 std::thread::sleep(Duration::from_millis(300));
@@ -163,13 +153,13 @@ fn drain_wait_returns_when_no_session_is_left_then_remove_moves_nobody_active() 
 
     // Remove: nobody still active moves.
     lab.xlb(&["backend", "remove", "web", BE0]);
-    for (c, b) in answers(&lab, &others) {
+    for (c, b) in lab.answers(&others, Lab::vip4(1), false) {
         assert_eq!(
             b, first[&c],
             "client {c} moved when the drained backend left"
         );
     }
-    for (c, b) in answers(&lab, &on_be0) {
+    for (c, b) in lab.answers(&on_be0, Lab::vip4(1), false) {
         assert_ne!(b, "be0", "{c} still reached the removed backend");
     }
 }
@@ -198,7 +188,7 @@ fn name_of(lab: &Lab, v: &serde_json::Value) -> String {
 fn weight_change_moves_only_what_the_table_moves_and_survives_a_restart() {
     let mut lab = web_lab(150, "10m");
     let clients = lab.clients4.clone();
-    let first = answers(&lab, &clients);
+    let first = lab.answers(&clients, Lab::vip4(1), false);
     let web = (Lab::vip4(1), HTTP_PORT, 6u8);
     let share = |lab: &Lab| lab.pinned_tables()[&web][&BE0.parse::<IpAddr>().unwrap()];
     assert!((share(&lab) - 1.0 / 3.0).abs() < 0.01);
@@ -209,13 +199,17 @@ fn weight_change_moves_only_what_the_table_moves_and_survives_a_restart() {
         backend_status(&lab, "web", BE0).expect("listed")["weight"],
         3
     );
-    assert_eq!(answers(&lab, &clients), first, "a pinned client moved");
+    assert_eq!(
+        lab.answers(&clients, Lab::vip4(1), false),
+        first,
+        "a pinned client moved"
+    );
 
     // Without their pins, clients go where the new table says; only the moved slots move.
     let explained: BTreeMap<IpAddr, serde_json::Value> =
         clients.iter().map(|c| (*c, explain(&lab, *c))).collect();
     lab.xlb(&["affinity", "flush", "web"]);
-    let after = answers(&lab, &clients);
+    let after = lab.answers(&clients, Lab::vip4(1), false);
     let mut moved = 0;
     for (c, e) in &explained {
         let now = name_of(&lab, &e["slot_backend"]);
@@ -252,5 +246,9 @@ fn weight_change_moves_only_what_the_table_moves_and_survives_a_restart() {
         3
     );
     assert!((share(&lab) - 0.6).abs() < 0.01, "share {}", share(&lab));
-    assert_eq!(answers(&lab, &clients), after, "the restart moved a client");
+    assert_eq!(
+        lab.answers(&clients, Lab::vip4(1), false),
+        after,
+        "the restart moved a client"
+    );
 }

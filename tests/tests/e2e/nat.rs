@@ -253,11 +253,7 @@ fn office_behind_nat_skew_seen_and_spread() {
         "1.25",
     ]);
     let office_on = udp_from(&office_ns, office_clients[0]);
-    let before: BTreeMap<IpAddr, String> = lab
-        .round(&direct[..50], VIP4.into(), true)
-        .into_iter()
-        .map(|(c, r)| (c, r.expect("answer")))
-        .collect();
+    let before = lab.answers(&direct[..50], VIP4.into(), true);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let osocks = sockets(&office_ns, &office_clients);

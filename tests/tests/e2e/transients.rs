@@ -221,11 +221,7 @@ fn an_interface_deleted_and_recreated_while_running_is_followed() {
     lab.start_daemon();
     let vip = IpAddr::V4(VIP4);
     let clients = lab.clients4.clone();
-    let first: BTreeMap<IpAddr, String> = lab
-        .round(&clients, vip, false)
-        .into_iter()
-        .map(|(c, r)| (c, r.unwrap_or_else(|e| panic!("{c}: {e}"))))
-        .collect();
+    let first = lab.answers(&clients, vip, false);
     let pins = lab.pinned_affinity();
 
     // Deleted and re-created at once: attached again, traffic flows, nobody moves.
