@@ -31,6 +31,15 @@ pub struct Target {
     pub id: u32,
 }
 
+/// The affinity key of `flow`'s client under `svc` — keyed on address and port when the
+/// client is in the service's `nat_sources`. Every path that looks a client up (packets,
+/// ICMP errors about them) takes its key from here.
+#[inline(always)]
+pub fn client_key(svc: &ServiceValue, flow: &Flow) -> AffinityKey {
+    let listed = natsrc::listed(svc, flow);
+    affinity::key_for(svc, &flow.saddr, flow.sport, flow.family, listed)
+}
+
 /// The backend of `flow` under `svc`: the client's live pin, else the Maglev slot of
 /// its key (and the pin is written). `Ok(None)`: no usable backend (see
 /// [`no_backend`]); `Err`: a map index out of range, which the loader rules out.
@@ -40,8 +49,7 @@ pub fn backend(
     ss: &mut ServiceStats,
     flow: &Flow,
 ) -> Result<Option<Target>, ()> {
-    let listed = natsrc::listed(svc, flow);
-    let key = affinity::key_for(svc, &flow.saddr, flow.sport, flow.family, listed);
+    let key = client_key(svc, flow);
     // SAFETY: a helper without side effects.
     let now_ns = unsafe { bpf_ktime_get_coarse_ns() };
     let now = table::units(now_ns);

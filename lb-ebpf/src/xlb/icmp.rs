@@ -185,7 +185,8 @@ fn ports(ctx: &XdpContext, l4: usize) -> Option<(u16, u16)> {
 /// else the one its Maglev slot holds if it takes new clients. Writes nothing.
 #[inline(always)]
 fn lookup(svc: &ServiceValue, flow: &Flow) -> Option<Target> {
-    let key = affinity::key(svc, &flow.saddr, flow.sport, flow.family);
+    // The key the data path pinned the client under (nat_sources clients by port).
+    let key = balance::client_key(svc, flow);
     // SAFETY: a helper without side effects.
     let now = table::units(unsafe { bpf_ktime_get_coarse_ns() });
     let place = table::place(&key, AFFINITY_SEED.load(), AFFINITY_BUCKETS.load());

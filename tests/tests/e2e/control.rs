@@ -173,6 +173,20 @@ fn reload_applies_a_config_edit_and_refuses_a_broken_one() {
     }
     assert!(lab.daemon_log().contains("bogus"), "{}", lab.daemon_log());
     assert_eq!(fingerprint(&lab), before);
+
+    // Without [announce], node drain/undrain must not claim a withdrawal or an
+    // announcement that nothing performs (they said "every VIP withdrawn").
+    for (cmd, done) in [("drain", "node drained"), ("undrain", "node undrained")] {
+        let out = lab.xlb(&["node", cmd]);
+        assert!(
+            out.contains(done) && out.contains("no [announce] is configured"),
+            "xlb node {cmd}: {out}"
+        );
+        assert!(
+            !out.contains("withdrawn") && !out.contains("VIPs announced"),
+            "{out}"
+        );
+    }
 }
 
 /// Whether backend `i` is in the status.

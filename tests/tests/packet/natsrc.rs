@@ -120,6 +120,25 @@ fn listed_clients_spread_per_connection_and_keep_each_one() {
     assert_eq!(shares(&lab.connections(v4("192.0.2.77"), 60)).len(), 3);
 }
 
+/// An ICMP error about a listed client's connection (a router's fragmentation needed)
+/// goes to the backend that connection is pinned to: the ICMP path keys the client as the
+/// packet path does (address and port), not by address alone. Before the fix it looked
+/// the address-only key up, missed, and sent the error to the address's Maglev slot.
+#[test]
+fn icmp_errors_about_a_listed_client_reach_its_connections_backend() {
+    use xlb_tests::fixtures::frag_needed;
+    let lab = Lab::new(v4("203.0.113.10"), &V4_BACKENDS, &["198.51.100.0/24"], 32);
+    let client = v4("198.51.100.9");
+    let to = lab.connections(client, 60);
+    for (i, want) in to.iter().enumerate() {
+        let port = 20_000 + i as u16;
+        let r = lab.h.run(&frag_needed(lab.vip, client, port), LO);
+        assert_eq!(r.action, XdpAction::Tx as u32, "error about port {port}");
+        let got = lab.by_mac[&<[u8; 6]>::try_from(&r.output[..6]).expect("mac")];
+        assert_eq!(got, *want, "error about {client}:{port}");
+    }
+}
+
 #[test]
 fn clients_outside_the_list_keep_address_affinity() {
     let lab = Lab::new(v4("203.0.113.10"), &V4_BACKENDS, &["198.51.100.0/24"], 16);
