@@ -30,6 +30,7 @@ pub mod maglev;
 pub mod maps;
 pub mod natsrc;
 pub mod sample;
+pub mod tunnel;
 
 pub use affinity::{MAX_IDLE_TIMEOUT_NS, MIN_IDLE_TIMEOUT_NS};
 pub use hash::{flow_hash, maglev_slot};
@@ -206,6 +207,9 @@ pub const SVC_F_VIP_MARKER: u32 = 1 << 2;
 pub const SVC_F_NAT_SOURCES: u32 = 1 << 4;
 /// The service has a `balance_factor`: new clients avoid backends over the bound.
 pub const SVC_F_BOUNDED: u32 = 1 << 5;
+/// The service (tunnel mode) has a `tunnel_source` prefix in `XLB_TUN_SRC`; without it
+/// the outer source is the egress interface's address (`XLB_EGRESS`).
+pub const SVC_F_TUNNEL_SOURCE: u32 = 1 << 6;
 
 /// On a VIP marker: ICMP/ICMPv6 echo requests to this VIP are answered by the program
 /// (`daemon.icmp_echo = "reply"`); without it they are passed to the local stack.
@@ -236,8 +240,10 @@ pub fn marker_sole_port(marker: &ServiceValue, proto: u8) -> Option<u16> {
     }
 }
 
-/// Forwarding modes (`ServiceValue::mode`).
+/// Forwarding modes (`ServiceValue::mode`): DSR rewrites the MACs only; tunnel
+/// encapsulates in IPIP / IP6IP6 / 4in6 ([`tunnel`]).
 pub const MODE_DSR: u8 = 0;
+pub const MODE_TUNNEL: u8 = 1;
 
 /// Value of the services map. All fields host order unless stated.
 #[repr(C)]
@@ -457,10 +463,20 @@ pub enum Stat {
     /// ICMP or ICMPv6 echo request to a VIP answered by the program (XDP_TX), with
     /// `daemon.icmp_echo = "reply"`.
     IcmpEchoReply = 11,
+    /// Tunnel mode: the packet would exceed the egress MTU once encapsulated, and it is
+    /// IPv6 or IPv4 with DF: answered with ICMP fragmentation-needed / ICMPv6 packet-too-big
+    /// carrying the inner MTU, back to the client (XDP_TX).
+    IcmpTooBig = 12,
+    /// Tunnel mode: an IPv4 packet without DF that would exceed the egress MTU once
+    /// encapsulated (XDP cannot fragment): dropped.
+    DropTooBig = 13,
+    /// Tunnel mode: the backend's egress interface has no `XLB_EGRESS` entry, or no
+    /// address of the backend's family for the default outer source: dropped.
+    DropNoEgress = 14,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 15;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::PassNonIp,
         Stat::PassNotService,
@@ -474,6 +490,9 @@ impl Stat {
         Stat::Tx,
         Stat::Redirect,
         Stat::IcmpEchoReply,
+        Stat::IcmpTooBig,
+        Stat::DropTooBig,
+        Stat::DropNoEgress,
     ];
 
     /// Stable snake_case name, used in metrics and JSON.
@@ -491,6 +510,9 @@ impl Stat {
             Stat::Tx => "tx",
             Stat::Redirect => "redirect",
             Stat::IcmpEchoReply => "icmp_echo_reply",
+            Stat::IcmpTooBig => "icmp_too_big",
+            Stat::DropTooBig => "drop_too_big",
+            Stat::DropNoEgress => "drop_no_egress",
         }
     }
 }

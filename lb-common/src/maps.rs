@@ -28,6 +28,7 @@ use crate::{
     affinity::table::{Bucket, ColdBucket, table_entries},
     natsrc::{BPF_F_NO_PREALLOC, MAX_NAT_SOURCES, NAT_FILTER_WORDS, NatSourceData},
     sample::SAMPLES_RING_BYTES,
+    tunnel::{Egress, MAP_EGRESS, MAP_TUN_SRC, MAX_EGRESS, TunnelSource},
 };
 
 /// `BPF_F_MMAPABLE`: the array's memory can be mmapped (and its values start page-aligned,
@@ -401,6 +402,21 @@ pub const MAPS: &[MapDef] = &[
         4,
         4,
         MaxEntries::Fixed(MAX_BACKENDS),
+    ),
+    // forwarding = "tunnel" (crate::tunnel): set by the controller.
+    def(
+        MAP_TUN_SRC,
+        MapKind::Array,
+        4,
+        size::<TunnelSource>(),
+        MaxEntries::Fixed(MAX_SERVICES),
+    ),
+    def(
+        MAP_EGRESS,
+        MapKind::Hash,
+        4,
+        size::<Egress>(),
+        MaxEntries::Fixed(MAX_EGRESS),
     ),
     def(
         MAP_META,

@@ -18,6 +18,7 @@ use lb_common::{
     maps::{BPF_F_MMAPABLE, Meta},
     natsrc::{MAX_NAT_SOURCES, NAT_FILTER_WORDS, NatSourceData},
     sample::SAMPLES_RING_BYTES,
+    tunnel::{Egress, MAX_EGRESS, TunnelSource},
 };
 
 /// The services (and a `PROTO_VIP_MARKER` key per VIP), replaced whole by the controller.
@@ -106,6 +107,14 @@ pub static NAT_FILTER: Array<u64> = Array::with_max_entries(NAT_FILTER_WORDS, 0)
 /// Backend id → load flags (lb_common::bound::OVER_BOUND), set by the controller.
 #[map(name = "XLB_BE_LOAD")]
 pub static BE_LOAD: Array<u32> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Service id → its `tunnel_source` prefix (lb_common::tunnel), tunnel mode only.
+#[map(name = "XLB_TUN_SRC")]
+pub static TUN_SRC: Array<TunnelSource> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// Egress ifindex → MTU and default outer sources of tunnel backends (lb_common::tunnel).
+#[map(name = "XLB_EGRESS")]
+pub static EGRESS: HashMap<u32, Egress> = HashMap::with_max_entries(MAX_EGRESS, 0);
 
 /// Facts about the pinned state (format, the durable generation counter). Only the
 /// controller uses it; it is declared here so it is created and pinned with the rest.
