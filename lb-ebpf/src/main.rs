@@ -1,8 +1,8 @@
 //! The xlb XDP balancer: IP affinity with a bucketed affinity table in front of Maglev.
 //!
 //! Per packet: parse → VIP pre-filter → service lookup → affinity lookup (one 64-byte
-//! bucket) → (miss) Maglev slot → backend → pin written → rewrite MACs (DSR) → XDP_TX or
-//! XDP_REDIRECT. Everything not owned by a service leaves with XDP_PASS, unchanged.
+//! bucket) → (miss) Maglev slot → backend → pin written → rewrite MACs (DSR) or
+//! encapsulate (tunnel) → XDP_TX or XDP_REDIRECT. Everything not owned by a service leaves with XDP_PASS, unchanged.
 //! Every packet increments exactly one counter of `XLB_STATS` (its verdict and reason).
 //!
 //! This file is the entry and the path between the modules of [`xlb`], one per concern
@@ -67,7 +67,7 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, ()> {
     match balance::backend(&svc, ss, &flow)? {
         Some(to) => {
             sample::packet(ctx, svc.id, &flow, to.id);
-            forward::dsr(ctx, ss, to)
+            forward::to_backend(ctx, &svc, ss, &flow.saddr, to, false)
         }
         None => balance::no_backend(&svc, ss),
     }

@@ -41,6 +41,7 @@ mod icmp;
 mod natsrc;
 mod sources;
 mod table;
+mod tunnel;
 
 const LO: u32 = 1;
 const LB_SRC_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x01];
