@@ -5,6 +5,9 @@
 //! encapsulate (tunnel) → XDP_TX or XDP_REDIRECT. Everything not owned by a service leaves with XDP_PASS, unchanged.
 //! Every packet increments exactly one counter of `XLB_STATS` (its verdict and reason).
 //!
+//! The same object holds `xlb_probe`, the TC program that encapsulates the daemon's
+//! health probes of tunnel backends (module `probe`), sharing the maps.
+//!
 //! This file is the entry and the path between the modules of [`xlb`], one per concern
 //! (parse, service, balance, forward; stats and maps shared). Every function on the path
 //! is `#[inline(always)]`: the program is one function after inlining, which keeps the
@@ -14,12 +17,16 @@
 
 mod xlb;
 
-use aya_ebpf::{bindings::xdp_action::XDP_ABORTED, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action::XDP_ABORTED,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use lb_common::Stat;
 use xlb::{
     balance, forward, frag, icmp,
     parse::{self, Parsed},
-    sample, service, stats,
+    probe, sample, service, stats,
 };
 
 // Inlined into the entry aya's macro wraps it in (see `try_xlb`: a BPF-to-BPF call per
@@ -71,6 +78,13 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, ()> {
         }
         None => balance::no_backend(&svc, ss),
     }
+}
+
+/// The health-probe TC program (`lb_common::tunnel::PROG_PROBE`, module `probe`): probes
+/// of tunnel backends leave encapsulated as their traffic does; every other packet passes.
+#[classifier]
+pub fn xlb_probe(ctx: TcContext) -> i32 {
+    probe::handle(&ctx)
 }
 
 #[cfg(not(test))]

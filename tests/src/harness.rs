@@ -7,12 +7,12 @@ use std::net::IpAddr;
 use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use lb_common::{
     FAMILY_V4, FAMILY_V6, MODE_TUNNEL, PROG_XLB, SVC_F_TUNNEL_SOURCE, SVC_F_VIP_MARKER,
     addr_from_bytes, prefix_mask,
-    tunnel::{Egress, MAP_EGRESS, MAP_TUN_SRC, TunnelSource},
+    tunnel::{Egress, MAP_EGRESS, MAP_TUN_SRC, PROG_PROBE, TunnelSource},
 };
 use xlb::{
     dataplane::loader::{LoadOptions, XLB_OBJECT, load_object_sampling},
@@ -287,6 +287,40 @@ impl XlbHarness {
             None => {
                 let _ = m.remove(&ifindex);
             }
+        }
+    }
+
+    /// Runs the health-probe TC program (`xlb_probe`, loaded on first use) once on
+    /// `frame` with `skb->mark = mark`, as a probe leaving through `lo`.
+    pub fn run_probe(&mut self, frame: &[u8], mark: u32) -> RunResult {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(PROG_PROBE)
+            .expect("program xlb_probe in the object")
+            .try_into()
+            .expect("xlb_probe is a TC program");
+        if prog.fd().is_err() {
+            prog.load()
+                .unwrap_or_else(|e| panic!("verifier rejected xlb_probe: {e:#?}"));
+        }
+        // struct __sk_buff (192 bytes): only `mark` (offset 8) set.
+        let mut skb = [0u8; 192];
+        skb[8..12].copy_from_slice(&mark.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&skb),
+                repeat: 1,
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of xlb_probe failed: {e:#?}"));
+        out.truncate(r.data_size_out as usize);
+        RunResult {
+            action: r.return_value,
+            output: out,
+            duration_ns: r.duration.as_nanos(),
         }
     }
 

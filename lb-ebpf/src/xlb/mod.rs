@@ -6,7 +6,8 @@
 //! checksums it updates; [`frag`] gives a later fragment the ports (and service) it
 //! lacks, and remembers a first fragment's. In tunnel mode `forward` writes the outer
 //! header with [`encap`] (which the health-probe TC program shares) and answers a packet
-//! too big for the egress MTU through [`toobig`].
+//! too big for the egress MTU through [`toobig`]. [`probe`] is the health-probe TC
+//! program's, beside the path: it shares `encap` and the maps, nothing else.
 //!
 //! Dependencies point one way: `parse` and `service` know nothing of balancing or
 //! forwarding, `balance` nothing of packets, `forward` nothing of pins (of a service only its mode and tunnel source); only
@@ -25,6 +26,7 @@ pub mod log;
 pub mod maps;
 pub mod natsrc;
 pub mod parse;
+pub mod probe;
 pub mod sample;
 pub mod service;
 pub mod stats;

@@ -450,3 +450,94 @@ fn fixtures_tunnel_icmp_errors_and_fragments_are_encapsulated() {
     every_frame_is_a_fuzz_seed(&lab.sent);
     assert!(tunnel_frames().len() > 20);
 }
+
+/// TC verdicts (`TC_ACT_*` of the kernel UAPI).
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// A health probe as it leaves through `lo`: zero MACs, from `src` to the VIP.
+fn probe_frame(src: IpAddr, vip: IpAddr) -> Vec<u8> {
+    let mut f = xlb_tests::packet::tcp_frame(src, vip, 41000, 80);
+    f[..12].fill(0);
+    f
+}
+
+/// The health-probe TC program (README, "Tunnel forwarding"): a packet marked for a
+/// backend leaves encapsulated exactly as the XDP program would send the backend's
+/// traffic, redirected to its interface; anything else passes untouched; a mark naming
+/// no backend drops the probe, counted.
+#[test]
+fn the_probe_program_encapsulates_marked_packets_only() {
+    use lb_common::tunnel::probe_mark;
+    let mut lab = tunnel_lab();
+    let id_of = |lab: &Lab, svc: &str, be: &str| {
+        lab.h
+            .ctl
+            .service(svc)
+            .expect("service")
+            .backend(v4(be))
+            .expect("backend")
+            .id
+    };
+    let (lo4, lo6): (IpAddr, IpAddr) = (LO_V4.into(), LO_V6.into());
+    let ipip = id_of(&lab, "ipip", BE_IPIP);
+    let in6 = id_of(&lab, "tun4in6", BE_4IN6_V4);
+    let remote = id_of(&lab, "tunremote", BE_REMOTE);
+    let cases = [
+        ("IPIP probe", VIP_IPIP, ipip, lo4, v4(BE_IPIP)),
+        ("4in6 probe", VIP_4IN6, in6, lo6, v6(BE_4IN6)),
+        (
+            "probe to a backend behind another interface",
+            VIP_TUN_REMOTE,
+            remote,
+            VETH_V4.into(),
+            v4(BE_REMOTE),
+        ),
+    ];
+    for (desc, vip, id, src, be) in cases {
+        let f = probe_frame(lo4, vip);
+        let r = lab.h.run_probe(&f, probe_mark(id));
+        assert_eq!(r.action, TC_ACT_REDIRECT, "[{desc}] verdict");
+        assert_eq!(
+            xlb_tests::fuzz::hex(&r.output),
+            xlb_tests::fuzz::hex(&encap(&f, src, be, lo4)),
+            "[{desc}] not encapsulated as the XDP program would"
+        );
+    }
+    // With a tunnel_source: from the prefix, for the probe's source address.
+    let ts = tunnel_source(v6("2001:db8:98::"), 120);
+    lab.h.make_tunnel("tun4in6", Some(ts));
+    let f = probe_frame(lo4, VIP_4IN6);
+    let r = lab.h.run_probe(&f, probe_mark(in6));
+    let src = from_addr(outer_source(&ts, client_hash(&addr(lo4))), true);
+    assert_eq!(r.action, TC_ACT_REDIRECT);
+    assert_eq!(
+        xlb_tests::fuzz::hex(&r.output),
+        xlb_tests::fuzz::hex(&encap(&f, src, v6(BE_4IN6), lo4)),
+        "4in6 probe with a tunnel_source"
+    );
+
+    // Not a probe: untouched, whatever else marks it.
+    for mark in [0, 0x1234, 0x584d_0000 | ipip] {
+        let f = probe_frame(lo4, VIP_IPIP);
+        let r = lab.h.run_probe(&f, mark);
+        assert_eq!((r.action, &r.output), (TC_ACT_OK, &f), "mark {mark:#x}");
+    }
+    // A mark naming no backend: dropped and counted.
+    let before = lab.h.dp().stats().expect("stats");
+    let r = lab
+        .h
+        .run_probe(&probe_frame(lo4, VIP_IPIP), probe_mark(4000));
+    let after = lab.h.dp().stats().expect("stats");
+    assert_eq!(r.action, TC_ACT_SHOT);
+    let d = Stat::DropProbe as usize;
+    assert_eq!(after[d] - before[d], 1, "drop_probe not counted");
+    // No egress entry for the backend's interface: dropped and counted.
+    let noegress = id_of(&lab, "noegress", BE_NOEGRESS);
+    let r = lab
+        .h
+        .run_probe(&probe_frame(lo4, VIP_TUN_NOEGRESS), probe_mark(noegress));
+    assert_eq!(r.action, TC_ACT_SHOT);
+    assert_eq!(lab.h.dp().stats().expect("stats")[d] - after[d], 1);
+}
