@@ -15,7 +15,7 @@
 //! (server.rs), the rules of reconcile, what each background task does.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -49,6 +49,7 @@ use crate::{
     api::{ErrorKind, Response},
     config::Config,
     dataplane::lock::PinDirLock,
+    egress::EgressFacts,
     model::{Edit, Link},
     neigh::Resolver,
     reconcile::{
@@ -78,6 +79,9 @@ pub struct State {
     pub load: LoadState,
     /// The announcer's last outcome per VIP.
     pub announced: AnnounceBook,
+    /// The egress interfaces of the resolved backends as last read (MTU, addresses): the
+    /// tunnel's outer sources and the probes' source addresses.
+    pub egress: BTreeMap<u32, EgressFacts>,
     /// When the programmed state last changed: pin counts taken before are not fresh.
     pub changed_at: Instant,
     /// (service, backend address) → when it was programmed draining (this daemon's run;
@@ -144,6 +148,7 @@ impl Owner {
             rates: Rates::default(),
             load: LoadState::default(),
             announced: AnnounceBook::default(),
+            egress: BTreeMap::new(),
             changed_at: Instant::now(),
             drained_at: HashMap::new(),
             _lock: s.lock,
@@ -241,6 +246,7 @@ impl Owner {
                     self.apply_link(address, link);
                 }
             }
+            Observation::Egress(facts) => self.egress(facts),
             Observation::Interface { name, ifindex } => self.interface(&name, ifindex),
             Observation::InterfaceGone { ifindex } => {
                 if self.st.ifaces.gone(ifindex).is_some() {
@@ -497,6 +503,30 @@ impl Owner {
                 "applying the health of backend {} ({}): {e}",
                 r.address, r.service
             ),
+        }
+    }
+
+    /// Egress facts read: recorded; when an interface's MTU or addresses changed, the
+    /// maps follow (`XLB_EGRESS`, and the tunnel backends' usability).
+    fn egress(&mut self, facts: BTreeMap<u32, EgressFacts>) {
+        let changed: Vec<(u32, EgressFacts)> = facts
+            .iter()
+            .filter(|(i, f)| self.st.egress.get(i) != Some(f))
+            .map(|(i, f)| (*i, *f))
+            .collect();
+        self.st.egress.extend(facts);
+        if changed.is_empty() {
+            return;
+        }
+        for (ifindex, f) in &changed {
+            log::debug!("egress interface {ifindex}: {f:?}");
+        }
+        match self.st.ctl.observe(|o| {
+            o.egress
+                .extend(changed.iter().map(|(i, f)| (*i, f.value())));
+        }) {
+            Ok(applied) => self.applied(&applied),
+            Err(e) => warn!("updating the egress interfaces: {e}"),
         }
     }
 
