@@ -976,6 +976,10 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
     // their traffic here.
     let withdrawn = cfg.as_ref().map(withdraw_before_down).unwrap_or_default();
     let removed = pin::down(&pin_dir)?;
+    // The tunnel probes' policy rule (its TC program went with the daemon).
+    if let Err(e) = crate::dataplane::probe::remove_rule_blocking() {
+        eprintln!("warning: {e}");
+    }
     let moved = state::move_aside(&state_file, &pin_dir)?;
     if cli.json {
         let moved_to = match &moved {

@@ -37,7 +37,7 @@ use super::{
     startup::Started,
     tasks::{
         announce::{self, AnnounceBook, AnnounceInput},
-        health::Checks,
+        health::{Checks, Wanted},
         links::Interfaces,
         neigh::NeighBook,
         rates::Rates,
@@ -50,6 +50,7 @@ use crate::{
     config::Config,
     dataplane::lock::PinDirLock,
     egress::EgressFacts,
+    health::Target,
     model::{Edit, Link},
     neigh::Resolver,
     reconcile::{
@@ -114,6 +115,27 @@ pub struct Owner {
     pub(super) io: Lines,
     /// Status requests waiting for a fresh pin count, since when.
     waiting: Vec<(Reply, Instant)>,
+}
+
+/// Where the probes of backend `b` of `svc` go: to the backend itself, or (tunnel mode)
+/// to the VIP through the tunnel, from the egress interface's address of the VIP's
+/// family, marked with the backend's id.
+fn probe_target(
+    egress: &BTreeMap<u32, EgressFacts>,
+    svc: &crate::model::Service,
+    b: &crate::reconcile::ProgrammedBackend,
+) -> Target {
+    if svc.forwarding != crate::model::Forwarding::Tunnel {
+        return Target::Direct(b.address);
+    }
+    Target::Tunnel {
+        vip: svc.vip,
+        source: b
+            .link
+            .and_then(|l| egress.get(&l.ifindex))
+            .and_then(|f| f.address_like(svc.vip)),
+        mark: lb_common::tunnel::probe_mark(b.id),
+    }
 }
 
 /// Sends a response (a requester that went away is no error).
@@ -418,7 +440,6 @@ impl Owner {
     pub(super) fn after_change(&mut self) {
         let st = &mut self.st;
         st.changed_at = Instant::now();
-        let mut wanted = Vec::new();
         let mut addresses = HashSet::new();
         let mut draining = HashMap::new();
         for svc in st.ctl.desired.services() {
@@ -432,11 +453,11 @@ impl Owner {
                     draining.insert(key, since.unwrap_or(st.changed_at));
                 }
                 addresses.insert(b.address);
-                wanted.push(((svc.name.clone(), b.address), svc.health.clone(), b.health));
             }
         }
         st.drained_at = draining;
-        st.checks.sync(wanted, &self.io.observations);
+        self.sync_checks();
+        let st = &mut self.st;
         st.neigh.retain(&addresses);
         let mut targets: Vec<IpAddr> = addresses.into_iter().collect();
         targets.sort();
@@ -450,10 +471,33 @@ impl Owner {
         self.io.resolve_now.notify_one();
     }
 
+    /// Health checks follow the programmed backends (started, stopped, restarted when
+    /// their check or probe path changed).
+    fn sync_checks(&mut self) {
+        let st = &mut self.st;
+        let mut wanted: Vec<Wanted> = Vec::new();
+        for svc in st.ctl.desired.services() {
+            let Some(ps) = st.ctl.programmed.service(&svc.name) else {
+                continue;
+            };
+            for b in &ps.backends {
+                wanted.push((
+                    (svc.name.clone(), b.address),
+                    svc.health.clone(),
+                    probe_target(&st.egress, svc, b),
+                    b.health,
+                ));
+            }
+        }
+        st.checks.sync(wanted, &self.io.observations);
+    }
+
     /// Logs what a plan did besides writing entries; the programmed state changed.
     pub(super) fn applied(&mut self, a: &Applied) {
         if a.ops > 0 {
             self.st.changed_at = Instant::now();
+            // A backend's link (egress interface) may have changed its probe path.
+            self.sync_checks();
         }
         for (service_id, backend_id, n) in &a.rebalanced {
             let Some(s) = self.st.ctl.programmed.service_by_id(*service_id) else {
@@ -528,6 +572,9 @@ impl Owner {
             Ok(applied) => self.applied(&applied),
             Err(e) => warn!("updating the egress interfaces: {e}"),
         }
+        // Tunnel probes are sent from the egress interfaces' addresses. (Not
+        // after_change: it wakes the resolver, whose round sends this observation.)
+        self.sync_checks();
     }
 
     fn interface(&mut self, name: &str, ifindex: Option<u32>) {
