@@ -206,9 +206,21 @@ pub async fn rule_installed(handle: &Handle, v6: bool) -> Result<bool, ProbePath
     }))
 }
 
-/// [`remove_rule`] outside a runtime (`xlb down`): a netlink connection of its own on a
-/// current-thread runtime.
+/// [`remove_rule`] outside a runtime (`xlb down`), in the calling thread's network
+/// namespace.
 pub fn remove_rule_blocking() -> Result<(), ProbePathError> {
+    blocking(|h| Box::pin(async move { remove_rule(&h).await }))
+}
+
+/// [`install_rule`] outside a runtime (tests), in the calling thread's network namespace.
+pub fn install_rule_blocking() -> Result<(), ProbePathError> {
+    blocking(|h| Box::pin(async move { install_rule(&h).await }))
+}
+
+type Job = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ProbePathError>>>>;
+
+/// Runs `f` with a netlink connection of its own on a current-thread runtime.
+fn blocking(f: impl FnOnce(Handle) -> Job) -> Result<(), ProbePathError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -223,7 +235,7 @@ pub fn remove_rule_blocking() -> Result<(), ProbePathError> {
                 source,
             })?;
         let conn = tokio::spawn(connection);
-        let r = remove_rule(&handle).await;
+        let r = f(handle).await;
         conn.abort();
         r
     })

@@ -150,3 +150,107 @@ fn tunnel_egress_follows_the_interface_and_the_probe_rule_lives_with_the_daemon(
     let shown = rules(&lab);
     assert!(!shown.contains("22604"), "left behind: {shown}");
 }
+
+/// The socket half of tunnel probes: a probe of each kind (tcp, http, udp; IPv4 and
+/// IPv6) leaves with the backend's mark, from the egress address it was given, to the
+/// VIP, routed into `lo` by the installed rule — counted by nftables on the output
+/// path. Without the rule the same probes leave by the default route instead.
+#[test]
+fn tunnel_probes_are_marked_bound_and_routed_into_lo() {
+    use xlb::{
+        dataplane::probe::{install_rule_blocking, remove_rule_blocking},
+        health::{Target, probe_to},
+        model::HealthKind,
+    };
+    xlb_tests::require_root();
+    let ns = xlb_tests::lab::Netns::new(format!("xtp{:x}", std::process::id() % 0xffff));
+    // (No dummy module here: a veth pair inside the namespace.)
+    ns.ip("link add eth0 type veth peer name eth1");
+    ns.ip("link set eth0 up");
+    ns.ip("link set eth1 up");
+    ns.ip("addr add 10.9.0.1/24 dev eth0");
+    ns.ip("addr add fd00:9::1/64 dev eth0 nodad");
+    ns.ip("route add default via 10.9.0.254 dev eth0 onlink");
+    ns.ip("-6 route add default via fd00:9::fe dev eth0 onlink");
+    let dir = std::env::temp_dir().join(format!("xlb-tunctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("count.nft");
+    // One counter per (family, protocol) of marked packets into lo from the egress
+    // addresses to the VIPs, and one for any marked packet elsewhere.
+    std::fs::write(
+        &rules,
+        "table inet xlbtest {\n chain out {\n  type filter hook output priority 0;\n\
+         meta mark 0x584c0007 oifname \"lo\" ip saddr 10.9.0.1 ip daddr 10.200.0.1 tcp dport 80 counter\n\
+         meta mark 0x584c0007 oifname \"lo\" ip saddr 10.9.0.1 ip daddr 10.200.0.1 udp dport 53 counter\n\
+         meta mark 0x584c0007 oifname \"lo\" ip6 saddr fd00:9::1 ip6 daddr fd00:200::1 tcp dport 80 counter\n\
+         meta mark 0x584c0007 oifname \"lo\" ip6 saddr fd00:9::1 ip6 daddr fd00:200::1 udp dport 53 counter\n\
+         meta mark 0x584c0007 oifname \"eth0\" counter\n }\n}\n",
+    )
+    .unwrap();
+    xlb_tests::lab::run(ns.cmd("nft").arg("-f").arg(&rules));
+    let counters = || -> Vec<u64> {
+        let out = xlb_tests::lab::run(ns.cmd("nft").args(["list", "table", "inet", "xlbtest"]));
+        out.split("packets ")
+            .skip(1)
+            .map(|s| s.split_whitespace().next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let probes = |vip: IpAddr, source: IpAddr| {
+        let target = Target::Tunnel {
+            vip,
+            source: Some(source),
+            mark: lb_common::tunnel::probe_mark(7),
+        };
+        let kinds = [
+            HealthKind::Tcp { port: 80 },
+            HealthKind::default_for(xlb::model::CheckKind::Http, 80),
+            HealthKind::Udp {
+                port: 53,
+                send: "ping".into(),
+                expect: None,
+            },
+        ];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for k in &kinds {
+            let p = rt.block_on(probe_to(k, &target, Duration::from_millis(300)));
+            // Nothing encapsulates here (no xlb_probe): the probe fails.
+            assert!(!p.ok, "{k:?}: {p:?}");
+        }
+    };
+    ns.run(|| {
+        install_rule_blocking().expect("install");
+        install_rule_blocking().expect("install again (idempotent)");
+        probes("10.200.0.1".parse().unwrap(), "10.9.0.1".parse().unwrap());
+        probes("fd00:200::1".parse().unwrap(), "fd00:9::1".parse().unwrap());
+    });
+    let c = counters();
+    assert_eq!(c.len(), 5, "{c:?}");
+    for (i, what) in [
+        "tcp v4 (tcp, http)",
+        "udp v4",
+        "tcp v6 (tcp, http)",
+        "udp v6",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(c[i] > 0, "no marked {what} probe into lo: {c:?}");
+    }
+    assert_eq!(c[4], 0, "marked probes left by eth0: {c:?}");
+    let shown = ns.ip("rule show");
+    assert_eq!(shown.matches("lookup 22604").count(), 1, "{shown}");
+
+    // Without the rule the marked probes follow the main table (out of eth0): the rule
+    // is what routes them.
+    ns.run(|| remove_rule_blocking().expect("remove"));
+    ns.run(|| remove_rule_blocking().expect("remove again"));
+    assert!(!ns.ip("rule show").contains("22604"));
+    ns.run(|| probes("10.200.0.1".parse().unwrap(), "10.9.0.1".parse().unwrap()));
+    let after = counters();
+    assert!(after[4] > 0, "{after:?}");
+    assert_eq!(after[..4], c[..4], "{after:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
