@@ -13,7 +13,7 @@ use lb_common::{
 };
 use xlb::{
     dataplane::loader::LoadOptions,
-    model::{self, Affinity, HealthCheck, HealthKind, Link, NoBackend, Protocol},
+    model::{self, Affinity, Forwarding, HealthCheck, HealthKind, Link, NoBackend, Protocol},
 };
 
 use super::oracle::{Backend, Service, Topology, Tunnel};
@@ -52,22 +52,12 @@ struct Def {
     /// counter the service's `no_backend` setting moves (drop or pass).
     unhealthy: Option<Stat>,
     backends: &'static [(&'static str, Via)],
-    /// `forwarding = "tunnel"` (`Some`), its backends' outer family IPv6 (`Some(true)`:
-    /// IP6IP6, or 4in6 for an IPv4 service, whose backends then get [`outer_v6`]).
-    tunnel: Option<bool>,
+    /// `forwarding = "tunnel"`.
+    tunnel: bool,
 }
 
 /// The egress MTU of tunnel backends' interfaces.
 const TUNNEL_MTU: u32 = 1500;
-
-/// The IPv6 outer destination of an IPv4 service's tunnel backend (4in6): its last
-/// octet in 2001:db8:2::/64.
-fn outer_v6(a: IpAddr) -> IpAddr {
-    match a {
-        IpAddr::V4(v) => v6(&format!("2001:db8:2::{}", v.octets()[3])),
-        v => v,
-    }
-}
 
 /// The address of an interface of the namespace (the default outer source): per
 /// interface and family.
@@ -95,7 +85,7 @@ const fn def(name: &'static str, vip: IpAddr, port: u16, proto: u8) -> Def {
         nat: &[],
         unhealthy: None,
         backends: &[],
-        tunnel: None,
+        tunnel: false,
     }
 }
 
@@ -210,36 +200,36 @@ fn services() -> Vec<Def> {
         // Tunnel mode: IPIP (TCP and UDP, lo and redirect), IP6IP6, 4in6 on the packet
         // tier's tunnel VIPs.
         Def {
-            tunnel: Some(false),
+            tunnel: true,
             ..with(
                 def("ipip", fx::VIP_IPIP, 80, TCP),
                 &[("192.0.2.111", Lo), ("192.0.2.112", Redirect)],
             )
         },
         Def {
-            tunnel: Some(false),
+            tunnel: true,
             ..with(
                 def("ipipdns", fx::VIP_IPIP, 53, UDP),
                 &[("192.0.2.113", Lo)],
             )
         },
         Def {
-            tunnel: Some(true),
+            tunnel: true,
             ..with(
                 def("ip6ip6", fx::VIP6_TUN, 80, TCP),
                 &[("2001:db8:1::111", Lo), ("2001:db8:1::112", Lo)],
             )
         },
         Def {
-            tunnel: Some(true),
+            tunnel: true,
             ..with(
                 def("tun4in6", fx::VIP_4IN6, 80, TCP),
-                &[("192.0.2.114", Lo), ("192.0.2.115", Redirect)],
+                &[("2001:db8:2::114", Lo), ("2001:db8:2::115", Redirect)],
             )
         },
         // Its interface has no XLB_EGRESS entry: drop_no_egress.
         Def {
-            tunnel: Some(false),
+            tunnel: true,
             ..with(
                 def("tunnoegress", fx::VIP_TUN_NOEGRESS, 80, TCP),
                 &[("192.0.2.116", NoTxPort)],
@@ -289,6 +279,14 @@ pub fn setup() -> (XlbHarness, Topology) {
         maglev_slots: 1 << 16,
     });
     h.dp_mut().add_tx_port(redirect).expect("tx port");
+    // The egress interfaces as the daemon reads them (tunnel backends need them).
+    for (via, i) in [
+        (Via::Lo, LO),
+        (Via::Redirect, redirect),
+        (Via::NoTxPort, no_tx_port),
+    ] {
+        h.observe_egress(i, Some(egress(via)));
+    }
     let mut top = Topology {
         services: Vec::new(),
         backends: Vec::new(),
@@ -309,6 +307,9 @@ pub fn setup() -> (XlbHarness, Topology) {
         }
         if d.per_flow {
             spec.affinity = Affinity::None;
+        }
+        if d.tunnel {
+            spec.forwarding = Forwarding::Tunnel;
         }
         spec.nat_sources = d.nat.iter().map(|p| p.parse().expect("prefix")).collect();
         if d.unhealthy == Some(Stat::PassNoBackend) {
@@ -332,28 +333,19 @@ pub fn setup() -> (XlbHarness, Topology) {
         for (b, _) in backends.iter().filter(|_| d.unhealthy.is_some()) {
             h.set_healthy(d.name, *b, false).expect("unhealthy");
         }
-        if let Some(v6_outer) = d.tunnel {
-            h.make_tunnel(d.name, None);
-            if d.vip.is_ipv4() && v6_outer {
-                for (b, _) in &backends {
-                    h.set_backend_address(d.name, *b, outer_v6(*b));
-                }
-            }
-        }
         let state = h.ctl.service(d.name).expect("service just added");
         let ids = backends
             .iter()
             .map(|(b, _)| state.backend(*b).expect("backend").id);
         top.add(&d, state.id, ids.collect());
     }
-    for via in [Via::Lo, Via::Redirect] {
-        h.set_egress(top.ifindex_of(via), Some(egress(via)));
-    }
+    // The interface missing from the redirect map lost its egress entry before the
+    // daemon noticed (its tunnel backend was usable when programmed): drop_no_egress.
+    h.set_egress(top.ifindex_of(Via::NoTxPort), None);
     (h, top)
 }
 
-/// `XLB_EGRESS` of an interface tunnel backends sit behind (the one missing from the
-/// redirect map has none): [`TUNNEL_MTU`] and both
+/// The daemon's reading of an interface tunnel backends sit behind: [`TUNNEL_MTU`] and both
 /// families' addresses ([`egress_addr`]).
 fn egress(via: Via) -> Egress {
     let word = |a: IpAddr| match a {
@@ -388,12 +380,8 @@ impl Topology {
                 mac: mac_of(address),
                 src_mac: src_mac_of(*via),
                 ifindex: self.ifindex_of(*via),
-                outer: if d.tunnel == Some(true) {
-                    outer_v6(address)
-                } else {
-                    address
-                },
-                outer_src: egress_addr(*via, d.tunnel == Some(true)),
+                outer: address,
+                outer_src: egress_addr(*via, address.is_ipv6()),
             });
         }
         self.services.push(Service {
@@ -406,9 +394,9 @@ impl Topology {
             per_flow: d.per_flow,
             nat: d.nat.iter().map(|p| p.parse().expect("prefix")).collect(),
             no_backend: d.unhealthy,
-            tunnel: d.tunnel.map(|v6_outer| Tunnel {
+            tunnel: d.tunnel.then(|| Tunnel {
                 mtu: TUNNEL_MTU,
-                v6_outer,
+                v6_outer: d.backends.iter().any(|(a, _)| a.contains(':')),
                 no_egress: d.backends.iter().all(|(_, via)| *via == Via::NoTxPort),
             }),
         });
