@@ -6,12 +6,11 @@ use std::net::IpAddr;
 
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use lb_common::{
     FAMILY_V4, FAMILY_V6, PROG_XLB, addr_from_bytes, prefix_mask,
-    tunnel::{Egress, MAP_EGRESS, PROG_PROBE, TunnelSource},
+    tunnel::{Egress, PROG_PROBE, TunnelSource},
 };
 use xlb::{
     dataplane::loader::{LoadOptions, XLB_OBJECT, load_object_sampling},
@@ -209,26 +208,6 @@ impl XlbHarness {
             .expect("XDP")
     }
 
-    /// A map of the loaded program by name, on a new fd of its own (whoever holds the
-    /// object's fd: the controller or nobody).
-    pub fn map_data(&self, name: &str) -> MapData {
-        let ids = self
-            .prog()
-            .info()
-            .and_then(|i| i.map_ids())
-            .unwrap_or_else(|e| panic!("map ids of xlb: {e}"))
-            .expect("map ids");
-        ids.into_iter()
-            .map(|id| MapData::from_id(id).unwrap_or_else(|e| panic!("map {id}: {e}")))
-            .find(|m| {
-                m.info()
-                    .ok()
-                    .and_then(|i| i.name_as_str().map(String::from))
-                    == Some(name.to_string())
-            })
-            .unwrap_or_else(|| panic!("xlb uses no map {name}"))
-    }
-
     /// The daemon's reading of egress interface `ifindex` (MTU, addresses), which a
     /// tunnel service's backends behind it need to be usable; `None`: not read yet.
     pub fn observe_egress(&mut self, ifindex: u32, egress: Option<Egress>) {
@@ -269,15 +248,10 @@ impl XlbHarness {
     /// `XLB_EGRESS[ifindex] := egress`, or removes the entry (`None`), behind the
     /// controller's back: what the data plane meets when an interface changed before the
     /// daemon noticed.
-    pub fn set_egress(&self, ifindex: u32, egress: Option<Egress>) {
-        let mut m: HashMap<MapData, u32, Egress> =
-            HashMap::try_from(Map::HashMap(self.map_data(MAP_EGRESS))).expect("XLB_EGRESS");
-        match egress {
-            Some(e) => m.insert(ifindex, e, 0).expect("write XLB_EGRESS"),
-            None => {
-                let _ = m.remove(&ifindex);
-            }
-        }
+    pub fn set_egress(&mut self, ifindex: u32, egress: Option<Egress>) {
+        self.dp_mut()
+            .set_egress(ifindex, egress.as_ref())
+            .unwrap_or_else(|e| panic!("XLB_EGRESS: {e}"));
     }
 
     /// Runs the health-probe TC program (`xlb_probe`, loaded on first use) once on
