@@ -44,12 +44,15 @@ fn v4_of(e: &Egress) -> Option<IpAddr> {
     (e.flags & EGRESS_F_V4 != 0).then(|| IpAddr::from(e.v4.to_ne_bytes()))
 }
 
-fn rules(lab: &Lab) -> String {
-    format!(
-        "{}{}{}",
-        lab.lb.ip("rule show"),
-        lab.lb.ip("-6 rule show"),
-        lab.lb.ip("route show table 22604")
+/// The probes' rules (both families), then the routes of table 22604 (both families).
+fn rules(lab: &Lab) -> (String, String) {
+    (
+        format!("{}{}", lab.lb.ip("rule show"), lab.lb.ip("-6 rule show")),
+        format!(
+            "{}{}",
+            lab.lb.ip("route show table 22604"),
+            lab.lb.ip("-6 route show table 22604")
+        ),
     )
 }
 
@@ -123,12 +126,16 @@ fn tunnel_egress_follows_the_interface_and_the_probe_rule_lives_with_the_daemon(
     assert_ne!(e.flags & EGRESS_F_V6, 0);
 
     // The probes' policy routing while the daemon runs, gone when it stops.
-    let shown = rules(&lab);
-    assert!(
-        shown.contains("fwmark 0x584c0000/0xffff0000 lookup 22604"),
-        "{shown}"
+    let (rules_shown, routes) = rules(&lab);
+    assert_eq!(
+        rules_shown
+            .matches("fwmark 0x584c0000/0xffff0000 lookup 22604")
+            .count(),
+        2,
+        "{rules_shown}"
     );
-    assert!(shown.contains("default dev lo"), "{shown}");
+    assert!(routes.contains("default dev lo"), "{routes}");
+    assert!(routes.contains("local default dev lo"), "{routes}");
     let marked = lab.lb.ip(&format!("route get {VIP4} mark 0x584c0001"));
     assert!(
         marked.contains("dev lo"),
@@ -147,8 +154,9 @@ fn tunnel_egress_follows_the_interface_and_the_probe_rule_lives_with_the_daemon(
     }
 
     lab.stop_daemon();
-    let shown = rules(&lab);
-    assert!(!shown.contains("22604"), "left behind: {shown}");
+    let (rules_shown, routes) = rules(&lab);
+    assert!(!rules_shown.contains("22604"), "left behind: {rules_shown}");
+    assert!(routes.trim().is_empty(), "left behind: {routes}");
 }
 
 /// The socket half of tunnel probes: a probe of each kind (tcp, http, udp; IPv4 and
