@@ -18,6 +18,7 @@ use crate::{
     model::{
         Affinity, Backend, CheckKind, Edit, Failback, Forwarding, HealthCheck, HealthInitial,
         HealthKind, HumanDuration, Millionths, NoBackend, Prefix, Protocol, Service,
+        edit::TunnelSourceSet,
         limits::*,
         parse_address, parse_status_range, status_range,
         validate::{FieldError, validate_service},
@@ -302,6 +303,10 @@ pub struct ServiceSetArgs {
     /// 25% more than its fair share before new clients avoid it), or "off".
     #[arg(long, value_parser = parse_factor)]
     pub balance_factor: Option<Millionths>,
+    /// Tunnel mode: outer sources from this prefix, one per client; "none": the egress
+    /// interface's address.
+    #[arg(long)]
+    pub tunnel_source: Option<TunnelSourceSet>,
 }
 
 /// A `--balance-factor`: a number, or "off" (0). The validator checks the range.
@@ -603,9 +608,14 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             Request::Edit(Edit::ServiceRemove { name: name.clone() })
         }
         Command::Service(ServiceCmd::Set(args)) => {
-            if args.nat_sources.is_none() && args.balance_factor.is_none() {
+            if args.nat_sources.is_none()
+                && args.balance_factor.is_none()
+                && args.tunnel_source.is_none()
+            {
                 return Err(UsageError(
-                    "nothing to set: give --nat-sources and/or --balance-factor".into(),
+                    "nothing to set: give --nat-sources, --balance-factor and/or \
+                     --tunnel-source"
+                        .into(),
                 )
                 .into());
             }
@@ -613,6 +623,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                 service: args.name.clone(),
                 nat_sources: args.nat_sources.as_ref().map(|l| l.0.clone()),
                 balance_factor: args.balance_factor,
+                tunnel_source: args.tunnel_source,
             })
         }
         Command::Explain {

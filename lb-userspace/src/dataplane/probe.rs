@@ -4,8 +4,9 @@
 //! A probe of a tunnel backend is a normal socket of the daemon, marked with
 //! `SO_MARK = probe_mark(backend id)` and bound to the egress interface's address, that
 //! connects to VIP:health-port. The policy rule `fwmark 0x584c0000/0xffff0000 lookup
-//! 22604` and the route `default dev lo` in table 22604 (both families) send it into
-//! `lo`, where `xlb_probe` (lb_common::tunnel::PROG_PROBE, in the balancer's object and
+//! 22604` (both families) and in table 22604 the routes `default dev lo` (IPv4) and
+//! `local default dev lo` (IPv6: a unicast route through lo is a reject route there)
+//! send it into `lo`, where `xlb_probe` (lb_common::tunnel::PROG_PROBE, in the balancer's object and
 //! sharing its maps) encapsulates it towards `XLB_BACKENDS[id]` exactly as the XDP
 //! program encapsulates traffic and redirects it to the backend's egress interface. The
 //! backend's service answers from the VIP straight to the balancer's address. Only
@@ -30,7 +31,7 @@ use futures::TryStreamExt as _;
 use lb_common::tunnel::{PROBE_MARK_BASE, PROBE_MARK_MASK, PROG_PROBE};
 use netlink_packet_route::{
     AddressFamily,
-    route::{RouteMessage, RouteScope},
+    route::{RouteMessage, RouteScope, RouteType},
     rule::{RuleAction, RuleAttribute, RuleMessage},
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
@@ -106,9 +107,13 @@ fn routes(lo: u32) -> [RouteMessage; 2] {
             .table_id(PROBE_TABLE)
             .scope(RouteScope::Link)
             .build(),
+        // IPv6 makes a unicast route through `lo` a reject route (the kernel's
+        // fib6_is_reject: packets are discarded before they reach lo's egress, though
+        // connect() succeeds); a `local` route goes out through lo's transmit path too.
         RouteMessageBuilder::<std::net::Ipv6Addr>::new()
             .output_interface(lo)
             .table_id(PROBE_TABLE)
+            .kind(RouteType::Local)
             .build(),
     ]
 }

@@ -106,12 +106,16 @@ impl Desired {
                 service,
                 nat_sources,
                 balance_factor,
+                tunnel_source,
             } => self.change_service(service, None, |s| {
                 if let Some(l) = nat_sources {
                     s.nat_sources = l.clone();
                 }
                 if let Some(f) = balance_factor {
                     s.balance_factor = (f.0 != 0).then_some(*f);
+                }
+                if let Some(t) = tunnel_source {
+                    s.tunnel_source = t.0;
                 }
                 Ok(())
             }),
@@ -238,6 +242,8 @@ impl Desired {
                             .then(|| now.nat_sources.clone()),
                         balance_factor: (b.balance_factor != now.balance_factor)
                             .then(|| now.balance_factor.unwrap_or(super::Millionths(0))),
+                        tunnel_source: (b.tunnel_source != now.tunnel_source)
+                            .then_some(super::edit::TunnelSourceSet(now.tunnel_source)),
                     });
                     backend_edits(b, now, &mut edits);
                 }

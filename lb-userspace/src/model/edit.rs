@@ -26,6 +26,44 @@ fn default_weight() -> u32 {
     DEFAULT_WEIGHT
 }
 
+/// A `tunnel_source` to set: a prefix, or none. Written as the prefix or `"none"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelSourceSet(pub Option<Prefix>);
+
+impl std::str::FromStr for TunnelSourceSet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "none" | "" => Ok(Self(None)),
+            p => p.parse().map(|p| Self(Some(p))),
+        }
+    }
+}
+
+impl std::fmt::Display for TunnelSourceSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, "{p}"),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+impl Serialize for TunnelSourceSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TunnelSourceSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// One runtime change of the desired state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -71,6 +109,9 @@ pub enum Edit {
         /// The new factor; 0 turns it off.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         balance_factor: Option<Millionths>,
+        /// Tunnel mode: the new `tunnel_source` (`"none"`: the egress address).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tunnel_source: Option<TunnelSourceSet>,
     },
     /// Maintenance: withdraw every VIP of this node (the data plane keeps forwarding
     /// what still arrives).
@@ -153,6 +194,7 @@ impl Edit {
                 service,
                 nat_sources,
                 balance_factor,
+                tunnel_source,
             } => {
                 let mut parts = Vec::new();
                 if let Some(l) = nat_sources {
@@ -163,6 +205,9 @@ impl Edit {
                     Some(Millionths(0)) => parts.push("balance_factor off".into()),
                     Some(f) => parts.push(format!("balance_factor {f}")),
                     None => {}
+                }
+                if let Some(t) = tunnel_source {
+                    parts.push(format!("tunnel_source {t}"));
                 }
                 format!("service {service}: {}", parts.join(", "))
             }

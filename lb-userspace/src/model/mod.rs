@@ -262,6 +262,7 @@ impl Service {
             backends: Vec::new(),
             nat_sources: Vec::new(),
             balance_factor: None,
+            tunnel_source: None,
             ..s.clone()
         };
         strip(self) == strip(other)

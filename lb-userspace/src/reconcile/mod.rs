@@ -621,15 +621,10 @@ fn reconcile_service(
     };
     let value = service_value(svc, id, offset);
     let key = service_key(svc);
-    // Before the service value's flag and any backend of it: the probe program and the
-    // XDP program read it for this id.
     let tunnel_source = tunnel::tunnel_source_value(svc);
-    if prev.is_none_or(|p| p.tunnel_source != tunnel_source) {
-        ops.push(MapOp::TunnelSource {
-            service_id: id,
-            value: tunnel_source,
-        });
-    }
+    let (src_before, src_after) =
+        tunnel::source_ops(prev.map(|p| p.tunnel_source), id, tunnel_source);
+    ops.extend(src_before);
     write_ops(prev, &decided, &mut ops, |ops| {
         let old_table = prev.map(|p| p.table.clone());
         if old_table.as_ref() != Some(&table) {
@@ -643,6 +638,7 @@ fn reconcile_service(
             ops.push(MapOp::Service { key, value });
         }
     });
+    ops.extend(src_after);
     if svc.failback == Failback::Rebalance {
         for d in decided.iter().filter(|d| d.recovered && d.in_table) {
             ops.push(MapOp::Rebalance {

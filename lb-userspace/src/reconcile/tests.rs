@@ -672,6 +672,32 @@ fn tunnel_services_write_their_source_and_egress_in_order() {
         |o| matches!(o, MapOp::TunnelSource { value, .. } if value.family == lb_common::FAMILY_V6)
     ));
 
+    // The tunnel_source dropped: the flag goes first, the entry is zeroed after it.
+    let mut back = s.clone();
+    back.backends.remove(0);
+    let d_back = Desired::from_services(&[back]);
+    let mut o_v6 = o.clone();
+    o_v6.egress.insert(
+        1,
+        tunnel::egress_value(1500, None, Some("2001:db8:1::1".parse().unwrap())),
+    );
+    let (_, plan_back) = reconcile(&d_back, &o_v6, &p2, &mut alloc.clone()).unwrap();
+    let svc_at = plan_back
+        .0
+        .iter()
+        .position(
+            |o| matches!(o, MapOp::Service { value, .. } if value.flags & SVC_F_TUNNEL_SOURCE == 0),
+        )
+        .expect("service value without the flag");
+    let zero_at = plan_back
+        .0
+        .iter()
+        .position(
+            |o| matches!(o, MapOp::TunnelSource { value, .. } if *value == TunnelSource::default()),
+        )
+        .expect("zeroed source");
+    assert!(svc_at < zero_at, "{plan_back:?}");
+
     // Gone: its source cleared, the egress entry removed (last).
     let (p3, plan3) = reconcile(&Desired::default(), &o, &p2, &mut alloc).unwrap();
     assert!(p3.egress.is_empty());

@@ -14,6 +14,7 @@ use lb_common::{
     tunnel::{EGRESS_F_V4, EGRESS_F_V6, Egress, TunnelSource},
 };
 
+use super::MapOp;
 use crate::model::{Forwarding, Link, Prefix, Service, addr_words};
 
 /// The `XLB_TUN_SRC` entry of `svc`: its `tunnel_source`, or all zeros (`family` 0)
@@ -22,6 +23,31 @@ pub fn tunnel_source_value(svc: &Service) -> TunnelSource {
     match (svc.forwarding, svc.tunnel_source) {
         (Forwarding::Tunnel, Some(p)) => source_of(p),
         _ => TunnelSource::default(),
+    }
+}
+
+/// The write of service `id`'s `XLB_TUN_SRC` entry when it changes from `old` (`None`:
+/// unknown) to `new`, placed before the service's writes (a prefix: it must be there
+/// when the service value's `SVC_F_TUNNEL_SOURCE` flag is; zeros for a service that had
+/// no prefix: the probe program reads the entry of every tunnel backend's service) or,
+/// when a prefix is dropped, after them (zeros only once the flag is gone).
+pub fn source_ops(
+    old: Option<TunnelSource>,
+    id: u32,
+    new: TunnelSource,
+) -> (Option<MapOp>, Option<MapOp>) {
+    if old == Some(new) {
+        return (None, None);
+    }
+    let op = MapOp::TunnelSource {
+        service_id: id,
+        value: new,
+    };
+    let dropped = new.family == 0 && old.is_some_and(|o| o.family != 0);
+    if dropped {
+        (None, Some(op))
+    } else {
+        (Some(op), None)
     }
 }
 

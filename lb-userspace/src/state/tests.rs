@@ -119,6 +119,7 @@ fn service_set_is_stored_as_a_service_set() {
         service: "a".into(),
         nat_sources: Some(vec!["198.51.100.0/24".parse().unwrap()]),
         balance_factor: Some(xlb_millionths(1.25)),
+        tunnel_source: None,
     };
     now.apply(&set).unwrap();
     now.apply(&Edit::BackendDrain {
@@ -142,6 +143,7 @@ fn service_set_is_stored_as_a_service_set() {
         service: "a".into(),
         nat_sources: Some(vec!["2001:db8::/32".parse().unwrap()]),
         balance_factor: None,
+        tunnel_source: None,
     };
     let err = now.apply(&bad).unwrap_err();
     assert!(err[0].field.starts_with("nat_sources"), "{err:?}");
@@ -150,15 +152,73 @@ fn service_set_is_stored_as_a_service_set() {
         service: "a".into(),
         nat_sources: None,
         balance_factor: Some(xlb_millionths(1.0)),
+        tunnel_source: None,
     };
     assert_eq!(now.apply(&one).unwrap_err()[0].field, "balance_factor");
     let off = Edit::ServiceSet {
         service: "a".into(),
         nat_sources: None,
         balance_factor: Some(xlb_millionths(0.0)),
+        tunnel_source: None,
     };
     now.apply(&off).unwrap();
     assert_eq!(now.service("a").unwrap().balance_factor, None);
+}
+
+/// `xlb service set --tunnel-source`: stored as a service set ("none" clears it),
+/// replayed to the same state; refused on a service that is not in tunnel mode.
+#[test]
+fn tunnel_source_is_set_and_stored_as_a_service_set() {
+    use crate::model::{Forwarding, edit::TunnelSourceSet};
+    let mut base = base();
+    base[0].forwarding = Forwarding::Tunnel;
+    let mut now = Desired::from_services(&base);
+    let set = Edit::ServiceSet {
+        service: "a".into(),
+        nat_sources: None,
+        balance_factor: None,
+        tunnel_source: Some("10.99.0.0/24".parse().unwrap()),
+    };
+    now.apply(&set).unwrap();
+    assert_eq!(
+        now.service("a").unwrap().tunnel_source,
+        Some("10.99.0.0/24".parse().unwrap())
+    );
+    let edits = now.diff(&base);
+    assert_eq!(edits, [set.clone()]);
+    assert_eq!(
+        serde_json::to_string(&set).unwrap(),
+        r#"{"service_set":{"service":"a","tunnel_source":"10.99.0.0/24"}}"#
+    );
+    let (again, w) = Desired::replay(&base, &edits);
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(again, now);
+    let none = Edit::ServiceSet {
+        service: "a".into(),
+        nat_sources: None,
+        balance_factor: None,
+        tunnel_source: Some(TunnelSourceSet(None)),
+    };
+    now.apply(&none).unwrap();
+    assert_eq!(now.service("a").unwrap().tunnel_source, None);
+    assert!(now.diff(&base).is_empty());
+    // Host bits are refused when parsed; a DSR service refuses a tunnel_source.
+    assert!(
+        "10.99.0.1/24"
+            .parse::<TunnelSourceSet>()
+            .unwrap_err()
+            .contains("10.99.0.0/24")
+    );
+    let mut dsr = Desired::from_services(&self::base());
+    let err = dsr
+        .apply(&Edit::ServiceSet {
+            service: "a".into(),
+            nat_sources: None,
+            balance_factor: None,
+            tunnel_source: Some("10.99.0.0/24".parse().unwrap()),
+        })
+        .unwrap_err();
+    assert_eq!(err[0].field, "tunnel_source", "{err:?}");
 }
 
 #[test]

@@ -44,12 +44,15 @@ fn v4_of(e: &Egress) -> Option<IpAddr> {
     (e.flags & EGRESS_F_V4 != 0).then(|| IpAddr::from(e.v4.to_ne_bytes()))
 }
 
-fn rules(lab: &Lab) -> String {
-    format!(
-        "{}{}{}",
-        lab.lb.ip("rule show"),
-        lab.lb.ip("-6 rule show"),
-        lab.lb.ip("route show table 22604")
+/// The probes' rules (both families), then the routes of table 22604 (both families).
+fn rules(lab: &Lab) -> (String, String) {
+    (
+        format!("{}{}", lab.lb.ip("rule show"), lab.lb.ip("-6 rule show")),
+        format!(
+            "{}{}",
+            lab.lb.ip("route show table 22604"),
+            lab.lb.ip("-6 route show table 22604")
+        ),
     )
 }
 
@@ -123,12 +126,16 @@ fn tunnel_egress_follows_the_interface_and_the_probe_rule_lives_with_the_daemon(
     assert_ne!(e.flags & EGRESS_F_V6, 0);
 
     // The probes' policy routing while the daemon runs, gone when it stops.
-    let shown = rules(&lab);
-    assert!(
-        shown.contains("fwmark 0x584c0000/0xffff0000 lookup 22604"),
-        "{shown}"
+    let (rules_shown, routes) = rules(&lab);
+    assert_eq!(
+        rules_shown
+            .matches("fwmark 0x584c0000/0xffff0000 lookup 22604")
+            .count(),
+        2,
+        "{rules_shown}"
     );
-    assert!(shown.contains("default dev lo"), "{shown}");
+    assert!(routes.contains("default dev lo"), "{routes}");
+    assert!(routes.contains("local default dev lo"), "{routes}");
     let marked = lab.lb.ip(&format!("route get {VIP4} mark 0x584c0001"));
     assert!(
         marked.contains("dev lo"),
@@ -147,14 +154,16 @@ fn tunnel_egress_follows_the_interface_and_the_probe_rule_lives_with_the_daemon(
     }
 
     lab.stop_daemon();
-    let shown = rules(&lab);
-    assert!(!shown.contains("22604"), "left behind: {shown}");
+    let (rules_shown, routes) = rules(&lab);
+    assert!(!rules_shown.contains("22604"), "left behind: {rules_shown}");
+    assert!(routes.trim().is_empty(), "left behind: {routes}");
 }
 
 /// The socket half of tunnel probes: a probe of each kind (tcp, http, udp; IPv4 and
 /// IPv6) leaves with the backend's mark, from the egress address it was given, to the
-/// VIP, routed into `lo` by the installed rule — counted by nftables on the output
-/// path. Without the rule the same probes leave by the default route instead.
+/// VIP, routed into `lo` by the installed rule — counted by nftables at postrouting
+/// (after a reject route would have discarded them: IPv6 makes a unicast route through
+/// `lo` one). Without the rule the same probes leave by the default route instead.
 #[test]
 fn tunnel_probes_are_marked_bound_and_routed_into_lo() {
     use xlb::{
@@ -179,7 +188,7 @@ fn tunnel_probes_are_marked_bound_and_routed_into_lo() {
     // addresses to the VIPs, and one for any marked packet elsewhere.
     std::fs::write(
         &rules,
-        "table inet xlbtest {\n chain out {\n  type filter hook output priority 0;\n\
+        "table inet xlbtest {\n chain out {\n  type filter hook postrouting priority 0;\n\
          meta mark 0x584c0007 oifname \"lo\" ip saddr 10.9.0.1 ip daddr 10.200.0.1 tcp dport 80 counter\n\
          meta mark 0x584c0007 oifname \"lo\" ip saddr 10.9.0.1 ip daddr 10.200.0.1 udp dport 53 counter\n\
          meta mark 0x584c0007 oifname \"lo\" ip6 saddr fd00:9::1 ip6 daddr fd00:200::1 tcp dport 80 counter\n\
@@ -253,4 +262,159 @@ fn tunnel_probes_are_marked_bound_and_routed_into_lo() {
     assert!(after[4] > 0, "{after:?}");
     assert_eq!(after[..4], c[..4], "{after:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The decapsulation state of a test, removed from bpffs however the test ends.
+struct DecapRoot(String);
+
+impl Drop for DecapRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Health of every backend of `service` as status shows it: (address, health, note).
+fn healths(lab: &Lab, service: &str) -> Vec<(String, String, String)> {
+    let s = lab.xlb_json(&["status"]);
+    let svc = s["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == service)
+        .unwrap_or_else(|| panic!("{service} not in {s}"))
+        .clone();
+    svc["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap().to_string(),
+                b["health"].as_str().unwrap().to_string(),
+                b["note"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits up to 5 s until `ok` holds for (address, health) of every backend of each
+/// service.
+fn wait_health(lab: &Lab, services: &[&str], what: &str, ok: impl Fn(&str, &str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let all: Vec<_> = services.iter().map(|s| (*s, healths(lab, s))).collect();
+        if all
+            .iter()
+            .all(|(_, bs)| bs.iter().all(|(a, h, _)| ok(a, h)))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {all:#?}\n{}",
+            lab.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Health checks of tunnel services travel the tunnel (issue 13): HTTP, TCP and UDP
+/// checks of IPIP, IP6IP6 and 4in6 backends pass through `xlb_probe` and the backends'
+/// `xlb decap`, traffic is served the same way, and a backend whose decapsulation is
+/// taken away fails its checks (status says why) while the other stays healthy — and
+/// passes again when it is back.
+#[test]
+fn tunnel_health_checks_travel_the_tunnel_and_a_broken_decap_fails_them() {
+    use xlb_tests::lab::{HTTP_PORT, VIP6, run, xlb_bin};
+    let mut lab = Lab::new(LabOptions {
+        backends: 2,
+        clients_v4: 6,
+        clients_v6: 6,
+    });
+    lab.start_servers();
+    let root = DecapRoot(format!("/sys/fs/bpf/xlb-decap-{}", lab.id));
+    // The backends' namespace paths, so the helpers do not borrow the lab.
+    let names: Vec<String> = lab.backends.iter().map(|b| b.ns.name.clone()).collect();
+    // One pin root per backend namespace (each has its own eth0).
+    let decap = |i: usize, args: &[&str]| {
+        let dir = format!("{}/be{i}", root.0);
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--pin-dir", &dir]);
+        run(std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", names[i]))
+            .arg("--")
+            .arg(xlb_bin())
+            .arg("decap")
+            .args(&all))
+    };
+    let attach = |i: usize| {
+        decap(
+            i,
+            &[
+                "attach",
+                "eth0",
+                "--from",
+                &format!("{LB4}/32"),
+                "--from",
+                &format!("{LB6}/128"),
+            ],
+        )
+    };
+    attach(0);
+    attach(1);
+    let b4: Vec<(IpAddr, u32)> = lab.backends.iter().map(|b| (b.addr4.into(), 1)).collect();
+    let b6: Vec<(IpAddr, u32)> = lab.backends.iter().map(|b| (b.addr6.into(), 1)).collect();
+    let timing = "interval = \"200ms\", timeout = \"150ms\", rise = 2, fall = 2";
+    let http = format!(
+        "forwarding = \"tunnel\"\nhealth = {{ kind = \"http\", port = {HTTP_PORT}, path = \"/\", {timing} }}\n"
+    );
+    let udp = format!(
+        "forwarding = \"tunnel\"\nhealth = {{ kind = \"udp\", port = {UDP_PORT}, send = \"ping\", {timing} }}\n"
+    );
+    let tcp = format!(
+        "forwarding = \"tunnel\"\nhealth = {{ kind = \"tcp\", port = {HTTP_PORT}, {timing} }}\n"
+    );
+    let vip46 = Lab::vip4(2);
+    lab.write_config(&format!(
+        "{}{}{}",
+        service_block("ipip", &VIP4.to_string(), HTTP_PORT, "tcp", &http, &b4),
+        service_block("ip6ip6", &VIP6.to_string(), UDP_PORT, "udp", &udp, &b6),
+        service_block("in6", &vip46.to_string(), HTTP_PORT, "tcp", &tcp, &b6),
+    ));
+    lab.start_daemon();
+    let services = ["ipip", "ip6ip6", "in6"];
+    wait_health(&lab, &services, "every check through the tunnel", |_, h| {
+        h == "healthy"
+    });
+    // Traffic takes the same path.
+    let c4 = lab.clients4.clone();
+    let c6 = lab.clients6.clone();
+    assert_eq!(lab.answers(&c4, IpAddr::V4(VIP4), false).len(), c4.len());
+    assert_eq!(lab.answers(&c6, IpAddr::V6(VIP6), true).len(), c6.len());
+    assert_eq!(lab.answers(&c4, vip46, false).len(), c4.len());
+
+    // Backend 0 loses its decapsulation: its checks fail, backend 1's pass.
+    decap(0, &["detach", "eth0"]);
+    let (a0, a0v6) = (
+        lab.backends[0].addr4.to_string(),
+        lab.backends[0].addr6.to_string(),
+    );
+    let broken = |a: &str| a == a0 || a == a0v6;
+    wait_health(&lab, &services, "backend 0 without decap", |a, h| {
+        (h == "unhealthy") == broken(a)
+    });
+    let notes = healths(&lab, "ipip");
+    assert!(
+        notes.iter().any(|(a, _, n)| *a == a0 && !n.is_empty()),
+        "no reason shown: {notes:?}"
+    );
+    // Every client is served by backend 1 now.
+    let name1 = lab.backends[1].name.clone();
+    for (c, b) in lab.answers(&c4, IpAddr::V4(VIP4), false) {
+        assert_eq!(b, name1, "{c}");
+    }
+    attach(0);
+    wait_health(&lab, &services, "backend 0 decapsulating again", |_, h| {
+        h == "healthy"
+    });
 }

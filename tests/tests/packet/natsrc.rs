@@ -168,6 +168,7 @@ fn the_list_changes_at_run_time() {
             service: "web".into(),
             nat_sources: Some(vec!["198.51.100.0/24".parse::<Prefix>().expect("p")]),
             balance_factor: None,
+            tunnel_source: None,
         })
         .expect("set");
     let before = lab
@@ -192,6 +193,7 @@ fn the_list_changes_at_run_time() {
             service: "web".into(),
             nat_sources: Some(vec![]),
             balance_factor: None,
+            tunnel_source: None,
         })
         .expect("unset");
     // Keyed on the address again (its old pin is still live).
