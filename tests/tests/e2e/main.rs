@@ -14,4 +14,5 @@ mod nat;
 mod realnet;
 mod scenarios;
 mod transients;
+mod tunnel;
 mod watch;
