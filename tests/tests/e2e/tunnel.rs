@@ -24,8 +24,6 @@ use xlb_tests::{
     packet::{V4Opts, ip, udp},
 };
 
-use crate::daemon::backend_status;
-
 /// A tunnel service of the lab: name, VIP, UDP or not, backend family.
 struct Svc {
     name: &'static str,
@@ -66,6 +64,7 @@ fn tunnel_lab(clients: usize, lb_mtu: u32) -> Lab {
     lab.decap_attach_all();
     lab.start_servers();
     lab.start_daemon();
+    wait_all_healthy(&lab);
     lab
 }
 
@@ -86,21 +85,43 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn health_of(lab: &Lab, service: &str, addr: IpAddr) -> String {
-    backend_status(lab, service, &addr.to_string())
-        .unwrap_or_else(|| panic!("{service}: backend {addr} not listed"))["health"]
-        .as_str()
-        .expect("health")
-        .to_string()
+/// The health of backend `name` in every service, from one `xlb status`.
+fn healths_of(lab: &Lab, name: &str) -> Vec<String> {
+    let st = lab.xlb_json(&["status"]);
+    services()
+        .iter()
+        .map(|svc| {
+            let addr = lab.backend_addr(name, svc.fam).to_string();
+            st["services"]
+                .as_array()
+                .expect("services")
+                .iter()
+                .find(|x| x["name"] == svc.name)
+                .and_then(|x| {
+                    x["backends"]
+                        .as_array()?
+                        .iter()
+                        .find(|b| b["address"] == addr)
+                })
+                .and_then(|b| b["health"].as_str())
+                .unwrap_or_else(|| panic!("{}: backend {addr} not listed: {st}", svc.name))
+                .to_string()
+        })
+        .collect()
 }
 
 /// Waits until backend `name` has `health` in every service.
 fn wait_health(lab: &Lab, name: &str, health: &str, limit: Duration) {
     wait_for(&format!("{name} {health} in every service"), limit, || {
-        services()
-            .iter()
-            .all(|s| health_of(lab, s.name, lab.backend_addr(name, s.fam)) == health)
+        healths_of(lab, name).iter().all(|h| h == health)
     });
+}
+
+/// Waits until every backend is healthy in every service (the first checks passed).
+fn wait_all_healthy(lab: &Lab) {
+    for b in &lab.backends {
+        wait_health(lab, &b.name, "healthy", Duration::from_secs(3));
+    }
 }
 
 /// The counter `name` of the balancer's packet verdicts (`xlb stats`).
@@ -395,7 +416,7 @@ fn tunnel_source_spreads_outer_sources_within_the_prefix() {
     }
     lab.start_servers();
     lab.start_daemon();
-    wait_health(&lab, "be0", "healthy", Duration::from_secs(3));
+    wait_all_healthy(&lab);
     for svc in services() {
         let clients = clients_of(&lab, &svc);
         lab.answers(&clients, svc.vip, svc.udp);
@@ -423,6 +444,16 @@ fn tunnel_source_spreads_outer_sources_within_the_prefix() {
     for i in 0..lab.backends.len() {
         let from: Vec<&str> = allowed.iter().map(String::as_str).collect();
         lab.decap_attach(i, &from);
+    }
+    // The probes still pass (their outer sources are the predicted ones).
+    std::thread::sleep(Duration::from_millis(800));
+    for b in &lab.backends {
+        let h = healths_of(&lab, &b.name);
+        assert!(
+            h.iter().all(|h| h == "healthy"),
+            "{}: health probes were refused by decap accepting {allowed:?}: {h:?}",
+            b.name
+        );
     }
     let accepted = |a: IpAddr| allowed.iter().any(|p| contains(p, a));
     for svc in services().into_iter().filter(|s| s.udp) {
