@@ -167,19 +167,20 @@ fn tunnel_serves_tcp_and_udp_over_ipip_ip6ip6_and_4in6_with_affinity() {
             );
         }
     }
-    // Each kind of tunnel arrived at the backends, and nothing else needed passing.
+    // Each kind of tunnel arrived at the backends, every one from an allowed source.
     let mut decapped: BTreeMap<&str, u64> = BTreeMap::new();
     for i in 0..lab.backends.len() {
         let st = lab.decap_stats(i);
         for key in ["decap_ipip", "decap_ip6ip6", "decap_4in6"] {
             *decapped.entry(key).or_default() += st[key].as_u64().unwrap_or(0);
         }
+        assert_eq!(st["pass_source_not_allowed"], 0, "be{i}: {st}");
     }
     assert!(decapped.values().all(|n| *n > 0), "{decapped:?}");
 }
 
-/// Clients of `svc`, split: (the clients whose answers are compared across the event,
-/// fresh ones for after the recovery), and where the first ones went.
+/// Where the first two thirds of `svc`'s clients go (the last third stays fresh for
+/// [`assert_takes_new_clients`]).
 fn before(lab: &Lab, svc: &Svc) -> BTreeMap<IpAddr, String> {
     let clients = clients_of(lab, svc);
     lab.answers(&clients[..clients.len() * 2 / 3], svc.vip, svc.udp)
