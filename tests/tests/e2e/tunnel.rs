@@ -77,14 +77,6 @@ fn clients_of(lab: &Lab, svc: &Svc) -> Vec<IpAddr> {
     }
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The health of backend `name` in every service, from one `xlb status`.
 fn healths_of(lab: &Lab, name: &str) -> Vec<String> {
     let st = lab.xlb_json(&["status"]);
@@ -112,9 +104,18 @@ fn healths_of(lab: &Lab, name: &str) -> Vec<String> {
 
 /// Waits until backend `name` has `health` in every service.
 fn wait_health(lab: &Lab, name: &str, health: &str, limit: Duration) {
-    wait_for(&format!("{name} {health} in every service"), limit, || {
-        healths_of(lab, name).iter().all(|h| h == health)
-    });
+    let start = Instant::now();
+    while !healths_of(lab, name).iter().all(|h| h == health) {
+        if start.elapsed() > limit {
+            panic!(
+                "{name} not {health} in every service within {limit:?}: {:?}\n{}\n{}",
+                healths_of(lab, name),
+                lab.xlb(&["status"]),
+                lab.daemon_log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits until every backend is healthy in every service (the first checks passed).
