@@ -473,10 +473,15 @@ pub enum Stat {
     /// Tunnel mode: the backend's egress interface has no `XLB_EGRESS` entry, or no
     /// address of the backend's family for the default outer source: dropped.
     DropNoEgress = 14,
+    /// Not an XDP verdict: a health probe to a tunnel backend (`SO_MARK` =
+    /// `tunnel::probe_mark`) dropped by the `xlb_probe` TC program: its backend id holds no
+    /// backend, or the backend's interface has no `XLB_EGRESS` entry or address for the
+    /// outer source. The check of that backend fails, as the traffic would.
+    DropProbe = 15,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::PassNonIp,
         Stat::PassNotService,
@@ -493,6 +498,7 @@ impl Stat {
         Stat::IcmpTooBig,
         Stat::DropTooBig,
         Stat::DropNoEgress,
+        Stat::DropProbe,
     ];
 
     /// Stable snake_case name, used in metrics and JSON.
@@ -513,6 +519,7 @@ impl Stat {
             Stat::IcmpTooBig => "icmp_too_big",
             Stat::DropTooBig => "drop_too_big",
             Stat::DropNoEgress => "drop_no_egress",
+            Stat::DropProbe => "drop_probe",
         }
     }
 }

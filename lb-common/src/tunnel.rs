@@ -128,6 +128,33 @@ pub fn outer_source(src: &TunnelSource, h: u32) -> Addr {
     ]
 }
 
+/// The outer source of a tunnel packet to a backend of `family` (the outer family) for a
+/// client of hash `h` ([`client_hash`]): from the service's `tunnel_source` (`src`; `None`
+/// when it has none), else the egress interface's address of that family. `None`: the
+/// interface has no such address (the packet is dropped as `DropNoEgress`).
+#[inline(always)]
+pub fn pick_outer_source(
+    src: Option<&TunnelSource>,
+    egress: &Egress,
+    family: u8,
+    h: u32,
+) -> Option<Addr> {
+    if let Some(src) = src {
+        return Some(outer_source(src, h));
+    }
+    if family == FAMILY_V6 {
+        (egress.flags & EGRESS_F_V6 != 0).then_some(egress.v6)
+    } else {
+        (egress.flags & EGRESS_F_V4 != 0).then_some([egress.v4, 0, 0, 0])
+    }
+}
+
+/// The IPv6 outer flow label of a client of hash `h`: its low 20 bits (host order).
+#[inline(always)]
+pub const fn flow_label(h: u32) -> u32 {
+    h & 0x000f_ffff
+}
+
 /// The inner MTU the client is told when an encapsulated packet would exceed `egress_mtu`
 /// (`backend_family`: the outer header's family).
 #[inline(always)]
@@ -190,6 +217,28 @@ mod tests {
         let src = source([10, 99, 0, 7], 32);
         let c = v4([198, 18, 0, 1]);
         assert_eq!(outer_source(&src, client_hash(&c)), v4([10, 99, 0, 7]));
+    }
+
+    #[test]
+    fn the_outer_source_falls_back_to_the_egress_address() {
+        let eg = Egress {
+            mtu: 1500,
+            flags: EGRESS_F_V4,
+            v4: v4([10, 0, 0, 1])[0],
+            v6: [0; 4],
+        };
+        let h = client_hash(&v4([198, 18, 0, 1]));
+        assert_eq!(
+            pick_outer_source(None, &eg, FAMILY_V4, h),
+            Some(v4([10, 0, 0, 1]))
+        );
+        assert_eq!(pick_outer_source(None, &eg, FAMILY_V6, h), None);
+        let src = source([10, 99, 0, 7], 32);
+        assert_eq!(
+            pick_outer_source(Some(&src), &eg, FAMILY_V4, h),
+            Some(v4([10, 99, 0, 7]))
+        );
+        assert_eq!(flow_label(0xfff1_2345), 0x1_2345);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The xlb XDP balancer: IP affinity with a bucketed affinity table in front of Maglev.
 //!
 //! Per packet: parse → VIP pre-filter → service lookup → affinity lookup (one 64-byte
-//! bucket) → (miss) Maglev slot → backend → pin written → rewrite MACs (DSR) → XDP_TX or
-//! XDP_REDIRECT. Everything not owned by a service leaves with XDP_PASS, unchanged.
+//! bucket) → (miss) Maglev slot → backend → pin written → rewrite MACs (DSR) or
+//! encapsulate (tunnel) → XDP_TX or XDP_REDIRECT. Everything not owned by a service leaves with XDP_PASS, unchanged.
 //! Every packet increments exactly one counter of `XLB_STATS` (its verdict and reason).
+//!
+//! The same object holds `xlb_probe`, the TC program that encapsulates the daemon's
+//! health probes of tunnel backends (module `probe`), sharing the maps.
 //!
 //! This file is the entry and the path between the modules of [`xlb`], one per concern
 //! (parse, service, balance, forward; stats and maps shared). Every function on the path
@@ -14,12 +17,16 @@
 
 mod xlb;
 
-use aya_ebpf::{bindings::xdp_action::XDP_ABORTED, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action::XDP_ABORTED,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use lb_common::Stat;
 use xlb::{
     balance, forward, frag, icmp,
     parse::{self, Parsed},
-    sample, service, stats,
+    probe, sample, service, stats,
 };
 
 // Inlined into the entry aya's macro wraps it in (see `try_xlb`: a BPF-to-BPF call per
@@ -67,10 +74,17 @@ fn try_xlb(ctx: &XdpContext) -> Result<u32, ()> {
     match balance::backend(&svc, ss, &flow)? {
         Some(to) => {
             sample::packet(ctx, svc.id, &flow, to.id);
-            forward::dsr(ctx, ss, to)
+            forward::to_backend(ctx, &svc, ss, &flow.saddr, to, false)
         }
         None => balance::no_backend(&svc, ss),
     }
+}
+
+/// The health-probe TC program (`lb_common::tunnel::PROG_PROBE`, module `probe`): probes
+/// of tunnel backends leave encapsulated as their traffic does; every other packet passes.
+#[classifier]
+pub fn xlb_probe(ctx: TcContext) -> i32 {
+    probe::handle(&ctx)
 }
 
 #[cfg(not(test))]

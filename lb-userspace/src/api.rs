@@ -259,6 +259,13 @@ pub struct ServiceStatus {
     pub table_size: u32,
     pub health: String,
     pub pinned_clients: u64,
+    /// "dsr" or "tunnel".
+    #[serde(default)]
+    pub forwarding: String,
+    /// Tunnel mode: the prefix outer sources come from (absent: each egress interface's
+    /// address).
+    #[serde(default)]
+    pub tunnel_source: Option<String>,
     /// Prefixes whose clients are balanced per connection.
     #[serde(default)]
     pub nat_sources: Vec<String>,
@@ -392,6 +399,13 @@ pub struct Explain {
     /// have had, over the load bound right now (`backend` is the next one not over it).
     #[serde(default)]
     pub over_bound_backend: Option<IpAddr>,
+    /// "dsr" or "tunnel".
+    #[serde(default)]
+    pub forwarding: String,
+    /// Tunnel mode: the outer source address of this client's packets to `backend`
+    /// (absent: no backend, or none can be chosen: the data plane drops).
+    #[serde(default)]
+    pub outer_source: Option<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

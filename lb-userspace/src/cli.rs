@@ -16,8 +16,8 @@ use crate::{
     config,
     dataplane::{lock::PinDirLock, pin},
     model::{
-        Affinity, Backend, CheckKind, Edit, Failback, HealthCheck, HealthInitial, HealthKind,
-        HumanDuration, Millionths, NoBackend, Prefix, Protocol, Service,
+        Affinity, Backend, CheckKind, Edit, Failback, Forwarding, HealthCheck, HealthInitial,
+        HealthKind, HumanDuration, Millionths, NoBackend, Prefix, Protocol, Service,
         limits::*,
         parse_address, parse_status_range, status_range,
         validate::{FieldError, validate_service},
@@ -358,6 +358,14 @@ pub struct ServiceAddArgs {
     /// (The config file requires it; the CLI assumes tcp.)
     #[arg(long, value_enum, default_value_t = Protocol::Tcp)]
     pub protocol: Protocol,
+    /// dsr: rewrite L2 only (backends on this segment); tunnel: IPIP / IP6IP6 / 4in6 to
+    /// backends that may be several hops away.
+    #[arg(long, value_enum, default_value_t = DEFAULT_FORWARDING)]
+    pub forwarding: Forwarding,
+    /// Tunnel mode: outer source addresses, one per client, from this prefix (default:
+    /// the balancer's address on the egress interface).
+    #[arg(long)]
+    pub tunnel_source: Option<Prefix>,
     #[arg(long, value_enum, default_value_t = DEFAULT_AFFINITY)]
     pub affinity: Affinity,
     #[arg(long, default_value_t = DEFAULT_PREFIX_V4)]
@@ -442,6 +450,8 @@ fn parse_backend_arg(s: &str) -> Result<Backend, String> {
 impl ServiceAddArgs {
     pub fn to_service(&self) -> Service {
         let mut s = Service::new(&self.name, self.vip, self.port, self.protocol);
+        s.forwarding = self.forwarding;
+        s.tunnel_source = self.tunnel_source;
         s.affinity = self.affinity;
         s.prefix_v4 = self.prefix_v4;
         s.prefix_v6 = self.prefix_v6;
@@ -966,6 +976,10 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
     // their traffic here.
     let withdrawn = cfg.as_ref().map(withdraw_before_down).unwrap_or_default();
     let removed = pin::down(&pin_dir)?;
+    // The tunnel probes' policy rule (its TC program went with the daemon).
+    if let Err(e) = crate::dataplane::probe::remove_rule_blocking() {
+        eprintln!("warning: {e}");
+    }
     let moved = state::move_aside(&state_file, &pin_dir)?;
     if cli.json {
         let moved_to = match &moved {

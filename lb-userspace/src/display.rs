@@ -66,11 +66,15 @@ pub fn status(s: &api::Status) -> String {
         };
         let _ = writeln!(
             o,
-            "\nservice {}  {}:{}/{}  affinity {} /{}  idle {}  failback {}  M={}  health {}  pinned {}",
+            "\nservice {}  {}:{}/{}  {}  affinity {} /{}  idle {}  failback {}  M={}  health {}  pinned {}",
             svc.name,
             svc.vip,
             port,
             svc.protocol,
+            match &svc.tunnel_source {
+                Some(p) => format!("{} from {p}", svc.forwarding),
+                None => svc.forwarding.clone(),
+            },
             svc.affinity,
             svc.prefix,
             svc.idle_timeout,
@@ -325,6 +329,21 @@ pub fn explain(e: &api::Explain) -> String {
             o,
             "  nat_sources {p}: keyed on address and source port (each connection decided alone)"
         );
+    }
+    if e.forwarding == "tunnel" {
+        match (e.backend, e.outer_source) {
+            (Some(b), Some(src)) => {
+                let _ = writeln!(o, "  tunnel: encapsulated {src} → {b}");
+            }
+            (Some(b), None) => {
+                let _ = writeln!(
+                    o,
+                    "  tunnel: no outer source for {b} (its egress interface has no address of \
+                     its family): dropped"
+                );
+            }
+            _ => {}
+        }
     }
     o
 }

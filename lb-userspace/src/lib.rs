@@ -10,6 +10,7 @@ pub mod decap;
 pub mod display;
 pub mod docs;
 pub mod drain;
+pub mod egress;
 pub mod health;
 pub mod load;
 pub mod metrics;

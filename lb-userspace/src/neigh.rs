@@ -263,6 +263,11 @@ impl Resolver {
         })
     }
 
+    /// The netlink handle (for the other rtnetlink queries of the crate: egress.rs).
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// Route lookup for `addr` (`RTM_GETROUTE`, like `ip route get ADDR`): the egress
     /// interface and the next hop (the gateway if the route has one, else `addr`). Only
     /// unicast routes qualify: a local, broadcast or multicast address is an error, as is
@@ -781,7 +786,7 @@ fn unresolved_reason(next_hop: IpAddr, entry: Option<&NeighbourEntry>) -> String
 }
 
 /// The first item of a netlink reply stream, within [`REQUEST_TIMEOUT`].
-async fn first<T>(
+pub(crate) async fn first<T>(
     stream: impl Stream<Item = Result<T, rtnetlink::Error>>,
 ) -> io::Result<Option<T>> {
     let mut stream = std::pin::pin!(stream);
@@ -792,13 +797,13 @@ async fn first<T>(
     }
 }
 
-fn timed_out() -> io::Error {
+pub(crate) fn timed_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "no netlink answer within 5 s")
 }
 
 /// A kernel error as the errno it is (so `ENOENT` reads "No such file or directory" and
 /// can be matched), anything else as text.
-fn io_error(e: rtnetlink::Error) -> io::Error {
+pub(crate) fn io_error(e: rtnetlink::Error) -> io::Error {
     match e {
         rtnetlink::Error::NetlinkError(m) if m.code.is_some() => m.to_io(),
         rtnetlink::Error::RequestFailed => {

@@ -45,6 +45,15 @@ pub const ROUTER6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 
 pub const OTHER4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9));
 pub const OTHER6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1));
 
+/// Tunnel-mode services (README, "Tunnel forwarding"): IPIP, and 4in6 (an IPv4 VIP whose
+/// backend is IPv6), IP6IP6; a backend behind another interface; one whose interface has
+/// no `XLB_EGRESS` entry.
+pub const VIP_IPIP: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 90));
+pub const VIP_4IN6: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 92));
+pub const VIP6_TUN: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x90));
+pub const VIP_TUN_REMOTE: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 93));
+pub const VIP_TUN_NOEGRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 94));
+
 /// `l4` from `src` to `dst` in a frame with these VLAN tags (outermost first).
 pub fn tagged(src: IpAddr, dst: IpAddr, l4: &L4, tags: &[(u16, u16)]) -> Vec<u8> {
     let (et, p) = ip(src, dst, l4, &V4Opts::default());
@@ -174,6 +183,129 @@ pub fn packet_too_big(vip: IpAddr, client: IpAddr, cport: u16) -> Vec<u8> {
     icmp_error(2, 0, 1280, vip, client, (80, cport), false)
 }
 
+/// `f` (IPv4 or IPv6, as the builders make it) with DSCP + ECN `tos` and TTL / hop limit
+/// `ttl`, and for IPv4 DF when `df`; the IPv4 header checksum recomputed.
+pub fn with_tos(f: &[u8], tos: u8, ttl: u8, df: bool) -> Vec<u8> {
+    let mut f = f.to_vec();
+    let l = layout(&f).expect("an IP frame");
+    let ip = &mut f[l.l3..];
+    if l.v6 {
+        ip[0] = 0x60 | (tos >> 4);
+        ip[1] = (tos << 4) | (ip[1] & 0x0f);
+        ip[7] = ttl;
+    } else {
+        ip[1] = tos;
+        ip[8] = ttl;
+        if df {
+            ip[6] |= 0x40;
+        }
+        ip[10..12].fill(0);
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let mut sum = 0u32;
+        for c in ip[..ihl].chunks_exact(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    }
+    f
+}
+
+/// A TCP segment with `payload` bytes from `src`:40000 to `dst`:80, IPv4 with DF when `df`.
+pub fn sized(src: IpAddr, dst: IpAddr, payload: usize, df: bool) -> Vec<u8> {
+    let f = frame(src, dst, &tcp(40000, 80, &vec![0x42; payload]));
+    if df { with_tos(&f, 0, 64, true) } else { f }
+}
+
+/// The frames of the tunnel-mode fixtures (`tests/tests/packet/tunnel.rs`), by name.
+pub fn tunnel_frames() -> Vec<Named> {
+    let mut v = Vec::new();
+    let mut add = |name: &'static str, frame: Vec<u8>| v.push(Named { name, frame });
+    let syn = |dst| tcp_frame(CLIENT4, dst, 40000, 80);
+    add("IPIP SYN", syn(VIP_IPIP));
+    add("IPIP UDP", udp_frame(CLIENT4, VIP_IPIP, 5353, 53));
+    add(
+        "IPIP DSCP ECN TTL DF",
+        with_tos(&syn(VIP_IPIP), 0xb9, 17, true),
+    );
+    let seg = tcp(40000, 80, b"");
+    add(
+        "IPIP VLAN",
+        tagged(CLIENT4, VIP_IPIP, &seg, &[(ETH_8021Q, 10)]),
+    );
+    add("IP6IP6 SYN", tcp_frame(CLIENT6, VIP6_TUN, 40000, 80));
+    add(
+        "IP6IP6 DSCP ECN hop limit",
+        with_tos(&tcp_frame(CLIENT6, VIP6_TUN, 40000, 80), 0xb9, 17, false),
+    );
+    add(
+        "IP6IP6 VLAN",
+        tagged(CLIENT6, VIP6_TUN, &seg, &[(ETH_8021AD, 20)]),
+    );
+    add("4in6 SYN", syn(VIP_4IN6));
+    add(
+        "4in6 DSCP ECN TTL DF",
+        with_tos(&syn(VIP_4IN6), 0x2a, 5, true),
+    );
+    add(
+        "4in6 VLAN",
+        tagged(CLIENT4, VIP_4IN6, &seg, &[(ETH_8021Q, 10)]),
+    );
+    add("tunnel redirect", syn(VIP_TUN_REMOTE));
+    add("tunnel no egress", syn(VIP_TUN_NOEGRESS));
+    // MTU 1500: IPv4 in IPIP fits up to 1480 bytes, in 4in6 and IPv6 in IP6IP6 1460.
+    add("IPIP 1480 DF", sized(CLIENT4, VIP_IPIP, 1440, true));
+    add("IPIP 1481 DF", sized(CLIENT4, VIP_IPIP, 1441, true));
+    add("IPIP 1481", sized(CLIENT4, VIP_IPIP, 1441, false));
+    add("IP6IP6 1460", sized(CLIENT6, VIP6_TUN, 1400, false));
+    add("IP6IP6 1461", sized(CLIENT6, VIP6_TUN, 1401, false));
+    add("4in6 1461 DF", sized(CLIENT4, VIP_4IN6, 1421, true));
+    let big = tcp(40000, 80, &[0x42; 1441]);
+    let tagged_big = tagged(CLIENT4, VIP_IPIP, &big, &[(ETH_8021Q, 10)]);
+    add("IPIP 1481 DF VLAN", with_tos(&tagged_big, 0, 64, true));
+    add("IPIP 100 DF", sized(CLIENT4, VIP_IPIP, 60, true));
+    add("IPIP 63 DF", sized(CLIENT4, VIP_IPIP, 23, true));
+    add(
+        "IPIP fragmentation needed",
+        icmp_error(3, 4, 1400, VIP_IPIP, CLIENT4, (80, 40000), false),
+    );
+    add(
+        "IP6IP6 packet too big",
+        icmp_error(2, 0, 1280, VIP6_TUN, CLIENT6, (80, 40000), false),
+    );
+    let first = tcp(40000, 80, &[0x42; 1400]);
+    add(
+        "IPIP first fragment",
+        v4_first(CLIENT4, VIP_IPIP, &first, 0x7777),
+    );
+    add(
+        "IPIP later fragment",
+        v4_later(CLIENT4, VIP_IPIP, IPPROTO_TCP, 0x7777),
+    );
+    // 40 + 8 + 20 + 1200 bytes: under the 1460 IP6IP6 allows at MTU 1500.
+    let first6 = tcp(40000, 80, &[0x42; 1200]);
+    add(
+        "IP6IP6 first fragment",
+        v6_first(CLIENT6, VIP6_TUN, &first6, 0x7777),
+    );
+    add(
+        "IP6IP6 later fragment",
+        v6_later(CLIENT6, VIP6_TUN, IPPROTO_TCP, 0x7777),
+    );
+    v
+}
+
+/// The tunnel frame named `name` ([`tunnel_frames`]).
+pub fn tunnel_frame(name: &str) -> Vec<u8> {
+    tunnel_frames()
+        .into_iter()
+        .find(|n| n.name == name)
+        .unwrap_or_else(|| panic!("no tunnel frame {name:?}"))
+        .frame
+}
+
 /// A fixture's frame and the name of its row.
 #[derive(Clone, Debug)]
 pub struct Named {
@@ -243,6 +375,9 @@ pub fn all() -> Vec<Named> {
     add_ext_headers(&mut add);
     add_tags_and_options(&mut add);
     add_truncations(&mut add);
+    for n in tunnel_frames() {
+        add(n.name, n.frame);
+    }
     add("IPv4 first fragment (MF)", v4_fragment(VIP4, 0x2000));
     add("IPv4 later fragment (offset 185)", v4_fragment(VIP4, 185));
     add("IPv4 fragment to a non-VIP", v4_fragment(OTHER4, 0x2000));

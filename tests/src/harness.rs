@@ -6,9 +6,14 @@ use std::net::IpAddr;
 
 use aya::{
     Ebpf,
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    maps::{Array, HashMap, Map, MapData},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
-use lb_common::PROG_XLB;
+use lb_common::{
+    FAMILY_V4, FAMILY_V6, MODE_TUNNEL, PROG_XLB, SVC_F_TUNNEL_SOURCE, SVC_F_VIP_MARKER,
+    addr_from_bytes, prefix_mask,
+    tunnel::{Egress, MAP_EGRESS, MAP_TUN_SRC, PROG_PROBE, TunnelSource},
+};
 use xlb::{
     dataplane::loader::{LoadOptions, XLB_OBJECT, load_object_sampling},
     dataplane::maps::DataPlane,
@@ -205,6 +210,120 @@ impl XlbHarness {
             .expect("XDP")
     }
 
+    /// A map of the loaded program by name, on a new fd of its own (whoever holds the
+    /// object's fd: the controller or nobody).
+    pub fn map_data(&self, name: &str) -> MapData {
+        let ids = self
+            .prog()
+            .info()
+            .and_then(|i| i.map_ids())
+            .unwrap_or_else(|e| panic!("map ids of xlb: {e}"))
+            .expect("map ids");
+        ids.into_iter()
+            .map(|id| MapData::from_id(id).unwrap_or_else(|e| panic!("map {id}: {e}")))
+            .find(|m| {
+                m.info()
+                    .ok()
+                    .and_then(|i| i.name_as_str().map(String::from))
+                    == Some(name.to_string())
+            })
+            .unwrap_or_else(|| panic!("xlb uses no map {name}"))
+    }
+
+    /// Puts service `name` in tunnel mode, with `source` as its `tunnel_source` (none:
+    /// the egress address), writing `XLB_TUN_SRC` and the service entry as the controller
+    /// does for a tunnel service. Test-only until the controller programs tunnel mode; a
+    /// later reconcile of the service undoes it.
+    pub fn make_tunnel(&mut self, name: &str, source: Option<TunnelSource>) {
+        let id = self.service_id(name);
+        let mut tun: Array<MapData, TunnelSource> =
+            Array::try_from(Map::Array(self.map_data(MAP_TUN_SRC))).expect("XLB_TUN_SRC");
+        tun.set(id, source.unwrap_or_default(), 0)
+            .expect("write XLB_TUN_SRC");
+        let entries = self.dp().service_entries().expect("service entries");
+        for (k, mut v) in entries {
+            if v.id != id || v.flags & SVC_F_VIP_MARKER != 0 {
+                continue;
+            }
+            v.mode = MODE_TUNNEL;
+            v.flags &= !SVC_F_TUNNEL_SOURCE;
+            if source.is_some() {
+                v.flags |= SVC_F_TUNNEL_SOURCE;
+            }
+            self.dp_mut().set_service(&k, &v).expect("write service");
+        }
+    }
+
+    /// Points backend `address` of service `name` at `outer` (another family: 4in6),
+    /// as the controller will for a tunnel backend of the other family. Test-only.
+    pub fn set_backend_address(&mut self, name: &str, address: IpAddr, outer: IpAddr) {
+        let id = self
+            .ctl
+            .service(name)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .backend(address)
+            .unwrap_or_else(|| panic!("{name} has no backend {address}"))
+            .id;
+        let mut be = self.dp().backend(id).expect("backend");
+        let (family, bytes) = match outer {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (FAMILY_V4, b)
+            }
+            IpAddr::V6(a) => (FAMILY_V6, a.octets()),
+        };
+        be.addr = addr_from_bytes(&bytes);
+        be.family = family;
+        self.dp_mut().set_backend(id, &be).expect("write backend");
+    }
+
+    /// `XLB_EGRESS[ifindex] := egress`, or removes the entry (`None`).
+    pub fn set_egress(&self, ifindex: u32, egress: Option<Egress>) {
+        let mut m: HashMap<MapData, u32, Egress> =
+            HashMap::try_from(Map::HashMap(self.map_data(MAP_EGRESS))).expect("XLB_EGRESS");
+        match egress {
+            Some(e) => m.insert(ifindex, e, 0).expect("write XLB_EGRESS"),
+            None => {
+                let _ = m.remove(&ifindex);
+            }
+        }
+    }
+
+    /// Runs the health-probe TC program (`xlb_probe`, loaded on first use) once on
+    /// `frame` with `skb->mark = mark`, as a probe leaving through `lo`.
+    pub fn run_probe(&mut self, frame: &[u8], mark: u32) -> RunResult {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(PROG_PROBE)
+            .expect("program xlb_probe in the object")
+            .try_into()
+            .expect("xlb_probe is a TC program");
+        if prog.fd().is_err() {
+            prog.load()
+                .unwrap_or_else(|e| panic!("verifier rejected xlb_probe: {e:#?}"));
+        }
+        // struct __sk_buff (192 bytes): only `mark` (offset 8) set.
+        let mut skb = [0u8; 192];
+        skb[8..12].copy_from_slice(&mark.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&skb),
+                repeat: 1,
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of xlb_probe failed: {e:#?}"));
+        out.truncate(r.data_size_out as usize);
+        RunResult {
+            action: r.return_value,
+            output: out,
+            duration_ns: r.duration.as_nanos(),
+        }
+    }
+
     /// Runs the program once on `input` as if received on `ingress_ifindex`.
     pub fn run(&self, input: &[u8], ingress_ifindex: u32) -> RunResult {
         run_once(self.prog(), input, ingress_ifindex)
@@ -269,4 +388,26 @@ pub enum XdpAction {
     Pass = 2,
     Tx = 3,
     Redirect = 4,
+}
+
+/// The `TunnelSource` of `tunnel_source = "NET/LEN"`, as the controller writes it.
+pub fn tunnel_source(net: IpAddr, len: u8) -> TunnelSource {
+    let (family, bytes, width) = match net {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (FAMILY_V4, b, 32)
+        }
+        IpAddr::V6(a) => (FAMILY_V6, a.octets(), 128),
+    };
+    let m = prefix_mask(len, family);
+    let full = prefix_mask(width, family);
+    let base = addr_from_bytes(&bytes);
+    TunnelSource {
+        base: std::array::from_fn(|i| base[i] & m[i]),
+        host_mask: std::array::from_fn(|i| !m[i] & full[i]),
+        family,
+        prefix_len: len,
+        _pad: [0; 2],
+    }
 }

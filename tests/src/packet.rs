@@ -255,6 +255,127 @@ pub fn udp_frame(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
     frame(src, dst, &udp(sport, dport, b"xlb"))
 }
 
+/// The outer header a tunnel adds (README, "Tunnel forwarding"), for [`encapsulate`].
+#[derive(Clone, Copy, Debug)]
+pub struct Outer {
+    /// Outer source and destination (the backend); their family is the outer header's.
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IPv6 outer flow label (20 bits).
+    pub flow_label: u32,
+}
+
+/// `frame` (IPv4 or IPv6, at most one VLAN tag) as the balancer sends it in a tunnel:
+/// MACs `dst_mac`/`src_mac`, the tag kept, the EtherType of the outer family, the outer
+/// header from the inner one by the RFC 2003 / RFC 2473 / RFC 6040 rules as the README
+/// states them (TTL / hop limit, DSCP and ECN copied; IPv4: the identification and DF
+/// copied, DF set over an IPv6 packet; IPv6: `flow_label`), then the inner packet
+/// unchanged. Written from the RFCs, not from the program.
+pub fn encapsulate(frame: &[u8], dst_mac: [u8; 6], src_mac: [u8; 6], outer: &Outer) -> Vec<u8> {
+    let l = layout(frame).expect("an IP frame");
+    let ip = &frame[l.l3..];
+    let (len, tos, ttl, df, id, proto) = if l.v6 {
+        let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+        let tc = (ip[0] << 4) | (ip[1] >> 4);
+        (40 + plen, tc, ip[7], true, [0, 0], 41u8)
+    } else {
+        let tl = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+        (tl, ip[1], ip[8], ip[6] & 0x40 != 0, [ip[4], ip[5]], 4u8)
+    };
+    let hdr = match (outer.src, outer.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut h = vec![0x45, tos];
+            h.extend_from_slice(&((20 + len) as u16).to_be_bytes());
+            h.extend_from_slice(&id);
+            h.extend_from_slice(&[if df { 0x40 } else { 0 }, 0, ttl, proto, 0, 0]);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            let c = csum_fold(csum_add(0, &h));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            h
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let fl = outer.flow_label & 0xf_ffff;
+            let w0 = (6u32 << 28) | ((tos as u32) << 20) | fl;
+            let mut h = w0.to_be_bytes().to_vec();
+            h.extend_from_slice(&(len as u16).to_be_bytes());
+            h.extend_from_slice(&[if l.v6 { 41 } else { 4 }, ttl]);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            h
+        }
+        _ => panic!("mixed outer families"),
+    };
+    let mut out = Vec::with_capacity(frame.len() + hdr.len());
+    out.extend_from_slice(&dst_mac);
+    out.extend_from_slice(&src_mac);
+    out.extend_from_slice(&frame[12..l.ethertype_at]);
+    let et = if outer.dst.is_ipv6() {
+        ETH_IPV6
+    } else {
+        ETH_IPV4
+    };
+    out.extend_from_slice(&et.to_be_bytes());
+    out.extend_from_slice(&hdr);
+    out.extend_from_slice(&frame[l.l3..]);
+    out
+}
+
+/// Whether the IPv4 header at the start of `h` (its IHL) has a valid checksum.
+pub fn ipv4_header_checksum_ok(h: &[u8]) -> bool {
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    csum_fold(csum_add(0, &h[..ihl])) == 0
+}
+
+/// Bytes of the offending packet the balancer's too-big answer quotes (README, "Tunnel
+/// forwarding"): 512, or 64 of a shorter packet.
+pub fn too_big_quote(ip_len: usize) -> usize {
+    if ip_len >= 512 { 512 } else { 64 }
+}
+
+/// The answer to `frame` (from a client, too big for the tunnel): ICMP fragmentation
+/// needed (IPv4) / ICMPv6 packet too big carrying `mtu`, from the packet's destination
+/// to its source, TTL / hop limit 64, TOS 0, identification 0, no DF, quoting the packet's
+/// first [`too_big_quote`] bytes; MACs swapped, the VLAN tag kept.
+pub fn too_big_reply(frame: &[u8], mtu: u32) -> Vec<u8> {
+    let l = layout(frame).expect("an IP frame");
+    let pkt = &frame[l.l3..];
+    let (src, dst, len): (IpAddr, IpAddr, usize) = if l.v6 {
+        let s: [u8; 16] = pkt[8..24].try_into().expect("16");
+        let d: [u8; 16] = pkt[24..40].try_into().expect("16");
+        let plen = u16::from_be_bytes([pkt[4], pkt[5]]) as usize;
+        (
+            Ipv6Addr::from(s).into(),
+            Ipv6Addr::from(d).into(),
+            40 + plen,
+        )
+    } else {
+        let s: [u8; 4] = pkt[12..16].try_into().expect("4");
+        let d: [u8; 4] = pkt[16..20].try_into().expect("4");
+        let tl = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
+        (Ipv4Addr::from(s).into(), Ipv4Addr::from(d).into(), tl)
+    };
+    let quote = &pkt[..too_big_quote(len)];
+    let msg = if l.v6 {
+        icmp(true, 2, 0, mtu.to_be_bytes(), quote)
+    } else {
+        let m = (mtu as u16).to_be_bytes();
+        icmp(false, 3, 4, [0, 0, m[0], m[1]], quote)
+    };
+    let opts = V4Opts {
+        id: Some(0),
+        ..Default::default()
+    };
+    let (et, p) = ip(dst, src, &msg, &opts);
+    let mut f = Vec::new();
+    f.extend_from_slice(&frame[6..12]);
+    f.extend_from_slice(&frame[..6]);
+    f.extend_from_slice(&frame[12..l.ethertype_at]);
+    f.extend_from_slice(&et.to_be_bytes());
+    f.extend_from_slice(&p);
+    f
+}
+
 /// An ARP request for `target` from `sender`.
 pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     let mut p = vec![0, 1, 8, 0, 6, 4, 0, 1];

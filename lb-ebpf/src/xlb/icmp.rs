@@ -4,8 +4,8 @@
 //!   exceeded) whose inner packet was sent from a service (inner source = this VIP, inner
 //!   source port = the service's port, inner destination = a client) goes on to the
 //!   backend that client is pinned to, or would be hashed to, by the service's forwarding
-//!   mode, unchanged but for the MACs (DSR): the backend, which sent the inner packet,
-//!   learns the path MTU. It is looked up with the affinity rules of `lb_common`, never
+//!   mode (DSR: unchanged but for the MACs; tunnel: encapsulated, never answered when too
+//!   big): the backend, which sent the inner packet, learns the path MTU. It is looked up with the affinity rules of `lb_common`, never
 //!   pinned: an ICMP error must not choose a client's backend;
 //! - an echo request is answered here (XDP_TX) when the VIP's marker says so
 //!   (`daemon.icmp_echo = "reply"`), else passed to the local stack;
@@ -106,7 +106,7 @@ fn error_to_backend(ctx: &XdpContext, flow: &Flow) -> Result<u32, ()> {
     let Some(to) = lookup(&svc, flow) else {
         return balance::no_backend(&svc, ss);
     };
-    let action = forward::dsr(ctx, ss, to)?;
+    let action = forward::to_backend(ctx, &svc, ss, &flow.saddr, to, true)?;
     if action != XDP_DROP {
         ss.icmp_errors += 1;
     }

@@ -26,6 +26,12 @@ pub fn unbalanceable(reason: Stat) {
     report(log_gate::gate(reason), 0, 0);
 }
 
+/// A tunnel-mode packet dropped for `reason` (`DropNoEgress`, `DropTooBig`).
+#[inline(always)]
+pub fn tunnel_drop(reason: Stat) {
+    report(log_gate::gate(reason), 0, 0);
+}
+
 /// A packet of service `service` dropped: no backend takes it.
 #[inline(always)]
 pub fn no_backend(service: u32) {

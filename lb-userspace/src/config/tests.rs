@@ -130,7 +130,13 @@ fn bad_inputs_are_rejected_naming_file_line_and_key() {
         ("port too large", service("name = \"web\"\nvip = \"203.0.113.10\"\nport = 70000\nprotocol = \"tcp\"\n"), "service[0].port", "0..=65535", 7),
         ("protocol sctp", service("name = \"web\"\nvip = \"203.0.113.10\"\nport = 80\nprotocol = \"sctp\"\n"), "service[0].protocol", "\"tcp\", \"udp\"", 8),
         ("forwarding nat", web("forwarding = \"nat\"\n"), "service[0].forwarding", "not supported yet", 9),
-        ("forwarding tunnel", web("forwarding = \"tunnel\"\n"), "service[0].forwarding", "not supported yet", 9),
+        ("forwarding bogus", web("forwarding = \"gre\"\n"), "service[0].forwarding", "\"dsr\", \"tunnel\"", 9),
+        // Issue 13: tunnel mode.
+        ("tunnel_source without tunnel", web("tunnel_source = \"10.99.0.0/24\"\n"), "service[0].tunnel_source", "applies only to forwarding = \"tunnel\"", 9),
+        ("tunnel_source host bits", web("forwarding = \"tunnel\"\ntunnel_source = \"10.99.0.1/24\"\n"), "service[0].tunnel_source", "meant 10.99.0.0/24", 10),
+        ("tunnel_source not a prefix", web("forwarding = \"tunnel\"\ntunnel_source = \"lan\"\n"), "service[0].tunnel_source", "not an address prefix", 10),
+        ("tunnel_source of another family than a backend", web(&format!("forwarding = \"tunnel\"\ntunnel_source = \"10.99.0.0/24\"\n{}", be("2001:db8:2::11"))), "service[0].tunnel_source", "not of the family of backend 2001:db8:2::11", 10),
+        ("tunnel, IPv6 VIP, IPv4 backend", v6(&format!("forwarding = \"tunnel\"\n{}", be("192.0.2.1"))), "service[0].backend[0].address", "IPv4 VIP to IPv6 backend (4in6)", 11),
         ("affinity cookie", web("affinity = \"cookie\"\n"), "service[0].affinity", "source-ip", 9),
         ("prefix_v4 33", web("prefix_v4 = 33\n"), "service[0].prefix_v4", "0..=32", 9),
         ("prefix_v4 300", web("prefix_v4 = 300\n"), "service[0].prefix_v4", "0..=32", 9),
@@ -347,6 +353,46 @@ fn design_example_parses_with_defaults() {
     spec.no_backend = NoBackend::Pass;
     spec.backends.clear();
     assert_eq!(c.services[0], spec);
+}
+
+/// Issue 13: tunnel mode is accepted with each supported kind (4in6 included), its
+/// `tunnel_source` parsed, and the effective config (`check-config`) says both.
+#[test]
+fn tunnel_services_parse_and_print() {
+    let c = parse_str(&web(
+        "forwarding = \"tunnel\"\ntunnel_source = \"10.99.0.0/24\"\n\
+         [[service.backend]]\naddress = \"198.51.100.11\"\n",
+    ))
+    .unwrap();
+    let svc = &c.services[0];
+    assert_eq!(svc.forwarding, Forwarding::Tunnel);
+    assert_eq!(svc.tunnel_source, Some("10.99.0.0/24".parse().unwrap()));
+    let shown = c.to_toml();
+    assert!(shown.contains("forwarding = \"tunnel\""), "{shown}");
+    assert!(
+        shown.contains("tunnel_source = \"10.99.0.0/24\""),
+        "{shown}"
+    );
+    assert_eq!(parse_str(&shown).unwrap().services, c.services);
+    // 4in6 (IPv4 VIP, IPv6 backend) and IP6IP6 with an IPv6 tunnel_source.
+    let mixed = web(
+        "forwarding = \"tunnel\"\n[[service.backend]]\naddress = \"198.51.100.11\"\n\
+         [[service.backend]]\naddress = \"2001:db8:2::11\"\n",
+    );
+    assert_eq!(parse_str(&mixed).unwrap().services[0].backends.len(), 2);
+    let v6 = service(
+        "name = \"v6\"\nvip = \"2001:db8::10\"\nport = 80\nprotocol = \"tcp\"\n\
+         forwarding = \"tunnel\"\ntunnel_source = \"2001:db8:99::/64\"\n\
+         [[service.backend]]\naddress = \"2001:db8:2::11\"\n",
+    );
+    assert!(parse_str(&v6).is_ok());
+    // Without a tunnel_source the key is not printed (older readers of the JSON form).
+    assert!(
+        !parse_str(&mixed)
+            .unwrap()
+            .to_toml()
+            .contains("tunnel_source")
+    );
 }
 
 #[test]

@@ -76,6 +76,9 @@ pub enum Observation {
         address: IpAddr,
         resolution: Resolution,
     },
+    /// The egress interfaces of the resolved backends as the kernel has them now, by
+    /// ifindex (an interface that could not be read is left out).
+    Egress(std::collections::BTreeMap<u32, crate::egress::EgressFacts>),
     /// A configured interface as the kernel has it now (`None`: it does not exist).
     Interface { name: String, ifindex: Option<u32> },
     /// The kernel deleted the interface with this index (RTNLGRP_LINK).

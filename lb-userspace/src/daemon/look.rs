@@ -52,9 +52,12 @@ pub async fn first_look(resolver: &Resolver, desired: &Desired, programmed: &Pro
             .into_iter()
             .map(|a| async move { (a, resolve_soon(resolver, a).await) }),
     );
+    // A tunnel service's probes travel the tunnel, which needs the backend's id (given
+    // by the change this look is for): its first check is the check task's.
     let probes: Vec<(String, IpAddr, HealthCheck)> = desired
         .services()
         .filter(|s| s.health.kind.tag() != CheckKind::None)
+        .filter(|s| s.forwarding != crate::model::Forwarding::Tunnel)
         .flat_map(|s| {
             s.backends
                 .iter()

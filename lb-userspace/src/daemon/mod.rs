@@ -148,6 +148,7 @@ async fn serve(mut started: Started) -> anyhow::Result<()> {
         metrics,
         announce,
     };
+    let resolver = started.resolver.clone();
     let owner = Owner::new(started, lines);
     // Persist the adopted state's diff right away, so a config edit plus restart keeps
     // the runtime changes that still apply (and a format-1 file becomes format 2).
@@ -155,6 +156,9 @@ async fn serve(mut started: Started) -> anyhow::Result<()> {
     let owner = tokio::spawn(owner.run(command_rx, observation_rx));
     let result = signals(commands).await;
     owner.abort();
+    if let Err(e) = crate::dataplane::probe::remove_rule(resolver.handle()).await {
+        warn!("{e}");
+    }
     let _ = std::fs::remove_file(&d.socket);
     result
 }

@@ -15,7 +15,7 @@
 //! (server.rs), the rules of reconcile, what each background task does.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -37,7 +37,7 @@ use super::{
     startup::Started,
     tasks::{
         announce::{self, AnnounceBook, AnnounceInput},
-        health::Checks,
+        health::{Checks, Wanted},
         links::Interfaces,
         neigh::NeighBook,
         rates::Rates,
@@ -49,6 +49,8 @@ use crate::{
     api::{ErrorKind, Response},
     config::Config,
     dataplane::lock::PinDirLock,
+    egress::EgressFacts,
+    health::Target,
     model::{Edit, Link},
     neigh::Resolver,
     reconcile::{
@@ -78,6 +80,9 @@ pub struct State {
     pub load: LoadState,
     /// The announcer's last outcome per VIP.
     pub announced: AnnounceBook,
+    /// The egress interfaces of the resolved backends as last read (MTU, addresses): the
+    /// tunnel's outer sources and the probes' source addresses.
+    pub egress: BTreeMap<u32, EgressFacts>,
     /// When the programmed state last changed: pin counts taken before are not fresh.
     pub changed_at: Instant,
     /// (service, backend address) → when it was programmed draining (this daemon's run;
@@ -112,6 +117,27 @@ pub struct Owner {
     waiting: Vec<(Reply, Instant)>,
 }
 
+/// Where the probes of backend `b` of `svc` go: to the backend itself, or (tunnel mode)
+/// to the VIP through the tunnel, from the egress interface's address of the VIP's
+/// family, marked with the backend's id.
+fn probe_target(
+    egress: &BTreeMap<u32, EgressFacts>,
+    svc: &crate::model::Service,
+    b: &crate::reconcile::ProgrammedBackend,
+) -> Target {
+    if svc.forwarding != crate::model::Forwarding::Tunnel {
+        return Target::Direct(b.address);
+    }
+    Target::Tunnel {
+        vip: svc.vip,
+        source: b
+            .link
+            .and_then(|l| egress.get(&l.ifindex))
+            .and_then(|f| f.address_like(svc.vip)),
+        mark: lb_common::tunnel::probe_mark(b.id),
+    }
+}
+
 /// Sends a response (a requester that went away is no error).
 pub fn answer(reply: Reply, r: Response) {
     let _ = reply.send(r);
@@ -144,6 +170,7 @@ impl Owner {
             rates: Rates::default(),
             load: LoadState::default(),
             announced: AnnounceBook::default(),
+            egress: BTreeMap::new(),
             changed_at: Instant::now(),
             drained_at: HashMap::new(),
             _lock: s.lock,
@@ -241,6 +268,7 @@ impl Owner {
                     self.apply_link(address, link);
                 }
             }
+            Observation::Egress(facts) => self.egress(facts),
             Observation::Interface { name, ifindex } => self.interface(&name, ifindex),
             Observation::InterfaceGone { ifindex } => {
                 if self.st.ifaces.gone(ifindex).is_some() {
@@ -412,7 +440,6 @@ impl Owner {
     pub(super) fn after_change(&mut self) {
         let st = &mut self.st;
         st.changed_at = Instant::now();
-        let mut wanted = Vec::new();
         let mut addresses = HashSet::new();
         let mut draining = HashMap::new();
         for svc in st.ctl.desired.services() {
@@ -426,11 +453,11 @@ impl Owner {
                     draining.insert(key, since.unwrap_or(st.changed_at));
                 }
                 addresses.insert(b.address);
-                wanted.push(((svc.name.clone(), b.address), svc.health.clone(), b.health));
             }
         }
         st.drained_at = draining;
-        st.checks.sync(wanted, &self.io.observations);
+        self.sync_checks();
+        let st = &mut self.st;
         st.neigh.retain(&addresses);
         let mut targets: Vec<IpAddr> = addresses.into_iter().collect();
         targets.sort();
@@ -444,10 +471,33 @@ impl Owner {
         self.io.resolve_now.notify_one();
     }
 
+    /// Health checks follow the programmed backends (started, stopped, restarted when
+    /// their check or probe path changed).
+    fn sync_checks(&mut self) {
+        let st = &mut self.st;
+        let mut wanted: Vec<Wanted> = Vec::new();
+        for svc in st.ctl.desired.services() {
+            let Some(ps) = st.ctl.programmed.service(&svc.name) else {
+                continue;
+            };
+            for b in &ps.backends {
+                wanted.push((
+                    (svc.name.clone(), b.address),
+                    svc.health.clone(),
+                    probe_target(&st.egress, svc, b),
+                    b.health,
+                ));
+            }
+        }
+        st.checks.sync(wanted, &self.io.observations);
+    }
+
     /// Logs what a plan did besides writing entries; the programmed state changed.
     pub(super) fn applied(&mut self, a: &Applied) {
         if a.ops > 0 {
             self.st.changed_at = Instant::now();
+            // A backend's link (egress interface) may have changed its probe path.
+            self.sync_checks();
         }
         for (service_id, backend_id, n) in &a.rebalanced {
             let Some(s) = self.st.ctl.programmed.service_by_id(*service_id) else {
@@ -498,6 +548,33 @@ impl Owner {
                 r.address, r.service
             ),
         }
+    }
+
+    /// Egress facts read: recorded; when an interface's MTU or addresses changed, the
+    /// maps follow (`XLB_EGRESS`, and the tunnel backends' usability).
+    fn egress(&mut self, facts: BTreeMap<u32, EgressFacts>) {
+        let changed: Vec<(u32, EgressFacts)> = facts
+            .iter()
+            .filter(|(i, f)| self.st.egress.get(i) != Some(f))
+            .map(|(i, f)| (*i, *f))
+            .collect();
+        self.st.egress.extend(facts);
+        if changed.is_empty() {
+            return;
+        }
+        for (ifindex, f) in &changed {
+            log::debug!("egress interface {ifindex}: {f:?}");
+        }
+        match self.st.ctl.observe(|o| {
+            o.egress
+                .extend(changed.iter().map(|(i, f)| (*i, f.value())));
+        }) {
+            Ok(applied) => self.applied(&applied),
+            Err(e) => warn!("updating the egress interfaces: {e}"),
+        }
+        // Tunnel probes are sent from the egress interfaces' addresses. (Not
+        // after_change: it wakes the resolver, whose round sends this observation.)
+        self.sync_checks();
     }
 
     fn interface(&mut self, name: &str, ifindex: Option<u32>) {

@@ -29,7 +29,7 @@ use crate::{
         loader::LoadOptions,
         lock::PinDirLock,
         maps::DataPlane,
-        pin,
+        pin, probe,
     },
     model::{Desired, Health},
     neigh::Resolver,
@@ -139,6 +139,7 @@ async fn load(
     ctl.set_desired(desired).map_err(anyhow::Error::from)?;
     log_start(survey.found, &d.pin_dir, &adopted, &ctl.programmed);
     attach(&mut ebpf, &cfg, &mut ifaces, &mut ctl.dp, program_id)?;
+    probe_path(&mut ebpf, &resolver).await;
     pin::finish_migrations(&d.pin_dir, &migrations)?;
     Ok(Started {
         fresh: survey.found == pin::Found::Nothing,
@@ -152,6 +153,28 @@ async fn load(
         resolver,
         lock,
     })
+}
+
+/// The path of tunnel health probes: `xlb_probe` on `lo` and the fwmark rule. Failing
+/// costs only the tunnel services' checks (they fail: their backends stay out), so it
+/// is logged, not fatal.
+async fn probe_path(ebpf: &mut Ebpf, resolver: &Resolver) {
+    match probe::attach(ebpf) {
+        Ok(true) => info!(
+            "tunnel health probes: {} attached to {} egress",
+            lb_common::tunnel::PROG_PROBE,
+            probe::PROBE_DEVICE
+        ),
+        Ok(false) => warn!(
+            "this build's object has no {} program: health probes of tunnel backends cannot \
+             be encapsulated and will fail",
+            lb_common::tunnel::PROG_PROBE
+        ),
+        Err(e) => warn!("tunnel health probes will fail: {e}"),
+    }
+    if let Err(e) = probe::install_rule(resolver.handle()).await {
+        warn!("tunnel health probes will fail: {e}");
+    }
 }
 
 fn program_id(ebpf: &mut Ebpf) -> u32 {

@@ -26,7 +26,7 @@ use crate::{
     load::{BackendShares, DEFAULT_INTERVAL_S},
     metrics,
     model::{Health, Named, Service, addr_from_words, format_duration},
-    reconcile::{ProgrammedBackend, ProgrammedService, inspect::Decision},
+    reconcile::{ProgrammedBackend, ProgrammedService, inspect::Decision, tunnel},
 };
 
 /// One service in the walk.
@@ -217,6 +217,7 @@ fn share_of(s: &BackendShares, id: u32) -> (f64, f64) {
 fn service_status(st: &State, v: &ServiceView<'_>) -> api::ServiceStatus {
     let s = v.svc;
     let shares = super::load::shares(st, v);
+    let egress = known_egress(st);
     api::ServiceStatus {
         name: s.name.clone(),
         vip: s.vip,
@@ -229,6 +230,8 @@ fn service_status(st: &State, v: &ServiceView<'_>) -> api::ServiceStatus {
         table_size: s.table_size,
         health: s.health.kind.tag().name().into(),
         pinned_clients: v.pinned,
+        forwarding: s.forwarding.name().into(),
+        tunnel_source: s.tunnel_source.map(|p| p.to_string()),
         nat_sources: s.nat_sources.iter().map(|p| p.to_string()).collect(),
         balance_factor: s.balance_factor.map(|f| f.get()),
         nat_warn_share: s.nat_warn_share.get(),
@@ -240,11 +243,16 @@ fn service_status(st: &State, v: &ServiceView<'_>) -> api::ServiceStatus {
             .iter()
             .map(|b| {
                 let (load, fair) = share_of(&shares, b.b.id);
+                let mut status = backend_status(st, v.ps, b);
+                // A tunnel backend healthy and resolved may still lack an outer source.
+                if let Some(why) = tunnel::blocker(s, b.b.address, b.b.link.as_ref(), &egress) {
+                    status.note = Some(why);
+                }
                 api::BackendStatus {
                     load_share: load,
                     weight_share: fair,
                     over_bound: st.load.over_bound(b.b.id),
-                    ..backend_status(st, v.ps, b)
+                    ..status
                 }
             })
             .collect(),
@@ -441,6 +449,7 @@ pub fn explain(st: &State, service: &str, client: IpAddr, port: u16) -> Response
     let Ok(ps) = st.ctl.service(service) else {
         return usage(format!("service {service:?} does not exist"));
     };
+    let svc = st.ctl.desired.service(service);
     let key_addr = addr_from_words(&e.key.addr, e.key.family);
     let nat_source = e
         .nat_source
@@ -470,7 +479,17 @@ pub fn explain(st: &State, service: &str, client: IpAddr, port: u16) -> Response
         previous_slot_backend: e.previous_slot_backend,
         nat_source,
         over_bound_backend: e.bound.map(|(b, _)| b),
+        forwarding: svc.map_or_else(String::new, |s| s.forwarding.name().into()),
+        outer_source: svc.zip(e.backend).and_then(|(s, b)| {
+            let link = ps.backend(b)?.link?;
+            tunnel::outer_source(s, b, client, known_egress(st).get(&link.ifindex))
+        }),
     })
+}
+
+/// The egress facts reconcile judges with (observed over programmed).
+fn known_egress(st: &State) -> std::collections::BTreeMap<u32, lb_common::tunnel::Egress> {
+    tunnel::known_egress(&st.ctl.observed.egress, &st.ctl.programmed.egress)
 }
 
 /// One poll of `xlb backend drain --wait`: the backend's live pins at the last count and

@@ -30,6 +30,7 @@ use lb_common::{
     maps::Meta,
     natsrc::{self, NatSourceData},
     sample::SourceSample,
+    tunnel::{Egress, MAP_EGRESS, MAP_TUN_SRC, TunnelSource},
     vip_filter_bit,
 };
 
@@ -255,6 +256,10 @@ pub struct DataPlane {
     nat_filter: Array<MapData, u64>,
     /// Backend id → load flags (lb_common::bound).
     be_load: Array<MapData, u32>,
+    /// Service id → its `tunnel_source` (lb_common::tunnel), tunnel mode.
+    tun_src: Array<MapData, TunnelSource>,
+    /// Egress ifindex → MTU and default outer sources of tunnel backends.
+    egress: HashMap<MapData, u32, Egress>,
     /// The sampled sources' ring, until a reader takes it ([`DataPlane::take_samples`]).
     samples: Option<SampleRing>,
     /// `daemon.icmp_echo = "reply"`: VIP markers carry `SVC_F_ECHO_REPLY` (see
@@ -400,6 +405,8 @@ impl DataPlane {
             nat_src: typed(ebpf, MAP_NAT_SRC)?,
             nat_filter: typed(ebpf, MAP_NAT_FILTER)?,
             be_load: typed(ebpf, MAP_BE_LOAD)?,
+            tun_src: typed(ebpf, MAP_TUN_SRC)?,
+            egress: typed(ebpf, MAP_EGRESS)?,
             samples: Some(SampleRing(typed(ebpf, MAP_SAMPLES)?)),
             echo_reply: true,
         })
@@ -426,6 +433,42 @@ impl DataPlane {
             .get(&id, 0)
             .map_err(op("lookup", MAP_BE_LOAD))?;
         Ok(v & lb_common::bound::OVER_BOUND != 0)
+    }
+
+    // --- tunnel mode -----------------------------------------------------------------------
+
+    /// Writes service `id`'s `tunnel_source` (`family` 0: none, the egress address is used).
+    pub fn set_tunnel_source(&mut self, id: u32, value: &TunnelSource) -> Result<()> {
+        self.tun_src
+            .set(id, value, 0)
+            .map_err(op("update", MAP_TUN_SRC))
+    }
+
+    /// Service `id`'s `tunnel_source` entry.
+    pub fn tunnel_source(&self, id: u32) -> Result<TunnelSource> {
+        self.tun_src.get(&id, 0).map_err(op("lookup", MAP_TUN_SRC))
+    }
+
+    /// Writes (`Some`) or removes (`None`) the entry of egress interface `ifindex`.
+    pub fn set_egress(&mut self, ifindex: u32, value: Option<&Egress>) -> Result<()> {
+        match value {
+            Some(v) => self
+                .egress
+                .insert(ifindex, v, 0)
+                .map_err(op("update", MAP_EGRESS)),
+            None => match self.egress.remove(&ifindex) {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(op("delete", MAP_EGRESS)(e)),
+            },
+        }
+    }
+
+    /// Every egress entry, by ifindex.
+    pub fn egress_entries(&self) -> Result<Vec<(u32, Egress)>> {
+        self.egress
+            .iter()
+            .map(|r| r.map_err(op("iterate", MAP_EGRESS)))
+            .collect()
     }
 
     // --- nat_sources ---------------------------------------------------------------------

@@ -16,3 +16,4 @@ pub mod lock;
 pub mod maps;
 pub mod migrate;
 pub mod pin;
+pub mod probe;

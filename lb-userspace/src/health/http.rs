@@ -138,11 +138,12 @@ fn http_request(
 /// head, each piece of the body) is bounded by `deadline` and names itself in its
 /// timeout reason.
 pub(super) async fn http_probe(
+    via: &super::probe::Target,
     target: SocketAddr,
     check: &HttpCheck<'_>,
     deadline: Instant,
 ) -> Result<(), String> {
-    let (mut sender, conn, progress) = handshake(target, deadline).await?;
+    let (mut sender, conn, progress) = handshake(via, target, deadline).await?;
     let req = http_request(check, target, &progress)?;
     let exchange = async {
         let response = response_head(&mut sender, req, &progress, deadline).await?;
@@ -169,10 +170,11 @@ type Connection = http1::Connection<TokioIo<Counted>, Empty<Bytes>>;
 /// Connects (bounded by `deadline`) and sets up the HTTP/1.1 client connection over a
 /// stream that counts what it reads.
 async fn handshake(
+    via: &super::probe::Target,
     target: SocketAddr,
     deadline: Instant,
 ) -> Result<(Sender, Connection, Arc<Progress>), String> {
-    let stream = step(deadline, " (connect)", TcpStream::connect(target)).await?;
+    let stream = step(deadline, " (connect)", super::probe::connect(via, target)).await?;
     let progress = Arc::new(Progress::default());
     let io = TokioIo::new(Counted {
         stream,

@@ -41,7 +41,7 @@ mod tests;
 mod tracker;
 mod udp;
 
-pub use probe::{Probe, probe};
+pub use probe::{Probe, Target, probe, probe_to};
 pub use tracker::{Tracker, initial_jitter, log_transition, run_checks, transition_message};
 
 /// The most of an HTTP response head, of an HTTP body, or of a UDP reply that is read.

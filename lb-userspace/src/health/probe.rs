@@ -32,16 +32,52 @@ impl Probe {
     /// The balancer itself could not send the probe (it has no route: its interface is
     /// gone or being re-created). That says nothing about the backend, so the tracker
     /// does not count it; a backend that stays unroutable is taken out by the neighbour
-    /// rule (no route for longer than its grace).
+    /// rule (no route for longer than its grace). The same for a tunnel probe without a
+    /// source address (the backend is unusable for that reason: status says so).
     pub fn is_local_failure(&self) -> bool {
-        !self.ok && self.reason == NO_ROUTE
+        !self.ok && (self.reason == NO_ROUTE || self.reason == NO_SOURCE)
+    }
+}
+
+/// Where a probe goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// To the backend's own address (DSR backends).
+    Direct(IpAddr),
+    /// Through the tunnel, as traffic goes (tunnel backends): to the VIP, from `source`
+    /// (the balancer's address of the VIP's family on the backend's egress interface;
+    /// `None` while it is not known), with `SO_MARK = mark`
+    /// (`lb_common::tunnel::probe_mark`). The mark routes the probe into `lo`
+    /// (crate::dataplane::probe's policy rule), where the `xlb_probe` TC program
+    /// encapsulates it towards the backend; the backend answers from the VIP directly.
+    Tunnel {
+        vip: IpAddr,
+        source: Option<IpAddr>,
+        mark: u32,
+    },
+}
+
+impl Target {
+    /// The address probes connect to.
+    pub fn address(&self) -> IpAddr {
+        match self {
+            Target::Direct(a) => *a,
+            Target::Tunnel { vip, .. } => *vip,
+        }
     }
 }
 
 /// Runs one probe of `kind` against `addr` with `timeout` as a hard bound for the whole
 /// probe (connect + request + response). `HealthKind::None` is ok immediately.
 pub async fn probe(kind: &HealthKind, addr: IpAddr, timeout: Duration) -> Probe {
+    probe_to(kind, &Target::Direct(addr), timeout).await
+}
+
+/// [`probe`] along `target`'s path.
+pub async fn probe_to(kind: &HealthKind, target: &Target, timeout: Duration) -> Probe {
     let start = Instant::now();
+    let via = *target;
+    let addr = target.address();
     let deadline = start + timeout;
     let checked = match kind {
         HealthKind::None => {
@@ -53,7 +89,7 @@ pub async fn probe(kind: &HealthKind, addr: IpAddr, timeout: Duration) -> Probe 
         }
         HealthKind::Tcp { port } => {
             let target = SocketAddr::new(addr, *port);
-            tokio::time::timeout_at(deadline, tcp_probe(target, deadline)).await
+            tokio::time::timeout_at(deadline, tcp_probe(&via, target, deadline)).await
         }
         HealthKind::Http {
             port,
@@ -69,11 +105,11 @@ pub async fn probe(kind: &HealthKind, addr: IpAddr, timeout: Duration) -> Probe 
                 expect_status: *expect_status,
                 body: body.as_deref(),
             };
-            tokio::time::timeout_at(deadline, http::http_probe(target, &req, deadline)).await
+            tokio::time::timeout_at(deadline, http::http_probe(&via, target, &req, deadline)).await
         }
         HealthKind::Udp { port, send, expect } => {
             let target = SocketAddr::new(addr, *port);
-            let check = udp::udp_probe(target, send.as_bytes(), expect.as_deref(), deadline);
+            let check = udp::udp_probe(&via, target, send.as_bytes(), expect.as_deref(), deadline);
             tokio::time::timeout_at(deadline, check).await
         }
     };
@@ -138,8 +174,46 @@ pub(super) fn io_reason(e: &io::Error) -> String {
     s.into()
 }
 
-async fn tcp_probe(target: SocketAddr, deadline: Instant) -> Result<(), String> {
-    let stream = step(deadline, "", TcpStream::connect(target)).await?;
+async fn tcp_probe(via: &Target, target: SocketAddr, deadline: Instant) -> Result<(), String> {
+    let stream = step(deadline, "", connect(via, target)).await?;
     drop(stream);
+    Ok(())
+}
+
+/// The reason of a tunnel probe that cannot be sent: the balancer has no address to
+/// send it from. Like [`NO_ROUTE`], it says nothing about the backend.
+pub const NO_SOURCE: &str = "no source address on the egress interface";
+
+/// A TCP connection to `target` along `via`.
+pub(super) async fn connect(via: &Target, target: SocketAddr) -> io::Result<TcpStream> {
+    let Target::Tunnel { source, mark, .. } = via else {
+        return TcpStream::connect(target).await;
+    };
+    let source = source.ok_or_else(|| io::Error::other(NO_SOURCE))?;
+    let socket = if target.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    set_mark(&socket, *mark)?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(target).await
+}
+
+/// `SO_MARK` (needs CAP_NET_ADMIN): the policy rule routes marked probes into `lo`.
+pub(super) fn set_mark(socket: &impl std::os::fd::AsRawFd, mark: u32) -> io::Result<()> {
+    // SAFETY: a valid fd and a u32 option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mark as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::{
 
 use tokio::time::MissedTickBehavior;
 
-use super::probe::{Probe, probe};
+use super::probe::{Probe, Target, probe_to};
 use crate::model::{Health, HealthCheck, HealthKind};
 
 /// Rise/fall hysteresis for one backend.
@@ -156,7 +156,7 @@ pub fn initial_jitter(service: &str, addr: IpAddr, interval: Duration) -> Durati
 }
 
 /// The probing loop for one backend: sleeps the jitter, then every `interval` runs
-/// [`probe`] (bounded by `timeout`), feeds the tracker, and calls
+/// a probe along `target` ([`probe_to`], bounded by `timeout`), feeds the tracker, and calls
 /// `on_result(&probe, transition, &tracker)` after every probe. Runs until the returned
 /// future is dropped or its task aborted.
 ///
@@ -169,13 +169,14 @@ pub fn initial_jitter(service: &str, addr: IpAddr, interval: Duration) -> Durati
 pub async fn run_checks(
     service: String,
     addr: IpAddr,
+    target: Target,
     cfg: HealthCheck,
     initial: Health,
     mut on_result: impl FnMut(&Probe, Option<bool>, &Tracker) + Send,
 ) {
     if cfg.kind == HealthKind::None {
         let mut tracker = Tracker::starting(1, 1, initial);
-        let p = probe(&cfg.kind, addr, cfg.timeout).await;
+        let p = probe_to(&cfg.kind, &target, cfg.timeout).await;
         let flip = tracker.record(&p);
         on_result(&p, flip, &tracker);
         return std::future::pending().await;
@@ -188,7 +189,7 @@ pub async fn run_checks(
     let mut tracker = Tracker::starting(cfg.rise, cfg.fall, initial);
     loop {
         ticks.tick().await;
-        let p = probe(&cfg.kind, addr, cfg.timeout).await;
+        let p = probe_to(&cfg.kind, &target, cfg.timeout).await;
         let flip = tracker.record(&p);
         on_result(&p, flip, &tracker);
     }

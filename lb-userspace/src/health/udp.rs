@@ -6,18 +6,29 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::{net::UdpSocket, time::Instant};
 
-use super::{MAX_READ, contains, probe::step};
+use super::{
+    MAX_READ, contains,
+    probe::{NO_SOURCE, Target, io_reason, set_mark, step},
+};
 
 /// Sends `payload` and waits for one reply (containing `expect` when set).
 pub(super) async fn udp_probe(
+    via: &Target,
     target: SocketAddr,
     payload: &[u8],
     expect: Option<&str>,
     deadline: Instant,
 ) -> Result<(), String> {
-    let local: SocketAddr = match target {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    let local: SocketAddr = match (via, target) {
+        (Target::Tunnel { source: None, .. }, _) => return Err(NO_SOURCE.into()),
+        (
+            Target::Tunnel {
+                source: Some(s), ..
+            },
+            _,
+        ) => (*s, 0).into(),
+        (Target::Direct(_), SocketAddr::V4(_)) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        (Target::Direct(_), SocketAddr::V6(_)) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let refused = |r: String| {
         if r == "connection refused" {
@@ -27,6 +38,9 @@ pub(super) async fn udp_probe(
         }
     };
     let sock = step(deadline, "", UdpSocket::bind(local)).await?;
+    if let Target::Tunnel { mark, .. } = via {
+        set_mark(&sock, *mark).map_err(|e| io_reason(&e))?;
+    }
     step(deadline, "", sock.connect(target)).await?;
     step(deadline, " (sending)", sock.send(payload))
         .await

@@ -43,6 +43,8 @@ pub struct RawService {
     pub nat_sources: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub balance_factor: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel_source: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend: Vec<RawBackend>,
 }
@@ -144,6 +146,12 @@ pub fn service_from_raw(raw: RawService) -> Result<Service, Vec<FieldError>> {
         match p.parse() {
             Ok(p) => s.nat_sources.push(p),
             Err(why) => e.push(format!("nat_sources[{i}]"), why),
+        }
+    }
+    if let Some(p) = raw.tunnel_source {
+        match p.parse() {
+            Ok(p) => s.tunnel_source = Some(p),
+            Err(why) => e.push("tunnel_source", why),
         }
     }
     s.backends = raw
@@ -388,6 +396,7 @@ impl From<&Service> for RawService {
             nat_warn_share: Some(s.nat_warn_share.get()),
             nat_sources: Some(s.nat_sources.iter().map(|p| p.to_string()).collect()),
             balance_factor: s.balance_factor.map(Millionths::get),
+            tunnel_source: s.tunnel_source.map(|p| p.to_string()),
             backend: s
                 .backends
                 .iter()

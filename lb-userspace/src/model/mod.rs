@@ -58,12 +58,20 @@ named_enum! {
     pub enum Forwarding {
         /// Rewrite L2 only; backends own the VIP and answer clients directly.
         Dsr = "dsr",
+        /// Encapsulate (IPIP, IP6IP6, 4in6) towards the backend, which may be several
+        /// hops away; backends own the VIP and answer clients directly.
+        Tunnel = "tunnel",
     }
 }
 
 /// Forwarding modes that are planned but not implemented: the config names them as
 /// "not supported yet" rather than unknown.
-pub const FUTURE_FORWARDING: &[&str] = &["nat", "tunnel"];
+pub const FUTURE_FORWARDING: &[&str] = &["nat"];
+
+/// The tunnel kinds `forwarding = "tunnel"` supports (VIP family → backend family), as
+/// messages and the README name them.
+pub const TUNNEL_KINDS: &str = "IPv4 VIP to IPv4 backend (IPIP), IPv6 VIP to IPv6 backend (IP6IP6), IPv4 VIP to IPv6 \
+     backend (4in6)";
 
 named_enum! {
     /// What the affinity key is made of.
@@ -160,6 +168,10 @@ pub struct Service {
     /// more than this × its fair share of the packets goes to the next backend of its
     /// probe sequence that does not. `None`: off.
     pub balance_factor: Option<Millionths>,
+    /// Tunnel mode: outer source addresses are taken from this prefix, one per client
+    /// (so the backend's RSS spreads clients over its queues); `None`: the balancer's
+    /// address on the egress interface. The family of every backend.
+    pub tunnel_source: Option<Prefix>,
     /// Unique by address, in the order they were given.
     pub backends: Vec<Backend>,
 }
@@ -222,6 +234,7 @@ impl Service {
             nat_warn_share: DEFAULT_NAT_WARN_SHARE,
             nat_sources: Vec::new(),
             balance_factor: None,
+            tunnel_source: None,
             backends: Vec::new(),
         }
     }

@@ -15,7 +15,7 @@ use std::{collections::HashSet, fmt, net::IpAddr, net::SocketAddr, time::Duratio
 use lb_common::maglev::{is_prime, next_prime};
 
 use super::{
-    Announce, Forwarding, HealthCheck, HealthKind, Service, announce::PLACEHOLDERS,
+    Announce, Forwarding, HealthCheck, HealthKind, Service, TUNNEL_KINDS, announce::PLACEHOLDERS,
     format_duration, is_ipv6_link_local, limits::*, status_range,
 };
 
@@ -111,8 +111,42 @@ pub fn validate_service(svc: &Service, others: &[&Service]) -> Result<(), Vec<Fi
         );
     }
     check_backends(&mut e, svc);
+    check_tunnel_source(&mut e, svc);
     check_health(&mut e, &svc.health);
     e.finish(())
+}
+
+/// `tunnel_source` only in tunnel mode, and of the family of every backend (it is the
+/// outer source: the outer header has the backend's family). Host bits are refused when
+/// the prefix is parsed ([`super::Prefix`]).
+fn check_tunnel_source(e: &mut Errors, svc: &Service) {
+    let Some(p) = svc.tunnel_source else { return };
+    if svc.forwarding != Forwarding::Tunnel {
+        e.push(
+            "tunnel_source",
+            format!(
+                "applies only to forwarding = \"tunnel\" (this service has forwarding = \"{}\")",
+                svc.forwarding
+            ),
+        );
+        return;
+    }
+    if let Some(b) = svc
+        .backends
+        .iter()
+        .find(|b| b.address.is_ipv4() != p.addr.is_ipv4())
+    {
+        e.push(
+            "tunnel_source",
+            format!(
+                "{p} is not of the family of backend {}: the outer source and the outer \
+                 destination (the backend) are one header's; give the service backends of \
+                 one family, or no tunnel_source (the egress interface's address of each \
+                 backend's family is used)",
+                b.address
+            ),
+        );
+    }
 }
 
 /// Same family as the VIP (other clients never reach it), no duplicates, at most
@@ -295,13 +329,24 @@ pub fn check_backend_address(a: IpAddr) -> Option<String> {
 
 /// Why backend `a` cannot serve `svc`'s VIP, if it cannot.
 pub fn check_family(svc: &Service, a: IpAddr) -> Option<String> {
-    // DSR rewrites only the MAC: the packet still carries the VIP's family.
-    (svc.forwarding == Forwarding::Dsr && a.is_ipv4() != svc.vip.is_ipv4()).then(|| {
-        format!(
-            "backend {a} and VIP {} differ in address family (not possible in {} mode)",
-            svc.vip, svc.forwarding
-        )
-    })
+    match svc.forwarding {
+        // DSR rewrites only the MAC: the packet still carries the VIP's family.
+        Forwarding::Dsr => (a.is_ipv4() != svc.vip.is_ipv4()).then(|| {
+            format!(
+                "backend {a} and VIP {} differ in address family (not possible in {} mode)",
+                svc.vip, svc.forwarding
+            )
+        }),
+        // IPv6 in IPv4 would need the outer IPv4 header to carry a whole IPv6 packet
+        // whose PMTU rules differ; not supported.
+        Forwarding::Tunnel => (svc.vip.is_ipv6() && a.is_ipv4()).then(|| {
+            format!(
+                "IPv4 backend {a} cannot serve the IPv6 VIP {} (IPv6 in IPv4 is not \
+                 supported); tunnel mode supports: {TUNNEL_KINDS}",
+                svc.vip
+            )
+        }),
+    }
 }
 
 /// Why `w` cannot be a weight, if it cannot.

@@ -18,6 +18,7 @@ pub fn adopt(dp: &DataPlane) -> Result<Programmed, MapsError> {
     let services = dp.service_entries()?;
     let mut backends = dp.backend_entries()?;
     let mut out = Programmed::empty(dp.maglev_capacity());
+    out.egress = dp.egress_entries()?.into_iter().collect();
     for (key, value) in services {
         let table = dp.read_maglev(value.table_offset, value.table_size)?;
         let mut own: Vec<ProgrammedBackend> = backends
@@ -35,6 +36,7 @@ pub fn adopt(dp: &DataPlane) -> Result<Programmed, MapsError> {
             previous_table: table.clone(),
             table,
             members: None,
+            tunnel_source: dp.tunnel_source(value.id)?,
             backends: own,
         });
     }

@@ -35,6 +35,10 @@ pub fn apply(plan: &Plan, dp: &mut DataPlane) -> Result<Applied, MapsError> {
             MapOp::RemoveService { key } => dp.remove_service(key)?,
             MapOp::Vips(vips) => dp.set_vips(vips)?,
             MapOp::NatSources(list) => dp.set_nat_sources(list)?,
+            MapOp::TunnelSource { service_id, value } => {
+                dp.set_tunnel_source(*service_id, value)?
+            }
+            MapOp::Egress { ifindex, value } => dp.set_egress(*ifindex, value.as_ref())?,
             MapOp::FlushAffinity { service_id } => {
                 done.flushed += dp.affinity_flush(Some(*service_id))?;
             }

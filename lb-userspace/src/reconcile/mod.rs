@@ -32,23 +32,26 @@ pub mod control;
 pub mod inspect;
 #[cfg(test)]
 mod tests;
+pub mod tunnel;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
 };
 
 use lb_common::{
-    Addr, BE_F_DRAINING, BE_F_HEALTHY, Backend as BackendValue, MODE_DSR, SVC_F_AFFINITY_NONE,
-    SVC_F_BOUNDED, SVC_F_NAT_SOURCES, SVC_F_PASS_NO_BACKEND, ServiceKey, ServiceValue,
+    Addr, BE_F_DRAINING, BE_F_HEALTHY, Backend as BackendValue, MODE_DSR, MODE_TUNNEL,
+    SVC_F_AFFINITY_NONE, SVC_F_BOUNDED, SVC_F_NAT_SOURCES, SVC_F_PASS_NO_BACKEND,
+    SVC_F_TUNNEL_SOURCE, ServiceKey, ServiceValue,
     maglev::{self, MaglevBackend, MaglevError},
     prefix_mask,
+    tunnel::{Egress, TunnelSource},
 };
 
 pub use crate::dataplane::maps::NatSource;
 pub use crate::dataplane::maps::Vip;
 use crate::model::{
-    Affinity, Desired, Failback, NoBackend, Protocol, Service, addr_bytes, addr_words,
+    Affinity, Desired, Failback, Forwarding, NoBackend, Protocol, Service, addr_bytes, addr_words,
     limits::{MAX_BACKENDS, MAX_SERVICES},
 };
 pub use crate::model::{Health, Link};
@@ -63,6 +66,10 @@ pub struct Observed {
     /// resolvable, or behind an interface xlb is not attached to). (ARCH.md sketched
     /// `Link` values only; `Option` keeps "lost" apart from "not looked up yet".)
     pub links: HashMap<IpAddr, Option<Link>>,
+    /// Egress interfaces as last read from the kernel (MTU, first global addresses), by
+    /// ifindex: what tunnel backends need (`XLB_EGRESS`). A missing entry: not read yet
+    /// (the programmed entry stands).
+    pub egress: BTreeMap<u32, Egress>,
 }
 
 /// What the maps hold, as the controller last wrote (or adopted) it.
@@ -76,6 +83,8 @@ pub struct Programmed {
     /// The `nat_sources` entries last written (service id, prefix); `None` when unknown
     /// (adopted: the first reconcile rewrites them).
     pub nat_sources: Option<Vec<NatSource>>,
+    /// The `XLB_EGRESS` entries last written (adopted: read from the map).
+    pub egress: BTreeMap<u32, Egress>,
     /// Slots of the Maglev array (all services' tables side by side).
     pub maglev_capacity: u32,
 }
@@ -98,6 +107,8 @@ pub struct ProgrammedService {
     /// at M = 65,537, on every health or link change of any service). `None` when
     /// unknown (adopted from the maps, which hold no weights).
     pub members: Option<Vec<MaglevBackend>>,
+    /// Its `XLB_TUN_SRC` entry as written (zeros for a service without a tunnel_source).
+    pub tunnel_source: TunnelSource,
     /// In address order.
     pub backends: Vec<ProgrammedBackend>,
 }
@@ -159,6 +170,7 @@ impl Programmed {
             orphans: Vec::new(),
             vips: None,
             nat_sources: None,
+            egress: BTreeMap::new(),
             maglev_capacity,
         }
     }
@@ -211,6 +223,16 @@ pub enum MapOp {
         key: ServiceKey,
     },
     Vips(Vec<Vip>),
+    /// Service `service_id`'s `XLB_TUN_SRC` entry.
+    TunnelSource {
+        service_id: u32,
+        value: TunnelSource,
+    },
+    /// An `XLB_EGRESS` entry written (`Some`) or removed (`None`).
+    Egress {
+        ifindex: u32,
+        value: Option<Egress>,
+    },
     /// Every service's `nat_sources` (the whole set: the trie and its pre-filter).
     NatSources(Vec<NatSource>),
     FlushAffinity {
@@ -300,9 +322,14 @@ pub fn reconcile(
     let mut ids = IdPool::new(programmed);
     let mut services = Vec::new();
     let mut service_ops = Vec::new();
+    let egress = tunnel::known_egress(&observed.egress, &programmed.egress);
+    let ctx = Ctx {
+        obs: observed,
+        egress: &egress,
+    };
     for (svc, prev) in desired.services().zip(&matched) {
         let prev = prev.map(|i| &programmed.services[i]);
-        let (ps, ops) = reconcile_service(svc, prev, observed, &mut ids, alloc)?;
+        let (ps, ops) = reconcile_service(svc, prev, &ctx, &mut ids, alloc)?;
         services.push(ps);
         service_ops.extend(ops);
     }
@@ -326,16 +353,36 @@ pub fn reconcile(
     if programmed.nat_sources.as_ref() != Some(&nat) {
         ops.push(MapOp::NatSources(nat.clone()));
     }
+    // Egress entries before any backend that leaves by them is usable; unused ones go
+    // after every backend stopped using them.
+    let egress_set = egress_set(desired, &services, &egress);
+    for (ifindex, value) in &egress_set {
+        if programmed.egress.get(ifindex) != Some(value) {
+            ops.push(MapOp::Egress {
+                ifindex: *ifindex,
+                value: Some(*value),
+            });
+        }
+    }
     ops.extend(service_ops);
     let vips = vip_set(desired);
     if programmed.vips.as_ref() != Some(&vips) {
         ops.push(MapOp::Vips(vips.clone()));
+    }
+    for ifindex in programmed.egress.keys() {
+        if !egress_set.contains_key(ifindex) {
+            ops.push(MapOp::Egress {
+                ifindex: *ifindex,
+                value: None,
+            });
+        }
     }
     let next = Programmed {
         services,
         orphans: Vec::new(),
         vips: Some(vips),
         nat_sources: Some(nat),
+        egress: egress_set,
         maglev_capacity: programmed.maglev_capacity,
     };
     Ok((next, Plan(ops)))
@@ -376,6 +423,28 @@ fn removal_ops(old: &ProgrammedService, ops: &mut Vec<MapOp>) {
         ops.push(clear_backend(b.id));
     }
     ops.push(MapOp::FlushAffinity { service_id: old.id });
+    if old.tunnel_source != TunnelSource::default() {
+        ops.push(MapOp::TunnelSource {
+            service_id: old.id,
+            value: TunnelSource::default(),
+        });
+    }
+}
+
+/// The egress interfaces of the tunnel backends that have a link, with their known
+/// facts (an interface not read yet has no entry: its backends are not usable).
+fn egress_set(
+    desired: &Desired,
+    services: &[ProgrammedService],
+    egress: &BTreeMap<u32, Egress>,
+) -> BTreeMap<u32, Egress> {
+    desired
+        .services()
+        .zip(services)
+        .filter(|(s, _)| s.forwarding == Forwarding::Tunnel)
+        .flat_map(|(_, ps)| ps.backends.iter().filter_map(|b| b.link))
+        .filter_map(|l| egress.get(&l.ifindex).map(|e| (l.ifindex, *e)))
+        .collect()
 }
 
 fn clear_backend(id: u32) -> MapOp {
@@ -477,6 +546,13 @@ pub fn service_value(svc: &Service, id: u32, table_offset: u32) -> ServiceValue 
     if svc.balance_factor.is_some() {
         flags |= SVC_F_BOUNDED;
     }
+    let mode = match svc.forwarding {
+        Forwarding::Dsr => MODE_DSR,
+        Forwarding::Tunnel => MODE_TUNNEL,
+    };
+    if mode == MODE_TUNNEL && svc.tunnel_source.is_some() {
+        flags |= SVC_F_TUNNEL_SOURCE;
+    }
     let idle_timeout_ns = u64::try_from(svc.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
     ServiceValue {
         id,
@@ -486,7 +562,7 @@ pub fn service_value(svc: &Service, id: u32, table_offset: u32) -> ServiceValue 
         idle_timeout_ns,
         src_mask: prefix_mask(svc.prefix_len(), family),
         prefix_len: svc.prefix_len(),
-        mode: MODE_DSR,
+        mode,
         _pad: [0; 2],
         // Every accepted idle_timeout gets a refresh period well within it (fault 3).
         refresh_ns: lb_common::affinity::refresh_period_ns(idle_timeout_ns),
@@ -500,10 +576,17 @@ struct Decided {
     recovered: bool,
 }
 
+/// What reconcile judges backends with besides the intent.
+struct Ctx<'a> {
+    obs: &'a Observed,
+    /// Observed egress facts over the programmed ones ([`tunnel::known_egress`]).
+    egress: &'a BTreeMap<u32, Egress>,
+}
+
 fn reconcile_service(
     svc: &Service,
     prev: Option<&ProgrammedService>,
-    obs: &Observed,
+    ctx: &Ctx<'_>,
     ids: &mut IdPool,
     alloc: &mut dyn Alloc,
 ) -> Result<(ProgrammedService, Vec<MapOp>)> {
@@ -527,7 +610,7 @@ fn reconcile_service(
                 (bid, alloc.generation().ok_or(ReconcileError::NoGeneration)?)
             }
         };
-        decided.push(decide(svc, b, id, bid, generation, old, obs));
+        decided.push(decide(svc, b, id, bid, generation, old, ctx));
     }
     let members = table_members(&decided);
     let table = match prev {
@@ -538,6 +621,15 @@ fn reconcile_service(
     };
     let value = service_value(svc, id, offset);
     let key = service_key(svc);
+    // Before the service value's flag and any backend of it: the probe program and the
+    // XDP program read it for this id.
+    let tunnel_source = tunnel::tunnel_source_value(svc);
+    if prev.is_none_or(|p| p.tunnel_source != tunnel_source) {
+        ops.push(MapOp::TunnelSource {
+            service_id: id,
+            value: tunnel_source,
+        });
+    }
     write_ops(prev, &decided, &mut ops, |ops| {
         let old_table = prev.map(|p| p.table.clone());
         if old_table.as_ref() != Some(&table) {
@@ -573,6 +665,7 @@ fn reconcile_service(
         table,
         previous_table,
         members: Some(members),
+        tunnel_source,
         backends: decided.into_iter().map(|d| d.pb).collect(),
     };
     Ok((ps, ops))
@@ -618,8 +711,9 @@ fn decide(
     id: u32,
     generation: u32,
     old: Option<&ProgrammedBackend>,
-    obs: &Observed,
+    ctx: &Ctx<'_>,
 ) -> Decided {
+    let obs = ctx.obs;
     let health = match obs.health.get(&(svc.name.clone(), b.address)) {
         Some(h) if *h != Health::Unknown => *h,
         _ => old.map_or(Health::Unknown, |o| o.health),
@@ -633,7 +727,9 @@ fn decide(
         Health::Down => false,
         Health::Unknown => svc.health.unknown_is_up(),
     };
-    let usable = up && link.is_some();
+    let usable = up
+        && link.is_some()
+        && tunnel::blocker(svc, b.address, link.as_ref(), ctx.egress).is_none();
     let (addr, family) = addr_words(b.address);
     let l = link.unwrap_or(Link {
         mac: [0; 6],

@@ -610,3 +610,105 @@ fn unchanged_members_reuse_their_table() {
     let (fresh, _) = reconcile(&d, &obs, &Programmed::empty(CAPACITY), &mut alloc).unwrap();
     assert_eq!(view(&p3), view(&fresh));
 }
+
+/// Issue 13, tunnel mode: the service value says tunnel (and the tunnel_source flag),
+/// `XLB_TUN_SRC` is written before the service value (zeros without a tunnel_source) and
+/// cleared when the service goes; the egress entry of a tunnel backend's interface is
+/// written before the backend is usable and removed when no tunnel backend uses it; a
+/// tunnel backend without an egress address of its family is not usable.
+#[test]
+fn tunnel_services_write_their_source_and_egress_in_order() {
+    use lb_common::{MODE_TUNNEL, SVC_F_TUNNEL_SOURCE, tunnel::TunnelSource};
+
+    let mut s = svc("t", "203.0.113.10", 80, &["192.0.2.11", "2001:db8:2::11"]);
+    s.forwarding = crate::model::Forwarding::Tunnel;
+    let d = Desired::from_services(std::slice::from_ref(&s));
+    let mut o = all_up(&d);
+    // Interface 1 has an IPv4 address only: the 4in6 backend has no outer source.
+    o.egress.insert(
+        1,
+        tunnel::egress_value(1500, Some("192.0.2.1".parse().unwrap()), None),
+    );
+    let mut alloc = Generations::starting_at(1);
+    let empty = Programmed::empty(CAPACITY);
+    let (p, plan) = reconcile(&d, &o, &empty, &mut alloc).unwrap();
+    let ps = p.service("t").unwrap();
+    assert_eq!(ps.value.mode, MODE_TUNNEL);
+    assert_eq!(ps.value.flags & SVC_F_TUNNEL_SOURCE, 0);
+    assert!(ps.backend(ip("192.0.2.11")).unwrap().usable());
+    assert!(
+        !ps.backend(ip("2001:db8:2::11")).unwrap().usable(),
+        "no IPv6 address on the egress interface"
+    );
+    let pos = |f: &dyn Fn(&MapOp) -> bool| plan.0.iter().position(f).expect("op in plan");
+    let src = pos(
+        &|o| matches!(o, MapOp::TunnelSource { value, .. } if *value == TunnelSource::default()),
+    );
+    let svc_op = pos(&|o| matches!(o, MapOp::Service { .. }));
+    let egress = pos(&|o| {
+        matches!(
+            o,
+            MapOp::Egress {
+                ifindex: 1,
+                value: Some(_)
+            }
+        )
+    });
+    let usable =
+        pos(&|o| matches!(o, MapOp::Backend { value, .. } if value.flags & BE_F_HEALTHY != 0));
+    assert!(src < svc_op && egress < usable, "{plan:?}");
+
+    // A tunnel_source: the flag and the prefix; no egress address needed.
+    let mut s2 = s.clone();
+    s2.backends.remove(0);
+    s2.tunnel_source = Some("2001:db8:99::/64".parse().unwrap());
+    let d2 = Desired::from_services(&[s2]);
+    let (p2, plan2) = reconcile(&d2, &o, &p, &mut alloc).unwrap();
+    let ps2 = p2.service("t").unwrap();
+    assert_ne!(ps2.value.flags & SVC_F_TUNNEL_SOURCE, 0);
+    assert_eq!(ps2.tunnel_source.family, lb_common::FAMILY_V6);
+    assert!(ps2.backend(ip("2001:db8:2::11")).unwrap().usable());
+    assert!(plan2.0.iter().any(
+        |o| matches!(o, MapOp::TunnelSource { value, .. } if value.family == lb_common::FAMILY_V6)
+    ));
+
+    // Gone: its source cleared, the egress entry removed (last).
+    let (p3, plan3) = reconcile(&Desired::default(), &o, &p2, &mut alloc).unwrap();
+    assert!(p3.egress.is_empty());
+    assert!(plan3.0.iter().any(
+        |o| matches!(o, MapOp::TunnelSource { value, .. } if *value == TunnelSource::default())
+    ));
+    assert!(
+        matches!(
+            plan3.0.last(),
+            Some(MapOp::Egress {
+                ifindex: 1,
+                value: None
+            })
+        ),
+        "{plan3:?}"
+    );
+
+    // An egress interface not read yet: not usable (the data plane would drop).
+    let mut o4 = all_up(&d);
+    o4.egress.clear();
+    let (p4, _) = reconcile(&d, &o4, &empty, &mut Generations::starting_at(1)).unwrap();
+    assert!(
+        p4.service("t")
+            .unwrap()
+            .backends
+            .iter()
+            .all(|b| !b.usable())
+    );
+    // DSR services need no egress entry.
+    let dsr = Desired::from_services(&[svc("d", "203.0.113.10", 80, &["192.0.2.11"])]);
+    let (p5, plan5) = reconcile(
+        &dsr,
+        &all_up(&dsr),
+        &empty,
+        &mut Generations::starting_at(1),
+    )
+    .unwrap();
+    assert!(p5.egress.is_empty() && p5.service("d").unwrap().backends[0].usable());
+    assert!(!plan5.0.iter().any(|o| matches!(o, MapOp::Egress { .. })));
+}

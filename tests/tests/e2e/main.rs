@@ -14,5 +14,6 @@ mod nat;
 mod realnet;
 mod scenarios;
 mod transients;
+mod tunctl;
 mod tunnel;
 mod watch;

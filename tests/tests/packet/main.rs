@@ -41,6 +41,7 @@ mod icmp;
 mod natsrc;
 mod sources;
 mod table;
+mod tunnel;
 
 const LO: u32 = 1;
 const LB_SRC_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x01];
@@ -1291,9 +1292,15 @@ fn fixtures_refresh_and_expiry_follow_a_short_idle_timeout() {
 /// than the step meant. Such a stalled attempt is repeated (up to 20 times); a failure of
 /// an attempt that ran within the margin is a real failure.
 fn short_of(lab: &mut Lab, tick: u64, mut step: impl FnMut(&mut Lab)) {
+    within_a_tick(tick, || step(lab));
+}
+
+/// [`short_of`] for any step: repeats an attempt that failed after running longer than
+/// `tick` (preempted), up to 20 times; an attempt that failed within the tick fails.
+fn within_a_tick(tick: u64, mut step: impl FnMut()) {
     for attempt in 1..=20 {
         let start = ktime_coarse_ns();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(lab)));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut step));
         let took = ktime_coarse_ns() - start;
         match r {
             Ok(()) => return,

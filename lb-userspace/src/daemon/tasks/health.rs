@@ -16,7 +16,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::Task;
 use crate::{
     daemon::command::{Observation, ProbeReport},
-    health::{self, Probe, Tracker},
+    health::{self, Probe, Target, Tracker},
     model::{Health, HealthCheck},
 };
 
@@ -24,6 +24,8 @@ use crate::{
 #[derive(Debug)]
 pub struct Check {
     pub cfg: HealthCheck,
+    /// Where its probes go (through the tunnel for a tunnel service).
+    pub target: Target,
     serial: u64,
     _task: Task,
     /// This daemon has a result for it.
@@ -42,28 +44,40 @@ pub struct Checks {
     serial: u64,
 }
 
-/// A backend that should be checked: its service, address, check and the health the
-/// data plane holds for it now (the tracker starts there).
-pub type Wanted = ((String, IpAddr), HealthCheck, Health);
+/// A backend that should be checked: its service, address, check, where probes go and
+/// the health the data plane holds for it now (the tracker starts there).
+pub type Wanted = ((String, IpAddr), HealthCheck, Target, Health);
 
 impl Checks {
     /// Starts a check for every wanted backend without one, stops the checks of backends
-    /// that are gone, restarts those whose check config changed.
+    /// that are gone, restarts those whose check config or probe path changed.
     pub fn sync(&mut self, wanted: Vec<Wanted>, tx: &UnboundedSender<Observation>) {
         {
-            let configs: HashMap<&(String, IpAddr), &HealthCheck> =
-                wanted.iter().map(|(k, cfg, _)| (k, cfg)).collect();
-            self.checks
-                .retain(|k, c| configs.get(k).is_some_and(|cfg| **cfg == c.cfg));
+            let configs: HashMap<&(String, IpAddr), (&HealthCheck, &Target)> = wanted
+                .iter()
+                .map(|(k, cfg, target, _)| (k, (cfg, target)))
+                .collect();
+            self.checks.retain(|k, c| {
+                configs
+                    .get(k)
+                    .is_some_and(|(cfg, target)| **cfg == c.cfg && **target == c.target)
+            });
         }
-        for (key, cfg, initial) in wanted {
+        for (key, cfg, target, initial) in wanted {
             if self.checks.contains_key(&key) {
                 continue;
             }
             self.serial += 1;
-            let task = spawn(key.clone(), cfg.clone(), initial, self.serial, tx.clone());
+            let task = spawn(
+                key.clone(),
+                (cfg.clone(), target),
+                initial,
+                self.serial,
+                tx.clone(),
+            );
             let check = Check {
                 cfg,
+                target,
                 serial: self.serial,
                 _task: task,
                 checked: false,
@@ -100,7 +114,7 @@ impl Checks {
 /// logged here, once.
 fn spawn(
     (service, address): (String, IpAddr),
-    cfg: HealthCheck,
+    (cfg, target): (HealthCheck, Target),
     initial: Health,
     serial: u64,
     tx: UnboundedSender<Observation>,
@@ -119,5 +133,7 @@ fn spawn(
             transitions: tracker.transitions(),
         }));
     };
-    Task::spawn(health::run_checks(service, address, cfg, initial, report))
+    Task::spawn(health::run_checks(
+        service, address, target, cfg, initial, report,
+    ))
 }

@@ -15,7 +15,7 @@
 //! controller (the owner records the link), the netlink queries themselves (neigh.rs).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -174,7 +174,8 @@ impl NeighBook {
 pub type Targets = watch::Receiver<Arc<Vec<IpAddr>>>;
 
 /// Resolves every target every [`POLL`], and at once when `now` is notified; each result
-/// goes to the owner.
+/// goes to the owner, then the facts of the resolved backends' egress interfaces (MTU,
+/// addresses: crate::egress) in one observation.
 pub fn spawn_resolver(
     resolver: Arc<Resolver>,
     targets: Targets,
@@ -184,8 +185,12 @@ pub fn spawn_resolver(
     Task::spawn(async move {
         loop {
             let addrs = targets.borrow().clone();
+            let mut egress = BTreeMap::new();
             for &address in addrs.iter() {
                 let resolution = resolver.resolve(address).await;
+                if let Some(l) = resolution.link() {
+                    egress.insert(l.ifindex, None);
+                }
                 if tx
                     .send(Observation::Neighbour {
                         address,
@@ -195,6 +200,19 @@ pub fn spawn_resolver(
                 {
                     return;
                 }
+            }
+            for (ifindex, facts) in egress.iter_mut() {
+                match crate::egress::read(&resolver, *ifindex).await {
+                    Ok(f) => *facts = Some(f),
+                    Err(e) => debug!("egress interface {ifindex}: {e}"),
+                }
+            }
+            let egress = egress
+                .into_iter()
+                .filter_map(|(i, f)| Some((i, f?)))
+                .collect();
+            if tx.send(Observation::Egress(egress)).is_err() {
+                return;
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}

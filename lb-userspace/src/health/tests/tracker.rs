@@ -153,6 +153,7 @@ async fn run_checks_marks_a_stopped_server_down_and_a_restarted_one_up() {
     let task = tokio::spawn(run_checks(
         "web".into(),
         LO,
+        crate::health::Target::Direct(LO),
         cfg,
         Health::Up,
         recorder(&log),
@@ -230,6 +231,7 @@ async fn run_checks_none_reports_once_and_stays_pending() {
     let task = tokio::spawn(run_checks(
         "web".into(),
         LO,
+        crate::health::Target::Direct(LO),
         cfg,
         Health::Down,
         recorder(&log),
@@ -272,6 +274,7 @@ async fn a_hanging_backend_does_not_delay_the_others() {
             tokio::spawn(run_checks(
                 format!("svc{i}"),
                 LO,
+                crate::health::Target::Direct(LO),
                 cfg,
                 Health::Up,
                 move |p: &Probe, _, _: &Tracker| {
