@@ -4,8 +4,8 @@
 //! A probe of a tunnel backend is a normal socket of the daemon, marked with
 //! `SO_MARK = probe_mark(backend id)` and bound to the egress interface's address, that
 //! connects to VIP:health-port. The policy rule `fwmark 0x584c0000/0xffff0000 lookup
-//! 22604` and the route `default dev lo` in table 22604 (both families) send it into
-//! `lo`, where `xlb_probe` (lb_common::tunnel::PROG_PROBE, in the balancer's object and
+//! 22604` and, in table 22604, the route `default dev lo` (IPv4) or `local default dev
+//! lo` (IPv6) send it into `lo`, where `xlb_probe` (lb_common::tunnel::PROG_PROBE, in the balancer's object and
 //! sharing its maps) encapsulates it towards `XLB_BACKENDS[id]` exactly as the XDP
 //! program encapsulates traffic and redirects it to the backend's egress interface. The
 //! backend's service answers from the VIP straight to the balancer's address. Only
@@ -109,6 +109,11 @@ fn routes(lo: u32) -> [RouteMessage; 2] {
         RouteMessageBuilder::<std::net::Ipv6Addr>::new()
             .output_interface(lo)
             .table_id(PROBE_TABLE)
+            // A unicast IPv6 route into lo is made a reject route by the kernel
+            // (fib6_is_reject): packets are dropped silently after the output hooks
+            // (Ip6OutNoRoutes), and sendmsg succeeds. A local route sends them through
+            // lo's transmit, where xlb_probe takes them first.
+            .kind(netlink_packet_route::route::RouteType::Local)
             .build(),
     ]
 }
