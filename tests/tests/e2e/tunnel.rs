@@ -345,7 +345,9 @@ fn mtu_exceeded_answers_too_big_and_a_1mb_upload_completes() {
     assert_eq!(verdict(&lab, "drop_too_big"), 0, "DF packets dropped");
 }
 
-/// `prefix` as the data plane holds a `tunnel_source`.
+/// `prefix` as the data plane holds a `tunnel_source`, derived here from the contract
+/// (lb_common::tunnel) rather than through the controller's own conversion, so that the
+/// prediction does not share its faults.
 fn tunnel_source(prefix: &str) -> TunnelSource {
     let (addr, len) = prefix.split_once('/').expect("prefix");
     let addr: IpAddr = addr.parse().expect("address");
@@ -466,6 +468,13 @@ fn tunnel_source_spreads_outer_sources_within_the_prefix() {
         for (c, r) in got {
             let src = predicted_source(prefix, c);
             assert!(contains(prefix, src), "{src} not in {prefix}");
+            let e = lab.xlb_json(&["explain", svc.name, &c.to_string()]);
+            assert_eq!(
+                e["outer_source"],
+                src.to_string(),
+                "{}: explain's outer source for {c}: {e}",
+                svc.name
+            );
             halves.insert(contains(&half(prefix, true), src));
             assert_eq!(
                 r.is_ok(),
