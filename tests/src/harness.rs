@@ -6,13 +6,11 @@ use std::net::IpAddr;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use lb_common::{
-    FAMILY_V4, FAMILY_V6, MODE_TUNNEL, PROG_XLB, SVC_F_TUNNEL_SOURCE, SVC_F_VIP_MARKER,
-    addr_from_bytes, prefix_mask,
-    tunnel::{Egress, MAP_EGRESS, MAP_TUN_SRC, PROG_PROBE, TunnelSource},
+    FAMILY_V4, FAMILY_V6, PROG_XLB, addr_from_bytes, prefix_mask,
+    tunnel::{Egress, PROG_PROBE, TunnelSource},
 };
 use xlb::{
     dataplane::loader::{LoadOptions, XLB_OBJECT, load_object_sampling},
@@ -210,84 +208,50 @@ impl XlbHarness {
             .expect("XDP")
     }
 
-    /// A map of the loaded program by name, on a new fd of its own (whoever holds the
-    /// object's fd: the controller or nobody).
-    pub fn map_data(&self, name: &str) -> MapData {
-        let ids = self
-            .prog()
-            .info()
-            .and_then(|i| i.map_ids())
-            .unwrap_or_else(|e| panic!("map ids of xlb: {e}"))
-            .expect("map ids");
-        ids.into_iter()
-            .map(|id| MapData::from_id(id).unwrap_or_else(|e| panic!("map {id}: {e}")))
-            .find(|m| {
-                m.info()
-                    .ok()
-                    .and_then(|i| i.name_as_str().map(String::from))
-                    == Some(name.to_string())
+    /// The daemon's reading of egress interface `ifindex` (MTU, addresses), which a
+    /// tunnel service's backends behind it need to be usable; `None`: not read yet.
+    pub fn observe_egress(&mut self, ifindex: u32, egress: Option<Egress>) {
+        self.ctl
+            .observe(|o| {
+                match egress {
+                    Some(e) => o.egress.insert(ifindex, e),
+                    None => o.egress.remove(&ifindex),
+                };
             })
-            .unwrap_or_else(|| panic!("xlb uses no map {name}"))
+            .unwrap_or_else(|e| panic!("egress observation: {e}"));
     }
 
-    /// Puts service `name` in tunnel mode, with `source` as its `tunnel_source` (none:
-    /// the egress address), writing `XLB_TUN_SRC` and the service entry as the controller
-    /// does for a tunnel service. Test-only until the controller programs tunnel mode; a
-    /// later reconcile of the service undoes it.
-    pub fn make_tunnel(&mut self, name: &str, source: Option<TunnelSource>) {
-        let id = self.service_id(name);
-        let mut tun: Array<MapData, TunnelSource> =
-            Array::try_from(Map::Array(self.map_data(MAP_TUN_SRC))).expect("XLB_TUN_SRC");
-        tun.set(id, source.unwrap_or_default(), 0)
-            .expect("write XLB_TUN_SRC");
-        let entries = self.dp().service_entries().expect("service entries");
-        for (k, mut v) in entries {
-            if v.id != id || v.flags & SVC_F_VIP_MARKER != 0 {
-                continue;
-            }
-            v.mode = MODE_TUNNEL;
-            v.flags &= !SVC_F_TUNNEL_SOURCE;
-            if source.is_some() {
-                v.flags |= SVC_F_TUNNEL_SOURCE;
-            }
-            self.dp_mut().set_service(&k, &v).expect("write service");
-        }
-    }
-
-    /// Points backend `address` of service `name` at `outer` (another family: 4in6),
-    /// as the controller will for a tunnel backend of the other family. Test-only.
-    pub fn set_backend_address(&mut self, name: &str, address: IpAddr, outer: IpAddr) {
-        let id = self
+    /// Service `name` again with `tunnel_source = source` (a runtime change is a remove
+    /// and an add, as `xlb service remove` + `add` do): its backends keep their links.
+    pub fn set_tunnel_source(&mut self, name: &str, source: Option<&str>) {
+        let mut spec = self
             .ctl
+            .desired
             .service(name)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .backend(address)
-            .unwrap_or_else(|| panic!("{name} has no backend {address}"))
-            .id;
-        let mut be = self.dp().backend(id).expect("backend");
-        let (family, bytes) = match outer {
-            IpAddr::V4(a) => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&a.octets());
-                (FAMILY_V4, b)
-            }
-            IpAddr::V6(a) => (FAMILY_V6, a.octets()),
-        };
-        be.addr = addr_from_bytes(&bytes);
-        be.family = family;
-        self.dp_mut().set_backend(id, &be).expect("write backend");
+            .unwrap_or_else(|| panic!("no service {name}"))
+            .clone();
+        spec.tunnel_source = source.map(|p| p.parse().expect("tunnel_source prefix"));
+        self.edit(Edit::ServiceRemove { name: name.into() })
+            .expect("service remove");
+        for b in &spec.backends {
+            self.ctl
+                .observed
+                .health
+                .insert((name.to_string(), b.address), Health::Up);
+        }
+        self.edit(Edit::ServiceAdd {
+            service: Box::new(spec),
+        })
+        .unwrap_or_else(|e| panic!("service add with tunnel_source: {e}"));
     }
 
-    /// `XLB_EGRESS[ifindex] := egress`, or removes the entry (`None`).
-    pub fn set_egress(&self, ifindex: u32, egress: Option<Egress>) {
-        let mut m: HashMap<MapData, u32, Egress> =
-            HashMap::try_from(Map::HashMap(self.map_data(MAP_EGRESS))).expect("XLB_EGRESS");
-        match egress {
-            Some(e) => m.insert(ifindex, e, 0).expect("write XLB_EGRESS"),
-            None => {
-                let _ = m.remove(&ifindex);
-            }
-        }
+    /// `XLB_EGRESS[ifindex] := egress`, or removes the entry (`None`), behind the
+    /// controller's back: what the data plane meets when an interface changed before the
+    /// daemon noticed.
+    pub fn set_egress(&mut self, ifindex: u32, egress: Option<Egress>) {
+        self.dp_mut()
+            .set_egress(ifindex, egress.as_ref())
+            .unwrap_or_else(|e| panic!("XLB_EGRESS: {e}"));
     }
 
     /// Runs the health-probe TC program (`xlb_probe`, loaded on first use) once on

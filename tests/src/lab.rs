@@ -277,7 +277,7 @@ pub struct Lab {
     /// The router of [`Lab::with_router`].
     pub router: Option<Netns>,
     // Dropped last: the switch owns the bridge.
-    sw: Netns,
+    pub(crate) sw: Netns,
 }
 
 /// The client network of a lab built with [`Lab::with_router`]: clients sit behind a
@@ -1014,6 +1014,15 @@ impl Drop for Lab {
                 .output();
         }
         self._peer_xdp.take();
+        // `xlb decap` state of the lab's backends (`/sys/fs/bpf/xlb-decap-ID*`): removing
+        // the pins releases the links.
+        let decap = format!("xlb-decap-{}", self.id);
+        for e in fs::read_dir("/sys/fs/bpf").into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == decap || name.starts_with(&format!("{decap}-")) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
         if std::env::var_os("XLB_KEEP_LAB").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }
@@ -1105,6 +1114,43 @@ pub fn http_request(
         .map(|(_, b)| b.trim().to_string())
         .ok_or_else(|| format!("malformed response {resp:?}"))?;
     Ok(body)
+}
+
+/// `POST /upload` of `size` bytes from `src`, waiting at most `timeout` for each step; the
+/// answer is `RECEIVED NAME` (the bytes the backend read, its name).
+pub fn http_upload(
+    src: IpAddr,
+    dst: SocketAddr,
+    size: usize,
+    timeout: Duration,
+) -> Result<String, String> {
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, None).map_err(|e| e.to_string())?;
+    s.bind(&SocketAddr::new(src, 0).into())
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    s.connect_timeout(&dst.into(), timeout)
+        .map_err(|e| format!("connect {dst} from {src}: {e}"))?;
+    let mut t: std::net::TcpStream = s.into();
+    t.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    t.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: xlb\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+    );
+    t.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    t.write_all(&vec![b'u'; size])
+        .map_err(|e| format!("upload to {dst} (client {src}): {e}"))?;
+    let mut resp = String::new();
+    t.read_to_string(&mut resp)
+        .map_err(|e| format!("read from {dst} (client {src}): {e}"))?;
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .ok_or_else(|| format!("malformed response {resp:?}"))
 }
 
 /// One datagram from `src`; returns the reply (the backend's name).

@@ -7,6 +7,7 @@ pub mod fuzz;
 pub mod harness;
 pub mod lab;
 pub mod lab_ecmp;
+pub mod lab_tunnel;
 pub mod packet;
 pub mod soak;
 

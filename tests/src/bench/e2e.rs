@@ -14,7 +14,8 @@
 //! - Sink: `count_sink` on sink0 counts per CPU and drops. The figure is what it
 //!   counted over the run's wall time: delivered, not sent.
 //! - Receivers on lb0 (one at a time): `mac_fwd` (baseline), xlb (DSR: it rewrites MACs
-//!   and redirects through its DEVMAP to lb1; the backends sit behind sink0), or
+//!   and redirects through its DEVMAP to lb1; the backends sit behind sink0), xlb in
+//!   tunnel mode (the same, with the outer header added: IPIP / IP6IP6), or
 //!   `xdp_pass` plus the kernel stack forwarding with nftables DNAT (stateless or
 //!   conntrack) or without NAT.
 //! - Everything runs on one CPU: the generating thread is pinned, and veth's NAPI runs
@@ -37,10 +38,13 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, xdp::DevMap},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, xdp::XdpMode},
 };
-use lb_common::PROG_XLB;
+use lb_common::{
+    PROG_XLB,
+    tunnel::{EGRESS_F_V4, EGRESS_F_V6, Egress, OUTER_V4_LEN, OUTER_V6_LEN},
+};
 use xlb::{
     dataplane::loader::{BENCH_OBJECT, LoadOptions},
-    model::{Link, Protocol, Service},
+    model::{Forwarding, Link, Protocol, Service},
 };
 
 use super::{Samples, pin_to_cpu};
@@ -122,16 +126,18 @@ enum Variant {
     NftStateless,
     NftConntrack,
     KernelForward,
+    XlbTunnel,
 }
 
 impl Variant {
-    const ALL: [Variant; 6] = [
+    const ALL: [Variant; 7] = [
         Variant::Baseline,
         Variant::XlbHit,
         Variant::XlbMiss,
         Variant::NftStateless,
         Variant::NftConntrack,
         Variant::KernelForward,
+        Variant::XlbTunnel,
     ];
 
     fn key(self) -> &'static str {
@@ -142,6 +148,7 @@ impl Variant {
             Variant::NftStateless => "nft_stateless",
             Variant::NftConntrack => "nft_conntrack",
             Variant::KernelForward => "kernel_forward",
+            Variant::XlbTunnel => "xlb_tunnel",
         }
     }
 
@@ -153,6 +160,7 @@ impl Variant {
             Variant::NftStateless => "d. nft stateless jhash DNAT",
             Variant::NftConntrack => "e. nft jhash DNAT + conntrack",
             Variant::KernelForward => "f. kernel forwarding, no NAT",
+            Variant::XlbTunnel => "g. xlb tunnel, clients pinned",
         }
     }
 
@@ -170,6 +178,7 @@ impl Variant {
             Variant::Baseline => LbProg::MacFwd,
             Variant::XlbHit => LbProg::XlbHit,
             Variant::XlbMiss => LbProg::XlbMiss,
+            Variant::XlbTunnel => LbProg::XlbTunnel,
             _ => LbProg::Pass,
         }
     }
@@ -180,6 +189,7 @@ enum LbProg {
     MacFwd,
     XlbHit,
     XlbMiss,
+    XlbTunnel,
     Pass,
 }
 
@@ -428,6 +438,7 @@ struct Bench {
     bench: Ebpf,
     xlb_hit: XlbHarness,
     xlb_miss: XlbHarness,
+    xlb_tunnel: XlbHarness,
     gen_cfg: Array<MapData, GenConfig>,
     sink_count: PerCpuArray<MapData, u64>,
     _fwd_ports: DevMap<MapData>,
@@ -556,11 +567,13 @@ impl Bench {
                 .expect("attach count_sink");
         });
 
-        let xlb = |capacity: u32| {
+        let xlb = |capacity: u32, forwarding: Forwarding| {
             let mut h = XlbHarness::load(&LoadOptions {
                 affinity_capacity: capacity,
                 maglev_slots: 1 << 17,
             });
+            // Tunnel mode: lb1's MTU and addresses, as the daemon reads them.
+            h.ctl.observed.egress.insert(lb_out, bench_egress());
             let backends: Vec<(IpAddr, Option<Link>)> = (0..BACKENDS)
                 .map(|i| {
                     (
@@ -574,15 +587,14 @@ impl Bench {
                 })
                 .collect();
             lb.run(|| h.dp_mut().add_tx_port(lb_out).expect("tx port"));
-            h.add_service(
-                Service::new("bench", combo.vip(), DPORT, combo.proto()),
-                &backends,
-            )
-            .expect("service");
+            let mut svc = Service::new("bench", combo.vip(), DPORT, combo.proto());
+            svc.forwarding = forwarding;
+            h.add_service(svc, &backends).expect("service");
             h
         };
-        let xlb_hit = xlb(HIT_CAPACITY);
-        let xlb_miss = xlb(MISS_CAPACITY);
+        let xlb_hit = xlb(HIT_CAPACITY, Forwarding::Dsr);
+        let xlb_miss = xlb(MISS_CAPACITY, Forwarding::Dsr);
+        let xlb_tunnel = xlb(HIT_CAPACITY, Forwarding::Tunnel);
 
         Bench {
             combo,
@@ -590,6 +602,7 @@ impl Bench {
             bench,
             xlb_hit,
             xlb_miss,
+            xlb_tunnel,
             gen_cfg,
             sink_count,
             _fwd_ports: fwd_ports,
@@ -611,6 +624,7 @@ impl Bench {
             LbProg::Pass => self.bench.program_mut("xdp_pass"),
             LbProg::XlbHit => self.xlb_hit.ebpf.program_mut(PROG_XLB),
             LbProg::XlbMiss => self.xlb_miss.ebpf.program_mut(PROG_XLB),
+            LbProg::XlbTunnel => self.xlb_tunnel.ebpf.program_mut(PROG_XLB),
         };
         p.expect("program").try_into().expect("XDP")
     }
@@ -743,6 +757,7 @@ impl Bench {
         let h = match v {
             Variant::XlbHit => &self.xlb_hit,
             Variant::XlbMiss => &self.xlb_miss,
+            Variant::XlbTunnel => &self.xlb_tunnel,
             _ => return (0, 0),
         };
         let id = h.service_id("bench");
@@ -823,6 +838,49 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// One run of the tunnel instance on the template frame: redirected, with the outer
+    /// header of the backends' family in front of the unchanged inner packet.
+    fn check_tunnel(&self) {
+        enter(&self.lb.path());
+        let r = self.xlb_tunnel.run(&self.tmpl.frame, self.lb_in);
+        assert_eq!(r.action, 4, "xlb tunnel must return XDP_REDIRECT");
+        let (outer, ethertype, proto_at, proto) = if self.combo.v6 {
+            (OUTER_V6_LEN, 0x86dd, 20, lb_common::tunnel::IPPROTO_IPV6)
+        } else {
+            (OUTER_V4_LEN, 0x0800, 23, lb_common::tunnel::IPPROTO_IPIP)
+        };
+        let f = &r.output;
+        assert_eq!(
+            f.len(),
+            self.tmpl.frame.len() + outer as usize,
+            "outer length"
+        );
+        assert_eq!(
+            u16::from_be_bytes([f[12], f[13]]),
+            ethertype,
+            "outer family"
+        );
+        assert_eq!(f[proto_at], proto, "outer protocol");
+        assert_eq!(
+            &f[14 + outer as usize..],
+            &self.tmpl.frame[14..],
+            "inner packet changed"
+        );
+    }
+}
+
+/// lb1 as the daemon would describe it in `XLB_EGRESS`: MTU 1500, its addresses.
+fn bench_egress() -> Egress {
+    let v6 = xlb::model::addr_words(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1))).0;
+    Egress {
+        mtu: 1500,
+        flags: EGRESS_F_V4 | EGRESS_F_V6,
+        v4: u32::from_ne_bytes(Ipv4Addr::new(10, 99, 0, 1).octets()),
+        v6,
+    }
+}
+
 /// Results of one combination: samples per variant, and per-run checks.
 struct ComboResult {
     combo: Combo,
@@ -831,6 +889,7 @@ struct ComboResult {
     on_cpu_min: f64,
     hit_ratio: Samples,
     miss_ratio: Samples,
+    tunnel_hit_ratio: Samples,
     /// xlb hit rate with fewer clients (cache-resident affinity entries).
     diag: Vec<(u32, Samples)>,
     profile: Vec<Profile>,
@@ -875,12 +934,14 @@ fn run_combo(combo: Combo, tag: &str, cpu: usize) -> ComboResult {
     pin_to_cpu(cpu);
     let mut b = Bench::new(combo, tag, cpu);
     b.check_generator();
+    b.check_tunnel();
 
     let mut samples: BTreeMap<&'static str, Samples> = BTreeMap::new();
     let mut loss: BTreeMap<&'static str, Samples> = BTreeMap::new();
     let mut on_cpu_min = 1.0f64;
     let mut hit_ratio = Samples::default();
     let mut miss_ratio = Samples::default();
+    let mut tunnel_hit_ratio = Samples::default();
     let started = Instant::now();
     for round in 0..ROUNDS {
         // Progress: a round of every variant takes tens of seconds.
@@ -911,6 +972,7 @@ fn run_combo(combo: Combo, tag: &str, cpu: usize) -> ComboResult {
             match v {
                 Variant::XlbHit => hit_ratio.0.push(r.hits as f64 / r.sent as f64),
                 Variant::XlbMiss => miss_ratio.0.push(r.misses as f64 / r.sent as f64),
+                Variant::XlbTunnel => tunnel_hit_ratio.0.push(r.hits as f64 / r.sent as f64),
                 _ => {}
             }
         }
@@ -983,6 +1045,7 @@ fn run_combo(combo: Combo, tag: &str, cpu: usize) -> ComboResult {
         on_cpu_min,
         hit_ratio,
         miss_ratio,
+        tunnel_hit_ratio,
         diag,
         profile,
     }
@@ -1062,11 +1125,17 @@ fn print_combo(r: &ComboResult) {
         );
     }
     println!(
-        "checks: xlb hit runs {:.4} hits/packet, miss runs {:.4} misses/packet; \
-         {:.2}% of deliveries on the generating CPU (worst run)",
+        "checks: xlb hit runs {:.4} hits/packet, miss runs {:.4} misses/packet, tunnel runs \
+         {:.4} hits/packet; {:.2}% of deliveries on the generating CPU (worst run)",
         r.hit_ratio.median(),
         r.miss_ratio.median(),
+        r.tunnel_hit_ratio.median(),
         r.on_cpu_min * 100.0
+    );
+    println!(
+        "tunnel: xlb tunnel / xlb DSR (both pinned) {:.2}; xlb tunnel / baseline {:.2}",
+        ratio(r, "xlb_tunnel", "xlb_hit"),
+        ratio(r, "xlb_tunnel", "baseline")
     );
     for (clients, x) in &r.diag {
         println!(
@@ -1156,6 +1225,8 @@ fn report(results: &[ComboResult], cpu: usize, elapsed: Duration) {
             ("xlb_hit / nft_stateless", "xlb_hit", "nft_stateless", 4.0),
             ("xlb_hit / baseline", "xlb_hit", "baseline", hit_goal),
             ("xlb_miss / baseline", "xlb_miss", "baseline", 0.0),
+            ("xlb_tunnel / xlb_hit", "xlb_tunnel", "xlb_hit", 0.0),
+            ("xlb_tunnel / baseline", "xlb_tunnel", "baseline", 0.0),
         ] {
             let got = ratio(r, a, b);
             let met = got >= want;
@@ -1181,6 +1252,10 @@ fn report(results: &[ComboResult], cpu: usize, elapsed: Duration) {
         json.insert(
             format!("xlb_miss_misses_per_packet{sfx}"),
             serde_json::json!(r.miss_ratio.median()),
+        );
+        json.insert(
+            format!("xlb_tunnel_hits_per_packet{sfx}"),
+            serde_json::json!(r.tunnel_hit_ratio.median()),
         );
         let base_ns = 1e3 / r.samples["baseline"].median();
         let prof: serde_json::Map<String, serde_json::Value> = r
@@ -1226,6 +1301,7 @@ fn report(results: &[ComboResult], cpu: usize, elapsed: Duration) {
             "baseline: `mac_fwd`, the reflector's parse, both MACs rewritten, bpf_redirect_map through a DEVMAP to lb1",
             "nft: lb0 runs xdp_pass, lb-ns forwards (static neighbour for the sink, no rp_filter); stateless = notrack in raw prerouting + `ip daddr VIP ip daddr set jhash ip saddr mod 4 map {...}` at dstnat priority; conntrack = nat prerouting `ip daddr VIP dnat to jhash ip saddr mod 4 map {...}`; the VIP itself is unrouted there, so only translated packets reach the sink",
             "kernel_forward: same without nftables, a route for the VIP to the sink",
+            "xlb tunnel: its own xlb instance like xlb hit, the service in forwarding = tunnel (IPIP for IPv4, IP6IP6 for IPv6; outer source lb1's address, MTU 1500): frames 20 / 40 bytes longer from lb1 on; checked once per topology (verdict, outer header, inner packet unchanged) and per run (hits per packet)",
             "profile: BPF_ENABLE_STATS run_time_ns/run_cnt deltas of each program over an extra run per variant (stats on only then); each figure includes the statistics' clock reads (about the trivial sink's figure)",
             "diagnostic: xlb hit with 256 and 4096 of the pinned clients (affinity entries cache-resident), 3 rounds each, interleaved with baseline runs",
         ]),

@@ -21,7 +21,7 @@ use aya::{
 use lb_common::tunnel::{EGRESS_F_V4, Egress};
 use xlb::{
     dataplane::loader::{BENCH_OBJECT, LoadOptions, XLB_NOLOG_OBJECT},
-    model::{Link, Protocol, Service},
+    model::{Forwarding, Link, Protocol, Service},
     reconcile::inspect::affinity_key,
 };
 
@@ -127,10 +127,7 @@ pub fn run() {
         affinity_capacity: 65_536,
         maglev_slots: 1 << 20,
     });
-    tun.add_service(Service::new("web", vip, 80, Protocol::Tcp), &backends)
-        .expect("service");
-    tun.make_tunnel("web", None);
-    tun.set_egress(
+    tun.observe_egress(
         LO,
         Some(Egress {
             mtu: 1500,
@@ -139,6 +136,9 @@ pub fn run() {
             v6: [0; 4],
         }),
     );
+    let mut tunnel = Service::new("web", vip, 80, Protocol::Tcp);
+    tunnel.forwarding = Forwarding::Tunnel;
+    tun.add_service(tunnel, &backends).expect("service");
     let nat_far = with_nat("192.0.2.0/24");
     let nat_near = with_nat("198.51.200.0/24");
     // The default capacity, filled: FULL_CAPACITY clients of 10.0.0.0/8 pinned.

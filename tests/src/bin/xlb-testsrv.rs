@@ -62,36 +62,62 @@ fn main() {
     for stream in listener.incoming() {
         let Ok(mut s) = stream else { continue };
         let name = name.clone();
-        std::thread::spawn(move || {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            // Read the request head (health checks and clients send small ones).
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-                if req.len() > 16 * 1024 {
-                    return;
-                }
-            }
-            // `GET /bytes/N`: N bytes, then the name (a download larger than any MTU).
-            let size = std::str::from_utf8(&req)
-                .ok()
-                .and_then(|r| r.strip_prefix("GET /bytes/"))
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|n| n.parse::<usize>().ok())
-                .unwrap_or(0)
-                .min(64 << 20);
-            let body = format!("{}{name}\n", ".".repeat(size));
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = s.write_all(resp.as_bytes());
-        });
+        std::thread::spawn(move || serve_http(&mut s, &name));
     }
+}
+
+/// One HTTP exchange: `GET /bytes/N` gets N bytes then the name (a download larger than
+/// any MTU); `POST` with a `Content-Length` body gets `RECEIVED NAME` once the whole body
+/// arrived (an upload larger than any MTU); anything else gets the name.
+fn serve_http(s: &mut std::net::TcpStream, name: &str) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut req = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    // Read the request head (health checks and clients send small ones).
+    let head_end = loop {
+        if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+        if req.len() > 64 * 1024 {
+            return;
+        }
+    };
+    let head = String::from_utf8_lossy(&req[..head_end]).into_owned();
+    let body = if head.starts_with("POST ") {
+        let want = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut got = req.len() - head_end;
+        while got < want {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+        format!("{got} {name}\n")
+    } else {
+        let size = head
+            .strip_prefix("GET /bytes/")
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(64 << 20);
+        format!("{}{name}\n", ".".repeat(size))
+    };
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(resp.as_bytes());
 }
 
 /// Answers every datagram on `sock` (bound to `local`): a soak request with a soak answer,

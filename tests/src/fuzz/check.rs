@@ -12,8 +12,13 @@ use std::{
 
 use lb_common::{BackendStats, ServiceStats, Stat};
 
-use super::oracle::{Expect, FragId, Key, Topology};
+use std::net::IpAddr;
+
+use lb_common::tunnel;
+
+use super::oracle::{Backend, Expect, FragId, Key, TooBig, Topology, client_of};
 use crate::harness::XdpAction;
+use crate::packet::{Outer, encapsulate};
 
 /// What earlier frames decided: every affinity key that has an entry in the kernel, and
 /// the backend (index into `Topology::backends`) it went to when the output showed it.
@@ -319,6 +324,23 @@ fn balance(
         return no_backend(case, obs, counted, nb, d);
     }
     ensure!(d.no_backend == 0, "no_backend moved: {d:?}");
+    if top.services[service].tunnel.is_some_and(|t| t.no_egress) {
+        no_egress(obs, counted, d)?;
+        let pins: u64 = top.backends_of(service).map(|b| obs.backends[b].pins).sum();
+        ensure!(pins == d.misses, "pins {pins} for {} misses", d.misses);
+        mem.pins.entry(key).or_insert(None);
+        return Ok(());
+    }
+    if let Some(big) = top.services[service]
+        .tunnel
+        .and_then(|t| t.too_big(case.frame, false))
+    {
+        too_big(obs, counted, &big, d)?;
+        let pins: u64 = top.backends_of(service).map(|b| obs.backends[b].pins).sum();
+        ensure!(pins == d.misses, "pins {pins} for {} misses", d.misses);
+        mem.pins.entry(key).or_insert(None);
+        return Ok(());
+    }
     let chosen = match obs.action {
         a if a == XdpAction::Tx as u32 || a == XdpAction::Redirect as u32 => {
             forwarded(top, case, obs, counted, service)?
@@ -367,6 +389,19 @@ fn icmp_error(
             "icmp_errors moved without a backend: {d:?}"
         );
         return no_backend(case, obs, counted, nb, d);
+    }
+    if top.services[service].tunnel.is_some_and(|t| t.no_egress) {
+        ensure!(d.icmp_errors == 0, "icmp_errors moved for a drop: {d:?}");
+        no_egress(obs, counted, d)?;
+        return quiet_backends(obs, &[]);
+    }
+    if let Some(big) = top.services[service]
+        .tunnel
+        .and_then(|t| t.too_big(case.frame, true))
+    {
+        ensure!(d.icmp_errors == 0, "icmp_errors moved for a drop: {d:?}");
+        too_big(obs, counted, &big, d)?;
+        return quiet_backends(obs, &[]);
     }
     let chosen = match obs.action {
         a if a == XdpAction::Tx as u32 || a == XdpAction::Redirect as u32 => {
@@ -436,12 +471,14 @@ fn forwarded(
     service: usize,
 ) -> Result<Option<usize>, String> {
     let (f, out) = (case.frame, obs.output);
+    let tunnel = top.services[service].tunnel.is_some();
     ensure!(
-        out.len() == f.len() && out[12..] == f[12..],
+        tunnel || (out.len() == f.len() && out[12..] == f[12..]),
         "forwarded frame changed beyond the MACs (length {} → {})",
         f.len(),
         out.len()
     );
+    ensure!(out.len() >= 12, "forwarded frame of {} bytes", out.len());
     let b = top
         .backends_of(service)
         .find(|&b| out[..6] == top.backends[b].mac && out[6..12] == top.backends[b].src_mac)
@@ -454,6 +491,9 @@ fn forwarded(
             )
         })?;
     let be = &top.backends[b];
+    if tunnel {
+        encapsulated(f, out, be)?;
+    }
     let want = if be.ifindex == case.ingress {
         (XdpAction::Tx, Stat::Tx)
     } else if top.tx_ports.contains(&be.ifindex) {
@@ -473,7 +513,7 @@ fn forwarded(
         counted.name()
     );
     let d = obs.services[service];
-    let len = f.len() as u64;
+    let len = out.len() as u64;
     ensure!(
         d.packets == 1 && d.bytes == len && d.no_backend == 0,
         "service counters: {d:?} (want packets 1, bytes {len})"
@@ -487,6 +527,82 @@ fn forwarded(
     );
     quiet_backends(obs, &[b])?;
     Ok(Some(b))
+}
+
+/// A tunnel service's frame to backend `be`: exactly the input encapsulated as the README
+/// says (the outer header from the inner one, the interface's address as the source, the
+/// client's flow label), with the backend's MACs.
+fn encapsulated(f: &[u8], out: &[u8], be: &Backend) -> Result<(), String> {
+    let client = client_of(f).ok_or("a tunnel frame without a client")?;
+    let caddr = match client {
+        IpAddr::V4(a) => [u32::from_ne_bytes(a.octets()), 0, 0, 0],
+        IpAddr::V6(a) => lb_common::addr_from_bytes(&a.octets()),
+    };
+    let outer = Outer {
+        src: be.outer_src,
+        dst: be.outer,
+        flow_label: tunnel::flow_label(tunnel::client_hash(&caddr)),
+    };
+    let want = encapsulate(f, be.mac, be.src_mac, &outer);
+    if out != want.as_slice() {
+        return Err(format!(
+            "not encapsulated to {} as the README says: {}",
+            be.outer,
+            unchanged(&want, out).unwrap_err()
+        ));
+    }
+    Ok(())
+}
+
+/// A tunnel service whose backends' interface has no `XLB_EGRESS` entry: dropped.
+fn no_egress(obs: &Observed, counted: Stat, d: ServiceStats) -> Result<(), String> {
+    ensure!(
+        obs.action == XdpAction::Drop as u32 && counted == Stat::DropNoEgress,
+        "no egress entry: got {} with counter {}",
+        action_name(obs.action),
+        counted.name()
+    );
+    ensure!(
+        d.packets == 0 && d.bytes == 0,
+        "service counters: {d:?} (nothing sent)"
+    );
+    let sent: u64 = obs.backends.iter().map(|b| b.packets + b.bytes).sum();
+    ensure!(sent == 0, "backend counters moved for a packet not sent");
+    Ok(())
+}
+
+/// A tunnel service's packet too big for the egress MTU once encapsulated: dropped as
+/// `drop_too_big`, or answered with exactly the ICMP bytes; nothing counted as sent.
+fn too_big(obs: &Observed, counted: Stat, big: &TooBig, d: ServiceStats) -> Result<(), String> {
+    match big {
+        TooBig::Drop => ensure!(
+            obs.action == XdpAction::Drop as u32 && counted == Stat::DropTooBig,
+            "too big without DF: got {} with counter {}",
+            action_name(obs.action),
+            counted.name()
+        ),
+        TooBig::Reply(want) => {
+            ensure!(
+                obs.action == XdpAction::Tx as u32 && counted == Stat::IcmpTooBig,
+                "too big with DF: got {} with counter {}",
+                action_name(obs.action),
+                counted.name()
+            );
+            if obs.output != want.as_slice() {
+                return Err(format!(
+                    "too-big answer differs: {}",
+                    unchanged(want, obs.output).unwrap_err()
+                ));
+            }
+        }
+    }
+    ensure!(
+        d.packets == 0 && d.bytes == 0,
+        "service counters: {d:?} (nothing sent)"
+    );
+    let sent: u64 = obs.backends.iter().map(|b| b.packets + b.bytes).sum();
+    ensure!(sent == 0, "backend counters moved for a packet not sent");
+    Ok(())
 }
 
 /// XDP_DROP for a backend whose interface is neither the ingress nor in the redirect map.

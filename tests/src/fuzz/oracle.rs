@@ -200,6 +200,10 @@ pub struct Backend {
     pub src_mac: [u8; 6],
     /// Its egress interface.
     pub ifindex: u32,
+    /// Tunnel mode: the outer destination (its address, or the IPv6 address of an IPv4
+    /// service's backend: 4in6) and the outer source (its interface's address).
+    pub outer: IpAddr,
+    pub outer_src: IpAddr,
 }
 
 /// A service as configured for the run.
@@ -222,6 +226,68 @@ pub struct Service {
     /// `None` when it has healthy backends; otherwise the counter its packets move
     /// (`DropNoBackend` or `PassNoBackend`).
     pub no_backend: Option<Stat>,
+    /// `forwarding = "tunnel"`: the egress MTU and the outer family (every backend's).
+    pub tunnel: Option<Tunnel>,
+}
+
+/// A tunnel-mode service's facts the README's MTU rule reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tunnel {
+    /// The backends' interface MTU (bytes of IP packet).
+    pub mtu: u32,
+    /// The outer header is IPv6 (IP6IP6, 4in6): 40 bytes, else IPv4's 20.
+    pub v6_outer: bool,
+    /// No backend's interface has an `XLB_EGRESS` entry: every packet is dropped as
+    /// `drop_no_egress` once balanced (before the MTU rule).
+    pub no_egress: bool,
+}
+
+/// What tunnel mode does with a packet too big for the egress MTU once encapsulated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TooBig {
+    /// Dropped as `drop_too_big`: IPv4 without DF, an ICMP error, or too short to quote.
+    Drop,
+    /// Answered with these exact bytes (XDP_TX, `icmp_too_big`).
+    Reply(Vec<u8>),
+}
+
+impl Tunnel {
+    /// The README's MTU rule for frame `f` (its IP header's length, not the frame's);
+    /// `None`: it fits. `error`: the frame is an ICMP error (never answered).
+    pub fn too_big(&self, f: &[u8], error: bool) -> Option<TooBig> {
+        if self.no_egress {
+            return None;
+        }
+        let l = crate::packet::layout(f)?;
+        let ip = f.get(l.l3..)?;
+        let (len, df) = if l.v6 {
+            (40 + usize::from(be16(ip, 4)?), true)
+        } else {
+            (usize::from(be16(ip, 2)?), ip.get(6)? & 0x40 != 0)
+        };
+        let overhead = if self.v6_outer { 40 } else { 20 };
+        if (len + overhead) as u32 <= self.mtu {
+            return None;
+        }
+        let quote = crate::packet::too_big_quote(len);
+        if error || !df || len < 64 || ip.len() < quote {
+            return Some(TooBig::Drop);
+        }
+        let mtu = self.mtu - overhead as u32;
+        Some(TooBig::Reply(crate::packet::too_big_reply(f, mtu)))
+    }
+}
+
+/// The client of a frame to a VIP: its source, or for an ICMP error the destination of
+/// the packet it quotes (the outer header's flow label and source follow the client).
+pub fn client_of(f: &[u8]) -> Option<IpAddr> {
+    let Parsed::Ip(ip) = parse(f) else {
+        return None;
+    };
+    if matches!(ip.proto, 1 | 58) {
+        return quoted(f, ip.l4 + 8, ip.dst.is_ipv6()).map(|q| q.dst);
+    }
+    Some(ip.src)
 }
 
 /// Everything the oracle and the checker know of the configuration.
@@ -538,6 +604,7 @@ mod tests {
             per_flow: false,
             nat: Vec::new(),
             no_backend: None,
+            tunnel: None,
         };
         let top = |prefix| Topology {
             services: vec![svc(prefix)],

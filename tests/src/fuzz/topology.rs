@@ -7,13 +7,16 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use lb_common::{PROTO_TCP, PROTO_UDP, Stat};
+use lb_common::{
+    PROTO_TCP, PROTO_UDP, Stat,
+    tunnel::{EGRESS_F_V4, EGRESS_F_V6, Egress},
+};
 use xlb::{
     dataplane::loader::LoadOptions,
-    model::{self, Affinity, HealthCheck, HealthKind, Link, NoBackend, Protocol},
+    model::{self, Affinity, Forwarding, HealthCheck, HealthKind, Link, NoBackend, Protocol},
 };
 
-use super::oracle::{Backend, Service, Topology};
+use super::oracle::{Backend, Service, Topology, Tunnel};
 use crate::{enter_private_netns, fixtures as fx, harness::XlbHarness, ifindex, sh};
 
 /// Entries of the affinity table (about 100 MB of kernel memory); the checker predicts
@@ -49,6 +52,26 @@ struct Def {
     /// counter the service's `no_backend` setting moves (drop or pass).
     unhealthy: Option<Stat>,
     backends: &'static [(&'static str, Via)],
+    /// `forwarding = "tunnel"`.
+    tunnel: bool,
+}
+
+/// The egress MTU of tunnel backends' interfaces.
+const TUNNEL_MTU: u32 = 1500;
+
+/// The address of an interface of the namespace (the default outer source): per
+/// interface and family.
+fn egress_addr(via: Via, v6_outer: bool) -> IpAddr {
+    let n = match via {
+        Via::Lo => 1,
+        Via::Redirect => 2,
+        Via::NoTxPort => 3,
+    };
+    if v6_outer {
+        v6(&format!("fd00:{n}::1"))
+    } else {
+        IpAddr::from([10, 0, n, 1])
+    }
 }
 
 const fn def(name: &'static str, vip: IpAddr, port: u16, proto: u8) -> Def {
@@ -62,6 +85,7 @@ const fn def(name: &'static str, vip: IpAddr, port: u16, proto: u8) -> Def {
         nat: &[],
         unhealthy: None,
         backends: &[],
+        tunnel: false,
     }
 }
 
@@ -72,8 +96,8 @@ fn v6(s: &str) -> IpAddr {
 /// IPv4 and IPv6, TCP and UDP, an exact port beside port 0 on one VIP, port 0, a /24
 /// (with nat_sources) and a /64 prefix, affinity none, no healthy backend (drop; pass), a backend reached by
 /// redirect, one behind an interface missing from the redirect map, and one service whose
-/// backends sit behind all three interfaces. VIPs are the packet tier's, so every fixture
-/// frame reaches the service it was written for.
+/// backends sit behind all three interfaces; tunnel mode (IPIP, IP6IP6, 4in6). VIPs are the
+/// packet tier's, so every fixture frame reaches the service it was written for.
 fn services() -> Vec<Def> {
     const TCP: u8 = PROTO_TCP;
     const UDP: u8 = PROTO_UDP;
@@ -173,6 +197,44 @@ fn services() -> Vec<Def> {
                 ("192.0.2.103", Lo),
             ],
         ),
+        // Tunnel mode: IPIP (TCP and UDP, lo and redirect), IP6IP6, 4in6 on the packet
+        // tier's tunnel VIPs.
+        Def {
+            tunnel: true,
+            ..with(
+                def("ipip", fx::VIP_IPIP, 80, TCP),
+                &[("192.0.2.111", Lo), ("192.0.2.112", Redirect)],
+            )
+        },
+        Def {
+            tunnel: true,
+            ..with(
+                def("ipipdns", fx::VIP_IPIP, 53, UDP),
+                &[("192.0.2.113", Lo)],
+            )
+        },
+        Def {
+            tunnel: true,
+            ..with(
+                def("ip6ip6", fx::VIP6_TUN, 80, TCP),
+                &[("2001:db8:1::111", Lo), ("2001:db8:1::112", Lo)],
+            )
+        },
+        Def {
+            tunnel: true,
+            ..with(
+                def("tun4in6", fx::VIP_4IN6, 80, TCP),
+                &[("2001:db8:2::114", Lo), ("2001:db8:2::115", Redirect)],
+            )
+        },
+        // Its interface has no XLB_EGRESS entry: drop_no_egress.
+        Def {
+            tunnel: true,
+            ..with(
+                def("tunnoegress", fx::VIP_TUN_NOEGRESS, 80, TCP),
+                &[("192.0.2.116", NoTxPort)],
+            )
+        },
         with(
             def("split6", v6("2001:db8::80"), 443, TCP),
             &[
@@ -217,6 +279,14 @@ pub fn setup() -> (XlbHarness, Topology) {
         maglev_slots: 1 << 16,
     });
     h.dp_mut().add_tx_port(redirect).expect("tx port");
+    // The egress interfaces as the daemon reads them (tunnel backends need them).
+    for (via, i) in [
+        (Via::Lo, LO),
+        (Via::Redirect, redirect),
+        (Via::NoTxPort, no_tx_port),
+    ] {
+        h.observe_egress(i, Some(egress(via)));
+    }
     let mut top = Topology {
         services: Vec::new(),
         backends: Vec::new(),
@@ -237,6 +307,9 @@ pub fn setup() -> (XlbHarness, Topology) {
         }
         if d.per_flow {
             spec.affinity = Affinity::None;
+        }
+        if d.tunnel {
+            spec.forwarding = Forwarding::Tunnel;
         }
         spec.nat_sources = d.nat.iter().map(|p| p.parse().expect("prefix")).collect();
         if d.unhealthy == Some(Stat::PassNoBackend) {
@@ -266,7 +339,25 @@ pub fn setup() -> (XlbHarness, Topology) {
             .map(|(b, _)| state.backend(*b).expect("backend").id);
         top.add(&d, state.id, ids.collect());
     }
+    // The interface missing from the redirect map lost its egress entry before the
+    // daemon noticed (its tunnel backend was usable when programmed): drop_no_egress.
+    h.set_egress(top.ifindex_of(Via::NoTxPort), None);
     (h, top)
+}
+
+/// The daemon's reading of an interface tunnel backends sit behind: [`TUNNEL_MTU`] and both
+/// families' addresses ([`egress_addr`]).
+fn egress(via: Via) -> Egress {
+    let word = |a: IpAddr| match a {
+        IpAddr::V4(v) => [u32::from_ne_bytes(v.octets()), 0, 0, 0],
+        IpAddr::V6(v) => lb_common::addr_from_bytes(&v.octets()),
+    };
+    Egress {
+        mtu: TUNNEL_MTU,
+        flags: EGRESS_F_V4 | EGRESS_F_V6,
+        v4: word(egress_addr(via, false))[0],
+        v6: word(egress_addr(via, true)),
+    }
 }
 
 fn protocol(proto: u8) -> Protocol {
@@ -289,6 +380,8 @@ impl Topology {
                 mac: mac_of(address),
                 src_mac: src_mac_of(*via),
                 ifindex: self.ifindex_of(*via),
+                outer: address,
+                outer_src: egress_addr(*via, address.is_ipv6()),
             });
         }
         self.services.push(Service {
@@ -301,6 +394,11 @@ impl Topology {
             per_flow: d.per_flow,
             nat: d.nat.iter().map(|p| p.parse().expect("prefix")).collect(),
             no_backend: d.unhealthy,
+            tunnel: d.tunnel.then(|| Tunnel {
+                mtu: TUNNEL_MTU,
+                v6_outer: d.backends.iter().any(|(a, _)| a.contains(':')),
+                no_egress: d.backends.iter().all(|(_, via)| *via == Via::NoTxPort),
+            }),
         });
     }
 

@@ -15,4 +15,5 @@ mod realnet;
 mod scenarios;
 mod transients;
 mod tunctl;
+mod tunnel;
 mod watch;

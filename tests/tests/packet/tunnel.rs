@@ -5,9 +5,11 @@
 //! DF and of ICMP errors), the missing egress entry or address, and the paths that join
 //! forwarding late (ICMP errors, later fragments).
 //!
-//! The services are programmed by the controller in DSR, then switched to tunnel mode and
-//! given their `XLB_EGRESS` / `XLB_TUN_SRC` entries with the harness's test-only writers
-//! (`make_tunnel`, `set_egress`), as the controller does for a tunnel service.
+//! The services are programmed by the controller (`forwarding = "tunnel"`, `tunnel_source`
+//! changed by remove + add as the CLI does) with the egress interfaces observed as the
+//! daemon reads them; only the drops for a missing egress entry or address remove it
+//! behind the controller's back (`set_egress`), as an interface changing before the
+//! daemon notices does.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -15,7 +17,7 @@ use lb_common::{
     Stat,
     tunnel::{EGRESS_F_V4, EGRESS_F_V6, Egress, client_hash, flow_label, outer_source},
 };
-use xlb::model::{Protocol, Service};
+use xlb::model::{Forwarding, Protocol, Service};
 use xlb_tests::{
     fixtures::{
         CLIENT4, CLIENT6, VIP_4IN6, VIP_IPIP, VIP_TUN_NOEGRESS, VIP_TUN_REMOTE, VIP6_TUN,
@@ -29,9 +31,7 @@ use super::{Fx, LB_SRC_MAC, LO, Lab, Out, Svc, backends, every_frame_is_a_fuzz_s
 
 const BE_IPIP: &str = "192.0.2.91";
 const BE_6IN6: &str = "2001:db8:1::91";
-/// The 4in6 service's backend as the controller sees it (IPv4, like its VIP) and as the
-/// data plane gets it (its IPv6 address: the outer destination).
-const BE_4IN6_V4: &str = "192.0.2.93";
+/// The 4in6 service's backend (IPv6, of an IPv4 VIP).
 const BE_4IN6: &str = "2001:db8:2::93";
 const BE_REMOTE: &str = "192.0.2.94";
 const BE_NOEGRESS: &str = "192.0.2.95";
@@ -58,40 +58,48 @@ fn egress(mtu: u32, v6: bool) -> Egress {
 }
 
 /// The lab of every packet test plus the tunnel services, each with one backend (so the
-/// expected backend is known), in tunnel mode.
+/// expected backend is known), programmed by the controller (`forwarding = "tunnel"`)
+/// with the egress interfaces as the daemon reads them.
 fn tunnel_lab() -> Lab {
     let mut lab = Lab::new();
-    let svc = |name: &str, vip: IpAddr| {
-        let mut s = Service::new(name, vip, 80, Protocol::Tcp);
-        s.table_size = 1021;
-        s
-    };
     let (veth_a, veth_b) = (lab.veth_a, xlb_tests::ifindex("xlbt2"));
     let h = &mut lab.h;
-    for (name, vip, be, ifindex) in [
-        ("ipip", VIP_IPIP, BE_IPIP, LO),
-        ("ip6ip6", VIP6_TUN, BE_6IN6, LO),
-        ("tun4in6", VIP_4IN6, BE_4IN6_V4, LO),
-        ("tunremote", VIP_TUN_REMOTE, BE_REMOTE, veth_a),
-        ("noegress", VIP_TUN_NOEGRESS, BE_NOEGRESS, veth_b),
+    h.observe_egress(LO, Some(egress(1500, true)));
+    let veth = Egress {
+        v4: words4(VETH_V4),
+        ..egress(1500, false)
+    };
+    h.observe_egress(veth_a, Some(veth));
+    h.observe_egress(veth_b, Some(veth));
+    for (name, vip, port, proto, be, ifindex) in [
+        ("ipip", VIP_IPIP, 80, Protocol::Tcp, BE_IPIP, LO),
+        ("ipipdns", VIP_IPIP, 53, Protocol::Udp, BE_IPIP, LO),
+        ("ip6ip6", VIP6_TUN, 80, Protocol::Tcp, BE_6IN6, LO),
+        ("tun4in6", VIP_4IN6, 80, Protocol::Tcp, BE_4IN6, LO),
+        (
+            "tunremote",
+            VIP_TUN_REMOTE,
+            80,
+            Protocol::Tcp,
+            BE_REMOTE,
+            veth_a,
+        ),
+        (
+            "noegress",
+            VIP_TUN_NOEGRESS,
+            80,
+            Protocol::Tcp,
+            BE_NOEGRESS,
+            veth_b,
+        ),
     ] {
-        h.add_service(svc(name, vip), &backends(&[be], ifindex))
-            .expect(name);
-        h.make_tunnel(name, None);
+        let mut s = Service::new(name, vip, port, proto);
+        s.table_size = 1021;
+        s.forwarding = Forwarding::Tunnel;
+        h.add_service(s, &backends(&[be], ifindex)).expect(name);
     }
-    let mut dns = Service::new("ipipdns", VIP_IPIP, 53, Protocol::Udp);
-    dns.table_size = 1021;
-    h.add_service(dns, &backends(&[BE_IPIP], LO)).expect("dns");
-    h.make_tunnel("ipipdns", None);
-    h.set_backend_address("tun4in6", v4(BE_4IN6_V4), v6(BE_4IN6));
-    h.set_egress(LO, Some(egress(1500, true)));
-    h.set_egress(
-        veth_a,
-        Some(Egress {
-            v4: words4(VETH_V4),
-            ..egress(1500, false)
-        }),
-    );
+    // The interface of "noegress" lost its entry before the daemon noticed.
+    h.set_egress(veth_b, None);
     lab
 }
 
@@ -102,12 +110,7 @@ fn encap(frame: &[u8], src: IpAddr, be: IpAddr, client: IpAddr) -> Vec<u8> {
         dst: be,
         flow_label: flow_label(client_hash(&addr(client))),
     };
-    let mac_be = if be == v6(BE_4IN6) {
-        v4(BE_4IN6_V4)
-    } else {
-        be
-    };
-    encapsulate(frame, mac_of(mac_be), LB_SRC_MAC, &outer)
+    encapsulate(frame, mac_of(be), LB_SRC_MAC, &outer)
 }
 
 fn addr(a: IpAddr) -> lb_common::Addr {
@@ -245,12 +248,12 @@ fn fixtures_tunnel_output() {
     );
 
     // tunnel_source: the outer source from the prefix, per client.
-    for (name, prefix, len) in [
-        ("ipip", v4("10.99.0.0"), 24),
-        ("ip6ip6", v6("2001:db8:99::"), 64),
-        ("tun4in6", v6("2001:db8:98::"), 120),
+    for (name, prefix) in [
+        ("ipip", "10.99.0.0/24"),
+        ("ip6ip6", "2001:db8:99::/64"),
+        ("tun4in6", "2001:db8:98::/120"),
     ] {
-        lab.h.make_tunnel(name, Some(tunnel_source(prefix, len)));
+        lab.h.set_tunnel_source(name, Some(prefix));
     }
     for (desc, name, prefix, len, be, client) in [
         (
@@ -377,7 +380,9 @@ fn fixtures_tunnel_needs_an_egress_entry_and_address() {
     ));
     // With a tunnel_source the interface's address is not needed.
     lab.h
-        .make_tunnel("tun4in6", Some(tunnel_source(v6("2001:db8:98::7"), 128)));
+        .set_tunnel_source("tun4in6", Some("2001:db8:98::7/128"));
+    // The controller rewrote the entry from its own reading: take the address away again.
+    lab.h.set_egress(LO, Some(egress(1500, false)));
     let want = encap(
         &tunnel_frame("4in6 SYN"),
         v6("2001:db8:98::7"),
@@ -476,13 +481,13 @@ fn the_probe_program_encapsulates_marked_packets_only() {
             .ctl
             .service(svc)
             .expect("service")
-            .backend(v4(be))
+            .backend(be.parse().expect("backend address"))
             .expect("backend")
             .id
     };
     let (lo4, lo6): (IpAddr, IpAddr) = (LO_V4.into(), LO_V6.into());
     let ipip = id_of(&lab, "ipip", BE_IPIP);
-    let in6 = id_of(&lab, "tun4in6", BE_4IN6_V4);
+    let in6 = id_of(&lab, "tun4in6", BE_4IN6);
     let remote = id_of(&lab, "tunremote", BE_REMOTE);
     let cases = [
         ("IPIP probe", VIP_IPIP, ipip, lo4, v4(BE_IPIP)),
@@ -507,7 +512,9 @@ fn the_probe_program_encapsulates_marked_packets_only() {
     }
     // With a tunnel_source: from the prefix, for the probe's source address.
     let ts = tunnel_source(v6("2001:db8:98::"), 120);
-    lab.h.make_tunnel("tun4in6", Some(ts));
+    lab.h
+        .set_tunnel_source("tun4in6", Some("2001:db8:98::/120"));
+    let in6 = id_of(&lab, "tun4in6", BE_4IN6);
     let f = probe_frame(lo4, VIP_4IN6);
     let r = lab.h.run_probe(&f, probe_mark(in6));
     let src = from_addr(outer_source(&ts, client_hash(&addr(lo4))), true);
