@@ -185,7 +185,7 @@ fn tunnel_source_is_set_and_stored_as_a_service_set() {
         Some("10.99.0.0/24".parse().unwrap())
     );
     let edits = now.diff(&base);
-    assert_eq!(edits, [set.clone()]);
+    assert_eq!(edits, std::slice::from_ref(&set));
     assert_eq!(
         serde_json::to_string(&set).unwrap(),
         r#"{"service_set":{"service":"a","tunnel_source":"10.99.0.0/24"}}"#
