@@ -144,9 +144,24 @@ pub enum Attached {
     Updated,
 }
 
-/// The pin directory of `ifname` under `root`.
+/// The pin directory of `ifname` under `root`. Interface names belong to a network
+/// namespace: outside the host's (PID 1's) the directory is `root/netns-INODE/ifname`,
+/// so the `eth0` of two namespaces (containers, a lab's backends) never share pins — the
+/// second attach used to find the first one's link, "update" it and attach nothing.
+/// In the host's namespace it is `root/ifname`, as in earlier releases.
 pub fn dir_of(root: &Path, ifname: &str) -> PathBuf {
-    root.join(ifname)
+    match foreign_netns() {
+        Some(inode) => root.join(format!("netns-{inode}")).join(ifname),
+        None => root.join(ifname),
+    }
+}
+
+/// The inode of the calling thread's network namespace when it is not PID 1's.
+fn foreign_netns() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ns = |p: &str| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let own = ns("/proc/thread-self/ns/net")?;
+    (Some(own) != ns("/proc/1/ns/net")).then_some(own.1)
 }
 
 fn link_path(dir: &Path) -> PathBuf {
@@ -397,7 +412,10 @@ pub fn detach(root: &Path, ifname: &str) -> Result<()> {
     let link = pinned.unpin().map_err(io_err("unpinning", &path))?;
     drop(link);
     fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))?;
-    // The root goes with its last interface.
+    // A namespace's directory, then the root, go with their last interface.
+    if let Some(parent) = dir.parent().filter(|p| *p != root) {
+        let _ = fs::remove_dir(parent);
+    }
     let _ = fs::remove_dir(root);
     Ok(())
 }

@@ -15,6 +15,7 @@ use xlb_tests::{
     enter_private_netns,
     fixtures::{CLIENT4, CLIENT6, VIP4, VIP6},
     harness::{XdpAction, run_once},
+    lab::Netns,
     packet::{ETH_IPV4, ETH_IPV6, V4Opts, eth, ip, raw, tcp, udp},
     require_root, sh,
 };
@@ -210,4 +211,63 @@ fn decap_strips_allowed_tunnels_and_passes_the_rest_untouched() {
         decap::detach(&root, &name).is_err(),
         "detaching twice must say nothing is attached"
     );
+}
+
+/// Removes a test root of bpffs (and whatever a failed test left under it).
+struct Root(PathBuf);
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One interface name in two network namespaces (containers, the lab's backends, which
+/// all have an eth0): each attach is its own, pinned apart, and detaching one leaves the
+/// other attached. The second attach used to find the first one's pinned link under
+/// `ROOT/eth0`, "update" it and attach nothing.
+#[test]
+fn decap_of_one_interface_name_in_two_namespaces_keeps_both() {
+    require_root();
+    let pid = std::process::id();
+    let root = Root(PathBuf::from(format!(
+        "/sys/fs/bpf/xlb-decap-ns-test-{pid}"
+    )));
+    let from: Vec<Prefix> = vec!["10.1.0.0/28".parse().expect("prefix")];
+    let spaces = [
+        Netns::new(format!("xdna-{pid}")),
+        Netns::new(format!("xdnb-{pid}")),
+    ];
+    for ns in &spaces {
+        ns.ip("link add xdn0 type veth peer name xdn0p");
+        ns.ip("link set xdn0 up");
+        ns.ip("link set xdn0p up");
+    }
+    let attach = |ns: &Netns| ns.run(|| decap::attach(&root.0, "xdn0", &from, true));
+    let dir = |ns: &Netns| ns.run(|| decap::dir_of(&root.0, "xdn0"));
+    assert_eq!(attach(&spaces[0]).expect("attach"), Attached::New);
+    assert_eq!(
+        attach(&spaces[1]).expect("attach"),
+        Attached::New,
+        "the second namespace's xdn0 was taken for the first one's"
+    );
+    assert_ne!(dir(&spaces[0]), dir(&spaces[1]));
+    for ns in &spaces {
+        let link = ns.ip("-d link show xdn0");
+        assert!(
+            link.contains("prog/xdp"),
+            "{}: no XDP program: {link}",
+            ns.name
+        );
+    }
+    spaces[0]
+        .run(|| decap::detach(&root.0, "xdn0"))
+        .expect("detach in the first namespace");
+    let second = spaces[1].ip("-d link show xdn0");
+    assert!(second.contains("prog/xdp"), "detached both: {second}");
+    assert!(spaces[1].run(|| decap::stats(&root.0, "xdn0")).is_ok());
+    spaces[1]
+        .run(|| decap::detach(&root.0, "xdn0"))
+        .expect("detach in the second namespace");
+    assert!(!root.0.exists(), "the root outlived its last interface");
 }
