@@ -406,6 +406,11 @@ pub struct Explain {
     /// (absent: no backend, or none can be chosen: the data plane drops).
     #[serde(default)]
     pub outer_source: Option<IpAddr>,
+    /// The backends that pass their checks but cannot take traffic, each as
+    /// "ADDRESS: why" (no route or next hop, no outer source, DSR behind a gateway):
+    /// why a service "has no backend" although its backends are healthy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unusable: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -93,7 +93,9 @@ pub fn status(s: &api::Status) -> String {
         }
         for b in &svc.backends {
             let link = match (&b.mac, &b.interface, &b.note) {
-                (Some(mac), Some(i), _) => format!("{mac} via {i}"),
+                // Resolved but not usable, or failing its checks: why.
+                (Some(mac), Some(i), Some(n)) => format!("{mac} via {i}: {n}"),
+                (Some(mac), Some(i), None) => format!("{mac} via {i}"),
                 (_, _, Some(n)) => format!("unresolved: {n}"),
                 _ => "unresolved".to_string(),
             };
@@ -297,12 +299,18 @@ pub fn explain(e: &api::Explain) -> String {
             };
             let _ = writeln!(o, "{} → {backend}: hashed ({why})", e.client);
         }
-        _ => {
+        _ if e.unusable.is_empty() => {
             let _ = writeln!(
                 o,
                 "{} → no backend: the service has no healthy backend",
                 e.client
             );
+        }
+        _ => {
+            let _ = writeln!(o, "{} → no backend: no healthy backend is usable", e.client);
+            for u in &e.unusable {
+                let _ = writeln!(o, "  {u}");
+            }
         }
     }
     let _ = write!(

@@ -1,7 +1,8 @@
 //! Egress interfaces of tunnel backends, as the kernel has them: the MTU (an
 //! encapsulated packet longer than it is not sent: the client is told the inner MTU) and
 //! the first global IPv4 and IPv6 address (the default outer source of the tunnel, and
-//! the address health probes of tunnel backends are sent from).
+//! the address health probes of tunnel backends are sent from), and the host's global
+//! addresses (the probes' source when the egress interface has none of the VIP's family).
 //!
 //! Read over rtnetlink (`RTM_GETLINK` for the MTU, an `RTM_GETADDR` dump filtered to the
 //! interface), in the calling thread's network namespace like every query of
@@ -42,7 +43,8 @@ impl EgressFacts {
         crate::reconcile::tunnel::egress_value(self.mtu, self.v4, self.v6)
     }
 
-    /// The address of `family_of`'s family (the probe source of a VIP of that family).
+    /// The address of `family_of`'s family (the first choice of probe source for a VIP of
+    /// that family).
     pub fn address_like(&self, family_of: IpAddr) -> Option<IpAddr> {
         match family_of {
             IpAddr::V4(_) => self.v4.map(IpAddr::V4),
@@ -90,6 +92,25 @@ pub async fn read(resolver: &Resolver, ifindex: u32) -> Result<EgressFacts, Neig
             IpAddr::V4(_) => None,
         }),
     })
+}
+
+/// The global addresses of the host usable as a source (every interface, in the
+/// kernel's order: by interface index, so `lo`'s first): where a tunnel probe comes
+/// from when its egress interface has no address of the VIP's family.
+pub async fn host_addresses(resolver: &Resolver) -> Result<Vec<IpAddr>, NeighError> {
+    let dump = resolver
+        .handle()
+        .address()
+        .get()
+        .execute()
+        .map_err(io_error)
+        .try_collect::<Vec<_>>();
+    let err = |source| NeighError::Link { ifindex: 0, source };
+    let addresses = tokio::time::timeout(std::time::Duration::from_secs(5), dump)
+        .await
+        .map_err(|_| err(timed_out()))?
+        .map_err(err)?;
+    Ok(addresses.iter().filter_map(source_address).collect())
 }
 
 /// The address of `m` when it is global and usable as a source.

@@ -185,6 +185,15 @@ impl Resolution {
         }
     }
 
+    /// The gateway of the route to `addr` when it is resolved through one (`None`:
+    /// on-link, or not resolved).
+    pub fn gateway(&self, addr: IpAddr) -> Option<IpAddr> {
+        match self {
+            Resolution::Resolved { next_hop, .. } if *next_hop != addr => Some(*next_hop),
+            _ => None,
+        }
+    }
+
     pub fn is_resolved(&self) -> bool {
         matches!(self, Resolution::Resolved { .. })
     }

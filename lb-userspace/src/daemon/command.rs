@@ -78,7 +78,11 @@ pub enum Observation {
     },
     /// The egress interfaces of the resolved backends as the kernel has them now, by
     /// ifindex (an interface that could not be read is left out).
-    Egress(std::collections::BTreeMap<u32, crate::egress::EgressFacts>),
+    Egress {
+        facts: std::collections::BTreeMap<u32, crate::egress::EgressFacts>,
+        /// The host's global addresses (`None`: reading them failed).
+        host: Option<Vec<IpAddr>>,
+    },
     /// A configured interface as the kernel has it now (`None`: it does not exist).
     Interface { name: String, ifindex: Option<u32> },
     /// The kernel deleted the interface with this index (RTNLGRP_LINK).

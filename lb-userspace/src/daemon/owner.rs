@@ -83,6 +83,9 @@ pub struct State {
     /// The egress interfaces of the resolved backends as last read (MTU, addresses): the
     /// tunnel's outer sources and the probes' source addresses.
     pub egress: BTreeMap<u32, EgressFacts>,
+    /// The host's global addresses as last read (`None`: not read yet; tunnel checks
+    /// wait for it, so a check does not fail for want of a source not looked up yet).
+    pub host_addresses: Option<Vec<IpAddr>>,
     /// When the programmed state last changed: pin counts taken before are not fresh.
     pub changed_at: Instant,
     /// (service, backend address) → when it was programmed draining (this daemon's run;
@@ -118,24 +121,39 @@ pub struct Owner {
 }
 
 /// Where the probes of backend `b` of `svc` go: to the backend itself, or (tunnel mode)
-/// to the VIP through the tunnel, from the egress interface's address of the VIP's
-/// family, marked with the backend's id.
+/// to the VIP through the tunnel, marked with the backend's id, from the egress
+/// interface's address of the VIP's family, else the first global address of that
+/// family on the host (`host`) that is not a VIP of `vips` (a backend answering a VIP
+/// it holds would answer itself); `source: None` when there is none (the check fails,
+/// saying so). `None` while the host's addresses are not read yet: no check yet.
 fn probe_target(
     egress: &BTreeMap<u32, EgressFacts>,
+    host: Option<&[IpAddr]>,
+    vips: &[IpAddr],
     svc: &crate::model::Service,
     b: &crate::reconcile::ProgrammedBackend,
-) -> Target {
+) -> Option<Target> {
     if svc.forwarding != crate::model::Forwarding::Tunnel {
-        return Target::Direct(b.address);
+        return Some(Target::Direct(b.address));
     }
-    Target::Tunnel {
+    let on_egress = b
+        .link
+        .and_then(|l| egress.get(&l.ifindex))
+        .and_then(|f| f.address_like(svc.vip));
+    let elsewhere = || {
+        host?
+            .iter()
+            .find(|a| a.is_ipv4() == svc.vip.is_ipv4() && !vips.contains(a))
+            .copied()
+    };
+    if on_egress.is_none() {
+        host?;
+    }
+    Some(Target::Tunnel {
         vip: svc.vip,
-        source: b
-            .link
-            .and_then(|l| egress.get(&l.ifindex))
-            .and_then(|f| f.address_like(svc.vip)),
+        source: on_egress.or_else(elsewhere),
         mark: lb_common::tunnel::probe_mark(b.id),
-    }
+    })
 }
 
 /// Sends a response (a requester that went away is no error).
@@ -171,6 +189,7 @@ impl Owner {
             load: LoadState::default(),
             announced: AnnounceBook::default(),
             egress: BTreeMap::new(),
+            host_addresses: None,
             changed_at: Instant::now(),
             drained_at: HashMap::new(),
             _lock: s.lock,
@@ -265,10 +284,18 @@ impl Owner {
                         .st
                         .neigh
                         .observe(address, &resolution, &self.st.ifaces, now);
-                    self.apply_link(address, link);
+                    self.apply_link(address, link, resolution.gateway(address));
                 }
             }
-            Observation::Egress(facts) => self.egress(facts),
+            Observation::Egress { facts, host } => {
+                let host_changed = host.is_some() && host != self.st.host_addresses;
+                if host_changed {
+                    self.st.host_addresses = host;
+                }
+                if !self.egress(facts) && host_changed {
+                    self.sync_checks();
+                }
+            }
             Observation::Interface { name, ifindex } => self.interface(&name, ifindex),
             Observation::InterfaceGone { ifindex } => {
                 if self.st.ifaces.gone(ifindex).is_some() {
@@ -382,6 +409,7 @@ impl Owner {
         for (addr, r) in looks.links {
             let link = self.st.neigh.observe(addr, &r, &self.st.ifaces, now);
             self.st.ctl.observed.links.insert(addr, link);
+            self.st.ctl.observed.set_gateway(addr, r.gateway(addr));
         }
         for key in looks.passed {
             self.st
@@ -476,15 +504,20 @@ impl Owner {
     fn sync_checks(&mut self) {
         let st = &mut self.st;
         let mut wanted: Vec<Wanted> = Vec::new();
+        let vips: Vec<IpAddr> = st.ctl.desired.services().map(|s| s.vip).collect();
         for svc in st.ctl.desired.services() {
             let Some(ps) = st.ctl.programmed.service(&svc.name) else {
                 continue;
             };
             for b in &ps.backends {
+                let host = st.host_addresses.as_deref();
+                let Some(target) = probe_target(&st.egress, host, &vips, svc, b) else {
+                    continue;
+                };
                 wanted.push((
                     (svc.name.clone(), b.address),
                     svc.health.clone(),
-                    probe_target(&st.egress, svc, b),
+                    target,
                     b.health,
                 ));
             }
@@ -551,8 +584,9 @@ impl Owner {
     }
 
     /// Egress facts read: recorded; when an interface's MTU or addresses changed, the
-    /// maps follow (`XLB_EGRESS`, and the tunnel backends' usability).
-    fn egress(&mut self, facts: BTreeMap<u32, EgressFacts>) {
+    /// maps follow (`XLB_EGRESS`, and the tunnel backends' usability) and the checks
+    /// (their source): returns whether they did.
+    fn egress(&mut self, facts: BTreeMap<u32, EgressFacts>) -> bool {
         let changed: Vec<(u32, EgressFacts)> = facts
             .iter()
             .filter(|(i, f)| self.st.egress.get(i) != Some(f))
@@ -560,7 +594,7 @@ impl Owner {
             .collect();
         self.st.egress.extend(facts);
         if changed.is_empty() {
-            return;
+            return false;
         }
         for (ifindex, f) in &changed {
             log::debug!("egress interface {ifindex}: {f:?}");
@@ -575,6 +609,7 @@ impl Owner {
         // Tunnel probes are sent from the egress interfaces' addresses. (Not
         // after_change: it wakes the resolver, whose round sends this observation.)
         self.sync_checks();
+        true
     }
 
     fn interface(&mut self, name: &str, ifindex: Option<u32>) {
@@ -588,9 +623,19 @@ impl Owner {
         }
     }
 
-    /// A backend address's link: recorded, and when it differs from what is programmed,
-    /// the maps follow; logs changes.
-    fn apply_link(&mut self, address: IpAddr, link: Option<Link>) {
+    /// A backend address's link and the gateway of its route: recorded, and when they
+    /// differ from what is programmed (observed, for the gateway), the maps follow; logs
+    /// changes.
+    fn apply_link(&mut self, address: IpAddr, link: Option<Link>, gateway: Option<IpAddr>) {
+        if self.st.ctl.observed.gateways.get(&address).copied() != gateway {
+            match self.st.ctl.observe(|o| {
+                o.set_gateway(address, gateway);
+                o.links.insert(address, link);
+            }) {
+                Ok(applied) => self.applied(&applied),
+                Err(e) => warn!("updating the route of backend {address}: {e}"),
+            }
+        }
         let owners: Vec<String> = self
             .st
             .ctl
@@ -634,5 +679,88 @@ impl Owner {
                     .unwrap_or_default()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::{Forwarding, Health, Link, Protocol, Service},
+        reconcile::ProgrammedBackend,
+    };
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn backend(addr: &str) -> ProgrammedBackend {
+        ProgrammedBackend {
+            id: 5,
+            address: ip(addr),
+            weight: 1,
+            generation: 1,
+            health: Health::Up,
+            link: Some(Link {
+                mac: [2, 0, 0, 0, 0, 1],
+                src_mac: [2, 0, 0, 0, 0, 2],
+                ifindex: 3,
+            }),
+            draining: false,
+            value: Default::default(),
+        }
+    }
+
+    fn source(t: Option<Target>) -> Option<IpAddr> {
+        match t {
+            Some(Target::Tunnel { source, .. }) => source,
+            other => panic!("not a tunnel target: {other:?}"),
+        }
+    }
+
+    /// Finding 1 of the tunnel trial: an egress interface without an address of the
+    /// VIP's family left the probe without a source (and the backend frozen healthy).
+    #[test]
+    fn a_tunnel_probe_falls_back_to_a_host_address_that_is_not_a_vip() {
+        let mut svc = Service::new("web", ip("10.71.100.10"), 80, Protocol::Tcp);
+        svc.forwarding = Forwarding::Tunnel;
+        let b = backend("fd71:3::11");
+        let vips = [svc.vip];
+        let v6_only = EgressFacts {
+            mtu: 1500,
+            v4: None,
+            v6: Some("fd71:2::2".parse().unwrap()),
+        };
+        let egress = BTreeMap::from([(3, v6_only)]);
+        // The VIP on lo is skipped; the balancer's address elsewhere is taken.
+        let host = [ip("10.71.100.10"), ip("fd71:2::2"), ip("10.71.2.2")];
+        assert_eq!(
+            source(probe_target(&egress, Some(&host), &vips, &svc, &b)),
+            Some(ip("10.71.2.2"))
+        );
+        // The egress interface's address comes first.
+        let both = EgressFacts {
+            v4: Some("10.71.2.3".parse().unwrap()),
+            ..v6_only
+        };
+        let egress2 = BTreeMap::from([(3, both)]);
+        assert_eq!(
+            source(probe_target(&egress2, Some(&host), &vips, &svc, &b)),
+            Some(ip("10.71.2.3"))
+        );
+        // None at all: a target without a source (the check fails, saying why).
+        let only_vip = [ip("10.71.100.10")];
+        assert_eq!(
+            source(probe_target(&egress, Some(&only_vip), &vips, &svc, &b)),
+            None
+        );
+        // The host's addresses not read yet: no check yet.
+        assert_eq!(probe_target(&egress, None, &vips, &svc, &b), None);
+        // DSR: the backend itself.
+        svc.forwarding = Forwarding::Dsr;
+        assert_eq!(
+            probe_target(&egress, None, &vips, &svc, &b),
+            Some(Target::Direct(b.address))
+        );
     }
 }

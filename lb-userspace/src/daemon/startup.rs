@@ -198,6 +198,7 @@ fn record_first_looks(
     for (addr, r) in looks.links {
         let link = neigh.observe(addr, &r, ifaces, now);
         ctl.observed.links.insert(addr, link);
+        ctl.observed.set_gateway(addr, r.gateway(addr));
     }
     for key in looks.passed {
         ctl.observed.health.insert(key, Health::Up);

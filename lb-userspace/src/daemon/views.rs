@@ -244,8 +244,9 @@ fn service_status(st: &State, v: &ServiceView<'_>) -> api::ServiceStatus {
             .map(|b| {
                 let (load, fair) = share_of(&shares, b.b.id);
                 let mut status = backend_status(st, v.ps, b);
-                // A tunnel backend healthy and resolved may still lack an outer source.
-                if let Some(why) = tunnel::blocker(s, b.b.address, b.b.link.as_ref(), &egress) {
+                // A backend healthy and resolved may still be unusable (a tunnel one
+                // without an outer source, a DSR one behind a gateway).
+                if let Some(why) = blocked(st, s, b.b, &egress) {
                     status.note = Some(why);
                 }
                 api::BackendStatus {
@@ -257,6 +258,26 @@ fn service_status(st: &State, v: &ServiceView<'_>) -> api::ServiceStatus {
             })
             .collect(),
     }
+}
+
+/// Why backend `b` of `s` cannot take traffic although healthy and resolved
+/// ([`tunnel::blocker`]), interfaces named.
+fn blocked(
+    st: &State,
+    s: &crate::model::Service,
+    b: &crate::reconcile::ProgrammedBackend,
+    egress: &std::collections::BTreeMap<u32, lb_common::tunnel::Egress>,
+) -> Option<String> {
+    let gateway = st.ctl.observed.gateways.get(&b.address).copied();
+    tunnel::blocker(s, b.address, b.link.as_ref(), gateway, egress)
+        .map(|why| why.describe(|i| interface_name(st, i)))
+}
+
+/// An interface's name (its index when xlb does not know it).
+fn interface_name(st: &State, ifindex: u32) -> String {
+    st.ifaces
+        .name_of(ifindex)
+        .map_or_else(|| format!("index {ifindex}"), str::to_string)
 }
 
 fn backend_status(st: &State, ps: &ProgrammedService, v: &BackendView<'_>) -> api::BackendStatus {
@@ -484,7 +505,33 @@ pub fn explain(st: &State, service: &str, client: IpAddr, port: u16) -> Response
             let link = ps.backend(b)?.link?;
             tunnel::outer_source(s, b, client, known_egress(st).get(&link.ifindex))
         }),
+        unusable: svc.map_or_else(Vec::new, |s| healthy_unusable(st, s, ps)),
     })
+}
+
+/// The backends of `s` that are up (or unknown and counted up) but not usable, with why.
+fn healthy_unusable(st: &State, s: &Service, ps: &ProgrammedService) -> Vec<String> {
+    let egress = known_egress(st);
+    ps.backends
+        .iter()
+        .filter(|b| match b.health {
+            Health::Up => true,
+            Health::Down => false,
+            Health::Unknown => s.health.unknown_is_up(),
+        })
+        .filter_map(|b| {
+            let why = match b.link {
+                None => Some(
+                    st.neigh
+                        .note(b.address)
+                        .and_then(|n| n.problem.clone())
+                        .unwrap_or_else(|| "its next hop is not resolved".into()),
+                ),
+                Some(_) => blocked(st, s, b, &egress),
+            }?;
+            Some(format!("{}: {why}", b.address))
+        })
+        .collect()
 }
 
 /// The egress facts reconcile judges with (observed over programmed).

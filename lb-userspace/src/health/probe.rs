@@ -32,10 +32,11 @@ impl Probe {
     /// The balancer itself could not send the probe (it has no route: its interface is
     /// gone or being re-created). That says nothing about the backend, so the tracker
     /// does not count it; a backend that stays unroutable is taken out by the neighbour
-    /// rule (no route for longer than its grace). The same for a tunnel probe without a
-    /// source address (the backend is unusable for that reason: status says so).
+    /// rule (no route for longer than its grace). A tunnel probe without a source
+    /// address is NOT one: it fails like any check (the backend cannot be checked, so it
+    /// must not stay "healthy" on an old result).
     pub fn is_local_failure(&self) -> bool {
-        !self.ok && (self.reason == NO_ROUTE || self.reason == NO_SOURCE)
+        !self.ok && self.reason == NO_ROUTE
     }
 }
 
@@ -45,8 +46,9 @@ pub enum Target {
     /// To the backend's own address (DSR backends).
     Direct(IpAddr),
     /// Through the tunnel, as traffic goes (tunnel backends): to the VIP, from `source`
-    /// (the balancer's address of the VIP's family on the backend's egress interface;
-    /// `None` while it is not known), with `SO_MARK = mark`
+    /// (the balancer's address of the VIP's family on the backend's egress interface,
+    /// else another global one of the host; `None`: there is none, the probe fails),
+    /// with `SO_MARK = mark`
     /// (`lb_common::tunnel::probe_mark`). The mark routes the probe into `lo`
     /// (crate::dataplane::probe's policy rule), where the `xlb_probe` TC program
     /// encapsulates it towards the backend; the backend answers from the VIP directly.
@@ -180,16 +182,20 @@ async fn tcp_probe(via: &Target, target: SocketAddr, deadline: Instant) -> Resul
     Ok(())
 }
 
-/// The reason of a tunnel probe that cannot be sent: the balancer has no address to
-/// send it from. Like [`NO_ROUTE`], it says nothing about the backend.
-pub const NO_SOURCE: &str = "no source address on the egress interface";
+/// The reason of a tunnel probe to `vip` that cannot be sent: the balancer has no
+/// address of the VIP's family to send it from (neither on the egress interface nor
+/// elsewhere). It counts as a failed check.
+pub fn no_source(vip: IpAddr) -> String {
+    let family = if vip.is_ipv4() { "IPv4" } else { "IPv6" };
+    format!("cannot probe through the tunnel: no {family} address on this host")
+}
 
 /// A TCP connection to `target` along `via`.
 pub(super) async fn connect(via: &Target, target: SocketAddr) -> io::Result<TcpStream> {
     let Target::Tunnel { source, mark, .. } = via else {
         return TcpStream::connect(target).await;
     };
-    let source = source.ok_or_else(|| io::Error::other(NO_SOURCE))?;
+    let source = source.ok_or_else(|| io::Error::other(no_source(target.ip())))?;
     let socket = if target.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {

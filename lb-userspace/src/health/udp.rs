@@ -8,7 +8,7 @@ use tokio::{net::UdpSocket, time::Instant};
 
 use super::{
     MAX_READ, contains,
-    probe::{NO_SOURCE, Target, io_reason, set_mark, step},
+    probe::{Target, io_reason, no_source, set_mark, step},
 };
 
 /// Sends `payload` and waits for one reply (containing `expect` when set).
@@ -20,7 +20,7 @@ pub(super) async fn udp_probe(
     deadline: Instant,
 ) -> Result<(), String> {
     let local: SocketAddr = match (via, target) {
-        (Target::Tunnel { source: None, .. }, _) => return Err(NO_SOURCE.into()),
+        (Target::Tunnel { source: None, .. }, _) => return Err(no_source(target.ip())),
         (
             Target::Tunnel {
                 source: Some(s), ..

@@ -66,10 +66,25 @@ pub struct Observed {
     /// resolvable, or behind an interface xlb is not attached to). (ARCH.md sketched
     /// `Link` values only; `Option` keeps "lost" apart from "not looked up yet".)
     pub links: HashMap<IpAddr, Option<Link>>,
+    /// The gateway of the route to a backend address, for the resolved backends whose
+    /// route has one (absent: on-link, or not known). A DSR backend behind a gateway is
+    /// not usable ([`tunnel::Blocker::DsrViaGateway`]).
+    pub gateways: HashMap<IpAddr, IpAddr>,
     /// Egress interfaces as last read from the kernel (MTU, first global addresses), by
     /// ifindex: what tunnel backends need (`XLB_EGRESS`). A missing entry: not read yet
     /// (the programmed entry stands).
     pub egress: BTreeMap<u32, Egress>,
+}
+
+impl Observed {
+    /// Records (or forgets) the gateway of backend `addr`'s route; whether it changed.
+    pub fn set_gateway(&mut self, addr: IpAddr, gateway: Option<IpAddr>) -> bool {
+        let old = match gateway {
+            Some(g) => self.gateways.insert(addr, g),
+            None => self.gateways.remove(&addr),
+        };
+        old != gateway
+    }
 }
 
 /// What the maps hold, as the controller last wrote (or adopted) it.
@@ -725,7 +740,14 @@ fn decide(
     };
     let usable = up
         && link.is_some()
-        && tunnel::blocker(svc, b.address, link.as_ref(), ctx.egress).is_none();
+        && tunnel::blocker(
+            svc,
+            b.address,
+            link.as_ref(),
+            obs.gateways.get(&b.address).copied(),
+            ctx.egress,
+        )
+        .is_none();
     let (addr, family) = addr_words(b.address);
     let l = link.unwrap_or(Link {
         mac: [0; 6],

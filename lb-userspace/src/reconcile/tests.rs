@@ -738,3 +738,33 @@ fn tunnel_services_write_their_source_and_egress_in_order() {
     assert!(p5.egress.is_empty() && p5.service("d").unwrap().backends[0].usable());
     assert!(!plan5.0.iter().any(|o| matches!(o, MapOp::Egress { .. })));
 }
+
+/// Finding 4 of the tunnel trial: a DSR backend whose route has a gateway was put in the
+/// table (its frames looped balancer <-> router); now it is not usable and not in the
+/// Maglev table, and a tunnel backend behind the same gateway still is.
+#[test]
+fn a_dsr_backend_behind_a_gateway_is_kept_out_of_the_table() {
+    let mut tun = svc("tun", "203.0.113.11", 80, &["10.71.3.11", "10.71.4.12"]);
+    tun.forwarding = crate::model::Forwarding::Tunnel;
+    let d = Desired::from_services(&[
+        svc("dsr", "203.0.113.10", 80, &["10.71.3.11", "10.71.4.12"]),
+        tun,
+    ]);
+    let mut o = all_up(&d);
+    o.egress.insert(
+        1,
+        super::tunnel::egress_value(1500, Some("10.71.2.2".parse().unwrap()), None),
+    );
+    assert!(o.set_gateway(ip("10.71.4.12"), Some(ip("10.71.2.1"))));
+    let p = scratch(&d, &o);
+    let v = view(&p);
+    let (_, backends, table) = &v["dsr"];
+    let usable: Vec<(IpAddr, bool)> = backends.iter().map(|b| (b.0, b.4)).collect();
+    assert_eq!(
+        usable,
+        [(ip("10.71.3.11"), true), (ip("10.71.4.12"), false)]
+    );
+    assert!(table.iter().all(|b| *b == Some(ip("10.71.3.11"))));
+    let (_, backends, _) = &v["tun"];
+    assert!(backends.iter().all(|b| b.4), "{backends:?}");
+}

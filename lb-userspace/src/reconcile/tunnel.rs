@@ -1,7 +1,8 @@
 //! Tunnel mode in reconcile: what `XLB_TUN_SRC` holds for a service, which `XLB_EGRESS`
 //! entries the tunnel backends need, and when a tunnel backend cannot be used although
 //! it is healthy and its next hop resolved (no egress facts, or no address of its family
-//! for the default outer source).
+//! for the default outer source) — and the one rule of the same kind for DSR backends
+//! (not behind a gateway).
 //!
 //! Owns: those three rules (reconcile, `xlb status` and `xlb explain` share them). Must
 //! not touch: the maps (apply.rs), where the egress facts come from (the daemon reads
@@ -77,39 +78,77 @@ pub fn known_egress(
     all
 }
 
-/// Why a backend of tunnel service `svc` reached through `link` cannot take traffic
-/// although it may be healthy; `None` when it can (and for every non-tunnel service).
-/// The data plane would drop its packets (`drop_no_egress`) otherwise.
+/// Why a healthy, resolved backend cannot take traffic ([`blocker`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocker {
+    /// Tunnel: its egress interface's MTU and addresses are not read yet.
+    EgressUnknown { ifindex: u32 },
+    /// Tunnel without `tunnel_source`: the egress interface has no global address of the
+    /// backend's family to be the outer source.
+    NoOuterSource { ifindex: u32, v6: bool },
+    /// DSR: the route to the backend has a gateway. A frame rewritten to the gateway's
+    /// MAC reaches a router that sends it back to the balancer (the VIP routes there):
+    /// it loops until its TTL runs out.
+    DsrViaGateway { gateway: IpAddr, ifindex: u32 },
+}
+
+impl Blocker {
+    /// The reason for `xlb status` / `xlb explain`, interfaces named by `name_of`.
+    pub fn describe(&self, name_of: impl Fn(u32) -> String) -> String {
+        match *self {
+            Blocker::EgressUnknown { ifindex } => format!(
+                "the MTU and addresses of its egress interface ({}) are not known yet",
+                name_of(ifindex)
+            ),
+            Blocker::NoOuterSource { ifindex, v6 } => format!(
+                "its egress interface ({}) has no global {} address to be the outer source \
+                 of the tunnel: add one, or set the service's tunnel_source",
+                name_of(ifindex),
+                if v6 { "IPv6" } else { "IPv4" }
+            ),
+            Blocker::DsrViaGateway { gateway, ifindex } => format!(
+                "DSR needs the backend on a directly connected network (route via {gateway} \
+                 on {}); use forwarding = \"tunnel\"",
+                name_of(ifindex)
+            ),
+        }
+    }
+}
+
+/// Why backend `backend` of `svc`, reached through `link` (`gateway`: the gateway of its
+/// route, `None` when it is on-link or not known), cannot take traffic although it may
+/// be healthy; `None` when it can. Tunnel: no egress facts or no outer source (the data
+/// plane would drop its packets, `drop_no_egress`). DSR: a gateway (the packets would
+/// loop). Tunnel backends may sit behind a gateway.
 pub fn blocker(
     svc: &Service,
     backend: IpAddr,
     link: Option<&Link>,
+    gateway: Option<IpAddr>,
     egress: &BTreeMap<u32, Egress>,
-) -> Option<String> {
-    if svc.forwarding != Forwarding::Tunnel {
-        return None;
-    }
+) -> Option<Blocker> {
     let link = link?;
-    let Some(e) = egress.get(&link.ifindex) else {
-        return Some(format!(
-            "the MTU and addresses of its egress interface (index {}) are not known yet",
-            link.ifindex
-        ));
+    if svc.forwarding == Forwarding::Dsr {
+        return gateway.map(|gateway| Blocker::DsrViaGateway {
+            gateway,
+            ifindex: link.ifindex,
+        });
+    }
+    let ifindex = link.ifindex;
+    let Some(e) = egress.get(&ifindex) else {
+        return Some(Blocker::EgressUnknown { ifindex });
     };
     if svc.tunnel_source.is_some() {
         return None;
     }
-    let (flag, family) = if backend.is_ipv4() {
-        (EGRESS_F_V4, "IPv4")
+    let flag = if backend.is_ipv4() {
+        EGRESS_F_V4
     } else {
-        (EGRESS_F_V6, "IPv6")
+        EGRESS_F_V6
     };
-    (e.flags & flag == 0).then(|| {
-        format!(
-            "its egress interface (index {}) has no global {family} address to be the outer \
-             source of the tunnel: add one, or set the service's tunnel_source",
-            link.ifindex
-        )
+    (e.flags & flag == 0).then_some(Blocker::NoOuterSource {
+        ifindex,
+        v6: backend.is_ipv6(),
     })
 }
 
@@ -195,18 +234,21 @@ mod tests {
         };
         let mut egress = BTreeMap::new();
         // DSR: never blocked here.
-        assert_eq!(blocker(&svc, b, Some(&link), &egress), None);
+        assert_eq!(blocker(&svc, b, Some(&link), None, &egress), None);
         svc.forwarding = Forwarding::Tunnel;
         assert!(
-            blocker(&svc, b, Some(&link), &egress)
+            blocker(&svc, b, Some(&link), None, &egress)
                 .unwrap()
-                .contains("not known yet")
+                .describe(|i| format!("if{i}"))
+                .contains("(if7) are not known yet")
         );
         egress.insert(
             7,
             egress_value(1500, Some("192.0.2.1".parse().unwrap()), None),
         );
-        let why = blocker(&svc, b, Some(&link), &egress).unwrap();
+        let why = blocker(&svc, b, Some(&link), None, &egress)
+            .unwrap()
+            .describe(|i| format!("if{i}"));
         assert!(why.contains("no global IPv6 address"), "{why}");
         assert_eq!(
             outer_source(&svc, b, "198.18.0.1".parse().unwrap(), egress.get(&7)),
@@ -216,7 +258,7 @@ mod tests {
             7,
             egress_value(1500, None, Some("2001:db8:1::1".parse().unwrap())),
         );
-        assert_eq!(blocker(&svc, b, Some(&link), &egress), None);
+        assert_eq!(blocker(&svc, b, Some(&link), None, &egress), None);
         assert_eq!(
             outer_source(&svc, b, "198.18.0.1".parse().unwrap(), egress.get(&7)),
             Some("2001:db8:1::1".parse().unwrap())
@@ -224,8 +266,33 @@ mod tests {
         // A tunnel_source needs no egress address, only the entry (its MTU).
         svc.tunnel_source = Some("2001:db8:99::/120".parse().unwrap());
         egress.insert(7, egress_value(1500, None, None));
-        assert_eq!(blocker(&svc, b, Some(&link), &egress), None);
+        assert_eq!(blocker(&svc, b, Some(&link), None, &egress), None);
         let o = outer_source(&svc, b, "198.18.0.1".parse().unwrap(), egress.get(&7)).unwrap();
         assert!(svc.tunnel_source.unwrap().contains(o), "{o}");
+    }
+
+    #[test]
+    fn a_dsr_backend_behind_a_gateway_is_blocked_a_tunnel_one_is_not() {
+        let mut svc = Service::new("d", "203.0.113.10".parse().unwrap(), 80, Protocol::Tcp);
+        let b: IpAddr = "10.71.3.11".parse().unwrap();
+        let gw: IpAddr = "10.71.2.1".parse().unwrap();
+        let link = Link {
+            mac: [2, 0, 0, 0, 0, 1],
+            src_mac: [2, 0, 0, 0, 0, 2],
+            ifindex: 3,
+        };
+        let egress = BTreeMap::from([(
+            3,
+            egress_value(1500, Some("10.71.2.2".parse().unwrap()), None),
+        )]);
+        assert_eq!(blocker(&svc, b, Some(&link), None, &egress), None);
+        let why = blocker(&svc, b, Some(&link), Some(gw), &egress).unwrap();
+        assert_eq!(
+            why.describe(|_| "lbr".into()),
+            "DSR needs the backend on a directly connected network (route via 10.71.2.1 on \
+             lbr); use forwarding = \"tunnel\""
+        );
+        svc.forwarding = Forwarding::Tunnel;
+        assert_eq!(blocker(&svc, b, Some(&link), Some(gw), &egress), None);
     }
 }

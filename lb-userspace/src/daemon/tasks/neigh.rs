@@ -211,7 +211,20 @@ pub fn spawn_resolver(
                 .into_iter()
                 .filter_map(|(i, f)| Some((i, f?)))
                 .collect();
-            if tx.send(Observation::Egress(egress)).is_err() {
+            let host = match crate::egress::host_addresses(&resolver).await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    debug!("the host's addresses: {e}");
+                    None
+                }
+            };
+            if tx
+                .send(Observation::Egress {
+                    facts: egress,
+                    host,
+                })
+                .is_err()
+            {
                 return;
             }
             tokio::select! {

@@ -377,3 +377,22 @@ fn a_local_failure_counts_neither_way() {
     assert_eq!(t.record(&local), None);
     assert_eq!(t.record(&probe_result(false)), Some(false));
 }
+
+/// A tunnel probe without a source address is a failed check (finding 1 of the tunnel
+/// trial: it counted neither way and left the backend "healthy" forever).
+#[test]
+fn a_tunnel_probe_without_a_source_fails() {
+    let p = Probe {
+        ok: false,
+        latency: Duration::from_micros(5),
+        reason: crate::health::probe::no_source("10.71.100.10".parse().unwrap()),
+    };
+    assert_eq!(
+        p.reason,
+        "cannot probe through the tunnel: no IPv4 address on this host"
+    );
+    assert!(!p.is_local_failure());
+    let mut t = Tracker::new(2, 2, true);
+    assert_eq!(t.record(&p), None);
+    assert_eq!(t.record(&p), Some(false));
+}
