@@ -987,10 +987,15 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
     // their traffic here.
     let withdrawn = cfg.as_ref().map(withdraw_before_down).unwrap_or_default();
     let removed = pin::down(&pin_dir)?;
-    // The tunnel probes' policy rule (its TC program went with the daemon).
-    if let Err(e) = crate::dataplane::probe::remove_rule_blocking() {
-        eprintln!("warning: {e}");
-    }
+    // The tunnel probes' policy rule (its TC program went with the daemon), unless
+    // another daemon of this network namespace still probes through it.
+    let rule = match crate::dataplane::probe::release_rule_blocking() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("warning: {e}");
+            None
+        }
+    };
     let moved = state::move_aside(&state_file, &pin_dir)?;
     if cli.json {
         let moved_to = match &moved {
@@ -1001,7 +1006,12 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
             "{}",
             serde_json::json!({ "pin_dir": pin_dir, "vips_withdrawn": withdrawn, "detached": removed.links,
                 "maps_removed": removed.maps, "unknown_maps_removed": removed.unknown,
-                "state_file_moved_to": moved_to })
+                "state_file_moved_to": moved_to,
+                "probe_rule": rule.map(|r| match r {
+                    crate::dataplane::probe::Released::Removed(true) => "removed",
+                    crate::dataplane::probe::Released::Removed(false) => "absent",
+                    crate::dataplane::probe::Released::Kept(_) => "kept",
+                }) })
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -1027,6 +1037,9 @@ fn down(cli: &Cli, config: Option<&Path>, pin_dir: Option<&Path>) -> anyhow::Res
                 removed.unknown.join(", ")
             );
         }
+    }
+    if let Some(r) = rule {
+        println!("{r}");
     }
     match moved {
         state::MovedAside::Nothing => {}

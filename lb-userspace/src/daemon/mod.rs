@@ -156,8 +156,12 @@ async fn serve(mut started: Started) -> anyhow::Result<()> {
     let owner = tokio::spawn(owner.run(command_rx, observation_rx));
     let result = signals(commands).await;
     owner.abort();
-    if let Err(e) = crate::dataplane::probe::remove_rule(resolver.handle()).await {
-        warn!("{e}");
+    // Dropping the owner detaches this daemon's xlb_probe: only then can the rule's
+    // other users be counted.
+    let _ = owner.await;
+    match crate::dataplane::probe::release_rule(resolver.handle()).await {
+        Ok(r) => info!("{r}"),
+        Err(e) => warn!("{e}"),
     }
     let _ = std::fs::remove_file(&d.socket);
     result

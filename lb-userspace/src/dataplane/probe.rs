@@ -14,9 +14,12 @@
 //!
 //! Lifetimes: the TC attachment is a TCX link owned by the running daemon (not pinned):
 //! it goes when the daemon exits or dies, and a restarted daemon attaches anew, so no
-//! stale program outlives its maps. The rule and route stay until the daemon stops or
-//! `xlb down` (they only route marked packets, which nobody else sends); installing them
-//! is idempotent.
+//! stale program outlives its maps. The rule and routes are the network namespace's,
+//! shared by every xlb daemon in it: a daemon that stops, and `xlb down`, remove them only
+//! when no other `xlb_probe` is attached to `lo` ([`others_attached`]: another daemon
+//! still probes through them), and a running daemon puts them back within a second when
+//! they vanish ([`ensure_rule`]). They only route marked packets, which nobody else
+//! sends; installing them is idempotent.
 //!
 //! Owns: the attachment and the rule. Must not touch: the marks and sockets (health),
 //! the maps' contents.
@@ -160,9 +163,77 @@ pub async fn install_rule(handle: &Handle) -> Result<(), ProbePathError> {
     Ok(())
 }
 
-/// Removes the rule and the routes (what is already gone is no error).
-pub async fn remove_rule(handle: &Handle) -> Result<(), ProbePathError> {
-    let gone = |r: Result<(), ProbePathError>| match r {
+/// How many `xlb_probe` programs are attached to `lo` egress (TCX) in this network
+/// namespace: the running xlb daemons that probe through the shared rule. (A daemon
+/// attached through clsact on a kernel older than 6.6 is not seen: on those, a daemon
+/// that stops removes the rule even so, and the others put it back within a second.)
+pub fn others_attached() -> Result<usize, ProbePathError> {
+    match SchedClassifier::query_tcx(PROBE_DEVICE, TcAttachType::Egress) {
+        Ok((_, progs)) => Ok(progs
+            .iter()
+            .filter(|p| p.name_as_str() == Some(PROG_PROBE))
+            .count()),
+        // No TCX (older kernel) or nothing to query: none seen.
+        Err(_) => Ok(0),
+    }
+}
+
+/// What [`release_rule`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Released {
+    /// Removed (`false`: there was nothing to remove).
+    Removed(bool),
+    /// Kept: this many other `xlb_probe` programs are attached to `lo`.
+    Kept(usize),
+}
+
+impl std::fmt::Display for Released {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Released::Removed(true) => write!(
+                f,
+                "removed the tunnel probes' policy rule (fwmark {PROBE_MARK_BASE:#x}, table \
+                 {PROBE_TABLE})"
+            ),
+            Released::Removed(false) => write!(f, "no tunnel probe policy rule to remove"),
+            Released::Kept(n) => write!(
+                f,
+                "kept the tunnel probes' policy rule (table {PROBE_TABLE}): {n} other xlb \
+                 daemon(s) of this network namespace probe through it ({PROG_PROBE} on \
+                 {PROBE_DEVICE})"
+            ),
+        }
+    }
+}
+
+/// Removes the rule and routes unless another daemon's `xlb_probe` is attached to `lo`
+/// (call it once the caller's own program is detached).
+pub async fn release_rule(handle: &Handle) -> Result<Released, ProbePathError> {
+    match others_attached()? {
+        0 => remove_rule(handle).await.map(Released::Removed),
+        n => Ok(Released::Kept(n)),
+    }
+}
+
+/// Installs the rule and routes when the rule of either family is missing (another
+/// deployment's `xlb down`, an operator's `ip rule flush`); whether it did.
+pub async fn ensure_rule(handle: &Handle) -> Result<bool, ProbePathError> {
+    if rule_installed(handle, false).await? && rule_installed(handle, true).await? {
+        return Ok(false);
+    }
+    install_rule(handle).await?;
+    Ok(true)
+}
+
+/// Removes the rule and the routes (what is already gone is no error); whether anything
+/// was there.
+pub async fn remove_rule(handle: &Handle) -> Result<bool, ProbePathError> {
+    let mut removed = false;
+    let mut gone = |r: Result<(), ProbePathError>| match r {
+        Ok(()) => {
+            removed = true;
+            Ok(())
+        }
         Err(e) if !matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH)) => Err(e),
         _ => Ok(()),
     };
@@ -187,7 +258,7 @@ pub async fn remove_rule(handle: &Handle) -> Result<(), ProbePathError> {
                 .map_err(netlink("removing the route of table 22604")),
         )?;
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Whether the probes' rule is installed (for the family `family`).
@@ -211,10 +282,15 @@ pub async fn rule_installed(handle: &Handle, v6: bool) -> Result<bool, ProbePath
     }))
 }
 
-/// [`remove_rule`] outside a runtime (`xlb down`), in the calling thread's network
-/// namespace.
+/// [`remove_rule`] outside a runtime (tests), in the calling thread's network namespace.
 pub fn remove_rule_blocking() -> Result<(), ProbePathError> {
-    blocking(|h| Box::pin(async move { remove_rule(&h).await }))
+    blocking(|h| Box::pin(async move { remove_rule(&h).await.map(drop) }))
+}
+
+/// [`release_rule`] outside a runtime (`xlb down`), in the calling thread's network
+/// namespace.
+pub fn release_rule_blocking() -> Result<Released, ProbePathError> {
+    blocking(|h| Box::pin(async move { release_rule(&h).await }))
 }
 
 /// [`install_rule`] outside a runtime (tests), in the calling thread's network namespace.
@@ -222,10 +298,10 @@ pub fn install_rule_blocking() -> Result<(), ProbePathError> {
     blocking(|h| Box::pin(async move { install_rule(&h).await }))
 }
 
-type Job = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ProbePathError>>>>;
+type Job<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, ProbePathError>>>>;
 
 /// Runs `f` with a netlink connection of its own on a current-thread runtime.
-fn blocking(f: impl FnOnce(Handle) -> Job) -> Result<(), ProbePathError> {
+fn blocking<T>(f: impl FnOnce(Handle) -> Job<T>) -> Result<T, ProbePathError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -153,7 +153,54 @@ fn tunnel_egress_follows_the_interface_and_the_probe_rule_lives_with_the_daemon(
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // Removed behind the daemon's back (another deployment's `xlb down`): back within
+    // a couple of seconds.
+    lab.lb
+        .ip("rule del fwmark 0x584c0000/0xffff0000 lookup 22604");
+    lab.lb
+        .ip("-6 rule del fwmark 0x584c0000/0xffff0000 lookup 22604");
+    lab.lb.ip("route flush table 22604");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (rules_shown, routes) = rules(&lab);
+        if rules_shown.matches("lookup 22604").count() == 2 && routes.contains("default dev lo") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not reinstalled: {rules_shown} {routes}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Another xlb daemon of this namespace probes through the rule (its xlb_probe on
+    // lo, attached here as that daemon would): this one's stop and `xlb down` keep it.
+    let mut other = Some(lab.lb.run(|| {
+        let mut e = xlb::dataplane::loader::load_xlb(&Default::default()).expect("load");
+        assert!(xlb::dataplane::probe::attach(&mut e).expect("attach xlb_probe"));
+        e
+    }));
     lab.stop_daemon();
+    let (rules_shown, _) = rules(&lab);
+    assert_eq!(
+        rules_shown.matches("lookup 22604").count(),
+        2,
+        "{rules_shown}"
+    );
+    let pin_dir = lab.pin_dir.display().to_string();
+    let down = lab.xlb(&["down", "--pin-dir", &pin_dir]);
+    assert!(
+        down.contains("kept the tunnel probes' policy rule"),
+        "{down}"
+    );
+    assert_eq!(rules(&lab).0.matches("lookup 22604").count(), 2);
+    // The last one gone, `xlb down` removes it and says so.
+    other.take();
+    let down = lab.xlb(&["down", "--pin-dir", &pin_dir]);
+    assert!(
+        down.contains("removed the tunnel probes' policy rule"),
+        "{down}"
+    );
     let (rules_shown, routes) = rules(&lab);
     assert!(!rules_shown.contains("22604"), "left behind: {rules_shown}");
     assert!(routes.trim().is_empty(), "left behind: {routes}");

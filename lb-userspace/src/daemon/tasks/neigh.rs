@@ -211,6 +211,13 @@ pub fn spawn_resolver(
                 .into_iter()
                 .filter_map(|(i, f)| Some((i, f?)))
                 .collect();
+            // The probes' policy rule is shared by the namespace's daemons: put it back
+            // when another one's stop or `xlb down` removed it.
+            match crate::dataplane::probe::ensure_rule(resolver.handle()).await {
+                Ok(true) => log::info!("the tunnel probes' policy rule was gone: installed again"),
+                Ok(false) => {}
+                Err(e) => debug!("checking the tunnel probes' policy rule: {e}"),
+            }
             let host = match crate::egress::host_addresses(&resolver).await {
                 Ok(h) => Some(h),
                 Err(e) => {
