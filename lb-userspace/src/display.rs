@@ -92,13 +92,7 @@ pub fn status(s: &api::Status) -> String {
             let _ = writeln!(o, "  nat_sources: {}", svc.nat_sources.join(", "));
         }
         for b in &svc.backends {
-            let link = match (&b.mac, &b.interface, &b.note) {
-                // Resolved but not usable, or failing its checks: why.
-                (Some(mac), Some(i), Some(n)) => format!("{mac} via {i}: {n}"),
-                (Some(mac), Some(i), None) => format!("{mac} via {i}"),
-                (_, _, Some(n)) => format!("unresolved: {n}"),
-                _ => "unresolved".to_string(),
-            };
+            let link = link_column(b);
             let _ = writeln!(
                 o,
                 "  {:<40} {:>6} {:<10} {:<9} {:>7} {:>8} {:>7} {:>7}  {}",
@@ -274,6 +268,18 @@ pub fn stats(s: &api::Stats) -> String {
     o
 }
 
+/// The link column of a backend: its next hop, and why it takes no traffic when it
+/// takes none (not resolved, failing its checks, or resolved and healthy but unusable:
+/// no outer source, a DSR backend behind a gateway).
+fn link_column(b: &api::BackendStatus) -> String {
+    match (&b.mac, &b.interface, &b.note) {
+        (Some(mac), Some(i), Some(n)) => format!("{mac} via {i}: {n}"),
+        (Some(mac), Some(i), None) => format!("{mac} via {i}"),
+        (_, _, Some(n)) => format!("unresolved: {n}"),
+        _ => "unresolved".to_string(),
+    }
+}
+
 /// `xlb explain`.
 pub fn explain(e: &api::Explain) -> String {
     let mut o = String::new();
@@ -307,7 +313,11 @@ pub fn explain(e: &api::Explain) -> String {
             );
         }
         _ => {
-            let _ = writeln!(o, "{} → no backend: no healthy backend is usable", e.client);
+            let _ = writeln!(
+                o,
+                "{} → no backend: the backends that pass their checks cannot take traffic",
+                e.client
+            );
             for u in &e.unusable {
                 let _ = writeln!(o, "  {u}");
             }
@@ -392,5 +402,79 @@ pub fn done(result: &serde_json::Value) -> String {
         format!("removed {n} affinity entries\n")
     } else {
         format!("{result}\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finding 8 of the tunnel trial: the text status left out why a resolved backend
+    /// takes no traffic (only the JSON had it).
+    #[test]
+    fn status_text_says_why_a_resolved_backend_is_not_usable() {
+        let mut b = api::BackendStatus {
+            address: "10.71.4.12".parse().unwrap(),
+            weight: 1,
+            health: "healthy".into(),
+            healthy: true,
+            draining: false,
+            resolved: true,
+            mac: Some("02:00:00:00:00:01".into()),
+            interface: Some("lbr".into()),
+            note: None,
+            table_share: 0.0,
+            pinned_clients: 0,
+            health_transitions: 0,
+            last_check_ms: None,
+            load_share: 0.0,
+            weight_share: 0.0,
+            over_bound: false,
+        };
+        assert_eq!(link_column(&b), "02:00:00:00:00:01 via lbr");
+        let why = "DSR needs the backend on a directly connected network (route via \
+                   10.71.2.1 on lbr); use forwarding = \"tunnel\"";
+        b.note = Some(why.into());
+        assert_eq!(link_column(&b), format!("02:00:00:00:00:01 via lbr: {why}"));
+    }
+
+    /// `xlb explain` named "no healthy backend" when the backends were healthy but not
+    /// usable; now it lists them with why.
+    #[test]
+    fn explain_says_why_healthy_backends_are_not_used() {
+        let mut e = api::Explain {
+            service: "web".into(),
+            client: "10.72.0.1".parse().unwrap(),
+            key: "10.72.0.1/32".into(),
+            decision: "no_backend".into(),
+            reason: None,
+            backend: None,
+            pinned_age_s: None,
+            idle_s: None,
+            slot: 7,
+            slot_backend: None,
+            previous_slot_backend: None,
+            nat_source: None,
+            over_bound_backend: None,
+            forwarding: "tunnel".into(),
+            outer_source: None,
+            unusable: vec![],
+        };
+        assert!(explain(&e).contains("the service has no healthy backend"));
+        e.unusable = vec![
+            "10.71.3.11: its egress interface (lbr) has no global IPv4 address \
+                           to be the outer source of the tunnel"
+                .into(),
+        ];
+        let text = explain(&e);
+        assert!(!text.contains("no healthy backend"), "{text}");
+        assert!(
+            text.contains("pass their checks cannot take traffic"),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.71.3.11: its egress interface (lbr)"),
+            "{text}"
+        );
     }
 }
