@@ -465,3 +465,56 @@ fn tunnel_health_checks_travel_the_tunnel_and_a_broken_decap_fails_them() {
         h == "healthy"
     });
 }
+
+/// Finding 4 of the tunnel trial: a DSR backend whose route has a gateway looped its
+/// frames balancer <-> router. Now it is not used (no table share), and the text status
+/// says why, naming the interface; the on-link backend takes the whole table.
+#[test]
+fn a_dsr_backend_behind_a_gateway_is_not_used_and_status_says_why() {
+    let mut lab = Lab::new(LabOptions {
+        backends: 1,
+        clients_v4: 1,
+        clients_v6: 0,
+    });
+    let gw = lab.backends[0].addr4;
+    lab.lb
+        .ip(&format!("route add 10.222.0.0/24 via {gw} dev eth0"));
+    let routed: IpAddr = "10.222.0.5".parse().unwrap();
+    let backends = [(IpAddr::V4(gw), 1), (routed, 1)];
+    let none = "health = { kind = \"none\" }\n";
+    lab.write_config(&service_block(
+        "d",
+        &VIP4.to_string(),
+        UDP_PORT,
+        "udp",
+        none,
+        &backends,
+    ));
+    lab.start_daemon();
+    let why = format!(
+        "DSR needs the backend on a directly connected network (route via {gw} on eth0); \
+         use forwarding = \"tunnel\""
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = lab.xlb(&["status"]);
+        if text.contains(&why) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let line = text.lines().find(|l| l.contains(&why)).unwrap();
+    assert!(line.trim_start().starts_with("10.222.0.5"), "{text}");
+    let s = lab.xlb_json(&["status"]);
+    let b = &s["services"][0]["backends"];
+    let share = |a: &str| {
+        b.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["address"] == a)
+            .map(|x| x["table_share"].as_f64().unwrap())
+    };
+    assert_eq!(share("10.222.0.5"), Some(0.0), "{b}");
+    assert_eq!(share(&gw.to_string()), Some(1.0), "{b}");
+}
