@@ -474,7 +474,7 @@ fn a_dsr_backend_behind_a_gateway_is_not_used_and_status_says_why() {
     let mut lab = Lab::new(LabOptions {
         backends: 1,
         clients_v4: 1,
-        clients_v6: 0,
+        clients_v6: 1,
     });
     let gw = lab.backends[0].addr4;
     lab.lb
