@@ -464,6 +464,33 @@ fn tunnel_health_checks_travel_the_tunnel_and_a_broken_decap_fails_them() {
     wait_health(&lab, &services, "backend 0 decapsulating again", |_, h| {
         h == "healthy"
     });
+
+    // Finding 1 of the tunnel trial: the 4in6 service's probes (IPv4, VIP's family)
+    // came only from eth0's IPv4 address. Moved to lo, it is still their source: a
+    // broken backend is found; with no IPv4 address at all, every check fails, saying why
+    // (before: no probe was sent and the backends stayed "healthy").
+    lab.lb.ip(&format!("addr del {LB4}/16 dev eth0"));
+    lab.lb.ip(&format!("addr add {LB4}/32 dev lo"));
+    decap(0, &["detach", "eth0"]);
+    wait_health(
+        &lab,
+        &["in6"],
+        "backend 0 without decap, probed from lo",
+        |a, h| (h == "unhealthy") == broken(a),
+    );
+    lab.lb.ip(&format!("addr del {LB4}/32 dev lo"));
+    // (A probe sent before the daemon read the addresses again fails otherwise.)
+    let why = "cannot probe through the tunnel: no IPv4 address on this host";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let notes = healths(&lab, "in6");
+        if notes.iter().all(|(_, h, n)| h == "unhealthy" && n == why) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{notes:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(lab.xlb(&["status"]).contains(why));
 }
 
 /// Finding 4 of the tunnel trial: a DSR backend whose route has a gateway looped its
