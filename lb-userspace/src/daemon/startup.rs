@@ -159,6 +159,17 @@ async fn load(
 /// costs only the tunnel services' checks (they fail: their backends stay out), so it
 /// is logged, not fatal.
 async fn probe_path(ebpf: &mut Ebpf, resolver: &Resolver) {
+    // Marks carry only a backend id: another deployment's xlb_probe on lo may take this
+    // one's probes (and the other way round).
+    if let Ok(n @ 1..) = probe::others_attached() {
+        warn!(
+            "{n} other xlb daemon(s) of this network namespace have {} on {}: tunnel health \
+             probes of two deployments may be taken by the wrong one; run one tunnel-mode \
+             deployment per network namespace",
+            lb_common::tunnel::PROG_PROBE,
+            probe::PROBE_DEVICE
+        );
+    }
     match probe::attach(ebpf) {
         Ok(true) => info!(
             "tunnel health probes: {} attached to {} egress",
