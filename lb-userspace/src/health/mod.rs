@@ -3,6 +3,7 @@
 //!
 //! Rooms: `probe.rs` (the probe of any kind, its deadline, tcp, the short failure
 //! reasons), `http.rs` (the HTTP check over hyper), `udp.rs` (the UDP check),
+//! `linger.rs` (the graceful end of tunnel probe sockets: every packet of theirs marked),
 //! `tracker.rs` (hysteresis, jitter, the probing loop, transition messages).
 //!
 //!
@@ -35,6 +36,7 @@
 //! daemon's state (the daemon feeds results into its controller).
 
 mod http;
+mod linger;
 mod probe;
 #[cfg(test)]
 mod tests;
