@@ -526,6 +526,9 @@ fn usage_of(errors: &[FieldError]) -> UsageError {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        default_sigpipe();
+    }
     match dispatch(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -537,6 +540,16 @@ pub fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+    }
+}
+
+/// A command whose output is cut short (`xlb status | head`) ends quietly, as Unix tools
+/// do, instead of panicking in `println!` on EPIPE (Rust ignores SIGPIPE by default).
+/// Not for the daemon: a client closing its socket early must not kill it.
+fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -919,6 +932,14 @@ fn decap(cli: &Cli, cmd: &DecapCmd) -> anyhow::Result<ExitCode> {
         } => {
             let done = decap::attach(&pins.pin_dir, iface, from, *generic)?;
             let list: Vec<String> = from.iter().map(ToString::to_string).collect();
+            // Allowed, but it gives up what the program is for: say so.
+            if let Some(all) = from.iter().find(|p| p.len == 0) {
+                eprintln!(
+                    "xlb: warning: --from {all} accepts tunnels from any source: anyone who \
+                     reaches this host can deliver packets of any inner source through it; \
+                     give the balancers' prefixes"
+                );
+            }
             if cli.json {
                 println!(
                     "{}",
@@ -1124,6 +1145,11 @@ mod tests {
             (&["frobnicate"], "frobnicate"),
             (&["run"], "--config"),
             (&["check-config"], "<FILE>"),
+            // An empty value (an unset shell variable) is not "none".
+            (
+                &["service", "set", "web", "--tunnel-source", ""],
+                "empty: give a PREFIX",
+            ),
             (&["backend"], "Usage"),
             (&["backend", "add", "web"], "<ADDRESS>"),
             (&["backend", "add", "web", "10.0.0.300"], "10.0.0.300"),

@@ -852,7 +852,8 @@ pub fn ensure_bpffs(pin_dir: &Path) -> io::Result<bool> {
         return Err(io::Error::other(
             "bpffs is not mounted at /sys/fs/bpf in this mount namespace, which is not the \
              host's (PID 1's) — as under `ip netns exec`, which remounts /sys: pins there would \
-             vanish with this process (no restart safety, no lock against a second daemon). \
+             vanish with this process (the daemon's restart safety and its lock against a \
+             second daemon, `xlb decap`'s attachment). \
              Run xlb in the host's mount namespace and enter only the network namespace: \
              `nsenter --net=/var/run/netns/NAME xlb ...`",
         ));

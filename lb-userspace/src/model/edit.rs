@@ -34,8 +34,11 @@ impl std::str::FromStr for TunnelSourceSet {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        // An empty value (an unset shell variable) is refused, not taken for "none":
+        // clearing the source is said in words.
         match s.trim() {
-            "none" | "" => Ok(Self(None)),
+            "none" => Ok(Self(None)),
+            "" => Err("empty: give a PREFIX, or none for the egress interface's address".into()),
             p => p.parse().map(|p| Self(Some(p))),
         }
     }

@@ -16,7 +16,7 @@ use lb_common::maglev::{is_prime, next_prime};
 
 use super::{
     Announce, Forwarding, HealthCheck, HealthKind, Service, TUNNEL_KINDS, announce::PLACEHOLDERS,
-    format_duration, is_ipv6_link_local, limits::*, status_range,
+    format_duration, is_ipv6_link_local, limits::*, prefix::Prefix, status_range,
 };
 
 /// A problem with one field, named relative to its service (or to the edit that
@@ -131,6 +131,10 @@ fn check_tunnel_source(e: &mut Errors, svc: &Service) {
         );
         return;
     }
+    if let Some(why) = not_a_source_prefix(p) {
+        e.push("tunnel_source", format!("{p} {why}"));
+        return;
+    }
     if let Some(b) = svc
         .backends
         .iter()
@@ -147,6 +151,49 @@ fn check_tunnel_source(e: &mut Errors, svc: &Service) {
             ),
         );
     }
+}
+
+/// Why `p` cannot give outer sources, if it cannot: every address of it becomes the
+/// source of packets routed to the backends, so it must be global unicast (RFC 1122
+/// §3.2.1.3 and RFC 4291 §2.5.2 forbid the others as sources; routers drop them), and
+/// long enough to be an allocation of the operator's (at least /8 for IPv4, /16 for
+/// IPv6), not "everything".
+fn not_a_source_prefix(p: Prefix) -> Option<&'static str> {
+    let (min, what) = match p.addr {
+        IpAddr::V4(a) => (
+            8,
+            if a.is_loopback() {
+                Some("is loopback (127.0.0.0/8): not a source on the wire")
+            } else if a.is_multicast() || a.octets()[0] >= 240 {
+                Some("is multicast or reserved (224.0.0.0/3)")
+            } else if a.octets()[0] == 0 {
+                Some("is in 0.0.0.0/8 (this network: no source)")
+            } else if a.is_link_local() {
+                Some("is link-local (169.254.0.0/16: not routed)")
+            } else {
+                None
+            },
+        ),
+        IpAddr::V6(a) => (
+            16,
+            if a.is_loopback() || a.is_unspecified() {
+                Some("is loopback or unspecified")
+            } else if a.is_multicast() {
+                Some("is multicast (ff00::/8)")
+            } else if a.segments()[0] & 0xffc0 == 0xfe80 {
+                Some("is link-local (fe80::/10: not routed)")
+            } else {
+                None
+            },
+        ),
+    };
+    if what.is_some() {
+        return what;
+    }
+    (p.len < min).then_some(
+        "is too short for outer sources (at least /8 for IPv4, /16 for IPv6): give the \
+         prefix routed to the balancers",
+    )
 }
 
 /// Same family as the VIP (other clients never reach it), no duplicates, at most

@@ -366,3 +366,27 @@ fn big_line(socket: &Path) -> (Duration, String) {
     assert!(took < Duration::from_secs(10), "{took:?}");
     (took, answer.trim().chars().take(120).collect())
 }
+
+/// Output cut short (`xlb status | head`, `xlb explain … | true`) ends a command quietly
+/// by SIGPIPE, as Unix tools do; it used to panic in `println!` on EPIPE and exit 101.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    // The reader is gone before the command writes: its first write meets no reader.
+    drop(reader);
+    let out = std::process::Command::new(xlb_bin())
+        .args(["completions", "bash"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run xlb");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}, stderr: {stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
