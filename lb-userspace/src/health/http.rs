@@ -177,8 +177,7 @@ async fn handshake(
     target: SocketAddr,
     deadline: Instant,
 ) -> Result<(Sender, Connection, Arc<Progress>), String> {
-    let (stream, linger) =
-        step(deadline, " (connect)", super::probe::connect(via, target)).await?;
+    let (stream, linger) = step(deadline, " (connect)", super::probe::connect(via, target)).await?;
     let progress = Arc::new(Progress::default());
     let io = TokioIo::new(Counted {
         stream,

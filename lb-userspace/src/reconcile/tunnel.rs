@@ -281,7 +281,10 @@ mod tests {
         assert_eq!(ipv6_mtu_warning(&svc, Some(&link), &at(1280)), None);
         svc.forwarding = Forwarding::Tunnel;
         let why = ipv6_mtu_warning(&svc, Some(&link), &at(1280)).expect("1280 < 1320");
-        assert!(why.contains("MTU 1280") && why.contains("1241..=1280"), "{why}");
+        assert!(
+            why.contains("MTU 1280") && why.contains("1241..=1280"),
+            "{why}"
+        );
         assert!(ipv6_mtu_warning(&svc, Some(&link), &at(1319)).is_some());
         assert_eq!(ipv6_mtu_warning(&svc, Some(&link), &at(1320)), None);
         assert_eq!(ipv6_mtu_warning(&svc, Some(&link), &at(1500)), None);

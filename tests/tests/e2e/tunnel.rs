@@ -148,7 +148,8 @@ const LEAK_TABLE: &str = "xlb_test_probe_leak";
 /// dropped before they could be counted).
 fn count_unmarked_to_vips(lab: &Lab) {
     lab.lb.ip(&format!("route add default via {GW4} dev eth0"));
-    lab.lb.ip(&format!("-6 route add default via {GW6} dev eth0"));
+    lab.lb
+        .ip(&format!("-6 route add default via {GW6} dev eth0"));
     let rt = lab.router.as_ref().expect("the tunnel lab's router");
     rt.ip(&format!("route add {VIP4}/32 via {LB4} dev eth0"));
     rt.ip(&format!("route add {VIP46}/32 via {LB4} dev eth0"));
@@ -168,7 +169,11 @@ fn count_unmarked_to_vips(lab: &Lab) {
 
 /// The unmarked packets counted since [`count_unmarked_to_vips`], and the table's text.
 fn unmarked_to_vips(lab: &Lab) -> (u64, String) {
-    let text = xlb_tests::lab::run(lab.lb.cmd("nft").args(["list", "table", "inet", LEAK_TABLE]));
+    let text = xlb_tests::lab::run(
+        lab.lb
+            .cmd("nft")
+            .args(["list", "table", "inet", LEAK_TABLE]),
+    );
     let total = text
         .lines()
         .filter(|l| l.contains("\"all4\"") || l.contains("\"all6\""))
@@ -246,8 +251,15 @@ fn tunnel_serves_tcp_and_udp_over_ipip_ip6ip6_and_4in6_with_affinity() {
     // so the balancer never became a client of its own services.
     std::thread::sleep(Duration::from_secs(4).saturating_sub(probing.elapsed()));
     let (leaked, table) = unmarked_to_vips(&lab);
-    assert_eq!(leaked, 0, "unmarked packets to a VIP left the balancer:\n{table}");
-    assert_eq!(balancer_pinned(&lab), Vec::<IpAddr>::new(), "the balancer is a client");
+    assert_eq!(
+        leaked, 0,
+        "unmarked packets to a VIP left the balancer:\n{table}"
+    );
+    assert_eq!(
+        balancer_pinned(&lab),
+        Vec::<IpAddr>::new(),
+        "the balancer is a client"
+    );
 }
 
 /// Where the first two thirds of `svc`'s clients go (the last third stays fresh for
