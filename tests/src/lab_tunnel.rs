@@ -156,13 +156,7 @@ impl Lab {
             } else {
                 ""
             };
-            // A body of several segments, as real servers send: a probe that closes after
-            // the response head gets the rest after its socket is gone.
-            let path = if kind == "http" {
-                ", path = \"/bytes/16384\""
-            } else {
-                ""
-            };
+            let path = if kind == "http" { ", path = \"/\"" } else { "" };
             format!(
                 "health = {{ kind = \"{kind}\", port = {port}{path}{send}, interval = \"200ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n"
             )

@@ -15,7 +15,8 @@
 //!
 //! Probes go from the balancer host to the backend's own address (not the VIP) on the
 //! check's port:
-//! - `tcp`: a connect succeeds; the connection is closed at once (normal FIN).
+//! - `tcp`: a connect succeeds; the connection is closed at once (normal FIN; a tunnel
+//!   probe's socket is ended by linger.rs once the backend is done with it).
 //! - `http`: `GET path HTTP/1.1` with `Host`, `User-Agent: xlb-health/VERSION` and
 //!   `Connection: close`, over hyper's HTTP/1.1 client connection (response heads up to
 //!   64 KiB); the status must be in the inclusive `expect_status` range and, if `body`

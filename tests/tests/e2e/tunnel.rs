@@ -53,6 +53,11 @@ fn services() -> [Svc; 6] {
 /// A running tunnel lab: 3 backends behind the router, every backend's `xlb decap`
 /// accepting the balancer's addresses, servers and daemon started.
 fn tunnel_lab(clients: usize, lb_mtu: u32) -> Lab {
+    tunnel_lab_with(clients, lb_mtu, "/")
+}
+
+/// [`tunnel_lab`] whose HTTP checks ask for `path` (`/bytes/N`: a body of N bytes).
+fn tunnel_lab_with(clients: usize, lb_mtu: u32, path: &str) -> Lab {
     let mut lab = Lab::tunneled(
         LabOptions {
             backends: 3,
@@ -61,6 +66,8 @@ fn tunnel_lab(clients: usize, lb_mtu: u32) -> Lab {
         },
         lb_mtu,
     );
+    let config = lab.tunnel_services("");
+    lab.write_config(&config.replace("path = \"/\"", &format!("path = \"{path}\"")));
     lab.decap_attach_all();
     lab.start_servers();
     lab.start_daemon();
@@ -205,7 +212,9 @@ fn balancer_pinned(lab: &Lab) -> Vec<IpAddr> {
 
 #[test]
 fn tunnel_serves_tcp_and_udp_over_ipip_ip6ip6_and_4in6_with_affinity() {
-    let lab = tunnel_lab(30, PATH_MTU);
+    // HTTP checks whose answer spans several segments, as real servers send: a probe that
+    // has its verdict after the head leaves the rest in flight.
+    let lab = tunnel_lab_with(30, PATH_MTU, "/bytes/16384");
     count_unmarked_to_vips(&lab);
     let probing = Instant::now();
     for svc in services() {
