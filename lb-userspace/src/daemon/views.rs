@@ -249,6 +249,10 @@ fn service_status(st: &State, v: &ServiceView<'_>) -> api::ServiceStatus {
                 if let Some(why) = blocked(st, s, b.b, &egress) {
                     status.note = Some(why);
                 }
+                // An IPv6 tunnel whose egress MTU is below 1320 loses some packet sizes.
+                if status.note.is_none() {
+                    status.note = tunnel::ipv6_mtu_warning(s, b.b.link.as_ref(), &egress);
+                }
                 api::BackendStatus {
                     load_share: load,
                     weight_share: fair,

@@ -77,6 +77,9 @@ struct Progress {
 struct Counted {
     stream: TcpStream,
     progress: Arc<Progress>,
+    /// Ends a tunnel probe's socket after the stream is gone (declared after it: dropped
+    /// after it).
+    _linger: Option<super::linger::Linger>,
 }
 
 impl AsyncRead for Counted {
@@ -174,11 +177,12 @@ async fn handshake(
     target: SocketAddr,
     deadline: Instant,
 ) -> Result<(Sender, Connection, Arc<Progress>), String> {
-    let stream = step(deadline, " (connect)", super::probe::connect(via, target)).await?;
+    let (stream, linger) = step(deadline, " (connect)", super::probe::connect(via, target)).await?;
     let progress = Arc::new(Progress::default());
     let io = TokioIo::new(Counted {
         stream,
         progress: progress.clone(),
+        _linger: linger,
     });
     let (sender, conn) = http1::Builder::new()
         // Sent as `Host`, `User-Agent`, ... (some servers match header names exactly).

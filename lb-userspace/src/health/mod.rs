@@ -3,6 +3,7 @@
 //!
 //! Rooms: `probe.rs` (the probe of any kind, its deadline, tcp, the short failure
 //! reasons), `http.rs` (the HTTP check over hyper), `udp.rs` (the UDP check),
+//! `linger.rs` (the graceful end of tunnel probe sockets: every packet of theirs marked),
 //! `tracker.rs` (hysteresis, jitter, the probing loop, transition messages).
 //!
 //!
@@ -14,7 +15,8 @@
 //!
 //! Probes go from the balancer host to the backend's own address (not the VIP) on the
 //! check's port:
-//! - `tcp`: a connect succeeds; the connection is closed at once (normal FIN).
+//! - `tcp`: a connect succeeds; the connection is closed at once (normal FIN; a tunnel
+//!   probe's socket is ended by linger.rs once the backend is done with it).
 //! - `http`: `GET path HTTP/1.1` with `Host`, `User-Agent: xlb-health/VERSION` and
 //!   `Connection: close`, over hyper's HTTP/1.1 client connection (response heads up to
 //!   64 KiB); the status must be in the inclusive `expect_status` range and, if `body`
@@ -35,6 +37,7 @@
 //! daemon's state (the daemon feeds results into its controller).
 
 mod http;
+mod linger;
 mod probe;
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@ use std::{
 
 use tokio::{net::TcpStream, time::Instant};
 
-use super::{http, udp};
+use super::{http, linger::Linger, udp};
 use crate::model::HealthKind;
 
 /// Outcome of one probe.
@@ -177,8 +177,9 @@ pub(super) fn io_reason(e: &io::Error) -> String {
 }
 
 async fn tcp_probe(via: &Target, target: SocketAddr, deadline: Instant) -> Result<(), String> {
-    let stream = step(deadline, "", connect(via, target)).await?;
+    let (stream, linger) = step(deadline, "", connect(via, target)).await?;
     drop(stream);
+    drop(linger);
     Ok(())
 }
 
@@ -190,10 +191,15 @@ pub fn no_source(vip: IpAddr) -> String {
     format!("cannot probe through the tunnel: no {family} address on this host")
 }
 
-/// A TCP connection to `target` along `via`.
-pub(super) async fn connect(via: &Target, target: SocketAddr) -> io::Result<TcpStream> {
+/// A TCP connection to `target` along `via`, and for a tunnel probe the [`Linger`] that
+/// ends the socket once the backend is done with it (hold it as long as the stream; it is
+/// taken before the connect, so a connect cut short by the deadline lingers too).
+pub(super) async fn connect(
+    via: &Target,
+    target: SocketAddr,
+) -> io::Result<(TcpStream, Option<Linger>)> {
     let Target::Tunnel { source, mark, .. } = via else {
-        return TcpStream::connect(target).await;
+        return Ok((TcpStream::connect(target).await?, None));
     };
     let source = source.ok_or_else(|| io::Error::other(no_source(target.ip())))?;
     let socket = if target.is_ipv4() {
@@ -203,7 +209,8 @@ pub(super) async fn connect(via: &Target, target: SocketAddr) -> io::Result<TcpS
     };
     set_mark(&socket, *mark)?;
     socket.bind(SocketAddr::new(source, 0))?;
-    socket.connect(target).await
+    let linger = Linger::tcp(&socket)?;
+    Ok((socket.connect(target).await?, Some(linger)))
 }
 
 /// `SO_MARK` (needs CAP_NET_ADMIN): the policy rule routes marked probes into `lo`.

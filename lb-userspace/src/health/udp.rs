@@ -8,6 +8,7 @@ use tokio::{net::UdpSocket, time::Instant};
 
 use super::{
     MAX_READ, contains,
+    linger::Linger,
     probe::{Target, io_reason, no_source, set_mark, step},
 };
 
@@ -38,8 +39,12 @@ pub(super) async fn udp_probe(
         }
     };
     let sock = step(deadline, "", UdpSocket::bind(local)).await?;
+    // A tunnel probe's socket outlives the probe a little, so a late reply is not
+    // answered by an unmarked ICMP port unreachable (see linger.rs).
+    let mut _linger = None;
     if let Target::Tunnel { mark, .. } = via {
         set_mark(&sock, *mark).map_err(|e| io_reason(&e))?;
+        _linger = Some(Linger::udp(&sock).map_err(|e| io_reason(&e))?);
     }
     step(deadline, "", sock.connect(target)).await?;
     step(deadline, " (sending)", sock.send(payload))

@@ -152,6 +152,44 @@ pub fn blocker(
     })
 }
 
+/// IPv6's minimum link MTU (RFC 8200 §5): every IPv6 path carries 1280-byte packets, and
+/// a host ignores a "packet too big" below it (RFC 8201 §4: it keeps sending 1280).
+pub const IPV6_MIN_MTU: u32 = 1280;
+
+/// The smallest egress MTU an IPv6 VIP's tunnel needs: 1280 bytes inside the IP6IP6
+/// outer header (40 bytes), i.e. 1320.
+pub const IPV6_VIP_MIN_EGRESS_MTU: u32 = IPV6_MIN_MTU + lb_common::tunnel::OUTER_V6_LEN;
+
+/// Why the tunnel to a backend of IPv6 service `svc` through `link` cannot carry every
+/// packet an IPv6 client may send: its egress MTU (bytes, from `egress`) leaves less than
+/// 1280 bytes for the inner packet. The data plane answers such packets with a "packet
+/// too big" below 1280, which clients ignore (they keep sending 1280-byte packets), so
+/// packets of 1241..=1280 bytes are dropped for good. xlb does not fragment the outer
+/// packet (XDP cannot; RFC 2473 §7 leaves it to the tunnel entry point's stack). `None`
+/// when the MTU suffices, is not known, or the service is not an IPv6 tunnel service.
+pub fn ipv6_mtu_warning(
+    svc: &Service,
+    link: Option<&Link>,
+    egress: &BTreeMap<u32, Egress>,
+) -> Option<String> {
+    if svc.forwarding != Forwarding::Tunnel || !svc.vip.is_ipv6() {
+        return None;
+    }
+    let ifindex = link?.ifindex;
+    let mtu = egress.get(&ifindex)?.mtu;
+    (mtu > 0 && mtu < IPV6_VIP_MIN_EGRESS_MTU).then(|| {
+        format!(
+            "its egress interface (index {ifindex}) has MTU {mtu}: below \
+             {IPV6_VIP_MIN_EGRESS_MTU} (IPv6's minimum of {IPV6_MIN_MTU} plus the 40-byte \
+             outer header), so clients' packets of {}..={IPV6_MIN_MTU} bytes are dropped \
+             (the packet too big they get is below {IPV6_MIN_MTU}, which IPv6 hosts \
+             ignore): raise the MTU of the path to the backend to at least \
+             {IPV6_VIP_MIN_EGRESS_MTU}",
+            mtu.saturating_sub(lb_common::tunnel::OUTER_V6_LEN) + 1
+        )
+    })
+}
+
 /// The `Egress` value of an interface with MTU `mtu` and these first global addresses.
 pub fn egress_value(
     mtu: u32,
@@ -294,5 +332,36 @@ mod tests {
         );
         svc.forwarding = Forwarding::Tunnel;
         assert_eq!(blocker(&svc, b, Some(&link), Some(gw), &egress), None);
+    }
+
+    #[test]
+    fn an_ipv6_tunnel_below_1320_bytes_of_egress_mtu_is_warned_about() {
+        let mut svc = Service::new("t6", "2001:db8::10".parse().unwrap(), 80, Protocol::Tcp);
+        let link = Link {
+            mac: [2, 0, 0, 0, 0, 1],
+            src_mac: [2, 0, 0, 0, 0, 2],
+            ifindex: 7,
+        };
+        let v6 = Some("2001:db8:1::1".parse().unwrap());
+        let at = |mtu| BTreeMap::from([(7, egress_value(mtu, None, v6))]);
+        // DSR: the backend answers; xlb adds no header.
+        assert_eq!(ipv6_mtu_warning(&svc, Some(&link), &at(1280)), None);
+        svc.forwarding = Forwarding::Tunnel;
+        let why = ipv6_mtu_warning(&svc, Some(&link), &at(1280)).expect("1280 < 1320");
+        assert!(
+            why.contains("MTU 1280") && why.contains("1241..=1280"),
+            "{why}"
+        );
+        assert!(ipv6_mtu_warning(&svc, Some(&link), &at(1319)).is_some());
+        assert_eq!(ipv6_mtu_warning(&svc, Some(&link), &at(1320)), None);
+        assert_eq!(ipv6_mtu_warning(&svc, Some(&link), &at(1500)), None);
+        // Not known (no link, no facts, MTU 0): nothing to say yet.
+        assert_eq!(ipv6_mtu_warning(&svc, None, &at(1280)), None);
+        assert_eq!(ipv6_mtu_warning(&svc, Some(&link), &BTreeMap::new()), None);
+        assert_eq!(ipv6_mtu_warning(&svc, Some(&link), &at(0)), None);
+        // An IPv4 VIP (IPIP or 4in6): IPv4's minimum is 68; a frag-needed of any size works.
+        let mut v4 = Service::new("t4", "203.0.113.10".parse().unwrap(), 80, Protocol::Tcp);
+        v4.forwarding = Forwarding::Tunnel;
+        assert_eq!(ipv6_mtu_warning(&v4, Some(&link), &at(1280)), None);
     }
 }

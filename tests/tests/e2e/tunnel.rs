@@ -20,7 +20,7 @@ use xlb_tests::{
     lab::{
         HTTP_PORT, LB4, LB6, Lab, LabOptions, UDP_PORT, VIP4, VIP6, http_upload, udp_request_sized,
     },
-    lab_tunnel::{PATH_MTU, TUNNEL_SOURCE4, TUNNEL_SOURCE6, VIP46},
+    lab_tunnel::{GW4, GW6, PATH_MTU, TUNNEL_SOURCE4, TUNNEL_SOURCE6, VIP46},
     packet::{V4Opts, ip, udp},
 };
 
@@ -53,6 +53,11 @@ fn services() -> [Svc; 6] {
 /// A running tunnel lab: 3 backends behind the router, every backend's `xlb decap`
 /// accepting the balancer's addresses, servers and daemon started.
 fn tunnel_lab(clients: usize, lb_mtu: u32) -> Lab {
+    tunnel_lab_with(clients, lb_mtu, "/")
+}
+
+/// [`tunnel_lab`] whose HTTP checks ask for `path` (`/bytes/N`: a body of N bytes).
+fn tunnel_lab_with(clients: usize, lb_mtu: u32, path: &str) -> Lab {
     let mut lab = Lab::tunneled(
         LabOptions {
             backends: 3,
@@ -61,6 +66,8 @@ fn tunnel_lab(clients: usize, lb_mtu: u32) -> Lab {
         },
         lb_mtu,
     );
+    let config = lab.tunnel_services("");
+    lab.write_config(&config.replace("path = \"/\"", &format!("path = \"{path}\"")));
     lab.decap_attach_all();
     lab.start_servers();
     lab.start_daemon();
@@ -137,9 +144,79 @@ fn verdict(lab: &Lab, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no verdict {name} in {v}"))
 }
 
+/// The nftables table that counts, in the balancer's namespace, the packets the balancer
+/// itself sends to a VIP without a probe mark (output hook, before routing into `lo`).
+const LEAK_TABLE: &str = "xlb_test_probe_leak";
+
+/// Starts counting the balancer's own unmarked packets to the VIPs: each one would
+/// leave by the normal route, come back through the router and be balanced as a client.
+/// Gives the balancer what the trial's had: a default route via the backends' router,
+/// which routes the VIPs back to the balancer (else such packets have no route and are
+/// dropped before they could be counted).
+fn count_unmarked_to_vips(lab: &Lab) {
+    lab.lb.ip(&format!("route add default via {GW4} dev eth0"));
+    lab.lb
+        .ip(&format!("-6 route add default via {GW6} dev eth0"));
+    let rt = lab.router.as_ref().expect("the tunnel lab's router");
+    rt.ip(&format!("route add {VIP4}/32 via {LB4} dev eth0"));
+    rt.ip(&format!("route add {VIP46}/32 via {LB4} dev eth0"));
+    rt.ip(&format!("-6 route add {VIP6}/128 via {LB6} dev eth0"));
+    let v4 = format!("{{ {VIP4}, {VIP46} }}");
+    let rules = format!(
+        "table inet {LEAK_TABLE} {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  \
+         meta mark 0 ip daddr {v4} tcp flags & rst == rst counter comment \"rst4\"\n  \
+         meta mark 0 ip daddr {v4} counter comment \"all4\"\n  \
+         meta mark 0 ip6 daddr {VIP6} tcp flags & rst == rst counter comment \"rst6\"\n  \
+         meta mark 0 ip6 daddr {VIP6} counter comment \"all6\"\n }}\n}}\n"
+    );
+    let path = lab.dir.join("leak.nft");
+    std::fs::write(&path, rules).expect("write the nft rules");
+    xlb_tests::lab::run(lab.lb.cmd("nft").arg("-f").arg(&path));
+}
+
+/// The unmarked packets counted since [`count_unmarked_to_vips`], and the table's text.
+fn unmarked_to_vips(lab: &Lab) -> (u64, String) {
+    let text = xlb_tests::lab::run(
+        lab.lb
+            .cmd("nft")
+            .args(["list", "table", "inet", LEAK_TABLE]),
+    );
+    let total = text
+        .lines()
+        .filter(|l| l.contains("\"all4\"") || l.contains("\"all6\""))
+        .filter_map(|l| {
+            let rest = &l[l.find("packets ")? + "packets ".len()..];
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
+    (total, text)
+}
+
+/// The balancer's own addresses pinned as clients of a service (they arrive when its
+/// unmarked probe packets come back through the router).
+fn balancer_pinned(lab: &Lab) -> Vec<IpAddr> {
+    let own = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            lb_common::addr_from_bytes(&b)
+        }
+        IpAddr::V6(a) => lb_common::addr_from_bytes(&a.octets()),
+    };
+    let mine = [IpAddr::from(LB4), IpAddr::from(LB6)];
+    lab.pinned_affinity()
+        .iter()
+        .filter_map(|(k, _)| mine.iter().find(|ip| own(**ip) == k.addr).copied())
+        .collect()
+}
+
 #[test]
 fn tunnel_serves_tcp_and_udp_over_ipip_ip6ip6_and_4in6_with_affinity() {
-    let lab = tunnel_lab(30, PATH_MTU);
+    // HTTP checks whose answer spans several segments, as real servers send: a probe that
+    // has its verdict after the head leaves the rest in flight.
+    let lab = tunnel_lab_with(30, PATH_MTU, "/bytes/16384");
+    count_unmarked_to_vips(&lab);
+    let probing = Instant::now();
     for svc in services() {
         let clients = clients_of(&lab, &svc);
         let first = lab.answers(&clients, svc.vip, svc.udp);
@@ -178,6 +255,20 @@ fn tunnel_serves_tcp_and_udp_over_ipip_ip6ip6_and_4in6_with_affinity() {
         assert_eq!(st["pass_source_not_allowed"], 0, "be{i}: {st}");
     }
     assert!(decapped.values().all(|n| *n > 0), "{decapped:?}");
+    // Every health probe (5 per second per backend and service) left encapsulated: none of
+    // its packets (kernel RSTs of closed probe sockets included) went to a VIP unmarked,
+    // so the balancer never became a client of its own services.
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(probing.elapsed()));
+    let (leaked, table) = unmarked_to_vips(&lab);
+    assert_eq!(
+        leaked, 0,
+        "unmarked packets to a VIP left the balancer:\n{table}"
+    );
+    assert_eq!(
+        balancer_pinned(&lab),
+        Vec::<IpAddr>::new(),
+        "the balancer is a client"
+    );
 }
 
 /// Where the first two thirds of `svc`'s clients go (the last third stays fresh for
