@@ -664,7 +664,13 @@ mod props {
 
     /// Keys that may legitimately be named instead of the mutated one (a rule between
     /// two keys: the interval bounds the timeout; a port-0 service needs a check port).
-    const RELATED: &[(&str, &str)] = &[("interval", "timeout"), ("port", "health.port")];
+    // A VIP of the other family than the backends is reported at the backend's address
+    // ("backend A and VIP V differ in address family"), naming the VIP in the message.
+    const RELATED: &[(&str, &str)] = &[
+        ("interval", "timeout"),
+        ("port", "health.port"),
+        ("vip", "address"),
+    ];
 
     fn toml_value() -> impl Strategy<Value = toml::Value> {
         let leaf = prop_oneof![
