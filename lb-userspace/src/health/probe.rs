@@ -208,9 +208,37 @@ pub(super) async fn connect(
         tokio::net::TcpSocket::new_v6()?
     };
     set_mark(&socket, *mark)?;
+    set_probe_mss(&socket)?;
     socket.bind(SocketAddr::new(source, 0))?;
     let linger = Linger::tcp(&socket)?;
     Ok((socket.connect(target).await?, Some(linger)))
+}
+
+/// The MSS a tunnel probe offers (bytes): the IPv6 minimum MTU (1280, RFC 8200 §5) less
+/// the IPv6 and TCP headers. A probe leaves through `lo`, whose 64 KiB MTU would
+/// otherwise be offered, and the backend's answer — not tunnelled — would be sized for
+/// the backend's link and could meet a smaller one on the way back (the balancer's own),
+/// leaving a check to path-MTU discovery and its timeout. Probes are small: any path
+/// carries 1220-byte segments.
+pub const TUNNEL_PROBE_MSS: u32 = 1280 - 40 - 20;
+
+/// `TCP_MAXSEG` = [`TUNNEL_PROBE_MSS`] before the connect (the SYN offers it).
+fn set_probe_mss(socket: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    let mss = TUNNEL_PROBE_MSS;
+    // SAFETY: a valid fd and a u32 option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mss as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `SO_MARK` (needs CAP_NET_ADMIN): the policy rule routes marked probes into `lo`.
