@@ -30,7 +30,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{Xdp, xdp::XdpMode},
 };
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 use xlb::dataplane::loader::BENCH_OBJECT;
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
@@ -891,6 +891,47 @@ impl Lab {
     pub fn udp(&self, src: IpAddr, vip: IpAddr) -> Result<String, String> {
         self.client
             .run(|| udp_ask(src, SocketAddr::new(vip, UDP_PORT)))
+    }
+
+    /// A UDP datagram from `client` to `vip`'s UDP port, sent already encapsulated: from
+    /// `sender` (a namespace of the lab) to `to` as IP protocol `proto` (4 or 41) by a raw
+    /// socket, as a balancer would. The answer the client gets within `wait` (the name of
+    /// the backend that stripped the tunnel), `None` when none came.
+    pub fn tunneled_datagram(
+        &self,
+        sender: &Netns,
+        (client, vip): (IpAddr, IpAddr),
+        (to, proto): (IpAddr, i32),
+        wait: Duration,
+    ) -> Option<String> {
+        // The client waits for the answer on the inner packet's source address and port.
+        let sock = self.client.run(|| {
+            let s = std::net::UdpSocket::bind(SocketAddr::new(client, 0)).expect("bind");
+            s.connect(SocketAddr::new(vip, UDP_PORT)).expect("connect");
+            s.set_read_timeout(Some(wait)).expect("timeout");
+            s
+        });
+        let port = sock.local_addr().expect("port").port();
+        let (_, inner) = crate::packet::ip(
+            client,
+            vip,
+            &crate::packet::udp(port, UDP_PORT, b"who"),
+            &crate::packet::V4Opts::default(),
+        );
+        sender.run(|| {
+            let domain = if to.is_ipv4() {
+                Domain::IPV4
+            } else {
+                Domain::IPV6
+            };
+            let s = Socket::new(domain, Type::RAW, Some(Protocol::from(proto))).expect("raw");
+            s.send_to(&inner, &SocketAddr::new(to, 0).into())
+                .expect("send the tunnel packet");
+        });
+        let mut buf = [0u8; 256];
+        sock.recv(&mut buf)
+            .ok()
+            .map(|n| String::from_utf8_lossy(&buf[..n]).trim().to_string())
     }
 
     /// One request per client, all from one thread in the client namespace: `(client, answer)`.

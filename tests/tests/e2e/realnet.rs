@@ -14,13 +14,9 @@ use std::{
     time::Duration,
 };
 
-use socket2::{Domain, Protocol, Socket, Type};
-use xlb_tests::{
-    lab::{
-        HTTP_PORT, LB4, LB6, Lab, LabOptions, UDP_PORT, VIP4, VIP6, http_request, run,
-        service_block, udp_request_sized, xlb_bin,
-    },
-    packet::{V4Opts, ip, udp},
+use xlb_tests::lab::{
+    HTTP_PORT, LB4, LB6, Lab, LabOptions, UDP_PORT, VIP4, VIP6, http_request, run, service_block,
+    udp_request_sized, xlb_bin,
 };
 
 const MTU: u32 = 1400;
@@ -201,31 +197,6 @@ impl Drop for DecapRoot {
     }
 }
 
-/// `inner` (an IP packet) sent from `ns` through a raw socket of protocol `proto` (4: IPv4
-/// inside, 41: IPv6 inside) to `to`: the kernel puts the outer header on, as a balancer
-/// in tunnel mode would.
-fn send_tunneled(lab: &Lab, from_client: bool, to: IpAddr, proto: i32, inner: &[u8]) {
-    let ns = if from_client { &lab.client } else { &lab.lb };
-    ns.run(|| {
-        let domain = if to.is_ipv4() {
-            Domain::IPV4
-        } else {
-            Domain::IPV6
-        };
-        let s = Socket::new(domain, Type::RAW, Some(Protocol::from(proto))).expect("raw socket");
-        s.send_to(inner, &SocketAddr::new(to, 0).into())
-            .expect("send the tunnel packet");
-    });
-}
-
-/// Waits on the client's `sock` for the backend's answer to the inner datagram.
-fn answer(sock: &std::net::UdpSocket) -> Option<String> {
-    let mut buf = [0u8; 256];
-    sock.recv(&mut buf)
-        .ok()
-        .map(|n| String::from_utf8_lossy(&buf[..n]).trim().to_string())
-}
-
 #[test]
 fn decap_on_a_backend_delivers_tunnels_from_the_balancers_only() {
     let mut lab = Lab::new(LabOptions {
@@ -289,23 +260,13 @@ fn decap_on_a_backend_delivers_tunnels_from_the_balancers_only() {
         ),
     ];
     for (what, from_client, to, proto, client, vip, delivered) in cases {
-        // The client waits for the answer on the inner packet's source address and port.
-        let sock = lab.client.run(|| {
-            let s = std::net::UdpSocket::bind(SocketAddr::new(client, 0)).expect("bind");
-            s.connect(SocketAddr::new(vip, UDP_PORT)).expect("connect");
-            s.set_read_timeout(Some(Duration::from_millis(800)))
-                .expect("timeout");
-            s
-        });
-        let port = sock.local_addr().expect("port").port();
-        let (_, inner) = ip(
-            client,
-            vip,
-            &udp(port, UDP_PORT, b"who"),
-            &V4Opts::default(),
+        let sender = if from_client { &lab.client } else { &lab.lb };
+        let got = lab.tunneled_datagram(
+            sender,
+            (client, vip),
+            (to, proto),
+            Duration::from_millis(800),
         );
-        send_tunneled(&lab, from_client, to, proto, &inner);
-        let got = answer(&sock);
         if delivered {
             assert_eq!(
                 got.as_deref(),

@@ -15,13 +15,11 @@ use std::{
 };
 
 use lb_common::tunnel::{TunnelSource, client_hash, outer_source};
-use socket2::{Domain, Protocol, Socket, Type};
 use xlb_tests::{
     lab::{
         HTTP_PORT, LB4, LB6, Lab, LabOptions, UDP_PORT, VIP4, VIP6, http_upload, udp_request_sized,
     },
     lab_tunnel::{GW4, GW6, PATH_MTU, TUNNEL_SOURCE4, TUNNEL_SOURCE6, VIP46},
-    packet::{V4Opts, ip, udp},
 };
 
 /// A tunnel service of the lab: name, VIP, UDP or not, backend family.
@@ -633,34 +631,13 @@ fn tunnel_lab_carries_tunnels_from_the_balancer_host_to_routed_backends() {
         ("IP6IP6", IpAddr::V6(be.addr6), 41, c6, IpAddr::V6(VIP6)),
         ("4in6", IpAddr::V6(be.addr6), 4, c4, IpAddr::V4(VIP46)),
     ] {
-        let sock = lab.client.run(|| {
-            let s = std::net::UdpSocket::bind(SocketAddr::new(client, 0)).expect("bind");
-            s.connect(SocketAddr::new(vip, UDP_PORT)).expect("connect");
-            s.set_read_timeout(Some(Duration::from_millis(1500)))
-                .expect("timeout");
-            s
-        });
-        let port = sock.local_addr().expect("port").port();
-        let (_, inner) = ip(
-            client,
-            vip,
-            &udp(port, UDP_PORT, b"who"),
-            &V4Opts::default(),
+        let got = lab.tunneled_datagram(
+            &lab.lb,
+            (client, vip),
+            (to, proto),
+            Duration::from_millis(1500),
         );
-        lab.lb.run(|| {
-            let domain = if to.is_ipv4() {
-                Domain::IPV4
-            } else {
-                Domain::IPV6
-            };
-            let s = Socket::new(domain, Type::RAW, Some(Protocol::from(proto))).expect("raw");
-            s.send_to(&inner, &SocketAddr::new(to, 0).into())
-                .expect("send the tunnel packet");
-        });
-        let mut buf = [0u8; 256];
-        let n = sock
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("{what}: no answer through the router: {e}"));
-        assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), be.name, "{what}");
+        let got = got.unwrap_or_else(|| panic!("{what}: no answer through the router"));
+        assert_eq!(got, be.name, "{what}");
     }
 }
